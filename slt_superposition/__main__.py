@@ -1,0 +1,5 @@
+import sys
+
+from slt_superposition.cli import main
+
+sys.exit(main())

@@ -1,0 +1,46 @@
+"""The `plot` subcommand: figures for any result dataset, chosen by its kind."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import typer
+
+from slt_superposition.errors import InputError
+from slt_superposition.io import open_result
+
+# dataset kind -> "module:function"; each function is (ds: xr.Dataset, out_dir: Path) -> list[Path]
+PLOTTERS = {
+    "train": "analysis.plots:plot_training",
+    "llc": "slt_superposition.plots:plot_llc",
+    "calibration": "slt_superposition.plots:plot_calibration",
+    "compare": "analysis.plots:plot_comparison",
+}
+
+
+def plot(
+    path: Path = typer.Argument(..., help="A result dataset (.nc) written by slt-superposition."),
+    out: Path = typer.Option(Path("figures"), "--out", help="Folder for the figures (created if missing)."),
+) -> None:
+    """Draw the figures for a result dataset (training grid, LLC traces, calibration sweep, comparison)."""
+    ds = open_result(path)
+    kind = ds.attrs["slt_superposition_kind"]
+    if kind not in PLOTTERS:
+        raise InputError(f"no plots for '{kind}' datasets (known: {', '.join(PLOTTERS)})")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create output folder {out}: {err.strerror}") from None
+    module_name, function_name = PLOTTERS[kind].split(":")
+    plotter = getattr(importlib.import_module(module_name), function_name)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    for figure_path in plotter(ds, out):
+        print(figure_path)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `plot` command to `app`."""
+    app.command("plot")(plot)
