@@ -5,7 +5,9 @@ Public API (see docs/architecture.md):
 """
 
 from slt_superposition.errors import InputError
+from slt_superposition.calibration import calibrate
 from slt_superposition.io import open_result, save_dataset
+from slt_superposition.llc import SGLDConfig, estimate_llc, estimate_llc_batched
 
-__all__ = ["InputError", "open_result", "save_dataset"]
+__all__ = ["InputError", "SGLDConfig", "calibrate", "estimate_llc", "estimate_llc_batched", "open_result", "save_dataset"]
 __version__ = "0.1.0"

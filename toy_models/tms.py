@@ -46,6 +46,11 @@ def tms_loss(params, x, importance=1.0, *, relu_hidden: bool = False) -> jax.Arr
     return jnp.mean(jnp.sum(importance * error**2, axis=-1))
 
 
+# One compiled program for "the loss of one model on one batch": training-grid evaluation
+# and `TMS.loss` both go through it, so a rebuilt model reproduces a stored loss bit for bit.
+tms_loss_jit = jax.jit(tms_loss, static_argnames=("relu_hidden",))
+
+
 class TMS(nnx.Module):
     """The toy model as an nnx module; `params` gives the pure-function parameter dict."""
 
@@ -60,13 +65,13 @@ class TMS(nnx.Module):
         """Build a module holding exactly `params` ({"W": (m, n), "b": (n,)})."""
         n_hidden, n_features = params["W"].shape
         model = cls(n_features, n_hidden, rngs=nnx.Rngs(0), relu_hidden=relu_hidden)
-        model.W.value = jnp.asarray(params["W"])
-        model.b.value = jnp.asarray(params["b"])
+        model.W.set_value(jnp.asarray(params["W"]))
+        model.b.set_value(jnp.asarray(params["b"]))
         return model
 
     @property
     def params(self) -> dict[str, jax.Array]:
-        return {"W": self.W.value, "b": self.b.value}
+        return {"W": self.W.get_value(), "b": self.b.get_value()}
 
     def hidden(self, x: jax.Array) -> jax.Array:
         """`x: (batch, n_features)` -> `h: (batch, n_hidden)`."""
@@ -77,4 +82,5 @@ class TMS(nnx.Module):
         return tms_forward(self.params, x, relu_hidden=self.relu_hidden)
 
     def loss(self, x: jax.Array, importance=1.0) -> jax.Array:
-        return tms_loss(self.params, x, importance, relu_hidden=self.relu_hidden)
+        """Importance-weighted MSE on `x: (batch, n_features)` (scalar; see `tms_loss`)."""
+        return tms_loss_jit(self.params, x, importance, relu_hidden=self.relu_hidden)

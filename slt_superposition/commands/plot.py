@@ -15,7 +15,8 @@ PLOTTERS = {
     "train": "analysis.plots:plot_training",
     "llc": "slt_superposition.plots:plot_llc",
     "calibration": "slt_superposition.plots:plot_calibration",
-    "compare": "analysis.plots:plot_comparison",
+    "compare": "analysis.compare_plots:plot_comparison",
+    "development": "analysis.compare_plots:plot_development",
 }
 
 

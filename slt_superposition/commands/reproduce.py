@@ -1,7 +1,43 @@
-"""The `reproduce` subcommand (placeholder: to be written)."""
+"""The `reproduce` subcommand: rerun a published result by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
+
+from slt_superposition.errors import InputError
+
+
+def reproduce(
+    name: Optional[str] = typer.Argument(None, help="Experiment name (see --list), e.g. tms-pentagon."),
+    quick: bool = typer.Option(False, "--quick", help="Small settings that finish in a couple of minutes on a laptop CPU."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Folder for the dataset, figures and report.md (default: results/NAME, or results/quick/NAME with --quick)."
+    ),
+    list_: bool = typer.Option(False, "--list", help="List the experiments and exit."),
+) -> None:
+    """Reproduce an experiment by name: writes its dataset (.nc), figures and report.md into one folder."""
+    from slt_superposition.experiments import EXPERIMENTS, get_experiment, reproduce as run_experiment
+
+    if list_:
+        width = max(map(len, EXPERIMENTS))
+        for experiment in EXPERIMENTS.values():
+            print(f"{experiment.name:<{width}}  {experiment.summary}")
+        return
+    if name is None:
+        raise InputError("give an experiment name or --list (known: " + ", ".join(EXPERIMENTS) + ")")
+    get_experiment(name)  # unknown names fail before anything is created
+    if out is None:
+        out = Path("results") / ("quick" if quick else "full") / name
+    import matplotlib
+
+    matplotlib.use("Agg")
+    run_experiment(name, out, quick=quick)
+    print(f"{name}: dataset, figures and report.md in {out}")
 
 
 def register(app: typer.Typer) -> None:
     """Add the `reproduce` command to `app`."""
+    app.command("reproduce")(reproduce)

@@ -1,7 +1,109 @@
-"""The `train` subcommand (placeholder: to be written)."""
+"""The `train` subcommand: train a grid of toy models of superposition, save the dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
 
 import typer
+
+from slt_superposition.errors import InputError
+
+
+def _floats(values: list[str], name: str) -> tuple[float, ...]:
+    """Accept repeated options and comma lists: `--x 0.1 --x 0.2` or `--x 0.1,0.2`."""
+    out = []
+    for value in values:
+        for part in str(value).split(","):
+            if part.strip():
+                try:
+                    out.append(float(part))
+                except ValueError:
+                    raise InputError(f"{name} must be numbers, got '{part}'") from None
+    return tuple(out)
+
+
+def _ints(values: list[str], name: str) -> tuple[int, ...]:
+    out = []
+    for value in _floats(values, name):
+        if value != int(value):
+            raise InputError(f"{name} must be whole numbers, got {value}")
+        out.append(int(value))
+    return tuple(out)
+
+
+def _probe_writable(path: Path) -> None:
+    """Create and delete a scratch file next to `path`: `os.access` says yes to root even
+    where writing fails (read-only or virtual file systems), so try it before training."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as err:
+        raise InputError(f"cannot write to {path.parent}: {err.strerror}") from None
+
+
+def train(
+    n_features: int = typer.Option(..., "--n-features", "-n", help="Number of features n (input dimension)."),
+    n_hidden: int = typer.Option(..., "--n-hidden", "-m", help="Number of hidden dimensions m."),
+    feature_probability: List[str] = typer.Option(
+        ..., "--feature-probability", "-p",
+        help="Feature probability 1 - S in (0, 1]; repeat the option or give a comma list to sweep."),
+    importance_decay: List[str] = typer.Option(
+        ["1.0"], "--importance-decay", "-r",
+        help="Importance I_i = r**i; repeat or comma list to sweep. 1.0 = all features equally important."),
+    seeds: int = typer.Option(1, "--seeds", "-k", help="Train seeds 0..K-1 for every grid point."),
+    seed_list: Optional[List[str]] = typer.Option(
+        None, "--seed", help="Explicit seeds instead of --seeds (repeat or comma list)."),
+    steps: int = typer.Option(10_000, "--steps", "-t", help="Training steps."),
+    batch_size: int = typer.Option(1024, "--batch-size", help="Samples per training step."),
+    lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate."),
+    weight_decay: float = typer.Option(
+        0.0, "--weight-decay", help="AdamW decoupled weight decay (the Anthropic notebook's torch default is 0.01)."),
+    schedule: str = typer.Option("constant", "--schedule", help="Learning-rate schedule: constant, linear or cosine (decay to 0)."),
+    model: str = typer.Option("tms", "--model", help="tms (h = Wx) or tms_relu_hidden (h = ReLU(Wx))."),
+    data: str = typer.Option(
+        "sparse_uniform", "--data",
+        help="Data generator: sparse_uniform, high_sparsity_limit, correlated_pairs, anticorrelated_pairs."),
+    snapshot_steps: Optional[List[str]] = typer.Option(
+        None, "--snapshot-steps", help="Keep W and b at these step counts (0 = initial); repeat or comma list."),
+    loss_curve_points: int = typer.Option(100, "--loss-curve-points", help="Points in the saved loss curve."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output dataset (.nc)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Train a grid (feature probability x importance decay x seed) of toy models of
+    superposition in one compiled program and save it as a netCDF dataset.
+
+    Example: slt-superposition train -n 5 -m 2 -p 0.05 --seeds 4 --steps 10000 --out pentagon.nc
+    """
+    from slt_superposition.io import check_writable
+    from toy_models.train import TrainConfig
+
+    config = TrainConfig(
+        n_features=n_features, n_hidden=n_hidden,
+        feature_probabilities=_floats(feature_probability, "--feature-probability"),
+        importance_decays=_floats(importance_decay, "--importance-decay"),
+        seeds=_ints(seed_list, "--seed") if seed_list else seeds,
+        steps=steps, batch_size=batch_size, learning_rate=lr, weight_decay=weight_decay,
+        schedule=schedule, model=model, data=data,
+        snapshot_steps=_ints(snapshot_steps or [], "--snapshot-steps"),
+        loss_curve_points=min(loss_curve_points, steps) if steps > 0 else loss_curve_points,
+    )
+    _probe_writable(check_writable(out))
+
+    from slt_superposition.io import save_dataset
+    from toy_models.train import train_grid
+
+    ds = train_grid(config, progress=progress)
+    path = save_dataset(ds, out)
+    loss = ds["loss"]
+    typer.echo(f"trained {config.n_instances} instances ({n_features} features, {n_hidden} hidden, {steps} steps); "
+               f"final loss min {float(loss.min()):.6g}, max {float(loss.max()):.6g}")
+    typer.echo(f"dataset: {path}")
+    typer.echo(f"figures: slt-superposition plot {path} --out figures/")
 
 
 def register(app: typer.Typer) -> None:
     """Add the `train` command to `app`."""
+    app.command("train")(train)

@@ -1,0 +1,177 @@
+"""The weight basis against the activation basis, on the same trained models.
+
+One `compare` dataset per training grid, with the grid dims of the `train` dataset
+(`feature_probability`, `importance_decay`, `seed`) and both sides per instance:
+
+    weight side      llc_mean, llc_std, n_parameters d, d_eff = 2 llc, d_eff_fraction = 2 llc / d,
+                     hessian_rank d1, gn_rank, the bound d1/2 <= llc <= d1/2 + (d - d1)/4
+    activation side  n_represented k, overcompleteness k/m, features_per_dimension 1/D*,
+                     mean D_i and interference over represented features, (SAE) recovered
+                     overcompleteness
+    relations        weights_undercomplete (d_eff < d by more than two of its standard errors),
+                     activations_overcomplete (k > m), both at once
+    fragility        finite-difference sensitivity of llc and k/m to log feature probability,
+                     and whether the geometry changes between neighbouring grid points
+
+Fragility is measured between neighbouring feature probabilities with the same seed and
+importance: `train_grid` gives those instances the same initial weights and the same uniform
+draws (common random numbers), so the difference isolates the change of the data distribution.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from analysis.measures import (
+    REPRESENTED_THRESHOLD,
+    dimensions_per_feature,
+    feature_dimensionality,
+    interference,
+    n_represented,
+    represented_features,
+)
+from analysis.weight_basis import llc_bound_check
+
+GRID_DIMS = ("feature_probability", "importance_decay", "seed")
+GEOMETRY_TOLERANCE = 0.05
+"""Two instances have the same geometry when they represent the same number of features and
+their sorted feature dimensionalities D_i differ by at most this much everywhere."""
+
+
+def _attrs(long_name: str, units: str = "1") -> dict[str, str]:
+    return {"long_name": long_name, "units": units}
+
+
+def activation_side(train: xr.Dataset, threshold: float = REPRESENTED_THRESHOLD) -> xr.Dataset:
+    """Activation-basis measures per instance of a `train` dataset (grid dims only)."""
+    W = train["W"]
+    m = W.sizes["hidden"]
+    represented = represented_features(W, threshold)
+    k = n_represented(W, threshold)
+    D_i = feature_dimensionality(W)
+    mean_over_represented = lambda x: x.where(represented).mean("feature")
+    return xr.Dataset(
+        {
+            "n_represented": k.assign_attrs(_attrs(f"represented features k (||W_i|| > {threshold})")),
+            "overcompleteness": (k / m).assign_attrs(_attrs("represented features per hidden dimension k/m")),
+            "features_per_dimension": (1 / dimensions_per_feature(W)).assign_attrs(
+                _attrs("features per dimension 1/D* = ||W||_F^2 / m")
+            ),
+            "mean_feature_dimensionality": mean_over_represented(D_i).assign_attrs(
+                _attrs("mean D_i over represented features")
+            ),
+            "mean_interference": mean_over_represented(interference(W)).assign_attrs(
+                _attrs("mean interference sum_{j!=i} (W_i_hat . W_j)^2 over represented features")
+            ),
+            "sorted_feature_dimensionality": xr.apply_ufunc(
+                lambda x: -np.sort(-x, axis=-1), D_i, input_core_dims=[["feature"]],
+                output_core_dims=[["rank_of_feature"]],
+            ).assign_attrs(_attrs("D_i sorted in decreasing order (the geometry's signature)")),
+        }
+    ).assign_coords(rank_of_feature=np.arange(W.sizes["feature"]))
+
+
+def weight_side(llc: xr.Dataset, n_parameters: int, basis: xr.Dataset | None = None) -> xr.Dataset:
+    """Weight-basis measures per instance from an `llc` dataset and (optionally) the
+    `weight_basis_measures` dataset of the same instances (grid dims, no `eigen`)."""
+    se = llc["llc_std"] / np.sqrt(np.maximum(llc.sizes["chain"] - llc["n_diverged"], 1))
+    out = xr.Dataset(
+        {
+            "llc_mean": llc["llc_mean"],
+            "llc_std": llc["llc_std"],
+            "llc_standard_error": se.assign_attrs(_attrs("standard error of llc_mean (std over chains / sqrt(chains))")),
+            "n_parameters": xr.DataArray(n_parameters, attrs=_attrs("parameter count d")),
+            "d_eff": (2 * llc["llc_mean"]).assign_attrs(_attrs("effective parameter count 2 llc")),
+            "d_eff_fraction": (2 * llc["llc_mean"] / n_parameters).assign_attrs(
+                _attrs("effective fraction of the weight basis 2 llc / d")
+            ),
+            "mala_acceptance": llc["mala_acceptance"].mean("chain").assign_attrs(
+                _attrs("MALA acceptance proxy, mean over chains")
+            ),
+            "llc_n_diverged": llc["n_diverged"],
+        }
+    )
+    if basis is not None:
+        out["hessian_rank"] = basis["hessian_rank"]
+        out["gn_rank"] = basis["gn_rank"]
+        out["grad_norm"] = basis["grad_norm"]
+        bound = llc_bound_check(llc["llc_mean"], basis["hessian_rank"], n_parameters, llc_std=se)
+        out = out.merge(bound)
+    return out
+
+
+def relations(ds: xr.Dataset) -> xr.Dataset:
+    """The region where the weights are undercomplete and the activations overcomplete."""
+    m = ds.attrs["n_hidden"]
+    under = (ds["d_eff"] + 4 * ds["llc_standard_error"]) < ds["n_parameters"]
+    over = ds["n_represented"] > m
+    return xr.Dataset(
+        {
+            "weights_undercomplete": under.assign_attrs(
+                _attrs("d_eff = 2 llc below the parameter count d by more than two of its standard errors")
+            ),
+            "activations_overcomplete": over.assign_attrs(_attrs("more represented features than neurons (k > m)")),
+            "undercomplete_weights_overcomplete_activations": (under & over).assign_attrs(
+                _attrs("both at once: an undercomplete weight basis and an overcomplete activation basis")
+            ),
+        }
+    )
+
+
+def _log_gradient(da: xr.DataArray, dim: str) -> xr.DataArray:
+    """d da / d log(dim) by centred differences (one-sided at the ends), along `dim`."""
+    log_x = np.log(da[dim].values.astype(float))
+    axis = da.get_axis_num(dim)
+    values = np.gradient(da.values.astype(float), log_x, axis=axis) if da.sizes[dim] > 1 else np.zeros(da.shape)
+    return da.copy(data=values)
+
+
+def fragility(ds: xr.Dataset, dim: str = "feature_probability", tolerance: float = GEOMETRY_TOLERANCE) -> xr.Dataset:
+    """Finite-difference sensitivity of llc and k/m to log(feature probability), per instance.
+
+    `geometry_changes` is True where an instance's geometry (k and the sorted D_i, within
+    `tolerance`) differs from that of its neighbour at the next feature probability (same seed
+    and importance). `dim` must be sorted; differences are taken in log(dim).
+    """
+    ds = ds.sortby(dim)
+    signature = ds["sorted_feature_dimensionality"]
+    nxt = signature.shift({dim: -1})
+    differs = (np.abs(signature - nxt) > tolerance).any("rank_of_feature") | (
+        ds["n_represented"] != ds["n_represented"].shift({dim: -1})
+    )
+    differs = differs.where(nxt.notnull().all("rank_of_feature"), False)
+    return xr.Dataset(
+        {
+            "dllc_dlogp": _log_gradient(ds["llc_mean"], dim).assign_attrs(
+                _attrs("sensitivity of llc to log feature probability d llc / d log p")
+            ),
+            "dovercompleteness_dlogp": _log_gradient(ds["overcompleteness"], dim).assign_attrs(
+                _attrs("sensitivity of k/m to log feature probability d(k/m) / d log p")
+            ),
+            "geometry_changes": differs.astype(bool).assign_attrs(
+                _attrs(f"geometry (k, sorted D_i within {tolerance}) differs at the next feature probability")
+            ),
+        }
+    )
+
+
+def compare(train: xr.Dataset, llc: xr.Dataset, basis: xr.Dataset | None = None,
+            sae: xr.Dataset | None = None) -> xr.Dataset:
+    """Join both sides of one training grid into one dataset with relations and fragility.
+
+    `train`: a `train` dataset; `llc`: its `llc` dataset (same grid dims); `basis`: the
+    `weight_basis_measures` of the same instances; `sae`: per-instance SAE results with a
+    `recovered_overcompleteness` variable (grid dims, possibly a subset of seeds).
+    """
+    n, m = train.sizes["feature"], train.sizes["hidden"]
+    n_parameters = m * n + n
+    act = activation_side(train)
+    weights = weight_side(llc, n_parameters, basis)
+    ds = xr.merge([act, weights, train[["loss"]]], compat="override", combine_attrs="drop")
+    ds.attrs.update({"n_features": n, "n_hidden": m, "model": train.attrs.get("model", "tms")})
+    ds = ds.merge(relations(ds))
+    ds = ds.merge(fragility(ds))
+    if sae is not None:
+        ds = ds.merge(sae, compat="override", combine_attrs="drop_conflicts")
+    return ds

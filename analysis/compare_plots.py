@@ -1,0 +1,287 @@
+"""Figures, table and findings for the weight-vs-activation comparison (`compare` datasets,
+stacked over a `model` dim as the flagship writes them) and for `development` datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import xarray as xr  # noqa: E402
+
+
+def _models(ds: xr.Dataset) -> list[str]:
+    return [str(m) for m in ds["model"].values] if "model" in ds.dims else [None]
+
+
+def _one(ds: xr.Dataset, model) -> xr.Dataset:
+    return ds if model is None else ds.sel(model=model)
+
+
+def _sizes(one: xr.Dataset) -> tuple[int, int]:
+    return int(one["n_features"].values), int(one["n_hidden"].values)
+
+
+def _mean_sd(da: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
+    return da.mean("seed").values, da.std("seed").values
+
+
+def plot_sparsity_curves(ds: xr.Dataset, out_dir: Path) -> Path:
+    """2 llc / d and k/m against feature probability, one column per model, shared x."""
+    models = _models(ds)
+    fig, axes = plt.subplots(2, len(models), figsize=(3.2 * len(models), 5.5), sharex=True, squeeze=False)
+    for j, model in enumerate(models):
+        one = _one(ds, model)
+        p = one["feature_probability"].values
+        for i, (name, label) in enumerate([("d_eff_fraction", "2 llc / d"), ("overcompleteness", "k / m")]):
+            mean, sd = _mean_sd(one[name])
+            ax = axes[i, j]
+            ax.fill_between(p, mean - sd, mean + sd, alpha=0.25)
+            ax.plot(p, mean, "o-", ms=3)
+            ax.set_xscale("log")
+            if i == 1:
+                ax.axhline(1.0, color="gray", lw=0.8, ls="--")
+                ax.set_xlabel("feature probability 1 - S")
+            if j == 0:
+                ax.set_ylabel(label)
+        n, m = _sizes(one)
+        axes[0, j].set_title(f"n={n}, m={m}")
+        axes[0, j].invert_xaxis()
+    fig.suptitle("Weight basis (top) and activation basis (bottom) against sparsity (mean +- sd over seeds)")
+    fig.tight_layout()
+    path = Path(out_dir) / "sparsity_curves.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_scatter(ds: xr.Dataset, out_dir: Path) -> Path:
+    """2 llc / d against k/m, every instance, coloured by log feature probability."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    markers = "osD^v<>p"
+    for j, model in enumerate(_models(ds)):
+        one = _one(ds, model)
+        p = np.broadcast_to(one["feature_probability"].values[:, None], one["overcompleteness"].shape)
+        sc = ax.scatter(one["overcompleteness"].values.ravel(), one["d_eff_fraction"].values.ravel(),
+                        c=np.log10(p.ravel()), cmap="viridis", marker=markers[j % len(markers)], s=18,
+                        alpha=0.8, label=model, vmin=-2, vmax=0)
+    fig.colorbar(sc, ax=ax, label="log10 feature probability")
+    ax.axvline(1.0, color="gray", lw=0.8, ls="--")
+    ax.set_xlabel("k / m (represented features per neuron)")
+    ax.set_ylabel("2 llc / d (effective fraction of the weights)")
+    ax.legend(fontsize=7, title="model")
+    ax.set_title("Overcomplete activations (right of the line) with undercomplete weights (below 1)")
+    fig.tight_layout()
+    path = Path(out_dir) / "scatter.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_fragility(ds: xr.Dataset, out_dir: Path) -> Path:
+    """Fraction of seeds whose geometry changes at the next feature probability, and |d llc / d log p|."""
+    models = _models(ds)
+    change = np.stack([_one(ds, m)["geometry_changes"].astype(float).mean("seed").values for m in models])
+    slope = np.stack([np.abs(_one(ds, m)["dllc_dlogp"]).mean("seed").values for m in models])
+    p = ds["feature_probability"].values
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.6 * len(models) + 2.2))
+    for ax, values, title, cmap in [
+        (axes[0], change, "fraction of seeds whose geometry changes at the next p", "Reds"),
+        (axes[1], slope, "|d llc / d log p| (mean over seeds)", "magma"),
+    ]:
+        im = ax.imshow(values, aspect="auto", cmap=cmap)
+        ax.set_yticks(range(len(models)), [str(m) for m in models])
+        ticks = np.linspace(0, len(p) - 1, min(len(p), 6)).astype(int)
+        ax.set_xticks(ticks, [f"{p[t]:.2g}" for t in ticks])
+        ax.set_xlabel("feature probability")
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(im, ax=ax)
+    fig.suptitle("Fragility: how much a small change of sparsity moves the arrangement")
+    fig.tight_layout()
+    path = Path(out_dir) / "fragility.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_sae_curves(ds: xr.Dataset, out_dir: Path) -> Path | None:
+    """SAE MMCS and FVU against dictionary size / m, first seed, a few feature probabilities."""
+    if "sae_fvu" not in ds:
+        return None
+    models = _models(ds)
+    fig, axes = plt.subplots(2, len(models), figsize=(3.2 * len(models), 5.5), squeeze=False)
+    for j, model in enumerate(models):
+        one = _one(ds, model).isel(seed=0)
+        n, m = _sizes(one)
+        fvu = one["sae_fvu"].dropna("dict_size", how="all")
+        ps = one["feature_probability"].values
+        for p in ps[np.linspace(0, len(ps) - 1, min(4, len(ps))).astype(int)]:
+            curve = fvu.sel(feature_probability=p)
+            axes[1, j].plot(curve["dict_size"] / m, curve.values, "o-", ms=3, label=f"p={p:.2g}")
+            k = float(one["overcompleteness"].sel(feature_probability=p))
+            axes[1, j].axvline(k, ls=":", lw=0.8, color=axes[1, j].lines[-1].get_color())
+        rec = one["sae_recovered_overcompleteness"]
+        axes[0, j].plot(ps, one["overcompleteness"].values, "o-", ms=3, label="k/m (from W)")
+        axes[0, j].plot(ps, rec.values, "s--", ms=3, label="SAE recovered")
+        axes[0, j].set_xscale("log")
+        axes[0, j].invert_xaxis()
+        axes[0, j].set_xlabel("feature probability")
+        axes[0, j].set_title(f"n={n}, m={m}")
+        axes[1, j].set_yscale("log")
+        axes[1, j].set_xlabel("dictionary size / m")
+        if j == 0:
+            axes[0, j].set_ylabel("overcompleteness")
+            axes[1, j].set_ylabel("FVU")
+        axes[0, j].legend(fontsize=6)
+        axes[1, j].legend(fontsize=6)
+    fig.suptitle("What a TopK SAE recovers from the activations (dotted: k/m from W)")
+    fig.tight_layout()
+    path = Path(out_dir) / "sae_curves.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_portraits(out_dir: Path, n_panels: int = 3) -> Path | None:
+    """Weight-column portraits (m = 2 models) of the best seed at a few feature probabilities."""
+    out_dir = Path(out_dir)
+    files = sorted(out_dir.glob("train_n*_m2.nc"))
+    if not files:
+        return None
+    fig, axes = plt.subplots(len(files), n_panels, figsize=(2.4 * n_panels, 2.4 * len(files)), squeeze=False)
+    for i, path in enumerate(files):
+        with xr.open_dataset(path) as train:
+            train = train.load()
+        ps = train["feature_probability"].values
+        for j, idx in enumerate(np.linspace(0, len(ps) - 1, n_panels).astype(int)):
+            one = train.isel(feature_probability=idx, importance_decay=0)
+            best = one.isel(seed=int(one["loss"].argmin("seed")))
+            W = best["W"].values
+            ax = axes[i, j]
+            for f in range(W.shape[1]):
+                ax.plot([0, W[0, f]], [0, W[1, f]], "-", lw=1.5)
+                ax.plot(W[0, f], W[1, f], "o", ms=3)
+            ax.set_xlim(-1.4, 1.4)
+            ax.set_ylim(-1.4, 1.4)
+            ax.set_aspect("equal")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"n={W.shape[1]}, p={ps[idx]:.2g}", fontsize=8)
+    fig.suptitle("Columns of W (best seed)")
+    fig.tight_layout()
+    out = out_dir / "portraits.png"
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_comparison(ds: xr.Dataset, out_dir: Path) -> list[Path]:
+    """Every comparison figure; returns the paths written."""
+    out_dir = Path(out_dir)
+    paths = [plot_sparsity_curves(ds, out_dir), plot_scatter(ds, out_dir), plot_fragility(ds, out_dir),
+             plot_sae_curves(ds, out_dir), plot_portraits(out_dir)]
+    return [p for p in paths if p is not None]
+
+
+def plot_development(dev: xr.Dataset, out_dir: Path, kgon_llc: dict[int, float] | None = None) -> list[Path]:
+    """Loss, LLC and k/m of every snapshot along training, with the k-gon levels from theory."""
+    kgon_llc = kgon_llc or {5: 7.0, 6: 8.5}
+    dev = dev.isel(feature_probability=0, importance_decay=0)
+    steps = dev["snapshot"].values
+    fig, axes = plt.subplots(3, 1, figsize=(7, 8), sharex=True)
+    for s in range(dev.sizes["seed"]):
+        one = dev.isel(seed=s)
+        axes[0].plot(steps, one["snapshot_loss"], "o-", ms=2, label=f"seed {int(one['seed'])}")
+        axes[1].plot(steps, one["llc_mean"], "o-", ms=2)
+        axes[2].plot(steps, one["overcompleteness"], "o-", ms=2)
+    m = int(dev.attrs.get("n_hidden", 2))
+    for k, value in kgon_llc.items():
+        axes[1].axhline(value, color="gray", ls="--", lw=0.8)
+        axes[1].text(steps[0], value, f" {k}-gon", va="bottom", fontsize=7, color="gray")
+        axes[2].axhline(k / m, color="gray", ls="--", lw=0.8)
+        axes[2].text(steps[0], k / m, f" {k}-gon", va="bottom", fontsize=7, color="gray")
+    axes[0].set_ylabel("loss")
+    axes[0].set_yscale("log")
+    axes[1].set_ylabel("llc")
+    axes[2].set_ylabel("k / m")
+    axes[2].set_xlabel("training step")
+    axes[2].set_xscale("log")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Development of the 6-feature, 2-neuron TMS (x = mu e_i): LLC and k/m step together")
+    fig.tight_layout()
+    path = Path(out_dir) / "development.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]
+
+
+def summary_table(ds: xr.Dataset, n_rows: int = 5) -> str:
+    """A markdown table: per model, a few feature probabilities, means over seeds."""
+    header = ("| model | p | k/m | 1/D* | SAE k/m | llc (+- se) | 2 llc / d | Hessian rank | GN rank | "
+              "under & over | geometry changes |")
+    lines = [header, "|---" * (header.count("|") - 1) + "|"]
+    for model in _models(ds):
+        one = _one(ds, model)
+        ps = one["feature_probability"].values
+        for idx in np.linspace(0, len(ps) - 1, min(n_rows, len(ps))).astype(int):
+            row = one.isel(feature_probability=idx)
+            mean = lambda name: float(row[name].mean("seed")) if name in row else float("nan")
+            se = float(np.sqrt((row["llc_standard_error"] ** 2).mean("seed") / row.sizes["seed"]))
+            sae = float(row["sae_recovered_overcompleteness"].mean("seed")) if "sae_recovered_overcompleteness" in row else float("nan")
+            lines.append(
+                f"| {model} | {ps[idx]:.3g} | {mean('overcompleteness'):.2f} | {mean('features_per_dimension'):.2f} | "
+                f"{sae:.2f} | {mean('llc_mean'):.2f} +- {se:.2f} | {mean('d_eff_fraction'):.2f} | "
+                f"{mean('hessian_rank'):.1f} | {mean('gn_rank'):.1f} | "
+                f"{mean('undercomplete_weights_overcomplete_activations'):.2f} | {mean('geometry_changes'):.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def findings(ds: xr.Dataset, dev: xr.Dataset | None = None, kgon_llc: dict[int, float] | None = None) -> list[str]:
+    """Sentences with the numbers the data gives (nothing here is hard-coded)."""
+    out = []
+    for model in _models(ds):
+        one = _one(ds, model)
+        n, m = _sizes(one)
+        both = float(one["undercomplete_weights_overcomplete_activations"].mean())
+        over = float(one["activations_overcomplete"].mean())
+        x, y = one["overcompleteness"].values.ravel(), one["d_eff_fraction"].values.ravel()
+        ok = np.isfinite(x) & np.isfinite(y)
+        corr = _spearman(x[ok], y[ok])
+        change = one["geometry_changes"].values
+        slope = np.abs(one["dllc_dlogp"].values)
+        at_change = float(np.nanmean(slope[change])) if change.any() else float("nan")
+        elsewhere = float(np.nanmean(slope[~change])) if (~change).any() else float("nan")
+        text = (f"- **n={n}, m={m}**: {over:.0%} of instances have overcomplete activations (k > m) and "
+                f"{both:.0%} have both overcomplete activations and undercomplete weights; the Spearman "
+                f"correlation of 2 llc / d with k/m is {corr:+.2f}. The geometry changes between "
+                f"neighbouring sparsities in {float(change.mean()):.0%} of cases, where |d llc / d log p| "
+                f"averages {at_change:.2f} against {elsewhere:.2f} elsewhere.")
+        if "violates_bound" in one:
+            text += f" The Hessian-rank bound on llc is violated in {float(one['violates_bound'].mean()):.0%} of instances."
+        if "sae_recovered_overcompleteness" in one:
+            rec = one["sae_recovered_overcompleteness"]
+            agree = (np.abs(rec - one["overcompleteness"]) < 0.5 / m).where(rec.notnull())
+            text += (f" The SAE recovers k/m exactly in {float(agree.mean()):.0%} of the instances it was trained on"
+                     f" ({float(rec.isnull().mean()):.0%} reached no dictionary size meeting the targets).")
+        out.append(text)
+    if dev is not None:
+        final = dev.isel(snapshot=-1)
+        out.append(
+            f"- **Development** (n=6, m=2, x = mu e_i): at the last snapshot k/m = "
+            f"{', '.join(f'{v:.1f}' for v in final['overcompleteness'].values.ravel())} and llc = "
+            f"{', '.join(f'{v:.2f}' for v in final['llc_mean'].values.ravel())} across seeds; theory for the "
+            + ", ".join(f"{k}-gon: llc {v}" for k, v in (kgon_llc or {}).items()) + "."
+        )
+    return out
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    if len(x) < 3 or np.all(x == x[0]) or np.all(y == y[0]):
+        return float("nan")
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(x, y).statistic)

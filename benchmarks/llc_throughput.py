@@ -1,0 +1,154 @@
+"""LLC throughput: this package vs devinterp 1.3 on one TMS, side by side in one run.
+
+    python benchmarks/llc_throughput.py            # full settings (about 1-2 minutes on 2 cores)
+    python benchmarks/llc_throughput.py --quick    # fewer devinterp chains, for a smoke run
+
+Model: the Chen et al. regular 6-gon TMS (6 features, 2 hidden, d = 18), data x = mu e_i,
+n = 1000, batch 500, nbeta = n / log n, 8 chains x 1000 steps (200 burn-in), eps 5e-4,
+gamma 100. Prints chain-steps per second for both and their ratio, both estimates, the
+compile time (first call) separately from the repeated call, the throughput of 64
+instances x 8 chains in one call, the memory of full vs thinned traces, and peak RSS.
+devinterp runs with torch on 1 thread: on this tiny model more threads only contend
+(measured about 4x slower with 2 threads on 2 cores), so 1 thread is devinterp's best case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import resource
+import time
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from slt_superposition import SGLDConfig, estimate_llc, estimate_llc_batched
+from slt_superposition import llc as llc_module
+from toy_models.data import high_sparsity_limit
+from toy_models.tms import tms_loss
+
+N_FEATURES, N_HIDDEN, N, BATCH = 6, 2, 1000, 500
+CHAINS, STEPS, BURNIN, EPS, GAMMA = 8, 1000, 200, 5e-4, 100.0
+L_STAR, B_STAR = 1.32053, -0.61814
+
+
+def six_gon():
+    angles = 2 * np.pi * np.arange(N_FEATURES) / N_FEATURES
+    W = L_STAR * np.stack([np.cos(angles), np.sin(angles)]).astype(np.float32)
+    return {"W": jnp.asarray(W), "b": jnp.full((N_FEATURES,), B_STAR, jnp.float32)}
+
+
+def loss_fn(params, batch):
+    return tms_loss(params, batch)
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def run_ours(params, x, config):
+    llc_module.clear_cache()
+    call = lambda key: estimate_llc(loss_fn, params, x, config=config, key=jax.random.key(key))
+    _, first = timed(lambda: call(0))
+    repeats = [timed(lambda: call(1 + i)) for i in range(3)]
+    best = min(t for _, t in repeats)
+    return repeats[0][0], first, best
+
+
+def run_devinterp(params, x, chains):
+    import torch
+    from devinterp.slt.sampler import estimate_learning_coeff_with_summary
+
+    torch.set_num_threads(1)
+
+    class TorchTMS(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.W = torch.nn.Parameter(torch.tensor(np.asarray(params["W"])))
+            self.b = torch.nn.Parameter(torch.tensor(np.asarray(params["b"])))
+
+        def forward(self, inputs):
+            return torch.relu(inputs @ self.W.T @ self.W + self.b)
+
+    def evaluate(model, batch):
+        inputs = batch[0]
+        return ((inputs - model(inputs)) ** 2).sum(dim=-1).mean()
+
+    torch.manual_seed(0)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.tensor(np.asarray(x))),
+                                         batch_size=BATCH, shuffle=True)
+    kwargs = dict(evaluate=evaluate, optimizer_kwargs=dict(lr=EPS, localization=GAMMA, nbeta=N / math.log(N)),
+                  num_chains=chains, num_draws=STEPS - BURNIN, num_burnin_steps=BURNIN, seed=0, verbose=False)
+    # warm-up (torch imports its compiler stack lazily on the first optimizer), not timed
+    estimate_learning_coeff_with_summary(TorchTMS(), loader, **{**kwargs, "num_chains": 1, "num_draws": 5,
+                                                                 "num_burnin_steps": 0})
+    result, seconds = timed(lambda: estimate_learning_coeff_with_summary(TorchTMS(), loader, **kwargs))
+    return result, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 devinterp chains instead of 8")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+
+    params = six_gon()
+    x = high_sparsity_limit(jax.random.key(0), N, N_FEATURES)
+    nbeta = N / math.log(N)
+    config = SGLDConfig(step_size=EPS, localization=GAMMA, nbeta=nbeta, num_chains=CHAINS, num_steps=STEPS,
+                        num_burnin=BURNIN, batch_size=BATCH)
+    chain_steps = CHAINS * STEPS
+    print(f"jax {jax.__version__} on {jax.default_backend()}; TMS 6x2, n={N}, batch {BATCH}, "
+          f"{CHAINS} chains x {STEPS} steps, eps {EPS}, gamma {GAMMA}, nbeta {nbeta:.2f}")
+
+    ours, first, repeat = run_ours(params, x, config)
+    ours_rate = chain_steps / repeat
+    print(f"slt_superposition: first call {first:.2f} s (compile ~{first - repeat:.2f} s), "
+          f"repeated call {repeat * 1e3:.1f} ms -> {ours_rate:,.0f} chain-steps/s; "
+          f"LLC {float(ours.llc_mean):.3f} +- {float(ours.llc_std) / math.sqrt(CHAINS):.3f} (s.e.), "
+          f"MALA {float(ours.mala_acceptance.mean()):.3f}")
+
+    epoch_config = SGLDConfig(**{**config.to_dict(), "sampling": "epoch"})
+    _, _, epoch_repeat = run_ours(params, x, epoch_config)
+    print(f"slt_superposition, sampling='epoch' (without replacement, as devinterp's shuffled loader): "
+          f"repeated call {epoch_repeat * 1e3:.1f} ms -> {chain_steps / epoch_repeat:,.0f} chain-steps/s")
+
+    dv_chains = 2 if args.quick else CHAINS
+    theirs, dv_seconds = run_devinterp(params, x, dv_chains)
+    dv_rate = dv_chains * STEPS / dv_seconds
+    print(f"devinterp 1.3:     {dv_chains} chains in {dv_seconds:.1f} s -> {dv_rate:,.0f} chain-steps/s; "
+          f"LLC {theirs['llc/mean']:.3f} +- {theirs['llc/std'] / math.sqrt(dv_chains):.3f} (s.e.)")
+    print(f"speed ratio (slt_superposition / devinterp): {ours_rate / dv_rate:,.0f}x "
+          f"(sampling='epoch': {chain_steps / epoch_repeat / dv_rate:,.0f}x)")
+    se = math.sqrt((float(ours.llc_std) / math.sqrt(CHAINS)) ** 2 + (theirs["llc/std"] / math.sqrt(dv_chains)) ** 2)
+    print(f"estimate difference: {abs(float(ours.llc_mean) - theirs['llc/mean']) / se:.2f} combined standard errors")
+
+    n_inst = 64
+    noise = 0.01 * jax.random.normal(jax.random.key(2), (n_inst, N_HIDDEN, N_FEATURES))
+    grid = {"W": params["W"][None] + noise, "b": jnp.broadcast_to(params["b"], (n_inst, N_FEATURES))}
+    data = jnp.stack([high_sparsity_limit(jax.random.key(10 + i), N, N_FEATURES) for i in range(n_inst)])
+    call = lambda key: estimate_llc_batched(loss_fn, grid, data, config=config, key=jax.random.key(key))
+    _, first64 = timed(lambda: call(0))
+    batched, t64 = timed(lambda: call(1))
+    rate64 = n_inst * chain_steps / t64
+    print(f"{n_inst} instances x {CHAINS} chains x {STEPS} steps in one call: first {first64:.2f} s, "
+          f"repeated {t64:.2f} s -> {rate64:,.0f} chain-steps/s ({rate64 / dv_rate:,.0f}x devinterp); "
+          f"LLC over instances {float(batched.llc_mean.mean()):.2f} (min {float(batched.llc_mean.min()):.2f}, "
+          f"max {float(batched.llc_mean.max()):.2f})")
+
+    long_steps = 20_000
+    for every in (1, 100):
+        long = SGLDConfig(**{**config.to_dict(), "num_steps": long_steps, "num_burnin": 2000, "trace_every": every})
+        ds, seconds = timed(lambda: estimate_llc(loss_fn, params, x, config=long, key=jax.random.key(3)))
+        print(f"{CHAINS} chains x {long_steps} steps, trace_every={every}: loss_trace {ds.loss_trace.nbytes / 1e3:.1f} kB "
+              f"(per 64 instances: {64 * ds.loss_trace.nbytes / 1e6:.2f} MB), LLC {float(ds.llc_mean):.3f}, {seconds:.2f} s")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak resident memory of this process (both libraries loaded): {rss:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

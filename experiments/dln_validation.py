@@ -1,0 +1,248 @@
+"""Validate the LLC estimator on deep linear networks against Aoyagi's exact lambda.
+
+Furman & Lau data (x ~ U[-10, 10], y = f(x; w*), n = 1e5, MSE over batch and outputs).
+Each case: a true parameter w*, `calibrate` chooses step size and chain length (no
+hand-tuned step size per case), then `estimate_llc` with a fresh key gives lambda_hat.
+
+- "singular" w* (every layer of rank r): the local coefficient equals Aoyagi's lambda;
+  target median |relative error| <= 10%, none above 20%.
+- "less_singular" w* (one rank-r layer, the rest generic): reported separately; the local
+  coefficient can exceed lambda.
+
+    python -m experiments.dln_validation --out results/dln_validation [--quick]
+
+Writes dln_validation.nc, dln_validation.md (table), report.md, dln_validation.png
+(lambda_hat vs lambda) and calibration/<case>.nc + .png (why each config was chosen).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import numpy as np
+import xarray as xr
+
+from slt_superposition.calibration import calibrate
+from slt_superposition.io import save_dataset
+from slt_superposition.llc import estimate_llc
+from slt_superposition.provenance import provenance_attrs
+from slt_superposition.theory import dln_learning_coefficient, dln_parameter_count
+from toy_models.dln import dln_data, dln_loss, dln_true_params
+
+N_SAMPLES = 100_000
+BATCH_SIZE = 500
+NUM_CHAINS = 4
+SEED = 0
+# (widths, rank, kind): the public panel of ANCHORS.md, then our own choices
+PUBLIC_PANEL = [((4, 3, 4), 1), ((5, 4, 3, 5), 2), ((6, 6, 6, 6), 3), ((8, 5, 7), 3), ((3, 10, 10, 3), 2)]
+OWN_CASES = [((3, 5), 2), ((6, 4, 6), 0), ((5, 8, 5), 5), ((4, 6, 6, 6, 4), 2), ((2, 20, 2), 1),
+             ((8, 2, 8), 2), ((7, 3, 3, 7), 1)]
+LESS_SINGULAR = [((7, 3, 3, 7), 1), ((4, 3, 4), 1)]
+QUICK_CASES = [((3, 5), 2, "singular"), ((4, 3, 4), 1, "singular")]
+
+
+def case_name(widths, rank, kind) -> str:
+    return f"{'-'.join(map(str, widths))}_r{rank}_{kind}"
+
+
+def all_cases(quick: bool) -> list[tuple]:
+    if quick:
+        return list(QUICK_CASES)
+    return ([(w, r, "singular") for w, r in PUBLIC_PANEL + OWN_CASES]
+            + [(w, r, "less_singular") for w, r in LESS_SINGULAR])
+
+
+def run_case(widths, rank, kind, *, seed: int = SEED, max_steps: int = 80_000, calibration_dir: Path | None = None,
+             progress: bool = False, **calibrate_options) -> dict:
+    """Calibrate and estimate one case; returns a row of the results table."""
+    key = jax.random.key(seed)
+    k_true, k_data, k_cal, k_est = jax.random.split(key, 4)
+    params = dln_true_params(k_true, widths, rank, kind)
+    data = dln_data(k_data, params, N_SAMPLES)
+    t0 = time.perf_counter()
+    config, cal = calibrate(dln_loss, params, data, key=k_cal, batch_size=BATCH_SIZE, num_chains=NUM_CHAINS,
+                            max_steps=max_steps, progress=progress, **calibrate_options)
+    est = estimate_llc(dln_loss, params, data, config=config, key=k_est)
+    seconds = time.perf_counter() - t0
+    name = case_name(widths, rank, kind)
+    if calibration_dir is not None:
+        from slt_superposition.plots import plot_calibration
+
+        save_dataset(cal, calibration_dir / f"{name}.nc")
+        plot_calibration(cal, calibration_dir / name)
+    lam = dln_learning_coefficient(widths, rank)
+    llc = float(est["llc_mean"])
+    return dict(
+        case=name, widths="-".join(map(str, widths)), depth=len(widths) - 1, rank=rank, kind=kind,
+        n_parameters=dln_parameter_count(widths), lambda_theory=lam, llc_mean=llc,
+        llc_std=float(est["llc_std"]), rel_error=(llc - lam) / lam, step_size=config.step_size,
+        num_steps=config.num_steps, converged=int(cal.attrs["converged"]),
+        mala_acceptance=float(est["mala_acceptance"].mean()), rhat=float(est["rhat"]),
+        n_diverged=int(est["n_diverged"]), seconds=seconds,
+    )
+
+
+VARIABLES = {
+    "lambda_theory": ("Aoyagi learning coefficient lambda", "1"),
+    "llc_mean": ("LLC estimate lambda_hat (mean over chains)", "1"),
+    "llc_std": ("standard deviation of lambda_hat over chains", "1"),
+    "rel_error": ("(lambda_hat - lambda) / lambda", "1"),
+    "step_size": ("step size chosen by calibrate", "1"),
+    "num_steps": ("chain length chosen by calibrate (half burn-in)", "steps"),
+    "converged": ("calibrate found the estimate stable under doubling the chain (1) or not (0)", "1"),
+    "mala_acceptance": ("mean MALA acceptance proxy", "1"),
+    "rhat": ("R-hat of the post-burn-in loss traces", "1"),
+    "n_diverged": ("divergent chains", "chains"),
+    "n_parameters": ("number of parameters d", "1"),
+    "rank": ("rank r of the true end-to-end matrix", "1"),
+    "depth": ("number of layers L", "1"),
+    "seconds": ("wall time of calibrate + estimate", "s"),
+}
+
+
+def to_dataset(rows: list[dict], config: dict) -> xr.Dataset:
+    data_vars = {}
+    for name, (long_name, units) in VARIABLES.items():
+        data_vars[name] = xr.Variable("case", np.array([r[name] for r in rows]), {"long_name": long_name, "units": units})
+    for name, long_name in (("widths", "layer widths H_0-...-H_L"), ("kind", "true parameter: singular | less_singular")):
+        data_vars[name] = xr.Variable("case", np.array([r[name] for r in rows], dtype=object), {"long_name": long_name})
+    ds = xr.Dataset(data_vars, coords={"case": [r["case"] for r in rows]})
+    ds.attrs.update(provenance_attrs("dln_validation", config))
+    return ds
+
+
+def summary(ds: xr.Dataset) -> dict:
+    sing = ds.where(ds["kind"] == "singular", drop=True)
+    err = np.abs(sing["rel_error"].values.astype(float))
+    return dict(n_singular=int(err.size), median_abs_rel_error=float(np.median(err)) if err.size else float("nan"),
+                max_abs_rel_error=float(np.max(err)) if err.size else float("nan"))
+
+
+def markdown_table(ds: xr.Dataset) -> str:
+    lines = []
+    for kind, title in (("singular", "Every layer of rank r (validation: local = Aoyagi lambda)"),
+                        ("less_singular", "Less singular true parameters (one rank-r layer; expected >= lambda)")):
+        sub = [i for i in range(ds.sizes["case"]) if ds["kind"].values[i] == kind]
+        if not sub:
+            continue
+        lines += [f"### {title}", "",
+                  "| widths | r | d | lambda | lambda_hat +- std | rel. error | eps | steps | converged | MALA | R-hat |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for i in sub:
+            v = {k: ds[k].values[i] for k in ds.data_vars}
+            lines.append(
+                f"| {v['widths']} | {int(v['rank'])} | {int(v['n_parameters'])} | {float(v['lambda_theory']):.2f} | "
+                f"{float(v['llc_mean']):.2f} +- {float(v['llc_std']):.2f} | {100 * float(v['rel_error']):+.1f}% | "
+                f"{float(v['step_size']):.2g} | {int(v['num_steps'])} | {'yes' if int(v['converged']) else 'no'} | "
+                f"{float(v['mala_acceptance']):.3f} | {float(v['rhat']):.3f} |")
+        lines.append("")
+    s = summary(ds)
+    lines.append(f"Singular cases: {s['n_singular']}; median |relative error| {100 * s['median_abs_rel_error']:.1f}% "
+                 f"(target <= 10%); max {100 * s['max_abs_rel_error']:.1f}% (target <= 20%).")
+    return "\n".join(lines) + "\n"
+
+
+def scatter(ds: xr.Dataset, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+    lam = ds["lambda_theory"].values.astype(float)
+    for kind, style in (("singular", dict(fmt="o", color="C0")), ("less_singular", dict(fmt="s", color="C3"))):
+        m = ds["kind"].values == kind
+        if m.any():
+            ax.errorbar(lam[m], ds["llc_mean"].values[m], yerr=ds["llc_std"].values[m], label=kind.replace("_", " "),
+                        **style)
+    top = max(lam.max(), np.nanmax(ds["llc_mean"].values)) * 1.1
+    xs = np.array([0, top])
+    ax.plot(xs, xs, "k-", lw=0.8, label="lambda_hat = lambda")
+    ax.fill_between(xs, 0.8 * xs, 1.2 * xs, color="0.85", label="+-20%")
+    ax.set_xlabel("Aoyagi lambda")
+    ax.set_ylabel("lambda_hat (calibrated SGLD)")
+    ax.set_title("DLN: estimated vs exact learning coefficient")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(ds: xr.Dataset, out_dir: Path, command: str) -> None:
+    save_dataset(ds, out_dir / "dln_validation.nc")
+    table = markdown_table(ds)
+    (out_dir / "dln_validation.md").write_text(table)
+    scatter(ds, out_dir / "dln_validation.png")
+    (out_dir / "report.md").write_text(
+        "# DLN validation: calibrated SGLD LLC vs Aoyagi's lambda\n\n"
+        f"Made by: `{command}`\n\n{table}\nFigure: dln_validation.png; per-case calibration sweeps in calibration/.\n")
+
+
+def run(out_dir: Path, *, quick: bool = False, only: Sequence[str] | None = None, progress: bool = True,
+        max_acceptance_drop: float = 0.03) -> xr.Dataset:
+    """Run the DLN panel (or the quick subset, or the cases named in `only`) and write outputs.
+
+    `max_acceptance_drop` is passed to `calibrate` (the one calibration setting studied here).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cases = all_cases(quick)
+    if only:
+        cases = [c for c in cases if case_name(*c) in set(only)]
+    max_steps = 40_000 if quick else 80_000
+    rows = []
+    for widths, rank, kind in cases:
+        row = run_case(widths, rank, kind, max_steps=max_steps, calibration_dir=out_dir / "calibration",
+                       progress=progress, max_acceptance_drop=max_acceptance_drop)
+        print(f"{row['case']}: lambda {row['lambda_theory']:.2f} lambda_hat {row['llc_mean']:.2f} "
+              f"({100 * row['rel_error']:+.1f}%) eps {row['step_size']:.2g} steps {row['num_steps']} "
+              f"converged {row['converged']} [{row['seconds']:.0f}s]", flush=True)
+        rows.append(row)
+    config = dict(quick=quick, cases=[case_name(*c) for c in cases], n=N_SAMPLES, batch_size=BATCH_SIZE,
+                  num_chains=NUM_CHAINS, seed=SEED, max_steps=max_steps, localization=1.0, nbeta="n/log n",
+                  max_acceptance_drop=max_acceptance_drop)
+    ds = to_dataset(rows, config)
+    write_outputs(ds, out_dir, "python -m experiments.dln_validation " + " ".join(sys.argv[1:]))
+    return ds
+
+
+def merge(out_dir: Path, parts: Sequence[Path]) -> xr.Dataset:
+    """Concatenate the dln_validation.nc of several partial runs (e.g. one per process)."""
+    from slt_superposition.io import open_result
+
+    dsets = [open_result(Path(p) / "dln_validation.nc", kind="dln_validation") for p in parts]
+    ds = xr.concat(dsets, dim="case")
+    ds.attrs = dsets[0].attrs
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_outputs(ds, out_dir, "python -m experiments.dln_validation " + " ".join(sys.argv[1:]))
+    return ds
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Validate calibrated SGLD LLC estimates on deep linear networks "
+                                                 "against Aoyagi's exact learning coefficient.")
+    parser.add_argument("--out", type=Path, default=Path("results/dln_validation"), help="output folder")
+    parser.add_argument("--quick", action="store_true", help="two small cases, shorter max chain length")
+    parser.add_argument("--only", action="append", help="run only this case (repeatable), e.g. 4-3-4_r1_singular")
+    parser.add_argument("--max-acceptance-drop", type=float, default=0.03,
+                        help="calibrate's allowed MALA acceptance drop below the small-step plateau (default 0.03)")
+    parser.add_argument("--list", action="store_true", help="list the case names and exit")
+    parser.add_argument("--merge", type=Path, nargs="+", help="merge the results of these partial output folders")
+    args = parser.parse_args(argv)
+    if args.list:
+        print("\n".join(case_name(*c) for c in all_cases(args.quick)))
+        return
+    ds = merge(args.out, args.merge) if args.merge else run(args.out, quick=args.quick, only=args.only,
+                                                                  max_acceptance_drop=args.max_acceptance_drop)
+    print(markdown_table(ds))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""The flagship: the weight basis (LLC, Hessian and Gauss-Newton rank) against the activation
+basis (represented features, features per dimension, SAE recovery) on the same trained TMS.
+
+    python -m experiments.weights_vs_activations --quick --out results/quick
+    slt-superposition reproduce weights-vs-activations [--quick|--full] --out DIR
+
+For every model (n features, m hidden) in the grid, every (feature probability, seed) instance
+is trained in one program, its LLC estimated in one program (a config chosen by `calibrate` on a
+few representative instances), its Hessian and Gauss-Newton ranks computed, TopK SAEs of several
+dictionary sizes trained on its hidden activations, and both sides joined by
+`analysis.compare.compare`. A second part follows Chen et al.'s 6-feature, 2-neuron TMS along
+training (LLC and k/m of every snapshot). Each model is one chunk of a resumable sweep.
+Writes `weights_vs_activations.nc`, `development.nc`, the per-model `train_*.nc`, figures and
+`report.md` into the output folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import xarray as xr
+
+from analysis.compare import compare
+from analysis.development import development
+from analysis.measures import represented_features
+from analysis.sae import recovered_overcompleteness, train_sae
+from analysis.weight_basis import weight_basis_measures
+from slt_superposition.calibration import calibrate
+from slt_superposition.io import save_dataset
+from slt_superposition.llc import SGLDConfig, estimate_llc_batched
+from slt_superposition.provenance import provenance_attrs
+from slt_superposition.sweep import run_sweep
+from toy_models.tms import tms_forward, tms_hidden
+from toy_models.train import GRID_DIMS, TrainConfig, llc_inputs, train_grid
+
+NAME = "weights-vs-activations"
+KGON_LLC = {5: 7.0, 6: 8.5}  # Chen et al. 2023, theoretical LLC of the 5- and 6-gon (ANCHORS.md)
+
+
+@dataclasses.dataclass(frozen=True)
+class FlagshipConfig:
+    """Every setting that decides the flagship's numbers (stored in the dataset's attrs)."""
+
+    models: tuple[tuple[int, int], ...] = ((4, 2), (5, 2), (6, 2), (8, 2), (20, 5))
+    n_feature_probabilities: int = 20  # log-spaced from 1 to min_feature_probability
+    min_feature_probability: float = 0.01
+    seeds: int = 8
+    train_steps: int = 10_000
+    batch_size: int = 1024
+    llc_samples: int = 4096  # n, the data set the LLC (and nbeta = n / log n) refers to
+    llc_chains: int = 4
+    calibration_points: int = 3  # feature probabilities calibrated per model; others use the nearest
+    hessian_samples: int = 4096
+    sae_seeds: int = 1  # SAEs are trained on the first `sae_seeds` seeds of every feature probability
+    sae_samples: int = 8192
+    sae_steps: int = 3000
+    development_steps: int = 20_000
+    development_seeds: int = 4
+    development_snapshots: int = 24
+    seed: int = 0
+
+    @property
+    def feature_probabilities(self) -> tuple[float, ...]:
+        values = np.geomspace(1.0, self.min_feature_probability, self.n_feature_probabilities)
+        return tuple(float(np.float32(v)) for v in values)
+
+
+QUICK = FlagshipConfig(n_feature_probabilities=8, seeds=2, train_steps=3000, llc_samples=2048, llc_chains=2,
+                       calibration_points=2, hessian_samples=2048, sae_samples=4096, sae_steps=1500,
+                       development_steps=6000, development_seeds=2, development_snapshots=12)
+FULL = FlagshipConfig(n_feature_probabilities=40, seeds=16, llc_samples=16_384, llc_chains=8, calibration_points=5,
+                      sae_seeds=4, sae_steps=5000, development_seeds=8)
+
+
+def _model_label(n: int, m: int) -> str:
+    return f"n{n}_m{m}"
+
+
+def _calibrated_llc(train: xr.Dataset, config: FlagshipConfig, key) -> tuple[xr.Dataset, list[dict]]:
+    """LLC of every instance; `calibrate` runs on seed 0 at a few feature probabilities and each
+    feature probability uses the config calibrated nearest to it (in log p)."""
+    data_key, cal_key, llc_key = jax.random.split(key, 3)
+    loss_fn, params, data = llc_inputs(train, n_samples=config.llc_samples, key=data_key)
+    grid_shape = tuple(train.sizes[d] for d in GRID_DIMS)
+    unflat = lambda tree: jax.tree_util.tree_map(lambda x: x.reshape(grid_shape + x.shape[1:]), tree)
+    params, data = unflat(params), unflat(data)
+    fps = train["feature_probability"].values
+    picks = np.unique(np.round(np.linspace(0, len(fps) - 1, config.calibration_points)).astype(int))
+    chosen, records = {}, []
+    for j, idx in enumerate(picks):
+        one = lambda tree: jax.tree_util.tree_map(lambda x: x[idx, 0, 0], tree)
+        sgld, _ = calibrate(loss_fn, one(params), one(data), key=jax.random.fold_in(cal_key, j))
+        sgld = dataclasses.replace(sgld, num_chains=config.llc_chains)
+        chosen[idx] = sgld
+        records.append({"feature_probability": float(fps[idx]), **sgld.to_dict()})
+    nearest = {i: picks[np.argmin(np.abs(np.log(fps[picks]) - np.log(fps[i])))] for i in range(len(fps))}
+    parts = []
+    for idx in picks:
+        rows = [i for i in range(len(fps)) if nearest[i] == idx]
+        sub = lambda tree: jax.tree_util.tree_map(lambda x: x[np.asarray(rows)], tree)
+        dims = {d: train[d].values[rows] if d == "feature_probability" else train[d].values for d in GRID_DIMS}
+        parts.append(estimate_llc_batched(loss_fn, sub(params), sub(data), config=chosen[idx],
+                                          key=jax.random.fold_in(llc_key, int(idx)), instance_dims=dims))
+    llc = xr.concat(parts, "feature_probability", combine_attrs="drop").sortby("feature_probability",
+                                                                                 ascending=False)
+    return llc, records
+
+
+def _weight_basis(train: xr.Dataset, config: FlagshipConfig, key) -> xr.Dataset:
+    loss_fn, params, data = llc_inputs(train, n_samples=config.hessian_samples, key=key)
+    grid_shape = tuple(train.sizes[d] for d in GRID_DIMS)
+    unflat = lambda tree: jax.tree_util.tree_map(lambda x: x.reshape(grid_shape + x.shape[1:]), tree)
+    forward = lambda p, x: tms_forward(p, x)
+    basis = weight_basis_measures(loss_fn, forward, unflat(params), unflat(data), inputs=unflat(data)["x"],
+                                  instance_dims=GRID_DIMS, data_batched=True)
+    return basis.assign_coords({d: train[d].values for d in GRID_DIMS})
+
+
+def _sae(train: xr.Dataset, config: FlagshipConfig, key) -> xr.Dataset:
+    """Recovered overcompleteness of SAEs on the hidden activations of the first seeds."""
+    sub = train.isel(seed=slice(0, config.sae_seeds))
+    _, params, data = llc_inputs(sub, n_samples=config.sae_samples, key=key)
+    h = jax.vmap(tms_hidden)(params, data["x"])  # (instance, sample, hidden)
+    n, m = train.sizes["feature"], train.sizes["hidden"]
+    grid_shape = tuple(sub.sizes[d] for d in GRID_DIMS)
+    sizes = sorted({s for s in range(m, 2 * n + 1) if s <= 2 * n})
+    acts = xr.DataArray(np.asarray(h).reshape(grid_shape + h.shape[1:]), dims=(*GRID_DIMS, "sample", "hidden"),
+                        coords={d: sub[d].values for d in GRID_DIMS})
+    sae = train_sae(acts, dict_sizes=sizes, k=1, steps=config.sae_steps, key=jax.random.fold_in(key, 1))
+    W = sub["W"]
+    recovered = recovered_overcompleteness(sae, W, feature_mask=represented_features(W))
+    from analysis.sae import mmcs
+
+    return xr.Dataset(
+        {
+            "sae_recovered_overcompleteness": recovered,
+            "sae_mmcs": mmcs(W, sae["decoder"], feature_mask=represented_features(W)),
+            "sae_fvu": sae["fvu"],
+        }
+    )
+
+
+def compute_model(n: int, m: int, config: FlagshipConfig, out_dir: Path, progress: bool = True) -> xr.Dataset:
+    """Train, measure and join one model's grid; also saves its `train_<label>.nc`."""
+    label = _model_label(n, m)
+    key = jax.random.fold_in(jax.random.key(config.seed), n * 1000 + m)
+    train_config = TrainConfig(
+        n_features=n, n_hidden=m, feature_probabilities=config.feature_probabilities, seeds=config.seeds,
+        steps=config.train_steps, batch_size=config.batch_size,
+    )
+    train = train_grid(train_config, progress=progress)
+    save_dataset(train, out_dir / f"train_{label}.nc")
+    llc, calibration = _calibrated_llc(train, config, jax.random.fold_in(key, 1))
+    basis = _weight_basis(train, config, jax.random.fold_in(key, 2))
+    sae = _sae(train, config, jax.random.fold_in(key, 3))
+    ds = compare(train, llc, basis.drop_vars("hessian_eigenvalues"), sae)
+    ds["hessian_eigenvalues"] = basis["hessian_eigenvalues"]
+    ds = ds.squeeze("importance_decay")
+    ds.attrs.update(calibration=json.dumps(calibration))
+    return ds.expand_dims(model=[label]).assign_coords(n_features=("model", [n]), n_hidden=("model", [m]))
+
+
+def _combine(parts: list[xr.Dataset]) -> xr.Dataset:
+    """Stack per-model datasets along `model` (per-model attrs go into a JSON attr)."""
+    per_model = {str(p["model"].values[0]): {k: v for k, v in p.attrs.items() if k in ("calibration",)} for p in parts}
+    stacked = xr.concat([p.drop_attrs() for p in parts], "model", join="outer", fill_value=np.nan,
+                        coords="different", compat="equals")
+    stacked.attrs["per_model"] = json.dumps(per_model)
+    return stacked
+
+
+def run(out_dir: Path, *, quick: bool = False, full: bool = False, progress: bool = True,
+        config: FlagshipConfig | None = None) -> xr.Dataset:
+    """Run the flagship into `out_dir`; returns the joined dataset (also saved there)."""
+    config = config or (QUICK if quick else FULL if full else FlagshipConfig())
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    config_dict = dataclasses.asdict(config) | {"feature_probabilities": config.feature_probabilities}
+    chunks = [{"n_features": n, "n_hidden": m} for n, m in config.models]
+    ds = run_sweep(
+        NAME, config_dict, chunks,
+        lambda c: compute_model(c["n_features"], c["n_hidden"], config, out_dir, progress),
+        out_dir / "sweep", combine=_combine, progress=progress,
+    )
+    ds.attrs.update(provenance_attrs("compare", config_dict))
+    save_dataset(ds, out_dir / "weights_vs_activations.nc")
+
+    dev_config = TrainConfig(
+        n_features=6, n_hidden=2, feature_probabilities=(1.0,), seeds=config.development_seeds,
+        steps=config.development_steps, batch_size=config.batch_size, data="high_sparsity_limit",
+        snapshot_steps=tuple(np.unique(np.geomspace(10, config.development_steps, config.development_snapshots)
+                                       .astype(int)).tolist()),
+    )
+    dev_sgld = _development_sgld(dev_config, config)
+    dev = development(dev_config, sgld=dev_sgld, n_samples=config.llc_samples,
+                      key=jax.random.key(config.seed + 1), progress=progress)
+    dev.attrs.update(provenance_attrs("development", {"train": dataclasses.asdict(dev_config),
+                                                      "sgld": dev_sgld.to_dict()}))
+    save_dataset(dev, out_dir / "development.nc")
+
+    from analysis.compare_plots import plot_comparison, plot_development
+
+    figures = plot_comparison(ds, out_dir) + plot_development(dev, out_dir, kgon_llc=KGON_LLC)
+    write_report(ds, dev, out_dir, figures, config, seconds=time.time() - start, quick=quick, full=full)
+    return ds
+
+
+def _development_sgld(dev_config: TrainConfig, config: FlagshipConfig) -> SGLDConfig:
+    """Calibrate once on a fully trained 6-feature TMS; used for every snapshot."""
+    probe = train_grid(dataclasses.replace(dev_config, seeds=(0,), snapshot_steps=()), progress=False)
+    loss_fn, params, data = llc_inputs(probe, n_samples=config.llc_samples, key=jax.random.key(config.seed + 2))
+    first = lambda tree: jax.tree_util.tree_map(lambda x: x[0], tree)
+    sgld, _ = calibrate(loss_fn, first(params), first(data), key=jax.random.key(config.seed + 3))
+    return dataclasses.replace(sgld, num_chains=config.llc_chains)
+
+
+def write_report(ds: xr.Dataset, dev: xr.Dataset, out_dir: Path, figures: list[Path], config: FlagshipConfig,
+                 *, seconds: float, quick: bool, full: bool) -> Path:
+    """`report.md`: the command, a table per model, and what the data says (numbers computed here)."""
+    from analysis.compare_plots import summary_table, findings
+
+    flag = " --quick" if quick else " --full" if full else ""
+    command = f"slt-superposition reproduce {NAME}{flag} --out {shlex.quote(str(out_dir))}"
+    lines = [
+        "# Weights vs activations",
+        "",
+        f"Made by `{command}` in {seconds / 60:.1f} minutes "
+        f"(git {ds.attrs.get('git_commit', 'unknown')}). Dataset: `weights_vs_activations.nc` "
+        "(open with `xarray.open_dataset`), development: `development.nc`.",
+        "",
+        f"Grid: models {', '.join(_model_label(n, m) for n, m in config.models)}; "
+        f"{config.n_feature_probabilities} feature probabilities from 1 to {config.min_feature_probability} "
+        f"(log-spaced) x {config.seeds} seeds; {config.train_steps} AdamW steps; LLC from "
+        f"{config.llc_chains} chains on n = {config.llc_samples} samples (nbeta = n / log n), step size and "
+        "localization chosen by `calibrate`.",
+        "",
+        "## What the data says",
+        "",
+        *findings(ds, dev, kgon_llc=KGON_LLC),
+        "",
+        "## Table (means over seeds)",
+        "",
+        summary_table(ds),
+        "",
+        "## Figures",
+        "",
+        *[f"![{p.stem}]({p.name})" for p in figures],
+        "",
+    ]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="weights_vs_activations")
+    parser.add_argument("--quick", action="store_true", help="small grid (~3 minutes on 2 CPU cores)")
+    parser.add_argument("--full", action="store_true", help="the full grid (40 x 16 per model: for a GPU)")
+    parser.add_argument("--out", type=Path, default=Path("results/weights-vs-activations"), help="output folder")
+    args = parser.parse_args(argv)
+    run(args.out, quick=args.quick, full=args.full)
+    print(f"results in {args.out}/ (report.md, weights_vs_activations.nc, figures)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

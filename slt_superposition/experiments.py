@@ -1,0 +1,82 @@
+"""The registry behind `slt-superposition reproduce NAME`.
+
+Each experiment is a module `experiments/<snake_name>.py` exposing
+
+    run(out_dir: Path, *, quick: bool = False) -> xr.Dataset
+
+which writes its dataset, figures and `report.md` (naming the command that made them)
+under `out_dir`. Modules are imported only when run, so a missing or broken one does not
+stop the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import xarray as xr
+
+from slt_superposition.errors import InputError
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    summary: str
+
+    @property
+    def module(self) -> str:
+        return "experiments." + self.name.replace("-", "_")
+
+
+EXPERIMENTS = {
+    e.name: e
+    for e in (
+        Experiment("tms-pentagon", "Elhage et al.: n=5, m=2, p=0.05 learns a regular pentagon (D_i = 2/5, 72 degrees)"),
+        Experiment("tms-phase-diagram", "Elhage et al.: n=2, m=1 phase diagram against the analytic losses"),
+        Experiment("tms-sticky-dimensions", "Elhage et al.: n=200, m=20 sparsity sweep, D_i sticks at 1, 3/4, 2/3, 1/2, 2/5, ..."),
+        Experiment("dln-validation", "Furman & Lau / Aoyagi: LLC of deep linear networks against exact learning coefficients"),
+        Experiment("kgon-llc", "Chen et al. 2023: LLC of the TMS 5-gon and 6-gon critical points (theory 7 and 8.5)"),
+        Experiment("weights-vs-activations", "flagship: LLC (weight basis) against superposition (activation basis) on one grid"),
+    )
+}
+
+
+def get_experiment(name: str) -> Experiment:
+    if name not in EXPERIMENTS:
+        raise InputError(f"unknown experiment '{name}' (known: {', '.join(EXPERIMENTS)}); see `reproduce --list`")
+    return EXPERIMENTS[name]
+
+
+def load_runner(name: str):
+    """The `run` function of experiment `name`; InputError if its module is not written yet."""
+    experiment = get_experiment(name)
+    try:
+        module = importlib.import_module(experiment.module)
+    except ModuleNotFoundError as err:
+        if err.name in (experiment.module, "experiments"):
+            raise InputError(
+                f"experiment '{name}' is registered but not available: module {experiment.module} is not written yet"
+            ) from None
+        raise
+    run = getattr(module, "run", None)
+    if not callable(run):
+        raise InputError(f"experiment module {experiment.module} has no run(out_dir, *, quick) function")
+    return run
+
+
+def reproduce(name: str, out_dir: str | Path, *, quick: bool = False) -> xr.Dataset:
+    """Run experiment `name`, writing everything under `out_dir`; returns its dataset."""
+    run = load_runner(name)
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create output folder {out_dir}: {err.strerror}") from None
+    return run(out_dir, quick=quick)
+
+
+def command_line(name: str, out_dir: str | Path, quick: bool) -> str:
+    """The CLI command that reproduces `name` into `out_dir` (for report.md)."""
+    return f"slt-superposition reproduce {name}{' --quick' if quick else ''} --out {out_dir}"

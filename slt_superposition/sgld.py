@@ -1,0 +1,113 @@
+"""The SGLD kernel used for LLC estimation (Lau et al. 2023), blackjax style.
+
+One step, at position w with minibatch B:
+
+    drift = nbeta * grad L_B(w) + localization * (w - w*)
+    w'    = w - (step_size / 2) * drift + N(0, step_size)
+
+`w*` (the `anchor`) is the point whose local learning coefficient is estimated. The kernel
+is a pair of pure functions over pytrees:
+
+    kernel = sgld(loss_fn, anchor, step_size=..., localization=..., nbeta=...)
+    state = kernel.init(position)
+    state, info = kernel.step(key, state, minibatch)
+    state, info = kernel.step_with_noise(state, minibatch, noise)  # noise ~ N(0, I) given
+
+(`step_with_noise` lets a caller draw many steps' noise in one call, which is cheaper.)
+
+Why not `blackjax.sgld`: blackjax's kernel takes a *log-density gradient estimator* and
+returns only the new position. The LLC needs, from the same gradient evaluation, the
+minibatch loss at the pre-step position (the sample of L that enters lambda_hat) and, for
+the MALA acceptance proxy, the full drift (loss gradient *and* the localization pull) and
+the potential U(w) = nbeta L_B(w) + (localization / 2) ||w - w*||^2. Recomputing those
+outside blackjax would double the gradient evaluations; the update itself is four lines.
+
+`step_size`, `localization` and `nbeta` may be traced scalars (so a sweep over them does
+not recompile).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+
+
+class SGLDState(NamedTuple):
+    """The chain's state: only its position (a pytree shaped like the model params)."""
+
+    position: PyTree
+
+
+class SGLDInfo(NamedTuple):
+    """What one step saw at its *pre-step* position w_t (as devinterp records draws).
+
+    loss:      L_B(w_t), the minibatch loss, scalar.
+    potential: U(w_t) = nbeta L_B(w_t) + (localization / 2) ||w_t - w*||^2, scalar.
+    drift:     grad U(w_t) = nbeta grad L_B(w_t) + localization (w_t - w*), pytree like w.
+    position:  w_t itself (the MALA proxy needs both ends of a transition).
+    """
+
+    loss: jax.Array
+    potential: jax.Array
+    drift: PyTree
+    position: PyTree
+
+
+class SGLDKernel(NamedTuple):
+    init: Callable[[PyTree], SGLDState]
+    step: Callable[[jax.Array, SGLDState, PyTree], tuple[SGLDState, SGLDInfo]]
+    step_with_noise: Callable[[SGLDState, PyTree, PyTree], tuple[SGLDState, SGLDInfo]]
+
+
+def tree_normal(key: jax.Array, tree: PyTree) -> PyTree:
+    """Standard normal noise shaped like `tree`, one independent key per leaf."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    keys = jax.random.split(key, len(leaves))
+    noise = [jax.random.normal(k, jnp.shape(x), jnp.result_type(x)) for k, x in zip(keys, leaves)]
+    return jax.tree_util.tree_unflatten(treedef, noise)
+
+
+def tree_sq_norm(tree: PyTree) -> jax.Array:
+    """Sum of squares of every entry of `tree` (a scalar)."""
+    return sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree))
+
+
+def sgld(
+    loss_fn: Callable[[PyTree, PyTree], jax.Array],
+    anchor: PyTree,
+    *,
+    step_size,
+    localization,
+    nbeta,
+) -> SGLDKernel:
+    """SGLD localized at `anchor` (= w*) for `loss_fn(params, minibatch) -> scalar`.
+
+    Returns `SGLDKernel(init, step)`; `step(key, state, minibatch) -> (state, SGLDInfo)`.
+    """
+    value_and_grad = jax.value_and_grad(loss_fn)
+
+    def init(position: PyTree) -> SGLDState:
+        return SGLDState(position)
+
+    def step(key: jax.Array, state: SGLDState, minibatch: PyTree) -> tuple[SGLDState, SGLDInfo]:
+        return step_with_noise(state, minibatch, tree_normal(key, state.position))
+
+    def step_with_noise(state: SGLDState, minibatch: PyTree, noise: PyTree) -> tuple[SGLDState, SGLDInfo]:
+        """The same step with the standard normal draw `noise` (shaped like the position) given."""
+        w = state.position
+        loss, grad = value_and_grad(w, minibatch)
+        offset = jax.tree_util.tree_map(jnp.subtract, w, anchor)
+        drift = jax.tree_util.tree_map(lambda g, o: nbeta * g + localization * o, grad, offset)
+        potential = nbeta * loss + 0.5 * localization * tree_sq_norm(offset)
+        scale = jnp.sqrt(step_size)
+        new_w = jax.tree_util.tree_map(
+            lambda x, d, z: (x - 0.5 * step_size * d + scale * z).astype(jnp.result_type(x)),
+            w, drift, noise,
+        )
+        return SGLDState(new_w), SGLDInfo(loss, potential, drift, w)
+
+    return SGLDKernel(init, step, step_with_noise)

@@ -1,0 +1,177 @@
+"""Resumable sweeps: a long experiment as chunks of its grid, each saved atomically.
+
+    ds = run_sweep("phase-diagram", config, chunks, compute_chunk, "results/pd/sweep")
+
+`chunks` is a list of JSON-able descriptions (e.g. ``{"feature_probability": [0.1, 0.2]}``);
+``compute_chunk(chunk) -> xr.Dataset`` computes one. The run folder holds
+
+    manifest.json          name, config, chunk list and their hash (written first, atomically)
+    chunk-0000.nc ...      one finished chunk each, written by `io.save_dataset` (temp + rename)
+
+Rerunning the same call skips the chunks whose files exist and ends with the same dataset
+as an uninterrupted run: the result is always combined from the files on disk, so a run
+that was killed and resumed and one that was not go through the same bytes. (An
+instance's numbers must not depend on which chunk it ran in: derive its keys from its
+seed and grid position, not from the chunk.)
+
+What is never used or overwritten, but reported as an `InputError`:
+* a manifest of another config (its hash differs): a foreign run folder;
+* files in the folder that are not ours (no manifest, or names we did not write);
+* a chunk file that does not open (truncated, corrupt) or carries another sweep's hash.
+
+A leftover ``chunk-NNNN.nc.*.tmp`` is the temp file of an atomic write that was killed
+before its rename: by construction it is incomplete and no chunk of ours points at it.
+It is reported on stderr and removed, and its chunk is recomputed; that is what makes a
+SIGKILL at any moment resumable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import xarray as xr
+
+from slt_superposition.errors import InputError, require
+from slt_superposition.io import ENGINE, save_dataset
+
+MANIFEST = "manifest.json"
+_CHUNK = re.compile(r"chunk-(\d{4,})\.nc")
+_CHUNK_TMP = re.compile(r"chunk-(\d{4,})\.nc\..+\.tmp")
+_MANIFEST_TMP = re.compile(r"manifest\.json\..+\.tmp")
+SWEEP_ATTRS = ("sweep_name", "sweep_hash", "sweep_chunk")
+
+
+def sweep_hash(name: str, config: dict[str, Any], chunks: Sequence[Any]) -> str:
+    """A stable hash (sha256, hex) of everything that decides a sweep's numbers."""
+    text = json.dumps({"name": name, "config": config, "chunks": list(chunks)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def chunk_path(run_dir: Path, index: int) -> Path:
+    return Path(run_dir) / f"chunk-{index:04d}.nc"
+
+
+def _write_json_atomic(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(obj, handle, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _check_folder(run_dir: Path, digest: str, n_chunks: int) -> None:
+    """Validate the run folder against this sweep; clean our own killed temp files."""
+    names = sorted(p.name for p in run_dir.iterdir())
+    manifest = run_dir / MANIFEST
+    if not manifest.exists():
+        foreign = [n for n in names if not (_CHUNK_TMP.fullmatch(n) or _MANIFEST_TMP.fullmatch(n))]
+        if foreign:
+            raise InputError(
+                f"{run_dir} is not empty and holds no sweep manifest ({foreign[0]!r} ...): "
+                "not a run folder of ours; choose another output folder"
+            )
+    else:
+        try:
+            found = json.loads(manifest.read_text()).get("hash")
+        except (OSError, ValueError, AttributeError):
+            raise InputError(f"{manifest} is not a readable sweep manifest; delete the folder to start over") from None
+        require(
+            found == digest,
+            f"{run_dir} holds a sweep of another configuration (hash {str(found)[:12]}, this one {digest[:12]}); "
+            "choose another output folder or delete it to start over",
+        )
+    for name in names:
+        if name == MANIFEST:
+            continue
+        chunk = _CHUNK.fullmatch(name)
+        if chunk:
+            require(int(chunk.group(1)) < n_chunks, f"{run_dir / name} is not a chunk of this sweep ({n_chunks} chunks)")
+        elif _CHUNK_TMP.fullmatch(name) or _MANIFEST_TMP.fullmatch(name):
+            print(f"note: removing {run_dir / name}, a half-written file left by an interrupted run", file=sys.stderr)
+            (run_dir / name).unlink()
+        else:
+            raise InputError(f"{run_dir / name} was not written by this sweep; move it out of the run folder")
+
+
+def _load_chunk(path: Path, digest: str, index: int) -> xr.Dataset:
+    try:
+        with xr.open_dataset(path, engine=ENGINE) as ds:
+            ds = ds.load()
+    except Exception as err:  # h5py raises many types for a truncated file
+        raise InputError(
+            f"{path} is unreadable ({type(err).__name__}): truncated or corrupt; delete it to recompute that chunk"
+        ) from None
+    require(
+        ds.attrs.get("sweep_hash") == digest and int(ds.attrs.get("sweep_chunk", -1)) == index,
+        f"{path} belongs to another sweep (or another chunk); not using it",
+    )
+    return ds
+
+
+def default_combine(datasets: list[xr.Dataset]) -> xr.Dataset:
+    """Combine chunks by their coordinates; variables without a chunked dim are taken from the first."""
+    return xr.combine_by_coords(datasets, data_vars="minimal", coords="minimal", compat="override", join="outer",
+                                combine_attrs="override")
+
+
+def run_sweep(
+    name: str,
+    config: dict[str, Any],
+    chunks: Sequence[Any],
+    compute_chunk: Callable[[Any], xr.Dataset],
+    run_dir: str | os.PathLike,
+    *,
+    combine: Callable[[list[xr.Dataset]], xr.Dataset] = default_combine,
+    progress: bool = True,
+) -> xr.Dataset:
+    """Compute every chunk not yet on disk, then return all chunks combined.
+
+    `config` and `chunks` must be JSON-able and fully decide the numbers (their hash
+    names the sweep). `compute_chunk(chunk)` returns one chunk's dataset. The returned
+    dataset has the attrs of the first chunk plus ``sweep_name``, ``sweep_hash``,
+    ``sweep_chunks``.
+    """
+    from tqdm.auto import tqdm
+
+    require(len(chunks) > 0, f"sweep '{name}' has no chunks")
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"sweep folder {run_dir} is a file")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create sweep folder {run_dir}: {err.strerror}") from None
+    digest = sweep_hash(name, config, chunks)
+    _check_folder(run_dir, digest, len(chunks))
+    if not (run_dir / MANIFEST).exists():
+        _write_json_atomic({"name": name, "hash": digest, "config": config, "chunks": list(chunks)}, run_dir / MANIFEST)
+
+    done = {i for i in range(len(chunks)) if chunk_path(run_dir, i).exists()}
+    for i in done:  # validate before computing anything
+        _load_chunk(chunk_path(run_dir, i), digest, i).close()
+    todo = [i for i in range(len(chunks)) if i not in done]
+    bar = tqdm(total=len(chunks), initial=len(done), desc=name, unit="chunk", disable=not progress)
+    for i in todo:
+        ds = compute_chunk(chunks[i])
+        ds = ds.assign_attrs(sweep_name=name, sweep_hash=digest, sweep_chunk=i)
+        save_dataset(ds, chunk_path(run_dir, i))
+        bar.update(1)
+    bar.close()
+
+    parts = [_load_chunk(chunk_path(run_dir, i), digest, i) for i in range(len(chunks))]
+    combined = combine(parts)
+    attrs = {k: v for k, v in parts[0].attrs.items() if k not in SWEEP_ATTRS}
+    attrs.update(sweep_name=name, sweep_hash=digest, sweep_chunks=len(chunks))
+    combined.attrs = attrs
+    return combined

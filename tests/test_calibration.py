@@ -1,0 +1,85 @@
+"""`calibrate`: the sweep dataset, the step-size and chain-length rules, the figure."""
+
+import jax
+import numpy as np
+import pytest
+
+from slt_superposition import SGLDConfig, calibrate
+from slt_superposition.errors import InputError
+from slt_superposition.plots import plot_calibration
+from toy_models.dln import dln_data, dln_loss, dln_true_params
+
+STEP_SIZES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    params = dln_true_params(jax.random.key(0), (2, 2), 2)
+    data = dln_data(jax.random.key(1), params, 1000)
+    return params, data
+
+
+@pytest.fixture(scope="module")
+def calibrated(problem):
+    params, data = problem
+    return calibrate(dln_loss, params, data, key=jax.random.key(2), batch_size=100, num_chains=2,
+                     step_sizes=STEP_SIZES, sweep_steps=200, min_steps=500, max_steps=2000)
+
+
+def test_config_matches_the_chosen_step(calibrated):
+    config, ds = calibrated
+    assert isinstance(config, SGLDConfig)
+    assert int(ds["chosen"].sum()) == 1
+    chosen = float(ds["step_size"][ds["chosen"].values.argmax()])
+    assert config.step_size == chosen == ds.attrs["chosen_step_size"]
+    assert config.num_steps == ds.attrs["chosen_num_steps"] == int(ds["num_steps"][-1])
+    assert config.num_burnin == config.num_steps // 2
+    assert config.batch_size == 100 and config.num_chains == 2
+
+
+def test_step_size_rule(calibrated):
+    _, ds = calibrated
+    healthy = ds["healthy"].values.astype(bool)
+    i = int(ds["chosen"].values.argmax())
+    assert healthy[: i + 1].all()  # the chosen one and every smaller one are healthy
+    assert i == len(healthy) - 1 or not healthy[i + 1]
+    # a healthy step size never has divergent chains and passes the acceptance threshold
+    assert (ds["n_diverged"].values[healthy] == 0).all()
+    assert (ds["acceptance"].values[healthy] >= ds.attrs["acceptance_threshold"]).all()
+    # eps = 1e-2 is far beyond stability for this model: it diverges and is rejected
+    assert ds["n_diverged"].values[-1] > 0 and not healthy[-1]
+
+
+def test_dataset_records_why(calibrated):
+    _, ds = calibrated
+    assert ds.attrs["slt_superposition_kind"] == "calibration"
+    for key in ("step_size_rule", "length_rule", "verdict", "acceptance_plateau", "converged", "config"):
+        assert key in ds.attrs
+    for name, var in ds.data_vars.items():
+        assert "long_name" in var.attrs, name
+    assert ds["llc_length"].dims == ("num_steps",)
+    lengths = ds["num_steps"].values
+    assert lengths[0] == 500 and (np.diff(lengths) > 0).all() and lengths[-1] <= 2000
+
+
+def test_deterministic(problem, calibrated):
+    params, data = problem
+    _, again = calibrate(dln_loss, params, data, key=jax.random.key(2), batch_size=100, num_chains=2,
+                         step_sizes=STEP_SIZES, sweep_steps=200, min_steps=500, max_steps=2000)
+    np.testing.assert_array_equal(calibrated[1]["llc_sweep"].values, again["llc_sweep"].values)
+    np.testing.assert_array_equal(calibrated[1]["llc_length"].values, again["llc_length"].values)
+
+
+def test_plot(calibrated, tmp_path):
+    (path,) = plot_calibration(calibrated[1], tmp_path)
+    assert path.exists() and path.stat().st_size > 1000
+
+
+def test_bad_input(problem):
+    params, data = problem
+    with pytest.raises(InputError):
+        calibrate(dln_loss, params, data, key=jax.random.key(0), step_sizes=(1e-5,))
+    with pytest.raises(InputError):
+        calibrate(dln_loss, params, data, key=jax.random.key(0), step_sizes=(1e-5, -1.0))
+    with pytest.raises(InputError):
+        calibrate(dln_loss, params, data, key=jax.random.key(0), min_steps=100, max_steps=10)

@@ -1,0 +1,106 @@
+"""TopK SAE: trivial cases of MMCS / FVU, and recovery of a constructed pentagon's directions."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import xarray as xr
+
+from analysis.sae import (
+    TopKSAE,
+    fvu,
+    mmcs,
+    recovered_overcompleteness,
+    sae_decode,
+    sae_encode,
+    sae_init_params,
+    train_sae,
+)
+from slt_superposition.errors import InputError
+from toy_models.data import sparse_uniform
+
+ANGLE = 2 * np.pi * np.arange(5) / 5
+PENTAGON = np.stack([np.cos(ANGLE), np.sin(ANGLE)]).astype(np.float32)  # W: (hidden 2, feature 5)
+SAE_ARGS = dict(dict_sizes=[3, 5, 8], k=1, steps=2000, batch_size=256, restarts=4)
+
+
+def test_mmcs_trivial_cases():
+    rng = np.random.default_rng(0)
+    true = rng.normal(size=(4, 6))
+    # decoder = the true directions, rescaled, permuted, plus extra columns and NaN padding
+    decoder = np.concatenate([3.0 * true[:, ::-1], rng.normal(size=(4, 2)), np.full((4, 3), np.nan)], axis=1)
+    assert mmcs(true, decoder) == pytest.approx(1.0)
+    assert mmcs(true, -true) < 1.0  # sign matters: TopK codes are nonnegative
+    # one decoder column along feature 0 only: features orthogonal to it score 0
+    eye = np.eye(3)
+    assert mmcs(eye, eye[:, :1]) == pytest.approx(1 / 3)
+    assert mmcs(eye, eye[:, :1], feature_mask=np.array([True, False, False])) == pytest.approx(1.0)
+    t = xr.DataArray(np.stack([true, true]), dims=("instance", "hidden", "feature"))
+    d = xr.DataArray(decoder, dims=("hidden", "latent"))
+    np.testing.assert_allclose(mmcs(t, d).values, [1.0, 1.0])
+
+
+def test_fvu_trivial_cases():
+    x = np.random.default_rng(1).normal(size=(100, 3))
+    assert fvu(x, x) == 0.0
+    assert fvu(x, np.broadcast_to(x.mean(axis=0), x.shape)) == pytest.approx(1.0)
+
+
+def test_module_matches_pure_functions():
+    params = sae_init_params(jax.random.PRNGKey(0), 3, 7)
+    x = jax.random.normal(jax.random.PRNGKey(1), (10, 3))
+    sae = TopKSAE.from_params(params, k=2)
+    z = sae.encode(x)
+    assert int(jnp.max(jnp.sum(z > 0, axis=1))) <= 2 and bool(jnp.all(z >= 0))
+    np.testing.assert_array_equal(sae(x), sae_decode(params, sae_encode(params, x, 2)))
+    np.testing.assert_allclose(jnp.linalg.norm(params["W_dec"], axis=0), 1.0, rtol=1e-6)
+
+
+def test_input_errors_before_compilation():
+    h = np.zeros((50, 2), np.float32)
+    with pytest.raises(InputError):
+        train_sae(h, dict_sizes=[3, 5], k=4, steps=10, key=jax.random.PRNGKey(0))
+    with pytest.raises(InputError):
+        train_sae(h, dict_sizes=[3, 3], k=1, steps=10, key=jax.random.PRNGKey(0))
+    with pytest.raises(InputError):
+        train_sae(h, dict_sizes=[3], k=1, steps=15, key=jax.random.PRNGKey(0))
+
+
+@pytest.fixture(scope="module")
+def pentagon_activations():
+    """Two instances of h = W x for the constructed pentagon, x ~ sparse_uniform at p = 0.05."""
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    x = jnp.stack([sparse_uniform(key, 20000, 5, 0.05) for key in keys])  # (instance, sample, feature)
+    return np.asarray(x @ PENTAGON.T)  # (instance, sample, hidden)
+
+
+@pytest.fixture(scope="module")
+def pentagon_sae(pentagon_activations):
+    return train_sae(pentagon_activations, key=jax.random.PRNGKey(1), **SAE_ARGS)
+
+
+@pytest.mark.slow
+def test_sae_recovers_pentagon(pentagon_sae):
+    ds = pentagon_sae
+    assert ds.decoder.dims == ("instance", "dict_size", "hidden", "latent")
+    assert ds.attrs["slt_superposition_kind"] == "sae"
+    score = mmcs(xr.DataArray(PENTAGON, dims=("hidden", "feature")), ds.decoder)
+    assert score.dims == ("instance", "dict_size")
+    # 5 latents find the 5 directions; 3 latents cannot (their best is (1 + 4 cos 36 deg) / 5 = 0.85)
+    assert np.all(score.sel(dict_size=5).values >= 0.95)
+    assert np.all(score.sel(dict_size=3).values < 0.9)
+    assert np.all(ds.fvu.sel(dict_size=5).values <= 0.05)
+    # the recovered overcompleteness equals k/m = 5/2
+    np.testing.assert_array_equal(recovered_overcompleteness(ds, PENTAGON).values, [2.5, 2.5])
+    # decoder columns are unit norm, padding is NaN
+    norms = np.sqrt((ds.decoder.sel(dict_size=5) ** 2).sum("hidden", skipna=False))
+    np.testing.assert_allclose(norms.isel(latent=slice(0, 5)).values, 1.0, rtol=1e-5)
+    assert np.all(np.isnan(norms.isel(latent=slice(5, None)).values))
+    for var in ds.data_vars.values():
+        assert "long_name" in var.attrs and "units" in var.attrs
+
+
+@pytest.mark.slow
+def test_sae_is_deterministic(pentagon_activations, pentagon_sae):
+    again = train_sae(pentagon_activations, key=jax.random.PRNGKey(1), **SAE_ARGS)
+    xr.testing.assert_identical(again.drop_attrs(), pentagon_sae.drop_attrs())

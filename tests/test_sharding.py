@@ -1,0 +1,170 @@
+"""Sharded over 4 (virtual CPU) devices == unsharded on one, bit for bit.
+
+XLA_FLAGS must be set before jax is imported, so each check runs in a fresh subprocess
+that prints "OK" only when every array compared equal.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from slt_superposition.errors import InputError
+
+
+def run_with_4_devices(body: str, timeout: float = 240) -> str:
+    """Run `body` in a python subprocess that sees 4 CPU devices; returns its stdout."""
+    prelude = textwrap.dedent(
+        """
+        import jax, jax.numpy as jnp, numpy as np
+        assert jax.device_count() == 4, jax.devices()
+        from slt_superposition.sharding import instance_mesh, run_sharded, shard_instances, unshard, replicate
+
+        def assert_bitwise(a, b):
+            la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+            assert len(la) == len(lb)
+            for x, y in zip(la, lb):
+                x, y = np.asarray(x), np.asarray(y)
+                assert x.shape == y.shape and x.dtype == y.dtype, (x.shape, y.shape)
+                assert np.array_equal(x, y, equal_nan=True), float(np.max(np.abs(x - y)))
+        """
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(body)],
+        capture_output=True, text=True, timeout=timeout, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_toy_vmapped_scan_is_bitwise_equal_sharded():
+    # Each instance runs 50 noisy gradient steps with its own key: matmuls, reductions and
+    # RNG, as training and SGLD do. 38 instances: padded to 4 devices x 16 (block) = 64.
+    out = run_with_4_devices(
+        """
+        def one(w, key, x):
+            def step(w, k):
+                loss, g = jax.value_and_grad(lambda w: jnp.mean(jnp.tanh(x @ w) ** 2))(w)
+                w = w - 0.1 * g + 0.01 * jax.random.normal(k, w.shape)
+                return w, loss
+            return jax.lax.scan(step, w, jax.random.split(key, 50))
+
+        fn = jax.vmap(one, in_axes=(0, 0, None))
+        g = lambda t, x: fn(t[0], t[1], x)
+        n = 38
+        w = jax.random.normal(jax.random.PRNGKey(0), (n, 8, 3))
+        keys = jax.random.split(jax.random.PRNGKey(1), n)
+        x = jax.random.normal(jax.random.PRNGKey(2), (64, 8))
+
+        sharded = run_sharded(g, (w, keys), x, mesh=instance_mesh())
+        assert sharded[0].shape == (38, 8, 3) and sharded[1].shape == (38, 50)
+        single = run_sharded(g, (w, keys), x, mesh=instance_mesh(jax.devices()[:1]))
+        assert_bitwise(single, sharded)
+        # and the numbers are the function's (to float32 rounding; the bits are the block's)
+        np.testing.assert_allclose(sharded[0], np.asarray(jax.jit(fn)(w, keys, x)[0]), rtol=1e-5, atol=1e-6)
+
+        # shard_instances: inputs really are split over the 4 devices
+        sharded_in, n_inst = shard_instances((w, keys), instance_mesh())
+        assert n_inst == 38 and sharded_in[0].shape[0] == 40
+        assert len(sharded_in[0].sharding.device_set) == 4
+        print("OK")
+        """
+    )
+    assert "OK" in out
+
+
+def test_shard_instances_rejects_mismatched_leading_axes():
+    from slt_superposition.sharding import instance_mesh, shard_instances
+
+    with pytest.raises(InputError, match="leading instance axis"):
+        shard_instances({"W": np.zeros((3, 2)), "b": np.zeros((4,))}, instance_mesh())
+
+
+def test_pad_instances_repeats_last_instance():
+    from slt_superposition.sharding import pad_instances
+
+    padded, n = pad_instances({"W": np.arange(5.0)}, 4)  # also works on jax arrays
+    assert n == 5
+    np.testing.assert_array_equal(padded["W"], [0, 1, 2, 3, 4, 4, 4, 4])
+
+
+def test_maybe_initialize_distributed_is_a_noop_without_env(monkeypatch):
+    from slt_superposition.sharding import maybe_initialize_distributed
+
+    for var in ("JAX_COORDINATOR_ADDRESS", "SLT_DISTRIBUTED"):
+        monkeypatch.delenv(var, raising=False)
+    assert maybe_initialize_distributed() is False
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1234")
+    monkeypatch.delenv("JAX_NUM_PROCESSES", raising=False)
+    with pytest.raises(InputError, match="JAX_NUM_PROCESSES"):
+        maybe_initialize_distributed()
+
+
+def test_train_grid_core_is_bitwise_equal_sharded():
+    # train_grid's jitted chunk program (toy_models/train.py) run through run_sharded on
+    # 4 devices and on 1; 40 instances, padded to 4 devices x 16.
+    out = run_with_4_devices(
+        """
+        from toy_models.train import TrainConfig, instance_inputs, _compiled, _static_key
+        config = TrainConfig(n_features=5, n_hidden=2, feature_probabilities=(0.05, 0.1, 0.3, 1.0),
+                             seeds=10, steps=40, batch_size=32, chunk_steps=20, loss_curve_points=2,
+                             eval_samples=256)
+        init, chunk = _compiled(_static_key(config))[:2]
+        inputs = instance_inputs(config)
+        params, opt_state = init(inputs["init_key"])
+
+        def train_block(t, start):
+            p, s = t["params"], t["opt_state"]
+            for offset in (0, 20):
+                p, s, losses = chunk(p, s, t["data_key"], t["fp"], t["imp"], start + offset, length=20)
+            return {"W": p["W"], "b": p["b"], "curve": losses.T}
+
+        tree = {"params": params, "opt_state": opt_state, "data_key": inputs["data_key"], "fp": inputs["feature_probability"], "imp": inputs["importance"]}
+        got = run_sharded(train_block, tree, jnp.uint32(0), mesh=instance_mesh())
+        want = run_sharded(train_block, tree, jnp.uint32(0), mesh=instance_mesh(jax.devices()[:1]))
+        assert got["W"].shape == (40, 2, 5)
+        assert_bitwise(want, got)
+        print("OK")
+        """
+    )
+    assert "OK" in out
+
+
+def test_batched_llc_core_is_bitwise_equal_sharded():
+    # estimate_llc_batched's per-instance program (llc.py), vmapped over instances as
+    # estimate_llc_batched does, through run_sharded on 4 devices and on 1; and against
+    # estimate_llc_batched itself to float rounding.
+    out = run_with_4_devices(
+        """
+        from slt_superposition import llc
+        from toy_models.tms import tms_init_params, tms_loss
+        from toy_models.data import sparse_uniform
+        n_inst = 40
+        params = jax.vmap(lambda k: tms_init_params(k, 6, 2))(jax.random.split(jax.random.key(0), n_inst))
+        x = sparse_uniform(jax.random.key(1), 256, 6, 0.2)
+        loss_fn = lambda p, batch: tms_loss(p, batch)
+        config = llc.SGLDConfig(step_size=1e-4, localization=10.0, num_chains=2, num_steps=30,
+                                num_burnin=10, batch_size=64, trace_every=10)
+        key = jax.random.key(2)
+        nbeta = llc.resolve_nbeta(config, 256)
+        run = jax.vmap(llc._build_instance_program(loss_fn, llc._static(config, 256, 2 * 6 + 6)),
+                       in_axes=(0, None, 0, None, None, None))
+        block = lambda t, x, scalars: run(t[0], x, t[1], *scalars)
+        tree = (params, jax.random.split(key, n_inst))
+        scalars = llc._scalars(config, nbeta)
+        got = run_sharded(block, tree, x, scalars, mesh=instance_mesh())
+        want = run_sharded(block, tree, x, scalars, mesh=instance_mesh(jax.devices()[:1]))
+        assert got["llc_per_chain"].shape == (40, 2)
+        assert_bitwise(want, got)
+        ds = llc.estimate_llc_batched(loss_fn, params, x, config=config, key=key, data_batched=False)
+        np.testing.assert_allclose(got["llc_per_chain"], ds["llc_per_chain"].values, rtol=1e-4, atol=1e-4)
+        print("OK")
+        """
+    )
+    assert "OK" in out

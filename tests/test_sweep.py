@@ -1,0 +1,138 @@
+"""Resumable sweeps: SIGKILL mid-sweep, rerun, and get what an uninterrupted run gets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from slt_superposition.errors import InputError
+from slt_superposition.sweep import chunk_path, run_sweep
+
+N_CHUNKS = 6
+
+# A cheap, deterministic stand-in for a chunk of training: numbers from the chunk's own
+# seed, a pause so that a kill lands mid-sweep.
+STANDIN = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np, xarray as xr
+    from slt_superposition.sweep import run_sweep
+
+    def compute(chunk):
+        time.sleep(float(sys.argv[2]))
+        p = np.array(chunk["feature_probability"])
+        rng = np.random.default_rng(chunk["seed"])
+        W = rng.normal(size=(p.size, 2, 5)).astype(np.float32) * p[:, None, None]
+        ds = xr.Dataset(
+            {"W": (("feature_probability", "hidden", "feature"), W, {"long_name": "weights"})},
+            coords={"feature_probability": p},
+            attrs={"slt_superposition_kind": "train"},
+        )
+        return ds
+
+    chunks = [{"feature_probability": [0.1 * (2 * i + 1), 0.1 * (2 * i + 2)], "seed": i} for i in range(%d)]
+    ds = run_sweep("standin", {"n_features": 5}, chunks, compute, sys.argv[1], progress=False)
+    ds.to_netcdf(sys.argv[1] + ".final.nc", engine="h5netcdf")
+    """
+    % N_CHUNKS
+)
+
+
+def _standin(tmp_path: Path) -> Path:
+    script = tmp_path / "standin.py"
+    script.write_text(STANDIN)
+    return script
+
+
+def _run(script: Path, run_dir: Path, pause: float) -> xr.Dataset:
+    subprocess.run([sys.executable, str(script), str(run_dir), str(pause)], check=True, timeout=120)
+    with xr.open_dataset(str(run_dir) + ".final.nc", engine="h5netcdf") as ds:
+        return ds.load()
+
+
+def test_sigkill_mid_sweep_then_resume_equals_uninterrupted(tmp_path):
+    script = _standin(tmp_path)
+    killed_dir = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(script), str(killed_dir), "0.4"])
+    deadline = time.time() + 60
+    while not chunk_path(killed_dir, 1).exists():
+        assert proc.poll() is None and time.time() < deadline, "sweep ended or stalled before it could be killed"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = sorted(p.name for p in killed_dir.glob("chunk-*.nc"))
+    assert 2 <= len(finished) < N_CHUNKS, finished
+
+    resumed = _run(script, killed_dir, 0.0)
+    uninterrupted = _run(script, tmp_path / "clean", 0.0)
+    xr.testing.assert_identical(resumed, uninterrupted)
+    assert resumed.sizes["feature_probability"] == 2 * N_CHUNKS
+    assert resumed.attrs["sweep_chunks"] == N_CHUNKS
+
+
+def _toy_compute(chunk):
+    p = np.array(chunk["p"], dtype=np.float64)
+    return xr.Dataset({"y": ("p", p**2)}, coords={"p": p})
+
+
+CHUNKS = [{"p": [1.0, 2.0]}, {"p": [3.0]}]
+
+
+def test_rerun_skips_finished_chunks_and_leftover_tmp_is_removed(tmp_path, capsys):
+    calls = []
+
+    def compute(chunk):
+        calls.append(chunk)
+        return _toy_compute(chunk)
+
+    first = run_sweep("toy", {"a": 1}, CHUNKS, compute, tmp_path, progress=False)
+    assert len(calls) == 2
+    np.testing.assert_array_equal(first.y.values, [1.0, 4.0, 9.0])
+    # a killed atomic write leaves our temp file behind; the chunk itself is recomputed
+    chunk_path(tmp_path, 1).unlink()
+    (tmp_path / "chunk-0001.nc.abc123.tmp").write_bytes(b"\x89HDF half")
+    second = run_sweep("toy", {"a": 1}, CHUNKS, compute, tmp_path, progress=False)
+    assert calls[2:] == [CHUNKS[1]]
+    assert "half-written" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.tmp"))
+    xr.testing.assert_identical(first, second)
+
+
+def test_truncated_chunk_is_reported_not_used(tmp_path):
+    run_sweep("toy", {"a": 1}, CHUNKS, _toy_compute, tmp_path, progress=False)
+    path = chunk_path(tmp_path, 0)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(InputError, match="chunk-0000.nc is unreadable"):
+        run_sweep("toy", {"a": 1}, CHUNKS, _toy_compute, tmp_path, progress=False)
+    assert len(path.read_bytes()) == 200  # not overwritten
+
+
+def test_other_config_in_same_folder_is_foreign(tmp_path):
+    run_sweep("toy", {"a": 1}, CHUNKS, _toy_compute, tmp_path, progress=False)
+    with pytest.raises(InputError, match="another configuration"):
+        run_sweep("toy", {"a": 2}, CHUNKS, _toy_compute, tmp_path, progress=False)
+
+
+def test_chunk_from_another_sweep_is_foreign(tmp_path):
+    run_sweep("toy", {"a": 1}, CHUNKS, _toy_compute, tmp_path / "one", progress=False)
+    run_sweep("toy", {"a": 2}, CHUNKS, _toy_compute, tmp_path / "two", progress=False)
+    chunk_path(tmp_path / "one", 0).unlink()
+    os.replace(chunk_path(tmp_path / "two", 0), chunk_path(tmp_path / "one", 0))
+    with pytest.raises(InputError, match="belongs to another sweep"):
+        run_sweep("toy", {"a": 1}, CHUNKS, _toy_compute, tmp_path / "one", progress=False)
+
+
+def test_folder_with_unknown_files_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="no sweep manifest"):
+        run_sweep("toy", {"a": 1}, CHUNKS, _toy_compute, tmp_path, progress=False)
+    assert (tmp_path / "notes.txt").read_text() == "mine"

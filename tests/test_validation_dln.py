@@ -1,0 +1,21 @@
+"""DLN validation subset in CI: calibrate + estimate_llc against Aoyagi's lambda."""
+
+import numpy as np
+import pytest
+
+from experiments.dln_validation import run_case
+
+# small, fast cases of the panel; the full panel is experiments/dln_validation.py
+CI_CASES = [((3, 5), 2), ((8, 2, 8), 2)]
+
+
+@pytest.mark.slow
+def test_dln_subset_within_error_bounds():
+    rows = [run_case(w, r, "singular", max_steps=20_000, step_sizes=(1e-8, 3.16e-8, 1e-7, 3.16e-7, 1e-6, 1e-5, 1e-4),
+                     sweep_steps=1000, min_steps=5000) for w, r in CI_CASES]
+    for row in rows:
+        print(row["case"], row["lambda_theory"], row["llc_mean"], row["step_size"], row["num_steps"])
+    errors = np.array([abs(row["rel_error"]) for row in rows])
+    assert all(row["n_diverged"] == 0 for row in rows)
+    assert np.median(errors) <= 0.10, rows
+    assert errors.max() <= 0.20, rows

@@ -1,0 +1,495 @@
+"""Train a whole grid of toy models of superposition in one compiled program.
+
+A grid is every combination of `feature_probability` x `importance_decay` x `seed`,
+flattened in C order into one leading `instance` axis. Each instance has its own
+parameters, AdamW state and data stream; one jitted `lax.scan` over a chunk of steps
+advances every instance (`vmap` over the instance axis), and Python only loops over
+chunks (for the progress bar, snapshots and the loss curve).
+
+Randomness: instance randomness depends only on its `seed`:
+``init_key, data_key, eval_key = split(key(seed), 3)``; the batch at step t is drawn from
+``fold_in(data_key, t)``. So an instance's keys and data do not depend on which other instances
+share the grid (its numbers agree to float32 rounding; bit for bit only when the grid has
+the same number of instances, since XLA may vectorise a vmap of different size differently), and instances with the same seed but different sparsity or importance start
+from the same weights and see the same uniform draws (common random numbers).
+
+Weight decay defaults to 0.0, not the 0.01 of the Anthropic notebook (torch AdamW's
+default): with decoupled decay the trained weights are not a critical point of the loss
+the LLC is measured against. Pass `weight_decay=0.01` to match the notebook.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import xarray as xr
+
+from slt_superposition.errors import InputError, require
+from slt_superposition.provenance import provenance_attrs, read_config
+from toy_models.data import GENERATORS, get_generator
+from toy_models.tms import MODELS, TMS, tms_init_params, tms_loss, tms_loss_jit
+
+GRID_DIMS = ("feature_probability", "importance_decay", "seed")
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training grid's numbers.
+
+    `seeds` is a tuple of seeds or an int K meaning seeds 0..K-1. `snapshot_steps` are
+    step counts (0 = the initial weights, `steps` = the final ones) at which W and b are
+    kept. `loss_curve_points` windows of steps are averaged into `loss_curve`. The final
+    `loss` is measured on `eval_samples` fresh samples per instance (not a training batch).
+    """
+
+    n_features: int
+    n_hidden: int
+    feature_probabilities: tuple[float, ...]
+    importance_decays: tuple[float, ...] = (1.0,)
+    seeds: tuple[int, ...] | int = 1
+    steps: int = 10_000
+    batch_size: int = 1024
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    model: str = "tms"
+    data: str = "sparse_uniform"
+    loss_curve_points: int = 100
+    snapshot_steps: tuple[int, ...] = ()
+    eval_samples: int = 16_384
+    chunk_steps: int = 500
+
+    def __post_init__(self):
+        # normalise sequences to tuples (so the config is hashable and JSON-stable)
+        as_tuple = lambda v: tuple(v) if isinstance(v, (list, tuple, np.ndarray)) else (v,)
+        fps = tuple(float(p) for p in as_tuple(self.feature_probabilities))
+        decays = tuple(float(r) for r in as_tuple(self.importance_decays))
+        if isinstance(self.seeds, (int, np.integer)) and not isinstance(self.seeds, bool):
+            require(self.seeds > 0, f"seeds must be a positive count or a list of seeds, got {self.seeds}")
+            seeds = tuple(range(int(self.seeds)))
+        else:
+            seeds = tuple(int(s) for s in as_tuple(self.seeds))
+        snaps = tuple(sorted(set(int(s) for s in as_tuple(self.snapshot_steps))))
+        object.__setattr__(self, "feature_probabilities", fps)
+        object.__setattr__(self, "importance_decays", decays)
+        object.__setattr__(self, "seeds", seeds)
+        object.__setattr__(self, "snapshot_steps", snaps)
+
+        for name in ("n_features", "n_hidden", "steps", "batch_size", "loss_curve_points", "eval_samples", "chunk_steps"):
+            value = getattr(self, name)
+            require(isinstance(value, (int, np.integer)) and value > 0, f"{name} must be a positive integer, got {value}")
+        require(len(fps) > 0, "give at least one feature probability")
+        require(len(decays) > 0, "give at least one importance decay")
+        require(len(seeds) > 0, "give at least one seed")
+        for p in fps:
+            require(0.0 < p <= 1.0, f"feature probability must be in (0, 1], got {p}")
+        for r in decays:
+            require(math.isfinite(r) and r > 0.0, f"importance decay must be positive, got {r}")
+        for name, values in (("feature probabilities", fps), ("importance decays", decays), ("seeds", seeds)):
+            require(len(set(values)) == len(values), f"{name} must not repeat: {list(values)}")
+        require(all(s >= 0 for s in seeds), f"seeds must be non-negative, got {list(seeds)}")
+        require(math.isfinite(self.learning_rate) and self.learning_rate > 0, f"learning rate must be positive, got {self.learning_rate}")
+        require(math.isfinite(self.weight_decay) and self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
+        require(self.schedule in SCHEDULES, f"unknown schedule '{self.schedule}' (known: {', '.join(SCHEDULES)})")
+        require(self.model in MODELS, f"unknown model '{self.model}' (known: {', '.join(MODELS)})")
+        require(self.data in GENERATORS, f"unknown data generator '{self.data}' (known: {', '.join(GENERATORS)})")
+        if self.data in ("correlated_pairs", "anticorrelated_pairs"):
+            require(self.n_features % 2 == 0, f"data '{self.data}' needs an even number of features, got {self.n_features}")
+        require(self.loss_curve_points <= self.steps, f"loss_curve_points ({self.loss_curve_points}) must not exceed steps ({self.steps})")
+        for s in snaps:
+            require(0 <= s <= self.steps, f"snapshot step {s} is outside [0, {self.steps}]")
+
+    @property
+    def grid_shape(self) -> tuple[int, int, int]:
+        return (len(self.feature_probabilities), len(self.importance_decays), len(self.seeds))
+
+    @property
+    def n_instances(self) -> int:
+        return math.prod(self.grid_shape)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in fields})
+
+
+# ---------------------------------------------------------------------------------------
+# per-instance inputs (leading instance axis, C order over feature_probability x decay x seed)
+
+
+def importance_vector(decay: float, n_features: int) -> np.ndarray:
+    """Feature importance I_i = decay**i, `(n_features,)` float32."""
+    return (np.float64(decay) ** np.arange(n_features)).astype(np.float32)
+
+
+def instance_inputs(config: TrainConfig) -> dict[str, jax.Array]:
+    """Arrays with a leading `instance` axis describing every instance of the grid.
+
+    Returns {"feature_probability": (instance,), "importance": (instance, feature),
+    "seed": (instance,) int, "init_key", "data_key", "eval_key": (instance,) typed keys}.
+    """
+    fp, decay, seed = (a.ravel() for a in np.meshgrid(
+        np.asarray(config.feature_probabilities, np.float32),
+        np.asarray(config.importance_decays, np.float64),
+        np.asarray(config.seeds, np.uint32),
+        indexing="ij",
+    ))
+    importance = np.stack([importance_vector(r, config.n_features) for r in decay])
+    keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s), 3))(jnp.asarray(seed))
+    return {
+        "feature_probability": jnp.asarray(fp),
+        "importance": jnp.asarray(importance),
+        "seed": jnp.asarray(seed),
+        "init_key": keys[:, 0],
+        "data_key": keys[:, 1],
+        "eval_key": keys[:, 2],
+    }
+
+
+def _sampler(config: TrainConfig) -> Callable:
+    """`sample(key, n_samples, feature_probability) -> (n_samples, n_features)`."""
+    generator = get_generator(config.data)
+    return lambda key, n, p: generator(key, n, config.n_features, p)
+
+
+def _loss(config: TrainConfig) -> Callable:
+    relu_hidden = config.model == "tms_relu_hidden"
+    return lambda params, x, importance: tms_loss(params, x, importance, relu_hidden=relu_hidden)
+
+
+def _optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    lr = config.learning_rate
+    schedule = {
+        "constant": lambda: optax.constant_schedule(lr),
+        "linear": lambda: optax.linear_schedule(lr, 0.0, config.steps),
+        "cosine": lambda: optax.cosine_decay_schedule(lr, config.steps),
+    }[config.schedule]()
+    return optax.adamw(schedule, weight_decay=config.weight_decay)
+
+
+def _static_key(config: TrainConfig) -> TrainConfig:
+    """The config with everything that does not change the compiled program zeroed out,
+    so grids that differ only in their values share one compilation."""
+    return dataclasses.replace(
+        config, feature_probabilities=(1.0,), importance_decays=(1.0,), seeds=(0,),
+        loss_curve_points=1, snapshot_steps=(), chunk_steps=1,
+    )
+
+
+def trainer_functions(config: TrainConfig):
+    """The jitted `(init, chunk)` pair `train_grid` drives (cached per compiled shape).
+
+    init(init_key: (instance,)) -> (params, opt_state), leading instance axis;
+    chunk(params, opt_state, data_key, feature_probability, importance, start_step, *, length)
+    -> (params, opt_state, losses: (length, instance)); params and opt_state are donated.
+    Every array argument carries the instance axis in front, so it can be sharded over devices.
+    """
+    return _compiled(_static_key(config))
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(static: TrainConfig):
+    """Jitted (init, chunk) functions for a static config (cached)."""
+    sample, loss, optimizer = _sampler(static), _loss(static), _optimizer(static)
+
+    def init(init_key):
+        """(instance,) keys -> (params, opt_state), each with a leading instance axis."""
+        params = jax.vmap(lambda k: tms_init_params(k, static.n_features, static.n_hidden))(init_key)
+        return params, jax.vmap(optimizer.init)(params)
+
+    def one_step(params, opt_state, key, feature_probability, importance):
+        x = sample(key, static.batch_size, feature_probability)
+        value, grads = jax.value_and_grad(loss)(params, x, importance)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value
+
+    def chunk(params, opt_state, data_key, feature_probability, importance, start_step, length):
+        """Advance every instance `length` steps from `start_step`.
+
+        params {"W": (instance, m, n), "b": (instance, n)}, opt_state (instance, ...),
+        data_key (instance,), feature_probability (instance,), importance (instance, n).
+        Returns (params, opt_state, losses: (length, instance)).
+        """
+        step_all = jax.vmap(one_step)
+
+        def body(carry, t):
+            params, opt_state = carry
+            keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(data_key, t)
+            params, opt_state, values = step_all(params, opt_state, keys, feature_probability, importance)
+            return (params, opt_state), values
+
+        steps = start_step + jnp.arange(length, dtype=jnp.uint32)
+        (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), steps)
+        return params, opt_state, losses
+
+    return jax.jit(init), jax.jit(chunk, static_argnames=("length",), donate_argnums=(0, 1))
+
+
+@functools.lru_cache(maxsize=32)
+def _eval_sampler(static: TrainConfig):
+    """Jitted `(key, feature_probability) -> x: (eval_samples, n_features)` (cached)."""
+    sample = _sampler(static)
+    return jax.jit(lambda key, p: sample(key, static.eval_samples, p))
+
+
+def _evaluate(config: TrainConfig, params, inputs) -> np.ndarray:
+    """Final loss of each instance on `eval_samples` fresh samples: (instance,) float32.
+
+    One instance at a time through the same compiled programs as `evaluation_batch` and
+    `TMS.loss`, so the number is reproducible from a saved dataset bit for bit (a vmapped
+    reduction may round differently) and memory stays bounded for large grids.
+    """
+    sample = _eval_sampler(_static_key(config))
+    relu_hidden = config.model == "tms_relu_hidden"
+    W, b = np.asarray(params["W"]), np.asarray(params["b"])
+    out = np.empty(W.shape[0], np.float32)
+    for i in range(W.shape[0]):
+        x = sample(inputs["eval_key"][i], inputs["feature_probability"][i])
+        out[i] = tms_loss_jit({"W": W[i], "b": b[i]}, x, inputs["importance"][i], relu_hidden=relu_hidden)
+    return out
+
+
+def _segments(config: TrainConfig) -> list[tuple[int, int]]:
+    """(start, stop) step ranges: every `chunk_steps`, also split at snapshot steps."""
+    cuts = set(range(0, config.steps, config.chunk_steps)) | set(config.snapshot_steps) | {config.steps}
+    cuts = sorted(c for c in cuts if 0 <= c <= config.steps)
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+def train_grid(config: TrainConfig, *, progress: bool = True) -> xr.Dataset:
+    """Train every instance of the grid and return the 'train' dataset.
+
+    Variables (see docs/architecture.md): W (fp, decay, seed, hidden, feature),
+    b (fp, decay, seed, feature), loss (fp, decay, seed), loss_curve (fp, decay, seed, step),
+    importance (importance_decay, feature), optional W_snapshot / b_snapshot with a
+    `snapshot` dimension (= step count).
+    """
+    from tqdm.auto import tqdm
+
+    init, chunk = trainer_functions(config)
+    inputs = instance_inputs(config)
+    params, opt_state = init(inputs["init_key"])
+
+    n_instances, points = config.n_instances, config.loss_curve_points
+    step_bin = (np.arange(config.steps) * points) // config.steps  # window of each step
+    curve_sum = np.zeros((points, n_instances), np.float64)
+    curve_count = np.bincount(step_bin, minlength=points)[:, None]
+    snapshots = {}
+    if 0 in config.snapshot_steps:
+        snapshots[0] = jax.tree.map(np.array, params)  # a copy: the buffers are donated next chunk
+
+    with tqdm(total=config.steps, desc=f"training {n_instances} instances", unit="step",
+              disable=not progress, leave=False) as bar:
+        for start, stop in _segments(config):
+            params, opt_state, losses = chunk(
+                params, opt_state, inputs["data_key"], inputs["feature_probability"],
+                inputs["importance"], jnp.uint32(start), length=stop - start,
+            )
+            np.add.at(curve_sum, step_bin[start:stop], np.asarray(losses, np.float64))
+            if stop in config.snapshot_steps:
+                snapshots[stop] = jax.tree.map(np.array, params)  # a copy: the buffers are donated next chunk
+            bar.update(stop - start)
+
+    final_loss = _evaluate(config, params, inputs)
+    curve = (curve_sum / curve_count).astype(np.float32).T  # (instance, point)
+    curve_steps = np.searchsorted(step_bin, np.arange(points), side="right")  # last step of each window, 1-based
+    return _to_dataset(config, jax.tree.map(np.asarray, params), np.asarray(final_loss), curve, curve_steps, snapshots)
+
+
+def _to_dataset(config, params, final_loss, curve, curve_steps, snapshots) -> xr.Dataset:
+    grid = config.grid_shape
+    gdims = GRID_DIMS
+    m, n = config.n_hidden, config.n_features
+    data_vars = {
+        "W": (gdims + ("hidden", "feature"), params["W"].reshape(grid + (m, n)),
+              {"long_name": "embedding weights W (column i = feature i's direction)", "units": "1"}),
+        "b": (gdims + ("feature",), params["b"].reshape(grid + (n,)),
+              {"long_name": "output bias b", "units": "1"}),
+        "loss": (gdims, final_loss.reshape(grid),
+                 {"long_name": f"final loss on {config.eval_samples} fresh samples "
+                               "(mean over samples of sum_i I_i (x_i - x'_i)^2)", "units": "1"}),
+        "loss_curve": (gdims + ("step",), curve.reshape(grid + (-1,)),
+                       {"long_name": "training-batch loss averaged over the steps since the previous point",
+                        "units": "1"}),
+        "importance": (("importance_decay", "feature"),
+                       np.stack([importance_vector(r, n) for r in config.importance_decays]),
+                       {"long_name": "feature importance I_i = importance_decay**i", "units": "1"}),
+    }
+    coords = {
+        "feature_probability": ("feature_probability", np.asarray(config.feature_probabilities),
+                                {"long_name": "feature probability 1 - S"}),
+        "importance_decay": ("importance_decay", np.asarray(config.importance_decays),
+                             {"long_name": "importance decay r (I_i = r**i)"}),
+        "seed": ("seed", np.asarray(config.seeds, np.int64), {"long_name": "random seed of the instance"}),
+        "hidden": ("hidden", np.arange(m)),
+        "feature": ("feature", np.arange(n)),
+        "step": ("step", np.asarray(curve_steps, np.int64), {"long_name": "training steps completed", "units": "steps"}),
+    }
+    if snapshots:
+        steps = sorted(snapshots)
+        coords["snapshot"] = ("snapshot", np.asarray(steps, np.int64), {"long_name": "training step of the snapshot", "units": "steps"})
+        W_s = np.stack([snapshots[s]["W"] for s in steps], axis=1)  # (instance, snapshot, m, n)
+        b_s = np.stack([snapshots[s]["b"] for s in steps], axis=1)
+        data_vars["W_snapshot"] = (gdims + ("snapshot", "hidden", "feature"), W_s.reshape(grid + (len(steps), m, n)),
+                                   {"long_name": "W during training", "units": "1"})
+        data_vars["b_snapshot"] = (gdims + ("snapshot", "feature"), b_s.reshape(grid + (len(steps), n)),
+                                   {"long_name": "b during training", "units": "1"})
+    attrs = provenance_attrs("train", config.to_dict())
+    attrs.update(n_features=n, n_hidden=m, model=config.model, data=config.data)
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
+# ---------------------------------------------------------------------------------------
+# from a dataset back to models, parameters and LLC inputs
+
+
+def config_from_dataset(ds: xr.Dataset) -> TrainConfig:
+    """The `TrainConfig` stored in a 'train' dataset's attrs."""
+    require(ds.attrs.get("slt_superposition_kind") == "train", "not a 'train' dataset")
+    return TrainConfig.from_dict(read_config(ds.attrs))
+
+
+def _grid_dataset(ds: xr.Dataset) -> xr.Dataset:
+    """`ds` with all three grid dims present (a `.sel` may have dropped some), in order."""
+    for dim in GRID_DIMS:
+        if dim not in ds.dims:
+            ds = ds.expand_dims(dim)
+    return ds.transpose(*GRID_DIMS, ...)
+
+
+def params_from_dataset(ds: xr.Dataset) -> dict[str, jax.Array]:
+    """{"W": (instance, m, n), "b": (instance, n)} float32, instances in C order over
+    (feature_probability, importance_decay, seed). Works on any sub-selection of a grid."""
+    ds = _grid_dataset(ds)
+    m, n = ds.sizes["hidden"], ds.sizes["feature"]
+    W = ds["W"].transpose(*GRID_DIMS, "hidden", "feature").values.reshape(-1, m, n)
+    b = ds["b"].transpose(*GRID_DIMS, "feature").values.reshape(-1, n)
+    return {"W": jnp.asarray(W, jnp.float32), "b": jnp.asarray(b, jnp.float32)}
+
+
+def unflatten_instances(values, ds: xr.Dataset, name: str | None = None, dims: tuple[str, ...] = ()) -> xr.DataArray:
+    """Put the grid dims back on an array with a leading `instance` axis.
+
+    `values: (instance, *rest)` in the order of `params_from_dataset(ds)`; `dims` names the
+    trailing axes (default `dim_1`, ...). Returns a DataArray with dims (grid..., *dims).
+    """
+    ds = _grid_dataset(ds)
+    values = np.asarray(values)
+    shape = tuple(ds.sizes[d] for d in GRID_DIMS)
+    require(values.shape[0] == math.prod(shape), f"expected {math.prod(shape)} instances, got {values.shape[0]}")
+    rest = values.shape[1:]
+    dims = tuple(dims) or tuple(f"dim_{i + 1}" for i in range(len(rest)))
+    require(len(dims) == len(rest), f"{len(rest)} trailing axes but {len(dims)} dim names")
+    coords = {d: ds[d].values for d in GRID_DIMS}
+    return xr.DataArray(values.reshape(shape + rest), dims=GRID_DIMS + dims, coords=coords, name=name)
+
+
+def instance_inputs_for(ds: xr.Dataset) -> dict[str, jax.Array]:
+    """`instance_inputs` for the instances present in (a sub-selection of) a 'train' dataset."""
+    ds = _grid_dataset(ds)
+    config = dataclasses.replace(
+        config_from_dataset(ds),
+        feature_probabilities=tuple(ds["feature_probability"].values.tolist()),
+        importance_decays=tuple(ds["importance_decay"].values.tolist()),
+        seeds=tuple(int(s) for s in ds["seed"].values),
+    )
+    return instance_inputs(config)
+
+
+def evaluate_loss(ds: xr.Dataset) -> np.ndarray:
+    """Recompute each instance's final `loss` from the stored weights: (instance,).
+
+    Same data and compiled programs as `train_grid`, so it reproduces `ds.loss` bit for bit.
+    """
+    config = config_from_dataset(ds)
+    return _evaluate(config, params_from_dataset(ds), instance_inputs_for(ds))
+
+
+def evaluation_batch(ds: xr.Dataset, **sel) -> tuple[jax.Array, jax.Array]:
+    """The held-out batch behind one instance's final `loss`: (x: (eval_samples, n), importance: (n,)).
+
+    `model_from_dataset(ds, **sel).loss(*evaluation_batch(ds, **sel))` equals the stored loss.
+    """
+    one = _select_one(ds, sel)
+    inputs = instance_inputs_for(one)
+    x = _eval_sampler(_static_key(config_from_dataset(ds)))(inputs["eval_key"][0], inputs["feature_probability"][0])
+    return x, inputs["importance"][0]
+
+
+def _select_one(ds: xr.Dataset, sel: dict) -> xr.Dataset:
+    try:
+        one = _grid_dataset(_grid_dataset(ds).sel(**sel))
+    except (KeyError, ValueError) as err:
+        raise InputError(f"no instance matches {sel}: {err}") from None
+    n_left = math.prod(one.sizes[d] for d in GRID_DIMS)
+    require(n_left == 1, f"selection {sel} leaves {n_left} instances; name every grid dim of size > 1")
+    return one
+
+
+def model_from_dataset(ds: xr.Dataset, **sel) -> TMS:
+    """The nnx `TMS` of one instance, e.g. `model_from_dataset(ds, feature_probability=0.05, seed=3)`.
+
+    Grid dims of size 1 need not be named; the selection must leave exactly one instance.
+    """
+    one = _select_one(ds, sel)
+    params = params_from_dataset(one)
+    return TMS.from_params({"W": params["W"][0], "b": params["b"][0]},
+                           relu_hidden=ds.attrs.get("model") == "tms_relu_hidden")
+
+
+def loss_fn_for(ds_or_config) -> Callable:
+    """The pure per-instance training loss `loss_fn(params, batch) -> scalar`.
+
+    `params` {"W": (m, n), "b": (n,)}; `batch` {"x": (batch, n), "importance": (batch, n)}:
+    the mean over the batch of sum_i I_i (x_i - x'_i)^2. Importance rides along with the
+    data (one row per sample) so that one loss function serves every instance of a grid.
+    """
+    config = ds_or_config if isinstance(ds_or_config, TrainConfig) else config_from_dataset(ds_or_config)
+    loss = _loss(config)
+    return lambda params, batch: loss(params, batch["x"], batch["importance"])
+
+
+def llc_inputs(ds: xr.Dataset, *, n_samples: int, key) -> tuple[Callable, dict, dict]:
+    """(loss_fn, params, data) for `estimate_llc_batched`, one entry per instance of `ds`.
+
+    loss_fn(params_single, batch) -> scalar (see `loss_fn_for`);
+    params {"W": (instance, m, n), "b": (instance, n)} (as `params_from_dataset`);
+    data {"x": (instance, n_samples, n_features), "importance": (instance, n_samples, n_features)},
+    drawn from each instance's own data distribution with key `fold_in(key, seed)`.
+    """
+    require(isinstance(n_samples, (int, np.integer)) and n_samples > 0, f"n_samples must be a positive integer, got {n_samples}")
+    config = config_from_dataset(ds)
+    inputs = instance_inputs_for(ds)
+    sample = _sampler(config)
+
+    @jax.jit
+    def draw(seeds, fps, importance):
+        def one(seed, fp, imp):
+            x = sample(jax.random.fold_in(key, seed), n_samples, fp)
+            return {"x": x, "importance": jnp.broadcast_to(imp, x.shape)}
+        return jax.vmap(one)(seeds, fps, importance)
+
+    data = draw(inputs["seed"], inputs["feature_probability"], inputs["importance"])
+    return loss_fn_for(config), params_from_dataset(ds), data
+
+
+def select_best_seed(ds: xr.Dataset) -> xr.Dataset:
+    """For each (feature_probability, importance_decay), keep the seed with the lowest `loss`.
+
+    The `seed` dim is dropped; a `best_seed` variable records which seed won.
+    """
+    best = ds["loss"].argmin("seed")
+    out = ds.isel(seed=best)
+    out["best_seed"] = out["seed"].reset_coords(drop=True).assign_attrs(long_name="seed with the lowest final loss")
+    return out.drop_vars("seed")
