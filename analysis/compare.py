@@ -134,6 +134,7 @@ def fragility(ds: xr.Dataset, dim: str = "feature_probability", tolerance: float
     `tolerance`) differs from that of its neighbour at the next feature probability (same seed
     and importance). `dim` must be sorted; differences are taken in log(dim).
     """
+    order = ds[dim]
     ds = ds.sortby(dim)
     signature = ds["sorted_feature_dimensionality"]
     nxt = signature.shift({dim: -1})
@@ -141,7 +142,7 @@ def fragility(ds: xr.Dataset, dim: str = "feature_probability", tolerance: float
         ds["n_represented"] != ds["n_represented"].shift({dim: -1})
     )
     differs = differs.where(nxt.notnull().all("rank_of_feature"), False)
-    return xr.Dataset(
+    out = xr.Dataset(
         {
             "dllc_dlogp": _log_gradient(ds["llc_mean"], dim).assign_attrs(
                 _attrs("sensitivity of llc to log feature probability d llc / d log p")
@@ -154,6 +155,7 @@ def fragility(ds: xr.Dataset, dim: str = "feature_probability", tolerance: float
             ),
         }
     )
+    return out.reindex({dim: order})
 
 
 def compare(train: xr.Dataset, llc: xr.Dataset, basis: xr.Dataset | None = None,
@@ -168,10 +170,11 @@ def compare(train: xr.Dataset, llc: xr.Dataset, basis: xr.Dataset | None = None,
     n_parameters = m * n + n
     act = activation_side(train)
     weights = weight_side(llc, n_parameters, basis)
-    ds = xr.merge([act, weights, train[["loss"]]], compat="override", combine_attrs="drop")
+    ds = xr.merge([act, weights, train[["loss"]]], compat="override", join="outer", combine_attrs="override")
+    ds.attrs = {}
     ds.attrs.update({"n_features": n, "n_hidden": m, "model": train.attrs.get("model", "tms")})
     ds = ds.merge(relations(ds))
     ds = ds.merge(fragility(ds))
     if sae is not None:
-        ds = ds.merge(sae, compat="override", combine_attrs="drop_conflicts")
+        ds = ds.merge(sae, compat="override", join="left", combine_attrs="drop_conflicts")
     return ds

@@ -94,6 +94,24 @@ def numerical_rank(eigenvalues, *, rtol: float | None = None, n_parameters: int 
     return int(rank) if rank.ndim == 0 else rank
 
 
+def rank_above_gradient_floor(eigenvalues: xr.DataArray, grad_norm, *, rtol: float | None = None) -> xr.DataArray:
+    """Numerical rank that also counts curvature below the gradient norm as flat.
+
+    At a point that is only approximately critical (trained weights, or a population critical
+    point on finite data; see "Statistical floor" in the module doc) flat directions pick up
+    curvature of order |grad L|, so an eigenvalue is counted only where
+    |lambda| > max(rtol * max |lambda|, |grad L|). `eigenvalues`: DataArray with an `eigen`
+    dim; `grad_norm`: DataArray (or scalar) over its other dims. Returns a DataArray.
+    """
+    require("eigen" in eigenvalues.dims, "rank_above_gradient_floor needs a DataArray with an 'eigen' dim")
+    d = eigenvalues.attrs.get("n_parameters") or eigenvalues.sizes["eigen"]
+    rtol = default_rtol(int(d)) if rtol is None else float(rtol)
+    magnitude = np.abs(eigenvalues.fillna(0.0))
+    tol = np.maximum(rtol * magnitude.max("eigen"), grad_norm)
+    return (magnitude > tol).sum("eigen").astype(np.int64).assign_attrs(
+        long_name="rank of the loss Hessian above max(rounding tolerance, gradient norm)", units="1", rtol=rtol)
+
+
 def _rank_core(values: np.ndarray, rtol: float) -> np.ndarray:
     magnitude = np.abs(np.where(np.isnan(values), 0.0, values))
     tol = rtol * magnitude.max(axis=-1, keepdims=True)

@@ -16,6 +16,7 @@ Writes `weights_vs_activations.nc`, `development.nc`, the per-model `train_*.nc`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shlex
@@ -31,8 +32,9 @@ from analysis.compare import compare
 from analysis.development import development
 from analysis.measures import represented_features
 from analysis.sae import recovered_overcompleteness, train_sae
-from analysis.weight_basis import weight_basis_measures
+from analysis.weight_basis import rank_above_gradient_floor, weight_basis_measures
 from slt_superposition.calibration import calibrate
+from slt_superposition.experiments import command_line
 from slt_superposition.io import save_dataset
 from slt_superposition.llc import SGLDConfig, estimate_llc_batched
 from slt_superposition.provenance import provenance_attrs
@@ -56,11 +58,17 @@ class FlagshipConfig:
     batch_size: int = 1024
     llc_samples: int = 4096  # n, the data set the LLC (and nbeta = n / log n) refers to
     llc_chains: int = 4
+    llc_batch_size: int = 512
     calibration_points: int = 3  # feature probabilities calibrated per model; others use the nearest
+    calibration_step_sizes: tuple[float, ...] = tuple(float(10.0 ** (e / 2)) for e in range(-12, -3))  # 1e-6..1e-2
+    calibration_sweep_steps: int = 1000
+    calibration_min_steps: int = 2000
+    calibration_max_steps: int = 8000
     hessian_samples: int = 4096
     sae_seeds: int = 1  # SAEs are trained on the first `sae_seeds` seeds of every feature probability
     sae_samples: int = 8192
     sae_steps: int = 3000
+    sae_restarts: int = 2  # initialisations per dictionary; the lowest training FVU is kept
     development_steps: int = 20_000
     development_seeds: int = 4
     development_snapshots: int = 24
@@ -72,9 +80,10 @@ class FlagshipConfig:
         return tuple(float(np.float32(v)) for v in values)
 
 
-QUICK = FlagshipConfig(n_feature_probabilities=8, seeds=2, train_steps=3000, llc_samples=2048, llc_chains=2,
-                       calibration_points=2, hessian_samples=2048, sae_samples=4096, sae_steps=1500,
-                       development_steps=6000, development_seeds=2, development_snapshots=12)
+QUICK = FlagshipConfig(models=((5, 2), (6, 2), (20, 5)), n_feature_probabilities=6, seeds=2, train_steps=3000, llc_samples=1024, llc_chains=2,
+                       calibration_points=2, calibration_sweep_steps=300, calibration_min_steps=600,
+                       calibration_max_steps=600, hessian_samples=512, sae_samples=2048, sae_steps=800,
+                       sae_restarts=1, development_steps=4000, development_seeds=2, development_snapshots=10)
 FULL = FlagshipConfig(n_feature_probabilities=40, seeds=16, llc_samples=16_384, llc_chains=8, calibration_points=5,
                       sae_seeds=4, sae_steps=5000, development_seeds=8)
 
@@ -83,9 +92,10 @@ def _model_label(n: int, m: int) -> str:
     return f"n{n}_m{m}"
 
 
-def _calibrated_llc(train: xr.Dataset, config: FlagshipConfig, key) -> tuple[xr.Dataset, list[dict]]:
+def _calibrated_llc(train: xr.Dataset, config: FlagshipConfig, key, out_dir: Path) -> tuple[xr.Dataset, list[dict]]:
     """LLC of every instance; `calibrate` runs on seed 0 at a few feature probabilities and each
-    feature probability uses the config calibrated nearest to it (in log p)."""
+    feature probability uses the config calibrated nearest to it (in log p). The calibration
+    sweeps are saved as `calibration/<model>_p<p>.nc` (plot them with `slt-superposition plot`)."""
     data_key, cal_key, llc_key = jax.random.split(key, 3)
     loss_fn, params, data = llc_inputs(train, n_samples=config.llc_samples, key=data_key)
     grid_shape = tuple(train.sizes[d] for d in GRID_DIMS)
@@ -96,8 +106,9 @@ def _calibrated_llc(train: xr.Dataset, config: FlagshipConfig, key) -> tuple[xr.
     chosen, records = {}, []
     for j, idx in enumerate(picks):
         one = lambda tree: jax.tree_util.tree_map(lambda x: x[idx, 0, 0], tree)
-        sgld, _ = calibrate(loss_fn, one(params), one(data), key=jax.random.fold_in(cal_key, j))
-        sgld = dataclasses.replace(sgld, num_chains=config.llc_chains)
+        sgld, sweep = _calibrate(loss_fn, one(params), one(data), jax.random.fold_in(cal_key, j), config)
+        label = _model_label(train.sizes["feature"], train.sizes["hidden"])
+        save_dataset(sweep, out_dir / "calibration" / f"{label}_p{fps[idx]:.3g}.nc")
         chosen[idx] = sgld
         records.append({"feature_probability": float(fps[idx]), **sgld.to_dict()})
     nearest = {i: picks[np.argmin(np.abs(np.log(fps[picks]) - np.log(fps[i])))] for i in range(len(fps))}
@@ -108,9 +119,19 @@ def _calibrated_llc(train: xr.Dataset, config: FlagshipConfig, key) -> tuple[xr.
         dims = {d: train[d].values[rows] if d == "feature_probability" else train[d].values for d in GRID_DIMS}
         parts.append(estimate_llc_batched(loss_fn, sub(params), sub(data), config=chosen[idx],
                                           key=jax.random.fold_in(llc_key, int(idx)), instance_dims=dims))
-    llc = xr.concat(parts, "feature_probability", combine_attrs="drop").sortby("feature_probability",
+    llc = xr.concat(parts, "feature_probability", combine_attrs="override").sortby("feature_probability",
                                                                                  ascending=False)
     return llc, records
+
+
+def _calibrate(loss_fn, params, data, key, config: FlagshipConfig) -> tuple[SGLDConfig, xr.Dataset]:
+    """`calibrate` with the flagship's budget; the chosen config gets `llc_chains` chains."""
+    sgld, sweep = calibrate(
+        loss_fn, params, data, key=key, batch_size=config.llc_batch_size, num_chains=config.llc_chains,
+        step_sizes=config.calibration_step_sizes, sweep_steps=config.calibration_sweep_steps,
+        min_steps=config.calibration_min_steps, max_steps=config.calibration_max_steps,
+    )
+    return dataclasses.replace(sgld, num_chains=config.llc_chains), sweep
 
 
 def _weight_basis(train: xr.Dataset, config: FlagshipConfig, key) -> xr.Dataset:
@@ -120,7 +141,13 @@ def _weight_basis(train: xr.Dataset, config: FlagshipConfig, key) -> xr.Dataset:
     forward = lambda p, x: tms_forward(p, x)
     basis = weight_basis_measures(loss_fn, forward, unflat(params), unflat(data), inputs=unflat(data)["x"],
                                   instance_dims=GRID_DIMS, data_batched=True)
-    return basis.assign_coords({d: train[d].values for d in GRID_DIMS})
+    basis = basis.assign_coords({d: train[d].values for d in GRID_DIMS})
+    # trained weights are only approximately critical: curvature below |grad L| counts as flat
+    basis["hessian_rank_rounding"] = basis["hessian_rank"].assign_attrs(
+        long_name="rank of the loss Hessian above the float32 rounding tolerance only")
+    basis["hessian_rank"] = rank_above_gradient_floor(basis["hessian_eigenvalues"], basis["grad_norm"],
+                                                      rtol=basis.attrs["rtol"])
+    return basis
 
 
 def _sae(train: xr.Dataset, config: FlagshipConfig, key) -> xr.Dataset:
@@ -130,10 +157,11 @@ def _sae(train: xr.Dataset, config: FlagshipConfig, key) -> xr.Dataset:
     h = jax.vmap(tms_hidden)(params, data["x"])  # (instance, sample, hidden)
     n, m = train.sizes["feature"], train.sizes["hidden"]
     grid_shape = tuple(sub.sizes[d] for d in GRID_DIMS)
-    sizes = sorted({s for s in range(m, 2 * n + 1) if s <= 2 * n})
+    sizes = list(range(m, n + 2))  # k <= n, so n + 1 latents always suffice to show recovery
     acts = xr.DataArray(np.asarray(h).reshape(grid_shape + h.shape[1:]), dims=(*GRID_DIMS, "sample", "hidden"),
                         coords={d: sub[d].values for d in GRID_DIMS})
-    sae = train_sae(acts, dict_sizes=sizes, k=1, steps=config.sae_steps, key=jax.random.fold_in(key, 1))
+    sae = train_sae(acts, dict_sizes=sizes, k=1, steps=config.sae_steps, restarts=config.sae_restarts,
+                    key=jax.random.fold_in(key, 1))
     W = sub["W"]
     recovered = recovered_overcompleteness(sae, W, feature_mask=represented_features(W))
     from analysis.sae import mmcs
@@ -147,6 +175,17 @@ def _sae(train: xr.Dataset, config: FlagshipConfig, key) -> xr.Dataset:
     )
 
 
+@contextlib.contextmanager
+def _stage(what: str, enabled: bool = True):
+    """Print what is being done and, when it ends, how long it took (stderr)."""
+    start = time.time()
+    if enabled:
+        print(f"{what} ...", file=sys.stderr, flush=True)
+    yield
+    if enabled:
+        print(f"{what}: done in {time.time() - start:.1f} s", file=sys.stderr, flush=True)
+
+
 def compute_model(n: int, m: int, config: FlagshipConfig, out_dir: Path, progress: bool = True) -> xr.Dataset:
     """Train, measure and join one model's grid; also saves its `train_<label>.nc`."""
     label = _model_label(n, m)
@@ -155,11 +194,15 @@ def compute_model(n: int, m: int, config: FlagshipConfig, out_dir: Path, progres
         n_features=n, n_hidden=m, feature_probabilities=config.feature_probabilities, seeds=config.seeds,
         steps=config.train_steps, batch_size=config.batch_size,
     )
-    train = train_grid(train_config, progress=progress)
+    with _stage(f"{label}: train {train_config.n_instances} instances", progress):
+        train = train_grid(train_config, progress=progress)
     save_dataset(train, out_dir / f"train_{label}.nc")
-    llc, calibration = _calibrated_llc(train, config, jax.random.fold_in(key, 1))
-    basis = _weight_basis(train, config, jax.random.fold_in(key, 2))
-    sae = _sae(train, config, jax.random.fold_in(key, 3))
+    with _stage(f"{label}: calibrate and estimate every LLC", progress):
+        llc, calibration = _calibrated_llc(train, config, jax.random.fold_in(key, 1), out_dir)
+    with _stage(f"{label}: Hessian and Gauss-Newton ranks", progress):
+        basis = _weight_basis(train, config, jax.random.fold_in(key, 2))
+    with _stage(f"{label}: sparse autoencoders", progress):
+        sae = _sae(train, config, jax.random.fold_in(key, 3))
     ds = compare(train, llc, basis.drop_vars("hessian_eigenvalues"), sae)
     ds["hessian_eigenvalues"] = basis["hessian_eigenvalues"]
     ds = ds.squeeze("importance_decay")
@@ -170,7 +213,7 @@ def compute_model(n: int, m: int, config: FlagshipConfig, out_dir: Path, progres
 def _combine(parts: list[xr.Dataset]) -> xr.Dataset:
     """Stack per-model datasets along `model` (per-model attrs go into a JSON attr)."""
     per_model = {str(p["model"].values[0]): {k: v for k, v in p.attrs.items() if k in ("calibration",)} for p in parts}
-    stacked = xr.concat([p.drop_attrs() for p in parts], "model", join="outer", fill_value=np.nan,
+    stacked = xr.concat([p.drop_attrs(deep=False) for p in parts], "model", join="outer", fill_value=np.nan,
                         coords="different", compat="equals")
     stacked.attrs["per_model"] = json.dumps(per_model)
     return stacked
@@ -218,8 +261,8 @@ def _development_sgld(dev_config: TrainConfig, config: FlagshipConfig) -> SGLDCo
     probe = train_grid(dataclasses.replace(dev_config, seeds=(0,), snapshot_steps=()), progress=False)
     loss_fn, params, data = llc_inputs(probe, n_samples=config.llc_samples, key=jax.random.key(config.seed + 2))
     first = lambda tree: jax.tree_util.tree_map(lambda x: x[0], tree)
-    sgld, _ = calibrate(loss_fn, first(params), first(data), key=jax.random.key(config.seed + 3))
-    return dataclasses.replace(sgld, num_chains=config.llc_chains)
+    sgld, _ = _calibrate(loss_fn, first(params), first(data), jax.random.key(config.seed + 3), config)
+    return sgld
 
 
 def write_report(ds: xr.Dataset, dev: xr.Dataset, out_dir: Path, figures: list[Path], config: FlagshipConfig,
@@ -227,8 +270,7 @@ def write_report(ds: xr.Dataset, dev: xr.Dataset, out_dir: Path, figures: list[P
     """`report.md`: the command, a table per model, and what the data says (numbers computed here)."""
     from analysis.compare_plots import summary_table, findings
 
-    flag = " --quick" if quick else " --full" if full else ""
-    command = f"slt-superposition reproduce {NAME}{flag} --out {shlex.quote(str(out_dir))}"
+    command = command_line(NAME, shlex.quote(str(out_dir)), quick, full)
     lines = [
         "# Weights vs activations",
         "",

@@ -10,14 +10,20 @@ sizes, so the sweep costs one compilation per stage-2 length):
    where the plateau is the acceptance at the smallest step sizes. (With minibatch
    potentials the acceptance proxy saturates below 1, e.g. about 0.85 for a DLN with
    lambda = 16.5, so a fixed 0.9 cannot be the only rule.) The chosen step size is the
-   largest healthy one below which every step size is also healthy. Large steps blow up or
-   overshoot (the SGLD discretisation bias grows with eps), tiny ones mix too slowly.
+   largest healthy one below which every step size is also healthy (the start of stage 1b).
+1b. **Discretisation bias.** From that step size eps_hi downward: eps_hi and the next smaller
+   eps_lo are run for the same sampler time eps x steps (`bias_check_steps` at eps_hi, default
+   4 `sweep_steps`), so slower mixing of small steps does not confound the comparison; the line
+   lambda(eps) = lambda0 + c eps through the two estimates extrapolates to eps -> 0 and
+   estimates the bias c eps_hi. The first eps_hi with |bias| <= max(`bias_tol` |lambda0|,
+   2 SE) is chosen. Large steps blow up or overshoot, tiny ones mix too slowly.
 2. **Chain length.** At the chosen step size, chains of `min_steps`, 2 `min_steps`, ...
-   (burn-in `burnin_fraction` of each) until the estimate stops moving: each of the last
-   two doublings changes it by at most `rel_tol` (relative) or two combined standard errors,
-   with R-hat below `max_rhat`. Short fixed-length chains underestimate at singular points (the chain
-   has not yet spread into the flat directions), which is what this stage detects. If
-   `max_steps` is reached first the dataset says `converged = False`.
+   (burn-in `burnin_fraction` of each) until the estimate moved by at most `rel_tol`
+   (relative, no noise allowance) over the last doubling and over the last two, with R-hat
+   below `max_rhat`. At singular points the estimate creeps up with the sampler time (the
+   flat directions mix slowly), so short chains underestimate; a noise allowance would call
+   such a slowly rising estimate converged. If `max_steps` is reached first the dataset says
+   `converged = False` and the verdict warns of a possible underestimate.
 
 The returned `calibration` dataset records why: per step size the estimate, acceptance,
 divergence and the health verdict with a `chosen` flag; per chain length the estimate and
@@ -71,12 +77,14 @@ def calibrate(
     step_sizes: Sequence[float] = DEFAULT_STEP_SIZES,
     sweep_steps: int = 2000,
     target_acceptance: float = 0.9,
-    max_acceptance_drop: float = 0.03,
+    max_acceptance_drop: float = 0.12,
     min_steps: int = 10_000,
-    max_steps: int = 80_000,
+    max_steps: int = 320_000,
     burnin_fraction: float = 0.5,
     rel_tol: float = 0.05,
     max_rhat: float = 1.1,
+    bias_tol: float = 0.05,
+    bias_check_steps: int | None = None,
     progress: bool = False,
 ) -> tuple[SGLDConfig, xr.Dataset]:
     """Choose an `SGLDConfig` for `estimate_llc(loss_fn, params, data, ...)` by a short sweep.
@@ -118,10 +126,40 @@ def calibrate(
     n_ok = int(np.argmin(healthy)) if not healthy.all() else len(step_sizes)
     require(n_ok > 0, f"calibration failed: the smallest step size {step_sizes[0]:g} is already unhealthy "
                       f"(acceptance {acc[0]:.3f}, diverged {bool(diverged[0])}); try smaller step_sizes")
+    # stage 1b: discretisation bias. Walk down from the largest healthy step size eps_hi until
+    # the bias of its estimate is small: with the next smaller step size eps_lo, both run for
+    # the same sampler time eps x steps (so the comparison is not confounded by the slower
+    # mixing of small steps), the linear fit lambda(eps) = lambda0 + c eps through the two
+    # estimates gives lambda0 (the eps -> 0 extrapolation) and the bias c eps_hi.
+    check_steps = int(bias_check_steps or 4 * sweep_steps)
+    bias_key = jax.random.fold_in(sweep_key, 1)
+    bias_llc = np.full(len(step_sizes), np.nan)
+    bias_se = np.full(len(step_sizes), np.nan)
+    bias_hat = np.full(len(step_sizes), np.nan)
+    llc0 = np.full(len(step_sizes), np.nan)
+    bias_ok = np.zeros(len(step_sizes), bool)
     chosen_index = n_ok - 1
+    bar = _progress(n_ok, "calibrate: bias check", progress)
+    while chosen_index > 0:
+        hi, lo = step_sizes[chosen_index], step_sizes[chosen_index - 1]
+        r_hi = _estimate(loss_fn, params, data, config(hi, check_steps), bias_key)
+        r_lo = _estimate(loss_fn, params, data, config(lo, int(round(hi * check_steps / lo))), bias_key)
+        bar.update()
+        bias_llc[chosen_index], bias_se[chosen_index] = r_hi["llc"], r_hi["llc_se"]
+        slope_factor = hi / (hi - lo)  # bias at hi = (llc_hi - llc_lo) hi / (hi - lo)
+        bias = (r_hi["llc"] - r_lo["llc"]) * slope_factor
+        noise = 2 * slope_factor * math.hypot(np.nan_to_num(r_hi["llc_se"]), np.nan_to_num(r_lo["llc_se"]))
+        bias_hat[chosen_index], llc0[chosen_index] = bias, r_hi["llc"] - bias
+        if math.isfinite(bias) and abs(bias) <= max(bias_tol * abs(llc0[chosen_index]), noise):
+            bias_ok[chosen_index] = True
+            break
+        chosen_index -= 1
+    bar.close()
     eps = step_sizes[chosen_index]
 
-    # stage 2: double the chain length until the estimate stops moving
+    # stage 2: double the chain length (so the sampler time eps x steps) until the estimate
+    # stops rising. At singular points the estimate creeps up slowly with sampler time (the
+    # flat directions mix slowly), so no allowance for noise: the change must be small itself.
     lengths, runs = [], []
     steps = int(min_steps)
     converged = False
@@ -130,8 +168,8 @@ def calibrate(
         lengths.append(steps)
         runs.append(_estimate(loss_fn, params, data, config(eps, steps), length_key))
         bar.update()
-        if len(runs) >= 3 and _stable(runs[-2], runs[-1], rel_tol, max_rhat) \
-                and _stable(runs[-3], runs[-2], rel_tol, max_rhat):
+        if len(runs) >= 3 and _stable(runs[-3], runs[-1], rel_tol, max_rhat) \
+                and _stable(runs[-2], runs[-1], rel_tol, max_rhat):
             converged = True
             break
         if steps * 2 > max_steps:
@@ -151,6 +189,14 @@ def calibrate(
             "rhat_sweep": _var("step_size", [s["rhat"] for s in sweep], "R-hat of the sweep loss traces"),
             "healthy": _var("step_size", healthy, "no divergence and acceptance >= acceptance_threshold", None),
             "chosen": _var("step_size", np.arange(len(step_sizes)) == chosen_index, "the chosen step size", None),
+            "llc_bias_check": _var("step_size", bias_llc, "LLC estimate of the bias check (equal sampler time "
+                                   "eps x steps as the next larger step size it was compared with)"),
+            "llc_se_bias_check": _var("step_size", bias_se, "standard error of llc_bias_check over chains"),
+            "bias": _var("step_size", bias_hat, "estimated discretisation bias lambda(eps) - lambda0 of the linear "
+                         "fit through this and the next smaller step size at equal sampler time"),
+            "llc_extrapolated": _var("step_size", llc0, "lambda0: the linear eps -> 0 extrapolation of that fit"),
+            "bias_consistent": _var("step_size", bias_ok, "|bias| <= max(bias_tol |lambda0|, 2 SE of the bias)", None),
+            "sampler_time": _var("num_steps", [eps * s for s in lengths], "sampler time eps x num_steps"),
             "llc_length": _var("num_steps", [r["llc"] for r in runs], "LLC estimate at the chosen step size"),
             "llc_se_length": _var("num_steps", [r["llc_se"] for r in runs], "standard error of llc_length"),
             "change_length": _var("num_steps", change, "|change| of llc_length from the previous (half) length"),
@@ -165,7 +211,8 @@ def calibrate(
     settings = dict(localization=localization, nbeta=nbeta, batch_size=batch_size, num_chains=num_chains,
                     step_sizes=step_sizes, sweep_steps=sweep_steps, target_acceptance=target_acceptance,
                     max_acceptance_drop=max_acceptance_drop, min_steps=min_steps, max_steps=max_steps,
-                    burnin_fraction=burnin_fraction, rel_tol=rel_tol, max_rhat=max_rhat,
+                    burnin_fraction=burnin_fraction, rel_tol=rel_tol, max_rhat=max_rhat, bias_tol=bias_tol,
+                    bias_check_steps=check_steps,
                     key=[int(v) for v in np.asarray(jax.random.key_data(key)).ravel()])
     ds.attrs.update(provenance_attrs("calibration", settings))
     ds.attrs.update(
@@ -178,24 +225,34 @@ def calibrate(
         step_size_rule=(
             f"largest step size such that it and every smaller one has no divergent chain and MALA acceptance "
             f">= min(target {target_acceptance}, plateau {plateau:.3f} - {max_acceptance_drop}) = {threshold:.3f} "
-            f"({sweep_steps}-step chains); larger steps diverge or overshoot (discretisation bias)"),
+            f"({sweep_steps}-step chains), then walk down from it until its bias, from the linear fit "
+            f"lambda(eps) = lambda0 + c eps through it and the next smaller step size (both run for the sampler time "
+            f"of {check_steps} steps at the larger one), is <= max({bias_tol:.0%} of lambda0, 2 SE); larger steps "
+            f"diverge or overshoot (discretisation bias)"),
         length_rule=(
-            f"double the chain length from {min_steps} until two successive doublings each change the estimate by <= max({rel_tol:.0%}, "
-            f"2 combined SE) with R-hat <= {max_rhat}; short chains underestimate at singular points"),
+            f"double the chain length from {min_steps} (at most {max_steps}) until the estimate moved by <= "
+            f"{rel_tol:.0%} over the last doubling and over the last two (4x the sampler time), with R-hat <= "
+            f"{max_rhat} and no divergence; short chains "
+            f"underestimate at singular points (the estimate rises slowly with the sampler time eps x steps)"),
+        bias_consistent=int(bias_ok[chosen_index]),
+        bias_tol=bias_tol,
+        rel_tol=rel_tol,
         verdict=(
-            f"chose step_size {eps:g} and num_steps {lengths[-1]}: "
-            + ("the estimate stopped moving" if converged else
-               f"NOT converged by max_steps={max_steps}; the estimate may still be rising")),
+            f"chose step_size {eps:g} and num_steps {lengths[-1]} (sampler time {eps * lengths[-1]:.3g}): "
+            + (f"estimated discretisation bias {bias_hat[chosen_index]:+.3g} (eps -> 0 extrapolation "
+               f"{llc0[chosen_index]:.4g} at short chains); " if bias_ok[chosen_index]
+               else "the smallest healthy step size (no smaller one to compare with); ")
+            + ("the estimate stopped rising with chain length" if converged else
+               f"NOT converged by max_steps={max_steps}; the estimate may still be rising (underestimate)")),
     )
     return chosen_config, ds
 
 
 def _stable(before: dict, now: dict, rel_tol: float, max_rhat: float) -> bool:
-    """The estimate moved by at most max(rel_tol, 2 combined SE) and the chains agree."""
+    """The estimate moved by at most rel_tol (relative), the chains agree and none diverged."""
     change = abs(now["llc"] - before["llc"])
-    noise = 2 * math.sqrt(np.nan_to_num(now["llc_se"]) ** 2 + np.nan_to_num(before["llc_se"]) ** 2)
     rhat_ok = not (now["rhat"] > max_rhat)  # NaN (a single chain) does not block
-    return change <= max(rel_tol * abs(now["llc"]), noise) and rhat_ok and now["n_diverged"] == 0
+    return change <= rel_tol * abs(now["llc"]) and rhat_ok and now["n_diverged"] == 0
 
 
 def _var(dim, values, long_name, units: str | None = "1") -> xr.Variable:

@@ -12,6 +12,7 @@ stop the others.
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,17 +67,25 @@ def load_runner(name: str):
     return run
 
 
-def reproduce(name: str, out_dir: str | Path, *, quick: bool = False) -> xr.Dataset:
-    """Run experiment `name`, writing everything under `out_dir`; returns its dataset."""
+def reproduce(name: str, out_dir: str | Path, *, quick: bool = False, full: bool = False) -> xr.Dataset:
+    """Run experiment `name`, writing everything under `out_dir`; returns its dataset.
+
+    `quick`: small settings for a laptop CPU; `full`: the full grid (for a GPU), where the
+    experiment has one (its `run` takes `full=`)."""
+    if quick and full:
+        raise InputError("--quick and --full exclude each other")
     run = load_runner(name)
+    if full and "full" not in inspect.signature(run).parameters:
+        raise InputError(f"experiment '{name}' has no --full grid (its default run is the full size)")
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise InputError(f"cannot create output folder {out_dir}: {err.strerror}") from None
-    return run(out_dir, quick=quick)
+    return run(out_dir, quick=quick, full=True) if full else run(out_dir, quick=quick)
 
 
-def command_line(name: str, out_dir: str | Path, quick: bool) -> str:
+def command_line(name: str, out_dir: str | Path, quick: bool, full: bool = False) -> str:
     """The CLI command that reproduces `name` into `out_dir` (for report.md)."""
-    return f"slt-superposition reproduce {name}{' --quick' if quick else ''} --out {out_dir}"
+    flag = " --quick" if quick else " --full" if full else ""
+    return f"slt-superposition reproduce {name}{flag} --out {out_dir}"

@@ -30,8 +30,13 @@ def check_writable(path: str | os.PathLike) -> Path:
         raise InputError(f"cannot create output folder {parent}: {err.strerror}") from None
     if path.is_dir():
         raise InputError(f"output path {path} is a folder, expected a file name")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"output folder {parent} is not writable")
+    # os.access says yes to root even where writing fails (read-only or virtual file
+    # systems such as /proc), so try it: create and delete a scratch file next to `path`.
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as err:
+        raise InputError(f"output folder {parent} is not writable: {err.strerror}") from None
     return path
 
 

@@ -41,6 +41,11 @@ object, shapes and `num_chains/num_steps/num_burnin/batch_size/trace_every/sampl
 does not retrace or recompile. `step_size`, `localization` and `nbeta` are runtime
 arguments, so sweeping them (calibration) reuses one compiled program as well.
 
+Randomness: chain c of a call with key k uses `jax.random.split(k, num_chains)[c]`; within a
+chain, SGLD noise and minibatch indices are drawn per chunk of 64 steps (whole epochs for
+"epoch" sampling) from `fold_in` of that key, in one call each, which is cheaper than one
+draw per step. (When a chunk's noise would exceed NOISE_BUDGET floats, it is drawn per step.)
+
 Long runs: the loss trace is summarised online into blocks of `trace_every` steps (the
 stored value is the block mean), so memory is chains x num_steps / trace_every; the LLC,
 acceptance and below-init fraction are exact running sums over every step regardless.
@@ -50,6 +55,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import math
 import warnings
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
@@ -58,6 +64,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
+from jax.flatten_util import ravel_pytree
 
 from slt_superposition.diagnostics import (
     DIVERGENCE_FACTOR,
@@ -68,7 +75,7 @@ from slt_superposition.diagnostics import (
 from slt_superposition.errors import InputError, require
 from slt_superposition.provenance import provenance_attrs
 from slt_superposition.sgld import sgld
-from jax.flatten_util import ravel_pytree
+from slt_superposition.sharding import run_sharded, single_device_mesh
 
 PyTree = Any
 SAMPLING = ("replacement", "epoch")
@@ -260,6 +267,50 @@ class _Carry(NamedTuple):
     trace: jax.Array  # (n_blocks,) block means of L_B(w_t)
 
 
+def _classic_threefry(draw: Callable) -> Callable:
+    """Run the random draw `draw` with the classic (non-partitionable) threefry layout.
+
+    On a CPU it generates bits several times faster than the partitionable layout (jax's
+    default): 8 chains x 1000 steps x 500 indices took 51 ms against 12 ms
+    (`python benchmarks/llc_throughput.py --rng` prints both), most of an LLC call at this
+    model size. Only the bulk draws use it; key splits keep the global setting, so chain c
+    of a call with key k still uses `jax.random.split(k, num_chains)[c]`. Each chain draws
+    from its own key, so sharding over instances or chains never splits one draw.
+    """
+
+    def wrapped(*args, **kwargs):
+        with jax.threefry_partitionable(False):
+            return draw(*args, **kwargs)
+
+    wrapped.__doc__, wrapped.__name__ = draw.__doc__, draw.__name__
+    return wrapped
+
+
+@_classic_threefry
+def standard_normal(key: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
+    """`jax.random.normal(key, shape, dtype)` drawn with the classic threefry layout."""
+    return jax.random.normal(key, shape, dtype)
+
+
+@_classic_threefry
+def uniform_indices(key: jax.Array, shape: tuple[int, ...], n: int) -> jax.Array:
+    """Indices uniform on 0..n-1, `shape` int32, from one uint32 per index.
+
+    For n < 2^16 the index is floor(u n / 2^32) of a uniform 32-bit u (Lemire's multiply-
+    high, computed exactly in 16-bit halves), within n / 2^32 of uniform per index, as
+    `jax.random.randint` is; it draws half the random bits of `randint` (which draws two
+    words per index), and with the classic threefry layout the draw is about 10x cheaper
+    on a CPU (see `_classic_threefry`). Larger n falls back to `jax.random.randint`.
+    """
+    if n >= 2**16:
+        return jax.random.randint(key, shape, 0, n)
+    u = jax.random.bits(key, shape, jnp.uint32)
+    m = jnp.uint32(n)
+    high = (u >> 16) * m + (((u & jnp.uint32(0xFFFF)) * m) >> 16)  # < 2^32: no overflow for n < 2^16
+    return (high >> 16).astype(jnp.int32)
+
+
+@_classic_threefry
 def random_permutations(key: jax.Array, count: int, n: int) -> jax.Array:
     """`count` independent uniformly random permutations of 0..n-1: `(count, n)` int32.
 
@@ -306,7 +357,7 @@ def _build_instance_program(loss_fn: Callable, static: _Static) -> Callable:
         if B is None:
             return None
         if per_epoch is None:
-            return jax.random.randint(key, (length, B), 0, n)
+            return uniform_indices(key, (length, B), n)
         n_epochs = -(-length // per_epoch)
         perms = random_permutations(key, n_epochs, n)
         return perms[:, : per_epoch * B].reshape(n_epochs * per_epoch, B)[:length]
@@ -317,43 +368,48 @@ def _build_instance_program(loss_fn: Callable, static: _Static) -> Callable:
         noise_key, data_key = jax.random.split(key)
         f32 = jnp.result_type(init_loss)
 
-        def body(carry: _Carry, xs):
+        def body(position, xs):
+            """One SGLD step; the statistics are computed per chunk, outside the loop."""
             t, idx, noise = xs
             minibatch = data if idx is None else _take(data, idx)
-            state = kernel.init(carry.position)
+            state = kernel.init(position)
             if noise is None:
                 state, info = kernel.step(jax.random.fold_in(noise_key, t), state, minibatch)
             else:
                 state, info = kernel.step_with_noise(state, minibatch, noise)
-            excess = info.loss - init_loss
-            post = t >= burnin
-            accept = mala_acceptance_probability(mala_log_acceptance(
-                carry.prev_position, carry.prev_drift, carry.prev_potential,
-                info.position, info.drift, info.potential, step_size))
-            block = t // k
-            block_len = jnp.where(block == n_blocks - 1, last_block, k).astype(f32)
-            finite = jnp.isfinite(info.loss)
-            carry = _Carry(
-                position=state.position,
-                prev_position=info.position,
-                prev_drift=info.drift,
-                prev_potential=info.potential,
-                sum_excess=carry.sum_excess + jnp.where(post, excess, 0.0),
-                n_below=carry.n_below + (post & (excess < 0)).astype(jnp.int32),
-                sum_accept=carry.sum_accept + jnp.where(t > burnin, accept, 0.0),
-                max_excess=jnp.maximum(carry.max_excess, jnp.where(finite, excess, -jnp.inf)),
-                nonfinite=carry.nonfinite | ~finite,
-                trace=carry.trace.at[block].add(info.loss / block_len),
-            )
-            return carry, None
+            return state.position, (info.position, info.drift, info.potential, info.loss)
 
-        def run_chunk(carry, c, length: int):
+        def run_chunk(carry: _Carry, c, length: int) -> _Carry:
             ts = c * chunk + jnp.arange(length)
             noise = None
             if pregenerate:
-                noise = jax.random.normal(jax.random.fold_in(noise_key, c), (length,) + w_star.shape, w_star.dtype)
-            carry, _ = jax.lax.scan(body, carry, (ts, chunk_batches(data_key, c, length), noise))
-            return carry
+                noise = standard_normal(jax.random.fold_in(noise_key, c), (length,) + w_star.shape, w_star.dtype)
+            position, (w, drift, potential, loss) = jax.lax.scan(
+                body, carry.position, (ts, chunk_batches(data_key, c, length), noise))
+            # The per-step statistics, vectorised over the chunk's `length` steps: a short loop
+            # body is what makes SGLD fast at small model sizes (each op in it costs a launch).
+            prev_w = jnp.concatenate([carry.prev_position[None], w[:-1]])
+            prev_drift = jnp.concatenate([carry.prev_drift[None], drift[:-1]])
+            prev_potential = jnp.concatenate([carry.prev_potential[None], potential[:-1]])
+            accept = mala_acceptance_probability(jax.vmap(mala_log_acceptance, in_axes=(0,) * 6 + (None,))(
+                prev_w, prev_drift, prev_potential, w, drift, potential, step_size))
+            excess = loss - init_loss
+            post = ts >= burnin
+            finite = jnp.isfinite(loss)
+            block = ts // k
+            block_len = jnp.where(block == n_blocks - 1, last_block, k).astype(f32)
+            return _Carry(
+                position=position,
+                prev_position=w[-1],
+                prev_drift=drift[-1],
+                prev_potential=potential[-1],
+                sum_excess=carry.sum_excess + jnp.sum(jnp.where(post, excess, 0.0)),
+                n_below=carry.n_below + jnp.sum(post & (excess < 0), dtype=jnp.int32),
+                sum_accept=carry.sum_accept + jnp.sum(jnp.where(ts > burnin, accept, 0.0)),
+                max_excess=jnp.maximum(carry.max_excess, jnp.max(jnp.where(finite, excess, -jnp.inf))),
+                nonfinite=carry.nonfinite | ~jnp.all(finite),
+                trace=carry.trace.at[block].add(loss / block_len),
+            )
 
         zero = jnp.zeros((), f32)
         carry = _Carry(
@@ -410,6 +466,29 @@ def llc_program(loss_fn: Callable, config: SGLDConfig, n_samples: int, n_paramet
     return jax.vmap(run, in_axes=(0, 0 if data_batched else None, 0, None, None, None))
 
 
+# XLA:CPU hands small dots and reductions to YNNPACK "fusions" by default; at the sizes of
+# these models (8 chains x 500 rows x 6 features) each such call costs more than the work,
+# and XLA's own kernels ran the SGLD loop 2.5x faster (`python benchmarks/llc_throughput.py`
+# prints both). A per-program option: nothing global changes.
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def compiler_options() -> dict[str, str]:
+    """XLA options for the LLC programs on the default backend (`CPU_COMPILER_OPTIONS` on a CPU)."""
+    return dict(CPU_COMPILER_OPTIONS) if jax.default_backend() == "cpu" else {}
+
+
+@functools.lru_cache(maxsize=32)
+def _block_function(loss_fn: Callable, static: _Static, data_batched: bool) -> Callable:
+    """The batched program in `run_sharded`'s form, one object per (loss_fn, settings), so
+    `run_sharded` compiles it once per shape: (params, data, keys), scalars -> dict when
+    `data_batched`, else (params, keys), data, scalars -> dict."""
+    run = jax.vmap(_build_instance_program(loss_fn, static), in_axes=(0, 0 if data_batched else None, 0, None, None, None))
+    if data_batched:
+        return lambda inst, scalars: run(inst[0], inst[1], inst[2], *scalars)
+    return lambda inst, data, scalars: run(inst[0], data, inst[1], *scalars)
+
+
 _CACHE: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
 _CACHE_SIZE = 32
 
@@ -419,17 +498,15 @@ def _signature(tree: PyTree) -> tuple:
     return (treedef, tuple((np.shape(x), str(jnp.result_type(x))) for x in leaves))
 
 
-def _compiled(loss_fn, static: _Static, params, data, key, scalars, *, batched: bool, data_batched: bool):
-    """The compiled program for these inputs, from the cache or freshly compiled."""
-    cache_key = (loss_fn, static, batched, data_batched, _signature(params), _signature(data), _signature(key))
+def _compiled(loss_fn, static: _Static, params, data, key, scalars):
+    """The compiled single-model program for these inputs, from the cache or freshly compiled."""
+    cache_key = (loss_fn, static, _signature(params), _signature(data), _signature(key))
     hit = _CACHE.get(cache_key)
     if hit is not None:
         _CACHE.move_to_end(cache_key)
         return hit
     run = _build_instance_program(loss_fn, static)
-    if batched:
-        run = jax.vmap(run, in_axes=(0, 0 if data_batched else None, 0, None, None, None))
-    compiled = jax.jit(run).lower(params, data, key, *scalars).compile()
+    compiled = jax.jit(run).lower(params, data, key, *scalars).compile(compiler_options=compiler_options())
     _CACHE[cache_key] = compiled
     if len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
@@ -439,6 +516,7 @@ def _compiled(loss_fn, static: _Static, params, data, key, scalars, *, batched: 
 def clear_cache() -> None:
     """Forget every compiled LLC program."""
     _CACHE.clear()
+    _block_function.cache_clear()
 
 
 def _check_key(key) -> jax.Array:
@@ -488,7 +566,7 @@ def estimate_llc(loss_fn: Callable, params: PyTree, data: PyTree, *, config: SGL
     nbeta = resolve_nbeta(config, n)
     static = _static(config, n, d)
     scalars = _scalars(config, nbeta)
-    program = _compiled(loss_fn, static, params, data, key, scalars, batched=False, data_batched=False)
+    program = _compiled(loss_fn, static, params, data, key, scalars)
     out = jax.device_get(program(params, data, key, *scalars))
     return llc_dataset(out, config, nbeta=nbeta, n=n, d=d, dims={}, key=key)
 
@@ -502,6 +580,7 @@ def estimate_llc_batched(
     key,
     instance_dims: Sequence[str] | Mapping[str, Sequence] | None = None,
     data_batched: bool = True,
+    mesh=None,
 ) -> xr.Dataset:
     """Every instance's LLC in one compiled program (instances and chains vmapped).
 
@@ -512,8 +591,16 @@ def estimate_llc_batched(
             or a mapping name -> coordinate values (params may then carry either those axes or
             one flattened axis of their product size); None means one axis named 'instance'.
 
+    mesh:   a `jax.sharding.Mesh` with axis "instance" (`slt_superposition.sharding.instance_mesh()`
+            spans every device) to split the instances over; None means one device.
+
     Instance i (in flattened C order) uses key `jax.random.split(key, N)[i]`, so its numbers
     equal `estimate_llc(..., key=jax.random.split(key, N)[i])` up to float reassociation.
+    Sharding: the program runs through `sharding.run_sharded`, in blocks of at most 16
+    instances whose size depends only on N, on every mesh including the 1-device one that
+    `mesh=None` means; so the result is the same bit for bit on 1 device or many (a plain
+    vmap over all N instances would not be: XLA vectorises a vmap of another size with
+    different rounding in the last bit).
     Returns the `llc` dataset of `estimate_llc` with the instance dims in front of every variable.
     """
     dims = _instance_dims(params, instance_dims)
@@ -528,8 +615,12 @@ def estimate_llc_batched(
     static = _static(config, n, d)
     scalars = _scalars(config, nbeta)
     keys = jax.random.split(key, n_inst)
-    program = _compiled(loss_fn, static, params, data, keys, scalars, batched=True, data_batched=data_batched)
-    out = jax.device_get(program(params, data, keys, *scalars))
+    block = _block_function(loss_fn, static, data_batched)
+    mesh = single_device_mesh() if mesh is None else mesh
+    if data_batched:
+        out = run_sharded(block, (params, data, keys), scalars, mesh=mesh, compiler_options=compiler_options())
+    else:
+        out = run_sharded(block, (params, keys), data, scalars, mesh=mesh, compiler_options=compiler_options())
     out = {name: np.reshape(value, sizes + np.shape(value)[1:]) for name, value in out.items()}
     return llc_dataset(out, config, nbeta=nbeta, n=n, d=d, dims=dims, key=key)
 

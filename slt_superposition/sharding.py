@@ -18,11 +18,12 @@ vmapped op, may vectorize across instances, computing a remainder that fills no 
 other code whose rounding differs in the last bit (seen on the CPU: 2e-7 on a loss, 2e-6
 on an LLC when the same instances were split 4 ways instead of 1). So an instance's bits
 can depend on how many instances share its compiled block. `run_sharded` therefore fixes
-the block: the instance axis is cut into blocks of `block` (default `BLOCK` = 16)
-instances; each device loops (`lax.map`) over its own blocks inside `shard_map`, running
+the block: the instance axis is cut into blocks of `block` instances (default
+`balanced_block(n)`: at most `BLOCK` = 16, a function of the instance count only); each device loops (`lax.map`) over its own blocks inside `shard_map`, running
 the same compiled block body whatever the device count. One device is the same code with
-every block local. tests/test_sharding.py checks 4 devices against 1 for a toy function,
-`train_grid`'s chunk program and `estimate_llc_batched`'s program.
+every block local: `train_grid(..., mesh=None)` and `estimate_llc_batched(..., mesh=None)`
+run on `single_device_mesh()`, so their bits equal those of any mesh. tests/test_sharding.py
+checks 4 devices against 1 for a toy function, `train_grid` and `estimate_llc_batched`.
 
 Padding: the instance axis is padded to a multiple of block x device count by repeating
 the last instance (never zeros, which could make a loss or an SVD degenerate) and
@@ -172,7 +173,7 @@ def _unblocked(tree):
 
 
 @functools.lru_cache(maxsize=64)
-def _block_program(fn: Callable, mesh: Mesh, n_shared: int) -> Callable:
+def _block_program(fn: Callable, mesh: Mesh, n_shared: int, compiler_options: tuple = ()) -> Callable:
     """jit(shard_map(each device: lax.map of `fn` over its blocks)), cached per fn and mesh."""
 
     def local(blocks, *shared):
@@ -180,23 +181,47 @@ def _block_program(fn: Callable, mesh: Mesh, n_shared: int) -> Callable:
 
     specs = (PartitionSpec(AXIS),) + (PartitionSpec(),) * n_shared
     # check_vma=False: fn may scan with carries that mix sharded and replicated values
-    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=PartitionSpec(AXIS), check_vma=False))
+    program = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=PartitionSpec(AXIS), check_vma=False)
+    return jax.jit(program, compiler_options=dict(compiler_options) or None)
 
 
-def run_sharded(fn: Callable, instanced, *shared, mesh: Mesh | None = None, block: int = BLOCK):
+def single_device_mesh() -> Mesh:
+    """The 1-device mesh (default device) that `mesh=None` means in `train_grid` and
+    `estimate_llc_batched`: the same blocked program as on many devices, so the same bits."""
+    return instance_mesh(jax.devices()[:1])
+
+
+def balanced_block(n_instances: int, block: int = BLOCK) -> int:
+    """The block size `run_sharded` uses by default: at most `block`, as even as possible.
+
+    ceil(n / ceil(n / block)): 20 instances run as 2 blocks of 10 (not 16 + 4 padding);
+    1 instance as a block of 1. It depends on n only, never on the device count, so the
+    bits do not either.
+    """
+    n_blocks = -(-n_instances // block)
+    return -(-n_instances // n_blocks)
+
+
+def run_sharded(fn: Callable, instanced, *shared, mesh: Mesh | None = None, block: int | None = None,
+                compiler_options: dict | None = None):
     """``fn(instanced, *shared)`` computed in blocks of `block` instances, split over `mesh`.
 
     `fn(instanced_block, *shared)` maps a pytree whose leaves carry a leading instance
     axis (of size `block`) to outputs that all carry it too (a vmapped function; jitted or
     not). `shared` arguments (data, step counters, scalars) are replicated on every device.
+    `mesh=None` means every device (`instance_mesh()`); `block=None` means
+    `balanced_block(n_instances)`. `compiler_options` are XLA options for this program.
     Returns numpy arrays with the padding removed, the same bits for any device count
     (see module doc). The compiled program is cached per (fn, mesh): pass the same
     function object to reuse it.
     """
     mesh = instance_mesh() if mesh is None else mesh
+    n_instances = _n_instances(instanced)
+    block = balanced_block(n_instances) if block is None else block
     if not (isinstance(block, int) and block > 0):
         raise InputError(f"block must be a positive integer, got {block!r}")
     padded, n = pad_instances(instanced, block * mesh.devices.size)
     sharded = jax.tree_util.tree_map(lambda leaf: _put(leaf, instance_sharding(mesh)), _blocked(padded, block))
-    out = _block_program(fn, mesh, len(shared))(sharded, *replicate(shared, mesh))
+    options = tuple(sorted((compiler_options or {}).items()))
+    out = _block_program(fn, mesh, len(shared), options)(sharded, *replicate(shared, mesh))
     return unshard(_unblocked(out), n)

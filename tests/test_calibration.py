@@ -42,12 +42,45 @@ def test_step_size_rule(calibrated):
     healthy = ds["healthy"].values.astype(bool)
     i = int(ds["chosen"].values.argmax())
     assert healthy[: i + 1].all()  # the chosen one and every smaller one are healthy
-    assert i == len(healthy) - 1 or not healthy[i + 1]
+    # the bias check starts at the largest step size below which every one is healthy
+    top = int(np.argmin(healthy)) - 1 if not healthy.all() else len(healthy) - 1
+    assert i <= top and (top == len(healthy) - 1 or not healthy[top + 1])
     # a healthy step size never has divergent chains and passes the acceptance threshold
     assert (ds["n_diverged"].values[healthy] == 0).all()
     assert (ds["acceptance"].values[healthy] >= ds.attrs["acceptance_threshold"]).all()
     # eps = 1e-2 is far beyond stability for this model: it diverges and is rejected
     assert ds["n_diverged"].values[-1] > 0 and not healthy[-1]
+
+
+def test_bias_check_rule(calibrated):
+    _, ds = calibrated
+    i = int(ds["chosen"].values.argmax())
+    consistent = ds["bias_consistent"].values.astype(bool)
+    assert consistent.sum() <= 1 and ds.attrs["bias_consistent"] == int(consistent[i])
+    if consistent[i]:  # its linear-fit bias is small against the eps -> 0 extrapolation
+        bias, llc0 = float(ds["bias"].values[i]), float(ds["llc_extrapolated"].values[i])
+        np.testing.assert_allclose(ds["llc_bias_check"].values[i] - bias, llc0, rtol=1e-6)
+        assert abs(bias) <= ds.attrs["bias_tol"] * abs(llc0) or np.isfinite(ds["llc_se_bias_check"].values[i])
+    else:
+        assert i == 0
+    # healthy step sizes above the chosen one were rejected by the bias check
+    healthy = ds["healthy"].values.astype(bool)
+    above = np.arange(len(healthy)) > i
+    assert not (consistent & above).any()
+    assert np.isfinite(ds["llc_bias_check"].values[above & healthy]).all()
+
+
+def test_length_rule(calibrated):
+    config, ds = calibrated
+    llc = ds["llc_length"].values
+    np.testing.assert_allclose(ds["sampler_time"].values, config.step_size * ds["num_steps"].values)
+    if ds.attrs["converged"]:  # the last two doublings each moved the estimate by <= rel_tol
+        assert len(llc) >= 3
+        assert abs(llc[-1] - llc[-2]) <= ds.attrs["rel_tol"] * abs(llc[-1])
+        assert abs(llc[-1] - llc[-3]) <= ds.attrs["rel_tol"] * abs(llc[-1])
+    else:
+        assert ds["num_steps"].values[-1] * 2 > 2000
+        assert "NOT converged" in ds.attrs["verdict"]
 
 
 def test_dataset_records_why(calibrated):
@@ -68,6 +101,7 @@ def test_deterministic(problem, calibrated):
                          step_sizes=STEP_SIZES, sweep_steps=200, min_steps=500, max_steps=2000)
     np.testing.assert_array_equal(calibrated[1]["llc_sweep"].values, again["llc_sweep"].values)
     np.testing.assert_array_equal(calibrated[1]["llc_length"].values, again["llc_length"].values)
+    np.testing.assert_array_equal(calibrated[1]["llc_bias_check"].values, again["llc_bias_check"].values)
 
 
 def test_plot(calibrated, tmp_path):

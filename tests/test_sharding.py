@@ -106,64 +106,40 @@ def test_maybe_initialize_distributed_is_a_noop_without_env(monkeypatch):
         maybe_initialize_distributed()
 
 
-def test_train_grid_core_is_bitwise_equal_sharded():
-    # train_grid's jitted chunk program (toy_models/train.py) run through run_sharded on
-    # 4 devices and on 1; 40 instances, padded to 4 devices x 16.
+def test_train_grid_and_llc_are_bitwise_equal_on_4_devices_and_1():
+    # The public API: train_grid and estimate_llc_batched with a 4-device mesh, a 1-device
+    # mesh and mesh=None (one device) give the same bits. 20 instances run as 2 blocks of 10:
+    # 1 device runs both, 4 devices run one each (and two blocks of padding).
     out = run_with_4_devices(
         """
-        from toy_models.train import TrainConfig, instance_inputs, _compiled, _static_key
-        config = TrainConfig(n_features=5, n_hidden=2, feature_probabilities=(0.05, 0.1, 0.3, 1.0),
-                             seeds=10, steps=40, batch_size=32, chunk_steps=20, loss_curve_points=2,
-                             eval_samples=256)
-        init, chunk = _compiled(_static_key(config))[:2]
-        inputs = instance_inputs(config)
-        params, opt_state = init(inputs["init_key"])
+        from slt_superposition import SGLDConfig, estimate_llc_batched
+        from slt_superposition.sharding import balanced_block
+        from toy_models.train import TrainConfig, train_grid, llc_inputs, GRID_DIMS
 
-        def train_block(t, start):
-            p, s = t["params"], t["opt_state"]
-            for offset in (0, 20):
-                p, s, losses = chunk(p, s, t["data_key"], t["fp"], t["imp"], start + offset, length=20)
-            return {"W": p["W"], "b": p["b"], "curve": losses.T}
+        assert balanced_block(20) == 10 and balanced_block(1) == 1 and balanced_block(33) == 11
+        config = TrainConfig(n_features=5, n_hidden=2, feature_probabilities=(0.05, 0.1, 0.3, 0.6, 1.0),
+                             seeds=4, steps=60, batch_size=32, chunk_steps=25, loss_curve_points=3,
+                             eval_samples=256, snapshot_steps=(30,))
+        four = train_grid(config, progress=False, mesh=instance_mesh())
+        one = train_grid(config, progress=False, mesh=instance_mesh(jax.devices()[:1]))
+        default = train_grid(config, progress=False)
+        names = ("W", "b", "loss", "loss_curve", "W_snapshot", "b_snapshot")
+        assert_bitwise([one[v].values for v in names], [four[v].values for v in names])
+        assert_bitwise([one[v].values for v in names], [default[v].values for v in names])
+        assert four.W.shape == (5, 1, 4, 2, 5) and np.isfinite(four.loss.values).all()
 
-        tree = {"params": params, "opt_state": opt_state, "data_key": inputs["data_key"], "fp": inputs["feature_probability"], "imp": inputs["importance"]}
-        got = run_sharded(train_block, tree, jnp.uint32(0), mesh=instance_mesh())
-        want = run_sharded(train_block, tree, jnp.uint32(0), mesh=instance_mesh(jax.devices()[:1]))
-        assert got["W"].shape == (40, 2, 5)
-        assert_bitwise(want, got)
-        print("OK")
-        """
-    )
-    assert "OK" in out
-
-
-def test_batched_llc_core_is_bitwise_equal_sharded():
-    # estimate_llc_batched's per-instance program (llc.py), vmapped over instances as
-    # estimate_llc_batched does, through run_sharded on 4 devices and on 1; and against
-    # estimate_llc_batched itself to float rounding.
-    out = run_with_4_devices(
-        """
-        from slt_superposition import llc
-        from toy_models.tms import tms_init_params, tms_loss
-        from toy_models.data import sparse_uniform
-        n_inst = 40
-        params = jax.vmap(lambda k: tms_init_params(k, 6, 2))(jax.random.split(jax.random.key(0), n_inst))
-        x = sparse_uniform(jax.random.key(1), 256, 6, 0.2)
-        loss_fn = lambda p, batch: tms_loss(p, batch)
-        config = llc.SGLDConfig(step_size=1e-4, localization=10.0, num_chains=2, num_steps=30,
-                                num_burnin=10, batch_size=64, trace_every=10)
-        key = jax.random.key(2)
-        nbeta = llc.resolve_nbeta(config, 256)
-        run = jax.vmap(llc._build_instance_program(loss_fn, llc._static(config, 256, 2 * 6 + 6)),
-                       in_axes=(0, None, 0, None, None, None))
-        block = lambda t, x, scalars: run(t[0], x, t[1], *scalars)
-        tree = (params, jax.random.split(key, n_inst))
-        scalars = llc._scalars(config, nbeta)
-        got = run_sharded(block, tree, x, scalars, mesh=instance_mesh())
-        want = run_sharded(block, tree, x, scalars, mesh=instance_mesh(jax.devices()[:1]))
-        assert got["llc_per_chain"].shape == (40, 2)
-        assert_bitwise(want, got)
-        ds = llc.estimate_llc_batched(loss_fn, params, x, config=config, key=key, data_batched=False)
-        np.testing.assert_allclose(got["llc_per_chain"], ds["llc_per_chain"].values, rtol=1e-4, atol=1e-4)
+        loss_fn, params, data = llc_inputs(four, n_samples=200, key=jax.random.key(1))
+        sgld = SGLDConfig(step_size=1e-4, localization=10.0, num_chains=2, num_steps=30, num_burnin=10,
+                          batch_size=50, trace_every=10)
+        dims = {d: four[d].values for d in GRID_DIMS}
+        results = [estimate_llc_batched(loss_fn, params, data, config=sgld, key=jax.random.key(2),
+                                        instance_dims=dims, mesh=mesh)
+                   for mesh in (instance_mesh(), instance_mesh(jax.devices()[:1]), None)]
+        for other in results[1:]:
+            assert_bitwise([results[0][v].values for v in results[0].data_vars],
+                           [other[v].values for v in results[0].data_vars])
+        assert results[0].llc_per_chain.shape == (5, 1, 4, 2)
+        assert np.isfinite(results[0].llc_mean.values).all()
         print("OK")
         """
     )

@@ -267,19 +267,45 @@ def _segments(config: TrainConfig) -> list[tuple[int, int]]:
     return list(zip(cuts[:-1], cuts[1:]))
 
 
-def train_grid(config: TrainConfig, *, progress: bool = True) -> xr.Dataset:
+@functools.lru_cache(maxsize=64)
+def _chunk_block(static: TrainConfig, length: int) -> Callable:
+    """`chunk` in `run_sharded`'s form (one object per static config and length):
+    ((params, opt_state, data_key, feature_probability, importance), start_step)
+    -> (params, opt_state, losses: (instance, length))."""
+    _, chunk = _compiled(static)
+
+    def block(inst, start_step):
+        params, opt_state, losses = chunk(*inst, start_step, length=length)
+        return params, opt_state, losses.T
+
+    return block
+
+
+def train_grid(config: TrainConfig, *, progress: bool = True, mesh=None) -> xr.Dataset:
     """Train every instance of the grid and return the 'train' dataset.
 
     Variables (see docs/architecture.md): W (fp, decay, seed, hidden, feature),
     b (fp, decay, seed, feature), loss (fp, decay, seed), loss_curve (fp, decay, seed, step),
     importance (importance_decay, feature), optional W_snapshot / b_snapshot with a
     `snapshot` dimension (= step count).
+
+    mesh: a `jax.sharding.Mesh` with axis "instance" (`slt_superposition.sharding.instance_mesh()`
+    spans every device) to split the instances over; None means one device. Either way the
+    init and chunk programs run through `sharding.run_sharded`, in blocks of at most 16
+    instances whose size depends only on the grid size, so the weights are the same bit for
+    bit on one device or many (a plain vmap over the whole grid would round differently in
+    the last bit: XLA vectorises a vmap of another size differently).
     """
     from tqdm.auto import tqdm
 
-    init, chunk = trainer_functions(config)
+    from slt_superposition.sharding import run_sharded, single_device_mesh
+
+    mesh = single_device_mesh() if mesh is None else mesh
+    static = _static_key(config)
+    init, _ = trainer_functions(config)
     inputs = instance_inputs(config)
-    params, opt_state = init(inputs["init_key"])
+    params, opt_state = run_sharded(init, inputs["init_key"], mesh=mesh)
+    per_instance = (inputs["data_key"], inputs["feature_probability"], inputs["importance"])
 
     n_instances, points = config.n_instances, config.loss_curve_points
     step_bin = (np.arange(config.steps) * points) // config.steps  # window of each step
@@ -292,11 +318,9 @@ def train_grid(config: TrainConfig, *, progress: bool = True) -> xr.Dataset:
     with tqdm(total=config.steps, desc=f"training {n_instances} instances", unit="step",
               disable=not progress, leave=False) as bar:
         for start, stop in _segments(config):
-            params, opt_state, losses = chunk(
-                params, opt_state, inputs["data_key"], inputs["feature_probability"],
-                inputs["importance"], jnp.uint32(start), length=stop - start,
-            )
-            np.add.at(curve_sum, step_bin[start:stop], np.asarray(losses, np.float64))
+            params, opt_state, losses = run_sharded(
+                _chunk_block(static, stop - start), (params, opt_state) + per_instance, jnp.uint32(start), mesh=mesh)
+            np.add.at(curve_sum, step_bin[start:stop], np.asarray(losses, np.float64).T)
             if stop in config.snapshot_steps:
                 snapshots[stop] = jax.tree.map(np.array, params)  # a copy: the buffers are donated next chunk
             bar.update(stop - start)

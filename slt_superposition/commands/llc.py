@@ -44,9 +44,9 @@ def llc(
     seed: int = typer.Option(0, "--seed", help="Seed of the data draw and of the chains."),
     calibrate: bool = typer.Option(
         False, "--calibrate",
-        help="Choose step size, localization and chain length with `calibrate` on the first instance, and use "
-        "them for every instance (overrides --step-size/--localization/--steps/--burnin); the sweep is saved "
-        "next to --out as *.calibration.nc."),
+        help="Choose step size and chain length with `calibrate` on the first instance (at the given "
+        "--localization, --nbeta, --batch-size, --chains) and use them for every instance (overrides "
+        "--step-size/--steps/--burnin); the sweep is saved next to --out as *.calibration.nc."),
 ) -> None:
     """Estimate the local learning coefficient of every instance in a trained dataset.
 
@@ -82,10 +82,12 @@ def llc(
             raise InputError("--calibrate needs slt_superposition.calibration, which is not installed") from None
         first = jax.tree_util.tree_map(lambda x: x[0], (params, data))
         print("calibrating on the first instance ...", file=sys.stderr)
-        found, sweep = run_calibration(loss_fn, first[0], first[1], key=calibration_key)
-        config = SGLDConfig(**{**found.to_dict(), "num_chains": chains, "batch_size": config.batch_size,
-                               "trace_every": trace_every, "nbeta": config.nbeta,
-                               "sampling": sampling})
+        found, sweep = run_calibration(loss_fn, first[0], first[1], key=calibration_key, localization=localization,
+                                       nbeta=config.nbeta, batch_size=config.batch_size, num_chains=chains,
+                                       progress=True)
+        config = SGLDConfig(**{**found.to_dict(), "trace_every": trace_every, "sampling": sampling})
+        print(f"calibrated: step_size {config.step_size:g}, localization {config.localization:g}, "
+              f"steps {config.num_steps} (burn-in {config.num_burnin})", file=sys.stderr)
         print(save_dataset(sweep, out.with_suffix(".calibration.nc")), file=sys.stderr)
     dims = {dim: ds[dim].values for dim in GRID_DIMS}
     n_instances = int(params["W"].shape[0])

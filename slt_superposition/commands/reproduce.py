@@ -13,6 +13,7 @@ from slt_superposition.errors import InputError
 def reproduce(
     name: Optional[str] = typer.Argument(None, help="Experiment name (see --list), e.g. tms-pentagon."),
     quick: bool = typer.Option(False, "--quick", help="Small settings that finish in a couple of minutes on a laptop CPU."),
+    full: bool = typer.Option(False, "--full", help="The full grid where an experiment has one (sized for a GPU)."),
     out: Optional[Path] = typer.Option(
         None, "--out", help="Folder for the dataset, figures and report.md (default: results/NAME, or results/quick/NAME with --quick)."
     ),
@@ -34,7 +35,7 @@ def reproduce(
     import matplotlib
 
     matplotlib.use("Agg")
-    run_experiment(name, out, quick=quick)
+    run_experiment(name, out, quick=quick, full=full)
     print(f"{name}: dataset, figures and report.md in {out}")
 
 

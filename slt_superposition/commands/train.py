@@ -32,18 +32,6 @@ def _ints(values: list[str], name: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _probe_writable(path: Path) -> None:
-    """Create and delete a scratch file next to `path`: `os.access` says yes to root even
-    where writing fails (read-only or virtual file systems), so try it before training."""
-    import tempfile
-
-    try:
-        with tempfile.TemporaryFile(dir=path.parent):
-            pass
-    except OSError as err:
-        raise InputError(f"cannot write to {path.parent}: {err.strerror}") from None
-
-
 def train(
     n_features: int = typer.Option(..., "--n-features", "-n", help="Number of features n (input dimension)."),
     n_hidden: int = typer.Option(..., "--n-hidden", "-m", help="Number of hidden dimensions m."),
@@ -90,7 +78,7 @@ def train(
         snapshot_steps=_ints(snapshot_steps or [], "--snapshot-steps"),
         loss_curve_points=min(loss_curve_points, steps) if steps > 0 else loss_curve_points,
     )
-    _probe_writable(check_writable(out))
+    check_writable(out)
 
     from slt_superposition.io import save_dataset
     from toy_models.train import train_grid

@@ -1,0 +1,126 @@
+"""The comparison layer: both bases joined on a grid, relations, fragility, the flagship."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from analysis.compare import activation_side, compare, fragility, relations, weight_side
+
+GRID = ("feature_probability", "importance_decay", "seed")
+
+
+def _polygon(n: int, radius: float = 1.0) -> np.ndarray:
+    """W: (2, n), the columns a regular n-gon of the given radius."""
+    angles = 2 * np.pi * np.arange(n) / n
+    return radius * np.stack([np.cos(angles), np.sin(angles)])
+
+
+def _train_like(Ws: list[np.ndarray], fps: list[float]) -> xr.Dataset:
+    """A minimal 'train'-shaped dataset: one W per feature probability, one seed."""
+    W = np.stack(Ws)[:, None, None]  # (fp, importance_decay, seed, hidden, feature)
+    return xr.Dataset(
+        {"W": (GRID + ("hidden", "feature"), W), "loss": (GRID, np.zeros(W.shape[:3]))},
+        coords={"feature_probability": fps, "importance_decay": [1.0], "seed": [0]},
+        attrs={"model": "tms"},
+    )
+
+
+def _llc_like(values: list[float], std: float = 0.1, chains: int = 4) -> xr.Dataset:
+    shape = (len(values), 1, 1)
+    return xr.Dataset(
+        {
+            "llc_mean": (GRID, np.reshape(values, shape)),
+            "llc_std": (GRID, np.full(shape, std)),
+            "n_diverged": (GRID, np.zeros(shape, int)),
+            "mala_acceptance": (GRID + ("chain",), np.full(shape + (chains,), 0.9)),
+        }
+    )
+
+
+def test_constructed_pentagon_is_overcomplete_with_d_i_two_fifths():
+    train = _train_like([_polygon(5)], [0.05])
+    act = activation_side(train).squeeze()
+    assert float(act["overcompleteness"]) == pytest.approx(2.5)
+    assert int(act["n_represented"]) == 5
+    np.testing.assert_allclose(act["sorted_feature_dimensionality"].values.ravel(), 0.4, atol=1e-12)
+    assert float(act["features_per_dimension"]) == pytest.approx(2.5)
+
+
+def test_relations_and_fragility_on_a_constructed_grid():
+    # p = 1: an orthogonal pair plus three zero columns (k = m = 2); p = 0.1 and 0.01: a pentagon
+    square = np.zeros((2, 5))
+    square[0, 0] = square[1, 1] = 1.0
+    train = _train_like([square, _polygon(5), _polygon(5)], [1.0, 0.1, 0.01])
+    ds = compare(train, _llc_like([7.5, 5.0, 4.0]))
+    d = 2 * 5 + 5
+    assert int(ds["n_parameters"]) == d
+    np.testing.assert_allclose(ds["d_eff_fraction"].values.ravel(), 2 * np.array([7.5, 5.0, 4.0]) / d)
+    # 2 llc = d is not undercomplete; below d by many standard errors is
+    np.testing.assert_array_equal(ds["weights_undercomplete"].values.ravel(), [False, True, True])
+    np.testing.assert_array_equal(ds["activations_overcomplete"].values.ravel(), [False, True, True])
+    both = ds["undercomplete_weights_overcomplete_activations"].values.ravel()
+    np.testing.assert_array_equal(both, [False, True, True])
+    # the geometry changes between p = 0.1 and p = 1 (the next larger p), not between 0.01 and 0.1
+    changes = ds["geometry_changes"].sel(importance_decay=1.0, seed=0)
+    assert bool(changes.sel(feature_probability=0.1)) and not bool(changes.sel(feature_probability=0.01))
+    assert not bool(changes.sel(feature_probability=1.0))  # no neighbour above
+    # d llc / d log p by finite differences in log p: one-sided at the ends
+    slope = ds["dllc_dlogp"].sel(importance_decay=1.0, seed=0)
+    expected_low = (5.0 - 4.0) / (np.log(0.1) - np.log(0.01))
+    assert float(slope.sel(feature_probability=0.01)) == pytest.approx(expected_low)
+    for name in ("overcompleteness", "d_eff", "dllc_dlogp", "geometry_changes"):
+        assert "long_name" in ds[name].attrs and "units" in ds[name].attrs
+
+
+def test_weight_side_bound_flags_come_from_the_hessian_rank():
+    llc = _llc_like([3.0, 9.0])
+    basis = xr.Dataset(
+        {
+            "hessian_rank": (GRID, np.array([10, 10]).reshape(2, 1, 1)),
+            "gn_rank": (GRID, np.array([10, 10]).reshape(2, 1, 1)),
+            "grad_norm": (GRID, np.zeros((2, 1, 1))),
+        }
+    )
+    out = weight_side(llc, 15, basis)  # bounds: 5 <= llc <= 5 + 5/4
+    np.testing.assert_array_equal(out["violates_bound"].values.ravel(), [True, True])
+    np.testing.assert_allclose(out["bound_excess"].values.ravel(), [3.0 - 5.0, 9.0 - 6.25])
+
+
+def test_fragility_is_zero_for_a_flat_grid():
+    train = _train_like([_polygon(5)] * 3, [1.0, 0.1, 0.01])
+    ds = activation_side(train).merge(_llc_like([4.0, 4.0, 4.0])[["llc_mean"]])
+    out = fragility(ds)
+    assert not out["geometry_changes"].any()
+    np.testing.assert_allclose(out["dllc_dlogp"].values, 0.0)
+    assert relations  # imported for the public API
+
+
+@pytest.mark.slow
+def test_flagship_tiny_grid_is_reproducible_and_self_describing(tmp_path):
+    from experiments.weights_vs_activations import FlagshipConfig, run
+
+    config = FlagshipConfig(
+        models=((5, 2),), n_feature_probabilities=3, min_feature_probability=0.05, seeds=2, train_steps=600,
+        llc_samples=512, llc_chains=2, llc_batch_size=128, calibration_points=1,
+        calibration_step_sizes=(1e-5, 1e-4, 1e-3), calibration_sweep_steps=100, calibration_min_steps=200,
+        calibration_max_steps=200, hessian_samples=256, sae_samples=512, sae_steps=100, sae_restarts=1,
+        development_steps=300, development_seeds=1, development_snapshots=3,
+    )
+    first = run(tmp_path / "a", config=config, progress=False)
+    again = run(tmp_path / "b", config=config, progress=False)
+    a = xr.open_dataset(tmp_path / "a" / "weights_vs_activations.nc").load()
+    b = xr.open_dataset(tmp_path / "b" / "weights_vs_activations.nc").load()
+    xr.testing.assert_identical(a.drop_attrs(), b.drop_attrs())
+    assert a.attrs["config"] == b.attrs["config"]
+    assert set(first.data_vars) == set(again.data_vars)
+    for name in ("llc_mean", "d_eff_fraction", "hessian_rank", "gn_rank", "overcompleteness",
+                 "features_per_dimension", "sae_recovered_overcompleteness", "geometry_changes"):
+        assert name in a, name
+        assert a[name].attrs.get("long_name"), name
+        assert "units" in a[name].attrs, name
+    assert a.attrs["slt_superposition_kind"] == "compare"
+    assert (tmp_path / "a" / "report.md").read_text().count("reproduce weights-vs-activations") == 1
+    for figure in ("sparsity_curves.png", "scatter.png", "fragility.png", "development.png"):
+        assert (tmp_path / "a" / figure).stat().st_size > 0
