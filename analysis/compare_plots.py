@@ -25,6 +25,15 @@ def _sizes(one: xr.Dataset) -> tuple[int, int]:
     return int(one["n_features"].values), int(one["n_hidden"].values)
 
 
+def _save(fig, out_dir: Path, name: str) -> Path:
+    """Lay out, save as `out_dir/name` (PNG) and close `fig`; returns the path."""
+    fig.tight_layout()
+    path = Path(out_dir) / name
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _mean_sd(da: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
     return da.mean("seed").values, da.std("seed").values
 
@@ -51,11 +60,7 @@ def plot_sparsity_curves(ds: xr.Dataset, out_dir: Path) -> Path:
         axes[0, j].set_title(f"n={n}, m={m}")
         axes[0, j].invert_xaxis()
     fig.suptitle("Weight basis (top) and activation basis (bottom) against sparsity (mean +- sd over seeds)")
-    fig.tight_layout()
-    path = Path(out_dir) / "sparsity_curves.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out_dir, "sparsity_curves.png")
 
 
 def plot_scatter(ds: xr.Dataset, out_dir: Path) -> Path:
@@ -74,11 +79,7 @@ def plot_scatter(ds: xr.Dataset, out_dir: Path) -> Path:
     ax.set_ylabel("2 llc / d (effective fraction of the weights)")
     ax.legend(fontsize=7, title="model")
     ax.set_title("Overcomplete activations (right of the line) with undercomplete weights (below 1)")
-    fig.tight_layout()
-    path = Path(out_dir) / "scatter.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out_dir, "scatter.png")
 
 
 def plot_fragility(ds: xr.Dataset, out_dir: Path) -> Path:
@@ -100,11 +101,7 @@ def plot_fragility(ds: xr.Dataset, out_dir: Path) -> Path:
         ax.set_title(title, fontsize=9)
         fig.colorbar(im, ax=ax)
     fig.suptitle("Fragility: how much a small change of sparsity moves the arrangement")
-    fig.tight_layout()
-    path = Path(out_dir) / "fragility.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out_dir, "fragility.png")
 
 
 def plot_sae_curves(ds: xr.Dataset, out_dir: Path) -> Path | None:
@@ -138,11 +135,7 @@ def plot_sae_curves(ds: xr.Dataset, out_dir: Path) -> Path | None:
         axes[0, j].legend(fontsize=6)
         axes[1, j].legend(fontsize=6)
     fig.suptitle("What a TopK SAE recovers from the activations (dotted: k/m from W)")
-    fig.tight_layout()
-    path = Path(out_dir) / "sae_curves.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out_dir, "sae_curves.png")
 
 
 def plot_portraits(out_dir: Path, n_panels: int = 3) -> Path | None:
@@ -171,11 +164,7 @@ def plot_portraits(out_dir: Path, n_panels: int = 3) -> Path | None:
             ax.set_yticks([])
             ax.set_title(f"n={W.shape[1]}, p={ps[idx]:.2g}", fontsize=8)
     fig.suptitle("Columns of W (best seed)")
-    fig.tight_layout()
-    out = out_dir / "portraits.png"
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out_dir, "portraits.png")
 
 
 def plot_comparison(ds: xr.Dataset, out_dir: Path) -> list[Path]:
@@ -211,11 +200,7 @@ def plot_development(dev: xr.Dataset, out_dir: Path, kgon_llc: dict[int, float] 
     axes[2].set_xscale("log")
     axes[0].legend(fontsize=7)
     fig.suptitle("Development of the 6-feature, 2-neuron TMS (x = mu e_i): LLC and k/m step together")
-    fig.tight_layout()
-    path = Path(out_dir) / "development.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return [path]
+    return [_save(fig, out_dir, "development.png")]
 
 
 def summary_table(ds: xr.Dataset, n_rows: int = 5) -> str:
@@ -242,10 +227,14 @@ def summary_table(ds: xr.Dataset, n_rows: int = 5) -> str:
 
 def findings(ds: xr.Dataset, dev: xr.Dataset | None = None, kgon_llc: dict[int, float] | None = None) -> list[str]:
     """Sentences with the numbers the data gives (nothing here is hard-coded)."""
+    import json
+
     out = []
+    per_model = json.loads(ds.attrs.get("per_model", "{}"))
     for model in _models(ds):
         one = _one(ds, model)
         n, m = _sizes(one)
+        calibrations = json.loads(per_model.get(str(model), {}).get("calibration", "[]"))
         both = float(one["undercomplete_weights_overcomplete_activations"].mean())
         over = float(one["activations_overcomplete"].mean())
         x, y = one["overcompleteness"].values.ravel(), one["d_eff_fraction"].values.ravel()
@@ -267,6 +256,14 @@ def findings(ds: xr.Dataset, dev: xr.Dataset | None = None, kgon_llc: dict[int, 
             agree = (np.abs(rec - one["overcompleteness"]) < 0.5 / m).where(rec.notnull())
             text += (f" The SAE recovers k/m exactly in {float(agree.mean()):.0%} of the instances it was trained on"
                      f" ({float(rec.isnull().mean()):.0%} reached no dictionary size meeting the targets).")
+        if calibrations:
+            converged = sum(c.get("converged", 0) for c in calibrations)
+            step_sizes = ", ".join(format(c["step_size"], ".2g") for c in calibrations)
+            lengths = ", ".join(str(c["num_steps"]) for c in calibrations)
+            text += (f" Calibration: step sizes {step_sizes} with {lengths} steps; the estimate stopped moving at "
+                     f"{converged} of {len(calibrations)} calibration points")
+            text += (" (estimates elsewhere may still be rising: read them as lower bounds)."
+                     if converged < len(calibrations) else ".")
         out.append(text)
     if dev is not None:
         final = dev.isel(snapshot=-1)

@@ -30,9 +30,9 @@ largest is 'flat'); the tolerance used is stored in the result's attrs.
 Statistical floor. The default only separates rounding noise from zero. At a point that is not
 an exact critical point of the loss on *this* data (a population critical point evaluated on n
 samples, or weights trained on other samples), symmetry directions pick up curvature of order
-|grad L|: for the Chen et al. 5-gon in 6 features (d = 18) the rotation direction has
-eigenvalue 6.5e-4, -2.3e-4, 1.0e-5 at n = 1e4, 1e5, 1e6 samples, against lambda_max ~ 1.1.
-`weight_basis_measures` records `grad_norm` so such eigenvalues can be recognised; pass an
+|grad L| (for the Chen et al. 5-gon in 6 features on 6e4 samples, the rotation direction's
+eigenvalue sits below 1e-2 lambda_max but far above rounding: tests/test_weight_basis.py,
+`test_pentagon_critical_point_rank_and_bound`). `weight_basis_measures` records `grad_norm` so such eigenvalues can be recognised; pass an
 `rtol` above |grad| / lambda_max to count them as flat.
 """
 

@@ -59,6 +59,31 @@ def run_ours(params, x, config):
     return repeats[0][0], first, best
 
 
+def ablations(params, x, config) -> None:
+    """Side by side, in this process: the two speed-ups of llc.py that are settings, each
+    against what jax would do by default (the compiled program only, best of 5)."""
+    nbeta = llc_module.resolve_nbeta(config, N)
+    static = llc_module._static(config, N, 18)
+    scalars = llc_module._scalars(config, nbeta)
+    key = jax.random.key(1)
+    run = jax.jit(llc_module._build_instance_program(loss_fn, static))
+    lowered = run.lower(params, x, key, *scalars)
+    programs = {"XLA:CPU defaults": lowered.compile(),
+                "llc.CPU_COMPILER_OPTIONS (no YNNPACK fusions)": lowered.compile(
+                    compiler_options=llc_module.CPU_COMPILER_OPTIONS)}
+    for name, program in programs.items():
+        best = min(timed(lambda: jax.block_until_ready(program(params, x, key, *scalars)))[1] for _ in range(5))
+        print(f"  program with {name}: {best * 1e3:.1f} ms")
+    keys = jax.random.split(jax.random.key(0), CHAINS)
+    for partitionable in (True, False):
+        with jax.threefry_partitionable(partitionable):
+            draw = jax.jit(jax.vmap(lambda k: jax.random.bits(k, (STEPS, BATCH))))
+            jax.block_until_ready(draw(keys))
+            best = min(timed(lambda: jax.block_until_ready(draw(keys)))[1] for _ in range(5))
+        print(f"  all minibatch index bits ({CHAINS} x {STEPS} x {BATCH}), threefry_partitionable="
+              f"{partitionable}: {best * 1e3:.1f} ms")
+
+
 def run_devinterp(params, x, chains):
     import torch
     from devinterp.slt.sampler import estimate_learning_coeff_with_summary
@@ -111,6 +136,9 @@ def main() -> None:
           f"repeated call {repeat * 1e3:.1f} ms -> {ours_rate:,.0f} chain-steps/s; "
           f"LLC {float(ours.llc_mean):.3f} +- {float(ours.llc_std) / math.sqrt(CHAINS):.3f} (s.e.), "
           f"MALA {float(ours.mala_acceptance.mean()):.3f}")
+
+    print("where the time goes (side by side):")
+    ablations(params, x, config)
 
     epoch_config = SGLDConfig(**{**config.to_dict(), "sampling": "epoch"})
     _, _, epoch_repeat = run_ours(params, x, epoch_config)

@@ -3,12 +3,16 @@
 Data x = mu e_i (i uniform over 6 features, mu ~ U[0, 1]), n = 1e5, loss E||x - f(x)||^2
 (summed over features), f(x) = ReLU(W^T W x + b). For each k-gon: start from the exact
 population critical point (l*, b*) of `slt_superposition.theory`, refine it on the empirical
-loss by full-batch gradient descent, then `calibrate` + `estimate_llc` (nbeta = n / log n,
-localization 1, batch 500), and compare with the paper's theoretical LLC (5-gon 7, 6-gon 8.5).
+loss by full-batch gradient descent, count the Hessian's positive eigenvalues there, then
+estimate the LLC with one fixed protocol (`PROTOCOL`): nbeta = n / log n, localization 1,
+batch 500, and a step-size series at equal sampler time eps x steps. The reported estimate is
+the one at the smallest step size; the linear eps -> 0 extrapolation through the two smallest
+step sizes is reported next to it as the check on the discretisation + minibatch bias (both
+are first order in eps). Why this protocol: docs/experiments/kgon_llc.md.
 
 The 5-gon has a spare column at W_5 = 0. With its bias b_5 = 0 the point is a saddle (growing
-W_5 lowers the loss), with b_5 < 0 a degenerate minimum whose flat directions lead, once
-|W_5|^2 > -b_5, downhill; both variants are run and reported as found.
+W_5 lowers the loss); with b_5 < 0 a minimum whose three spare parameters (W_5, b_5) are
+exactly flat while |W_5|^2 < -b_5 (14 positive Hessian eigenvalues, LLC 7). Both are run.
 
     python -m experiments.kgon_llc --out results/kgon_llc [--quick]
 """
@@ -25,20 +29,26 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from slt_superposition.calibration import calibrate
+from analysis.weight_basis import hessian_spectrum
 from slt_superposition.io import save_dataset
-from slt_superposition.llc import estimate_llc
+from slt_superposition.llc import SGLDConfig, estimate_llc
 from slt_superposition.provenance import provenance_attrs
 from slt_superposition.theory import KGON_N_FEATURES, kgon_critical_point, kgon_params
 from toy_models.data import high_sparsity_limit
 from toy_models.tms import tms_loss
 
 N_SAMPLES = 100_000
-BATCH_SIZE = 500
-NUM_CHAINS = 4
 SEED = 0
-# (k, spare bias): the 6-gon has no spare column
-CASES = [(6, 0.0), (5, 0.0), (5, -0.5)]
+# (k, spare bias, localization or None for the protocol's): the 6-gon has no spare column; the
+# last row is a sensitivity check (devinterp's usual gamma 100 keeps the spare column in its flat
+# region, at the price of pulling the curved directions in: see the docs)
+CASES = [(6, 0.0, None), (5, 0.0, None), (5, -0.5, None), (5, -0.5, 100.0)]
+# One protocol for every k-gon. Step sizes descending; each runs for `sampler_time` / eps
+# steps (half burn-in), so every step size explores the same sampler time.
+PROTOCOL = dict(localization=1.0, batch_size=500, step_sizes=(3.16e-5, 1e-5, 3.16e-6), sampler_time=0.25,
+                num_chains=8)
+QUICK = dict(PROTOCOL, step_sizes=(1e-5, 3.16e-6), sampler_time=0.2, num_chains=4)
+EIGEN_FLOOR = 1e-3  # Hessian eigenvalues above this (loss / parameter^2) count as curved; nbeta h > 86
 
 
 def kgon_loss(params, x):
@@ -46,7 +56,7 @@ def kgon_loss(params, x):
     return tms_loss(params, x)
 
 
-def refine(params, x, *, steps: int = 500, learning_rate: float = 0.1):
+def refine(params, x, *, steps: int = 3000, learning_rate: float = 0.1):
     """Full-batch gradient descent on the empirical loss from `params`; returns (params, grad norm)."""
     grad = jax.grad(kgon_loss)
 
@@ -58,39 +68,56 @@ def refine(params, x, *, steps: int = 500, learning_rate: float = 0.1):
     return params, float(jnp.sqrt(sum(jnp.sum(v**2) for v in jax.tree_util.tree_leaves(g))))
 
 
-def run_case(k: int, spare_bias: float, *, seed: int = SEED, max_steps: int = 80_000, out_dir: Path | None = None,
-             progress: bool = False, **calibrate_options) -> dict:
-    key = jax.random.key(seed)
-    k_data, k_cal, k_est = jax.random.split(key, 3)
+def run_case(k: int, spare_bias: float, *, seed: int = SEED, localization: float = 1.0, batch_size: int | None = 500,
+             step_sizes=(1e-5, 3.16e-6), sampler_time: float = 0.2, num_chains: int = 4) -> dict:
+    """Refine the k-gon on n = 1e5 samples and estimate its LLC at each step size (equal sampler time).
+
+    Returns a dict of scalars (see `VARIABLES`) plus `llc_by_step`, `llc_se_by_step`: (step_size,).
+    """
+    k_data, k_est = jax.random.split(jax.random.key(seed))
     x = high_sparsity_limit(k_data, N_SAMPLES, KGON_N_FEATURES)
     cp = kgon_critical_point(k)
     start = {name: jnp.asarray(v) for name, v in kgon_params(k, cp.length, cp.bias, spare_bias=spare_bias).items()}
     params, grad_norm = refine(start, x)
+    eig = hessian_spectrum(kgon_loss, params, x, method="exact").values
     t0 = time.perf_counter()
-    config, cal = calibrate(kgon_loss, params, x, key=k_cal, batch_size=BATCH_SIZE, num_chains=NUM_CHAINS,
-                            max_steps=max_steps, progress=progress, **calibrate_options)
-    est = estimate_llc(kgon_loss, params, x, config=config, key=k_est)
-    name = f"{k}-gon_spare-bias{spare_bias:g}" if k < KGON_N_FEATURES else f"{k}-gon"
-    if out_dir is not None:
-        from slt_superposition.plots import plot_calibration
-
-        save_dataset(cal, out_dir / "calibration" / f"{name}.nc")
-        plot_calibration(cal, out_dir / "calibration" / name)
+    step_sizes = sorted(step_sizes, reverse=True)
+    llc, se, runs = [], [], []
+    for eps in step_sizes:
+        steps = int(round(sampler_time / eps))
+        config = SGLDConfig(step_size=eps, localization=localization, num_chains=num_chains, num_steps=steps,
+                            num_burnin=steps // 2, batch_size=batch_size, trace_every=max(1, steps // 200))
+        est = estimate_llc(kgon_loss, params, x, config=config, key=k_est)
+        per_chain = est["llc_per_chain"].values[~est["diverged"].values]
+        llc.append(float(est["llc_mean"]))
+        se.append(float(per_chain.std(ddof=1) / np.sqrt(per_chain.size)) if per_chain.size > 1 else np.nan)
+        runs.append(est)
+    # lambda(eps) = lambda0 + c eps through the two smallest step sizes
+    (e_hi, e_lo), (l_hi, l_lo) = step_sizes[-2:], llc[-2:]
+    llc0 = l_lo - (l_hi - l_lo) * e_lo / (e_hi - e_lo)
+    final = runs[-1]
     norms = np.linalg.norm(np.asarray(params["W"]), axis=0)
+    theory = float(cp.theoretical_llc)
     return dict(
-        case=name, k=k, spare_bias=spare_bias, length_theory=cp.length, bias_theory=cp.bias,
+        localization=localization,
+        case=f"{k}-gon_spare-bias{spare_bias:g}" if k < KGON_N_FEATURES else f"{k}-gon",
+        k=k, spare_bias=spare_bias, length_theory=cp.length, bias_theory=cp.bias,
         population_loss=cp.loss, empirical_loss=float(kgon_loss(params, x)), grad_norm=grad_norm,
         length_refined=float(norms[:k].mean()), bias_refined=float(np.asarray(params["b"])[:k].mean()),
-        llc_theory=float(cp.theoretical_llc), llc_mean=float(est["llc_mean"]), llc_std=float(est["llc_std"]),
-        rel_error=(float(est["llc_mean"]) - cp.theoretical_llc) / cp.theoretical_llc,
-        step_size=config.step_size, num_steps=config.num_steps, converged=int(cal.attrs["converged"]),
-        mala_acceptance=float(est["mala_acceptance"].mean()), frac_below_init=float(est["frac_below_init"].mean()),
-        n_diverged=int(est["n_diverged"]), seconds=time.perf_counter() - t0,
+        n_positive_eigen=int((eig > EIGEN_FLOOR).sum()), n_negative_eigen=int((eig < -EIGEN_FLOOR).sum()),
+        llc_theory=theory, llc_mean=llc[-1], llc_se=se[-1], rel_error=(llc[-1] - theory) / theory,
+        llc_extrapolated=llc0, rel_error_extrapolated=(llc0 - theory) / theory,
+        final_step_size=step_sizes[-1], num_steps=int(round(sampler_time / step_sizes[-1])),
+        llc_min_chain=float(final["llc_per_chain"].min()), llc_max_chain=float(final["llc_per_chain"].max()),
+        mala_acceptance=float(final["mala_acceptance"].mean()), frac_below_init=float(final["frac_below_init"].mean()),
+        n_diverged=int(final["n_diverged"]), seconds=time.perf_counter() - t0,
+        llc_by_step=np.array(llc), llc_se_by_step=np.array(se), step_sizes=np.array(step_sizes),
     )
 
 
 VARIABLES = {
     "k": ("number of polygon vertices", "1"),
+    "localization": ("SGLD localization gamma", "1"),
     "spare_bias": ("bias of the spare (unused) features", "1"),
     "length_theory": ("l* of the population loss", "1"),
     "bias_theory": ("b* of the population loss", "1"),
@@ -99,51 +126,76 @@ VARIABLES = {
     "grad_norm": ("||grad L_n|| at the refined point", "1"),
     "length_refined": ("mean column length of the k active features after refinement", "1"),
     "bias_refined": ("mean bias of the k active features after refinement", "1"),
+    "n_positive_eigen": (f"Hessian eigenvalues of L_n above {EIGEN_FLOOR:g} at the refined point", "1"),
+    "n_negative_eigen": (f"Hessian eigenvalues of L_n below -{EIGEN_FLOOR:g} at the refined point", "1"),
     "llc_theory": ("theoretical LLC (Chen et al. 2023)", "1"),
-    "llc_mean": ("LLC estimate (mean over chains)", "1"),
-    "llc_std": ("standard deviation of the LLC over chains", "1"),
+    "llc_mean": ("LLC estimate at the smallest step size (mean over chains)", "1"),
+    "llc_se": ("standard error of llc_mean over chains", "1"),
     "rel_error": ("(llc_mean - llc_theory) / llc_theory", "1"),
-    "step_size": ("step size chosen by calibrate", "1"),
-    "num_steps": ("chain length chosen by calibrate (half burn-in)", "steps"),
-    "converged": ("calibrate found the estimate stable under doubling the chain (1) or not (0)", "1"),
-    "mala_acceptance": ("mean MALA acceptance proxy", "1"),
+    "llc_extrapolated": ("linear eps -> 0 extrapolation through the two smallest step sizes", "1"),
+    "rel_error_extrapolated": ("(llc_extrapolated - llc_theory) / llc_theory", "1"),
+    "final_step_size": ("smallest step size of the series (the one llc_mean uses)", "1"),
+    "num_steps": ("chain length at that step size (half burn-in)", "steps"),
+    "llc_min_chain": ("smallest per-chain LLC at that step size", "1"),
+    "llc_max_chain": ("largest per-chain LLC at that step size", "1"),
+    "mala_acceptance": ("mean MALA acceptance proxy at that step size", "1"),
     "frac_below_init": ("fraction of post-burn-in steps with loss below L_n(w*)", "1"),
     "n_diverged": ("divergent chains", "chains"),
-    "seconds": ("wall time of calibrate + estimate", "s"),
+    "seconds": ("wall time of the SGLD estimates", "s"),
 }
 
 
+def to_dataset(rows: list[dict], settings: dict) -> xr.Dataset:
+    """Rows of `run_case` -> Dataset with dims (case,) and (case, step_size)."""
+    data = {name: xr.Variable("case", np.array([r[name] for r in rows]), {"long_name": ln, "units": u})
+            for name, (ln, u) in VARIABLES.items()}
+    data["llc_by_step"] = xr.Variable(("case", "step_size"), np.stack([r["llc_by_step"] for r in rows]),
+                                      {"long_name": "LLC estimate at each step size (equal sampler time)", "units": "1"})
+    data["llc_se_by_step"] = xr.Variable(("case", "step_size"), np.stack([r["llc_se_by_step"] for r in rows]),
+                                         {"long_name": "standard error of llc_by_step over chains", "units": "1"})
+    coords = {"case": [r["case"] for r in rows],
+              "step_size": xr.Variable("step_size", rows[0]["step_sizes"], {"long_name": "SGLD step size eps"})}
+    ds = xr.Dataset(data, coords=coords)
+    ds.attrs.update(provenance_attrs("kgon_llc", settings))
+    return ds
+
+
 def markdown_table(ds: xr.Dataset) -> str:
-    lines = ["| case | l* | b* | pop. loss | L_n refined | LLC theory | LLC estimate +- std | rel. error | eps | "
-             "steps | converged | frac below init |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    eps = ds["step_size"].values
+    lines = ["| case | pop. loss | L_n refined | Hessian +/- | LLC theory | "
+             + " | ".join(f"LLC eps={e:.3g}" for e in eps) + " | eps->0 extrap. | rel. error (smallest eps) | "
+             "chains min..max | frac below init |",
+             "|---" * (9 + len(eps)) + "|"]
     for i, case in enumerate(ds["case"].values):
         v = {name: float(ds[name].values[i]) for name in VARIABLES}
-        lines.append(f"| {case} | {v['length_theory']:.5f} | {v['bias_theory']:.5f} | {v['population_loss']:.5f} | "
-                     f"{v['empirical_loss']:.5f} | {v['llc_theory']:g} | {v['llc_mean']:.2f} +- {v['llc_std']:.2f} | "
-                     f"{100 * v['rel_error']:+.1f}% | {v['step_size']:.2g} | {int(v['num_steps'])} | "
-                     f"{'yes' if v['converged'] else 'no'} | {v['frac_below_init']:.2f} |")
+        by_step = " | ".join(f"{m:.2f} +- {s:.2f}" for m, s in zip(ds["llc_by_step"].values[i],
+                                                                  ds["llc_se_by_step"].values[i]))
+        lines.append(f"| {case} | {v['population_loss']:.5f} | {v['empirical_loss']:.5f} | "
+                     f"{int(v['n_positive_eigen'])}/{int(v['n_negative_eigen'])} | {v['llc_theory']:g} | {by_step} | "
+                     f"{v['llc_extrapolated']:.2f} | {100 * v['rel_error']:+.1f}% | "
+                     f"{v['llc_min_chain']:.2f}..{v['llc_max_chain']:.2f} | {v['frac_below_init']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
-def run(out_dir: Path, *, quick: bool = False, progress: bool = True, max_acceptance_drop: float = 0.03) -> xr.Dataset:
-    """Estimate the LLC of each k-gon case (quick: the 6-gon only, shorter chains); write outputs."""
+def run(out_dir: Path, *, quick: bool = False, progress: bool = True) -> xr.Dataset:
+    """Estimate the LLC of each k-gon case (quick: the 6-gon only, fewer chains); write outputs."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cases = CASES[:1] if quick else CASES
-    max_steps = 40_000 if quick else 80_000
+    protocol = QUICK if quick else PROTOCOL
     rows = []
-    for k, spare in cases:
-        row = run_case(k, spare, max_steps=max_steps, out_dir=out_dir, progress=progress,
-                       max_acceptance_drop=max_acceptance_drop)
-        print(f"{row['case']}: LLC {row['llc_mean']:.2f} +- {row['llc_std']:.2f} vs {row['llc_theory']:g} "
-              f"({100 * row['rel_error']:+.1f}%) [{row['seconds']:.0f}s]", flush=True)
+    for k, spare, gamma in cases:
+        row = run_case(k, spare, **dict(protocol, localization=gamma or protocol["localization"]))
+        if gamma:
+            row["case"] += f"_gamma{gamma:g}"
+        if progress:
+            print(f"{row['case']}: LLC {row['llc_mean']:.2f} +- {row['llc_se']:.2f} vs {row['llc_theory']:g} "
+                  f"({100 * row['rel_error']:+.1f}%), eps->0 {row['llc_extrapolated']:.2f} [{row['seconds']:.0f}s]",
+                  flush=True)
         rows.append(row)
-    ds = xr.Dataset({name: xr.Variable("case", np.array([r[name] for r in rows]), {"long_name": ln, "units": u})
-                     for name, (ln, u) in VARIABLES.items()}, coords={"case": [r["case"] for r in rows]})
-    ds.attrs.update(provenance_attrs("kgon_llc", dict(quick=quick, cases=cases, n=N_SAMPLES, batch_size=BATCH_SIZE,
-                                                      num_chains=NUM_CHAINS, seed=SEED, max_steps=max_steps,
-                                                      refine="500 full-batch GD steps, lr 0.1",
-                                                      max_acceptance_drop=max_acceptance_drop)))
+    ds = to_dataset(rows, dict(quick=quick, cases=cases, n=N_SAMPLES, seed=SEED, refine="3000 full-batch GD steps, "
+                               "lr 0.1", nbeta="n / log n", **{k: list(v) if isinstance(v, tuple) else v
+                                                               for k, v in protocol.items()}))
     save_dataset(ds, out_dir / "kgon_llc.nc")
     table = markdown_table(ds)
     (out_dir / "kgon_llc.md").write_text(table)
@@ -155,11 +207,9 @@ def run(out_dir: Path, *, quick: bool = False, progress: bool = True, max_accept
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="LLC of the regular k-gon critical points of the Chen et al. TMS.")
     parser.add_argument("--out", type=Path, default=Path("results/kgon_llc"), help="output folder")
-    parser.add_argument("--quick", action="store_true", help="the 6-gon only, shorter chains")
-    parser.add_argument("--max-acceptance-drop", type=float, default=0.03,
-                        help="calibrate's allowed MALA acceptance drop below the small-step plateau (default 0.03)")
+    parser.add_argument("--quick", action="store_true", help="the 6-gon only, two step sizes, 4 chains")
     args = parser.parse_args(argv)
-    print(markdown_table(run(args.out, quick=args.quick, max_acceptance_drop=args.max_acceptance_drop)))
+    print(markdown_table(run(args.out, quick=args.quick)))
 
 
 if __name__ == "__main__":

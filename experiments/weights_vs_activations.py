@@ -31,7 +31,7 @@ import xarray as xr
 from analysis.compare import compare
 from analysis.development import development
 from analysis.measures import represented_features
-from analysis.sae import recovered_overcompleteness, train_sae
+from analysis.sae import mmcs, recovered_overcompleteness, train_sae
 from analysis.weight_basis import rank_above_gradient_floor, weight_basis_measures
 from slt_superposition.calibration import calibrate
 from slt_superposition.experiments import command_line
@@ -82,7 +82,7 @@ class FlagshipConfig:
 
 QUICK = FlagshipConfig(models=((5, 2), (6, 2), (20, 5)), n_feature_probabilities=6, seeds=2, train_steps=3000, llc_samples=1024, llc_chains=2,
                        calibration_points=2, calibration_sweep_steps=300, calibration_min_steps=600,
-                       calibration_max_steps=600, hessian_samples=512, sae_samples=2048, sae_steps=800,
+                       calibration_max_steps=2400, hessian_samples=512, sae_samples=2048, sae_steps=800,
                        sae_restarts=1, development_steps=4000, development_seeds=2, development_snapshots=10)
 FULL = FlagshipConfig(n_feature_probabilities=40, seeds=16, llc_samples=16_384, llc_chains=8, calibration_points=5,
                       sae_seeds=4, sae_steps=5000, development_seeds=8)
@@ -110,7 +110,8 @@ def _calibrated_llc(train: xr.Dataset, config: FlagshipConfig, key, out_dir: Pat
         label = _model_label(train.sizes["feature"], train.sizes["hidden"])
         save_dataset(sweep, out_dir / "calibration" / f"{label}_p{fps[idx]:.3g}.nc")
         chosen[idx] = sgld
-        records.append({"feature_probability": float(fps[idx]), **sgld.to_dict()})
+        records.append({"feature_probability": float(fps[idx]), **sgld.to_dict(),
+                        "converged": int(sweep.attrs["converged"]), "verdict": sweep.attrs["verdict"]})
     nearest = {i: picks[np.argmin(np.abs(np.log(fps[picks]) - np.log(fps[i])))] for i in range(len(fps))}
     parts = []
     for idx in picks:
@@ -160,11 +161,15 @@ def _sae(train: xr.Dataset, config: FlagshipConfig, key) -> xr.Dataset:
     sizes = list(range(m, n + 2))  # k <= n, so n + 1 latents always suffice to show recovery
     acts = xr.DataArray(np.asarray(h).reshape(grid_shape + h.shape[1:]), dims=(*GRID_DIMS, "sample", "hidden"),
                         coords={d: sub[d].values for d in GRID_DIMS})
-    sae = train_sae(acts, dict_sizes=sizes, k=1, steps=config.sae_steps, restarts=config.sae_restarts,
-                    key=jax.random.fold_in(key, 1))
+    parts = []
+    for i, p in enumerate(sub["feature_probability"].values):
+        # TopK with k = the expected number of active features (at least 1, at most m)
+        k = int(min(max(1, round(n * float(p))), m))
+        parts.append(train_sae(acts.isel(feature_probability=[i]), dict_sizes=sizes, k=k, steps=config.sae_steps,
+                               restarts=config.sae_restarts, key=jax.random.fold_in(key, i)))
+    sae = xr.concat(parts, "feature_probability", combine_attrs="override")
     W = sub["W"]
     recovered = recovered_overcompleteness(sae, W, feature_mask=represented_features(W))
-    from analysis.sae import mmcs
 
     return xr.Dataset(
         {

@@ -45,6 +45,12 @@ Randomness: chain c of a call with key k uses `jax.random.split(k, num_chains)[c
 chain, SGLD noise and minibatch indices are drawn per chunk of 64 steps (whole epochs for
 "epoch" sampling) from `fold_in` of that key, in one call each, which is cheaper than one
 draw per step. (When a chunk's noise would exceed NOISE_BUDGET floats, it is drawn per step.)
+These bulk draws use the classic threefry layout, and minibatch indices take one 32-bit
+word each (`uniform_indices`), not `randint`'s two: same distributions, several times
+cheaper on a CPU, where they were most of the cost of a small model's LLC.
+
+Compiler options: on a CPU the programs are compiled with `CPU_COMPILER_OPTIONS` (no
+YNNPACK fusions), faster at these sizes; per program, nothing global changes.
 
 Long runs: the loss trace is summarised online into blocks of `trace_every` steps (the
 stored value is the block mean), so memory is chains x num_steps / trace_every; the LLC,
@@ -57,6 +63,7 @@ import collections
 import dataclasses
 import functools
 import math
+import sys
 import warnings
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
@@ -184,18 +191,32 @@ def _leaves(tree: PyTree, what: str) -> list[np.ndarray]:
     return out
 
 
-def _check_finite(leaves: list[np.ndarray], what: str) -> None:
-    for leaf in leaves:
+def _check_finite(tree: PyTree, leaves: list[np.ndarray], what: str, *, instance_axes: int = 0,
+                  describe_instance: Callable[[int], str] | None = None) -> None:
+    """Raise `InputError` naming the variable (pytree path) and, for batched inputs, the first
+    instance whose values are not finite. `leaves` are `tree`'s leaves as numpy arrays."""
+    paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    for path, leaf in zip(paths, leaves):
+        name = f"{what}{path}"
         require(np.issubdtype(leaf.dtype, np.number) or leaf.dtype == bool,
-                f"{what} contains a non-numeric array of dtype {leaf.dtype}")
-        if np.issubdtype(leaf.dtype, np.inexact):
-            require(bool(np.isfinite(leaf).all()), f"{what} contains non-finite values (NaN or inf)")
+                f"{name} contains a non-numeric array of dtype {leaf.dtype}")
+        if not np.issubdtype(leaf.dtype, np.inexact) or np.isfinite(leaf).all():
+            continue
+        where = ""
+        if instance_axes and leaf.ndim:
+            bad = ~np.isfinite(leaf).reshape(leaf.shape[0], -1).all(axis=1)
+            i = int(np.flatnonzero(bad)[0])
+            label = describe_instance(i) if describe_instance else f"instance {i}"
+            where = f" at {label} ({int(bad.sum())} of {leaf.shape[0]} instances affected)"
+        raise InputError(f"{name} contains non-finite values (NaN or inf){where}")
 
 
-def _check_inputs(loss_fn, params, data, config, *, instance_axes: int, data_axes: int) -> tuple[int, int]:
+def _check_inputs(loss_fn, params, data, config, *, instance_axes: int, data_axes: int,
+                  describe_instance: Callable[[int], str] | None = None) -> tuple[int, int]:
     """Validate everything before compiling. Returns (n_samples, n_parameters per instance).
 
-    `instance_axes` leading axes of every params leaf are instance axes; `data_axes` of data.
+    `instance_axes` leading axes of every params leaf are instance axes (flattened to one);
+    `data_axes` of data. `describe_instance(i)` names flattened instance i in messages.
     """
     require(callable(loss_fn), "loss_fn must be callable: loss_fn(params, batch) -> scalar")
     p_leaves = _leaves(params, "params")
@@ -205,8 +226,8 @@ def _check_inputs(loss_fn, params, data, config, *, instance_axes: int, data_axe
         require(leaf.ndim >= instance_axes, "params leaves lack the leading instance axes")
     for leaf in d_leaves:
         require(leaf.ndim >= data_axes + 1, "every data array needs a leading sample axis")
-    _check_finite(p_leaves, "params")
-    _check_finite(d_leaves, "data")
+    _check_finite(params, p_leaves, "params", instance_axes=instance_axes, describe_instance=describe_instance)
+    _check_finite(data, d_leaves, "data", instance_axes=data_axes, describe_instance=describe_instance)
     sizes = {leaf.shape[data_axes] for leaf in d_leaves}
     require(len(sizes) == 1, f"data arrays disagree on the number of samples (leading sizes {sorted(sizes)})")
     n = sizes.pop()
@@ -271,8 +292,8 @@ def _classic_threefry(draw: Callable) -> Callable:
     """Run the random draw `draw` with the classic (non-partitionable) threefry layout.
 
     On a CPU it generates bits several times faster than the partitionable layout (jax's
-    default): 8 chains x 1000 steps x 500 indices took 51 ms against 12 ms
-    (`python benchmarks/llc_throughput.py --rng` prints both), most of an LLC call at this
+    default): the bits of 8 chains x 1000 steps x 500 indices took 51 ms against 12 ms
+    (`python benchmarks/llc_throughput.py` prints both), most of an LLC call at this
     model size. Only the bulk draws use it; key splits keep the global setting, so chain c
     of a call with key k still uses `jax.random.split(k, num_chains)[c]`. Each chain draws
     from its own key, so sharding over instances or chains never splits one draw.
@@ -368,48 +389,43 @@ def _build_instance_program(loss_fn: Callable, static: _Static) -> Callable:
         noise_key, data_key = jax.random.split(key)
         f32 = jnp.result_type(init_loss)
 
-        def body(position, xs):
-            """One SGLD step; the statistics are computed per chunk, outside the loop."""
+        def body(carry: _Carry, xs):
             t, idx, noise = xs
             minibatch = data if idx is None else _take(data, idx)
-            state = kernel.init(position)
+            state = kernel.init(carry.position)
             if noise is None:
                 state, info = kernel.step(jax.random.fold_in(noise_key, t), state, minibatch)
             else:
                 state, info = kernel.step_with_noise(state, minibatch, noise)
-            return state.position, (info.position, info.drift, info.potential, info.loss)
+            excess = info.loss - init_loss
+            post = t >= burnin
+            accept = mala_acceptance_probability(mala_log_acceptance(
+                carry.prev_position, carry.prev_drift, carry.prev_potential,
+                info.position, info.drift, info.potential, step_size))
+            block = t // k
+            block_len = jnp.where(block == n_blocks - 1, last_block, k).astype(f32)
+            finite = jnp.isfinite(info.loss)
+            carry = _Carry(
+                position=state.position,
+                prev_position=info.position,
+                prev_drift=info.drift,
+                prev_potential=info.potential,
+                sum_excess=carry.sum_excess + jnp.where(post, excess, 0.0),
+                n_below=carry.n_below + (post & (excess < 0)).astype(jnp.int32),
+                sum_accept=carry.sum_accept + jnp.where(t > burnin, accept, 0.0),
+                max_excess=jnp.maximum(carry.max_excess, jnp.where(finite, excess, -jnp.inf)),
+                nonfinite=carry.nonfinite | ~finite,
+                trace=carry.trace.at[block].add(info.loss / block_len),
+            )
+            return carry, None
 
-        def run_chunk(carry: _Carry, c, length: int) -> _Carry:
+        def run_chunk(carry, c, length: int):
             ts = c * chunk + jnp.arange(length)
             noise = None
             if pregenerate:
                 noise = standard_normal(jax.random.fold_in(noise_key, c), (length,) + w_star.shape, w_star.dtype)
-            position, (w, drift, potential, loss) = jax.lax.scan(
-                body, carry.position, (ts, chunk_batches(data_key, c, length), noise))
-            # The per-step statistics, vectorised over the chunk's `length` steps: a short loop
-            # body is what makes SGLD fast at small model sizes (each op in it costs a launch).
-            prev_w = jnp.concatenate([carry.prev_position[None], w[:-1]])
-            prev_drift = jnp.concatenate([carry.prev_drift[None], drift[:-1]])
-            prev_potential = jnp.concatenate([carry.prev_potential[None], potential[:-1]])
-            accept = mala_acceptance_probability(jax.vmap(mala_log_acceptance, in_axes=(0,) * 6 + (None,))(
-                prev_w, prev_drift, prev_potential, w, drift, potential, step_size))
-            excess = loss - init_loss
-            post = ts >= burnin
-            finite = jnp.isfinite(loss)
-            block = ts // k
-            block_len = jnp.where(block == n_blocks - 1, last_block, k).astype(f32)
-            return _Carry(
-                position=position,
-                prev_position=w[-1],
-                prev_drift=drift[-1],
-                prev_potential=potential[-1],
-                sum_excess=carry.sum_excess + jnp.sum(jnp.where(post, excess, 0.0)),
-                n_below=carry.n_below + jnp.sum(post & (excess < 0), dtype=jnp.int32),
-                sum_accept=carry.sum_accept + jnp.sum(jnp.where(ts > burnin, accept, 0.0)),
-                max_excess=jnp.maximum(carry.max_excess, jnp.max(jnp.where(finite, excess, -jnp.inf))),
-                nonfinite=carry.nonfinite | ~jnp.all(finite),
-                trace=carry.trace.at[block].add(loss / block_len),
-            )
+            carry, _ = jax.lax.scan(body, carry, (ts, chunk_batches(data_key, c, length), noise))
+            return carry
 
         zero = jnp.zeros((), f32)
         carry = _Carry(
@@ -468,7 +484,7 @@ def llc_program(loss_fn: Callable, config: SGLDConfig, n_samples: int, n_paramet
 
 # XLA:CPU hands small dots and reductions to YNNPACK "fusions" by default; at the sizes of
 # these models (8 chains x 500 rows x 6 features) each such call costs more than the work,
-# and XLA's own kernels ran the SGLD loop 2.5x faster (`python benchmarks/llc_throughput.py`
+# and XLA's own kernels ran the SGLD loop about 1.4x faster (`python benchmarks/llc_throughput.py`
 # prints both). A per-program option: nothing global changes.
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
@@ -581,6 +597,7 @@ def estimate_llc_batched(
     instance_dims: Sequence[str] | Mapping[str, Sequence] | None = None,
     data_batched: bool = True,
     mesh=None,
+    verbose: bool = False,
 ) -> xr.Dataset:
     """Every instance's LLC in one compiled program (instances and chains vmapped).
 
@@ -593,6 +610,7 @@ def estimate_llc_batched(
 
     mesh:   a `jax.sharding.Mesh` with axis "instance" (`slt_superposition.sharding.instance_mesh()`
             spans every device) to split the instances over; None means one device.
+    verbose: after the inputs pass validation, say on stderr what is about to be sampled.
 
     Instance i (in flattened C order) uses key `jax.random.split(key, N)[i]`, so its numbers
     equal `estimate_llc(..., key=jax.random.split(key, N)[i])` up to float reassociation.
@@ -609,7 +627,12 @@ def estimate_llc_batched(
     params = _flatten_instances(params, sizes, "params")
     if data_batched:
         data = _flatten_instances(data, sizes, "data")
-    n, d = _check_inputs(loss_fn, params, data, config, instance_axes=1, data_axes=1 if data_batched else 0)
+    def describe(i: int) -> str:
+        index = np.unravel_index(i, sizes)
+        return "instance " + ", ".join(f"{name}={_coord(dims, name, j)}" for name, j in zip(dims, index))
+
+    n, d = _check_inputs(loss_fn, params, data, config, instance_axes=1, data_axes=1 if data_batched else 0,
+                         describe_instance=describe)
     key = _check_key(key)
     nbeta = resolve_nbeta(config, n)
     static = _static(config, n, d)
@@ -617,6 +640,9 @@ def estimate_llc_batched(
     keys = jax.random.split(key, n_inst)
     block = _block_function(loss_fn, static, data_batched)
     mesh = single_device_mesh() if mesh is None else mesh
+    if verbose:
+        print(f"sampling {n_inst} instance(s) x {config.num_chains} chains x {config.num_steps} steps on "
+              f"{mesh.devices.size} device(s) ...", file=sys.stderr)
     if data_batched:
         out = run_sharded(block, (params, data, keys), scalars, mesh=mesh, compiler_options=compiler_options())
     else:

@@ -139,7 +139,7 @@ def run_sweep(
 
     `config` and `chunks` must be JSON-able and fully decide the numbers (their hash
     names the sweep). `compute_chunk(chunk)` returns one chunk's dataset. The returned
-    dataset has the attrs of the first chunk plus ``sweep_name``, ``sweep_hash``,
+    dataset has the attrs that `combine` gives it (the default: the first chunk's) plus ``sweep_name``, ``sweep_hash``,
     ``sweep_chunks``.
     """
     from tqdm.auto import tqdm
@@ -171,7 +171,7 @@ def run_sweep(
 
     parts = [_load_chunk(chunk_path(run_dir, i), digest, i) for i in range(len(chunks))]
     combined = combine(parts)
-    attrs = {k: v for k, v in parts[0].attrs.items() if k not in SWEEP_ATTRS}
+    attrs = {k: v for k, v in combined.attrs.items() if k not in SWEEP_ATTRS}
     attrs.update(sweep_name=name, sweep_hash=digest, sweep_chunks=len(chunks))
     combined.attrs = attrs
     return combined

@@ -224,8 +224,8 @@ def test_repeated_call_does_not_retrace():
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda p, d, c: (jax.tree_util.tree_map(lambda w: w.at[0].set(jnp.nan), p), d, c), "params contains non-finite"),
-        (lambda p, d, c: (p, (d[0].at[3, 1].set(jnp.inf), d[1]), c), "data contains non-finite"),
+        (lambda p, d, c: (jax.tree_util.tree_map(lambda w: w.at[0].set(jnp.nan), p), d, c), r"params\['w'\] contains non-finite"),
+        (lambda p, d, c: (p, (d[0].at[3, 1].set(jnp.inf), d[1]), c), r"data\[0\] contains non-finite"),
         (lambda p, d, c: (p, d, SGLDConfig(**{**c.to_dict(), "num_chains": 0})), "num_chains"),
         (lambda p, d, c: (p, d, SGLDConfig(**{**c.to_dict(), "num_steps": 0})), "num_steps"),
         (lambda p, d, c: (p, d, SGLDConfig(**{**c.to_dict(), "num_burnin": 60})), "num_burnin"),
@@ -243,6 +243,15 @@ def test_bad_input_raises_before_compiling(change, message):
     with pytest.raises(InputError, match=message):
         estimate_llc(regression_loss, params, data, config=config, key=jax.random.key(0))
     assert len(llc_module._CACHE) == 0
+
+
+def test_non_finite_batched_params_name_the_instance():
+    params, data = regression_problem(3, 200, seed=0)
+    grid = {"w": jnp.broadcast_to(params["w"], (2, 3, 3)).at[1, 2, 0].set(jnp.inf)}
+    with pytest.raises(InputError, match=r"params\['w'\] contains non-finite values .* at instance "
+                                         r"fp=0.5, seed=7 \(1 of 6 instances"):
+        estimate_llc_batched(regression_loss, grid, data, config=SMALL, key=jax.random.key(0), data_batched=False,
+                             instance_dims={"fp": [0.1, 0.5], "seed": [5, 6, 7]})
 
 
 def test_loss_fn_must_return_a_scalar():
@@ -318,9 +327,12 @@ def test_cli_llc_on_a_trained_grid(tmp_path, capsys):
     assert (tmp_path / "figures" / "llc_traces.png").stat().st_size > 0
     assert (tmp_path / "figures" / "llc_estimates.png").stat().st_size > 0
     # bad input: a clear one-line error and exit status 2, before any sampling
+    capsys.readouterr()
     status = main(["llc", str(grid_path), "--out", str(tmp_path / "x.nc"), "--batch-size", "500",
                    "--n-samples", "100"])
     assert status == 2
-    assert "error: batch_size 500 is larger than the number of samples n=100" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error: batch_size 500 is larger than the number of samples n=100" in err
+    assert "sampling" not in err  # validated before anything is announced
     status = main(["llc", str(out), "--out", str(tmp_path / "y.nc")])
     assert status == 2 and "expected a 'train' dataset" in capsys.readouterr().err

@@ -43,42 +43,6 @@ def run_with_4_devices(body: str, timeout: float = 240) -> str:
     return proc.stdout
 
 
-def test_toy_vmapped_scan_is_bitwise_equal_sharded():
-    # Each instance runs 50 noisy gradient steps with its own key: matmuls, reductions and
-    # RNG, as training and SGLD do. 38 instances: padded to 4 devices x 16 (block) = 64.
-    out = run_with_4_devices(
-        """
-        def one(w, key, x):
-            def step(w, k):
-                loss, g = jax.value_and_grad(lambda w: jnp.mean(jnp.tanh(x @ w) ** 2))(w)
-                w = w - 0.1 * g + 0.01 * jax.random.normal(k, w.shape)
-                return w, loss
-            return jax.lax.scan(step, w, jax.random.split(key, 50))
-
-        fn = jax.vmap(one, in_axes=(0, 0, None))
-        g = lambda t, x: fn(t[0], t[1], x)
-        n = 38
-        w = jax.random.normal(jax.random.PRNGKey(0), (n, 8, 3))
-        keys = jax.random.split(jax.random.PRNGKey(1), n)
-        x = jax.random.normal(jax.random.PRNGKey(2), (64, 8))
-
-        sharded = run_sharded(g, (w, keys), x, mesh=instance_mesh())
-        assert sharded[0].shape == (38, 8, 3) and sharded[1].shape == (38, 50)
-        single = run_sharded(g, (w, keys), x, mesh=instance_mesh(jax.devices()[:1]))
-        assert_bitwise(single, sharded)
-        # and the numbers are the function's (to float32 rounding; the bits are the block's)
-        np.testing.assert_allclose(sharded[0], np.asarray(jax.jit(fn)(w, keys, x)[0]), rtol=1e-5, atol=1e-6)
-
-        # shard_instances: inputs really are split over the 4 devices
-        sharded_in, n_inst = shard_instances((w, keys), instance_mesh())
-        assert n_inst == 38 and sharded_in[0].shape[0] == 40
-        assert len(sharded_in[0].sharding.device_set) == 4
-        print("OK")
-        """
-    )
-    assert "OK" in out
-
-
 def test_shard_instances_rejects_mismatched_leading_axes():
     from slt_superposition.sharding import instance_mesh, shard_instances
 
@@ -106,12 +70,39 @@ def test_maybe_initialize_distributed_is_a_noop_without_env(monkeypatch):
         maybe_initialize_distributed()
 
 
-def test_train_grid_and_llc_are_bitwise_equal_on_4_devices_and_1():
-    # The public API: train_grid and estimate_llc_batched with a 4-device mesh, a 1-device
+def test_sharded_equals_single_device_bitwise():
+    # (1) run_sharded on a toy vmapped scan: 50 noisy gradient steps per instance with its own
+    # key (matmuls, reductions and RNG, as training and SGLD do); 38 instances.
+    # (2) The public API: train_grid and estimate_llc_batched with a 4-device mesh, a 1-device
     # mesh and mesh=None (one device) give the same bits. 20 instances run as 2 blocks of 10:
     # 1 device runs both, 4 devices run one each (and two blocks of padding).
     out = run_with_4_devices(
         """
+        def one(w, key, x):
+            def step(w, k):
+                loss, g = jax.value_and_grad(lambda w: jnp.mean(jnp.tanh(x @ w) ** 2))(w)
+                w = w - 0.1 * g + 0.01 * jax.random.normal(k, w.shape)
+                return w, loss
+            return jax.lax.scan(step, w, jax.random.split(key, 50))
+
+        fn = jax.vmap(one, in_axes=(0, 0, None))
+        g = lambda t, x: fn(t[0], t[1], x)
+        n = 38
+        w = jax.random.normal(jax.random.PRNGKey(0), (n, 8, 3))
+        keys = jax.random.split(jax.random.PRNGKey(1), n)
+        x = jax.random.normal(jax.random.PRNGKey(2), (64, 8))
+
+        sharded = run_sharded(g, (w, keys), x, mesh=instance_mesh())
+        assert sharded[0].shape == (38, 8, 3) and sharded[1].shape == (38, 50)
+        single = run_sharded(g, (w, keys), x, mesh=instance_mesh(jax.devices()[:1]))
+        assert_bitwise(single, sharded)
+        # and the numbers are the function's (to float32 rounding; the bits are the block's)
+        np.testing.assert_allclose(sharded[0], np.asarray(jax.jit(fn)(w, keys, x)[0]), rtol=1e-5, atol=1e-6)
+
+        # shard_instances: inputs really are split over the 4 devices
+        sharded_in, n_inst = shard_instances((w, keys), instance_mesh())
+        assert n_inst == 38 and sharded_in[0].shape[0] == 40
+        assert len(sharded_in[0].sharding.device_set) == 4
         from slt_superposition import SGLDConfig, estimate_llc_batched
         from slt_superposition.sharding import balanced_block
         from toy_models.train import TrainConfig, train_grid, llc_inputs, GRID_DIMS

@@ -42,6 +42,10 @@ def llc(
         "every epoch, as devinterp's shuffled DataLoader)."),
     trace_every: int = typer.Option(1, "--trace-every", help="Store the loss trace as means of blocks of this many steps."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data draw and of the chains."),
+    all_devices: bool = typer.Option(
+        False, "--all-devices",
+        help="Split the instances over every local device (jax.devices()); the numbers are the same bit for bit "
+        "as on one device."),
     calibrate: bool = typer.Option(
         False, "--calibrate",
         help="Choose step size and chain length with `calibrate` on the first instance (at the given "
@@ -57,7 +61,8 @@ def llc(
     import jax
 
     from slt_superposition.io import check_writable, open_result, save_dataset
-    from slt_superposition.llc import SGLDConfig, estimate_llc_batched
+    from slt_superposition.llc import SGLDConfig, estimate_llc_batched, validate_config
+    from slt_superposition.sharding import instance_mesh
     from toy_models.train import GRID_DIMS, llc_inputs
 
     check_writable(out)
@@ -75,6 +80,7 @@ def llc(
         num_steps=steps, num_burnin=burnin, batch_size=batch_size or None, trace_every=trace_every,
         sampling=sampling,
     )
+    validate_config(config, n_samples)  # before any calibration or sampling work
     if calibrate:
         try:
             from slt_superposition.calibration import calibrate as run_calibration
@@ -90,10 +96,10 @@ def llc(
               f"steps {config.num_steps} (burn-in {config.num_burnin})", file=sys.stderr)
         print(save_dataset(sweep, out.with_suffix(".calibration.nc")), file=sys.stderr)
     dims = {dim: ds[dim].values for dim in GRID_DIMS}
-    n_instances = int(params["W"].shape[0])
-    print(f"sampling {n_instances} instance(s) x {config.num_chains} chains x {config.num_steps} steps "
-          "(one compiled program) ...", file=sys.stderr)
-    result = estimate_llc_batched(loss_fn, params, data, config=config, key=chain_key, instance_dims=dims)
+    mesh = instance_mesh() if all_devices else None
+    # validates before it announces the sampling, so a bad input prints only its error line
+    result = estimate_llc_batched(loss_fn, params, data, config=config, key=chain_key, instance_dims=dims,
+                                  mesh=mesh, verbose=True)
     result.attrs["source"] = str(path)
     result.attrs["data_seed"] = seed
     print(save_dataset(result, out))
