@@ -199,7 +199,7 @@ def plot_development(dev: xr.Dataset, out_dir: Path, kgon_llc: dict[int, float] 
     axes[2].set_xlabel("training step")
     axes[2].set_xscale("log")
     axes[0].legend(fontsize=7)
-    fig.suptitle("Development of the 6-feature, 2-neuron TMS (x = mu e_i): LLC and k/m step together")
+    fig.suptitle("6 features, 2 neurons, x = mu e_i: loss, LLC and k/m along training")
     return [_save(fig, out_dir, "development.png")]
 
 

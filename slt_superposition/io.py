@@ -36,7 +36,7 @@ def check_writable(path: str | os.PathLike) -> Path:
         with tempfile.TemporaryFile(dir=parent):
             pass
     except OSError as err:
-        raise InputError(f"output folder {parent} is not writable: {err.strerror}") from None
+        raise InputError(f"cannot write to output folder {parent}: {err.strerror}") from None
     return path
 
 
