@@ -50,7 +50,7 @@ def run(out_dir: Path, *, quick: bool = False) -> xr.Dataset:
         f"| ||W_i|| | {', '.join(f'{v:.3f}' for v in best['feature_norm'].values)} | about 1 |\n\n"
         f"![columns of W]({figure.name})\n"
     )
-    print(f"{NAME}: D_i = {np.round(D, 3).tolist()}, neighbour angles = {np.round(angles, 1).tolist()} deg")
+    print(f"{NAME}: D_i = {[round(float(d), 3) for d in D]}, neighbour angles = {[round(float(a), 1) for a in angles]} deg")
     return best
 
 
