@@ -92,15 +92,20 @@ def _model_label(n: int, m: int) -> str:
     return f"n{n}_m{m}"
 
 
+def _grid_inputs(train: xr.Dataset, n_samples: int, key):
+    """`llc_inputs` of every instance, with the grid dims (not one flat axis) leading each leaf."""
+    loss_fn, params, data = llc_inputs(train, n_samples=n_samples, key=key)
+    grid_shape = tuple(train.sizes[d] for d in GRID_DIMS)
+    unflat = lambda tree: jax.tree_util.tree_map(lambda x: x.reshape(grid_shape + x.shape[1:]), tree)
+    return loss_fn, unflat(params), unflat(data)
+
+
 def _calibrated_llc(train: xr.Dataset, config: FlagshipConfig, key, out_dir: Path) -> tuple[xr.Dataset, list[dict]]:
     """LLC of every instance; `calibrate` runs on seed 0 at a few feature probabilities and each
     feature probability uses the config calibrated nearest to it (in log p). The calibration
     sweeps are saved as `calibration/<model>_p<p>.nc` (plot them with `slt-superposition plot`)."""
     data_key, cal_key, llc_key = jax.random.split(key, 3)
-    loss_fn, params, data = llc_inputs(train, n_samples=config.llc_samples, key=data_key)
-    grid_shape = tuple(train.sizes[d] for d in GRID_DIMS)
-    unflat = lambda tree: jax.tree_util.tree_map(lambda x: x.reshape(grid_shape + x.shape[1:]), tree)
-    params, data = unflat(params), unflat(data)
+    loss_fn, params, data = _grid_inputs(train, config.llc_samples, data_key)
     fps = train["feature_probability"].values
     picks = np.unique(np.round(np.linspace(0, len(fps) - 1, config.calibration_points)).astype(int))
     chosen, records = {}, []
@@ -136,11 +141,8 @@ def _calibrate(loss_fn, params, data, key, config: FlagshipConfig) -> tuple[SGLD
 
 
 def _weight_basis(train: xr.Dataset, config: FlagshipConfig, key) -> xr.Dataset:
-    loss_fn, params, data = llc_inputs(train, n_samples=config.hessian_samples, key=key)
-    grid_shape = tuple(train.sizes[d] for d in GRID_DIMS)
-    unflat = lambda tree: jax.tree_util.tree_map(lambda x: x.reshape(grid_shape + x.shape[1:]), tree)
-    forward = lambda p, x: tms_forward(p, x)
-    basis = weight_basis_measures(loss_fn, forward, unflat(params), unflat(data), inputs=unflat(data)["x"],
+    loss_fn, params, data = _grid_inputs(train, config.hessian_samples, key)
+    basis = weight_basis_measures(loss_fn, tms_forward, params, data, inputs=data["x"],
                                   instance_dims=GRID_DIMS, data_batched=True)
     basis = basis.assign_coords({d: train[d].values for d in GRID_DIMS})
     # trained weights are only approximately critical: curvature below |grad L| counts as flat
@@ -169,12 +171,11 @@ def _sae(train: xr.Dataset, config: FlagshipConfig, key) -> xr.Dataset:
                                restarts=config.sae_restarts, key=jax.random.fold_in(key, i)))
     sae = xr.concat(parts, "feature_probability", combine_attrs="override")
     W = sub["W"]
-    recovered = recovered_overcompleteness(sae, W, feature_mask=represented_features(W))
-
+    represented = represented_features(W)
     return xr.Dataset(
         {
-            "sae_recovered_overcompleteness": recovered,
-            "sae_mmcs": mmcs(W, sae["decoder"], feature_mask=represented_features(W)),
+            "sae_recovered_overcompleteness": recovered_overcompleteness(sae, W, feature_mask=represented),
+            "sae_mmcs": mmcs(W, sae["decoder"], feature_mask=represented),
             "sae_fvu": sae["fvu"],
         }
     )
