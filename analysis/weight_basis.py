@@ -235,6 +235,14 @@ def _map_instances(fn, params, data, instance_dims, data_batched: bool, instance
     return jax.tree_util.tree_map(lambda x: x.reshape(shape + x.shape[1:]), out), shape
 
 
+def _per_instance(fn, params, data, instance_dims, data_batched: bool, instance_chunk: int | None):
+    """`fn(params, data)` compiled; mapped over the leading `instance_dims` when there are any."""
+    if not instance_dims:
+        return jax.jit(fn)(params, data)
+    mapped = lambda p, x: _map_instances(fn, p, x, instance_dims, data_batched, instance_chunk)[0]
+    return jax.jit(mapped)(params, data)
+
+
 def _param_count(params, instance_dims: Sequence[str]) -> int:
     k = len(instance_dims)
     return int(sum(math.prod(np.shape(leaf)[k:]) for leaf in jax.tree_util.tree_leaves(params)))
@@ -270,12 +278,7 @@ def hessian_spectrum(
     method, num_eigs, num_steps = _choose_method(method, d, num_eigs, num_steps)
     key = jax.random.PRNGKey(0) if key is None else key
     one = lambda p, x: _spectrum_one(loss_fn, p, x, method=method, num_eigs=num_eigs, num_steps=num_steps, key=key)
-    if instance_dims:
-        values = jax.jit(
-            lambda p, x: _map_instances(one, p, x, instance_dims, data_batched, instance_chunk)[0]
-        )(params, data)
-    else:
-        values = jax.jit(one)(params, data)
+    values = _per_instance(one, params, data, instance_dims, data_batched, instance_chunk)
     return xr.DataArray(
         np.asarray(values),
         dims=(*instance_dims, "eigen"),
@@ -364,9 +367,9 @@ def gauss_newton_rank(
     d = _param_count(params, instance_dims)
     rtol = default_rtol(d) if rtol is None else float(rtol)
     one = lambda p, x: gauss_newton_singular_values(forward_fn, p, x, chunk_size=chunk_size)
+    sv = _per_instance(one, params, inputs, instance_dims, data_batched, instance_chunk)
     if not instance_dims:
-        return numerical_rank(np.asarray(jax.jit(one)(params, inputs)), rtol=rtol)
-    sv = jax.jit(lambda p, x: _map_instances(one, p, x, instance_dims, data_batched, instance_chunk)[0])(params, inputs)
+        return numerical_rank(np.asarray(sv), rtol=rtol)
     return xr.DataArray(
         numerical_rank(np.asarray(sv), rtol=rtol),
         dims=tuple(instance_dims),
@@ -454,12 +457,7 @@ def weight_basis_measures(
     )
     gn = gn if isinstance(gn, xr.DataArray) else xr.DataArray(gn)
     grad_norm = lambda p, x: jnp.linalg.norm(ravel_pytree(jax.grad(loss_fn)(p, x))[0])
-    if instance_dims:
-        gnorm = jax.jit(
-            lambda p, x: _map_instances(grad_norm, p, x, instance_dims, data_batched, instance_chunk)[0]
-        )(params, data)
-    else:
-        gnorm = jax.jit(grad_norm)(params, data)
+    gnorm = _per_instance(grad_norm, params, data, instance_dims, data_batched, instance_chunk)
     ds = xr.Dataset(
         {
             "n_parameters": xr.DataArray(d, attrs={"long_name": "parameter count d", "units": "1"}),
