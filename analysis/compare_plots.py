@@ -250,7 +250,8 @@ def findings(ds: xr.Dataset, dev: xr.Dataset | None = None, kgon_llc: dict[int, 
                 f"neighbouring sparsities in {float(change.mean()):.0%} of cases, where |d llc / d log p| "
                 f"averages {at_change:.2f} against {elsewhere:.2f} elsewhere.")
         if "violates_bound" in one:
-            text += f" The Hessian-rank bound on llc is violated in {float(one['violates_bound'].mean()):.0%} of instances."
+            text += (f" The Hessian-rank bound on llc is violated in {float(one['violates_bound'].mean()):.0%} of "
+                     "instances (the bound assumes a loss analytic at w*, which the ReLU TMS is not everywhere).")
         if "sae_recovered_overcompleteness" in one:
             rec = one["sae_recovered_overcompleteness"]
             agree = (np.abs(rec - one["overcompleteness"]) < 0.5 / m).where(rec.notnull())
@@ -262,18 +263,30 @@ def findings(ds: xr.Dataset, dev: xr.Dataset | None = None, kgon_llc: dict[int, 
             lengths = ", ".join(str(c["num_steps"]) for c in calibrations)
             text += (f" Calibration: step sizes {step_sizes} with {lengths} steps; the estimate stopped moving at "
                      f"{converged} of {len(calibrations)} calibration points")
-            text += (" (estimates elsewhere may still be rising: read them as lower bounds)."
+            text += (" (estimates elsewhere may still be moving: short chains read low at singular points)."
                      if converged < len(calibrations) else ".")
         out.append(text)
     if dev is not None:
-        final = dev.isel(snapshot=-1)
-        out.append(
-            f"- **Development** (n=6, m=2, x = mu e_i): at the last snapshot k/m = "
-            f"{', '.join(f'{v:.1f}' for v in final['overcompleteness'].values.ravel())} and llc = "
-            f"{', '.join(f'{v:.2f}' for v in final['llc_mean'].values.ravel())} across seeds; theory for the "
-            + ", ".join(f"{k}-gon: llc {v}" for k, v in (kgon_llc or {}).items()) + "."
-        )
+        out.append(_development_finding(dev, kgon_llc or {}))
     return out
+
+
+def _development_finding(dev: xr.Dataset, kgon_llc: dict[int, float]) -> str:
+    """Per seed the sequence of represented-feature counts k along training, and the median LLC
+    of the snapshots at each k (over seeds), next to the k-gon LLCs from theory."""
+    one = dev.isel(feature_probability=0, importance_decay=0)
+    k = one["n_represented"].transpose("seed", "snapshot").values.astype(int)
+    llc = one["llc_mean"].transpose("seed", "snapshot").values
+    paths = []
+    for row in k:
+        path = [int(row[0])] + [int(b) for a, b in zip(row[:-1], row[1:]) if b != a]
+        paths.append(" -> ".join(map(str, path)))
+    levels = ", ".join(f"k = {v}: {np.nanmedian(llc[k == v]):.2f} ({int((k == v).sum())} snapshots)"
+                       for v in np.unique(k))
+    theory = ", ".join(f"{kk}-gon {v}" for kk, v in kgon_llc.items())
+    return (f"- **Development** (n=6, m=2, x = mu e_i, SGD from a small initialisation): represented features k "
+            f"along training, per seed: {'; '.join(paths)}. Median llc of the snapshots at each k: {levels} "
+            f"(theory: {theory}; a negative value marks a saddle, where the chains slide downhill).")
 
 
 def _spearman(x: np.ndarray, y: np.ndarray) -> float:

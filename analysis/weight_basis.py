@@ -387,7 +387,9 @@ def llc_bound_check(llc, d1, d, *, llc_std=None) -> xr.Dataset:
     when the loss grows at least quartically along the flat directions (the generic case at
     a minimum, where the cubic term vanishes on the Hessian kernel). A violation therefore
     means an estimator bias (e.g. too short / too hot SGLD chains), a point that is not a
-    local minimum, or a degenerate (beyond-quartic) direction: a flag to look at, not a proof.
+    local minimum, a degenerate (beyond-quartic) direction, or a loss that is not analytic at
+    w* (the TMS's ReLU makes L_n only piecewise analytic; a kink such as K = |w| has lambda 1,
+    not 1/2, so the bounds, even lambda <= d/2, need not hold there). A flag, not a proof.
 
     Returns a Dataset with `lower_bound`, `upper_bound`, `violates_bound` (bool),
     `bound_excess` (lambda minus the violated bound: negative below, positive above, 0

@@ -18,6 +18,7 @@ Writes dln_validation.nc, dln_validation.md (table), report.md, dln_validation.p
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ import numpy as np
 import xarray as xr
 
 from slt_superposition.calibration import calibrate
+from slt_superposition.experiments import command_line
 from slt_superposition.io import save_dataset
 from slt_superposition.llc import estimate_llc
 from slt_superposition.provenance import provenance_attrs
@@ -37,6 +39,7 @@ from toy_models.dln import dln_data, dln_loss, dln_true_params
 N_SAMPLES = 100_000
 BATCH_SIZE = 500
 NUM_CHAINS = 4
+LOCALIZATION = 1.0  # as Furman & Lau; a ladder up to 100 read -25% on (4,6,6,6,4) (docs/experiments/dln_validation.md)
 SEED = 0
 # (widths, rank, kind): the public panel of ANCHORS.md, then our own choices
 PUBLIC_PANEL = [((4, 3, 4), 1), ((5, 4, 3, 5), 2), ((6, 6, 6, 6), 3), ((8, 5, 7), 3), ((3, 10, 10, 3), 2)]
@@ -66,7 +69,7 @@ def run_case(widths, rank, kind, *, seed: int = SEED, max_steps: int = 320_000, 
     data = dln_data(k_data, params, N_SAMPLES)
     t0 = time.perf_counter()
     config, cal = calibrate(dln_loss, params, data, key=k_cal, batch_size=BATCH_SIZE, num_chains=NUM_CHAINS,
-                            max_steps=max_steps, progress=progress, **calibrate_options)
+                            max_steps=max_steps, localization=LOCALIZATION, progress=progress, **calibrate_options)
     est = estimate_llc(dln_loss, params, data, config=config, key=k_est)
     seconds = time.perf_counter() - t0
     name = case_name(widths, rank, kind)
@@ -81,6 +84,7 @@ def run_case(widths, rank, kind, *, seed: int = SEED, max_steps: int = 320_000, 
         case=name, widths="-".join(map(str, widths)), depth=len(widths) - 1, rank=rank, kind=kind,
         n_parameters=dln_parameter_count(widths), lambda_theory=lam, llc_mean=llc,
         llc_std=float(est["llc_std"]), rel_error=(llc - lam) / lam, step_size=config.step_size,
+        localization=config.localization,
         num_steps=config.num_steps, converged=int(cal.attrs["converged"]),
         bias_consistent=int(cal.attrs["bias_consistent"]),
         mala_acceptance=float(est["mala_acceptance"].mean()), rhat=float(est["rhat"]),
@@ -94,6 +98,7 @@ VARIABLES = {
     "llc_std": ("standard deviation of lambda_hat over chains", "1"),
     "rel_error": ("(lambda_hat - lambda) / lambda", "1"),
     "step_size": ("step size chosen by calibrate", "1"),
+    "localization": ("localization gamma chosen by calibrate", "1"),
     "num_steps": ("chain length chosen by calibrate (half burn-in)", "steps"),
     "converged": ("calibrate found the estimate stopped rising under doubling the chain (1) or not (0)", "1"),
     "bias_consistent": ("calibrate found the chosen step size consistent with the next smaller one (1) or not (0)",
@@ -134,16 +139,16 @@ def markdown_table(ds: xr.Dataset) -> str:
         if not sub:
             continue
         lines += [f"### {title}", "",
-                  "| widths | r | d | lambda | lambda_hat +- std | rel. error | eps | steps | eps x steps | bias check | "
-                  "converged | MALA | R-hat |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| widths | r | d | lambda | lambda_hat +- std | rel. error | eps | gamma | steps | eps x steps | "
+                  "bias check | converged | MALA | R-hat |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for i in sub:
             v = {k: ds[k].values[i] for k in ds.data_vars}
             lines.append(
                 f"| {v['widths']} | {int(v['rank'])} | {int(v['n_parameters'])} | {float(v['lambda_theory']):.2f} | "
                 f"{float(v['llc_mean']):.2f} +- {float(v['llc_std']):.2f} | {100 * float(v['rel_error']):+.1f}% | "
-                f"{float(v['step_size']):.2g} | {int(v['num_steps'])} | {float(v['step_size']) * int(v['num_steps']):.3g} | "
-                f"{'ok' if int(v.get('bias_consistent', 0)) else 'smallest'} | {'yes' if int(v['converged']) else 'no'} | "
+                f"{float(v['step_size']):.2g} | {float(v.get('localization', 1.0)):g} | {int(v['num_steps'])} | {float(v['step_size']) * int(v['num_steps']):.3g} | "
+                f"{'ok' if int(v.get('bias_consistent', 0)) else 'not confirmed'} | {'yes' if int(v['converged']) else 'no'} | "
                 f"{float(v['mala_acceptance']):.3f} | {float(v['rhat']):.3f} |")
         lines.append("")
     s = summary(ds)
@@ -190,10 +195,11 @@ def write_outputs(ds: xr.Dataset, out_dir: Path, command: str) -> None:
 
 
 def run(out_dir: Path, *, quick: bool = False, only: Sequence[str] | None = None, progress: bool = True,
-        max_acceptance_drop: float = 0.12) -> xr.Dataset:
+        max_acceptance_drop: float = 0.12, command: str | None = None) -> xr.Dataset:
     """Run the DLN panel (or the quick subset, or the cases named in `only`) and write outputs.
 
     `max_acceptance_drop` is passed to `calibrate` (the one calibration setting studied here).
+    `command`: what report.md names as the command (default: the `reproduce` one).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -210,14 +216,14 @@ def run(out_dir: Path, *, quick: bool = False, only: Sequence[str] | None = None
               f"converged {row['converged']} [{row['seconds']:.0f}s]", flush=True)
         rows.append(row)
     config = dict(quick=quick, cases=[case_name(*c) for c in cases], n=N_SAMPLES, batch_size=BATCH_SIZE,
-                  num_chains=NUM_CHAINS, seed=SEED, max_steps=max_steps, localization=1.0, nbeta="n/log n",
+                  num_chains=NUM_CHAINS, seed=SEED, max_steps=max_steps, localization=LOCALIZATION, nbeta="n/log n",
                   max_acceptance_drop=max_acceptance_drop)
     ds = to_dataset(rows, config)
-    write_outputs(ds, out_dir, "python -m experiments.dln_validation " + " ".join(sys.argv[1:]))
+    write_outputs(ds, out_dir, command or command_line("dln-validation", out_dir, quick))
     return ds
 
 
-def merge(out_dir: Path, parts: Sequence[Path]) -> xr.Dataset:
+def merge(out_dir: Path, parts: Sequence[Path], command: str = "") -> xr.Dataset:
     """Concatenate the dln_validation.nc of several partial runs (e.g. one per process)."""
     from slt_superposition.io import open_result
 
@@ -226,7 +232,7 @@ def merge(out_dir: Path, parts: Sequence[Path]) -> xr.Dataset:
     ds.attrs = dsets[0].attrs
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_outputs(ds, out_dir, "python -m experiments.dln_validation " + " ".join(sys.argv[1:]))
+    write_outputs(ds, out_dir, command)
     return ds
 
 
@@ -244,8 +250,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.list:
         print("\n".join(case_name(*c) for c in all_cases(args.quick)))
         return
-    ds = merge(args.out, args.merge) if args.merge else run(args.out, quick=args.quick, only=args.only,
-                                                                  max_acceptance_drop=args.max_acceptance_drop)
+    command = "python -m experiments.dln_validation " + shlex.join(sys.argv[1:] if argv is None else argv)
+    ds = merge(args.out, args.merge, command) if args.merge else run(args.out, quick=args.quick, only=args.only,
+                                                                  max_acceptance_drop=args.max_acceptance_drop,
+                                                                  command=command)
     print(markdown_table(ds))
 
 

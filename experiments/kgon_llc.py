@@ -14,12 +14,17 @@ The 5-gon has a spare column at W_5 = 0. With its bias b_5 = 0 the point is a sa
 W_5 lowers the loss); with b_5 < 0 a minimum whose three spare parameters (W_5, b_5) are
 exactly flat while |W_5|^2 < -b_5 (14 positive Hessian eigenvalues, LLC 7). Both are run.
 
+`--bias-study` instead measures, at the refined 6-gon, how step size, batch size and localization
+move the estimate (`BIAS_STUDY`: the table "Why the old estimate overshot" of the docs).
+
     python -m experiments.kgon_llc --out results/kgon_llc [--quick]
+    python -m experiments.kgon_llc --out results/kgon_llc --bias-study
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -30,8 +35,9 @@ import numpy as np
 import xarray as xr
 
 from analysis.weight_basis import hessian_spectrum
+from slt_superposition.experiments import command_line
 from slt_superposition.io import save_dataset
-from slt_superposition.llc import SGLDConfig, estimate_llc
+from slt_superposition.llc import SGLDConfig, default_nbeta, estimate_llc
 from slt_superposition.provenance import provenance_attrs
 from slt_superposition.theory import KGON_N_FEATURES, kgon_critical_point, kgon_params
 from toy_models.data import high_sparsity_limit
@@ -49,6 +55,12 @@ PROTOCOL = dict(localization=1.0, batch_size=500, step_sizes=(3.16e-5, 1e-5, 3.1
                 num_chains=8)
 QUICK = dict(PROTOCOL, step_sizes=(1e-5, 3.16e-6), sampler_time=0.2, num_chains=4)
 EIGEN_FLOOR = 1e-3  # Hessian eigenvalues above this (loss / parameter^2) count as curved; nbeta h > 86
+# The bias study at the refined 6-gon: (step size, batch size or None for the full batch, steps, localization),
+# each with BIAS_STUDY_CHAINS chains and half burn-in. Rows vary one setting at a time against (1e-5, 500, gamma 1).
+BIAS_STUDY = [(3.16e-5, 500, 8000, 1.0), (3.16e-5, 5000, 8000, 1.0), (1e-5, 500, 20000, 1.0),
+              (1e-5, 5000, 20000, 1.0), (1e-5, None, 10000, 1.0), (3.16e-6, 500, 60000, 1.0),
+              (1e-5, 500, 20000, 100.0)]
+BIAS_STUDY_CHAINS = 4
 
 
 def kgon_loss(params, x):
@@ -68,17 +80,47 @@ def refine(params, x, *, steps: int = 3000, learning_rate: float = 0.1):
     return params, float(jnp.sqrt(sum(jnp.sum(v**2) for v in jax.tree_util.tree_leaves(g))))
 
 
-def run_case(k: int, spare_bias: float, *, seed: int = SEED, localization: float = 1.0, batch_size: int | None = 500,
-             step_sizes=(1e-5, 3.16e-6), sampler_time: float = 0.2, num_chains: int = 4) -> dict:
-    """Refine the k-gon on n = 1e5 samples and estimate its LLC at each step size (equal sampler time).
+def refined_kgon(k: int, spare_bias: float, *, seed: int = SEED):
+    """Data (n = 1e5) and the k-gon refined on it, from `seed`.
 
-    Returns a dict of scalars (see `VARIABLES`) plus `llc_by_step`, `llc_se_by_step`: (step_size,).
+    Returns (x, critical point, refined params, grad norm there, key for the SGLD estimates).
     """
     k_data, k_est = jax.random.split(jax.random.key(seed))
     x = high_sparsity_limit(k_data, N_SAMPLES, KGON_N_FEATURES)
     cp = kgon_critical_point(k)
     start = {name: jnp.asarray(v) for name, v in kgon_params(k, cp.length, cp.bias, spare_bias=spare_bias).items()}
     params, grad_norm = refine(start, x)
+    return x, cp, params, grad_norm, k_est
+
+
+def quadratic_llc(hessian_eigenvalues, *, step_size: float, localization: float) -> float:
+    """E[nbeta (L_n - L_n(w*))] of full-batch SGLD (nbeta = n / log n) on the quadratic approximation of L_n.
+
+    The Euler chain on a direction of curvature a = nbeta h + gamma has stationary variance
+    1 / (a (1 - eps a / 4)), so each direction contributes nbeta h / (2 a (1 - eps a / 4)): 1/2 as
+    eps, gamma -> 0; more with eps (discretisation), less with gamma (localization). Eigenvalues
+    below `EIGEN_FLOOR` (the flat rotation) contribute nothing.
+    """
+    h = np.asarray(hessian_eigenvalues, np.float64)
+    h, nbeta = h[h > EIGEN_FLOOR], default_nbeta(N_SAMPLES)
+    a = nbeta * h + localization
+    return float(np.sum(0.5 * nbeta * h / (a * (1 - step_size * a / 4))))
+
+
+def llc_and_se(est: xr.Dataset) -> tuple[float, float]:
+    """LLC mean of an `estimate_llc` result and its standard error over the non-divergent chains."""
+    per_chain = est["llc_per_chain"].values[~est["diverged"].values]
+    se = float(per_chain.std(ddof=1) / np.sqrt(per_chain.size)) if per_chain.size > 1 else np.nan
+    return float(est["llc_mean"]), se
+
+
+def run_case(k: int, spare_bias: float, *, seed: int = SEED, localization: float = 1.0, batch_size: int | None = 500,
+             step_sizes=(1e-5, 3.16e-6), sampler_time: float = 0.2, num_chains: int = 4) -> dict:
+    """Refine the k-gon on n = 1e5 samples and estimate its LLC at each step size (equal sampler time).
+
+    Returns a dict of scalars (see `VARIABLES`) plus `llc_by_step`, `llc_se_by_step`: (step_size,).
+    """
+    x, cp, params, grad_norm, k_est = refined_kgon(k, spare_bias, seed=seed)
     eig = hessian_spectrum(kgon_loss, params, x, method="exact").values
     t0 = time.perf_counter()
     step_sizes = sorted(step_sizes, reverse=True)
@@ -88,9 +130,9 @@ def run_case(k: int, spare_bias: float, *, seed: int = SEED, localization: float
         config = SGLDConfig(step_size=eps, localization=localization, num_chains=num_chains, num_steps=steps,
                             num_burnin=steps // 2, batch_size=batch_size, trace_every=max(1, steps // 200))
         est = estimate_llc(kgon_loss, params, x, config=config, key=k_est)
-        per_chain = est["llc_per_chain"].values[~est["diverged"].values]
-        llc.append(float(est["llc_mean"]))
-        se.append(float(per_chain.std(ddof=1) / np.sqrt(per_chain.size)) if per_chain.size > 1 else np.nan)
+        mean, err = llc_and_se(est)
+        llc.append(mean)
+        se.append(err)
         runs.append(est)
     # lambda(eps) = lambda0 + c eps through the two smallest step sizes
     (e_hi, e_lo), (l_hi, l_lo) = step_sizes[-2:], llc[-2:]
@@ -177,8 +219,10 @@ def markdown_table(ds: xr.Dataset) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(out_dir: Path, *, quick: bool = False, progress: bool = True) -> xr.Dataset:
-    """Estimate the LLC of each k-gon case (quick: the 6-gon only, fewer chains); write outputs."""
+def run(out_dir: Path, *, quick: bool = False, progress: bool = True, command: str | None = None) -> xr.Dataset:
+    """Estimate the LLC of each k-gon case (quick: the 6-gon only, fewer chains); write outputs.
+
+    `command`: what report.md names as the command (default: the `reproduce` one)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cases = CASES[:1] if quick else CASES
@@ -200,7 +244,73 @@ def run(out_dir: Path, *, quick: bool = False, progress: bool = True) -> xr.Data
     table = markdown_table(ds)
     (out_dir / "kgon_llc.md").write_text(table)
     (out_dir / "report.md").write_text("# LLC of the Chen et al. k-gons (c = 6, r = 2)\n\n"
-                                       f"Made by: `python -m experiments.kgon_llc {' '.join(sys.argv[1:])}`\n\n{table}")
+                                       f"Made by: `{command or command_line('kgon-llc', out_dir, quick)}`\n\n{table}")
+    return ds
+
+
+BIAS_VARIABLES = {
+    "step_size": ("SGLD step size eps", "1"),
+    "batch_size": (f"minibatch size ({N_SAMPLES} = full batch: exact L_n, no minibatch noise)", "samples"),
+    "num_steps": ("chain length (half burn-in)", "steps"),
+    "localization": ("SGLD localization gamma", "1"),
+    "llc_mean": ("LLC estimate (mean over chains)", "1"),
+    "llc_se": ("standard error of llc_mean over chains", "1"),
+    "llc_quadratic": ("full-batch SGLD expectation on the quadratic approximation of L_n (quadratic_llc)", "1"),
+    "n_diverged": ("divergent chains", "chains"),
+    "seconds": ("wall time of the SGLD estimate", "s"),
+}
+
+
+def bias_dataset(rows: list[dict], settings: dict) -> xr.Dataset:
+    """Rows of `bias_study` (dicts with the keys of `BIAS_VARIABLES`) -> Dataset with dim (row,)."""
+    data = {name: xr.Variable("row", np.array([r[name] for r in rows]), {"long_name": ln, "units": u})
+            for name, (ln, u) in BIAS_VARIABLES.items()}
+    ds = xr.Dataset(data, coords={"row": np.arange(len(rows))})
+    ds.attrs.update(provenance_attrs("kgon_llc_bias_study", settings))
+    return ds
+
+
+def bias_table(ds: xr.Dataset) -> str:
+    """The bias study as a markdown table: eps | batch | steps | gamma | LLC +- SE | quadratic prediction."""
+    lines = ["| eps | batch | steps | gamma | LLC +- SE | quadratic prediction (full batch) |", "|---" * 6 + "|"]
+    for i in range(ds.sizes["row"]):
+        v = {name: ds[name].values[i] for name in BIAS_VARIABLES}
+        batch = f"full ({N_SAMPLES})" if v["batch_size"] == N_SAMPLES else f"{v['batch_size']}"
+        lines.append(f"| {v['step_size']:.3g} | {batch} | {v['num_steps']} | {v['localization']:g} | "
+                     f"{v['llc_mean']:.2f} +- {v['llc_se']:.2f} | {v['llc_quadratic']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def bias_study(out_dir: Path, *, command: str = "", progress: bool = True) -> xr.Dataset:
+    """Estimate the LLC of the refined 6-gon at each `BIAS_STUDY` setting; write bias_study.nc / .md.
+
+    Every row uses the same key (as each step size of `run_case`), so rows with equal eps and steps
+    share their chains' SGLD noise. Next to each estimate: `quadratic_llc` at the row's eps and gamma.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    x, _, params, _, k_est = refined_kgon(6, 0.0)
+    eig = hessian_spectrum(kgon_loss, params, x, method="exact").values
+    rows = []
+    for eps, batch, steps, gamma in BIAS_STUDY:
+        config = SGLDConfig(step_size=eps, localization=gamma, num_chains=BIAS_STUDY_CHAINS, num_steps=steps,
+                            num_burnin=steps // 2, batch_size=batch, trace_every=max(1, steps // 200))
+        t0 = time.perf_counter()
+        est = estimate_llc(kgon_loss, params, x, config=config, key=k_est)
+        mean, se = llc_and_se(est)
+        rows.append(dict(step_size=eps, batch_size=batch or N_SAMPLES, num_steps=steps, localization=gamma,
+                         llc_mean=mean, llc_se=se, llc_quadratic=quadratic_llc(eig, step_size=eps, localization=gamma),
+                         n_diverged=int(est["n_diverged"]), seconds=time.perf_counter() - t0))
+        if progress:
+            print(f"eps {eps:g} batch {batch or 'full'} steps {steps} gamma {gamma:g}: LLC {mean:.2f} +- {se:.2f} "
+                  f"[{rows[-1]['seconds']:.0f}s]", flush=True)
+    ds = bias_dataset(rows, dict(k=6, n=N_SAMPLES, seed=SEED, refine="3000 full-batch GD steps, lr 0.1",
+                                 nbeta="n / log n", num_chains=BIAS_STUDY_CHAINS, burnin="half",
+                                 rows=[list(r) for r in BIAS_STUDY]))
+    save_dataset(ds, out_dir / "bias_study.nc")
+    table = bias_table(ds)
+    (out_dir / "bias_study.md").write_text("# Bias study at the refined 6-gon (n = 1e5, 4 chains, burn-in half)\n\n"
+                                           f"Made by: `{command}`\n\n{table}")
     return ds
 
 
@@ -208,8 +318,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="LLC of the regular k-gon critical points of the Chen et al. TMS.")
     parser.add_argument("--out", type=Path, default=Path("results/kgon_llc"), help="output folder")
     parser.add_argument("--quick", action="store_true", help="the 6-gon only, two step sizes, 4 chains")
+    parser.add_argument("--bias-study", action="store_true",
+                        help="instead of the k-gon cases: the 6-gon LLC at each (step size, batch, steps, gamma) of "
+                             "BIAS_STUDY (4 chains); writes bias_study.nc and bias_study.md")
     args = parser.parse_args(argv)
-    print(markdown_table(run(args.out, quick=args.quick)))
+    command = "python -m experiments.kgon_llc " + shlex.join(sys.argv[1:] if argv is None else argv)
+    if args.bias_study:
+        if args.quick:
+            parser.error("--quick does not apply to --bias-study")
+        print(bias_table(bias_study(args.out, command=command)))
+    else:
+        print(markdown_table(run(args.out, quick=args.quick, command=command)))
 
 
 if __name__ == "__main__":

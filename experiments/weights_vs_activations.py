@@ -56,7 +56,7 @@ class FlagshipConfig:
     seeds: int = 8
     train_steps: int = 10_000
     batch_size: int = 1024
-    llc_samples: int = 4096  # n, the data set the LLC (and nbeta = n / log n) refers to
+    llc_samples: int = 16_384  # n, the data set the LLC (and nbeta = n / log n) refers to
     llc_chains: int = 4
     llc_batch_size: int = 512
     calibration_points: int = 3  # feature probabilities calibrated per model; others use the nearest
@@ -69,7 +69,10 @@ class FlagshipConfig:
     sae_samples: int = 8192
     sae_steps: int = 3000
     sae_restarts: int = 2  # initialisations per dictionary; the lowest training FVU is kept
-    development_steps: int = 20_000
+    development_steps: int = 10_000  # plain SGD from a small initialisation (Chen et al.'s k-gon dynamics)
+    development_learning_rate: float = 0.1
+    development_init_scale: float = 0.01  # W starts near the origin saddle, so training steps through k-gons
+    development_batch_size: int = 256
     development_seeds: int = 4
     development_snapshots: int = 24
     seed: int = 0
@@ -80,11 +83,11 @@ class FlagshipConfig:
         return tuple(float(np.float32(v)) for v in values)
 
 
-QUICK = FlagshipConfig(models=((5, 2), (6, 2), (20, 5)), n_feature_probabilities=6, seeds=2, train_steps=3000, llc_samples=1024, llc_chains=2,
+QUICK = FlagshipConfig(models=((5, 2), (6, 2), (20, 5)), n_feature_probabilities=6, seeds=2, train_steps=3000, llc_samples=4096, llc_chains=2,
                        calibration_points=2, calibration_sweep_steps=300, calibration_min_steps=600,
                        calibration_max_steps=2400, hessian_samples=512, sae_samples=2048, sae_steps=800,
-                       sae_restarts=1, development_steps=4000, development_seeds=2, development_snapshots=10)
-FULL = FlagshipConfig(n_feature_probabilities=40, seeds=16, llc_samples=16_384, llc_chains=8, calibration_points=5,
+                       sae_restarts=1, development_steps=3000, development_seeds=4, development_snapshots=12)
+FULL = FlagshipConfig(n_feature_probabilities=40, seeds=16, llc_samples=65_536, llc_chains=8, calibration_points=5,
                       sae_seeds=4, sae_steps=5000, development_seeds=8)
 
 
@@ -163,13 +166,14 @@ def _sae(train: xr.Dataset, config: FlagshipConfig, key) -> xr.Dataset:
     sizes = list(range(m, n + 2))  # k <= n, so n + 1 latents always suffice to show recovery
     acts = xr.DataArray(np.asarray(h).reshape(grid_shape + h.shape[1:]), dims=(*GRID_DIMS, "sample", "hidden"),
                         coords={d: sub[d].values for d in GRID_DIMS})
-    parts = []
-    for i, p in enumerate(sub["feature_probability"].values):
-        # TopK with k = the expected number of active features (at least 1, at most m)
-        k = int(min(max(1, round(n * float(p))), m))
-        parts.append(train_sae(acts.isel(feature_probability=[i]), dict_sizes=sizes, k=k, steps=config.sae_steps,
-                               restarts=config.sae_restarts, key=jax.random.fold_in(key, i)))
-    sae = xr.concat(parts, "feature_probability", combine_attrs="override")
+    # TopK with k = the expected number of active features (at least 1, at most m); one program
+    # per distinct k (at most m), not per feature probability
+    fps = sub["feature_probability"].values
+    topk = np.array([int(min(max(1, round(n * float(p))), m)) for p in fps])
+    parts = [train_sae(acts.isel(feature_probability=np.flatnonzero(topk == k)), dict_sizes=sizes, k=int(k),
+                       steps=config.sae_steps, restarts=config.sae_restarts, key=jax.random.fold_in(key, int(k)))
+             for k in np.unique(topk)]
+    sae = xr.concat(parts, "feature_probability", combine_attrs="override").sel(feature_probability=fps)
     W = sub["W"]
     represented = represented_features(W)
     return xr.Dataset(
@@ -244,7 +248,8 @@ def run(out_dir: Path, *, quick: bool = False, full: bool = False, progress: boo
 
     dev_config = TrainConfig(
         n_features=6, n_hidden=2, feature_probabilities=(1.0,), seeds=config.development_seeds,
-        steps=config.development_steps, batch_size=config.batch_size, data="high_sparsity_limit",
+        steps=config.development_steps, batch_size=config.development_batch_size, data="high_sparsity_limit",
+        optimizer="sgd", learning_rate=config.development_learning_rate, init_scale=config.development_init_scale,
         snapshot_steps=tuple(np.unique(np.geomspace(10, config.development_steps, config.development_snapshots)
                                        .astype(int)).tolist()),
     )

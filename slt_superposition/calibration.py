@@ -12,18 +12,40 @@ sizes, so the sweep costs one compilation per stage-2 length):
    lambda = 16.5, so a fixed 0.9 cannot be the only rule.) The chosen step size is the
    largest healthy one below which every step size is also healthy (the start of stage 1b).
 1b. **Discretisation bias.** From that step size eps_hi downward: eps_hi and the next smaller
-   eps_lo are run for the same sampler time eps x steps (`bias_check_steps` at eps_hi, default
-   4 `sweep_steps`), so slower mixing of small steps does not confound the comparison; the line
+   eps_lo are run for one common sampler time eps x steps (`bias_check_steps` at the largest
+   healthy step size, default 4 `sweep_steps` or fewer if the next smaller step size would
+   otherwise need more than `max_steps`), so slower mixing of small steps does not
+   confound the comparison, and walking down does not shorten the chains in sampler time
+   (which would make every estimate small and the check pass trivially); the line
    lambda(eps) = lambda0 + c eps through the two estimates extrapolates to eps -> 0 and
    estimates the bias c eps_hi. The first eps_hi with |bias| <= max(`bias_tol` |lambda0|,
-   2 SE) is chosen. Large steps blow up or overshoot, tiny ones mix too slowly.
+   2 SE) is chosen. The walk stops where eps_lo would need more than `max_steps` steps; the
+   step size reached is then kept with `bias_consistent = 0`. Large steps blow up or
+   overshoot, tiny ones mix too slowly.
 2. **Chain length.** At the chosen step size, chains of `min_steps`, 2 `min_steps`, ...
    (burn-in `burnin_fraction` of each) until the estimate moved by at most `rel_tol`
    (relative, no noise allowance) over the last doubling and over the last two, with R-hat
    below `max_rhat`. At singular points the estimate creeps up with the sampler time (the
    flat directions mix slowly), so short chains underestimate; a noise allowance would call
-   such a slowly rising estimate converged. If `max_steps` is reached first the dataset says
-   `converged = False` and the verdict warns of a possible underestimate.
+   such a slowly rising estimate converged. `localization` may be a sequence (e.g. half
+   decades 1, 3.16, 10, ...): the length stage runs at the weakest one and moves to the next
+   only if the estimate never settles, i.e. the chains keep drifting along flat directions
+   of w* (non-compact symmetry orbits, as in deep linear networks) into regions where the
+   estimate is higher; a stronger pull also truncates the slowly growing (quartic)
+   directions and biases the estimate down, so the weakest localization that settles is
+   kept (on the deep linear networks the rising estimates were discretisation bias, which
+   stage 3 removes, and the ladder read 25% low at gamma 100: the DLN panel uses gamma 1).
+   If none settles by `max_steps` the dataset says `converged = False` and the
+   verdict says the estimate may still be moving.
+3. **Discretisation bias at the chosen sampler time.** Stage 1b compares step sizes on
+   short chains near w*; along long chains the walkers drift along flat directions into
+   regions of higher curvature, where the same step size overshoots much more (a deep linear
+   network read 11.6 at eps 3.16e-7 and 7.8 at 1e-7 for the same sampler time 0.1, with
+   lambda = 8: docs/experiments/dln_validation.md). So the stage-2 estimate is compared
+   with the next smaller step size at the same sampler time (at most
+   `long_check_max_steps`, default 4 `max_steps`), walking down while they differ by more
+   than the bias tolerance; the config returned is the last step size reached, with the
+   same sampler time.
 
 The returned `calibration` dataset records why: per step size the estimate, acceptance,
 divergence and the health verdict with a `chosen` flag; per chain length the estimate and
@@ -70,7 +92,7 @@ def calibrate(
     data: PyTree,
     *,
     key,
-    localization: float = 1.0,
+    localization: float | Sequence[float] = 1.0,
     nbeta: float | str | None = None,
     batch_size: int | None = 500,
     num_chains: int = 4,
@@ -85,6 +107,7 @@ def calibrate(
     max_rhat: float = 1.1,
     bias_tol: float = 0.05,
     bias_check_steps: int | None = None,
+    long_check_max_steps: int | None = None,
     progress: bool = False,
 ) -> tuple[SGLDConfig, xr.Dataset]:
     """Choose an `SGLDConfig` for `estimate_llc(loss_fn, params, data, ...)` by a short sweep.
@@ -102,10 +125,14 @@ def calibrate(
     n = int(jax.tree_util.tree_leaves(data)[0].shape[0])
     if batch_size is not None:
         batch_size = min(int(batch_size), n)
+    localizations = sorted({float(g) for g in np.atleast_1d(localization)})
+    require(localizations[0] > 0 and math.isfinite(localizations[-1]), f"localization must be positive and finite, "
+                                                                         f"got {localization}")
+    long_check_max_steps = int(long_check_max_steps or 4 * max_steps)
     sweep_key, length_key = jax.random.split(key)
 
-    def config(eps, steps):
-        return SGLDConfig(step_size=float(eps), localization=localization, nbeta=nbeta, num_chains=num_chains,
+    def config(eps, steps, gamma=localizations[0]):
+        return SGLDConfig(step_size=float(eps), localization=gamma, nbeta=nbeta, num_chains=num_chains,
                           num_steps=int(steps), num_burnin=int(burnin_fraction * steps), batch_size=batch_size,
                           trace_every=max(1, int(steps) // 200))
 
@@ -131,7 +158,11 @@ def calibrate(
     # the same sampler time eps x steps (so the comparison is not confounded by the slower
     # mixing of small steps), the linear fit lambda(eps) = lambda0 + c eps through the two
     # estimates gives lambda0 (the eps -> 0 extrapolation) and the bias c eps_hi.
-    check_steps = int(bias_check_steps or 4 * sweep_steps)
+    # one sampler time for every comparison; by default short enough that the first comparison
+    # (the next smaller step size) fits in max_steps
+    ratio = step_sizes[n_ok - 1] / step_sizes[n_ok - 2] if n_ok > 1 else 1.0
+    check_steps = int(bias_check_steps or max(1, min(4 * sweep_steps, int(max_steps / ratio))))
+    check_time = step_sizes[n_ok - 1] * check_steps
     bias_key = jax.random.fold_in(sweep_key, 1)
     bias_llc = np.full(len(step_sizes), np.nan)
     bias_se = np.full(len(step_sizes), np.nan)
@@ -139,11 +170,14 @@ def calibrate(
     llc0 = np.full(len(step_sizes), np.nan)
     bias_ok = np.zeros(len(step_sizes), bool)
     chosen_index = n_ok - 1
+    at_time = lambda i: _estimate(loss_fn, params, data, config(step_sizes[i], round(check_time / step_sizes[i])),
+                                  bias_key)
     bar = _progress(n_ok, "calibrate: bias check", progress)
-    while chosen_index > 0:
+    r_hi = None
+    while chosen_index > 0 and round(check_time / step_sizes[chosen_index - 1]) <= max_steps:
         hi, lo = step_sizes[chosen_index], step_sizes[chosen_index - 1]
-        r_hi = _estimate(loss_fn, params, data, config(hi, check_steps), bias_key)
-        r_lo = _estimate(loss_fn, params, data, config(lo, int(round(hi * check_steps / lo))), bias_key)
+        r_hi = r_hi or at_time(chosen_index)
+        r_lo = at_time(chosen_index - 1)
         bar.update()
         bias_llc[chosen_index], bias_se[chosen_index] = r_hi["llc"], r_hi["llc_se"]
         slope_factor = hi / (hi - lo)  # bias at hi = (llc_hi - llc_lo) hi / (hi - lo)
@@ -154,32 +188,50 @@ def calibrate(
             bias_ok[chosen_index] = True
             break
         chosen_index -= 1
+        r_hi = r_lo
     bar.close()
     eps = step_sizes[chosen_index]
 
     # stage 2: double the chain length (so the sampler time eps x steps) until the estimate
     # stops rising. At singular points the estimate creeps up slowly with sampler time (the
     # flat directions mix slowly), so no allowance for noise: the change must be small itself.
-    lengths, runs = [], []
-    steps = int(min_steps)
-    converged = False
-    bar = _progress(int(math.log2(max_steps / min_steps)) + 1, "calibrate: chain length", progress)
-    while True:
-        lengths.append(steps)
-        runs.append(_estimate(loss_fn, params, data, config(eps, steps), length_key))
-        bar.update()
-        if len(runs) >= 3 and _stable(runs[-3], runs[-1], rel_tol, max_rhat) \
-                and _stable(runs[-2], runs[-1], rel_tol, max_rhat):
-            converged = True
+    # If it never settles, the chains are drifting along flat directions away from w*: the
+    # next (stronger) localization is tried.
+    tried = []
+    for gamma in localizations:
+        lengths, runs, converged = _length_stage(
+            lambda steps: _estimate(loss_fn, params, data, config(eps, steps, gamma), length_key),
+            min_steps, max_steps, rel_tol, max_rhat, progress)
+        tried.append(dict(localization=gamma, llc=runs[-1]["llc"], rhat=runs[-1]["rhat"], num_steps=lengths[-1],
+                          converged=converged))
+        if converged:
             break
-        if steps * 2 > max_steps:
+    # stage 3: the discretisation bias again, now at the chosen sampler time. Along a long chain
+    # the walkers drift along flat directions into regions of higher curvature, where the same
+    # step size is biased more than at w* (stage 1b); compare with the next smaller step size at
+    # the same sampler time and walk down while they disagree (and the smaller one is affordable).
+    long_time = eps * lengths[-1]
+    long_steps, long_llc, long_bias = [lengths[-1]], [runs[-1]["llc"]], [math.nan]
+    final_index, current = chosen_index, runs[-1]
+    while final_index > 0 and round(long_time / step_sizes[final_index - 1]) <= long_check_max_steps:
+        hi, lo = step_sizes[final_index], step_sizes[final_index - 1]
+        lower = _estimate(loss_fn, params, data, config(lo, round(long_time / lo), gamma), length_key)
+        slope_factor = hi / (hi - lo)
+        bias = (current["llc"] - lower["llc"]) * slope_factor
+        noise = 2 * slope_factor * math.hypot(np.nan_to_num(current["llc_se"]), np.nan_to_num(lower["llc_se"]))
+        long_bias[-1] = bias
+        if math.isfinite(bias) and abs(bias) <= max(bias_tol * abs(current["llc"] - bias), noise):
             break
-        steps *= 2
-    bar.close()
-    chosen_config = config(eps, lengths[-1])
+        final_index, current = final_index - 1, lower
+        long_steps.append(round(long_time / lo))
+        long_llc.append(lower["llc"])
+        long_bias.append(math.nan)
+    final_eps, final_steps = step_sizes[final_index], long_steps[-1]
+    chosen_config = config(final_eps, final_steps, gamma)
 
     change = [math.nan] + [abs(b["llc"] - a["llc"]) for a, b in zip(runs[:-1], runs[1:])]
     nbeta_value = resolve_nbeta(chosen_config, n)
+    unsettled = ", ".join(f"{t['localization']:g}" for t in tried[:-1])  # escalated past these
     ds = xr.Dataset(
         {
             "llc_sweep": _var("step_size", [s["llc"] for s in sweep], "LLC estimate of the short sweep chains"),
@@ -188,7 +240,10 @@ def calibrate(
             "n_diverged": _var("step_size", [s["n_diverged"] for s in sweep], "divergent chains", "chains"),
             "rhat_sweep": _var("step_size", [s["rhat"] for s in sweep], "R-hat of the sweep loss traces"),
             "healthy": _var("step_size", healthy, "no divergence and acceptance >= acceptance_threshold", None),
-            "chosen": _var("step_size", np.arange(len(step_sizes)) == chosen_index, "the chosen step size", None),
+            "chosen": _var("step_size", np.arange(len(step_sizes)) == final_index, "the chosen step size (after the "
+                           "long-chain bias check)", None),
+            "length_stage": _var("step_size", np.arange(len(step_sizes)) == chosen_index, "the step size of the "
+                                 "chain-length stage (after the short bias check)", None),
             "llc_bias_check": _var("step_size", bias_llc, "LLC estimate of the bias check (equal sampler time "
                                    "eps x steps as the next larger step size it was compared with)"),
             "llc_se_bias_check": _var("step_size", bias_se, "standard error of llc_bias_check over chains"),
@@ -201,25 +256,45 @@ def calibrate(
             "llc_se_length": _var("num_steps", [r["llc_se"] for r in runs], "standard error of llc_length"),
             "change_length": _var("num_steps", change, "|change| of llc_length from the previous (half) length"),
             "rhat_length": _var("num_steps", [r["rhat"] for r in runs], "R-hat at each chain length"),
+            "llc_long_check": _var("long_check", long_llc, "LLC estimate at the chosen sampler time, from the chosen "
+                                   "(stage 2) step size down"),
+            "bias_long_check": _var("long_check", long_bias, "discretisation bias of that step size against the next "
+                                    "smaller one at the same sampler time (linear fit); NaN where not compared"),
+            "llc_localization": _var("localization", [t["llc"] for t in tried],
+                                     "LLC estimate at the longest chain tried with this localization"),
+            "converged_localization": _var("localization", [t["converged"] for t in tried],
+                                           "the chain-length rule converged with this localization", None),
+            "num_steps_localization": _var("localization", [t["num_steps"] for t in tried],
+                                           "longest chain tried with this localization", "steps"),
         },
         coords={
             "step_size": xr.Variable("step_size", step_sizes, {"long_name": "SGLD step size eps"}),
-            "num_steps": xr.Variable("num_steps", lengths, {"long_name": "chain length (burn-in included)",
-                                                            "units": "steps"}),
+            "num_steps": xr.Variable("num_steps", lengths, {"long_name": "chain length (burn-in included), at the "
+                                                                         "chosen localization", "units": "steps"}),
+            "long_check_step_size": xr.Variable("long_check", step_sizes[final_index:chosen_index + 1][::-1],
+                                                {"long_name": "step size of the long-chain bias check"}),
+            "long_check_num_steps": xr.Variable("long_check", long_steps, {"long_name": "its chain length (same "
+                                                "sampler time)", "units": "steps"}),
+            "localization": xr.Variable("localization", [t["localization"] for t in tried],
+                                        {"long_name": "localization gamma tried in the chain-length stage"}),
         },
     )
-    settings = dict(localization=localization, nbeta=nbeta, batch_size=batch_size, num_chains=num_chains,
+    settings = dict(localization=localizations, nbeta=nbeta, batch_size=batch_size, num_chains=num_chains,
                     step_sizes=step_sizes, sweep_steps=sweep_steps, target_acceptance=target_acceptance,
                     max_acceptance_drop=max_acceptance_drop, min_steps=min_steps, max_steps=max_steps,
                     burnin_fraction=burnin_fraction, rel_tol=rel_tol, max_rhat=max_rhat, bias_tol=bias_tol,
-                    bias_check_steps=check_steps,
+                    bias_check_steps=check_steps, bias_check_sampler_time=check_time,
+                    long_check_max_steps=long_check_max_steps,
                     key=[int(v) for v in np.asarray(jax.random.key_data(key)).ravel()])
     ds.attrs.update(provenance_attrs("calibration", settings))
     ds.attrs.update(
         acceptance_plateau=plateau,
         acceptance_threshold=threshold,
-        chosen_step_size=eps,
-        chosen_num_steps=lengths[-1],
+        chosen_step_size=final_eps,
+        length_step_size=eps,
+        chosen_localization=gamma,
+        bias_check_sampler_time=check_time,
+        chosen_num_steps=final_steps,
         converged=int(converged),
         nbeta=nbeta_value,
         step_size_rule=(
@@ -227,25 +302,58 @@ def calibrate(
             f">= min(target {target_acceptance}, plateau {plateau:.3f} - {max_acceptance_drop}) = {threshold:.3f} "
             f"({sweep_steps}-step chains), then walk down from it until its bias, from the linear fit "
             f"lambda(eps) = lambda0 + c eps through it and the next smaller step size (both run for the sampler time "
-            f"of {check_steps} steps at the larger one), is <= max({bias_tol:.0%} of lambda0, 2 SE); larger steps "
+            f"{check_time:.3g}, {check_steps} steps at the largest healthy step size; not below a step size that "
+            f"would need more than {max_steps} steps), is <= max({bias_tol:.0%} of lambda0, 2 SE); larger steps "
             f"diverge or overshoot (discretisation bias)"),
         length_rule=(
             f"double the chain length from {min_steps} (at most {max_steps}) until the estimate moved by <= "
             f"{rel_tol:.0%} over the last doubling and over the last two (4x the sampler time), with R-hat <= "
-            f"{max_rhat} and no divergence; short chains "
+            f"{max_rhat} and no divergence, trying the localizations {localizations} in turn until it does; then, "
+            f"at that sampler time, step down while the next smaller step size (at most {long_check_max_steps} "
+            f"steps) differs by more than the bias tolerance; "
+            f"short chains "
             f"underestimate at singular points (the estimate rises slowly with the sampler time eps x steps)"),
         bias_consistent=int(bias_ok[chosen_index]),
         bias_tol=bias_tol,
         rel_tol=rel_tol,
         verdict=(
-            f"chose step_size {eps:g} and num_steps {lengths[-1]} (sampler time {eps * lengths[-1]:.3g}): "
+            f"chose step_size {eps:g}, localization {gamma:g} and num_steps {lengths[-1]} (sampler time "
+            f"{eps * lengths[-1]:.3g}): "
+            + (f"the estimate did not settle at localization {unsettled} (chains drifting along flat directions); "
+               if unsettled else "")
             + (f"estimated discretisation bias {bias_hat[chosen_index]:+.3g} (eps -> 0 extrapolation "
                f"{llc0[chosen_index]:.4g} at short chains); " if bias_ok[chosen_index]
-               else "the smallest healthy step size (no smaller one to compare with); ")
+               else "discretisation bias NOT confirmed small (no smaller step size to compare with within "
+                    f"max_steps={max_steps}); ")
+            + (f"at sampler time {long_time:.3g}, step size {eps:g} read {long_llc[0]:.4g} and the next smaller one "
+               f"{long_llc[1]:.4g}, so the smaller was taken (discretisation bias along the long chains); "
+               if len(long_llc) > 1 else "")
             + ("the estimate stopped rising with chain length" if converged else
-               f"NOT converged by max_steps={max_steps}; the estimate may still be rising (underestimate)")),
+               f"NOT converged by max_steps={max_steps}; the estimate may still be moving")),
     )
     return chosen_config, ds
+
+
+def _length_stage(estimate, min_steps, max_steps, rel_tol, max_rhat, progress):
+    """Double the chain length from min_steps until `_stable` over the last doubling and the
+    last two, or max_steps; returns (lengths, estimates, converged)."""
+    lengths, runs = [], []
+    steps = int(min_steps)
+    bar = _progress(int(math.log2(max_steps / min_steps)) + 1, "calibrate: chain length", progress)
+    converged = False
+    while True:
+        lengths.append(steps)
+        runs.append(estimate(steps))
+        bar.update()
+        if len(runs) >= 3 and _stable(runs[-3], runs[-1], rel_tol, max_rhat) \
+                and _stable(runs[-2], runs[-1], rel_tol, max_rhat):
+            converged = True
+            break
+        if steps * 2 > max_steps:
+            break
+        steps *= 2
+    bar.close()
+    return lengths, runs, converged
 
 
 def _stable(before: dict, now: dict, rel_tol: float, max_rhat: float) -> bool:

@@ -1,5 +1,7 @@
 """`calibrate`: the sweep dataset, the step-size and chain-length rules, the figure."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -32,7 +34,9 @@ def test_config_matches_the_chosen_step(calibrated):
     assert int(ds["chosen"].sum()) == 1
     chosen = float(ds["step_size"][ds["chosen"].values.argmax()])
     assert config.step_size == chosen == ds.attrs["chosen_step_size"]
-    assert config.num_steps == ds.attrs["chosen_num_steps"] == int(ds["num_steps"][-1])
+    assert config.num_steps == ds.attrs["chosen_num_steps"] == int(ds["long_check_num_steps"][-1])
+    # the long-chain check keeps the stage-2 sampler time
+    assert config.step_size * config.num_steps == pytest.approx(float(ds["sampler_time"][-1]), rel=1e-3)
     assert config.num_burnin == config.num_steps // 2
     assert config.batch_size == 100 and config.num_chains == 2
 
@@ -54,15 +58,15 @@ def test_step_size_rule(calibrated):
 
 def test_bias_check_rule(calibrated):
     _, ds = calibrated
-    i = int(ds["chosen"].values.argmax())
+    i = int(ds["length_stage"].values.argmax())
     consistent = ds["bias_consistent"].values.astype(bool)
     assert consistent.sum() <= 1 and ds.attrs["bias_consistent"] == int(consistent[i])
     if consistent[i]:  # its linear-fit bias is small against the eps -> 0 extrapolation
         bias, llc0 = float(ds["bias"].values[i]), float(ds["llc_extrapolated"].values[i])
         np.testing.assert_allclose(ds["llc_bias_check"].values[i] - bias, llc0, rtol=1e-6)
         assert abs(bias) <= ds.attrs["bias_tol"] * abs(llc0) or np.isfinite(ds["llc_se_bias_check"].values[i])
-    else:
-        assert i == 0
+    else:  # no smaller step size, or it would have needed more than max_steps for the common sampler time
+        assert i == 0 or ds.attrs["bias_check_sampler_time"] / float(ds["step_size"][i - 1]) > 2000
     # healthy step sizes above the chosen one were rejected by the bias check
     healthy = ds["healthy"].values.astype(bool)
     above = np.arange(len(healthy)) > i
@@ -73,7 +77,7 @@ def test_bias_check_rule(calibrated):
 def test_length_rule(calibrated):
     config, ds = calibrated
     llc = ds["llc_length"].values
-    np.testing.assert_allclose(ds["sampler_time"].values, config.step_size * ds["num_steps"].values)
+    np.testing.assert_allclose(ds["sampler_time"].values, ds.attrs["length_step_size"] * ds["num_steps"].values)
     if ds.attrs["converged"]:  # the last two doublings each moved the estimate by <= rel_tol
         assert len(llc) >= 3
         assert abs(llc[-1] - llc[-2]) <= ds.attrs["rel_tol"] * abs(llc[-1])
@@ -81,6 +85,37 @@ def test_length_rule(calibrated):
     else:
         assert ds["num_steps"].values[-1] * 2 > 2000
         assert "NOT converged" in ds.attrs["verdict"]
+
+
+def test_long_chain_check_walks_down_while_biased(calibrated):
+    config, ds = calibrated
+    eps, bias, llc = ds["long_check_step_size"].values, ds["bias_long_check"].values, ds["llc_long_check"].values
+    assert eps[0] == ds.attrs["length_step_size"] and eps[-1] == config.step_size == ds.attrs["chosen_step_size"]
+    assert (np.diff(eps) < 0).all()
+    # every step size left behind was biased against the next smaller one
+    for j in range(len(eps) - 1):
+        assert abs(bias[j]) > ds.attrs["bias_tol"] * abs(llc[j] - bias[j])
+    assert ds["chosen"].values.sum() == 1 and float(ds["step_size"][ds["chosen"].values.argmax()]) == config.step_size
+
+
+def test_bias_check_uses_one_sampler_time(calibrated):
+    _, ds = calibrated
+    healthy = ds["healthy"].values.astype(bool)
+    top = int(np.argmin(healthy)) - 1 if not healthy.all() else len(healthy) - 1
+    config = json.loads(ds.attrs["config"])
+    assert config["bias_check_sampler_time"] == pytest.approx(float(ds["step_size"][top]) * config["bias_check_steps"])
+
+
+def test_localization_escalates_only_when_the_length_rule_fails(problem):
+    params, data = problem
+    common = dict(key=jax.random.key(2), batch_size=100, num_chains=2, step_sizes=STEP_SIZES, sweep_steps=200,
+                  min_steps=500, max_steps=2000, localization=(100.0, 1.0))
+    never, ds = calibrate(dln_loss, params, data, rel_tol=0.0, **common)  # nothing settles: every gamma is tried
+    assert ds["localization"].values.tolist() == [1.0, 100.0] and not ds["converged_localization"].values.any()
+    assert never.localization == 100.0 == ds.attrs["chosen_localization"] and ds.attrs["converged"] == 0
+    assert "did not settle at localization 1" in ds.attrs["verdict"]
+    first, ds = calibrate(dln_loss, params, data, rel_tol=10.0, max_rhat=np.inf, **common)
+    assert ds["localization"].values.tolist() == [1.0] and first.localization == 1.0 and ds.attrs["converged"] == 1
 
 
 def test_dataset_records_why(calibrated):

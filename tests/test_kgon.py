@@ -1,9 +1,30 @@
 """Chen et al. 6-gon: refined on n = 1e5 samples it is a minimum with exactly one flat direction
 (the rotation), and the LLC estimate by the experiment's protocol is within 10% of 8.5."""
 
+import numpy as np
 import pytest
 
-from experiments.kgon_llc import QUICK, run_case
+from experiments.kgon_llc import BIAS_STUDY, N_SAMPLES, QUICK, bias_dataset, bias_table, quadratic_llc, run_case
+
+
+def test_bias_study_table_on_stub_rows():
+    # the table writer of `--bias-study`, on made-up estimates (no SGLD): one line per BIAS_STUDY row, in order
+    rows = [dict(step_size=eps, batch_size=batch or N_SAMPLES, num_steps=steps, localization=gamma, llc_mean=8.5 + i,
+                 llc_se=0.1, llc_quadratic=8.6, n_diverged=0, seconds=1.0)
+            for i, (eps, batch, steps, gamma) in enumerate(BIAS_STUDY)]
+    ds = bias_dataset(rows, {"stub": True})
+    assert all("long_name" in ds[v].attrs and "units" in ds[v].attrs for v in ds.data_vars)
+    lines = bias_table(ds).splitlines()
+    assert len(lines) == 2 + len(BIAS_STUDY)
+    assert lines[2] == "| 3.16e-05 | 500 | 8000 | 1 | 8.50 +- 0.10 | 8.60 |"
+    assert lines[6].startswith(f"| 1e-05 | full ({N_SAMPLES}) | 10000 | 1 | 12.50 +- 0.10 |")
+
+
+def test_quadratic_llc_limits():
+    # 17 curved directions and the flat rotation: 17/2 as eps, gamma -> 0; eps raises it, gamma lowers it
+    h = np.r_[np.linspace(0.03, 1.4, 17), 0.0]
+    assert quadratic_llc(h, step_size=0.0, localization=0.0) == pytest.approx(8.5)
+    assert quadratic_llc(h, step_size=1e-5, localization=0.0) > 8.5 > quadratic_llc(h, step_size=0.0, localization=100)
 
 
 @pytest.mark.slow

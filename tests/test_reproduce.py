@@ -65,3 +65,25 @@ def test_pentagon_quick_run_writes_dataset_figure_and_report(tmp_path):
     ds = open_result(out / "pentagon.nc", kind="train")
     np.testing.assert_allclose(ds["D_i"].values, 0.4, atol=0.02)
     np.testing.assert_allclose(ds["neighbour_angle"].values, 72.0, atol=3.0)
+
+
+def _stub_row(variables, **extra):
+    return {name: 1.0 for name in variables} | extra
+
+
+@pytest.mark.parametrize("name", ["dln-validation", "kgon-llc"])
+def test_report_names_the_reproduce_command(name, tmp_path, monkeypatch):
+    """Run through `reproduce`, report.md names the `reproduce` command, not the test runner's argv."""
+    import experiments.dln_validation as dln
+    import experiments.kgon_llc as kgon
+
+    if name == "dln-validation":
+        monkeypatch.setattr(dln, "run_case", lambda widths, rank, kind, **_: _stub_row(
+            dln.VARIABLES, case=dln.case_name(widths, rank, kind), widths="-".join(map(str, widths)), kind=kind))
+    else:
+        monkeypatch.setattr(kgon, "run_case", lambda k, spare, **_: _stub_row(
+            kgon.VARIABLES, case=f"{k}-gon", llc_by_step=np.ones(2), llc_se_by_step=np.ones(2),
+            step_sizes=np.array([1e-5, 3e-6])))
+    out = tmp_path / name
+    assert main(["reproduce", name, "--quick", "--out", str(out)]) == 0
+    assert f"slt-superposition reproduce {name} --quick --out {out}" in (out / "report.md").read_text()

@@ -68,6 +68,8 @@ def test_n2_m1_dense_one_feature_sparse_antipodal():
     (dict(seeds=0), "seeds"),
     (dict(learning_rate=-1e-3), "learning rate"),
     (dict(schedule="exp"), "schedule"),
+    (dict(optimizer="lbfgs"), "optimizer"),
+    (dict(init_scale=0.0), "init_scale"),
     (dict(model="mlp"), "model"),
     (dict(data="gauss"), "data generator"),
     (dict(data="correlated_pairs"), "even"),
@@ -181,10 +183,24 @@ def test_llc_inputs(tiny_grid):
 
 
 @pytest.mark.parametrize("options", [dict(schedule="cosine", weight_decay=0.01), dict(schedule="linear", model="tms_relu_hidden"),
-                                     dict(data="anticorrelated_pairs", n_features=4), dict(data="high_sparsity_limit")])
+                                     dict(data="anticorrelated_pairs", n_features=4), dict(data="high_sparsity_limit"),
+                                     dict(optimizer="sgd", learning_rate=0.1, weight_decay=1e-4)])
 def test_variants_train(options):
     base = dict(n_features=5, n_hidden=2, feature_probabilities=(0.3,), seeds=2, steps=200, batch_size=128,
                 loss_curve_points=4, eval_samples=512)
     ds = train_grid(TrainConfig(**{**base, **options}), progress=False)
     curve = ds["loss_curve"].values
     assert np.isfinite(curve).all() and (curve[..., -1] < curve[..., 0]).all()
+
+
+def test_small_init_starts_near_the_origin_and_sgd_leaves_it():
+    """init_scale sets the std of the initial W (Chen et al.'s runs start near the origin saddle)."""
+    config = TrainConfig(n_features=6, n_hidden=2, feature_probabilities=(1.0,), seeds=2, steps=3000, batch_size=256,
+                         data="high_sparsity_limit", optimizer="sgd", learning_rate=0.1, init_scale=0.01,
+                         snapshot_steps=(0, 3000), loss_curve_points=100, eval_samples=1024)
+    ds = train_grid(config, progress=False)
+    W0 = ds["W_snapshot"].sel(snapshot=0).values
+    assert 0.003 < W0.std() < 0.03  # not Xavier (std 0.5 for 6 x 2)
+    # from the origin (loss 1/6 per sample of mu e_i, mean mu^2 = 1/3: 0.33) to a k-gon (5-gon 0.069)
+    curve = ds["loss_curve"].values.squeeze()
+    assert (curve[..., 0] > 0.25).all() and (curve[..., -1] < 0.1).all()

@@ -18,9 +18,12 @@ from flax import nnx
 MODELS = ("tms", "tms_relu_hidden")
 
 
-def tms_init_params(key, n_features: int, n_hidden: int) -> dict[str, jax.Array]:
-    """Xavier-normal W (as the Anthropic notebook), zero b. Returns {"W": (m, n), "b": (n,)}."""
-    std = jnp.sqrt(2.0 / (n_features + n_hidden))
+def tms_init_params(key, n_features: int, n_hidden: int, *, std: float | None = None) -> dict[str, jax.Array]:
+    """Normal W with standard deviation `std` (None: Xavier, as the Anthropic notebook), zero b.
+
+    Returns {"W": (m, n), "b": (n,)}.
+    """
+    std = jnp.sqrt(2.0 / (n_features + n_hidden)) if std is None else std
     W = std * jax.random.normal(key, (n_hidden, n_features), dtype=jnp.float32)
     return {"W": W, "b": jnp.zeros((n_features,), jnp.float32)}
 

@@ -38,6 +38,7 @@ from toy_models.tms import MODELS, TMS, tms_init_params, tms_loss, tms_loss_jit
 
 GRID_DIMS = ("feature_probability", "importance_decay", "seed")
 SCHEDULES = ("constant", "linear", "cosine")
+OPTIMIZERS = ("adamw", "sgd")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,8 @@ class TrainConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
     schedule: str = "constant"
+    optimizer: str = "adamw"
+    init_scale: float | None = None  # std of the normal initial W; None: Xavier (as the Anthropic notebook)
     model: str = "tms"
     data: str = "sparse_uniform"
     loss_curve_points: int = 100
@@ -99,6 +102,9 @@ class TrainConfig:
         require(math.isfinite(self.learning_rate) and self.learning_rate > 0, f"learning rate must be positive, got {self.learning_rate}")
         require(math.isfinite(self.weight_decay) and self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
         require(self.schedule in SCHEDULES, f"unknown schedule '{self.schedule}' (known: {', '.join(SCHEDULES)})")
+        require(self.optimizer in OPTIMIZERS, f"unknown optimizer '{self.optimizer}' (known: {', '.join(OPTIMIZERS)})")
+        require(self.init_scale is None or (math.isfinite(self.init_scale) and self.init_scale > 0),
+                f"init_scale must be positive (or None for Xavier), got {self.init_scale}")
         require(self.model in MODELS, f"unknown model '{self.model}' (known: {', '.join(MODELS)})")
         require(self.data in GENERATORS, f"unknown data generator '{self.data}' (known: {', '.join(GENERATORS)})")
         if self.data in ("correlated_pairs", "anticorrelated_pairs"):
@@ -175,6 +181,8 @@ def _optimizer(config: TrainConfig) -> optax.GradientTransformation:
         "linear": lambda: optax.linear_schedule(lr, 0.0, config.steps),
         "cosine": lambda: optax.cosine_decay_schedule(lr, config.steps),
     }[config.schedule]()
+    if config.optimizer == "sgd":  # plain SGD, as Chen et al.'s k-gon dynamics; weight decay added to the loss
+        return optax.chain(optax.add_decayed_weights(config.weight_decay), optax.sgd(schedule))
     return optax.adamw(schedule, weight_decay=config.weight_decay)
 
 
@@ -191,7 +199,7 @@ def trainer_functions(config: TrainConfig):
     """The jitted `(init, chunk)` pair `train_grid` drives (cached per compiled shape).
 
     init(init_key: (instance,)) -> (params, opt_state), leading instance axis;
-    chunk(params, opt_state, data_key, feature_probability, importance, start_step, *, length)
+    chunk(params, opt_state, data_key, feature_probability, importance, start_step, n_active, *, length)
     -> (params, opt_state, losses: (length, instance)); params and opt_state are donated.
     Every array argument carries the instance axis in front, so it can be sharded over devices.
     """
@@ -205,7 +213,8 @@ def _compiled(static: TrainConfig):
 
     def init(init_key):
         """(instance,) keys -> (params, opt_state), each with a leading instance axis."""
-        params = jax.vmap(lambda k: tms_init_params(k, static.n_features, static.n_hidden))(init_key)
+        params = jax.vmap(lambda k: tms_init_params(k, static.n_features, static.n_hidden, std=static.init_scale))(
+            init_key)
         return params, jax.vmap(optimizer.init)(params)
 
     def one_step(params, opt_state, key, feature_probability, importance):
@@ -214,20 +223,23 @@ def _compiled(static: TrainConfig):
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, value
 
-    def chunk(params, opt_state, data_key, feature_probability, importance, start_step, length):
-        """Advance every instance `length` steps from `start_step`.
+    def chunk(params, opt_state, data_key, feature_probability, importance, start_step, n_active, length):
+        """Advance every instance `n_active` (<= `length`) steps from `start_step`.
 
         params {"W": (instance, m, n), "b": (instance, n)}, opt_state (instance, ...),
         data_key (instance,), feature_probability (instance,), importance (instance, n).
-        Returns (params, opt_state, losses: (length, instance)).
+        The scan always runs `length` steps (one compiled program per length); steps from
+        `n_active` on leave params and opt_state as they are. Returns (params, opt_state,
+        losses: (length, instance)), of which the first `n_active` rows are meaningful.
         """
         step_all = jax.vmap(one_step)
 
         def body(carry, t):
             params, opt_state = carry
             keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(data_key, t)
-            params, opt_state, values = step_all(params, opt_state, keys, feature_probability, importance)
-            return (params, opt_state), values
+            new_params, new_opt_state, values = step_all(params, opt_state, keys, feature_probability, importance)
+            keep = lambda new, old: jnp.where(t < start_step + n_active, new, old)
+            return (jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_opt_state, opt_state)), values
 
         steps = start_step + jnp.arange(length, dtype=jnp.uint32)
         (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), steps)
@@ -260,6 +272,9 @@ def _evaluate(config: TrainConfig, params, inputs) -> np.ndarray:
     return out
 
 
+SHORT_CHUNK = 64  # segments up to this many steps run in a short compiled chunk, longer ones in a full one
+
+
 def _segments(config: TrainConfig) -> list[tuple[int, int]]:
     """(start, stop) step ranges: every `chunk_steps`, also split at snapshot steps."""
     cuts = set(range(0, config.steps, config.chunk_steps)) | set(config.snapshot_steps) | {config.steps}
@@ -267,15 +282,23 @@ def _segments(config: TrainConfig) -> list[tuple[int, int]]:
     return list(zip(cuts[:-1], cuts[1:]))
 
 
+def _chunk_length(config: TrainConfig, steps: int) -> int:
+    """The compiled chunk length that runs a `steps`-long segment (the surplus steps are masked).
+
+    Two lengths at most, so snapshots at arbitrary steps do not compile one program per gap.
+    """
+    return min(SHORT_CHUNK, config.chunk_steps) if steps <= SHORT_CHUNK else config.chunk_steps
+
+
 @functools.lru_cache(maxsize=64)
 def _chunk_block(static: TrainConfig, length: int) -> Callable:
     """`chunk` in `run_sharded`'s form (one object per static config and length):
-    ((params, opt_state, data_key, feature_probability, importance), start_step)
+    ((params, opt_state, data_key, feature_probability, importance), start_step, n_active)
     -> (params, opt_state, losses: (instance, length))."""
     _, chunk = _compiled(static)
 
-    def block(inst, start_step):
-        params, opt_state, losses = chunk(*inst, start_step, length=length)
+    def block(inst, start_step, n_active):
+        params, opt_state, losses = chunk(*inst, start_step, n_active, length=length)
         return params, opt_state, losses.T
 
     return block
@@ -319,8 +342,9 @@ def train_grid(config: TrainConfig, *, progress: bool = True, mesh=None) -> xr.D
               disable=not progress, leave=False) as bar:
         for start, stop in _segments(config):
             params, opt_state, losses = run_sharded(
-                _chunk_block(static, stop - start), (params, opt_state) + per_instance, jnp.uint32(start), mesh=mesh)
-            np.add.at(curve_sum, step_bin[start:stop], np.asarray(losses, np.float64).T)
+                _chunk_block(static, _chunk_length(config, stop - start)), (params, opt_state) + per_instance,
+                jnp.uint32(start), jnp.uint32(stop - start), mesh=mesh)
+            np.add.at(curve_sum, step_bin[start:stop], np.asarray(losses, np.float64)[:, : stop - start].T)
             if stop in config.snapshot_steps:
                 snapshots[stop] = jax.tree.map(np.array, params)  # a copy: the buffers are donated next chunk
             bar.update(stop - start)

@@ -46,9 +46,14 @@ def train(
         None, "--seed", help="Explicit seeds instead of --seeds (repeat or comma list)."),
     steps: int = typer.Option(10_000, "--steps", "-t", help="Training steps."),
     batch_size: int = typer.Option(1024, "--batch-size", help="Samples per training step."),
-    lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate."),
+    lr: float = typer.Option(1e-3, "--lr", help="Learning rate."),
     weight_decay: float = typer.Option(
-        0.0, "--weight-decay", help="AdamW decoupled weight decay (the Anthropic notebook's torch default is 0.01)."),
+        0.0, "--weight-decay", help="Weight decay: AdamW's decoupled one (the Anthropic notebook's torch default is "
+                                    "0.01), or L2 for SGD."),
+    optimizer: str = typer.Option("adamw", "--optimizer", help="adamw, or sgd (plain, as Chen et al.'s k-gon runs)."),
+    init_scale: Optional[float] = typer.Option(
+        None, "--init-scale", help="Standard deviation of the normal initial W (default: Xavier). Small values (e.g. "
+                                   "0.01) start near the origin saddle, so training steps through k-gons."),
     schedule: str = typer.Option("constant", "--schedule", help="Learning-rate schedule: constant, linear or cosine (decay to 0)."),
     model: str = typer.Option("tms", "--model", help="tms (h = Wx) or tms_relu_hidden (h = ReLU(Wx))."),
     data: str = typer.Option(
@@ -74,7 +79,7 @@ def train(
         importance_decays=_floats(importance_decay, "--importance-decay"),
         seeds=_ints(seed_list, "--seed") if seed_list else seeds,
         steps=steps, batch_size=batch_size, learning_rate=lr, weight_decay=weight_decay,
-        schedule=schedule, model=model, data=data,
+        schedule=schedule, optimizer=optimizer, init_scale=init_scale, model=model, data=data,
         snapshot_steps=_ints(snapshot_steps or [], "--snapshot-steps"),
         loss_curve_points=min(loss_curve_points, steps) if steps > 0 else loss_curve_points,
     )
