@@ -64,6 +64,7 @@ class FlagshipConfig:
     calibration_sweep_steps: int = 1000
     calibration_min_steps: int = 2000
     calibration_max_steps: int = 8000
+    calibration_long_check_steps: int = 32_000  # calibrate's long-chain bias check (stage 3) at most this long
     hessian_samples: int = 4096
     sae_seeds: int = 1  # SAEs are trained on the first `sae_seeds` seeds of every feature probability
     sae_samples: int = 8192
@@ -85,7 +86,7 @@ class FlagshipConfig:
 
 QUICK = FlagshipConfig(models=((5, 2), (6, 2), (20, 5)), n_feature_probabilities=6, seeds=2, train_steps=3000, llc_samples=4096, llc_chains=2,
                        calibration_points=2, calibration_sweep_steps=300, calibration_min_steps=600,
-                       calibration_max_steps=2400, hessian_samples=512, sae_samples=2048, sae_steps=800,
+                       calibration_max_steps=2400, calibration_long_check_steps=2400, hessian_samples=512, sae_samples=2048, sae_steps=800,
                        sae_restarts=1, development_steps=3000, development_seeds=4, development_snapshots=12)
 FULL = FlagshipConfig(n_feature_probabilities=40, seeds=16, llc_samples=65_536, llc_chains=8, calibration_points=5,
                       sae_seeds=4, sae_steps=5000, development_seeds=8)
@@ -139,6 +140,7 @@ def _calibrate(loss_fn, params, data, key, config: FlagshipConfig) -> tuple[SGLD
         loss_fn, params, data, key=key, batch_size=config.llc_batch_size, num_chains=config.llc_chains,
         step_sizes=config.calibration_step_sizes, sweep_steps=config.calibration_sweep_steps,
         min_steps=config.calibration_min_steps, max_steps=config.calibration_max_steps,
+        long_check_max_steps=config.calibration_long_check_steps,
     )
     return dataclasses.replace(sgld, num_chains=config.llc_chains), sweep
 

@@ -319,11 +319,12 @@ def calibrate(
         bias_tol=bias_tol,
         rel_tol=rel_tol,
         verdict=(
-            f"chose step_size {eps:g}, localization {gamma:g} and num_steps {lengths[-1]} (sampler time "
-            f"{eps * lengths[-1]:.3g}): "
+            f"chose step_size {final_eps:g}, localization {gamma:g} and num_steps {final_steps} (sampler time "
+            f"{long_time:.3g}): "
             + (f"the estimate did not settle at localization {unsettled} (chains drifting along flat directions); "
                if unsettled else "")
-            + (f"estimated discretisation bias {bias_hat[chosen_index]:+.3g} (eps -> 0 extrapolation "
+            + (f"short chains: step size {eps:g} has estimated discretisation bias {bias_hat[chosen_index]:+.3g} "
+               f"(eps -> 0 extrapolation "
                f"{llc0[chosen_index]:.4g} at short chains); " if bias_ok[chosen_index]
                else "discretisation bias NOT confirmed small (no smaller step size to compare with within "
                     f"max_steps={max_steps}); ")
