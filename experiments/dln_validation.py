@@ -29,7 +29,7 @@ import numpy as np
 import xarray as xr
 
 from slt_superposition.calibration import calibrate
-from slt_superposition.experiments import command_line
+from slt_superposition.experiments import command_line, row_variables
 from slt_superposition.io import save_dataset
 from slt_superposition.llc import estimate_llc
 from slt_superposition.provenance import provenance_attrs
@@ -114,9 +114,7 @@ VARIABLES = {
 
 
 def to_dataset(rows: list[dict], config: dict) -> xr.Dataset:
-    data_vars = {}
-    for name, (long_name, units) in VARIABLES.items():
-        data_vars[name] = xr.Variable("case", np.array([r[name] for r in rows]), {"long_name": long_name, "units": units})
+    data_vars = row_variables(rows, VARIABLES, "case")
     for name, long_name in (("widths", "layer widths H_0-...-H_L"), ("kind", "true parameter: singular | less_singular")):
         data_vars[name] = xr.Variable("case", np.array([r[name] for r in rows], dtype=object), {"long_name": long_name})
     ds = xr.Dataset(data_vars, coords={"case": [r["case"] for r in rows]})

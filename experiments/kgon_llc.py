@@ -35,7 +35,7 @@ import numpy as np
 import xarray as xr
 
 from analysis.weight_basis import hessian_spectrum
-from slt_superposition.experiments import command_line
+from slt_superposition.experiments import command_line, row_variables
 from slt_superposition.io import save_dataset
 from slt_superposition.llc import SGLDConfig, default_nbeta, estimate_llc
 from slt_superposition.provenance import provenance_attrs
@@ -189,8 +189,7 @@ VARIABLES = {
 
 def to_dataset(rows: list[dict], settings: dict) -> xr.Dataset:
     """Rows of `run_case` -> Dataset with dims (case,) and (case, step_size)."""
-    data = {name: xr.Variable("case", np.array([r[name] for r in rows]), {"long_name": ln, "units": u})
-            for name, (ln, u) in VARIABLES.items()}
+    data = row_variables(rows, VARIABLES, "case")
     data["llc_by_step"] = xr.Variable(("case", "step_size"), np.stack([r["llc_by_step"] for r in rows]),
                                       {"long_name": "LLC estimate at each step size (equal sampler time)", "units": "1"})
     data["llc_se_by_step"] = xr.Variable(("case", "step_size"), np.stack([r["llc_se_by_step"] for r in rows]),
@@ -263,8 +262,7 @@ BIAS_VARIABLES = {
 
 def bias_dataset(rows: list[dict], settings: dict) -> xr.Dataset:
     """Rows of `bias_study` (dicts with the keys of `BIAS_VARIABLES`) -> Dataset with dim (row,)."""
-    data = {name: xr.Variable("row", np.array([r[name] for r in rows]), {"long_name": ln, "units": u})
-            for name, (ln, u) in BIAS_VARIABLES.items()}
+    data = row_variables(rows, BIAS_VARIABLES, "row")
     ds = xr.Dataset(data, coords={"row": np.arange(len(rows))})
     ds.attrs.update(provenance_attrs("kgon_llc_bias_study", settings))
     return ds

@@ -16,6 +16,7 @@ import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import xarray as xr
 
 from slt_superposition.errors import InputError
@@ -83,6 +84,13 @@ def reproduce(name: str, out_dir: str | Path, *, quick: bool = False, full: bool
     except OSError as err:
         raise InputError(f"cannot create output folder {out_dir}: {err.strerror}") from None
     return run(out_dir, quick=quick, full=True) if full else run(out_dir, quick=quick)
+
+
+def row_variables(rows: list[dict], variables: dict[str, tuple[str, str]], dim: str) -> dict[str, xr.Variable]:
+    """One `dim`-long variable per entry of `variables` (name -> (long_name, units)) from a
+    list of result rows (dicts), for an experiment's results table."""
+    return {name: xr.Variable(dim, np.array([row[name] for row in rows]), {"long_name": long_name, "units": units})
+            for name, (long_name, units) in variables.items()}
 
 
 def command_line(name: str, out_dir: str | Path, quick: bool, full: bool = False) -> str:
