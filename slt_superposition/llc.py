@@ -478,8 +478,12 @@ def llc_program(loss_fn: Callable, config: SGLDConfig, n_samples: int, n_paramet
     Turn its output into the `llc` dataset with `llc_dataset`. `estimate_llc_batched` is this,
     jitted, cached, plus input checks.
     """
-    run = _build_instance_program(loss_fn, _static(config, n_samples, n_parameters))
-    return jax.vmap(run, in_axes=(0, 0 if data_batched else None, 0, None, None, None))
+    return _batched_program(loss_fn, _static(config, n_samples, n_parameters), data_batched)
+
+
+def _batched_program(loss_fn: Callable, static: _Static, data_batched: bool) -> Callable:
+    """The single-model program vmapped over a leading instance axis of params, keys (and data)."""
+    return jax.vmap(_build_instance_program(loss_fn, static), in_axes=(0, 0 if data_batched else None, 0, None, None, None))
 
 
 # XLA:CPU hands small dots and reductions to YNNPACK "fusions" by default; at the sizes of
@@ -499,7 +503,7 @@ def _block_function(loss_fn: Callable, static: _Static, data_batched: bool) -> C
     """The batched program in `run_sharded`'s form, one object per (loss_fn, settings), so
     `run_sharded` compiles it once per shape: (params, data, keys), scalars -> dict when
     `data_batched`, else (params, keys), data, scalars -> dict."""
-    run = jax.vmap(_build_instance_program(loss_fn, static), in_axes=(0, 0 if data_batched else None, 0, None, None, None))
+    run = _batched_program(loss_fn, static, data_batched)
     if data_batched:
         return lambda inst, scalars: run(inst[0], inst[1], inst[2], *scalars)
     return lambda inst, data, scalars: run(inst[0], data, inst[1], *scalars)
