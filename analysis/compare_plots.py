@@ -249,6 +249,11 @@ def findings(ds: xr.Dataset, dev: xr.Dataset | None = None, kgon_llc: dict[int, 
                 f"correlation of 2 llc / d with k/m is {corr:+.2f}. The geometry changes between "
                 f"neighbouring sparsities in {float(change.mean()):.0%} of cases, where |d llc / d log p| "
                 f"averages {at_change:.2f} against {elsewhere:.2f} elsewhere.")
+        fraction = one["d_eff_fraction"]
+        negative, above = float((fraction < 0).mean()), float((fraction > 1).mean())
+        text += (f" 2 llc / d is negative in {negative:.0%} of instances (the chains found lower loss than w*, "
+                 f"which is then not a minimum of L_n) and above 1 in {above:.0%} (impossible for a loss analytic at "
+                 "w*, possible at the ReLU kinks: K = |w| has llc 1 > d/2; or step-size bias).")
         if "violates_bound" in one:
             text += (f" The Hessian-rank bound on llc is violated in {float(one['violates_bound'].mean()):.0%} of "
                      "instances (the bound assumes a loss analytic at w*, which the ReLU TMS is not everywhere).")

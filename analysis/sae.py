@@ -59,12 +59,22 @@ def sae_init_params(key, d_in: int, n_latents: int, b_pre=None) -> dict[str, jax
     return {"W_enc": W_dec.T, "b_enc": jnp.zeros((n_latents,), jnp.float32), "W_dec": W_dec, "b_pre": b_pre}
 
 
+# up to this many latents the TopK mask counts, for each entry, the entries above it (a
+# (batch, latent, latent) comparison); XLA:CPU's top_k sorts every row and was 40x slower at 21
+# latents, where it made the SAE the slowest stage of the flagship
+_RANK_MASK_MAX_LATENTS = 64
+
+
 def _topk_codes(pre: jax.Array, k: int) -> jax.Array:
-    """Keep the k largest entries of each row of `pre: (batch, latent)` (then ReLU), zero the rest."""
-    # a mask against the k-th largest value instead of a scatter (faster on CPU; ties have
-    # probability zero for continuous activations)
-    kth = jax.lax.stop_gradient(jax.lax.top_k(pre, k)[0][:, -1:])
-    return jnp.where(pre >= kth, jax.nn.relu(pre), 0.0)
+    """Keep the k largest entries of each row of `pre: (..., latent)` (then ReLU), zero the rest."""
+    # keep x where x >= the k-th largest value, i.e. where fewer than k entries exceed x (the
+    # same set either way; ties have probability zero for continuous activations)
+    pre_const = jax.lax.stop_gradient(pre)
+    if pre.shape[-1] <= _RANK_MASK_MAX_LATENTS:
+        keep = jnp.sum(pre_const[..., None, :] > pre_const[..., :, None], axis=-1) < k
+    else:
+        keep = pre_const >= jax.lax.top_k(pre_const, k)[0][..., -1:]
+    return jnp.where(keep, jax.nn.relu(pre), 0.0)
 
 
 def sae_preactivations(params, x: jax.Array, latent_mask=None) -> jax.Array:

@@ -46,6 +46,10 @@ NAME = "weights-vs-activations"
 KGON_LLC = {5: 7.0, 6: 8.5}  # Chen et al. 2023, theoretical LLC of the 5- and 6-gon (ANCHORS.md)
 
 
+HALF_DECADES = tuple(float(10.0 ** (e / 2)) for e in range(-12, -3))  # 1e-6 .. 1e-2
+QUARTER_DECADES = tuple(float(10.0 ** (e / 4)) for e in range(-24, -7))  # 1e-6 .. 1e-2
+
+
 @dataclasses.dataclass(frozen=True)
 class FlagshipConfig:
     """Every setting that decides the flagship's numbers (stored in the dataset's attrs)."""
@@ -54,22 +58,23 @@ class FlagshipConfig:
     n_feature_probabilities: int = 20  # log-spaced from 1 to min_feature_probability
     min_feature_probability: float = 0.01
     seeds: int = 8
-    train_steps: int = 10_000
+    train_steps: int = 5000
     batch_size: int = 1024
     llc_samples: int = 16_384  # n, the data set the LLC (and nbeta = n / log n) refers to
-    llc_chains: int = 4
+    llc_chains: int = 2  # per instance in the grid (8 seeds per feature probability)
     llc_batch_size: int = 512
-    calibration_points: int = 3  # feature probabilities calibrated per model; others use the nearest
-    calibration_step_sizes: tuple[float, ...] = tuple(float(10.0 ** (e / 2)) for e in range(-12, -3))  # 1e-6..1e-2
-    calibration_sweep_steps: int = 1000
-    calibration_min_steps: int = 2000
-    calibration_max_steps: int = 8000
-    calibration_long_check_steps: int = 32_000  # calibrate's long-chain bias check (stage 3) at most this long
-    hessian_samples: int = 4096
+    calibration_points: int = 5  # feature probabilities calibrated per model (seed 0); step sizes interpolated between
+    calibration_chains: int = 4
+    calibration_step_sizes: tuple[float, ...] = QUARTER_DECADES  # 1e-6..1e-2; ratio 1.78, so the long check is cheap
+    calibration_sweep_steps: int = 500
+    calibration_min_steps: int = 1000
+    calibration_max_steps: int = 4000
+    calibration_long_check_steps: int = 7200  # calibrate's long-chain bias check (stage 3) at most this long
+    hessian_samples: int = 2048
     sae_seeds: int = 1  # SAEs are trained on the first `sae_seeds` seeds of every feature probability
     sae_samples: int = 8192
     sae_steps: int = 3000
-    sae_restarts: int = 2  # initialisations per dictionary; the lowest training FVU is kept
+    sae_restarts: int = 1  # initialisations per dictionary; the lowest training FVU is kept
     development_steps: int = 10_000  # plain SGD from a small initialisation (Chen et al.'s k-gon dynamics)
     development_learning_rate: float = 0.1
     development_init_scale: float = 0.01  # W starts near the origin saddle, so training steps through k-gons
@@ -85,11 +90,14 @@ class FlagshipConfig:
 
 
 QUICK = FlagshipConfig(models=((5, 2), (6, 2), (20, 5)), n_feature_probabilities=6, seeds=2, train_steps=3000, llc_samples=4096, llc_chains=2,
-                       calibration_points=2, calibration_sweep_steps=300, calibration_min_steps=600,
+                       calibration_points=2, calibration_chains=2, calibration_step_sizes=HALF_DECADES, calibration_sweep_steps=300, calibration_min_steps=600,
                        calibration_max_steps=2400, calibration_long_check_steps=2400, hessian_samples=512, sae_samples=2048, sae_steps=800,
                        sae_restarts=1, development_steps=3000, development_seeds=4, development_snapshots=12)
-FULL = FlagshipConfig(n_feature_probabilities=40, seeds=16, llc_samples=65_536, llc_chains=8, calibration_points=5,
-                      sae_seeds=4, sae_steps=5000, development_seeds=8)
+FULL = FlagshipConfig(n_feature_probabilities=40, seeds=16, train_steps=10_000, llc_samples=65_536, llc_chains=8,
+                      calibration_points=5, calibration_chains=8, calibration_step_sizes=HALF_DECADES,
+                      calibration_sweep_steps=1000, calibration_min_steps=2000, calibration_max_steps=8000,
+                      calibration_long_check_steps=32_000, hessian_samples=4096,
+                      sae_seeds=4, sae_steps=5000, sae_restarts=2, development_seeds=8)
 
 
 def _model_label(n: int, m: int) -> str:
@@ -105,39 +113,58 @@ def _grid_inputs(train: xr.Dataset, n_samples: int, key):
 
 
 def _calibrated_llc(train: xr.Dataset, config: FlagshipConfig, key, out_dir: Path) -> tuple[xr.Dataset, list[dict]]:
-    """LLC of every instance; `calibrate` runs on seed 0 at a few feature probabilities and each
-    feature probability uses the config calibrated nearest to it (in log p). The calibration
-    sweeps are saved as `calibration/<model>_p<p>.nc` (plot them with `slt-superposition plot`)."""
+    """LLC of every instance. `calibrate` runs on seed 0 at `calibration_points` feature
+    probabilities; every feature probability then samples with the step size interpolated
+    between the two calibrated points around it (`interpolated_step_sizes`) and the longest
+    calibrated chain, one program call per feature probability (one compilation: the step size
+    is a runtime argument). The calibration sweeps are saved as `calibration/<model>_p<p>.nc`
+    (plot them with `slt-superposition plot`)."""
     data_key, cal_key, llc_key = jax.random.split(key, 3)
     loss_fn, params, data = _grid_inputs(train, config.llc_samples, data_key)
     fps = train["feature_probability"].values
     picks = np.unique(np.round(np.linspace(0, len(fps) - 1, config.calibration_points)).astype(int))
-    chosen, records = {}, []
+    chosen, records = [], []
+    label = _model_label(train.sizes["feature"], train.sizes["hidden"])
     for j, idx in enumerate(picks):
         one = lambda tree: jax.tree_util.tree_map(lambda x: x[idx, 0, 0], tree)
         sgld, sweep = _calibrate(loss_fn, one(params), one(data), jax.random.fold_in(cal_key, j), config)
-        label = _model_label(train.sizes["feature"], train.sizes["hidden"])
         save_dataset(sweep, out_dir / "calibration" / f"{label}_p{fps[idx]:.3g}.nc")
-        chosen[idx] = sgld
+        chosen.append(sgld)
         records.append({"feature_probability": float(fps[idx]), **sgld.to_dict(),
                         "converged": int(sweep.attrs["converged"]), "verdict": sweep.attrs["verdict"]})
-    nearest = {i: picks[np.argmin(np.abs(np.log(fps[picks]) - np.log(fps[i])))] for i in range(len(fps))}
+    step_sizes = interpolated_step_sizes(fps[picks], [c.step_size for c in chosen], fps)
+    longest = max(chosen, key=lambda c: c.num_steps)
     parts = []
-    for idx in picks:
-        rows = [i for i in range(len(fps)) if nearest[i] == idx]
-        sub = lambda tree: jax.tree_util.tree_map(lambda x: x[np.asarray(rows)], tree)
-        dims = {d: train[d].values[rows] if d == "feature_probability" else train[d].values for d in GRID_DIMS}
-        parts.append(estimate_llc_batched(loss_fn, sub(params), sub(data), config=chosen[idx],
-                                          key=jax.random.fold_in(llc_key, int(idx)), instance_dims=dims))
-    llc = xr.concat(parts, "feature_probability", combine_attrs="override").sortby("feature_probability",
-                                                                                 ascending=False)
+    for i, eps in enumerate(step_sizes):
+        sub = lambda tree: jax.tree_util.tree_map(lambda x: x[i:i + 1], tree)
+        dims = {d: train[d].values[i:i + 1] if d == "feature_probability" else train[d].values for d in GRID_DIMS}
+        part = estimate_llc_batched(loss_fn, sub(params), sub(data), config=dataclasses.replace(longest, step_size=eps),
+                                    key=jax.random.fold_in(llc_key, i), instance_dims=dims)
+        parts.append(part.assign(sgld_step_size=("feature_probability", [eps], {
+            "long_name": "SGLD step size (interpolated between calibrated feature probabilities)", "units": "1"})))
+    llc = xr.concat(parts, "feature_probability", combine_attrs="override")
     return llc, records
 
 
+def interpolated_step_sizes(calibrated_p, calibrated_eps, p) -> np.ndarray:
+    """Step size at each feature probability p: log eps linear in log p between the two
+    calibrated points around it, constant beyond the ends. The curvature of the TMS loss grows
+    with the fraction of active features, so the stable step size shrinks as p grows; the
+    nearest calibrated step size would be up to sqrt(10) times too large in between (it made
+    2 llc / d read 3 to 15 at p ~ 0.3 in a trial of the default grid).
+
+    calibrated_p, calibrated_eps: (points,); p: (k,). Returns (k,) step sizes."""
+    x = np.log(np.asarray(calibrated_p, float))
+    order = np.argsort(x)
+    log_eps = np.log(np.asarray(calibrated_eps, float))[order]
+    return np.exp(np.interp(np.log(np.asarray(p, float)), x[order], log_eps))
+
+
 def _calibrate(loss_fn, params, data, key, config: FlagshipConfig) -> tuple[SGLDConfig, xr.Dataset]:
-    """`calibrate` with the flagship's budget; the chosen config gets `llc_chains` chains."""
+    """`calibrate` (with `calibration_chains` chains) on the flagship's budget; the chosen config
+    gets `llc_chains` chains."""
     sgld, sweep = calibrate(
-        loss_fn, params, data, key=key, batch_size=config.llc_batch_size, num_chains=config.llc_chains,
+        loss_fn, params, data, key=key, batch_size=config.llc_batch_size, num_chains=config.calibration_chains,
         step_sizes=config.calibration_step_sizes, sweep_steps=config.calibration_sweep_steps,
         min_steps=config.calibration_min_steps, max_steps=config.calibration_max_steps,
         long_check_max_steps=config.calibration_long_check_steps,
@@ -216,6 +243,7 @@ def compute_model(n: int, m: int, config: FlagshipConfig, out_dir: Path, progres
     with _stage(f"{label}: sparse autoencoders", progress):
         sae = _sae(train, config, jax.random.fold_in(key, 3))
     ds = compare(train, llc, basis.drop_vars("hessian_eigenvalues"), sae)
+    ds["llc_step_size"] = llc["sgld_step_size"]
     ds["hessian_eigenvalues"] = basis["hessian_eigenvalues"]
     ds = ds.squeeze("importance_decay")
     ds.attrs.update(calibration=json.dumps(calibration))
@@ -294,8 +322,11 @@ def write_report(ds: xr.Dataset, dev: xr.Dataset, out_dir: Path, figures: list[P
         f"Grid: models {', '.join(_model_label(n, m) for n, m in config.models)}; "
         f"{config.n_feature_probabilities} feature probabilities from 1 to {config.min_feature_probability} "
         f"(log-spaced) x {config.seeds} seeds; {config.train_steps} AdamW steps; LLC from "
-        f"{config.llc_chains} chains on n = {config.llc_samples} samples (nbeta = n / log n), step size and "
-        "localization chosen by `calibrate`.",
+        f"{config.llc_chains} chains per instance on n = {config.llc_samples} samples (nbeta = n / log n); "
+        f"`calibrate` ({config.calibration_chains} chains) chose the step size and chain length on seed 0 at "
+        f"{config.calibration_points} feature probabilities, and each feature probability samples with the step "
+        "size interpolated in log p between the calibrated ones (`llc_step_size` in the dataset) and the longest "
+        "calibrated chain.",
         "",
         "## What the data says",
         "",
@@ -319,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="weights_vs_activations")
-    parser.add_argument("--quick", action="store_true", help="small grid (~3 minutes on 2 CPU cores)")
+    parser.add_argument("--quick", action="store_true", help="small grid (~3 minutes on 2 CPU cores; the default "
+                        "grid takes about 17)")
     parser.add_argument("--full", action="store_true", help="the full grid (40 x 16 per model: for a GPU)")
     parser.add_argument("--out", type=Path, default=Path("results/weights-vs-activations"), help="output folder")
     args = parser.parse_args(argv)

@@ -124,3 +124,14 @@ def test_flagship_tiny_grid_is_reproducible_and_self_describing(tmp_path):
     assert (tmp_path / "a" / "report.md").read_text().count("reproduce weights-vs-activations") == 1
     for figure in ("sparsity_curves.png", "scatter.png", "fragility.png", "development.png"):
         assert (tmp_path / "a" / figure).stat().st_size > 0
+
+
+def test_flagship_step_sizes_interpolate_in_log_between_calibrated_points():
+    from experiments.weights_vs_activations import interpolated_step_sizes
+
+    calibrated_p, calibrated_eps = [1.0, 0.1, 0.01], [1e-4, 1e-3, 3e-3]
+    p = np.array([1.0, 10 ** -0.5, 0.1, 0.01, 0.001, 2.0])
+    eps = interpolated_step_sizes(calibrated_p, calibrated_eps, p)
+    np.testing.assert_allclose(eps, [1e-4, 10 ** -3.5, 1e-3, 3e-3, 3e-3, 1e-4], rtol=1e-12)
+    # one calibrated point: that step size everywhere
+    np.testing.assert_allclose(interpolated_step_sizes([0.1], [2e-4], p), 2e-4)

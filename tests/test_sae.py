@@ -104,3 +104,16 @@ def test_sae_recovers_pentagon(pentagon_sae):
 def test_sae_is_deterministic(pentagon_activations, pentagon_sae):
     again = train_sae(pentagon_activations, key=jax.random.PRNGKey(1), **SAE_ARGS)
     xr.testing.assert_identical(again.drop_attrs(), pentagon_sae.drop_attrs())
+
+
+def test_topk_rank_mask_matches_top_k():
+    """The counting mask used for small dictionaries keeps exactly the entries top_k keeps."""
+    from analysis.sae import _RANK_MASK_MAX_LATENTS, _topk_codes
+
+    for n_latents in (21, _RANK_MASK_MAX_LATENTS + 1):
+        pre = jax.random.normal(jax.random.key(n_latents), (3, 64, n_latents))
+        pre = pre.at[..., n_latents - 4:].set(-jnp.inf)  # masked (padding) latents
+        for k in (1, 3):
+            expected = jnp.where(pre >= jax.lax.top_k(pre, k)[0][..., -1:], jax.nn.relu(pre), 0.0)
+            np.testing.assert_array_equal(_topk_codes(pre, k), expected)
+            assert int(jnp.max(jnp.sum(_topk_codes(pre, k) != 0, axis=-1))) <= k
