@@ -283,7 +283,7 @@ def run(out_dir: Path, *, quick: bool = False, full: bool = False, progress: boo
         snapshot_steps=tuple(np.unique(np.geomspace(10, config.development_steps, config.development_snapshots)
                                        .astype(int)).tolist()),
     )
-    dev_sgld = _development_sgld(dev_config, config)
+    dev_sgld = _development_sgld(dev_config, config, out_dir)
     dev = development(dev_config, sgld=dev_sgld, n_samples=config.llc_samples,
                       key=jax.random.key(config.seed + 1), progress=progress)
     dev.attrs.update(provenance_attrs("development", {"train": dataclasses.asdict(dev_config),
@@ -297,12 +297,14 @@ def run(out_dir: Path, *, quick: bool = False, full: bool = False, progress: boo
     return ds
 
 
-def _development_sgld(dev_config: TrainConfig, config: FlagshipConfig) -> SGLDConfig:
-    """Calibrate once on a fully trained 6-feature TMS; used for every snapshot."""
+def _development_sgld(dev_config: TrainConfig, config: FlagshipConfig, out_dir: Path) -> SGLDConfig:
+    """Calibrate once on a fully trained 6-feature TMS; used for every snapshot. The sweep is
+    saved as `calibration/development.nc`."""
     probe = train_grid(dataclasses.replace(dev_config, seeds=(0,), snapshot_steps=()), progress=False)
     loss_fn, params, data = llc_inputs(probe, n_samples=config.llc_samples, key=jax.random.key(config.seed + 2))
     first = lambda tree: jax.tree_util.tree_map(lambda x: x[0], tree)
-    sgld, _ = _calibrate(loss_fn, first(params), first(data), jax.random.key(config.seed + 3), config)
+    sgld, sweep = _calibrate(loss_fn, first(params), first(data), jax.random.key(config.seed + 3), config)
+    save_dataset(sweep, out_dir / "calibration" / "development.nc")
     return sgld
 
 

@@ -121,7 +121,12 @@ def test_flagship_tiny_grid_is_reproducible_and_self_describing(tmp_path):
         assert a[name].attrs.get("long_name"), name
         assert "units" in a[name].attrs, name
     assert a.attrs["slt_superposition_kind"] == "compare"
-    assert (tmp_path / "a" / "report.md").read_text().count("reproduce weights-vs-activations") == 1
+    report = (tmp_path / "a" / "report.md").read_text()
+    assert report.count("reproduce weights-vs-activations") == 1
+    # SAEs are trained on seed 0 only (sae_seeds=1): 3 feature probabilities x 1 seed
+    assert "Of the 3 instances the SAE was trained on" in report
+    assert xr.open_dataset(tmp_path / "a" / "calibration" / "development.nc").attrs["slt_superposition_kind"] == \
+        "calibration"
     for figure in ("sparsity_curves.png", "scatter.png", "fragility.png", "development.png"):
         assert (tmp_path / "a" / figure).stat().st_size > 0
 
