@@ -5,8 +5,9 @@ basis (represented features, features per dimension, SAE recovery) on the same t
     slt-superposition reproduce weights-vs-activations [--quick|--full] --out DIR
 
 For every model (n features, m hidden) in the grid, every (feature probability, seed) instance
-is trained in one program, its LLC estimated in one program (a config chosen by `calibrate` on a
-few representative instances), its Hessian and Gauss-Newton ranks computed, TopK SAEs of several
+is trained in one program, its LLC estimated with one compiled program (`calibrate` chooses the
+step size at a few feature probabilities on seed 0, and the step sizes in between are interpolated
+in log p), its Hessian and Gauss-Newton ranks computed, TopK SAEs of several
 dictionary sizes trained on its hidden activations, and both sides joined by
 `analysis.compare.compare`. A second part follows Chen et al.'s 6-feature, 2-neuron TMS along
 training (LLC and k/m of every snapshot). Each model is one chunk of a resumable sweep.
@@ -89,10 +90,12 @@ class FlagshipConfig:
         return tuple(float(np.float32(v)) for v in values)
 
 
-QUICK = FlagshipConfig(models=((5, 2), (6, 2), (20, 5)), n_feature_probabilities=6, seeds=2, train_steps=3000, llc_samples=4096, llc_chains=2,
-                       calibration_points=2, calibration_chains=2, calibration_step_sizes=HALF_DECADES, calibration_sweep_steps=300, calibration_min_steps=600,
-                       calibration_max_steps=2400, calibration_long_check_steps=2400, hessian_samples=512, sae_samples=2048, sae_steps=800,
-                       sae_restarts=1, development_steps=3000, development_seeds=4, development_snapshots=12)
+QUICK = FlagshipConfig(models=((5, 2), (6, 2), (20, 5)), n_feature_probabilities=6, seeds=2, train_steps=3000,
+                       llc_samples=4096, llc_chains=2, calibration_points=2, calibration_chains=2,
+                       calibration_step_sizes=HALF_DECADES, calibration_sweep_steps=300, calibration_min_steps=600,
+                       calibration_max_steps=2400, calibration_long_check_steps=2400, hessian_samples=512,
+                       sae_samples=2048, sae_steps=800, sae_restarts=1, development_steps=3000, development_seeds=4,
+                       development_snapshots=12)
 FULL = FlagshipConfig(n_feature_probabilities=40, seeds=16, train_steps=10_000, llc_samples=65_536, llc_chains=8,
                       calibration_points=5, calibration_chains=8, calibration_step_sizes=HALF_DECADES,
                       calibration_sweep_steps=1000, calibration_min_steps=2000, calibration_max_steps=8000,
@@ -150,8 +153,8 @@ def interpolated_step_sizes(calibrated_p, calibrated_eps, p) -> np.ndarray:
     """Step size at each feature probability p: log eps linear in log p between the two
     calibrated points around it, constant beyond the ends. The curvature of the TMS loss grows
     with the fraction of active features, so the stable step size shrinks as p grows; the
-    nearest calibrated step size would be up to sqrt(10) times too large in between (it made
-    2 llc / d read 3 to 15 at p ~ 0.3 in a trial of the default grid).
+    nearest calibrated step size was about 3 times too large in between in a trial of the
+    default grid, and 2 llc / d read up to 15.6 at p ~ 0.3.
 
     calibrated_p, calibrated_eps: (points,); p: (k,). Returns (k,) step sizes."""
     x = np.log(np.asarray(calibrated_p, float))
@@ -352,8 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="weights_vs_activations")
-    parser.add_argument("--quick", action="store_true", help="small grid (~3 minutes on 2 CPU cores; the default "
-                        "grid takes about 17)")
+    parser.add_argument("--quick", action="store_true", help="small grid (~2 minutes on 2 CPU cores; the default "
+                        "grid takes about 16)")
     parser.add_argument("--full", action="store_true", help="the full grid (40 x 16 per model: for a GPU)")
     parser.add_argument("--out", type=Path, default=Path("results/weights-vs-activations"), help="output folder")
     args = parser.parse_args(argv)
