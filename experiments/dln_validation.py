@@ -18,8 +18,6 @@ Writes dln_validation.nc, dln_validation.md (table), report.md, dln_validation.p
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -29,7 +27,7 @@ import numpy as np
 import xarray as xr
 
 from slt_superposition.calibration import calibrate
-from slt_superposition.experiments import command_line, row_variables
+from slt_superposition.experiments import command_line, module_command, row_variables
 from slt_superposition.io import save_dataset
 from slt_superposition.llc import estimate_llc
 from slt_superposition.provenance import provenance_attrs
@@ -248,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.list:
         print("\n".join(case_name(*c) for c in all_cases(args.quick)))
         return
-    command = "python -m experiments.dln_validation " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = module_command("experiments.dln_validation", argv)
     ds = merge(args.out, args.merge, command) if args.merge else run(args.out, quick=args.quick, only=args.only,
                                                                   max_acceptance_drop=args.max_acceptance_drop,
                                                                   command=command)

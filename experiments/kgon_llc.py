@@ -24,8 +24,6 @@ move the estimate (`BIAS_STUDY`: the table "Why the old estimate overshot" of th
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -35,7 +33,7 @@ import numpy as np
 import xarray as xr
 
 from analysis.weight_basis import hessian_spectrum
-from slt_superposition.experiments import command_line, row_variables
+from slt_superposition.experiments import command_line, module_command, row_variables
 from slt_superposition.io import save_dataset
 from slt_superposition.llc import SGLDConfig, default_nbeta, estimate_llc
 from slt_superposition.provenance import provenance_attrs
@@ -320,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="instead of the k-gon cases: the 6-gon LLC at each (step size, batch, steps, gamma) of "
                              "BIAS_STUDY (4 chains); writes bias_study.nc and bias_study.md")
     args = parser.parse_args(argv)
-    command = "python -m experiments.kgon_llc " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = module_command("experiments.kgon_llc", argv)
     if args.bias_study:
         if args.quick:
             parser.error("--quick does not apply to --bias-study")

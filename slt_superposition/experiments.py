@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,3 +99,8 @@ def command_line(name: str, out_dir: str | Path, quick: bool, full: bool = False
     """The CLI command that reproduces `name` into `out_dir` (for report.md)."""
     flag = " --quick" if quick else " --full" if full else ""
     return f"slt-superposition reproduce {name}{flag} --out {out_dir}"
+
+
+def module_command(module: str, argv: list[str] | None = None) -> str:
+    """`python -m <module> <args>` as run directly (argv None: this process's arguments), for report.md."""
+    return f"python -m {module} " + shlex.join(sys.argv[1:] if argv is None else argv)
