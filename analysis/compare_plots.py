@@ -260,7 +260,7 @@ def findings(ds: xr.Dataset, dev: xr.Dataset | None = None, kgon_llc: dict[int, 
         if "sae_recovered_overcompleteness" in one:
             rec = one["sae_recovered_overcompleteness"]
             # SAEs are trained on the first seeds only; the other seeds are NaN throughout
-            trained = one["sae_fvu"].notnull().any("dict_size") if "sae_fvu" in one else rec.notnull()
+            trained = one["sae_fvu"].notnull().any("dict_size")
             reached = rec.notnull() & trained
             agree = (np.abs(rec - one["overcompleteness"]) < 0.5 / m).where(reached)
             missed = float((trained & ~reached).sum() / max(int(trained.sum()), 1))
