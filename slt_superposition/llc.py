@@ -34,20 +34,23 @@ Steps: `num_steps` counts every SGLD step including the `num_burnin` burn-in ste
 devinterp's `num_draws` is `num_steps - num_burnin`. `llc_std` is the standard deviation
 over (non-divergent) chains with ddof=1, as `torch.std` in devinterp.
 
-Compilation: everything (all chains; for `estimate_llc_batched` all instances) is one
-jitted program: chains are vmapped, steps run in `lax.scan`. The compiled program is
-cached per (loss_fn, static settings, shapes): a repeated call with the same `loss_fn`
-object, shapes and `num_chains/num_steps/num_burnin/batch_size/trace_every/sampling`
-does not retrace or recompile. `step_size`, `localization` and `nbeta` are runtime
-arguments, so sweeping them (calibration) reuses one compiled program as well.
+Per-instance settings: in `SGLDConfig`, `step_size`, `localization`, `nbeta`, `num_steps` and
+`num_burnin` may each be an array with the instance shape (or one flat instance axis), so a
+grid whose instances need different settings is still one program and one call.
 
-Randomness: chain c of a call with key k uses `jax.random.split(k, num_chains)[c]`; within a
-chain, SGLD noise and minibatch indices are drawn per chunk of 64 steps (whole epochs for
-"epoch" sampling) from `fold_in` of that key, in one call each, which is cheaper than one
-draw per step. (When a chunk's noise would exceed NOISE_BUDGET floats, it is drawn per step.)
-These bulk draws use the classic threefry layout, and minibatch indices take one 32-bit
-word each (`uniform_indices`), not `randint`'s two: same distributions, several times
-cheaper on a CPU, where they were most of the cost of a small model's LLC.
+Compilation: everything (all chains; for `estimate_llc_batched` all instances) is one jitted
+program (`slt_superposition.chain`): chains are vmapped, steps run in chunks in a loop. The
+step size, localization, nbeta, chain length and burn-in are runtime values, so sweeping them
+(calibration) reuses one compiled program; what recompiles is a new `loss_fn`, new shapes,
+`num_chains`, `batch_size`, `sampling`, or a new number of trace blocks
+(ceil(max num_steps / trace_every)). `jax.jit`'s cache does the caching. `estimate_llc` is
+the one-instance case of `estimate_llc_batched` (the same program).
+
+Randomness: instance i of a batched call with key k uses `jax.random.split(k, N)[i]`, and
+`estimate_llc` with key k uses k itself; chain c of an instance with key k uses
+`jax.random.split(k, num_chains)[c]`; within a chain, SGLD noise and minibatch indices are
+drawn per chunk of 64 steps (whole epochs for "epoch" sampling) from `fold_in` of that key,
+in one call each, with the classic threefry layout (`slt_superposition.random`).
 
 Compiler options: on a CPU the programs are compiled with `CPU_COMPILER_OPTIONS` (no
 YNNPACK fusions), faster at these sizes; per program, nothing global changes.
@@ -59,36 +62,29 @@ acceptance and below-init fraction are exact running sums over every step regard
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import math
 import sys
 import warnings
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
-from jax.flatten_util import ravel_pytree
 
-from slt_superposition.diagnostics import (
-    DIVERGENCE_FACTOR,
-    mala_acceptance_probability,
-    mala_log_acceptance,
-    rhat_and_ess,
-)
+from slt_superposition.chain import ChainShape, instance_program
+from slt_superposition.diagnostics import DIVERGENCE_FACTOR, rhat_and_ess
 from slt_superposition.errors import InputError, require
+from slt_superposition.observers import ChainSettings
 from slt_superposition.provenance import provenance_attrs
-from slt_superposition.sgld import sgld
 from slt_superposition.sharding import run_sharded, single_device_mesh
 
 PyTree = Any
 SAMPLING = ("replacement", "epoch")
 NBETA_CONVENTIONS = ("n", "batch")
-CHUNK_STEPS = 64  # steps whose minibatch indices are drawn together (whole epochs for "epoch")
-NOISE_BUDGET = 2**18  # floats per chain: a chunk's SGLD noise is drawn at once below this size
+PER_INSTANCE = ("step_size", "localization", "nbeta", "num_steps", "num_burnin")  # may be arrays
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,27 +95,44 @@ class SGLDConfig:
     localization: gamma, the pull towards w*.
     nbeta:        None -> n / log n; "batch" -> batch_size / log(batch_size) (devinterp 1.3's
                   default); or a positive number.
-    num_chains:   independent chains (vmapped).
+    num_chains:   independent chains (vmapped); at least 2 (R-hat and llc_std need two).
     num_steps:    SGLD steps per chain, burn-in included.
     num_burnin:   leading steps left out of the LLC and diagnostics (0 <= num_burnin < num_steps).
     batch_size:   minibatch size; None -> full batch.
     trace_every:  the stored loss trace holds means of blocks of this many steps (1 = every step).
     sampling:     "replacement" (i.i.d. minibatch indices) or "epoch" (without replacement,
                   reshuffled every epoch, like a shuffled DataLoader).
+
+    `step_size`, `localization`, `nbeta` (a number), `num_steps` and `num_burnin` may be arrays
+    with the instance shape of an `estimate_llc_batched` call (per-instance settings, one
+    program); lists are turned into numpy arrays.
     """
 
-    step_size: float
-    localization: float
-    nbeta: float | str | None = None
+    step_size: Any
+    localization: Any
+    nbeta: Any = None
     num_chains: int = 8
-    num_steps: int = 1000
-    num_burnin: int = 0
+    num_steps: Any = 1000
+    num_burnin: Any = 0
     batch_size: int | None = None
     trace_every: int = 1
     sampling: str = "replacement"
 
+    def __post_init__(self):
+        for name in PER_INSTANCE:
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple, np.ndarray, jax.Array)):
+                object.__setattr__(self, name, np.asarray(value))
+
+    @property
+    def per_instance(self) -> bool:
+        """Whether any setting is an array (one value per instance)."""
+        return any(isinstance(getattr(self, name), np.ndarray) for name in PER_INSTANCE)
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings as plain Python values (arrays as nested lists): JSON-ready."""
+        out = dataclasses.asdict(self)
+        return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in out.items()}
 
 
 def default_nbeta(n: int, batch_size: int | None = None, convention: str = "n") -> float:
@@ -134,12 +147,14 @@ def default_nbeta(n: int, batch_size: int | None = None, convention: str = "n") 
     return float(m / math.log(m)) if m > 1 else 1.0
 
 
-def resolve_nbeta(config: SGLDConfig, n: int) -> float:
-    """The numeric nbeta that `config` asks for with n samples."""
+def resolve_nbeta(config: SGLDConfig, n: int):
+    """The numeric nbeta that `config` asks for with n samples (a float, or the config's array)."""
     if config.nbeta is None:
         return default_nbeta(n, config.batch_size, "n")
     if isinstance(config.nbeta, str):
         return default_nbeta(n, config.batch_size, config.nbeta)
+    if isinstance(config.nbeta, np.ndarray):
+        return config.nbeta.astype(np.float64)
     return float(config.nbeta)
 
 
@@ -150,33 +165,59 @@ def _is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
+def _numbers(value, name: str, *, integer: bool = False) -> np.ndarray:
+    """`value` (a number or an array of them) as a numpy array, or an `InputError`."""
+    kind = "an integer" if integer else "a number"
+    try:
+        array = np.asarray(value)
+    except Exception:  # noqa: BLE001 - anything not array-like
+        raise InputError(f"{name} must be {kind} or an array of them, got {value!r}") from None
+    ok = np.issubdtype(array.dtype, np.integer) if integer else np.issubdtype(array.dtype, np.number)
+    require(ok and array.dtype != bool and array.size > 0, f"{name} must be {kind} or an array of them, got {value!r}")
+    return array
+
+
 def validate_config(config: SGLDConfig, n: int) -> None:
     """Raise `InputError` for settings that cannot give an estimate with n samples."""
     require(isinstance(config, SGLDConfig), f"config must be an SGLDConfig, got {type(config).__name__}")
-    eps, gamma = config.step_size, config.localization
-    require(isinstance(eps, (int, float, np.floating)) and math.isfinite(eps) and eps > 0,
-            f"step_size must be a positive finite number, got {eps!r}")
-    require(isinstance(gamma, (int, float, np.floating)) and math.isfinite(gamma) and gamma >= 0,
-            f"localization must be a finite number >= 0, got {gamma!r}")
+    eps = _numbers(config.step_size, "step_size")
+    require(bool(np.all(np.isfinite(eps) & (eps > 0))), f"step_size must be a positive finite number, got "
+                                                        f"{_show(config.step_size)}")
+    gamma = _numbers(config.localization, "localization")
+    require(bool(np.all(np.isfinite(gamma) & (gamma >= 0))), f"localization must be a finite number >= 0, got "
+                                                             f"{_show(config.localization)}")
     if isinstance(config.nbeta, str):
         require(config.nbeta in NBETA_CONVENTIONS,
                 f"nbeta must be None, 'n', 'batch' or a positive number, got '{config.nbeta}'")
     elif config.nbeta is not None:
-        require(isinstance(config.nbeta, (int, float, np.floating)) and math.isfinite(config.nbeta)
-                and config.nbeta > 0, f"nbeta must be a positive finite number, got {config.nbeta!r}")
-    require(_is_int(config.num_chains) and config.num_chains >= 1,
-            f"num_chains must be an integer >= 1, got {config.num_chains!r}")
-    require(_is_int(config.num_steps) and config.num_steps >= 1,
-            f"num_steps must be an integer >= 1, got {config.num_steps!r}")
-    require(_is_int(config.num_burnin) and 0 <= config.num_burnin < config.num_steps,
-            f"num_burnin must be an integer in [0, num_steps={config.num_steps}), got {config.num_burnin!r}")
+        nbeta = _numbers(config.nbeta, "nbeta")
+        require(bool(np.all(np.isfinite(nbeta) & (nbeta > 0))),
+                f"nbeta must be a positive finite number, got {_show(config.nbeta)}")
+    require(_is_int(config.num_chains) and config.num_chains >= 2,
+            f"num_chains must be an integer >= 2 (R-hat and llc_std compare chains), got {config.num_chains!r}")
+    steps = _numbers(config.num_steps, "num_steps", integer=True)
+    require(bool(np.all(steps >= 1)), f"num_steps must be an integer >= 1, got {_show(config.num_steps)}")
+    require(bool(np.all(steps < 2**31 - 2**16)), f"num_steps must be below 2^31, got {_show(config.num_steps)}")
+    burnin = _numbers(config.num_burnin, "num_burnin", integer=True)
+    require(bool(np.all((burnin >= 0) & (burnin < steps))),
+            f"num_burnin must be an integer in [0, num_steps={_show(config.num_steps)}), got "
+            f"{_show(config.num_burnin)}")
     require(_is_int(config.trace_every) and config.trace_every >= 1,
             f"trace_every must be an integer >= 1, got {config.trace_every!r}")
+    n_blocks = -(-int(np.max(steps)) // config.trace_every)
+    require(n_blocks <= 1_000_000, f"the loss trace would hold {n_blocks} blocks per chain; raise trace_every "
+                                   f"(at most 10^6 blocks)")
     require(config.sampling in SAMPLING, f"sampling must be one of {SAMPLING}, got {config.sampling!r}")
     if config.batch_size is not None:
         require(_is_int(config.batch_size) and config.batch_size >= 1,
                 f"batch_size must be None or an integer >= 1, got {config.batch_size!r}")
         require(config.batch_size <= n, f"batch_size {config.batch_size} is larger than the number of samples n={n}")
+
+
+def _show(value) -> str:
+    if isinstance(value, np.ndarray) and value.size > 4:
+        return f"an array with values in [{value.min()}, {value.max()}]"
+    return repr(value.tolist() if isinstance(value, np.ndarray) else value)
 
 
 def _leaves(tree: PyTree, what: str) -> list[np.ndarray]:
@@ -262,233 +303,9 @@ def _describe(out) -> str:
 # ----------------------------------------------------------------------------- the program
 
 
-class _Static(NamedTuple):
-    """Settings that fix the compiled program (shapes and loop lengths)."""
-
-    num_chains: int
-    num_steps: int
-    num_burnin: int
-    batch_size: int | None
-    trace_every: int
-    sampling: str
-    n: int
-    n_parameters: int
-
-
-class _Carry(NamedTuple):
-    position: PyTree
-    prev_position: PyTree
-    prev_drift: PyTree
-    prev_potential: jax.Array
-    sum_excess: jax.Array  # sum over post-burn-in steps of L_B(w_t) - L_n(w*)
-    n_below: jax.Array  # post-burn-in steps with L_B(w_t) < L_n(w*)
-    sum_accept: jax.Array  # MALA acceptance summed over post-burn-in transitions
-    max_excess: jax.Array  # max over all steps of L_B(w_t) - L_n(w*)
-    nonfinite: jax.Array  # any non-finite loss so far
-    trace: jax.Array  # (n_blocks,) block means of L_B(w_t)
-
-
-def _classic_threefry(draw: Callable) -> Callable:
-    """Run the random draw `draw` with the classic (non-partitionable) threefry layout.
-
-    On a CPU it generates bits several times faster than the partitionable layout (jax's
-    default): the bits of 8 chains x 1000 steps x 500 indices took 51 ms against 12 ms
-    (`python benchmarks/llc_throughput.py` prints both), most of an LLC call at this
-    model size. Only the bulk draws use it; key splits keep the global setting, so chain c
-    of a call with key k still uses `jax.random.split(k, num_chains)[c]`. Each chain draws
-    from its own key, so sharding over instances or chains never splits one draw.
-    """
-
-    def wrapped(*args, **kwargs):
-        with jax.threefry_partitionable(False):
-            return draw(*args, **kwargs)
-
-    wrapped.__doc__, wrapped.__name__ = draw.__doc__, draw.__name__
-    return wrapped
-
-
-@_classic_threefry
-def standard_normal(key: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
-    """`jax.random.normal(key, shape, dtype)` drawn with the classic threefry layout."""
-    return jax.random.normal(key, shape, dtype)
-
-
-@_classic_threefry
-def uniform_indices(key: jax.Array, shape: tuple[int, ...], n: int) -> jax.Array:
-    """Indices uniform on 0..n-1, `shape` int32, from one uint32 per index.
-
-    For n < 2^16 the index is floor(u n / 2^32) of a uniform 32-bit u (Lemire's multiply-
-    high, computed exactly in 16-bit halves), within n / 2^32 of uniform per index, as
-    `jax.random.randint` is; it draws half the random bits of `randint` (which draws two
-    words per index), and with the classic threefry layout the draw is about 10x cheaper
-    on a CPU (see `_classic_threefry`). Larger n falls back to `jax.random.randint`.
-    """
-    if n >= 2**16:
-        return jax.random.randint(key, shape, 0, n)
-    u = jax.random.bits(key, shape, jnp.uint32)
-    m = jnp.uint32(n)
-    high = (u >> 16) * m + (((u & jnp.uint32(0xFFFF)) * m) >> 16)  # < 2^32: no overflow for n < 2^16
-    return (high >> 16).astype(jnp.int32)
-
-
-@_classic_threefry
-def random_permutations(key: jax.Array, count: int, n: int) -> jax.Array:
-    """`count` independent uniformly random permutations of 0..n-1: `(count, n)` int32.
-
-    Sorting random keys (one sort per permutation, not `jax.random.permutation`'s several
-    rounds). For n <= 4096 the index rides in the low 12 bits of a single uint32 sort key,
-    which is about 5x faster on CPU than a key-value sort; the remaining 20 random bits tie
-    for a given pair with probability 2^-20 (ties keep index order), about 0.5 tied pairs
-    per permutation at n = 1000, a negligible departure from uniform.
-    """
-    bits = jax.random.bits(key, (count, n))
-    if n <= 4096:
-        low = jnp.uint32(4095)
-        packed = (bits & ~low) | jnp.arange(n, dtype=jnp.uint32)
-        return (jnp.sort(packed, axis=-1) & low).astype(jnp.int32)
-    index = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (count, n))
-    return jax.lax.sort_key_val(bits, index, dimension=-1, is_stable=False)[1]
-
-
-def _take(data: PyTree, idx: jax.Array) -> PyTree:
-    # indices are in range by construction; "clip" skips the out-of-bounds fill handling
-    return jax.tree_util.tree_map(lambda a: jnp.take(a, idx, axis=0, mode="clip"), data)
-
-
-def _build_instance_program(loss_fn: Callable, static: _Static) -> Callable:
-    """run(params, data, key, step_size, localization, nbeta) -> dict, for one instance."""
-    T, burnin, k = static.num_steps, static.num_burnin, static.trace_every
-    n_blocks = -(-T // k)
-    last_block = T - (n_blocks - 1) * k
-    n_draws = T - burnin
-
-    B, n = static.batch_size, static.n
-    if B is not None and static.sampling == "epoch":
-        per_epoch = n // B
-        chunk = per_epoch * max(1, CHUNK_STEPS // per_epoch)  # whole epochs per chunk
-    else:
-        per_epoch, chunk = None, min(CHUNK_STEPS, T)
-    n_chunks, rest = divmod(T, chunk)
-    # draw a chunk's SGLD noise in one call when it is small (cheaper than one draw per step)
-    pregenerate = chunk * static.n_parameters <= NOISE_BUDGET
-
-    def chunk_batches(data_key, c, length: int):
-        """Minibatch indices `(length, B)` of the `length` steps of chunk c (None: full batch)."""
-        key = jax.random.fold_in(data_key, c)
-        if B is None:
-            return None
-        if per_epoch is None:
-            return uniform_indices(key, (length, B), n)
-        n_epochs = -(-length // per_epoch)
-        perms = random_permutations(key, n_epochs, n)
-        return perms[:, : per_epoch * B].reshape(n_epochs * per_epoch, B)[:length]
-
-    def run_chain(key, w_star, unravel, data, init_loss, step_size, localization, nbeta):
-        flat_loss = lambda w, batch: loss_fn(unravel(w), batch)
-        kernel = sgld(flat_loss, w_star, step_size=step_size, localization=localization, nbeta=nbeta)
-        noise_key, data_key = jax.random.split(key)
-        f32 = jnp.result_type(init_loss)
-
-        def body(carry: _Carry, xs):
-            t, idx, noise = xs
-            minibatch = data if idx is None else _take(data, idx)
-            state = kernel.init(carry.position)
-            if noise is None:
-                state, info = kernel.step(jax.random.fold_in(noise_key, t), state, minibatch)
-            else:
-                state, info = kernel.step_with_noise(state, minibatch, noise)
-            excess = info.loss - init_loss
-            post = t >= burnin
-            accept = mala_acceptance_probability(mala_log_acceptance(
-                carry.prev_position, carry.prev_drift, carry.prev_potential,
-                info.position, info.drift, info.potential, step_size))
-            block = t // k
-            block_len = jnp.where(block == n_blocks - 1, last_block, k).astype(f32)
-            finite = jnp.isfinite(info.loss)
-            carry = _Carry(
-                position=state.position,
-                prev_position=info.position,
-                prev_drift=info.drift,
-                prev_potential=info.potential,
-                sum_excess=carry.sum_excess + jnp.where(post, excess, 0.0),
-                n_below=carry.n_below + (post & (excess < 0)).astype(jnp.int32),
-                sum_accept=carry.sum_accept + jnp.where(t > burnin, accept, 0.0),
-                max_excess=jnp.maximum(carry.max_excess, jnp.where(finite, excess, -jnp.inf)),
-                nonfinite=carry.nonfinite | ~finite,
-                trace=carry.trace.at[block].add(info.loss / block_len),
-            )
-            return carry, None
-
-        def run_chunk(carry, c, length: int):
-            ts = c * chunk + jnp.arange(length)
-            noise = None
-            if pregenerate:
-                noise = standard_normal(jax.random.fold_in(noise_key, c), (length,) + w_star.shape, w_star.dtype)
-            carry, _ = jax.lax.scan(body, carry, (ts, chunk_batches(data_key, c, length), noise))
-            return carry
-
-        zero = jnp.zeros((), f32)
-        carry = _Carry(
-            position=w_star,
-            prev_position=w_star,
-            prev_drift=jnp.zeros_like(w_star),
-            prev_potential=zero,
-            sum_excess=zero,
-            n_below=jnp.zeros((), jnp.int32),
-            sum_accept=zero,
-            max_excess=jnp.full((), -jnp.inf, f32),
-            nonfinite=jnp.zeros((), bool),
-            trace=jnp.zeros((n_blocks,), f32),
-        )
-        if n_chunks:
-            carry, _ = jax.lax.scan(lambda c, i: (run_chunk(c, i, chunk), None), carry, jnp.arange(n_chunks))
-        if rest:
-            carry = run_chunk(carry, n_chunks, rest)
-
-        llc = nbeta * carry.sum_excess / n_draws
-        n_transitions = n_draws - 1
-        mala = carry.sum_accept / n_transitions if n_transitions > 0 else jnp.full((), jnp.nan, f32)
-        exploded = nbeta * carry.max_excess > DIVERGENCE_FACTOR * static.n_parameters
-        return {
-            "llc_per_chain": llc,
-            "mala_acceptance": mala,
-            "frac_below_init": carry.n_below.astype(f32) / n_draws,
-            "diverged": carry.nonfinite | exploded | ~jnp.isfinite(llc),
-            "loss_trace": carry.trace,
-        }
-
-    def run(params, data, key, step_size, localization, nbeta):
-        init_loss = loss_fn(params, data)
-        # chains move a flat parameter vector: one noise draw and a few vector ops per step
-        w_star, unravel = ravel_pytree(params)
-        chain_keys = jax.random.split(key, static.num_chains)
-        per_chain = jax.vmap(lambda ck: run_chain(ck, w_star, unravel, data, init_loss, step_size, localization, nbeta))(
-            chain_keys)
-        return {"init_loss": init_loss, **per_chain}
-
-    return run
-
-
-def llc_program(loss_fn: Callable, config: SGLDConfig, n_samples: int, n_parameters: int, *,
-                data_batched: bool = True) -> Callable:
-    """The un-jitted batched LLC program, for callers that jit it themselves (e.g. with shardings).
-
-    Returns `run(params, data, keys, step_size, localization, nbeta) -> dict of arrays`, every
-    input and output with a leading instance axis (data only if `data_batched`; `keys: (instance,)`).
-    Turn its output into the `llc` dataset with `llc_dataset`. `estimate_llc_batched` is this,
-    jitted, cached, plus input checks.
-    """
-    return _batched_program(loss_fn, _static(config, n_samples, n_parameters), data_batched)
-
-
-def _batched_program(loss_fn: Callable, static: _Static, data_batched: bool) -> Callable:
-    """The single-model program vmapped over a leading instance axis of params, keys (and data)."""
-    return jax.vmap(_build_instance_program(loss_fn, static), in_axes=(0, 0 if data_batched else None, 0, None, None, None))
-
-
 # XLA:CPU hands small dots and reductions to YNNPACK "fusions" by default; at the sizes of
 # these models (8 chains x 500 rows x 6 features) each such call costs more than the work,
-# and XLA's own kernels ran the SGLD loop about 1.4x faster (`python benchmarks/llc_throughput.py`
+# and XLA's own kernels ran the SGLD loop faster (`python benchmarks/llc_throughput.py`
 # prints both). A per-program option: nothing global changes.
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
@@ -499,44 +316,60 @@ def compiler_options() -> dict[str, str]:
 
 
 @functools.lru_cache(maxsize=32)
-def _block_function(loss_fn: Callable, static: _Static, data_batched: bool) -> Callable:
-    """The batched program in `run_sharded`'s form, one object per (loss_fn, settings), so
-    `run_sharded` compiles it once per shape: (params, data, keys), scalars -> dict when
-    `data_batched`, else (params, keys), data, scalars -> dict."""
-    run = _batched_program(loss_fn, static, data_batched)
+def block_function(loss_fn: Callable, shape: ChainShape, data_batched: bool) -> Callable:
+    """The batched program in `run_sharded`'s form: `(params, data, keys, settings)` with a
+    leading instance axis when `data_batched`, else `(params, keys, settings), data`. One function
+    object per (loss_fn, shape), so `jax.jit`'s cache (inside `run_sharded`) compiles it once
+    per input shape."""
+    run = jax.vmap(instance_program(loss_fn, shape), in_axes=(0, 0 if data_batched else None, 0, 0))
     if data_batched:
-        return lambda inst, scalars: run(inst[0], inst[1], inst[2], *scalars)
-    return lambda inst, data, scalars: run(inst[0], data, inst[1], *scalars)
+        return lambda inst: run(*inst)
+    return lambda inst, data: run(inst[0], data, inst[1], inst[2])
 
 
-_CACHE: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
-_CACHE_SIZE = 32
+def sample_chains(loss_fn: Callable, params: PyTree, data: PyTree, keys: jax.Array, settings: ChainSettings,
+                  shape: ChainShape, *, data_batched: bool, mesh=None) -> dict[str, np.ndarray]:
+    """Run every instance's chains; the one place programs are launched.
+
+    params: leaves `(instance, ...)`; data: `(instance, n, ...)` if `data_batched` else `(n, ...)`;
+    keys: `(instance,)`; settings: `ChainSettings` of `(instance,)` arrays. Returns numpy arrays
+    with a leading instance axis: `init_loss`, and per chain the observers' outputs.
+    No input checks (callers validate). Instances run in blocks (`sharding.run_sharded`), so the
+    bits do not depend on the device count.
+    """
+    block = block_function(loss_fn, shape, data_batched)
+    mesh = single_device_mesh() if mesh is None else mesh
+    if data_batched:
+        return run_sharded(block, (params, data, keys, settings), mesh=mesh, compiler_options=compiler_options())
+    return run_sharded(block, (params, keys, settings), data, mesh=mesh, compiler_options=compiler_options())
 
 
-def _signature(tree: PyTree) -> tuple:
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    return (treedef, tuple((np.shape(x), str(jnp.result_type(x))) for x in leaves))
+def chain_settings(config: SGLDConfig, nbeta, n_inst: int, sizes: tuple[int, ...] = ()) -> ChainSettings:
+    """`config`'s runtime settings as `(n_inst,)` arrays (scalars broadcast; per-instance arrays
+    of shape `sizes` or `(n_inst,)` flattened)."""
+
+    def per_instance(value, name, dtype):
+        array = np.asarray(value)
+        if array.ndim == 0:
+            return jnp.full((n_inst,), array, dtype)
+        require(array.shape in (tuple(sizes), (n_inst,)),
+                f"{name} has shape {array.shape}; per-instance settings need the instance shape {tuple(sizes)}")
+        return jnp.asarray(array.reshape(n_inst), dtype)
+
+    return ChainSettings(
+        step_size=per_instance(config.step_size, "step_size", jnp.float32),
+        localization=per_instance(config.localization, "localization", jnp.float32),
+        nbeta=per_instance(nbeta, "nbeta", jnp.float32),
+        num_steps=per_instance(config.num_steps, "num_steps", jnp.int32),
+        num_burnin=per_instance(config.num_burnin, "num_burnin", jnp.int32),
+        trace_every=jnp.full((n_inst,), config.trace_every, jnp.int32),
+    )
 
 
-def _compiled(loss_fn, static: _Static, params, data, key, scalars):
-    """The compiled single-model program for these inputs, from the cache or freshly compiled."""
-    cache_key = (loss_fn, static, _signature(params), _signature(data), _signature(key))
-    hit = _CACHE.get(cache_key)
-    if hit is not None:
-        _CACHE.move_to_end(cache_key)
-        return hit
-    run = _build_instance_program(loss_fn, static)
-    compiled = jax.jit(run).lower(params, data, key, *scalars).compile(compiler_options=compiler_options())
-    _CACHE[cache_key] = compiled
-    if len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
-    return compiled
-
-
-def clear_cache() -> None:
-    """Forget every compiled LLC program."""
-    _CACHE.clear()
-    _block_function.cache_clear()
+def chain_shape(config: SGLDConfig, n: int, d: int) -> ChainShape:
+    """The compiled program's shape for `config` with n samples and d parameters."""
+    n_blocks = -(-int(np.max(config.num_steps)) // config.trace_every)
+    return ChainShape(config.num_chains, n_blocks, config.batch_size, config.sampling, n, d)
 
 
 def _check_key(key) -> jax.Array:
@@ -555,15 +388,6 @@ def _key_record(key) -> list[int]:
     return [int(v) for v in np.asarray(data).ravel()]
 
 
-def _scalars(config: SGLDConfig, nbeta: float) -> tuple:
-    return (jnp.float32(config.step_size), jnp.float32(config.localization), jnp.float32(nbeta))
-
-
-def _static(config: SGLDConfig, n: int, d: int) -> _Static:
-    return _Static(config.num_chains, config.num_steps, config.num_burnin, config.batch_size,
-                   config.trace_every, config.sampling, n, d)
-
-
 # ----------------------------------------------------------------------------- public API
 
 
@@ -573,21 +397,26 @@ def estimate_llc(loss_fn: Callable, params: PyTree, data: PyTree, *, config: SGL
     loss_fn: `loss_fn(params, batch) -> scalar`, the mean loss over the batch.
     params:  any pytree of float arrays (w*).
     data:    a pytree of arrays whose leading axis is the sample axis (size n).
-    config:  `SGLDConfig`; key: a jax.random key (chain c uses `jax.random.split(key, C)[c]`).
+    config:  `SGLDConfig` (scalar settings); key: a jax.random key (chain c uses
+             `jax.random.split(key, C)[c]`).
 
-    Returns an `llc` dataset: llc_mean, llc_std, llc_per_chain(chain), loss_trace(chain, step),
-    init_loss, mala_acceptance(chain), rhat, ess, frac_below_init(chain), diverged(chain),
-    n_diverged; the settings (and resolved nbeta) in attrs. Divergent chains are excluded from
-    llc_mean and llc_std, counted in n_diverged, and named in a warning.
+    Returns an `llc` dataset: llc_mean, llc_std, llc_se, llc_per_chain(chain),
+    loss_trace(chain, step), init_loss, mala_acceptance(chain), rhat, ess,
+    frac_below_init(chain), diverged(chain), n_diverged, and the settings (step_size,
+    localization, nbeta, num_steps, num_burnin; also in attrs). Divergent chains are excluded
+    from llc_mean and llc_std, counted in n_diverged, and named in a warning.
+    The one-instance case of `estimate_llc_batched` (the same program).
     Raises `InputError` for bad inputs, before compiling anything.
     """
+    require(isinstance(config, SGLDConfig) and not config.per_instance,
+            "estimate_llc takes scalar settings; per-instance arrays need estimate_llc_batched")
     n, d = _check_inputs(loss_fn, params, data, config, instance_axes=0, data_axes=0)
     key = _check_key(key)
     nbeta = resolve_nbeta(config, n)
-    static = _static(config, n, d)
-    scalars = _scalars(config, nbeta)
-    program = _compiled(loss_fn, static, params, data, key, scalars)
-    out = jax.device_get(program(params, data, key, *scalars))
+    one = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], params)
+    out = sample_chains(loss_fn, one, data, key[None], chain_settings(config, nbeta, 1), chain_shape(config, n, d),
+                        data_batched=False)
+    out = {name: value[0] for name, value in out.items()}
     return llc_dataset(out, config, nbeta=nbeta, n=n, d=d, dims={}, key=key)
 
 
@@ -608,6 +437,9 @@ def estimate_llc_batched(
     params: a pytree whose leaves carry leading instance axes, e.g. `W: (instance, hidden, feature)`.
     data:   with `data_batched`, leaves `(instance..., n, ...)`, one data set per instance;
             otherwise `(n, ...)`, shared by every instance.
+    config: `SGLDConfig`; `step_size`, `localization`, `nbeta`, `num_steps`, `num_burnin` may be
+            arrays with the instance shape (each instance its own settings, still one program:
+            shorter chains stop early inside it).
     instance_dims: names of the leading instance axes (sizes read from params, coords 0..size-1),
             or a mapping name -> coordinate values (params may then carry either those axes or
             one flattened axis of their product size); None means one axis named 'instance'.
@@ -617,12 +449,10 @@ def estimate_llc_batched(
     verbose: after the inputs pass validation, say on stderr what is about to be sampled.
 
     Instance i (in flattened C order) uses key `jax.random.split(key, N)[i]`, so its numbers
-    equal `estimate_llc(..., key=jax.random.split(key, N)[i])` up to float reassociation.
-    Sharding: the program runs through `sharding.run_sharded`, in blocks of at most 16
-    instances whose size depends only on N, on every mesh including the 1-device one that
-    `mesh=None` means; so the result is the same bit for bit on 1 device or many (a plain
-    vmap over all N instances would not be: XLA vectorises a vmap of another size with
-    different rounding in the last bit).
+    equal `estimate_llc(..., key=jax.random.split(key, N)[i])` with that instance's settings, up
+    to float reassociation. Sharding: the program runs through `sharding.run_sharded`, in blocks
+    of at most 16 instances whose size depends only on N, on every mesh including the 1-device
+    one that `mesh=None` means; so the result is the same bit for bit on 1 device or many.
     Returns the `llc` dataset of `estimate_llc` with the instance dims in front of every variable.
     """
     dims = _instance_dims(params, instance_dims)
@@ -639,18 +469,14 @@ def estimate_llc_batched(
                          describe_instance=describe)
     key = _check_key(key)
     nbeta = resolve_nbeta(config, n)
-    static = _static(config, n, d)
-    scalars = _scalars(config, nbeta)
+    settings = chain_settings(config, nbeta, n_inst, sizes)
     keys = jax.random.split(key, n_inst)
-    block = _block_function(loss_fn, static, data_batched)
-    mesh = single_device_mesh() if mesh is None else mesh
     if verbose:
-        print(f"sampling {n_inst} instance(s) x {config.num_chains} chains x {config.num_steps} steps on "
-              f"{mesh.devices.size} device(s) ...", file=sys.stderr)
-    if data_batched:
-        out = run_sharded(block, (params, data, keys), scalars, mesh=mesh, compiler_options=compiler_options())
-    else:
-        out = run_sharded(block, (params, keys), data, scalars, mesh=mesh, compiler_options=compiler_options())
+        devices = 1 if mesh is None else mesh.devices.size
+        print(f"sampling {n_inst} instance(s) x {config.num_chains} chains x {_show(config.num_steps)} steps on "
+              f"{devices} device(s) ...", file=sys.stderr)
+    out = sample_chains(loss_fn, params, data, keys, settings, chain_shape(config, n, d), data_batched=data_batched,
+                        mesh=mesh)
     out = {name: np.reshape(value, sizes + np.shape(value)[1:]) for name, value in out.items()}
     return llc_dataset(out, config, nbeta=nbeta, n=n, d=d, dims=dims, key=key)
 
@@ -685,7 +511,28 @@ def _flatten_instances(tree: PyTree, sizes: tuple[int, ...], what: str) -> PyTre
     return jax.tree_util.tree_map(flat, tree)
 
 
-def llc_dataset(out: dict, config: SGLDConfig, *, nbeta: float, n: int, d: int,
+def _diagnostics(trace: np.ndarray, healthy: np.ndarray, steps: np.ndarray, burnin: np.ndarray):
+    """R-hat and ESS per instance from the trace blocks that start after that instance's burn-in
+    and hold data; instances with the same blocks go through `rhat_and_ess` together."""
+    rhat = np.full(burnin.shape, np.nan)
+    ess = np.full(burnin.shape, np.nan)
+    valid = np.isfinite(trace).all(axis=-2)  # (*inst, block): every chain has the block
+    masks = (steps >= burnin[..., None]) & valid
+    flat_masks = masks.reshape(-1, masks.shape[-1])
+    flat_trace = trace.reshape((-1,) + trace.shape[-2:])
+    flat_healthy = healthy.reshape((-1, healthy.shape[-1]))
+    groups: dict[bytes, list[int]] = {}
+    for i, mask in enumerate(flat_masks):
+        groups.setdefault(mask.tobytes(), []).append(i)
+    flat_rhat, flat_ess = rhat.reshape(-1), ess.reshape(-1)
+    for members in groups.values():
+        mask = flat_masks[members[0]]
+        r, e = rhat_and_ess(flat_trace[members][..., mask], flat_healthy[members])
+        flat_rhat[members], flat_ess[members] = r, e
+    return flat_rhat.reshape(burnin.shape), flat_ess.reshape(burnin.shape)
+
+
+def llc_dataset(out: dict, config: SGLDConfig, *, nbeta, n: int, d: int,
                 dims: dict[str, np.ndarray], key) -> xr.Dataset:
     """Assemble the `llc` dataset from the program's output (numpy arrays).
 
@@ -701,17 +548,18 @@ def llc_dataset(out: dict, config: SGLDConfig, *, nbeta: float, n: int, d: int,
     trace = np.asarray(out["loss_trace"], np.float32)
     k = config.trace_every
     steps = np.arange(trace.shape[-1]) * k
-    post = steps >= config.num_burnin
+    setting = lambda value, dtype: np.broadcast_to(np.reshape(np.asarray(value, dtype), inst_shape if np.ndim(value)
+                                                              else ()), inst_shape)
+    burnin = setting(config.num_burnin, np.int64)
 
-    llc_mean = np.full(inst_shape, np.nan)
-    llc_std = np.full(inst_shape, np.nan)
-    for idx in np.ndindex(*inst_shape):
-        ok = healthy[idx]
-        if ok.any():
-            llc_mean[idx] = per_chain[idx][ok].mean()
-        if ok.sum() > 1:
-            llc_std[idx] = per_chain[idx][ok].std(ddof=1)
-    rhat, ess = rhat_and_ess(trace[..., post], healthy)
+    n_ok = healthy.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        masked = np.where(healthy, per_chain, np.nan)
+        llc_mean = np.where(n_ok > 0, np.nansum(np.nan_to_num(masked), axis=-1) / np.maximum(n_ok, 1), np.nan)
+        centred = np.where(healthy, per_chain - llc_mean[..., None], 0.0)
+        llc_std = np.where(n_ok > 1, np.sqrt((centred ** 2).sum(axis=-1) / np.maximum(n_ok - 1, 1)), np.nan)
+        llc_se = llc_std / np.sqrt(n_ok)
+    rhat, ess = _diagnostics(trace, healthy, steps, burnin)
 
     n_diverged = diverged.sum(axis=-1)
     if n_diverged.any():
@@ -721,8 +569,10 @@ def llc_dataset(out: dict, config: SGLDConfig, *, nbeta: float, n: int, d: int,
     dv = {
         "llc_mean": (inst, llc_mean, "LLC estimate (mean over non-divergent chains)", "1"),
         "llc_std": (inst, llc_std, "standard deviation of the LLC over non-divergent chains (ddof=1)", "1"),
+        "llc_se": (inst, llc_se, "standard error of llc_mean: llc_std / sqrt(non-divergent chains)", "1"),
         "llc_per_chain": (cc, per_chain, "LLC estimate of each chain", "1"),
-        "loss_trace": (cs, trace, f"minibatch loss along the chain (mean of blocks of {k} steps)", "loss"),
+        "loss_trace": (cs, trace, f"minibatch loss along the chain (mean of blocks of {k} steps; NaN past the "
+                                  f"chain's end)", "loss"),
         "init_loss": (ci, np.asarray(out["init_loss"], np.float64), "full-data loss at w* (L_n(w*))", "loss"),
         "mala_acceptance": (cc, np.asarray(out["mala_acceptance"], np.float64),
                             "mean MALA acceptance proxy over post-burn-in transitions", "1"),
@@ -731,21 +581,27 @@ def llc_dataset(out: dict, config: SGLDConfig, *, nbeta: float, n: int, d: int,
                 "samples"),
         "frac_below_init": (cc, np.asarray(out["frac_below_init"], np.float64),
                             "fraction of post-burn-in steps with minibatch loss below L_n(w*)", "1"),
-        "diverged": (cc, diverged, "chain diverged (non-finite or exploding loss); excluded from llc_mean", ""),
+        "diverged": (cc, diverged, "chain diverged (non-finite loss, gradient or position, or exploding loss); "
+                                   "excluded from llc_mean", ""),
         "n_diverged": (ci, n_diverged.astype(np.int64), "number of divergent chains", "chains"),
+        "step_size": (ci, setting(config.step_size, np.float64), "SGLD step size eps", "1"),
+        "localization": (ci, setting(config.localization, np.float64), "localization gamma", "1"),
+        "nbeta": (ci, setting(nbeta, np.float64), "inverse temperature nbeta", "1"),
+        "num_steps": (ci, setting(config.num_steps, np.int64), "SGLD steps per chain (burn-in included)", "steps"),
+        "num_burnin": (ci, burnin, "burn-in steps left out of the estimate", "steps"),
     }
     data_vars = {}
     for name, (vdims, values, long_name, units) in dv.items():
         attrs = {"long_name": long_name}
         if units:
             attrs["units"] = units
-        data_vars[name] = xr.Variable(vdims, values, attrs)
+        data_vars[name] = xr.Variable(vdims, np.asarray(values), attrs)
     coords = {name: coords for name, coords in dims.items()}
     coords["chain"] = np.arange(config.num_chains)
     coords["step"] = xr.Variable("step", steps, {"long_name": "SGLD step at the start of the trace block"})
     record = {
         **config.to_dict(),
-        "nbeta_resolved": nbeta,
+        "nbeta_resolved": nbeta.tolist() if isinstance(nbeta, np.ndarray) else nbeta,
         "n_samples": n,
         "n_parameters": d,
         "key": _key_record(key),
@@ -753,8 +609,12 @@ def llc_dataset(out: dict, config: SGLDConfig, *, nbeta: float, n: int, d: int,
         "divergence_factor": DIVERGENCE_FACTOR,
     }
     attrs = provenance_attrs("llc", record)
-    attrs.update(nbeta=nbeta, n_samples=n, n_parameters=d, num_burnin=config.num_burnin,
-                 step_size=float(config.step_size), localization=float(config.localization))
+    attrs.update(n_samples=n, n_parameters=d)
+    # uniform settings also as attrs (per-instance ones only as the variables above)
+    for name, value in (("nbeta", nbeta), ("num_burnin", config.num_burnin), ("step_size", config.step_size),
+                        ("localization", config.localization), ("num_steps", config.num_steps)):
+        if np.ndim(value) == 0:
+            attrs[name] = float(value) if name in ("nbeta", "step_size", "localization") else int(value)
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
 

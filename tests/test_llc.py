@@ -11,7 +11,8 @@ import xarray as xr
 
 from slt_superposition import InputError, SGLDConfig, estimate_llc, estimate_llc_batched, open_result, save_dataset
 from slt_superposition import llc as llc_module
-from slt_superposition.llc import default_nbeta, random_permutations, resolve_nbeta
+from slt_superposition.llc import default_nbeta, resolve_nbeta
+from slt_superposition.random import random_permutations
 
 
 def regression_loss(params, batch):
@@ -213,9 +214,14 @@ def test_repeated_call_does_not_retrace():
     params2 = {"w": params["w"] + 0.1}
     estimate_llc(counted_loss, params2, data, config=other, key=jax.random.key(1))
     assert len(traces) == after_first  # new values, same shapes and static settings: no retrace
-    longer = SGLDConfig(**{**SMALL.to_dict(), "num_steps": 70})
+    # the chain length is a runtime value too: 120 steps in blocks of 2 keep the 60 trace blocks
+    longer = SGLDConfig(**{**SMALL.to_dict(), "num_steps": 120, "num_burnin": 30, "trace_every": 2})
     estimate_llc(counted_loss, params, data, config=longer, key=jax.random.key(0))
-    assert len(traces) > after_first  # a new chain length is a new program
+    assert len(traces) == after_first
+    more_blocks = SGLDConfig(**{**SMALL.to_dict(), "num_steps": 70})
+    estimate_llc(counted_loss, params, data, config=more_blocks, key=jax.random.key(0))
+    assert len(traces) > after_first  # a new number of trace blocks is a new program
+
 
 
 # ---------------------------------------------------------------------- bad input
@@ -239,10 +245,15 @@ def test_repeated_call_does_not_retrace():
 def test_bad_input_raises_before_compiling(change, message):
     params, data = regression_problem(3, 200, seed=0)
     params, data, config = change(params, data, SMALL)
-    llc_module.clear_cache()
+    traced = []
+
+    def counted_loss(p, batch):
+        traced.append(jnp.shape(batch[0])[0])  # runs while jax traces: eval_shape (batch 50) or the program
+        return regression_loss(p, batch)
+
     with pytest.raises(InputError, match=message):
-        estimate_llc(regression_loss, params, data, config=config, key=jax.random.key(0))
-    assert len(llc_module._CACHE) == 0
+        estimate_llc(counted_loss, params, data, config=config, key=jax.random.key(0))
+    assert len(traced) <= 1  # at most the shape check; nothing compiled
 
 
 def test_non_finite_batched_params_name_the_instance():

@@ -6,33 +6,15 @@ Every generator takes an explicit `key` and static sizes and returns
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
+
+from slt_superposition.random import classic_threefry
 
 GENERATORS = ("sparse_uniform", "high_sparsity_limit", "correlated_pairs", "anticorrelated_pairs")
 
 
-def _classic_threefry(generator):
-    """Draw with the non-partitionable threefry layout, whatever the global jax setting.
-
-    On a CPU it is several times faster than the partitionable layout (the jax default;
-    `python benchmarks/train_throughput.py` prints both), and
-    random numbers are most of the cost of training these models. Sharding is unaffected:
-    each instance draws from its own key, so no single draw is split across devices.
-    Fixing the layout here also keeps the data identical under either global setting.
-    """
-
-    @functools.wraps(generator)
-    def wrapped(*args, **kwargs):
-        with jax.threefry_partitionable(False):
-            return generator(*args, **kwargs)
-
-    return wrapped
-
-
-@_classic_threefry
+@classic_threefry
 def sparse_uniform(key, batch_size: int, n_features: int, feature_probability) -> jax.Array:
     """Elhage et al.: x_i = 0 with probability S = 1 - p, else U[0, 1], independently.
 
@@ -48,7 +30,7 @@ def sparse_uniform(key, batch_size: int, n_features: int, feature_probability) -
     return jnp.where(u < p, u / p, 0.0)
 
 
-@_classic_threefry
+@classic_threefry
 def high_sparsity_limit(key, batch_size: int, n_features: int, feature_probability=None) -> jax.Array:
     """Chen et al. 2023: x = mu * e_i, i uniform over the features, mu ~ U[0, 1].
 
@@ -77,7 +59,7 @@ def _paired(key, batch_size: int, n_features: int, feature_probability, anti: bo
     return jnp.where(mask, values, 0.0).reshape(batch_size, n_features)
 
 
-@_classic_threefry
+@classic_threefry
 def correlated_pairs(key, batch_size: int, n_features: int, feature_probability) -> jax.Array:
     """Features come in pairs (0,1), (2,3), ... that are present together (prob. p per pair).
 
@@ -86,7 +68,7 @@ def correlated_pairs(key, batch_size: int, n_features: int, feature_probability)
     return _paired(key, batch_size, n_features, feature_probability, anti=False)
 
 
-@_classic_threefry
+@classic_threefry
 def anticorrelated_pairs(key, batch_size: int, n_features: int, feature_probability) -> jax.Array:
     """Features come in pairs that are never present together: with probability p a pair
     is active and exactly one of its two members (chosen uniformly) is nonzero.

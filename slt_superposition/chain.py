@@ -1,0 +1,130 @@
+"""The SGLD chain program: chunks of steps in a loop, minibatches and noise drawn per chunk.
+
+`instance_program(loss_fn, shape)` returns `run(params, data, key, settings) -> dict`, every
+chain of one instance (vmapped). `shape` (`ChainShape`) fixes the compiled program; the
+settings (`observers.ChainSettings`: step size, localization, nbeta, chain length, burn-in,
+trace block length) are runtime values, so one compiled program serves every step size and
+every chain length, and under `vmap` every instance has its own.
+
+Steps run in chunks of `CHUNK_STEPS` (whole epochs for "epoch" sampling): each chunk draws its
+minibatch indices, and its SGLD noise when small (`NOISE_BUDGET`), in one call, which is much
+cheaper on a CPU than one draw per step. The chunk loop runs ceil(num_steps / chunk) times
+(a `while_loop`, so the trip count is runtime); steps at t >= num_steps inside the last chunk
+change nothing. Step t of a chain with key k always draws from `fold_in` of k's noise and data
+keys at t's chunk, so a longer chain extends a shorter one with the same key.
+
+Randomness: chain c of an instance with key k uses `jax.random.split(k, num_chains)[c]`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from slt_superposition.observers import ChainSettings, StepContext, default_observers
+from slt_superposition.random import random_permutations, standard_normal, uniform_indices
+from slt_superposition.sgld import sgld
+
+PyTree = Any
+CHUNK_STEPS = 64  # steps whose minibatch indices (and noise) are drawn together
+NOISE_BUDGET = 2**18  # floats per chain: a chunk's SGLD noise is drawn at once below this size
+
+
+class ChainShape(NamedTuple):
+    """What fixes the compiled program: chain count, trace length, minibatching, data and
+    parameter sizes."""
+
+    num_chains: int
+    n_blocks: int
+    batch_size: int | None
+    sampling: str
+    n: int
+    n_parameters: int
+
+
+def chunk_length(shape: ChainShape) -> int:
+    """Steps per chunk: `CHUNK_STEPS`, or whole epochs for "epoch" sampling."""
+    if shape.batch_size is not None and shape.sampling == "epoch":
+        per_epoch = shape.n // shape.batch_size
+        return per_epoch * max(1, CHUNK_STEPS // per_epoch)
+    return CHUNK_STEPS
+
+
+def _take(data: PyTree, idx: jax.Array) -> PyTree:
+    # indices are in range by construction; "clip" skips the out-of-bounds fill handling
+    return jax.tree_util.tree_map(lambda a: jnp.take(a, idx, axis=0, mode="clip"), data)
+
+
+def _chunk_batches(shape: ChainShape, chunk: int, data_key, c):
+    """Minibatch indices `(chunk, B)` of chunk c (None: full batch)."""
+    B, n = shape.batch_size, shape.n
+    if B is None:
+        return None
+    key = jax.random.fold_in(data_key, c)
+    if shape.sampling != "epoch":
+        return uniform_indices(key, (chunk, B), n)
+    per_epoch = n // B
+    n_epochs = chunk // per_epoch
+    perms = random_permutations(key, n_epochs, n)
+    return perms[:, : per_epoch * B].reshape(n_epochs * per_epoch, B)
+
+
+def instance_program(loss_fn: Callable, shape: ChainShape, observers=None) -> Callable:
+    """`run(params, data, key, settings) -> dict` for one instance: `init_loss` and, per chain
+    (leading axis `chain`), every observer's outputs (`observers.default_observers` unless given)."""
+    observers = observers or default_observers(shape.n_parameters, shape.n_blocks)
+    chunk = chunk_length(shape)
+    pregenerate = chunk * shape.n_parameters <= NOISE_BUDGET
+
+    def run_chain(key, w_star, unravel, data, init_loss, settings: ChainSettings):
+        flat_loss = lambda w, batch: loss_fn(unravel(w), batch)
+        kernel = sgld(flat_loss, w_star, step_size=settings.step_size, localization=settings.localization,
+                      nbeta=settings.nbeta)
+        noise_key, data_key = jax.random.split(key)
+
+        def step(carry, xs):
+            position, states = carry
+            t, idx, noise = xs
+            minibatch = data if idx is None else _take(data, idx)
+            state = kernel.init(position)
+            if noise is None:
+                state, info = kernel.step(jax.random.fold_in(noise_key, t), state, minibatch)
+            else:
+                state, info = kernel.step_with_noise(state, minibatch, noise)
+            active = t < settings.num_steps
+            finite = jnp.isfinite(info.loss) & jnp.isfinite(info.drift).all() & jnp.isfinite(state.position).all()
+            ctx = StepContext(t, active, active & (t >= settings.num_burnin), info.loss, info.loss - init_loss,
+                              finite)
+            states = tuple(obs.update(s, ctx, info, settings) for obs, s in zip(observers, states))
+            return (jnp.where(active, state.position, position), states), None
+
+        def run_chunk(c, carry):
+            ts = c * chunk + jnp.arange(chunk)
+            noise = None
+            if pregenerate:
+                noise = standard_normal(jax.random.fold_in(noise_key, c), (chunk,) + w_star.shape, w_star.dtype)
+            carry, _ = jax.lax.scan(step, carry, (ts, _chunk_batches(shape, chunk, data_key, c), noise))
+            return carry
+
+        n_chunks = (settings.num_steps + chunk - 1) // chunk
+        states = tuple(obs.init(w_star, settings) for obs in observers)
+        _, states = jax.lax.fori_loop(0, n_chunks, run_chunk, (w_star, states))
+        out = {}
+        for obs, s in zip(observers, states):
+            out.update(obs.finalize(s, settings))
+        if "diverged" in out and "llc_per_chain" in out:
+            out["diverged"] = out["diverged"] | ~jnp.isfinite(out["llc_per_chain"])
+        return out
+
+    def run(params, data, key, settings: ChainSettings):
+        init_loss = loss_fn(params, data)
+        # chains move a flat parameter vector: one noise draw and a few vector ops per step
+        w_star, unravel = ravel_pytree(params)
+        chain_keys = jax.random.split(key, shape.num_chains)
+        per_chain = jax.vmap(lambda ck: run_chain(ck, w_star, unravel, data, init_loss, settings))(chain_keys)
+        return {"init_loss": init_loss, **per_chain}
+
+    return run

@@ -1,0 +1,170 @@
+"""What an SGLD chain records, one small observer per quantity (devinterp's callbacks, as
+init / update / finalize triples of pure functions).
+
+An observer sees every step of one chain through `StepContext` (the step index, whether the
+chain is still running and past burn-in, the minibatch loss and its excess over L_n(w*),
+whether everything the step computed is finite) and the kernel's `SGLDInfo` (pre-step position,
+drift, potential). Its state is a small pytree carried through the scan; `finalize` turns it
+into named outputs. The chain program (`slt_superposition.chain`) composes them; adding a
+quantity means adding an observer, not widening one carry.
+
+Steps t = 0 .. num_steps - 1; post-burn-in steps are t >= num_burnin (n_draws =
+num_steps - num_burnin of them). Steps at t >= num_steps (the padding of the last chunk, or
+of a chain shorter than others in the same program) are inactive and change nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from slt_superposition.diagnostics import DIVERGENCE_FACTOR, mala_acceptance_probability, mala_log_acceptance
+from slt_superposition.sgld import SGLDInfo
+
+PyTree = Any
+
+
+class ChainSettings(NamedTuple):
+    """Runtime settings of one chain (scalars; per instance under vmap).
+
+    step_size, localization, nbeta: float32. num_steps, num_burnin, trace_every: int32.
+    """
+
+    step_size: jax.Array
+    localization: jax.Array
+    nbeta: jax.Array
+    num_steps: jax.Array
+    num_burnin: jax.Array
+    trace_every: jax.Array
+
+
+class StepContext(NamedTuple):
+    """What every observer sees of step t besides the kernel's info.
+
+    t: int32 step index. active: t < num_steps. post: active and t >= num_burnin.
+    loss: L_B(w_t). excess: L_B(w_t) - L_n(w*). finite: loss, drift and new position finite.
+    """
+
+    t: jax.Array
+    active: jax.Array
+    post: jax.Array
+    loss: jax.Array
+    excess: jax.Array
+    finite: jax.Array
+
+
+class Observer(NamedTuple):
+    """init(w_star, settings) -> state; update(state, ctx, info, settings) -> state;
+    finalize(state, settings) -> dict of outputs."""
+
+    init: Callable[[jax.Array, ChainSettings], PyTree]
+    update: Callable[[PyTree, StepContext, SGLDInfo, ChainSettings], PyTree]
+    finalize: Callable[[PyTree, ChainSettings], dict]
+
+
+def _draws(settings: ChainSettings) -> jax.Array:
+    return (settings.num_steps - settings.num_burnin).astype(jnp.float32)
+
+
+def llc_observer() -> Observer:
+    """`llc_per_chain` = nbeta * mean over post-burn-in steps of (L_B(w_t) - L_n(w*))."""
+
+    def update(total, ctx, info, settings):
+        return total + jnp.where(ctx.post, ctx.excess, 0.0)
+
+    def finalize(total, settings):
+        return {"llc_per_chain": settings.nbeta * total / _draws(settings)}
+
+    return Observer(lambda w, s: jnp.zeros((), jnp.float32), update, finalize)
+
+
+class _AcceptanceState(NamedTuple):
+    prev_position: jax.Array
+    prev_drift: jax.Array
+    prev_potential: jax.Array
+    total: jax.Array
+
+
+def acceptance_observer() -> Observer:
+    """`mala_acceptance`: mean MALA acceptance proxy over the post-burn-in transitions
+    w_{t-1} -> w_t with t > num_burnin (NaN with fewer than two draws)."""
+
+    def init(w_star, settings):
+        zero = jnp.zeros((), jnp.float32)
+        return _AcceptanceState(w_star, jnp.zeros_like(w_star), zero, zero)
+
+    def update(state, ctx, info, settings):
+        accept = mala_acceptance_probability(mala_log_acceptance(
+            state.prev_position, state.prev_drift, state.prev_potential,
+            info.position, info.drift, info.potential, settings.step_size))
+        counted = ctx.active & (ctx.t > settings.num_burnin)
+        keep = lambda new, old: jnp.where(ctx.active, new, old)
+        return _AcceptanceState(keep(info.position, state.prev_position), keep(info.drift, state.prev_drift),
+                                keep(info.potential, state.prev_potential),
+                                state.total + jnp.where(counted, accept, 0.0))
+
+    def finalize(state, settings):
+        transitions = _draws(settings) - 1
+        return {"mala_acceptance": jnp.where(transitions > 0, state.total / jnp.maximum(transitions, 1), jnp.nan)}
+
+    return Observer(init, update, finalize)
+
+
+def below_init_observer() -> Observer:
+    """`frac_below_init`: fraction of post-burn-in steps with L_B(w_t) < L_n(w*)."""
+
+    def update(count, ctx, info, settings):
+        return count + (ctx.post & (ctx.excess < 0)).astype(jnp.int32)
+
+    def finalize(count, settings):
+        return {"frac_below_init": count.astype(jnp.float32) / _draws(settings)}
+
+    return Observer(lambda w, s: jnp.zeros((), jnp.int32), update, finalize)
+
+
+class _DivergenceState(NamedTuple):
+    nonfinite: jax.Array
+    max_excess: jax.Array
+
+
+def divergence_observer(n_parameters: int) -> Observer:
+    """`diverged`: a non-finite loss, drift (gradient) or position at any active step, or a
+    sample nbeta (L_B(w_t) - L_n(w*)) above `DIVERGENCE_FACTOR * d` (see diagnostics)."""
+
+    def init(w_star, settings):
+        return _DivergenceState(jnp.zeros((), bool), jnp.full((), -jnp.inf, jnp.float32))
+
+    def update(state, ctx, info, settings):
+        excess = jnp.where(ctx.active & ctx.finite, ctx.excess, -jnp.inf)
+        return _DivergenceState(state.nonfinite | (ctx.active & ~ctx.finite), jnp.maximum(state.max_excess, excess))
+
+    def finalize(state, settings):
+        exploded = settings.nbeta * state.max_excess > DIVERGENCE_FACTOR * n_parameters
+        return {"diverged": state.nonfinite | exploded}
+
+    return Observer(init, update, finalize)
+
+
+def trace_observer(n_blocks: int) -> Observer:
+    """`loss_trace (n_blocks,)`: means of L_B(w_t) over blocks of `trace_every` steps; blocks
+    past the chain's end are NaN."""
+
+    def update(trace, ctx, info, settings):
+        k = settings.trace_every
+        block = ctx.t // k
+        length = jnp.clip(settings.num_steps - block * k, 1, k).astype(jnp.float32)
+        return trace.at[jnp.minimum(block, n_blocks - 1)].add(jnp.where(ctx.active, ctx.loss / length, 0.0))
+
+    def finalize(trace, settings):
+        started = jnp.arange(n_blocks) * settings.trace_every < settings.num_steps
+        return {"loss_trace": jnp.where(started, trace, jnp.nan)}
+
+    return Observer(lambda w, s: jnp.zeros((n_blocks,), jnp.float32), update, finalize)
+
+
+def default_observers(n_parameters: int, n_blocks: int) -> tuple[Observer, ...]:
+    """The observers behind every `llc` dataset."""
+    return (llc_observer(), acceptance_observer(), below_init_observer(), divergence_observer(n_parameters),
+            trace_observer(n_blocks))
