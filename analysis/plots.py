@@ -1,147 +1,248 @@
-"""Figures for training grids (and, below, for the weight-vs-activation comparison).
+"""Figures for training grids: the columns of W, W^T W, feature dimensionality, loss curves.
 
-Every plotting function takes a result dataset and an output folder and returns the
-paths of the PNG files it wrote (`slt-superposition plot` dispatches here by dataset kind).
+Each `*_figure(ds)` returns a `matplotlib.figure.Figure` (tests inspect it);
+`plot_training(ds, out_dir) -> list[Path]` saves them (`slt-superposition plot` dispatches
+here by dataset kind). `draw_columns` is the one W-column drawing every figure uses. Style,
+sizes and saving: `slt_superposition.figure_style`.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
-from analysis.measures import STICKY_VALUES, dimensions_per_feature, feature_dimensionality
+from analysis.measures import REPRESENTED_THRESHOLD, STICKY_VALUES, dimensions_per_feature, feature_dimensionality
+from slt_superposition import figure_style as fs
 
 GRID_DIMS = ("feature_probability", "importance_decay", "seed")
-MAX_PANELS = 36  # small multiples beyond this are unreadable; later instances are left out
+MAX_ROWS, MAX_COLS = 6, 6  # small multiples beyond 36 panels are unreadable; the rest are counted in the title
 
 
-def _instances(ds: xr.Dataset) -> list[dict]:
-    """Selections {dim: value} of every instance, grid order, at most MAX_PANELS."""
+def _facets(ds: xr.Dataset) -> tuple[list[list[dict]], int]:
+    """Rows of instance selections {dim: index}: one row per feature probability, the other grid
+    coordinates (importance decay x seed) along the row. Returns (rows, number of instances)."""
     dims = [d for d in GRID_DIMS if d in ds.dims]
-    index = [dict(zip(dims, values)) for values in np.ndindex(*(ds.sizes[d] for d in dims))]
-    return index[:MAX_PANELS]
+    if not dims:
+        return [[{}]], 1
+    row_dim, rest = dims[0], dims[1:]
+    cells = [dict(zip(rest, idx)) for idx in np.ndindex(*(ds.sizes[d] for d in rest))]
+    rows = [[{row_dim: r, **cell} for cell in cells[:MAX_COLS]] for r in range(min(ds.sizes[row_dim], MAX_ROWS))]
+    return rows, int(np.prod([ds.sizes[d] for d in dims]))
 
 
 def _title(ds: xr.Dataset, isel: dict) -> str:
-    short = {"feature_probability": "p", "importance_decay": "r", "seed": "seed"}
-    parts = [f"{short[d]}={ds[d].values[i]:.3g}" for d, i in isel.items() if ds.sizes[d] > 1 or d == "feature_probability"]
-    return ", ".join(parts)
+    return ", ".join(fs.coordinate(d, ds[d].values[i]) for d, i in isel.items()
+                     if ds.sizes[d] > 1 or d == "feature_probability")
 
 
-def _grid_figure(n_panels: int, size: float = 2.2):
-    import matplotlib.pyplot as plt
+def draw_columns(ax, W: np.ndarray, *, colours=None, limit: float | None = None, ticks: bool = True) -> None:
+    """Draw each column W_i (W: (2, feature)) as a line from the origin in the hidden plane.
 
-    cols = min(n_panels, 6)
-    rows = math.ceil(n_panels / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows + 0.4), squeeze=False)
-    for ax in axes.ravel()[n_panels:]:
-        ax.set_visible(False)
-    return fig, axes.ravel()
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
-def _plot_columns_2d(ds: xr.Dataset, out_dir: Path) -> Path:
-    """m = 2: each feature's column W_i as an arrow in the hidden plane, one panel per instance."""
-    import matplotlib.pyplot as plt
-
-    selections = _instances(ds)
-    fig, axes = _grid_figure(len(selections))
-    colors = plt.cm.viridis(np.linspace(0, 1, ds.sizes["feature"]))
-    for ax, isel in zip(axes, selections):
-        W = ds["W"].isel(isel).transpose("hidden", "feature").values
-        for i in range(W.shape[1]):
-            ax.plot([0, W[0, i]], [0, W[1, i]], color=colors[i], lw=1.5)
-            ax.scatter(W[0, i], W[1, i], color=colors[i], s=12, zorder=3)
-        ax.set_xlim(-1.5, 1.5)
-        ax.set_ylim(-1.5, 1.5)
-        ax.set_aspect("equal")
+    Represented features (||W_i|| >= REPRESENTED_THRESHOLD) end in a filled dot, the others in
+    an open circle, so a dead column (at the origin) is not mistaken for a short one. The unit
+    circle ||W_i|| = 1 is dotted; both axes share one scale (`limit`, default 1.3 or the
+    longest column) so lengths compare across panels.
+    """
+    n = W.shape[1]
+    colours = colours or fs.feature_colours(n)
+    norms = np.linalg.norm(W, axis=0)
+    limit = limit or max(1.3, 1.1 * float(np.nanmax(norms, initial=0.0)))
+    circle = np.linspace(0, 2 * np.pi, 200)
+    ax.plot(np.cos(circle), np.sin(circle), color="0.7", lw=0.6, ls=":", zorder=0)
+    ax.axhline(0, color="0.9", lw=0.5, zorder=0)
+    ax.axvline(0, color="0.9", lw=0.5, zorder=0)
+    for i in range(n):
+        ax.plot([0, W[0, i]], [0, W[1, i]], color=colours[i], lw=1.3)
+        represented = norms[i] >= REPRESENTED_THRESHOLD
+        ax.plot(W[0, i], W[1, i], "o", ms=3.5 if represented else 4.5, color=colours[i],
+                mfc=colours[i] if represented else "white", mew=0.9, zorder=3)
+    ax.set_xlim(-limit, limit)
+    ax.set_ylim(-limit, limit)
+    ax.set_aspect("equal")
+    if ticks:
+        ax.set_xticks([-1, 0, 1])
+        ax.set_yticks([-1, 0, 1])
+    else:
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_title(_title(ds, isel), fontsize=8)
-    fig.suptitle(f"columns of W (n={ds.sizes['feature']}, m=2); colour = feature index", fontsize=10)
-    return _save(fig, out_dir / "W_columns.png")
 
 
-def _plot_gram(ds: xr.Dataset, out_dir: Path) -> Path:
-    """W^T W heat map (feature x feature), one panel per instance."""
-    selections = _instances(ds)
-    fig, axes = _grid_figure(len(selections))
-    image = None
-    for ax, isel in zip(axes, selections):
-        W = ds["W"].isel(isel).transpose("hidden", "feature").values
-        image = ax.imshow(W.T @ W, cmap="RdBu_r", vmin=-1.2, vmax=1.2)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_title(_title(ds, isel), fontsize=8)
-    fig.colorbar(image, ax=list(axes[: len(selections)]), shrink=0.6, label="W^T W")
-    fig.suptitle(f"W^T W (n={ds.sizes['feature']}, m={ds.sizes['hidden']})", fontsize=10)
-    return _save(fig, out_dir / "WtW.png")
+def column_legend(fig, n: int, *, colours=None, importance: np.ndarray | None = None) -> None:
+    """The legend for `draw_columns`: one entry per feature (up to 10, else a range), the unit
+    circle, and the open/filled tips."""
+    from matplotlib.lines import Line2D
+
+    colours = colours or fs.feature_colours(n)
+    handles, labels = [], []
+    shown = range(n) if n <= 10 else (0, n - 1)
+    for i in shown:
+        handles.append(Line2D([], [], color=colours[i], lw=1.3))
+        labels.append(f"feature {i}" + (f" (I = {importance[i]:.2g})" if importance is not None else ""))
+    handles += [Line2D([], [], color="0.7", lw=0.6, ls=":"),
+                Line2D([], [], color="0.3", marker="o", ms=3.5, lw=0),
+                Line2D([], [], color="0.3", marker="o", ms=4.5, mfc="white", lw=0)]
+    labels += ["$\\|W_i\\| = 1$", f"represented ($\\|W_i\\| \\geq$ {REPRESENTED_THRESHOLD:g})",
+               f"not represented ($\\|W_i\\| <$ {REPRESENTED_THRESHOLD:g})"]
+    fs.legend_below(fig, handles, labels, ncol=min(len(labels), 4))
 
 
-def _plot_dimensionality(ds: xr.Dataset, out_dir: Path) -> Path:
-    """D_i of every feature against 1/D* of its instance, sticky values as lines (Elhage Fig.)."""
-    import matplotlib.pyplot as plt
+def _importance(ds: xr.Dataset, isel: dict) -> np.ndarray | None:
+    if "importance" in ds:
+        values = ds["importance"]
+        return values.isel({d: i for d, i in isel.items() if d in values.dims}).values
+    return None
 
+
+def columns_figure(ds: xr.Dataset):
+    """m = 2: the columns of W in the hidden plane, one panel per instance (rows: feature
+    probability; columns: the other grid coordinates), all on one scale."""
+    rows, n_instances = _facets(ds)
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    n = ds.sizes["feature"]
+    W_all = ds["W"].transpose(..., "hidden", "feature")
+    limit = max(1.3, 1.1 * float(np.nanmax(np.linalg.norm(W_all.values, axis=-2), initial=0.0)))
+    colours = fs.feature_colours(n)
+    with fs.style():
+        fig, axes = fs.subplots(n_rows, n_cols, width=min(fs.PAGE, 1.35 * n_cols + 0.4), panel_aspect=1.0,
+                                sharex=True, sharey=True)
+        for r, row in enumerate(rows):
+            for c in range(n_cols):
+                ax = axes[r, c]
+                if c >= len(row):
+                    ax.set_visible(False)
+                    continue
+                draw_columns(ax, W_all.isel(row[c]).values, colours=colours, limit=limit)
+                ax.set_title(_title(ds, row[c]))
+                if c == 0:
+                    ax.set_ylabel("hidden unit 2")
+                if r == n_rows - 1:
+                    ax.set_xlabel("hidden unit 1")
+        column_legend(fig, n, colours=colours, importance=_importance(ds, rows[0][0]))
+        shown = sum(len(r) for r in rows)
+        more = f"; {shown} of {n_instances} instances shown" if shown < n_instances else ""
+        fig.suptitle(f"Columns $W_i$ of W (n = {n} features, m = 2 hidden{more})")
+    return fig
+
+
+def gram_figure(ds: xr.Dataset):
+    """W^T W heat map (feature x feature), one panel per instance, one colour scale."""
+    rows, n_instances = _facets(ds)
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    W_all = ds["W"].transpose(..., "hidden", "feature")
+    with fs.style():
+        fig, axes = fs.subplots(n_rows, n_cols, width=min(fs.PAGE, 1.35 * n_cols + 0.8), panel_aspect=1.0)
+        image = None
+        for r, row in enumerate(rows):
+            for c in range(n_cols):
+                ax = axes[r, c]
+                if c >= len(row):
+                    ax.set_visible(False)
+                    continue
+                W = W_all.isel(row[c]).values
+                image = ax.imshow(W.T @ W, cmap="RdBu_r", vmin=-1.2, vmax=1.2)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.set_title(_title(ds, row[c]))
+                if c == 0:
+                    ax.set_ylabel("feature i")
+                if r == n_rows - 1:
+                    ax.set_xlabel("feature j")
+        fig.colorbar(image, ax=axes, shrink=0.6, label="$W_i \\cdot W_j$")
+        shown = sum(len(r) for r in rows)
+        more = f"; {shown} of {n_instances} instances shown" if shown < n_instances else ""
+        fig.suptitle(f"$W^T W$ (n = {ds.sizes['feature']}, m = {ds.sizes['hidden']}{more})")
+    return fig
+
+
+def dimensionality_figure(ds: xr.Dataset):
+    """D_i of every feature against 1/D* of its instance, sticky values as lines (Elhage et al.)."""
     D_i = feature_dimensionality(ds["W"])
     inv_D_star = 1.0 / dimensions_per_feature(ds["W"])
     x, y = xr.broadcast(inv_D_star, D_i)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    color_by = ds["feature_probability"] if "feature_probability" in x.dims else None
-    if color_by is not None:
-        c = np.log10(xr.broadcast(ds["feature_probability"], x)[0].values.ravel())
-        points = ax.scatter(x.values.ravel(), y.values.ravel(), c=c, cmap="plasma", s=8, alpha=0.7)
-        fig.colorbar(points, ax=ax, label="log10 feature probability")
-    else:
-        ax.scatter(x.values.ravel(), y.values.ravel(), s=8)
-    for value in STICKY_VALUES:
-        ax.axhline(value, color="grey", lw=0.6, ls="--")
-        ax.text(1.0, value, f" {value:.3g}", transform=ax.get_yaxis_transform(), va="center", fontsize=7, color="grey")
-    ax.set_xlabel("1 / D* = ||W||_F^2 / m  (features per dimension)")
-    ax.set_ylabel("feature dimensionality D_i")
-    ax.set_ylim(-0.05, 1.1)
-    ax.set_title("feature dimensionality; dashed: 1, 3/4, 2/3, 1/2, 2/5, 3/8", fontsize=9)
-    return _save(fig, out_dir / "feature_dimensionality.png")
+    with fs.style():
+        fig, axes = fs.subplots(1, 1, width=fs.COLUMN, panel_aspect=0.8)
+        ax = axes[0, 0]
+        if "feature_probability" in x.dims:
+            p = xr.broadcast(ds["feature_probability"], x)[0].values.ravel()
+            colours, mappable = fs.probability_colours(p)
+            ax.scatter(x.values.ravel(), y.values.ravel(), c=colours, s=6, alpha=0.8, lw=0)
+            fig.colorbar(mappable, ax=ax, label=fs.label("feature_probability"))
+        else:
+            ax.scatter(x.values.ravel(), y.values.ravel(), s=6)
+        for value in STICKY_VALUES:
+            ax.axhline(value, color="0.6", lw=0.5, ls="--")
+            ax.text(1.0, value, f" {value:.3g}", transform=ax.get_yaxis_transform(), va="center", fontsize=6,
+                    color="0.4")
+        ax.set_xlabel("1 / D* = $\\|W\\|_F^2$ / m (features per dimension)")
+        ax.set_ylabel("feature dimensionality $D_i$")
+        ax.set_ylim(-0.05, 1.1)
+        ax.set_title("one point per feature; dashed: sticky values 1, 3/4, 2/3, 1/2, 2/5, 3/8")
+    return fig
 
 
-def _plot_loss_curves(ds: xr.Dataset, out_dir: Path) -> Path:
-    import matplotlib.pyplot as plt
+def loss_curves_figure(ds: xr.Dataset):
+    """Training loss against step: per feature probability (and importance decay) the mean over
+    seeds as a line and the range over seeds as a band."""
+    from matplotlib.lines import Line2D
+    import matplotlib.patches as mpatches
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    curves = ds["loss_curve"].stack(instance=[d for d in GRID_DIMS if d in ds["loss_curve"].dims])
-    for k in range(min(curves.sizes["instance"], 4 * MAX_PANELS)):
-        ax.plot(ds["step"].values, curves.isel(instance=k).values, lw=0.8, alpha=0.6)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_yscale("log")
-    ax.set_title("training loss, one line per instance", fontsize=9)
-    return _save(fig, out_dir / "loss_curves.png")
+    curves = ds["loss_curve"]
+    for dim in GRID_DIMS:
+        if dim not in curves.dims:
+            curves = curves.expand_dims(dim)
+    p = curves["feature_probability"].values if "feature_probability" in curves.coords else np.arange(
+        curves.sizes["feature_probability"])
+    colours, mappable = fs.probability_colours(p) if np.all(np.asarray(p) > 0) else (fs.feature_colours(len(p)), None)
+    decays = curves.sizes["importance_decay"]
+    styles = ["-", "--", ":", "-."]
+    steps = ds["step"].values
+    with fs.style():
+        fig, axes = fs.subplots(1, 1, width=fs.COLUMN, panel_aspect=0.8)
+        ax = axes[0, 0]
+        handles, labels = [], []
+        for i in range(curves.sizes["feature_probability"]):
+            for j in range(decays):
+                one = curves.isel(feature_probability=i, importance_decay=j).transpose("seed", ...).values
+                ax.fill_between(steps, one.min(0), one.max(0), color=colours[i], alpha=0.2, lw=0)
+                ax.plot(steps, one.mean(0), color=colours[i], ls=styles[j % len(styles)], lw=1.0)
+            handles.append(Line2D([], [], color=colours[i], lw=1.0))
+            labels.append(fs.coordinate("feature_probability", p[i]))
+        if decays > 1:
+            for j in range(decays):
+                handles.append(Line2D([], [], color="0.3", ls=styles[j % len(styles)], lw=1.0))
+                labels.append(fs.coordinate("importance_decay", curves["importance_decay"].values[j]))
+        n_seeds = curves.sizes["seed"]
+        handles.append(mpatches.Patch(color="0.3", alpha=0.2, lw=0))
+        labels.append(f"range over {n_seeds} seed{'s' if n_seeds > 1 else ''} (line: mean)")
+        ax.set_yscale("log")
+        ax.set_xlabel(fs.label("train_step"))
+        ax.set_ylabel(fs.label("train_loss"))
+        if len(p) <= 8 or mappable is None:
+            fs.legend_below(fig, handles, labels, ncol=2)
+        else:
+            fig.colorbar(mappable, ax=ax, label=fs.label("feature_probability"))
+            fs.legend_below(fig, handles[len(p):], labels[len(p):], ncol=1)
+        ax.set_title("training loss")
+    return fig
 
 
 def plot_training(ds: xr.Dataset, out_dir) -> list[Path]:
     """Figures for a 'train' dataset; returns the PNG paths written into `out_dir`.
 
-    m = 2: the columns of W in the plane (one panel per instance, at most 36).
-    other m: the W^T W heat maps and D_i against 1/D* with the sticky values.
-    Always: the loss curves.
+    m = 2: the columns of W in the plane (`W_columns.png`, one panel per instance, at most 36).
+    other m: the W^T W heat maps (`WtW.png`) and D_i against 1/D* with the sticky values
+    (`feature_dimensionality.png`). Always: the loss curves (`loss_curves.png`).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     if ds.sizes["hidden"] == 2:
-        paths.append(_plot_columns_2d(ds, out_dir))
+        paths.append(fs.save(columns_figure(ds), out_dir / "W_columns.png"))
     else:
-        paths.append(_plot_gram(ds, out_dir))
-        paths.append(_plot_dimensionality(ds, out_dir))
+        paths.append(fs.save(gram_figure(ds), out_dir / "WtW.png"))
+        paths.append(fs.save(dimensionality_figure(ds), out_dir / "feature_dimensionality.png"))
     if "loss_curve" in ds:
-        paths.append(_plot_loss_curves(ds, out_dir))
+        paths.append(fs.save(loss_curves_figure(ds), out_dir / "loss_curves.png"))
     return paths

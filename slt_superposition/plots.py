@@ -1,7 +1,9 @@
-"""Figures for SLT result datasets: LLC loss traces (and, appended by calibration, the sweep).
+"""Figures for SLT result datasets: LLC loss traces, LLC estimates across a grid, and the
+calibration sweep.
 
-Every plotter has the signature `(ds: xr.Dataset, out_dir: Path) -> list[Path]` and is
-dispatched by `slt-superposition plot` on the dataset's kind.
+Each `*_figure(ds)` returns a `matplotlib.figure.Figure` (tests inspect it); each
+`plot_*(ds: xr.Dataset, out_dir: Path) -> list[Path]` saves its figures and is dispatched by
+`slt-superposition plot` on the dataset's kind. Style, sizes and saving: `figure_style`.
 """
 
 from __future__ import annotations
@@ -11,124 +13,256 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-MAX_PANELS = 16
+from slt_superposition import figure_style as fs
+
+MAX_ROWS, MAX_COLS = 4, 4  # trace panels: at most 16 (later instances are listed as left out)
+THIN_CHAINS = 3  # chains drawn individually in each trace panel
+TRACE_POINTS = 120  # block means drawn per trace: enough for the shape, few enough to read
 
 
-def _instances(ds: xr.Dataset) -> list[dict]:
-    """Index dicts over the instance dims of an `llc` dataset (one empty dict if unbatched)."""
-    inst_dims = [d for d in ds["llc_mean"].dims]
-    if not inst_dims:
-        return [{}]
-    sizes = [ds.sizes[d] for d in inst_dims]
-    return [dict(zip(inst_dims, idx)) for idx in np.ndindex(*sizes)]
+def _instance_dims(ds: xr.Dataset) -> list[str]:
+    return list(ds["llc_mean"].dims)
 
 
-def _label(ds: xr.Dataset, index: dict) -> str:
-    parts = []
-    for dim, i in index.items():
-        value = ds[dim].values[i]
-        parts.append(f"{dim}={value:.3g}" if isinstance(value, (float, np.floating)) else f"{dim}={value}")
-    return ", ".join(parts)
+def _facets(ds: xr.Dataset) -> tuple[list[list[dict]], int]:
+    """Panel grid of instance selections: one row per value of the first instance dim that
+    varies (feature probability first), the other instance dims along the row. Returns
+    (rows of {dim: index}, number of instances in the dataset)."""
+    dims = _instance_dims(ds)
+    if not dims:
+        return [[{}]], 1
+    order = sorted(dims, key=lambda d: (d != "feature_probability", ds.sizes[d] == 1))
+    row_dim, rest = order[0], order[1:]
+    cells = [dict(zip(rest, idx)) for idx in np.ndindex(*(ds.sizes[d] for d in rest))]
+    rows = [[{row_dim: r, **cell} for cell in cells[:MAX_COLS]] for r in range(min(ds.sizes[row_dim], MAX_ROWS))]
+    return rows, int(np.prod([ds.sizes[d] for d in dims]))
+
+
+def _title(ds: xr.Dataset, index: dict) -> str:
+    return ", ".join(fs.coordinate(d, ds[d].values[i]) for d, i in index.items() if ds.sizes[d] > 1
+                     or d == "feature_probability")
+
+
+def llc_traces_figure(ds: xr.Dataset):
+    """Loss traces of every shown instance, summarised (one panel per instance, at most 16).
+
+    Each panel shows the excess loss L_B(w_t) - L_n(w*) in blocks of steps: the mean over the
+    non-divergent chains, the band between their lowest and highest block means, the first
+    THIN_CHAINS chains as thin lines, divergent chains dashed, burn-in shaded, and the level
+    llc_mean / nbeta that the post-burn-in mean sets. Rows are feature probabilities (or the
+    first instance dim), columns the other instance coordinates.
+    """
+    import matplotlib.patches as mpatches
+    from matplotlib.lines import Line2D
+
+    rows, n_instances = _facets(ds)
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    burnin = int(ds.attrs.get("num_burnin", 0))
+    nbeta = float(ds.attrs["nbeta"])
+    n_chains = ds.sizes["chain"]
+    with fs.style():
+        fig, axes = fs.subplots(n_rows, n_cols, width=fs.PAGE if n_cols > 1 else fs.COLUMN,
+                                panel_aspect=0.7, sharex=True)
+        block = 1
+        for r, row in enumerate(rows):
+            for c in range(n_cols):
+                ax = axes[r, c]
+                if c >= len(row):
+                    ax.set_visible(False)
+                    continue
+                one = ds.isel(row[c])
+                excess = one["loss_trace"].values - float(one["init_loss"])
+                means, block = fs.block_means(excess, max_points=TRACE_POINTS)
+                steps = one["step"].values[: means.shape[-1] * block: block]
+                diverged = one["diverged"].values.astype(bool)
+                ok = means[~diverged]
+                if burnin:
+                    ax.axvspan(0, burnin, color="0.85", lw=0, zorder=0)
+                if len(ok):
+                    ax.fill_between(steps, ok.min(0), ok.max(0), color=fs.PALETTE[0], alpha=0.25, lw=0)
+                    for k in np.flatnonzero(~diverged)[:THIN_CHAINS]:
+                        ax.plot(steps, means[k], color=fs.PALETTE[0], lw=0.4, alpha=0.7)
+                    ax.plot(steps, ok.mean(0), color=fs.PALETTE[0], lw=1.2)
+                    lo, hi = float(np.nanmin(ok)), float(np.nanmax(ok))
+                    pad = 0.08 * (hi - lo or abs(hi) or 1.0)
+                    ax.set_ylim(min(lo, 0.0) - pad, max(hi, 0.0) + pad)
+                for k in np.flatnonzero(diverged):
+                    ax.plot(steps, means[k], color=fs.PALETTE[1], lw=0.6, ls="--")
+                ax.axhline(0.0, color=fs.REFERENCE, lw=0.6)
+                level = float(one["llc_mean"]) / nbeta
+                if np.isfinite(level):
+                    ax.hlines(level, burnin, steps[-1] if len(steps) else burnin, color=fs.PALETTE[1], lw=0.9, ls="--")
+                acc = one["mala_acceptance"].values[~diverged]
+                stats = (f"$\\hat\\lambda$ = {float(one['llc_mean']):.3g} $\\pm$ {float(one['llc_std']):.2g}, "
+                         f"MALA {acc.mean() if len(acc) else float('nan'):.2f}")
+                title = _title(ds, row[c])
+                ax.set_title(f"{title}\n{stats}" if title else stats)
+                if c == 0:
+                    ax.set_ylabel("$L_B(w_t) - L_n(w^*)$")
+                if r == n_rows - 1 or (r + 1 < n_rows and c >= len(rows[r + 1])):
+                    ax.set_xlabel(fs.label("step"))
+                    ax.tick_params(labelbottom=True)
+        handles = [Line2D([], [], color=fs.PALETTE[0], lw=1.2),
+                   mpatches.Patch(color=fs.PALETTE[0], alpha=0.25, lw=0),
+                   Line2D([], [], color=fs.PALETTE[0], lw=0.4),
+                   Line2D([], [], color=fs.PALETTE[1], lw=0.9, ls="--"),
+                   Line2D([], [], color=fs.REFERENCE, lw=0.6),
+                   mpatches.Patch(color="0.85", lw=0)]
+        labels = [f"mean over {n_chains} chains (blocks of {block * int(ds.attrs.get('trace_every', 1))} steps)",
+                  "range over chains",
+                  f"chains 0-{min(THIN_CHAINS, n_chains) - 1}" if n_chains > 1 else "chain 0",
+                  "$\\hat\\lambda / n\\beta$ (post-burn-in mean)",
+                  "$L_n(w^*)$ (zero excess)", "burn-in (left out)"]
+        if ds["diverged"].values.any():
+            handles.append(Line2D([], [], color=fs.PALETTE[1], lw=0.6, ls="-."))
+            labels.append("divergent chain (excluded)")
+        fs.legend_below(fig, handles, labels, ncol=3)
+        shown = sum(len(r) for r in rows)
+        more = f"; {shown} of {n_instances} instances shown" if shown < n_instances else ""
+        fig.suptitle(f"SGLD loss traces ($\\hat\\lambda$ $\\pm$ sd over chains; "
+                     f"n$\\beta$ = {nbeta:.4g}{more})")
+    return fig
+
+
+def llc_estimates_figure(ds: xr.Dataset):
+    """llc_mean of every instance with +- 1 standard error over chains: against feature
+    probability (log axis) when the grid has one, one colour per importance decay, seeds as
+    points side by side and their mean as a line; otherwise against the first instance dim.
+    Returns None for a single instance."""
+    from matplotlib.lines import Line2D
+
+    dims = _instance_dims(ds)
+    if not dims or int(np.prod([ds.sizes[d] for d in dims])) < 2:
+        return None
+    x_dim = "feature_probability" if "feature_probability" in dims else dims[0]
+    colour_dim = "importance_decay" if "importance_decay" in dims and x_dim != "importance_decay" else None
+    others = [d for d in dims if d not in (x_dim, colour_dim)]
+    n_ok = (~ds["diverged"]).sum("chain")
+    se = ds["llc_std"] / np.sqrt(n_ok.where(n_ok > 0))
+    x = ds[x_dim].values
+    numeric = np.issubdtype(x.dtype, np.number)
+    positions = x.astype(float) if numeric else np.arange(len(x), dtype=float)
+    log_x = x_dim == "feature_probability" and numeric and bool((positions > 0).all())
+    groups = ds[colour_dim].values if colour_dim else [None]
+    with fs.style():
+        fig, axes = fs.subplots(1, 1, width=fs.COLUMN, panel_aspect=0.75)
+        ax = axes[0, 0]
+        handles, labels = [], []
+        n_other = int(np.prod([ds.sizes[d] for d in others])) if others else 1
+        for g, value in enumerate(groups):
+            sel = {colour_dim: g} if colour_dim else {}
+            mean = ds["llc_mean"].isel(sel).transpose(x_dim, *others).values.reshape(len(x), n_other)
+            err = se.isel(sel).transpose(x_dim, *others).values.reshape(len(x), n_other)
+            colour = fs.PALETTE[g % (len(fs.PALETTE) - 1)]
+            for j in range(n_other):
+                offset = (j - (n_other - 1) / 2) * 0.035
+                xs = positions * 10 ** offset if log_x else positions + offset * 3
+                ax.errorbar(xs, mean[:, j], yerr=err[:, j], fmt="o", ms=2.5, color=colour, alpha=0.8, lw=0.8)
+            ax.plot(positions, np.nanmean(mean, axis=1), "-", color=colour, lw=1.0)
+            handles.append(Line2D([], [], color=colour, marker="o", ms=3, lw=1.0))
+            labels.append(f"{fs.label(colour_dim)}: {value:g}" if colour_dim else "LLC estimate")
+        if log_x:
+            ax.set_xscale("log")
+        if not numeric:
+            ax.set_xticks(positions, [str(v) for v in x])
+        ax.set_xlabel(fs.label(x_dim))
+        ax.set_ylabel(fs.label("llc"))
+        handles.append(Line2D([], [], color="0.4", marker="o", ms=3, lw=0.8, ls="none"))
+        labels.append("one instance $\\pm$ 1 SE over chains" + (f" ({', '.join(others)} side by side)" if others else ""))
+        if others:
+            handles.append(Line2D([], [], color="0.4", lw=1.0))
+            labels.append(f"mean over the {n_other} {', '.join(others)} values")
+        d = ds.attrs.get("n_parameters")
+        if d:
+            ax.set_title(f"LLC of every instance (d = {int(d)} parameters)")
+        fs.legend_below(fig, handles, labels, ncol=1)
+    return fig
 
 
 def plot_llc(ds: xr.Dataset, out_dir: Path) -> list[Path]:
-    """Loss traces per chain for each instance (small multiples, at most 16 panels).
-
-    Each panel: one line per chain (divergent chains dashed), the initial loss L_n(w*) as a
-    horizontal line, the end of burn-in as a vertical line; the title gives the LLC estimate
-    and the mean MALA acceptance, the legend each chain's acceptance. Writes `llc_traces.png`
-    and, for batched datasets, `llc_estimates.png` (llc_mean +- llc_std per instance).
-    """
-    import matplotlib.pyplot as plt
-
+    """Write `llc_traces.png` and, for more than one instance, `llc_estimates.png`."""
     out_dir = Path(out_dir)
-    instances = _instances(ds)
-    shown = instances[:MAX_PANELS]
-    cols = min(4, len(shown))
-    rows = -(-len(shown) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    burnin = int(ds.attrs.get("num_burnin", 0))
-    for ax, index in zip(axes.flat, shown):
-        one = ds.isel(index)
-        for c in one["chain"].values:
-            chain = one.sel(chain=c)
-            accept = float(chain["mala_acceptance"])
-            ax.plot(one["step"].values, chain["loss_trace"].values, lw=0.7,
-                    ls="--" if bool(chain["diverged"]) else "-", label=f"chain {c}: MALA {accept:.2f}")
-        ax.axhline(float(one["init_loss"]), color="k", lw=0.8, label="L_n(w*)")
-        if burnin:
-            ax.axvline(burnin, color="grey", ls=":", lw=0.8)
-        label = _label(ds, index)
-        ax.set_title(f"{label + chr(10) if label else ''}LLC {float(one['llc_mean']):.3g} +- "
-                     f"{float(one['llc_std']):.2g}, MALA {float(one['mala_acceptance'].mean()):.2f}", fontsize=8)
-        ax.set_xlabel("SGLD step")
-        ax.set_ylabel("minibatch loss")
-        if one.sizes["chain"] <= 8:
-            ax.legend(fontsize=6, loc="upper right")
-    for ax in list(axes.flat)[len(shown):]:
-        ax.set_visible(False)
-    more = f" (first {MAX_PANELS} of {len(instances)} instances)" if len(instances) > MAX_PANELS else ""
-    fig.suptitle(f"SGLD loss traces{more}", fontsize=10)
-    fig.tight_layout()
-    paths = [out_dir / "llc_traces.png"]
-    fig.savefig(paths[0], dpi=120)
-    plt.close(fig)
-
-    if len(instances) > 1:
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.3 * len(instances)), 3.2))
-        mean = ds["llc_mean"].values.ravel()
-        std = ds["llc_std"].values.ravel()
-        ax.errorbar(np.arange(len(mean)), mean, yerr=std, fmt="o", ms=3)
-        ax.set_xlabel("instance (" + " x ".join(ds["llc_mean"].dims) + ", C order)")
-        ax.set_ylabel("LLC estimate")
-        fig.tight_layout()
-        paths.append(out_dir / "llc_estimates.png")
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+    paths = [fs.save(llc_traces_figure(ds), out_dir / "llc_traces.png")]
+    estimates = llc_estimates_figure(ds)
+    if estimates is not None:
+        paths.append(fs.save(estimates, out_dir / "llc_estimates.png"))
     return paths
 
 
-def plot_calibration(ds: xr.Dataset, out_dir: Path) -> list[Path]:
-    """The calibration sweep: LLC estimate and MALA acceptance against step size (log x),
-    the chosen step size marked, unhealthy ones greyed; beside it the estimate against chain
-    length at the chosen step size. Writes `calibration.png`.
+def calibration_figure(ds: xr.Dataset):
+    """The calibration's decisions in three panels (error bars: +- 1 standard error over chains).
+
+    (a) MALA acceptance against step size with the acceptance threshold: healthy step sizes
+    filled, unhealthy crossed. (b) The short-chain LLC against step size, the bias-check
+    estimates at equal sampler time and their eps -> 0 extrapolation, the long-chain checks,
+    and the chosen step size starred. (c) The LLC against chain length at the step size of the
+    length stage, with the chosen length marked.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     eps = ds["step_size"].values
     healthy = ds["healthy"].values.astype(bool)
     chosen = float(ds.attrs["chosen_step_size"])
-    fig, (ax_llc, ax_len) = plt.subplots(1, 2, figsize=(10, 3.6))
-    llc, se = ds["llc_sweep"].values, np.nan_to_num(ds["llc_se_sweep"].values)
-    ax_llc.errorbar(eps[healthy], llc[healthy], yerr=se[healthy], fmt="o-", color="C0", label="LLC (healthy)")
-    ax_llc.errorbar(eps[~healthy], llc[~healthy], yerr=se[~healthy], fmt="x", color="0.6", label="LLC (unhealthy)")
-    ax_llc.axvline(chosen, color="k", ls=":", label=f"chosen eps = {chosen:.2g}")
-    ax_llc.set_xscale("log")
-    ax_llc.set_xlabel("step size eps")
-    ax_llc.set_ylabel("LLC estimate (short chains)")
-    ax_acc = ax_llc.twinx()
-    ax_acc.plot(eps, ds["acceptance"].values, "s--", color="C1", label="MALA acceptance")
-    ax_acc.axhline(float(ds.attrs["acceptance_threshold"]), color="C1", lw=0.8, ls=":")
-    ax_acc.set_ylabel("MALA acceptance", color="C1")
-    ax_acc.set_ylim(0, 1.02)
-    handles = ax_llc.get_legend_handles_labels()[0] + ax_acc.get_legend_handles_labels()[0]
-    ax_llc.legend(handles=handles, fontsize=7, loc="upper left")
-    ax_llc.set_title("step size sweep")
+    length_eps = float(ds.attrs.get("length_step_size", chosen))
+    threshold = float(ds.attrs["acceptance_threshold"])
+    with fs.style():
+        fig, axes = fs.subplots(1, 3, width=fs.PAGE, panel_aspect=0.95)
+        ax_acc, ax_llc, ax_len = axes[0]
+        acc = ds["acceptance"].values
+        ax_acc.plot(eps, acc, "-", color="0.6", lw=0.7)
+        ax_acc.plot(eps[healthy], acc[healthy], "o", color=fs.PALETTE[0], label="healthy")
+        if (~healthy).any():
+            ax_acc.plot(eps[~healthy], acc[~healthy], "x", color=fs.PALETTE[1], label="unhealthy (diverged or low)")
+        ax_acc.axhline(threshold, color=fs.REFERENCE, lw=0.7, ls=":", label=f"acceptance threshold {threshold:.2f}")
+        ax_acc.axvline(chosen, color=fs.PALETTE[2], lw=0.8, label=f"chosen eps = {chosen:.2g}")
+        ax_acc.set(xscale="log", xlabel=fs.label("step_size"), ylabel="MALA acceptance",
+                   ylim=(min(0.0, np.nanmin(acc) if np.isfinite(acc).any() else 0.0), 1.02),
+                   title="(a) healthy step sizes")
 
-    steps = ds["num_steps"].values
-    ax_len.errorbar(steps, ds["llc_length"].values, yerr=2 * np.nan_to_num(ds["llc_se_length"].values), fmt="o-")
-    ax_len.set_xscale("log", base=2)
-    ax_len.set_xlabel("chain length (steps, half burn-in)")
-    ax_len.set_ylabel("LLC estimate (+- 2 SE)")
-    ok = "converged" if int(ds.attrs.get("converged", 0)) else "NOT converged"
-    ax_len.set_title(f"chain length at eps = {chosen:.2g}: {ok}")
-    fig.tight_layout()
-    path = out_dir / "calibration.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return [path]
+        llc, se = ds["llc_sweep"].values, ds["llc_se_sweep"].values
+        ax_llc.errorbar(eps[healthy], llc[healthy], yerr=se[healthy], fmt="o-", color=fs.PALETTE[0],
+                        label="short chains, healthy")
+        if (~healthy & np.isfinite(llc)).any():
+            ax_llc.errorbar(eps[~healthy], llc[~healthy], yerr=se[~healthy], fmt="x", color=fs.PALETTE[1],
+                            label="short chains, unhealthy")
+        if "llc_bias_check" in ds and np.isfinite(ds["llc_bias_check"].values).any():
+            ax_llc.errorbar(eps, ds["llc_bias_check"].values, yerr=ds["llc_se_bias_check"].values, fmt="s",
+                            mfc="none", color=fs.PALETTE[3], label="bias check (equal sampler time)")
+            ax_llc.plot(eps, ds["llc_extrapolated"].values, "_", ms=8, color=fs.PALETTE[3],
+                        label="its eps $\\to$ 0 extrapolation")
+        if "llc_long_check" in ds:
+            ax_llc.plot(ds["long_check_step_size"].values, ds["llc_long_check"].values, "D", color=fs.PALETTE[4],
+                        label="long chains at the chosen sampler time")
+        final = ds["llc_long_check"].values[-1] if "llc_long_check" in ds else np.nan
+        ax_llc.plot([chosen], [final], "*", ms=10, color=fs.PALETTE[2], label="chosen step size and its estimate",
+                    zorder=5)
+        ax_llc.set(xscale="log", xlabel=fs.label("step_size"), ylabel=fs.label("llc"),
+                   title="(b) LLC against step size")
+        finite = llc[healthy & np.isfinite(llc)]
+        if len(finite):  # unhealthy step sizes can read far off: keep the healthy ones in view
+            lo, hi = min(finite.min(), np.nanmin([final, finite.min()])), max(finite.max(), np.nanmax([final, finite.max()]))
+            pad = 0.3 * (hi - lo or abs(hi) or 1.0)
+            ax_llc.set_ylim(lo - pad, hi + pad)
+
+        steps = ds["num_steps"].values
+        ax_len.errorbar(steps, ds["llc_length"].values, yerr=ds["llc_se_length"].values, fmt="o-",
+                        color=fs.PALETTE[0], label=f"length stage at eps = {length_eps:.2g}")
+        chosen_steps = int(ds.attrs.get("chosen_num_steps", steps[-1]))
+        ax_len.axvline(chosen_steps, color=fs.PALETTE[2], lw=0.8, label=f"chosen length {chosen_steps:,} steps")
+        ok = "converged" if int(ds.attrs.get("converged", 0)) else "NOT converged"
+        ax_len.set(xscale="log", xlabel="chain length (steps; first half burn-in)", ylabel=fs.label("llc"),
+                   title=f"(c) chain length: {ok}")
+        ax_len.set_xticks(steps, [f"{s / 1000:g}k" if s >= 1000 else str(s) for s in steps])
+        ax_len.minorticks_off()
+        handles, labels = {}, []
+        for ax in (ax_acc, ax_llc, ax_len):
+            for handle, text in zip(*ax.get_legend_handles_labels()):
+                if text not in handles:
+                    handles[text] = handle
+                    labels.append(text)
+        fs.legend_below(fig, [handles[t] for t in labels], labels, ncol=3)
+        fig.suptitle("Calibration (error bars: $\\pm$ 1 SE over chains)")
+    return fig
+
+
+def plot_calibration(ds: xr.Dataset, out_dir: Path) -> list[Path]:
+    """Write `calibration.png` (see `calibration_figure`)."""
+    return [fs.save(calibration_figure(ds), Path(out_dir) / "calibration.png")]
