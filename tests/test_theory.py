@@ -7,11 +7,16 @@ import pytest
 from slt_superposition.errors import InputError
 from slt_superposition.theory import (
     KGON_THEORETICAL_LLC,
+    class_critical_point,
+    critical_point_class,
+    derived_classes,
     dln_learning_coefficient,
     dln_parameter_count,
     kgon_critical_point,
     kgon_params,
     kgon_population_loss,
+    population_hessian,
+    population_loss_is_smooth,
     tms_population_loss,
 )
 from toy_models.data import high_sparsity_limit
@@ -105,3 +110,91 @@ def test_kgon_population_loss_matches_monte_carlo():
     per_sample = np.asarray(jax.vmap(lambda xi: tms_loss(p, xi[None]))(x))
     mc, se = per_sample.mean(), per_sample.std() / np.sqrt(len(per_sample))
     assert abs(mc - cp.loss) < 4 * se + 1e-5
+
+
+# ---------------------------------------------------------------------------------------
+# Critical-point classes (ANCHORS.md: 5-gon 0.06874 lambda 7; 6-gon 0.04819 lambda 8.5;
+# 5-gon with one positive dead bias 0.06180, 17 curved directions, lambda 8.5; each positive
+# dead bias lowers the loss by 1/144: 4-gon 1/9, 0.10417, 0.09722)
+# ---------------------------------------------------------------------------------------
+
+CLASS_ANCHORS = [  # (k, positive dead, population loss, curved directions or None, lambda or None)
+    (4, 0, 1 / 9, None, None),
+    (4, 1, 0.10417, None, None),
+    (4, 2, 0.09722, None, None),
+    (5, 0, 0.06874, 14, 7.0),
+    (5, 1, 0.06180, 17, 8.5),
+    (6, 0, 0.04819, 17, 8.5),
+]
+
+
+def _scrambled(W, b, seed, noise=0.0):
+    """The same configuration rotated, with its features permuted and W jittered by `noise`."""
+    rng = np.random.default_rng(seed)
+    angle = rng.uniform(0, 2 * np.pi)
+    R = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    perm = rng.permutation(W.shape[1])
+    return (R @ W)[:, perm] + noise * rng.normal(size=W.shape), b[perm]
+
+
+@pytest.mark.parametrize("k,positive,loss,curved,lam", CLASS_ANCHORS)
+def test_class_of_constructed_kgons(k, positive, loss, curved, lam):
+    W, b = class_critical_point(k, positive)
+    for seed, noise in [(0, 0.0), (1, 0.02)]:
+        c = critical_point_class(*_scrambled(W, b, seed, noise))
+        assert (c.k, c.positive_dead, c.nonpositive_dead, c.polygon) == (k, positive, 6 - k - positive, True)
+        assert c.critical_loss == pytest.approx(loss, abs=1e-5)
+        assert c.curved_directions == curved and c.llc == lam and c.minimum
+        if lam is None:
+            assert "no theory" in c.reason
+    # at the class point itself the given loss is the class's
+    assert critical_point_class(W, b).loss == pytest.approx(loss, abs=1e-5)
+
+
+@pytest.mark.parametrize("c", derived_classes(), ids=lambda c: c.label)
+def test_theoretical_llc_is_half_the_curved_directions(c):
+    if c.smooth:
+        assert c.curved_directions + c.flat_directions + c.negative_directions == 18
+    if c.llc is not None:
+        assert c.llc == c.curved_directions / 2
+        assert c.flat_directions == c.expected_flat and c.negative_directions == 0
+    else:
+        assert c.reason
+
+
+def test_positive_dead_bias_lowers_loss_by_1_144():
+    for k in (4, 5):
+        losses = [tms_population_loss(*class_critical_point(k, p)) for p in range(6 - k + 1)]
+        np.testing.assert_allclose(np.diff(losses), -1 / 144, atol=1e-12)
+
+
+def test_population_hessian_matches_finite_differences():
+    # a generic smooth point: the autodiff Hessian of the closed form is the loss's Hessian
+    rng = np.random.default_rng(3)
+    W, b = rng.normal(size=(2, 6)), rng.normal(scale=0.3, size=6)
+    theta = np.concatenate([W.ravel(), b])
+    f = lambda t: tms_population_loss(t[:12].reshape(2, 6), t[12:])
+    h, eye = 1e-4, np.eye(18)
+    fd = np.array([[(f(theta + h * (ei + ej)) - f(theta + h * (ei - ej)) - f(theta - h * (ei - ej))
+                     + f(theta - h * (ei + ej))) / (4 * h * h) for ej in eye] for ei in eye])
+    np.testing.assert_allclose(population_hessian(W, b), fd, atol=1e-5)
+
+
+def test_non_polygon_and_zero_dead_bias_have_no_theory():
+    W, b = class_critical_point(5, 0)
+    bunched = W.copy()
+    bunched[:, 1] = bunched[:, 0] * 1.01 + [0.0, 0.05]  # two live columns nearly on top of each other
+    c = critical_point_class(bunched, b)
+    assert not c.polygon and c.llc is None and "no theory" in c.reason
+    zero = b.copy()
+    zero[5] = 0.0  # W_5 = 0 with b_5 = 0: its ReLU switches on everywhere at once, the loss is only C^1
+    c = critical_point_class(W, zero)
+    assert c.positive_dead == 0 and c.zero_dead == 1 and c.llc is None and "no theory" in c.reason
+    assert not population_loss_is_smooth(W, zero) and population_loss_is_smooth(W, b)
+
+
+def test_critical_point_class_bad_input():
+    with pytest.raises(InputError):
+        critical_point_class(np.zeros((3, 6)), np.zeros(6))
+    with pytest.raises(InputError):
+        critical_point_class(np.full((2, 6), np.nan), np.zeros(6))
