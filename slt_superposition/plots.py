@@ -8,6 +8,7 @@ Each `*_figure(ds)` returns a `matplotlib.figure.Figure` (tests inspect it); eac
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,21 @@ def _facets(ds: xr.Dataset) -> tuple[list[list[dict]], int]:
     return rows, int(np.prod([ds.sizes[d] for d in dims]))
 
 
+def _setting(ds: xr.Dataset, name: str, default):
+    """A sampler setting: the per-instance variable where the dataset has one, else the attr."""
+    if name in ds.data_vars:
+        return ds[name].values
+    return ds.attrs.get(name, default)
+
+
+def _se(ds: xr.Dataset) -> xr.DataArray:
+    """Standard error of llc_mean over the non-divergent chains."""
+    if "llc_se" in ds:
+        return ds["llc_se"]
+    n_ok = (~ds["diverged"].astype(bool)).sum("chain")
+    return ds["llc_std"] / np.sqrt(n_ok.where(n_ok > 0))
+
+
 def _title(ds: xr.Dataset, index: dict) -> str:
     return ", ".join(fs.coordinate(d, ds[d].values[i]) for d, i in index.items() if ds.sizes[d] > 1
                      or d == "feature_probability")
@@ -57,8 +73,6 @@ def llc_traces_figure(ds: xr.Dataset):
 
     rows, n_instances = _facets(ds)
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
-    burnin = int(ds.attrs.get("num_burnin", 0))
-    nbeta = float(ds.attrs["nbeta"])
     n_chains = ds.sizes["chain"]
     with fs.style():
         fig, axes = fs.subplots(n_rows, n_cols, width=fs.PAGE if n_cols > 1 else fs.COLUMN,
@@ -71,6 +85,8 @@ def llc_traces_figure(ds: xr.Dataset):
                     ax.set_visible(False)
                     continue
                 one = ds.isel(row[c])
+                burnin = int(_setting(one, "num_burnin", 0))
+                nbeta = float(_setting(one, "nbeta", np.nan))
                 excess = one["loss_trace"].values - float(one["init_loss"])
                 means, block = fs.block_means(excess, max_points=TRACE_POINTS)
                 steps = one["step"].values[: means.shape[-1] * block: block]
@@ -78,11 +94,14 @@ def llc_traces_figure(ds: xr.Dataset):
                 ok = means[~diverged]
                 if burnin:
                     ax.axvspan(0, burnin, color="0.85", lw=0, zorder=0)
-                if len(ok):
-                    ax.fill_between(steps, ok.min(0), ok.max(0), color=fs.PALETTE[0], alpha=0.25, lw=0)
+                if np.isfinite(ok).any():  # traces are NaN past a chain's end (per-instance lengths)
+                    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                        warnings.simplefilter("ignore", RuntimeWarning)
+                        low, high, mean = np.nanmin(ok, 0), np.nanmax(ok, 0), np.nanmean(ok, 0)
+                    ax.fill_between(steps, low, high, color=fs.PALETTE[0], alpha=0.25, lw=0)
                     for k in np.flatnonzero(~diverged)[:THIN_CHAINS]:
                         ax.plot(steps, means[k], color=fs.PALETTE[0], lw=0.4, alpha=0.7)
-                    ax.plot(steps, ok.mean(0), color=fs.PALETTE[0], lw=1.2)
+                    ax.plot(steps, mean, color=fs.PALETTE[0], lw=1.2)
                     lo, hi = float(np.nanmin(ok)), float(np.nanmax(ok))
                     pad = 0.08 * (hi - lo or abs(hi) or 1.0)
                     ax.set_ylim(min(lo, 0.0) - pad, max(hi, 0.0) + pad)
@@ -91,9 +110,10 @@ def llc_traces_figure(ds: xr.Dataset):
                 ax.axhline(0.0, color=fs.REFERENCE, lw=0.6)
                 level = float(one["llc_mean"]) / nbeta
                 if np.isfinite(level):
-                    ax.hlines(level, burnin, steps[-1] if len(steps) else burnin, color=fs.PALETTE[1], lw=0.9, ls="--")
+                    end = int(_setting(one, "num_steps", steps[-1] if len(steps) else burnin))
+                    ax.hlines(level, burnin, end, color=fs.PALETTE[1], lw=0.9, ls="--")
                 acc = one["mala_acceptance"].values[~diverged]
-                stats = (f"$\\hat\\lambda$ = {float(one['llc_mean']):.3g} $\\pm$ {float(one['llc_std']):.2g}, "
+                stats = (f"$\\hat\\lambda$ = {float(one['llc_mean']):.3g} $\\pm$ {float(_se(one)):.2g}, "
                          f"MALA {acc.mean() if len(acc) else float('nan'):.2f}")
                 title = _title(ds, row[c])
                 ax.set_title(f"{title}\n{stats}" if title else stats)
@@ -119,8 +139,9 @@ def llc_traces_figure(ds: xr.Dataset):
         fs.legend_below(fig, handles, labels, ncol=3)
         shown = sum(len(r) for r in rows)
         more = f"; {shown} of {n_instances} instances shown" if shown < n_instances else ""
-        fig.suptitle(f"SGLD loss traces ($\\hat\\lambda$ $\\pm$ sd over chains; "
-                     f"n$\\beta$ = {nbeta:.4g}{more})")
+        nbetas = np.unique(np.asarray(_setting(ds, "nbeta", np.nan)))
+        fixed = f"; n$\\beta$ = {float(nbetas[0]):.4g}" if len(nbetas) == 1 else ""
+        fig.suptitle(f"SGLD loss traces ($\\hat\\lambda$ $\\pm$ 1 SE over chains{fixed}{more})")
     return fig
 
 
@@ -137,8 +158,7 @@ def llc_estimates_figure(ds: xr.Dataset):
     x_dim = "feature_probability" if "feature_probability" in dims else dims[0]
     colour_dim = "importance_decay" if "importance_decay" in dims and x_dim != "importance_decay" else None
     others = [d for d in dims if d not in (x_dim, colour_dim)]
-    n_ok = (~ds["diverged"]).sum("chain")
-    se = ds["llc_std"] / np.sqrt(n_ok.where(n_ok > 0))
+    se = _se(ds)
     x = ds[x_dim].values
     numeric = np.issubdtype(x.dtype, np.number)
     positions = x.astype(float) if numeric else np.arange(len(x), dtype=float)

@@ -1,0 +1,149 @@
+"""The figures themselves: panel counts, axis labels and legend entries of the returned Figures
+(not only that a file was written), and the saved files at a paper's resolution."""
+
+from __future__ import annotations
+
+import jax
+import matplotlib
+import numpy as np
+import pytest
+
+matplotlib.use("Agg")
+
+from analysis import plots as train_plots  # noqa: E402
+from slt_superposition import figure_style as fs  # noqa: E402
+from slt_superposition import plots as llc_plots  # noqa: E402
+
+
+def visible_axes(fig):
+    """The data panels (colorbars excluded) that are drawn."""
+    return [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
+
+
+def legend_texts(fig) -> list[str]:
+    texts = []
+    for legend in list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend()]:
+        texts += [t.get_text() for t in legend.get_texts()]
+    return texts
+
+
+@pytest.fixture(scope="module")
+def llc_grid(tiny_grid):
+    """The LLC of the 2 x 1 x 2 tiny grid: 3 chains x 120 steps, 40 burn-in."""
+    from slt_superposition import SGLDConfig, estimate_llc_batched
+    from toy_models.train import GRID_DIMS, llc_inputs
+
+    loss_fn, params, data = llc_inputs(tiny_grid, n_samples=256, key=jax.random.key(0))
+    config = SGLDConfig(step_size=1e-4, localization=100.0, num_chains=3, num_steps=120, num_burnin=40,
+                        batch_size=64)
+    return estimate_llc_batched(loss_fn, params, data, config=config, key=jax.random.key(1),
+                                instance_dims={d: tiny_grid[d].values for d in GRID_DIMS})
+
+
+def test_columns_figure_one_panel_per_instance_on_one_scale(tiny_grid):
+    fig = train_plots.columns_figure(tiny_grid)
+    panels = visible_axes(fig)
+    assert len(panels) == 4  # 2 feature probabilities x 2 seeds
+    # rows are feature probabilities, titled by their coordinates
+    assert panels[0].get_title() == "p = 0.05, seed 0" and panels[2].get_title() == "p = 0.2, seed 0"
+    assert {ax.get_xlim() for ax in panels} == {panels[0].get_xlim()}  # one scale: lengths compare
+    assert panels[0].get_ylabel() == "hidden unit 2" and panels[2].get_xlabel() == "hidden unit 1"
+    assert len(panels[0].get_xticks()) == 3  # the scale is shown
+    texts = legend_texts(fig)
+    assert [f"feature {i} (I = 1)" for i in range(5)] == texts[:5]
+    assert any("= 1" in t for t in texts) and any(t.startswith("not represented") for t in texts)
+
+
+def test_dead_column_drawn_open(tiny_grid):
+    W = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # feature 2 dead
+    with fs.style():
+        fig, axes = fs.subplots()
+        train_plots.draw_columns(axes[0, 0], W)
+    tips = [line for line in axes[0, 0].lines if line.get_marker() == "o"]
+    assert [line.get_markerfacecolor() for line in tips][2] == "white"
+    assert all(line.get_markerfacecolor() != "white" for line in tips[:2])
+
+
+def test_loss_curves_legend_names_every_feature_probability(tiny_grid):
+    fig = train_plots.loss_curves_figure(tiny_grid)
+    (ax,) = visible_axes(fig)
+    assert ax.get_xlabel() == "training step" and ax.get_ylabel().startswith("training loss")
+    assert ax.get_yscale() == "log"
+    texts = legend_texts(fig)
+    assert "p = 0.05" in texts and "p = 0.2" in texts and any(t.startswith("range over 2 seeds") for t in texts)
+    assert len(ax.lines) == 2  # one mean line per feature probability, not one per instance
+
+
+def test_other_m_figures(tiny_grid):
+    ds = tiny_grid.isel(hidden=[0, 1, 0]).assign_coords(hidden=[0, 1, 2])
+    gram = train_plots.gram_figure(ds)
+    assert len(visible_axes(gram)) == 4
+    assert any(ax.get_label() == "<colorbar>" and "W_j" in ax.get_ylabel() for ax in gram.axes)
+    dims = train_plots.dimensionality_figure(ds)
+    ax = visible_axes(dims)[0]
+    assert "D_i" in ax.get_ylabel() and "features per dimension" in ax.get_xlabel()
+
+
+def test_llc_traces_summarised_with_burnin_and_legend(llc_grid):
+    fig = llc_plots.llc_traces_figure(llc_grid)
+    panels = visible_axes(fig)
+    assert len(panels) == 4
+    for ax in panels:
+        # mean + THIN_CHAINS thin chains + zero line + the lambda/nbeta level: not one line per chain
+        assert len([line for line in ax.lines if len(line.get_xdata()) > 2]) == 1 + llc_plots.THIN_CHAINS
+        assert ax.patches or ax.collections  # burn-in span and chain band
+        assert "hat" in ax.get_title() and "MALA" in ax.get_title()
+    assert panels[0].get_ylabel() and panels[-1].get_xlabel() == "SGLD step"
+    texts = legend_texts(fig)
+    assert any(t.startswith("mean over 3 chains") for t in texts)
+    assert "range over chains" in texts and "burn-in (left out)" in texts
+    assert fig._suptitle is not None and "SE over chains" in fig._suptitle.get_text()
+
+
+def test_llc_estimates_against_feature_probability(llc_grid):
+    fig = llc_plots.llc_estimates_figure(llc_grid)
+    (ax,) = visible_axes(fig)
+    assert ax.get_xlabel() == fs.label("feature_probability") and ax.get_xscale() == "log"
+    assert ax.get_ylabel() == fs.label("llc")
+    texts = legend_texts(fig)
+    assert any("1 SE over chains" in t for t in texts)  # error bars defined
+    assert any(t.startswith("mean over the 2 seed") for t in texts)
+    # every instance drawn at its own feature probability
+    xs = np.concatenate([c.get_segments()[0][:, 0] for c in ax.collections if c.get_segments()])
+    assert np.all((xs > 0.03) & (xs < 0.3))
+
+
+def test_single_instance_has_no_estimates_figure(llc_grid):
+    one = llc_grid.isel(feature_probability=0, importance_decay=0, seed=0)
+    assert llc_plots.llc_estimates_figure(one) is None
+    assert len(visible_axes(llc_plots.llc_traces_figure(one))) == 1
+
+
+def test_saved_files_are_high_resolution(llc_grid, tmp_path):
+    paths = llc_plots.plot_llc(llc_grid, tmp_path)
+    assert [p.name for p in paths] == ["llc_traces.png", "llc_estimates.png"]
+    from PIL import Image
+
+    width, _ = Image.open(paths[0]).size
+    assert width >= fs.PAGE * fs.DPI * 0.8  # sharp at full text width
+    assert not list(tmp_path.glob("*.tmp"))  # written atomically, nothing left behind
+
+
+def test_calibration_figure_shows_each_decision(tiny_grid):
+    from slt_superposition import calibrate
+    from toy_models.train import llc_inputs
+
+    loss_fn, params, data = llc_inputs(tiny_grid, n_samples=256, key=jax.random.key(0))
+    first = jax.tree_util.tree_map(lambda x: x[0], (params, data))
+    _, sweep = calibrate(loss_fn, *first, key=jax.random.key(2), batch_size=64, num_chains=2,
+                         step_sizes=(1e-6, 1e-5, 1e-4), sweep_steps=100, min_steps=200, max_steps=400)
+    fig = llc_plots.calibration_figure(sweep)
+    panels = visible_axes(fig)
+    assert len(panels) == 3
+    assert [ax.get_xlabel() for ax in panels[:2]] == [fs.label("step_size")] * 2
+    assert panels[0].get_ylabel() == "MALA acceptance" and panels[1].get_ylabel() == fs.label("llc")
+    texts = legend_texts(fig)
+    threshold = float(sweep.attrs["acceptance_threshold"])
+    assert f"acceptance threshold {threshold:.2f}" in texts  # the dotted line is explained
+    assert "chosen step size and its estimate" in texts
+    assert any(t.startswith("chosen eps = ") for t in texts) and any(t.startswith("chosen length") for t in texts)
