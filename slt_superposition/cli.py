@@ -21,11 +21,32 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: option names are never cut at 80 columns
 )
 
 
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    import jax
+
+    from slt_superposition.provenance import git_commit
+
+    try:
+        ours = version("slt-superposition")
+    except PackageNotFoundError:
+        ours = "not installed"
+    print(f"slt-superposition {ours} (git {git_commit()[:12]}); jax {jax.__version__} on {jax.default_backend()}")
+    raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version (and git commit, jax, backend) and exit."),
+) -> None:
     """Singular learning theory and superposition on toy models."""
 
 
@@ -40,17 +61,26 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def _say_interrupted(argv: list[str] | None) -> None:
+    from slt_superposition.interrupted import interrupted_message
+
+    print(interrupted_message(sys.argv[1:] if argv is None else list(argv)), file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 bad input or usage, 130 interrupted)."""
     try:
         app(args=argv)  # standalone mode: typer prints usage errors and raises SystemExit
     except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        if code == 130:  # typer turns Ctrl-C into exit status 130
+            _say_interrupted(argv)
+        return code
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        _say_interrupted(argv)
         return 130
     return 0
 

@@ -1,0 +1,61 @@
+"""What a new user meets first: --version, --help at 80 columns, and what Ctrl-C says."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from slt_superposition.cli import main
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"slt-superposition {version('slt-superposition')} (git ")
+    assert "jax " in out
+
+
+@pytest.mark.parametrize("command", ["train", "llc", "plot", "reproduce"])
+def test_help_fits_80_columns_without_cutting_option_names(command, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out  # rich's ellipsis: an option name or help text cut short
+    assert max(len(line) for line in out.splitlines()) <= 80
+    if command == "train":
+        assert "--feature-probability" in out and "--importance-decay" in out
+
+
+def test_interrupt_without_sweep_says_nothing_saved(capsys, monkeypatch, tmp_path):
+    import slt_superposition.commands.plot as plot_command
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plot_command, "open_result", interrupted)
+    assert main(["plot", str(tmp_path / "x.nc"), "--out", str(tmp_path / "fig")]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("interrupted: nothing was saved") and "starts over" in err
+
+
+def test_interrupt_mid_sweep_counts_the_saved_chunks(tmp_path):
+    from slt_superposition.interrupted import interrupted_message
+    from slt_superposition.sweep import run_sweep
+
+    def compute(chunk):
+        if chunk["i"] == 2:
+            raise KeyboardInterrupt
+        return xr.Dataset({"x": (("i",), np.array([float(chunk["i"])]))}, coords={"i": [chunk["i"]]})
+
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep("demo", {"a": 1}, [{"i": i} for i in range(4)], compute, out / "sweep", progress=False)
+    line = interrupted_message(["reproduce", "demo", "--out", str(out)])
+    assert re.fullmatch(rf"interrupted: saved 2 of 4 chunks in {re.escape(str(out / 'sweep'))}; "
+                        r"rerun the same command to resume from them", line)
+    assert interrupted_message(["reproduce", "demo", f"--out={out}"]) == line
