@@ -175,26 +175,71 @@ def plot_comparison(ds: xr.Dataset, out_dir: Path) -> list[Path]:
     return [p for p in paths if p is not None]
 
 
+def _development_limits(llc: np.ndarray, theory: np.ndarray, pad: float = 0.15) -> tuple[float, float]:
+    """LLC-axis limits from the converged values: the estimates of the last third of the
+    snapshots and the class lambdas (axis 1 is the snapshot), padded by `pad` of the range.
+    Early snapshots sit at saddles, where chains slide downhill and read far below zero."""
+    tail = llc[:, -max(1, llc.shape[1] // 3):]
+    values = np.concatenate([tail[np.isfinite(tail)], theory[np.isfinite(theory)], [0.0]])
+    lo, hi = float(values.min()), float(values.max())
+    span = max(hi - lo, 1.0)
+    return lo - pad * span, hi + pad * span
+
+
 def plot_development(dev: xr.Dataset, out_dir: Path, kgon_llc: dict[int, float] | None = None) -> list[Path]:
-    """Loss, LLC and k/m of every snapshot along training, with the k-gon levels from theory."""
+    """Loss, LLC and k/m of every snapshot along training. The LLC panel draws each seed's
+    estimates (solid) with the theoretical lambda of each snapshot's critical-point class
+    (dashed, same colour; a gap where the class has no theory); its limits come from the
+    converged values (`_development_limits`) and estimates outside them are drawn as
+    triangles on the edge. Without class variables (older datasets) the k-gon levels
+    `kgon_llc` are drawn instead."""
     kgon_llc = kgon_llc or {5: 7.0, 6: 8.5}
     dev = dev.isel(feature_probability=0, importance_decay=0)
     steps = dev["snapshot"].values
+    has_classes = "class_llc" in dev
+    llc = dev["llc_mean"].transpose("seed", "snapshot").values
+    theory = dev["class_llc"].transpose("seed", "snapshot").values if has_classes else np.full_like(llc, np.nan)
+    lo, hi = _development_limits(llc, theory if has_classes else np.array(list(kgon_llc.values()), float))
     fig, axes = plt.subplots(3, 1, figsize=(7, 8), sharex=True)
+    n_off = 0
     for s in range(dev.sizes["seed"]):
         one = dev.isel(seed=s)
-        axes[0].plot(steps, one["snapshot_loss"], "o-", ms=2, label=f"seed {int(one['seed'])}")
-        axes[1].plot(steps, one["llc_mean"], "o-", ms=2)
-        axes[2].plot(steps, one["overcompleteness"], "o-", ms=2)
+        (line,) = axes[0].plot(steps, one["snapshot_loss"], "o-", ms=2, label=f"seed {int(one['seed'])}")
+        color = line.get_color()
+        axes[1].plot(steps, np.clip(llc[s], lo, hi), "-", lw=1, color=color)
+        inside = (llc[s] >= lo) & (llc[s] <= hi)
+        axes[1].plot(steps[inside], llc[s][inside], "o", ms=2, color=color)
+        for edge, marker, off in ((lo, "v", llc[s] < lo), (hi, "^", llc[s] > hi)):
+            if off.any():  # an empty unclipped line would stretch the layout to the figure's origin
+                axes[1].plot(steps[off], np.full(off.sum(), edge), marker, ms=6, color=color, clip_on=False)
+                n_off += int(off.sum())
+        if has_classes:
+            axes[1].plot(steps, theory[s], "--", lw=1, color=color, drawstyle="steps-post")
+        axes[2].plot(steps, one["overcompleteness"], "o-", ms=2, color=color)
     m = int(dev.attrs.get("n_hidden", 2))
-    for k, value in kgon_llc.items():
-        axes[1].axhline(value, color="gray", ls="--", lw=0.8)
-        axes[1].text(steps[0], value, f" {k}-gon", va="bottom", fontsize=7, color="gray")
+    if has_classes:
+        labels = dev["class_label"].values.ravel()
+        for label, value in sorted({(str(a), float(v)) for a, v in zip(labels, dev["class_loss"].values.ravel())
+                                    if np.isfinite(v)}, key=lambda t: -t[1]):
+            axes[0].axhline(value, color="gray", ls=":", lw=0.8)
+            axes[0].text(steps[0], value, f" {label}", va="bottom", fontsize=7, color="gray")
+    else:
+        for k, value in kgon_llc.items():
+            axes[1].axhline(value, color="gray", ls="--", lw=0.8)
+            axes[1].text(steps[0], value, f" {k}-gon", va="bottom", fontsize=7, color="gray")
+    for k in kgon_llc:
         axes[2].axhline(k / m, color="gray", ls="--", lw=0.8)
         axes[2].text(steps[0], k / m, f" {k}-gon", va="bottom", fontsize=7, color="gray")
+    axes[1].set_ylim(lo, hi)
     axes[0].set_ylabel("loss")
+    if has_classes:
+        axes[0].set_title("dotted: population loss of each class point", fontsize=8)
     axes[0].set_yscale("log")
     axes[1].set_ylabel("llc")
+    note = "dashed: lambda of the snapshot's class (gap: no theory)" if has_classes else "dashed: k-gon lambdas"
+    if n_off:
+        note += f"; {n_off} estimates off scale (triangles on the edge)"
+    axes[1].set_title(note, fontsize=8)
     axes[2].set_ylabel("k / m")
     axes[2].set_xlabel("training step")
     axes[2].set_xscale("log")
@@ -283,11 +328,44 @@ def findings(ds: xr.Dataset, dev: xr.Dataset | None = None, kgon_llc: dict[int, 
 
 
 def _development_finding(dev: xr.Dataset, kgon_llc: dict[int, float]) -> str:
-    """Per seed the sequence of represented-feature counts k along training, and the median LLC
-    of the snapshots at each k (over seeds), next to the k-gon LLCs from theory."""
+    """Per seed the sequence of critical-point classes along training (k where the dataset has
+    no classes), and each final snapshot's estimate against its own class's lambda: the median
+    |relative error| over the seeds whose class has a theory, with the scatter across seeds."""
     one = dev.isel(feature_probability=0, importance_decay=0)
-    k = one["n_represented"].transpose("seed", "snapshot").values.astype(int)
     llc = one["llc_mean"].transpose("seed", "snapshot").values
+    if "class_llc" not in one:
+        return _development_finding_by_k(one, llc, kgon_llc)
+    labels = one["class_label"].transpose("seed", "snapshot").values.astype(str)
+    theory = one["class_llc"].transpose("seed", "snapshot").values
+    paths = []
+    for row in labels:
+        path = [row[0]] + [b for a, b in zip(row[:-1], row[1:]) if b != a]
+        paths.append(" -> ".join(path))
+    per_class = []
+    for label in dict.fromkeys(labels.ravel()):
+        at = labels == label
+        lam = theory[at][0]
+        per_class.append(f"{label}: median {np.nanmedian(llc[at]):.2f} over {int(at.sum())} snapshots vs "
+                         + (f"lambda {lam:g}" if np.isfinite(lam) else "no theory"))
+    final, final_theory, final_labels = llc[:, -1], theory[:, -1], labels[:, -1]
+    with_theory = np.isfinite(final_theory)
+    finals = "; ".join(f"{lab} {v:.2f} vs " + (f"{t:g}" if np.isfinite(t) else "no theory")
+                       for lab, v, t in zip(final_labels, final, final_theory))
+    text = (f"- **Development** (n=6, m=2, x = mu e_i, SGD from a small initialisation): critical-point classes "
+            f"along training, per seed ('+j': j dead features with positive bias): {'; '.join(paths)}. "
+            f"Estimates per class: {'; '.join(per_class)}. Final snapshots (estimate vs its class's lambda): {finals}.")
+    if with_theory.any():
+        rel = (final[with_theory] - final_theory[with_theory]) / final_theory[with_theory]
+        text += (f" Median |relative error| over the {int(with_theory.sum())} seeds with a theory: "
+                 f"{np.median(np.abs(rel)):.0%} (from {rel.min():+.0%} to {rel.max():+.0%}).")
+    else:
+        text += " No final snapshot is in a class with a theory."
+    return text
+
+
+def _development_finding_by_k(one: xr.Dataset, llc: np.ndarray, kgon_llc: dict[int, float]) -> str:
+    """The finding for development datasets without classes: the median LLC at each k."""
+    k = one["n_represented"].transpose("seed", "snapshot").values.astype(int)
     paths = []
     for row in k:
         path = [int(row[0])] + [int(b) for a, b in zip(row[:-1], row[1:]) if b != a]

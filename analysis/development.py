@@ -3,7 +3,10 @@
 Chen et al. (2023) train the TMS with 6 features and 2 hidden neurons on x = mu e_i and see
 the loss plateau near regular k-gons and then jump to a (k+1)-gon. `development` trains a
 grid with weight snapshots, then estimates the LLC of every snapshot of every instance in one
-compiled program (snapshots are one more batched axis), and measures k/m per snapshot.
+compiled program (snapshots are one more batched axis), and measures k/m per snapshot. In
+the Chen et al. setting (6 features, 2 hidden, x = mu e_i) each snapshot also gets its
+critical-point class (`slt_superposition.theory.critical_point_class`) and the class's
+theoretical lambda, so every estimate can be compared with the lambda of its own class.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import xarray as xr
 
 from analysis.measures import n_represented
 from slt_superposition.llc import SGLDConfig, estimate_llc_batched
+from slt_superposition.theory import KGON_N_FEATURES, KGON_N_HIDDEN, critical_point_class
 from toy_models.train import GRID_DIMS, TrainConfig, llc_inputs, train_grid
 
 
@@ -47,12 +51,59 @@ def snapshot_llc(train: xr.Dataset, *, sgld: SGLDConfig, n_samples: int, key) ->
     return estimate_llc_batched(loss_fn, params, data, config=sgld, key=chain_key, instance_dims=dims)
 
 
+def is_chen_setting(n_features: int, n_hidden: int, data: str) -> bool:
+    """Chen et al.'s setting, where the critical-point classes are derived: 6 features, 2 hidden, x = mu e_i."""
+    return (n_features, n_hidden, data) == (KGON_N_FEATURES, KGON_N_HIDDEN, "high_sparsity_limit")
+
+
+def snapshot_classes(W: xr.DataArray, b: xr.DataArray) -> xr.Dataset:
+    """The critical-point class of every snapshot (Chen et al. setting only).
+
+    `W`: (..., hidden, feature), `b`: (..., feature) with the same leading dims. Returns over
+    the leading dims: `class_label` (e.g. "5-gon+1"), `class_k`, `class_positive_dead`,
+    `class_llc` (the class's theoretical lambda, NaN where there is no theory),
+    `population_loss` (exact, at the snapshot) and `class_loss` (at the class's critical point).
+    """
+    lead = [d for d in W.dims if d not in ("hidden", "feature")]
+    Wv = W.transpose(*lead, "hidden", "feature").values
+    bv = b.transpose(*lead, "feature").values
+    shape = Wv.shape[:-2]
+    out = {name: np.empty(shape, dtype) for name, dtype in
+           [("class_label", object), ("class_k", int), ("class_positive_dead", int), ("class_llc", float),
+            ("population_loss", float), ("class_loss", float)]}
+    for idx in np.ndindex(shape):
+        c = critical_point_class(Wv[idx], bv[idx])
+        out["class_label"][idx] = c.label
+        out["class_k"][idx] = c.k
+        out["class_positive_dead"][idx] = c.positive_dead
+        out["class_llc"][idx] = np.nan if c.llc is None else c.llc
+        out["population_loss"][idx] = c.loss
+        out["class_loss"][idx] = np.nan if c.critical_loss is None else c.critical_loss
+    coords = {d: W[d] for d in lead if d in W.coords}
+    attrs = {
+        "class_label": ("critical-point class: k-gon, +j for j dead features with positive bias", None),
+        "class_k": ("live features (||W_i|| > 0.5)", "1"),
+        "class_positive_dead": ("dead features with positive bias", "1"),
+        "class_llc": ("theoretical lambda of the snapshot's class (NaN: no theory)", "1"),
+        "population_loss": ("exact population loss at the snapshot", "loss"),
+        "class_loss": ("exact population loss at the class's critical point (NaN: no class point)", "loss"),
+    }
+    data = {}
+    for name, values in out.items():
+        long_name, units = attrs[name]
+        values = values.astype(str) if name == "class_label" else values
+        data[name] = xr.DataArray(values, dims=lead, coords=coords,
+                                  attrs={"long_name": long_name} | ({"units": units} if units else {}))
+    return xr.Dataset(data)
+
+
 def development(config: TrainConfig, *, sgld: SGLDConfig, n_samples: int, key, progress: bool = True) -> xr.Dataset:
     """Train `config` (which must ask for `snapshot_steps`) and measure every snapshot.
 
     Returns a dataset over (grid..., snapshot) with `llc_mean`, `llc_std`, `n_represented`,
     `overcompleteness`, `snapshot_loss` (the LLC's init loss: the loss at the snapshot on the
-    LLC data), `mala_acceptance`, plus the final training `loss_curve`.
+    LLC data), `mala_acceptance`, the weights `W_snapshot` and `b_snapshot`, plus the final
+    training `loss_curve`; in the Chen et al. setting also the `snapshot_classes` variables.
     """
     if not config.snapshot_steps:
         config = dataclasses.replace(config, snapshot_steps=tuple(np.unique(np.geomspace(1, config.steps, 30).astype(int))))
@@ -73,7 +124,10 @@ def development(config: TrainConfig, *, sgld: SGLDConfig, n_samples: int, key, p
                                                       units="1"),
             "loss_curve": train["loss_curve"],
             "W_snapshot": W,
+            "b_snapshot": train["b_snapshot"],
         },
         attrs={"n_features": config.n_features, "n_hidden": config.n_hidden, "data": config.data},
     )
+    if is_chen_setting(config.n_features, config.n_hidden, config.data):
+        out = out.merge(snapshot_classes(W, train["b_snapshot"]))
     return out

@@ -1,0 +1,60 @@
+"""Development per class: each snapshot's critical-point class, its lambda, the figure's scale."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from analysis.compare_plots import _development_finding, _development_limits, plot_development
+from analysis.development import snapshot_classes
+from slt_superposition.theory import class_critical_point
+
+# per seed, per snapshot: (k, positive dead biases) of the class point, or None for a non-polygon
+PATHS = [[None, (5, 0), (5, 1)], [None, (5, 1), (6, 0)]]
+
+
+def _weights(spec):
+    if spec is None:  # three live columns bunched together: not a polygon
+        W = np.zeros((2, 6))
+        W[:, :3] = [[1.0, 0.9, 0.8], [0.0, 0.2, 0.4]]
+        return W, np.full(6, -0.1)
+    return class_critical_point(*spec)
+
+
+def _dev(llc: np.ndarray) -> xr.Dataset:
+    pairs = [[_weights(spec) for spec in row] for row in PATHS]
+    W = np.array([[w for w, _ in row] for row in pairs])[None, None]  # (fp, decay, seed, snapshot, hidden, feature)
+    b = np.array([[v for _, v in row] for row in pairs])[None, None]
+    grid = ("feature_probability", "importance_decay", "seed", "snapshot")
+    coords = {"feature_probability": [1.0], "importance_decay": [1.0], "seed": [0, 1], "snapshot": [10, 100, 1000]}
+    dev = xr.Dataset({"W_snapshot": (grid + ("hidden", "feature"), W), "b_snapshot": (grid + ("feature",), b),
+                      "llc_mean": (grid, llc[None, None]), "snapshot_loss": (grid, np.full((1, 1, 2, 3), 0.1)),
+                      "overcompleteness": (grid, np.full((1, 1, 2, 3), 2.5))}, coords=coords, attrs={"n_hidden": 2})
+    return dev.merge(snapshot_classes(dev["W_snapshot"], dev["b_snapshot"]))
+
+
+def test_each_snapshot_gets_its_class_and_lambda():
+    dev = _dev(np.zeros((2, 3)))
+    labels = dev["class_label"].squeeze().values.astype(str)
+    np.testing.assert_array_equal(labels, [["3 live (not a polygon)", "5-gon", "5-gon+1"],
+                                           ["3 live (not a polygon)", "5-gon+1", "6-gon"]])
+    np.testing.assert_array_equal(dev["class_llc"].squeeze().values, [[np.nan, 7.0, 8.5], [np.nan, 8.5, 8.5]])
+    assert float(dev["class_loss"].squeeze()[0, 1]) == pytest.approx(0.06874, abs=1e-5)
+    assert float(dev["class_loss"].squeeze()[1, 1]) == pytest.approx(0.06180, abs=1e-5)
+    # the population loss at a class point is the class's loss
+    np.testing.assert_allclose(dev["population_loss"].values[..., 1:], dev["class_loss"].values[..., 1:])
+
+
+def test_finding_compares_final_snapshots_with_their_own_class():
+    llc = np.array([[-100.0, 7.0, 9.35], [-50.0, 8.0, 7.65]])  # finals: +10% and -10% of 8.5
+    text = _development_finding(_dev(llc), {})
+    assert "5-gon -> 5-gon+1" in text and "no theory" in text
+    assert "Median |relative error| over the 2 seeds with a theory: 10% (from -10% to +10%)" in text
+
+
+def test_llc_axis_limits_come_from_converged_values(tmp_path):
+    llc = np.array([[-100.0, 7.0, 9.35], [-50.0, 8.0, 7.65]])
+    lo, hi = _development_limits(llc, np.array([7.0, 8.5]))
+    assert -5 < lo < 0 and 9.35 < hi < 12  # the saddle readings near -100 do not set the scale
+    assert plot_development(_dev(llc), tmp_path)[0].stat().st_size > 0
