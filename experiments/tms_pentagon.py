@@ -12,6 +12,7 @@ import numpy as np
 import xarray as xr
 
 from analysis.measures import feature_dimensionality, feature_norms
+from slt_superposition import markdown
 from slt_superposition.experiments import command_line
 from slt_superposition.io import save_dataset
 from toy_models.train import TrainConfig, select_best_seed, train_grid
@@ -41,27 +42,44 @@ def run(out_dir: Path, *, quick: bool = False) -> xr.Dataset:
     save_dataset(best, out_dir / "pentagon.nc")
     figure = _plot(W.values, out_dir / "pentagon.png")
     D = best["D_i"].values
+    norms = best["feature_norm"].values
+    finding = (f"The best of {ds.sizes['seed']} seeds (seed {int(best.best_seed)}, loss {float(best.loss):.5f}) "
+               f"{'is' if _is_regular(D, angles) else 'is not'} a regular pentagon: D_i lies within "
+               f"{np.abs(D - 0.4).max():.3f} of 2/5 and the neighbouring angles within "
+               f"{np.abs(angles - 72).max():.1f} degrees of 72; the columns have norms "
+               f"{norms.min():.3f} to {norms.max():.3f}.")
+    rows = [("D_i", ", ".join(f"{d:.3f}" for d in D), "0.400 each"),
+            ("neighbour angles (deg)", ", ".join(f"{a:.1f}" for a in angles), "72.0 each"),
+            ("||W_i||", ", ".join(f"{v:.3f}" for v in norms), "about 1")]
     (out_dir / "report.md").write_text(
-        f"# {NAME}\n\nCommand: `{command_line(NAME, out_dir, quick)}`\n\n"
-        f"Best of {ds.sizes['seed']} seeds (seed {int(best.best_seed)}, loss {float(best.loss):.5f}).\n\n"
-        f"| measure | this run | paper (regular pentagon) |\n|---|---|---|\n"
-        f"| D_i | {', '.join(f'{d:.3f}' for d in D)} | 0.400 each |\n"
-        f"| neighbour angles (deg) | {', '.join(f'{a:.1f}' for a in angles)} | 72.0 each |\n"
-        f"| ||W_i|| | {', '.join(f'{v:.3f}' for v in best['feature_norm'].values)} | about 1 |\n\n"
-        f"![columns of W]({figure.name})\n"
+        markdown.opening(NAME, command_line(NAME, out_dir, quick), finding)
+        + markdown.table(("measure", "this run", "paper (regular pentagon)"), rows)
+        + f"\n\n![columns of W]({figure.name})\n"
     )
     print(f"{NAME}: D_i = {[round(float(d), 3) for d in D]}, neighbour angles = {[round(float(a), 1) for a in angles]} deg")
     return best
 
 
-def _plot(W: np.ndarray, path: Path) -> Path:
-    import matplotlib.pyplot as plt
+def _is_regular(D: np.ndarray, angles: np.ndarray, tol_D: float = 0.02, tol_angle: float = 3.0) -> bool:
+    """Regular pentagon: every D_i within `tol_D` of 2/5 and every neighbour angle within `tol_angle` of 72."""
+    return bool(np.abs(D - 0.4).max() <= tol_D and np.abs(angles - 72).max() <= tol_angle)
 
-    fig, ax = plt.subplots(figsize=(4, 4))
-    for i in range(W.shape[1]):
-        ax.plot([0, W[0, i]], [0, W[1, i]], "-o", label=f"W_{i}")
-    ax.set(aspect="equal", xlim=(-1.5, 1.5), ylim=(-1.5, 1.5), title="columns of W (n=5, m=2, p=0.05)")
-    ax.legend(fontsize=7)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+
+def figure(W: np.ndarray):
+    """The columns of W (2, 5) in the hidden plane, with the unit circle and a feature legend."""
+    from analysis.plots import column_legend, draw_columns
+    from slt_superposition import figure_style as fs
+
+    with fs.style():
+        fig, axes = fs.subplots(1, 1, width=fs.COLUMN * 0.8, panel_aspect=1.0)
+        ax = axes[0, 0]
+        draw_columns(ax, W)
+        ax.set(xlabel="hidden unit 1", ylabel="hidden unit 2", title="columns of W (n = 5, m = 2, p = 0.05)")
+        column_legend(fig, W.shape[1])
+    return fig
+
+
+def _plot(W: np.ndarray, path: Path) -> Path:
+    from slt_superposition import figure_style as fs
+
+    return fs.save(figure(W), path)

@@ -22,6 +22,7 @@ import numpy as np
 import xarray as xr
 
 from analysis.measures import feature_norms
+from slt_superposition import markdown
 from slt_superposition.experiments import command_line
 from slt_superposition.io import save_dataset
 from slt_superposition.sweep import run_sweep
@@ -82,32 +83,47 @@ def run(out_dir: Path, *, quick: bool = False) -> xr.Dataset:
     return best
 
 
-def _plot(ds: xr.Dataset, path: Path) -> Path:
+def figure(ds: xr.Dataset):
+    """Trained and analytic phase side by side over (importance of feature 2, feature probability)."""
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    cmap = ListedColormap(["tab:blue", "tab:orange", "tab:green", "lightgray"])
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharey=True)
-    for ax, var, title in zip(axes, ("phase", "phase_predicted"), ("trained (best seed)", "analytic losses")):
-        ax.pcolormesh(ds.importance_decay, ds.feature_probability, ds[var].values, cmap=cmap, vmin=-0.5, vmax=3.5, shading="nearest")
-        ax.set(xscale="log", yscale="log", xlabel="importance of feature 2 (r)", title=title)
-    axes[0].set_ylabel("feature probability 1 - S")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i)) for i in range(4)]
-    fig.legend(handles, PHASES, loc="lower center", ncol=4)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    from slt_superposition import figure_style as fs
+
+    cmap = ListedColormap([fs.PALETTE[0], fs.PALETTE[1], fs.PALETTE[2], "0.85"])
+    with fs.style():
+        fig, axes = fs.subplots(1, 2, width=fs.PAGE * 0.75, panel_aspect=1.0, sharey=True)
+        for ax, var, title in zip(axes[0], ("phase", "phase_predicted"), ("trained (best seed)", "analytic losses")):
+            ax.pcolormesh(ds.importance_decay, ds.feature_probability, ds[var].values, cmap=cmap, vmin=-0.5,
+                          vmax=3.5, shading="nearest")
+            ax.set(xscale="log", yscale="log", xlabel="importance of feature 2 (r)", title=title)
+        axes[0, 0].set_ylabel(fs.label("feature_probability"))
+        handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i)) for i in range(4)]
+        fs.legend_below(fig, handles, list(PHASES), ncol=4)
+    return fig
+
+
+def _plot(ds: xr.Dataset, path: Path) -> Path:
+    from slt_superposition import figure_style as fs
+
+    return fs.save(figure(ds), path)
 
 
 def _report(out_dir: Path, ds: xr.Dataset, agreement: float, figure: Path, quick: bool) -> None:
-    counts = {p: int((ds.phase == i).sum()) for i, p in enumerate(PHASES)}
-    predicted = {p: int((ds.phase_predicted == i).sum()) for i, p in enumerate(PHASES[:3])}
+    rows = [(p, int((ds.phase == i).sum()), int((ds.phase_predicted == i).sum()) if i < 3 else "-")
+            for i, p in enumerate(PHASES)]
+    seeds = len(json.loads(ds.attrs["config"])["seeds"])
+    disagree = ds.phase != ds.phase_predicted
+    where = ""
+    if bool(disagree.any()):
+        p_off = ds.feature_probability.values[disagree.any("importance_decay").values]
+        where = (f" The {int(disagree.sum())} disagreeing points lie at feature probabilities "
+                 f"{p_off.min():.3g} to {p_off.max():.3g}.")
+    finding = (f"On an n = 2, m = 1 grid of {ds.sizes['feature_probability']} feature probabilities x "
+               f"{ds.sizes['importance_decay']} importances (best of {seeds} seeds per point), the trained "
+               f"phase agrees with the phase of lowest analytic loss at {agreement:.1%} of the points.{where}")
     (out_dir / "report.md").write_text(
-        f"# {NAME}\n\nCommand: `{command_line(NAME, out_dir, quick)}`\n\n"
-        f"n=2, m=1, {ds.sizes['feature_probability']} x {ds.sizes['importance_decay']} grid, best of "
-        f"{len(json.loads(ds.attrs['config'])['seeds'])} seeds.\n\n"
-        f"- agreement with the analytic phase: **{agreement:.1%}**\n"
-        f"- trained phases: {counts}\n- analytic phases: {predicted}\n\n"
-        f"Dataset: `phase_diagram.nc`; figure: `{figure.name}`\n\n![phase diagram]({figure.name})\n"
+        markdown.opening(NAME, command_line(NAME, out_dir, quick), finding)
+        + markdown.table(("phase", "trained (points)", "analytic (points)"), rows)
+        + f"\n\nDataset: `phase_diagram.nc`; figure: `{figure.name}`\n\n![phase diagram]({figure.name})\n"
     )

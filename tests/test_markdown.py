@@ -1,0 +1,47 @@
+"""Report markdown: cells that cannot break a table, counts in words, one opening for every report."""
+
+from __future__ import annotations
+
+import pytest
+
+from slt_superposition import markdown
+
+
+def test_pipes_in_cells_are_escaped():
+    text = markdown.table(("measure", "value"), [("||W_i||", "1.0"), ("a\nb", "x|y")])
+    lines = text.splitlines()
+    assert lines[2] == "| \\|\\|W_i\\|\\| | 1.0 |"
+    assert lines[3] == "| a b | x\\|y |"
+    # every row splits into the header's number of columns once escaped pipes are ignored
+    widths = {len(line.replace("\\|", "").strip("|").split("|")) for line in lines}
+    assert widths == {2}
+
+
+def test_row_width_checked():
+    with pytest.raises(ValueError):
+        markdown.table(("a", "b"), [(1,)])
+
+
+def test_counts_and_opening():
+    assert markdown.counts({"feature 1 only": 6, "other": 0}) == "feature 1 only 6, other 0"
+    top = markdown.opening("demo", "slt-superposition reproduce demo --out x", "It  found\n  this.")
+    assert top == "# demo\n\nCommand: `slt-superposition reproduce demo --out x`\n\nIt found this.\n\n"
+
+
+def test_phase_diagram_report_has_no_dict_reprs(tmp_path):
+    import numpy as np
+    import xarray as xr
+
+    from experiments.tms_phase_diagram import _report
+
+    p, r = np.array([1.0, 0.1]), np.array([0.5, 2.0])
+    ds = xr.Dataset({"phase": (("feature_probability", "importance_decay"), [[0, 1], [2, 2]]),
+                     "phase_predicted": (("feature_probability", "importance_decay"), [[0, 1], [2, 0]])},
+                    coords={"feature_probability": p, "importance_decay": r},
+                    attrs={"config": '{"seeds": [0, 1, 2]}'})
+    _report(tmp_path, ds, 0.75, tmp_path / "phase_diagram.png", True)
+    text = (tmp_path / "report.md").read_text()
+    assert "{" not in text and "}" not in text
+    assert text.startswith("# tms-phase-diagram\n\nCommand: `slt-superposition reproduce tms-phase-diagram --quick")
+    assert "agrees with the phase of lowest analytic loss at 75.0% of the points" in text
+    assert "| antipodal pair | 2 | 1 |" in text
