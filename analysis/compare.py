@@ -8,8 +8,11 @@ One `compare` dataset per training grid, with the grid dims of the `train` datas
     activation side  n_represented k, overcompleteness k/m, features_per_dimension 1/D*,
                      mean D_i and interference over represented features, (SAE) recovered
                      overcompleteness
-    relations        weights_undercomplete (d_eff < d by more than two of its standard errors),
-                     activations_overcomplete (k > m), both at once
+    budget           n_parameters d = orbit_dimension + dead_flat_parameters + 2 llc
+                     + excess_degeneracy (with its standard error): the degeneracy that the
+                     rotation symmetry and the dead features' flat regions do not explain
+    relations        weights_undercomplete (excess_degeneracy above two of its standard
+                     errors), activations_overcomplete (k > m), both at once
     fragility        finite-difference sensitivity of llc and k/m to log feature probability,
                      and whether the geometry changes between neighbouring grid points
 
@@ -101,16 +104,79 @@ def weight_side(llc: xr.Dataset, n_parameters: int, basis: xr.Dataset | None = N
     return out
 
 
+def orbit_dimension(W: xr.DataArray, model: str = "tms", tol: float = 1e-6) -> xr.DataArray:
+    """Dimension of the exactly flat symmetry orbit through W: (..., hidden, feature) -> (...).
+
+    The TMS loss depends on W only through W^T W, so W -> R W (R in O(m)) is a symmetry; its
+    orbit through a W of rank r has dimension m(m-1)/2 - (m-r)(m-r-1)/2 (the stabiliser is
+    O(m - r)). The hidden-ReLU model has no continuous symmetry (0)."""
+    m = W.sizes["hidden"]
+    if model == "tms_relu_hidden":
+        return xr.zeros_like(W.isel(hidden=0, feature=0), dtype=int).assign_attrs(_attrs("symmetry orbit dimension"))
+    sv = np.linalg.svd(W.transpose(..., "hidden", "feature").values, compute_uv=False)
+    rank = (sv > tol * np.maximum(sv[..., :1], 1e-30)).sum(-1)
+    free = m - rank
+    orbit = m * (m - 1) // 2 - free * (free - 1) // 2
+    return xr.DataArray(orbit, dims=[d for d in W.dims if d not in ("hidden", "feature")],
+                        coords={d: W[d] for d in W.dims if d not in ("hidden", "feature") and d in W.coords},
+                        attrs=_attrs("dimension of the rotation orbit m(m-1)/2 - (m-r)(m-r-1)/2, r = rank W"))
+
+
+def dead_flat_parameters(W: xr.DataArray, b: xr.DataArray) -> xr.DataArray:
+    """(m + 1) per dead feature in a flat region: a column with |W_i|^2 <= -b_i (a zero column
+    with non-positive bias, or a short one whose own output stays off: x_i |W_i|^2 + b_i <= 0
+    for x_i in [0, 1]). (..., hidden, feature), (..., feature) -> (...)."""
+    m = W.sizes["hidden"]
+    flat = ((W**2).sum("hidden") <= -b)
+    return ((m + 1) * flat.sum("feature")).assign_attrs(
+        _attrs("parameters of dead features in a flat region ((m + 1) per column with |W_i|^2 <= -b_i)"))
+
+
+def degeneracy_budget(train: xr.Dataset, weights: xr.Dataset) -> xr.Dataset:
+    """d = orbit_dimension + dead_flat_parameters + 2 llc + excess_degeneracy, per instance.
+
+    `train`: W and b; `weights`: `weight_side` output (llc_mean, llc_standard_error,
+    n_parameters). `excess_degeneracy` is the degeneracy beyond the symmetry orbit and the dead
+    features' flat regions (0 for a regular minimum modulo both; negative where 2 llc exceeds
+    the symmetry bound d - orbit - dead_flat); its standard error is 2 SE(llc).
+    `out_of_range`: 2 llc above that bound, or below 0, by more than 2 SE."""
+    orbit = orbit_dimension(train["W"], train.attrs.get("model", "tms"))
+    dead = dead_flat_parameters(train["W"], train["b"])
+    two_llc = 2 * weights["llc_mean"]
+    excess = weights["n_parameters"] - orbit - dead - two_llc
+    se = 2 * weights["llc_standard_error"]
+    out_of_range = (excess < -2 * se) | (two_llc < -2 * se)
+    return xr.Dataset({
+        "orbit_dimension": orbit,
+        "dead_flat_parameters": dead,
+        "symmetry_bound": (weights["n_parameters"] - orbit - dead).assign_attrs(
+            _attrs("bound on 2 llc where the loss is C^2: d - orbit_dimension - dead_flat_parameters")),
+        "excess_degeneracy": excess.assign_attrs(
+            _attrs("d - orbit_dimension - dead_flat_parameters - 2 llc: degeneracy beyond symmetry and dead features")),
+        "excess_degeneracy_se": se.assign_attrs(_attrs("standard error of excess_degeneracy (2 SE of llc)")),
+        "budget_out_of_range": out_of_range.assign_attrs(
+            _attrs("2 llc above the symmetry bound, or below 0, by more than 2 SE")),
+    })
+
+
 def relations(ds: xr.Dataset) -> xr.Dataset:
-    """The region where the weights are undercomplete and the activations overcomplete."""
+    """The region where the weights are undercomplete and the activations overcomplete.
+
+    Undercomplete weights: `excess_degeneracy` above two of its standard errors, i.e. more
+    degeneracy than the rotation orbit and the dead features' flat regions account for (2 llc
+    < d holds for every TMS because of those two alone). Datasets without the budget fall back
+    to d_eff = 2 llc below d by more than two of its standard errors."""
     m = ds.attrs["n_hidden"]
-    under = (ds["d_eff"] + 4 * ds["llc_standard_error"]) < ds["n_parameters"]
+    if "excess_degeneracy" in ds:
+        under = ds["excess_degeneracy"] > 2 * ds["excess_degeneracy_se"]
+        meaning = "excess_degeneracy above two of its standard errors (degeneracy beyond symmetry and dead features)"
+    else:
+        under = (ds["d_eff"] + 4 * ds["llc_standard_error"]) < ds["n_parameters"]
+        meaning = "d_eff = 2 llc below the parameter count d by more than two of its standard errors"
     over = ds["n_represented"] > m
     return xr.Dataset(
         {
-            "weights_undercomplete": under.assign_attrs(
-                _attrs("d_eff = 2 llc below the parameter count d by more than two of its standard errors")
-            ),
+            "weights_undercomplete": under.assign_attrs(_attrs(meaning)),
             "activations_overcomplete": over.assign_attrs(_attrs("more represented features than neurons (k > m)")),
             "undercomplete_weights_overcomplete_activations": (under & over).assign_attrs(
                 _attrs("both at once: an undercomplete weight basis and an overcomplete activation basis")
@@ -170,7 +236,10 @@ def compare(train: xr.Dataset, llc: xr.Dataset, basis: xr.Dataset | None = None,
     n_parameters = m * n + n
     act = activation_side(train)
     weights = weight_side(llc, n_parameters, basis)
-    ds = xr.merge([act, weights, train[["loss"]]], compat="override", join="outer", combine_attrs="override")
+    parts = [act, weights, train[["loss"]]]
+    if "b" in train:
+        parts.append(degeneracy_budget(train, weights))
+    ds = xr.merge(parts, compat="override", join="outer", combine_attrs="override")
     ds.attrs = {}
     ds.attrs.update({"n_features": n, "n_hidden": m, "model": train.attrs.get("model", "tms")})
     ds = ds.merge(relations(ds))

@@ -1,5 +1,9 @@
 """Figures, table and findings for the weight-vs-activation comparison (`compare` datasets,
-stacked over a `model` dim as the flagship writes them) and for `development` datasets."""
+stacked over a `model` dim as the flagship writes them) and for `development` datasets.
+
+Each `*_figure` returns a Figure (tests inspect it); each `plot_*` saves one with
+`figure_style.save` and returns its path.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
+
+from slt_superposition import figure_style as fs  # noqa: E402
 
 
 def _models(ds: xr.Dataset) -> list[str]:
@@ -25,146 +31,248 @@ def _sizes(one: xr.Dataset) -> tuple[int, int]:
     return int(one["n_features"].values), int(one["n_hidden"].values)
 
 
+def _n_parameters(one: xr.Dataset) -> int:
+    """d of a TMS with n features and m hidden: W (m x n) and b (n)."""
+    n, m = _sizes(one)
+    return n * m + n
+
+
+def _model_title(one: xr.Dataset) -> str:
+    n, m = _sizes(one)
+    return f"n = {n}, m = {m}"
+
+
 def _save(fig, out_dir: Path, name: str) -> Path:
-    """Lay out, save as `out_dir/name` (PNG) and close `fig`; returns the path."""
-    fig.tight_layout()
-    path = Path(out_dir) / name
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    """Save as `out_dir/name` (atomically, figure_style's resolution) and close `fig`."""
+    return fs.save(fig, Path(out_dir) / name)
 
 
 def _mean_sd(da: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
     return da.mean("seed").values, da.std("seed").values
 
 
-def plot_sparsity_curves(ds: xr.Dataset, out_dir: Path) -> Path:
-    """2 llc / d and k/m against feature probability, one column per model, shared x."""
+def sparsity_curves_figure(ds: xr.Dataset):
+    """2 llc / d (top) and k / m (bottom) against feature probability, one column per model:
+    every seed as a dot, the mean over seeds as a line, +- 1 sd over seeds as a band."""
+    import matplotlib.patches as mpatches
+    from matplotlib.lines import Line2D
+
     models = _models(ds)
-    fig, axes = plt.subplots(2, len(models), figsize=(3.2 * len(models), 5.5), sharex=True, squeeze=False)
-    for j, model in enumerate(models):
-        one = _one(ds, model)
-        p = one["feature_probability"].values
-        for i, (name, label) in enumerate([("d_eff_fraction", "2 llc / d"), ("overcompleteness", "k / m")]):
-            mean, sd = _mean_sd(one[name])
-            ax = axes[i, j]
-            ax.fill_between(p, mean - sd, mean + sd, alpha=0.25)
-            ax.plot(p, mean, "o-", ms=3)
-            ax.set_xscale("log")
-            if i == 1:
-                ax.axhline(1.0, color="gray", lw=0.8, ls="--")
-                ax.set_xlabel("feature probability 1 - S")
-            if j == 0:
-                ax.set_ylabel(label)
-        n, m = _sizes(one)
-        axes[0, j].set_title(f"n={n}, m={m}")
-        axes[0, j].invert_xaxis()
-    fig.suptitle("Weight basis (top) and activation basis (bottom) against sparsity (mean +- sd over seeds)")
-    return _save(fig, out_dir, "sparsity_curves.png")
+    rows = [("d_eff_fraction", "2 llc / d\n(effective fraction of the weights)"),
+            ("overcompleteness", "k / m\n(represented features per neuron)")]
+    with fs.style():
+        fig, axes = fs.subplots(2, len(models), width=fs.PAGE if len(models) > 2 else fs.COLUMN * 1.3,
+                                panel_aspect=0.8, sharex=True)
+        for j, model in enumerate(models):
+            one = _one(ds, model)
+            p = one["feature_probability"].values
+            for i, (name, label) in enumerate(rows):
+                ax = axes[i, j]
+                values = one[name].transpose("feature_probability", "seed").values
+                mean, sd = _mean_sd(one[name])
+                ax.fill_between(p, mean - sd, mean + sd, color=fs.PALETTE[0], alpha=0.2, lw=0)
+                ax.plot(np.repeat(p, values.shape[1]), values.ravel(), ".", color=fs.PALETTE[0], ms=3, alpha=0.6)
+                ax.plot(p, mean, "-", color=fs.PALETTE[0])
+                ax.axhline(1.0, color=fs.REFERENCE, lw=0.7, ls="--")
+                ax.set_xscale("log")
+                if j == 0:
+                    ax.set_ylabel(label)
+            axes[0, j].set_title(_model_title(one))
+            axes[1, j].set_xlabel(fs.label("feature_probability"))
+        axes[0, 0].invert_xaxis()  # shared x: dense on the left, sparse on the right
+        handles = [Line2D([], [], color=fs.PALETTE[0]), mpatches.Patch(color=fs.PALETTE[0], alpha=0.2, lw=0),
+                   Line2D([], [], color=fs.PALETTE[0], marker=".", ls="none", ms=4),
+                   Line2D([], [], color=fs.REFERENCE, lw=0.7, ls="--")]
+        labels = ["mean over seeds", "$\\pm$ 1 sd over seeds", "one seed",
+                  "1: all weight directions used (top); as many features as neurons (bottom)"]
+        fs.legend_below(fig, handles, labels, ncol=2)
+        fig.suptitle("Weight basis (top) and activation basis (bottom) against sparsity")
+    return fig
+
+
+def plot_sparsity_curves(ds: xr.Dataset, out_dir: Path) -> Path:
+    """Write `sparsity_curves.png` (see `sparsity_curves_figure`)."""
+    return _save(sparsity_curves_figure(ds), out_dir, "sparsity_curves.png")
+
+
+def scatter_figure(ds: xr.Dataset):
+    """2 llc / d against k / m, every instance; colour: feature probability, marker: model."""
+    from matplotlib.lines import Line2D
+
+    markers = "osD^v<>p"
+    all_p = np.concatenate([_one(ds, m)["feature_probability"].values for m in _models(ds)])
+    _, mappable = fs.probability_colours(all_p)
+    with fs.style():
+        fig, axes = fs.subplots(1, 1, width=fs.COLUMN, panel_aspect=0.85)
+        ax = axes[0, 0]
+        handles, labels = [], []
+        for j, model in enumerate(_models(ds)):
+            one = _one(ds, model)
+            p = np.broadcast_to(one["feature_probability"].values[:, None], one["overcompleteness"].shape)
+            colours, _ = fs.probability_colours(p.ravel())
+            marker = markers[j % len(markers)]
+            ax.scatter(one["overcompleteness"].values.ravel(), one["d_eff_fraction"].values.ravel(),
+                       c=[mappable.to_rgba(v) for v in p.ravel()], marker=marker, s=14, alpha=0.85, lw=0)
+            handles.append(Line2D([], [], color="0.35", marker=marker, ls="none", ms=4))
+            labels.append(_model_title(one))
+        fig.colorbar(mappable, ax=ax, label=fs.label("feature_probability"))
+        ax.axvline(1.0, color=fs.REFERENCE, lw=0.7, ls="--")
+        ax.axhline(1.0, color=fs.REFERENCE, lw=0.7, ls=":")
+        handles += [Line2D([], [], color=fs.REFERENCE, lw=0.7, ls="--"), Line2D([], [], color=fs.REFERENCE, lw=0.7,
+                                                                              ls=":")]
+        labels += ["k / m = 1 (right: overcomplete activations)", "2 llc / d = 1 (below: undercomplete weights)"]
+        ax.set_xlabel("k / m (represented features per neuron)")
+        ax.set_ylabel("2 llc / d (effective fraction of the weights)")
+        fs.legend_below(fig, handles, labels, ncol=2)
+        ax.set_title("one point per instance")
+    return fig
 
 
 def plot_scatter(ds: xr.Dataset, out_dir: Path) -> Path:
-    """2 llc / d against k/m, every instance, coloured by log feature probability."""
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    markers = "osD^v<>p"
-    for j, model in enumerate(_models(ds)):
-        one = _one(ds, model)
-        p = np.broadcast_to(one["feature_probability"].values[:, None], one["overcompleteness"].shape)
-        sc = ax.scatter(one["overcompleteness"].values.ravel(), one["d_eff_fraction"].values.ravel(),
-                        c=np.log10(p.ravel()), cmap="viridis", marker=markers[j % len(markers)], s=18,
-                        alpha=0.8, label=model, vmin=-2, vmax=0)
-    fig.colorbar(sc, ax=ax, label="log10 feature probability")
-    ax.axvline(1.0, color="gray", lw=0.8, ls="--")
-    ax.set_xlabel("k / m (represented features per neuron)")
-    ax.set_ylabel("2 llc / d (effective fraction of the weights)")
-    ax.legend(fontsize=7, title="model")
-    ax.set_title("Overcomplete activations (right of the line) with undercomplete weights (below 1)")
-    return _save(fig, out_dir, "scatter.png")
+    """Write `scatter.png` (see `scatter_figure`)."""
+    return _save(scatter_figure(ds), out_dir, "scatter.png")
+
+
+def fragility_figure(ds: xr.Dataset):
+    """Per model and feature probability: the fraction of seeds whose geometry (k) changes at
+    the next feature probability, and |d (2 llc / d) / d log p| (normalised by d, so models
+    of different sizes share one scale), mean over seeds; the values are printed in the cells."""
+    models = _models(ds)
+    change = np.stack([_one(ds, m)["geometry_changes"].astype(float).mean("seed").values for m in models])
+    slope = np.stack([(2.0 / _n_parameters(_one(ds, m)) * np.abs(_one(ds, m)["dllc_dlogp"])).mean("seed").values
+                      for m in models])
+    p = ds["feature_probability"].values
+    with fs.style():
+        fig, axes = fs.subplots(1, 2, width=fs.PAGE, height=0.35 * len(models) + 1.6)
+        for ax, values, title, cmap, label in [
+            (axes[0, 0], change, "geometry changes at the next p", "Reds", "fraction of seeds"),
+            (axes[0, 1], slope, "|d (2 llc / d) / d log p|", "magma_r", "mean over seeds"),
+        ]:
+            finite = values[np.isfinite(values)]
+            vmax = float(finite.max()) if len(finite) and finite.max() > 0 else 1.0
+            im = ax.imshow(values, aspect="auto", cmap=cmap, vmin=0, vmax=vmax)
+            for (r, c), v in np.ndenumerate(values):
+                if np.isfinite(v):
+                    ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6,
+                            color="white" if v > 0.6 * vmax else "black")
+            ax.set_yticks(range(len(models)), [_model_title(_one(ds, m)) for m in models])
+            ax.set_xticks(range(len(p)), [f"{v:.2g}" for v in p])
+            ax.set_xlabel(fs.label("feature_probability"))
+            ax.set_title(title)
+            fig.colorbar(im, ax=ax, label=label)
+        fig.suptitle("Fragility: how much a small change of sparsity moves the arrangement")
+    return fig
 
 
 def plot_fragility(ds: xr.Dataset, out_dir: Path) -> Path:
-    """Fraction of seeds whose geometry changes at the next feature probability, and |d llc / d log p|."""
+    """Write `fragility.png` (see `fragility_figure`)."""
+    return _save(fragility_figure(ds), out_dir, "fragility.png")
+
+
+def sae_curves_figure(ds: xr.Dataset):
+    """SAE against ground truth, first seed: recovered overcompleteness against k / m from W
+    (top), and FVU against dictionary size / m at a few feature probabilities, k / m dotted
+    in the same colour (bottom). None without SAE variables."""
+    if "sae_fvu" not in ds:
+        return None
+    from matplotlib.lines import Line2D
+
     models = _models(ds)
-    change = np.stack([_one(ds, m)["geometry_changes"].astype(float).mean("seed").values for m in models])
-    slope = np.stack([np.abs(_one(ds, m)["dllc_dlogp"]).mean("seed").values for m in models])
-    p = ds["feature_probability"].values
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.6 * len(models) + 2.2))
-    for ax, values, title, cmap in [
-        (axes[0], change, "fraction of seeds whose geometry changes at the next p", "Reds"),
-        (axes[1], slope, "|d llc / d log p| (mean over seeds)", "magma"),
-    ]:
-        im = ax.imshow(values, aspect="auto", cmap=cmap)
-        ax.set_yticks(range(len(models)), [str(m) for m in models])
-        ticks = np.linspace(0, len(p) - 1, min(len(p), 6)).astype(int)
-        ax.set_xticks(ticks, [f"{p[t]:.2g}" for t in ticks])
-        ax.set_xlabel("feature probability")
-        ax.set_title(title, fontsize=9)
-        fig.colorbar(im, ax=ax)
-    fig.suptitle("Fragility: how much a small change of sparsity moves the arrangement")
-    return _save(fig, out_dir, "fragility.png")
+    with fs.style():
+        fig, axes = fs.subplots(2, len(models), width=fs.PAGE if len(models) > 2 else fs.COLUMN * 1.3,
+                                panel_aspect=0.8)
+        for j, model in enumerate(models):
+            one = _one(ds, model).isel(seed=0)
+            n, m = _sizes(one)
+            fvu = one["sae_fvu"].dropna("dict_size", how="all")
+            ps = one["feature_probability"].values
+            shown = ps[np.linspace(0, len(ps) - 1, min(4, len(ps))).astype(int)]
+            colours, _ = fs.probability_colours(shown)
+            for colour, p in zip(colours, shown):
+                curve = fvu.sel(feature_probability=p)
+                axes[1, j].plot(curve["dict_size"] / m, curve.values, "o-", ms=2.5, color=colour,
+                                label=fs.coordinate("feature_probability", p))
+                k = float(one["overcompleteness"].sel(feature_probability=p))
+                axes[1, j].axvline(k, ls=":", lw=0.8, color=colour)
+            axes[0, j].plot(ps, one["overcompleteness"].values, "o-", ms=2.5, color=fs.PALETTE[0],
+                            label="k / m from W")
+            axes[0, j].plot(ps, one["sae_recovered_overcompleteness"].values, "s--", ms=2.5, color=fs.PALETTE[1],
+                            label="recovered by the SAE")
+            axes[0, j].set_xscale("log")
+            axes[0, j].invert_xaxis()
+            axes[0, j].set_xlabel(fs.label("feature_probability"))
+            axes[0, j].set_title(f"n = {n}, m = {m} (seed 0)")
+            axes[1, j].set_yscale("log")
+            axes[1, j].set_xlabel("dictionary size / m")
+            if j == 0:
+                axes[0, j].set_ylabel("overcompleteness")
+                axes[1, j].set_ylabel("fraction of variance unexplained")
+            axes[1, j].legend(loc="upper right")
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        handles.append(Line2D([], [], color="0.4", ls=":", lw=0.8))
+        labels.append("k / m from W, at the curve's p (bottom)")
+        fs.legend_below(fig, handles, labels, ncol=3)
+        fig.suptitle("What a TopK SAE recovers from the activations")
+    return fig
 
 
 def plot_sae_curves(ds: xr.Dataset, out_dir: Path) -> Path | None:
-    """SAE MMCS and FVU against dictionary size / m, first seed, a few feature probabilities."""
-    if "sae_fvu" not in ds:
-        return None
-    models = _models(ds)
-    fig, axes = plt.subplots(2, len(models), figsize=(3.2 * len(models), 5.5), squeeze=False)
-    for j, model in enumerate(models):
-        one = _one(ds, model).isel(seed=0)
-        n, m = _sizes(one)
-        fvu = one["sae_fvu"].dropna("dict_size", how="all")
-        ps = one["feature_probability"].values
-        for p in ps[np.linspace(0, len(ps) - 1, min(4, len(ps))).astype(int)]:
-            curve = fvu.sel(feature_probability=p)
-            axes[1, j].plot(curve["dict_size"] / m, curve.values, "o-", ms=3, label=f"p={p:.2g}")
-            k = float(one["overcompleteness"].sel(feature_probability=p))
-            axes[1, j].axvline(k, ls=":", lw=0.8, color=axes[1, j].lines[-1].get_color())
-        rec = one["sae_recovered_overcompleteness"]
-        axes[0, j].plot(ps, one["overcompleteness"].values, "o-", ms=3, label="k/m (from W)")
-        axes[0, j].plot(ps, rec.values, "s--", ms=3, label="SAE recovered")
-        axes[0, j].set_xscale("log")
-        axes[0, j].invert_xaxis()
-        axes[0, j].set_xlabel("feature probability")
-        axes[0, j].set_title(f"n={n}, m={m}")
-        axes[1, j].set_yscale("log")
-        axes[1, j].set_xlabel("dictionary size / m")
-        if j == 0:
-            axes[0, j].set_ylabel("overcompleteness")
-            axes[1, j].set_ylabel("FVU")
-        axes[0, j].legend(fontsize=6)
-        axes[1, j].legend(fontsize=6)
-    fig.suptitle("What a TopK SAE recovers from the activations (dotted: k/m from W)")
-    return _save(fig, out_dir, "sae_curves.png")
+    """Write `sae_curves.png` (see `sae_curves_figure`); None without SAE variables."""
+    fig = sae_curves_figure(ds)
+    return None if fig is None else _save(fig, out_dir, "sae_curves.png")
+
+
+def portraits_figure(trains: list[xr.Dataset], n_panels: int = 3):
+    """Weight-column portraits of m = 2 training grids: one row per model, the best seed at
+    `n_panels` feature probabilities, all panels on one scale (`analysis.plots.draw_columns`:
+    open circles mark columns too short to be represented)."""
+    from analysis.plots import column_legend, draw_columns
+
+    rows = []
+    for train in trains:
+        ps = train["feature_probability"].values
+        cells = []
+        for idx in np.linspace(0, len(ps) - 1, min(n_panels, len(ps))).astype(int):
+            one = train.isel(feature_probability=idx, importance_decay=0)
+            best = one.isel(seed=int(one["loss"].argmin("seed")))
+            cells.append((float(ps[idx]), best["W"].transpose("hidden", "feature").values))
+        rows.append(cells)
+    n_max = max(W.shape[1] for cells in rows for _, W in cells)
+    limit = max(1.3, 1.1 * max(float(np.linalg.norm(W, axis=0).max()) for cells in rows for _, W in cells))
+    colours = fs.feature_colours(n_max)
+    n_cols = max(len(cells) for cells in rows)
+    with fs.style():
+        fig, axes = fs.subplots(len(rows), n_cols, width=min(fs.PAGE, 1.5 * n_cols + 0.5), panel_aspect=1.0,
+                                sharex=True, sharey=True)
+        for i, cells in enumerate(rows):
+            for j in range(n_cols):
+                ax = axes[i, j]
+                if j >= len(cells):
+                    ax.set_visible(False)
+                    continue
+                p, W = cells[j]
+                draw_columns(ax, W, colours=colours[:W.shape[1]], limit=limit)
+                ax.set_title(f"n = {W.shape[1]}, {fs.coordinate('feature_probability', p)}")
+                if j == 0:
+                    ax.set_ylabel("hidden unit 2")
+                if i == len(rows) - 1:
+                    ax.set_xlabel("hidden unit 1")
+        column_legend(fig, n_max, colours=colours)
+        fig.suptitle("Columns of W, best seed (lowest loss) of each model")
+    return fig
 
 
 def plot_portraits(out_dir: Path, n_panels: int = 3) -> Path | None:
-    """Weight-column portraits (m = 2 models) of the best seed at a few feature probabilities."""
+    """Write `portraits.png` from the m = 2 training grids `train_n*_m2.nc` in `out_dir`."""
     out_dir = Path(out_dir)
     files = sorted(out_dir.glob("train_n*_m2.nc"))
     if not files:
         return None
-    fig, axes = plt.subplots(len(files), n_panels, figsize=(2.4 * n_panels, 2.4 * len(files)), squeeze=False)
-    for i, path in enumerate(files):
+    trains = []
+    for path in files:
         with xr.open_dataset(path) as train:
-            train = train.load()
-        ps = train["feature_probability"].values
-        for j, idx in enumerate(np.linspace(0, len(ps) - 1, n_panels).astype(int)):
-            one = train.isel(feature_probability=idx, importance_decay=0)
-            best = one.isel(seed=int(one["loss"].argmin("seed")))
-            W = best["W"].values
-            ax = axes[i, j]
-            for f in range(W.shape[1]):
-                ax.plot([0, W[0, f]], [0, W[1, f]], "-", lw=1.5)
-                ax.plot(W[0, f], W[1, f], "o", ms=3)
-            ax.set_xlim(-1.4, 1.4)
-            ax.set_ylim(-1.4, 1.4)
-            ax.set_aspect("equal")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(f"n={W.shape[1]}, p={ps[idx]:.2g}", fontsize=8)
-    fig.suptitle("Columns of W (best seed)")
-    return _save(fig, out_dir, "portraits.png")
+            trains.append(train.load())
+    return _save(portraits_figure(trains, n_panels), out_dir, "portraits.png")
 
 
 def plot_comparison(ds: xr.Dataset, out_dir: Path) -> list[Path]:
@@ -302,6 +410,8 @@ def findings(ds: xr.Dataset, dev: xr.Dataset | None = None, kgon_llc: dict[int, 
         if "violates_bound" in one:
             text += (f" The Hessian-rank bound on llc is violated in {float(one['violates_bound'].mean()):.0%} of "
                      "instances (the bound assumes a loss analytic at w*, which the ReLU TMS is not everywhere).")
+        if "excess_degeneracy" in one:
+            text += " " + _budget_finding(one)
         if "sae_recovered_overcompleteness" in one:
             rec = one["sae_recovered_overcompleteness"]
             # SAEs are trained on the first seeds only; the other seeds are NaN throughout
@@ -325,6 +435,26 @@ def findings(ds: xr.Dataset, dev: xr.Dataset | None = None, kgon_llc: dict[int, 
     if dev is not None:
         out.append(_development_finding(dev, kgon_llc or {}))
     return out
+
+
+def _budget_finding(one: xr.Dataset) -> str:
+    """The degeneracy budget d = orbit + dead-flat + 2 llc + excess (medians over instances), where
+    the weights are undercomplete (excess > 2 SE) and how many instances are out of range."""
+    med = lambda name: float(one[name].median())
+    d = int(one["n_parameters"].values)
+    under = one["weights_undercomplete"]
+    by_p = under.mean([dim for dim in under.dims if dim != "feature_probability"])
+    majority = [f"{p:.3g}" for p, v in zip(by_p["feature_probability"].values, by_p.values) if v > 0.5]
+    above = (one["excess_degeneracy"] < -2 * one["excess_degeneracy_se"])
+    below = (2 * one["llc_mean"] < -2 * one["excess_degeneracy_se"])
+    rank = f", Hessian rank {med('hessian_rank'):.1f}" if "hessian_rank" in one else ""
+    return (f"Degeneracy budget (medians over instances): d = {d} = orbit {med('orbit_dimension'):g} + dead-flat "
+            f"{med('dead_flat_parameters'):g} + 2 llc {2 * med('llc_mean'):.2f} + excess "
+            f"{med('excess_degeneracy'):.2f} +- {med('excess_degeneracy_se'):.2f}{rank}. The weights are undercomplete "
+            f"beyond symmetry and dead features (excess > 2 SE) in {float(under.mean()):.0%} of instances"
+            + (f", in most seeds at p = {', '.join(majority)}" if majority else ", in most seeds at no sparsity")
+            + f"; out of range in {float(one['budget_out_of_range'].mean()):.0%} (2 llc above the symmetry bound "
+            f"d - orbit - dead-flat by more than 2 SE: {float(above.mean()):.0%}; below 0: {float(below.mean()):.0%}).")
 
 
 def _development_finding(dev: xr.Dataset, kgon_llc: dict[int, float]) -> str:

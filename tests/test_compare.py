@@ -140,3 +140,55 @@ def test_flagship_step_sizes_interpolate_in_log_between_calibrated_points():
     np.testing.assert_allclose(eps, [1e-4, 10 ** -3.5, 1e-3, 3e-3, 3e-3, 1e-4], rtol=1e-12)
     # one calibrated point: that step size everywhere
     np.testing.assert_allclose(interpolated_step_sizes([0.1], [2e-4], p), 2e-4)
+
+
+def test_degeneracy_budget_adds_up():
+    from analysis.compare import degeneracy_budget
+
+    # n = 6, m = 2: a 5-gon with one dead column (b < 0: 3 flat parameters) and a 6-gon
+    pentagon = np.zeros((2, 6))
+    pentagon[:, :5] = _polygon(5, 1.17)
+    train = _train_like([pentagon, _polygon(6, 1.32)], [0.1, 0.01])
+    train["b"] = (GRID + ("feature",), np.array([[-0.28] * 5 + [-0.5], [-0.62] * 6])[:, None, None])
+    llc = _llc_like([7.0, 6.0], std=0.2)
+    ds = compare(train, llc)
+    d = 18
+    np.testing.assert_array_equal(ds["orbit_dimension"].values.ravel(), [1, 1])
+    np.testing.assert_array_equal(ds["dead_flat_parameters"].values.ravel(), [3, 0])
+    total = ds["orbit_dimension"] + ds["dead_flat_parameters"] + 2 * ds["llc_mean"] + ds["excess_degeneracy"]
+    np.testing.assert_allclose(total.values, d)
+    np.testing.assert_allclose(ds["excess_degeneracy"].values.ravel(), [0.0, 5.0])
+    np.testing.assert_allclose(ds["excess_degeneracy_se"].values.ravel(), 2 * 0.2 / 2)  # 2 SE(llc), 4 chains
+    # undercomplete means degeneracy beyond symmetry and dead features: the 5-gon at lambda 7 is not
+    np.testing.assert_array_equal(ds["weights_undercomplete"].values.ravel(), [False, True])
+    assert not ds["budget_out_of_range"].any()
+    # 2 llc above the symmetry bound d - orbit - dead_flat by more than 2 SE is out of range
+    weights = ds[["llc_mean", "llc_standard_error", "n_parameters"]]
+    over = degeneracy_budget(train, weights.assign(llc_mean=weights["llc_mean"] + 2.0))
+    np.testing.assert_array_equal(over["budget_out_of_range"].values.ravel(), [True, False])
+
+
+def test_orbit_dimension_follows_the_rank():
+    from analysis.compare import orbit_dimension
+
+    W = np.zeros((3, 3, 4))  # m = 3: rank 3, 2, 1
+    W[0, :, :3] = np.eye(3)
+    W[1, :2, :2] = np.eye(2)
+    W[2, 0, 0] = 1.0
+    da = xr.DataArray(W, dims=("instance", "hidden", "feature"))
+    np.testing.assert_array_equal(orbit_dimension(da).values, [3, 3 - 0, 3 - 1])
+    np.testing.assert_array_equal(orbit_dimension(da, "tms_relu_hidden").values, [0, 0, 0])
+
+
+def test_findings_show_the_budget():
+    from analysis.compare_plots import findings
+
+    pentagon = np.zeros((2, 6))
+    pentagon[:, :5] = _polygon(5, 1.17)
+    train = _train_like([pentagon, _polygon(6, 1.32)], [0.1, 0.01])
+    train["b"] = (GRID + ("feature",), np.array([[-0.28] * 5 + [-0.5], [-0.62] * 6])[:, None, None])
+    ds = compare(train, _llc_like([7.0, 6.0], std=0.2)).assign(n_features=6, n_hidden=2)  # as the flagship stacks
+    text = findings(ds)[0]
+    assert "d = 18 = orbit 1 + dead-flat 1.5 + 2 llc 13.00 + excess 2.50" in text
+    assert "excess > 2 SE) in 50% of instances, in most seeds at p = 0.01" in text
+    assert "out of range in 0%" in text
