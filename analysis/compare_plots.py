@@ -58,8 +58,7 @@ def sparsity_curves_figure(ds: xr.Dataset):
     from matplotlib.lines import Line2D
 
     models = _models(ds)
-    rows = [("d_eff_fraction", "2 llc / d\n(effective fraction of the weights)"),
-            ("overcompleteness", "k / m\n(represented features per neuron)")]
+    rows = [("d_eff_fraction", "2 llc / d"), ("overcompleteness", "k / m")]
     with fs.style():
         fig, axes = fs.subplots(2, len(models), width=fs.PAGE if len(models) > 2 else fs.COLUMN * 1.3,
                                 panel_aspect=0.8, sharex=True)
@@ -86,7 +85,8 @@ def sparsity_curves_figure(ds: xr.Dataset):
         labels = ["mean over seeds", "$\\pm$ 1 sd over seeds", "one seed",
                   "1: all weight directions used (top); as many features as neurons (bottom)"]
         fs.legend_below(fig, handles, labels, ncol=2)
-        fig.suptitle("Weight basis (top) and activation basis (bottom) against sparsity")
+        fig.suptitle("Weight basis (top: 2 llc / d, the effective fraction of the weights) and activation basis "
+                     "(bottom: k / m, represented features per neuron)")
     return fig
 
 
@@ -207,11 +207,11 @@ def sae_curves_figure(ds: xr.Dataset):
             if j == 0:
                 axes[0, j].set_ylabel("overcompleteness")
                 axes[1, j].set_ylabel("fraction of variance unexplained")
-            axes[1, j].legend(loc="upper right")
         handles, labels = axes[0, 0].get_legend_handles_labels()
-        handles.append(Line2D([], [], color="0.4", ls=":", lw=0.8))
-        labels.append("k / m from W, at the curve's p (bottom)")
-        fs.legend_below(fig, handles, labels, ncol=3)
+        bottom = axes[1, 0].get_legend_handles_labels()
+        handles += bottom[0] + [Line2D([], [], color="0.4", ls=":", lw=0.8)]
+        labels += [f"FVU at {t}" for t in bottom[1]] + ["k / m from W, at the curve's p (bottom)"]
+        fs.legend_below(fig, handles, labels, ncol=4)
         fig.suptitle("What a TopK SAE recovers from the activations")
     return fig
 
@@ -301,58 +301,60 @@ def plot_development(dev: xr.Dataset, out_dir: Path, kgon_llc: dict[int, float] 
     converged values (`_development_limits`) and estimates outside them are drawn as
     triangles on the edge. Without class variables (older datasets) the k-gon levels
     `kgon_llc` are drawn instead."""
-    kgon_llc = kgon_llc or {5: 7.0, 6: 8.5}
-    dev = dev.isel(feature_probability=0, importance_decay=0)
-    steps = dev["snapshot"].values
-    has_classes = "class_llc" in dev
-    llc = dev["llc_mean"].transpose("seed", "snapshot").values
-    theory = dev["class_llc"].transpose("seed", "snapshot").values if has_classes else np.full_like(llc, np.nan)
-    lo, hi = _development_limits(llc, theory if has_classes else np.array(list(kgon_llc.values()), float))
-    fig, axes = plt.subplots(3, 1, figsize=(7, 8), sharex=True)
-    n_off = 0
-    for s in range(dev.sizes["seed"]):
-        one = dev.isel(seed=s)
-        (line,) = axes[0].plot(steps, one["snapshot_loss"], "o-", ms=2, label=f"seed {int(one['seed'])}")
-        color = line.get_color()
-        axes[1].plot(steps, np.clip(llc[s], lo, hi), "-", lw=1, color=color)
-        inside = (llc[s] >= lo) & (llc[s] <= hi)
-        axes[1].plot(steps[inside], llc[s][inside], "o", ms=2, color=color)
-        for edge, marker, off in ((lo, "v", llc[s] < lo), (hi, "^", llc[s] > hi)):
-            if off.any():  # an empty unclipped line would stretch the layout to the figure's origin
-                axes[1].plot(steps[off], np.full(off.sum(), edge), marker, ms=6, color=color, clip_on=False)
-                n_off += int(off.sum())
+    with fs.style():
+        kgon_llc = kgon_llc or {5: 7.0, 6: 8.5}
+        dev = dev.isel(feature_probability=0, importance_decay=0)
+        steps = dev["snapshot"].values
+        has_classes = "class_llc" in dev
+        llc = dev["llc_mean"].transpose("seed", "snapshot").values
+        theory = dev["class_llc"].transpose("seed", "snapshot").values if has_classes else np.full_like(llc, np.nan)
+        lo, hi = _development_limits(llc, theory if has_classes else np.array(list(kgon_llc.values()), float))
+        fig, axes = fs.subplots(3, 1, width=fs.COLUMN * 1.5, panel_aspect=0.3, sharex=True)
+        axes = axes[:, 0]
+        n_off = 0
+        for s in range(dev.sizes["seed"]):
+            one = dev.isel(seed=s)
+            (line,) = axes[0].plot(steps, one["snapshot_loss"], "o-", ms=2, label=f"seed {int(one['seed'])}")
+            color = line.get_color()
+            axes[1].plot(steps, np.clip(llc[s], lo, hi), "-", lw=1, color=color)
+            inside = (llc[s] >= lo) & (llc[s] <= hi)
+            axes[1].plot(steps[inside], llc[s][inside], "o", ms=2, color=color)
+            for edge, marker, off in ((lo, "v", llc[s] < lo), (hi, "^", llc[s] > hi)):
+                if off.any():  # an empty unclipped line would stretch the layout to the figure's origin
+                    axes[1].plot(steps[off], np.full(off.sum(), edge), marker, ms=6, color=color, clip_on=False)
+                    n_off += int(off.sum())
+            if has_classes:
+                axes[1].plot(steps, theory[s], "--", lw=1, color=color, drawstyle="steps-post")
+            axes[2].plot(steps, one["overcompleteness"], "o-", ms=2, color=color)
+        m = int(dev.attrs.get("n_hidden", 2))
         if has_classes:
-            axes[1].plot(steps, theory[s], "--", lw=1, color=color, drawstyle="steps-post")
-        axes[2].plot(steps, one["overcompleteness"], "o-", ms=2, color=color)
-    m = int(dev.attrs.get("n_hidden", 2))
-    if has_classes:
-        labels = dev["class_label"].values.ravel()
-        for label, value in sorted({(str(a), float(v)) for a, v in zip(labels, dev["class_loss"].values.ravel())
-                                    if np.isfinite(v)}, key=lambda t: -t[1]):
-            axes[0].axhline(value, color="gray", ls=":", lw=0.8)
-            axes[0].text(steps[0], value, f" {label}", va="bottom", fontsize=7, color="gray")
-    else:
-        for k, value in kgon_llc.items():
-            axes[1].axhline(value, color="gray", ls="--", lw=0.8)
-            axes[1].text(steps[0], value, f" {k}-gon", va="bottom", fontsize=7, color="gray")
-    for k in kgon_llc:
-        axes[2].axhline(k / m, color="gray", ls="--", lw=0.8)
-        axes[2].text(steps[0], k / m, f" {k}-gon", va="bottom", fontsize=7, color="gray")
-    axes[1].set_ylim(lo, hi)
-    axes[0].set_ylabel("loss")
-    if has_classes:
-        axes[0].set_title("dotted: population loss of each class point", fontsize=8)
-    axes[0].set_yscale("log")
-    axes[1].set_ylabel("llc")
-    note = "dashed: lambda of the snapshot's class (gap: no theory)" if has_classes else "dashed: k-gon lambdas"
-    if n_off:
-        note += f"; {n_off} estimates off scale (triangles on the edge)"
-    axes[1].set_title(note, fontsize=8)
-    axes[2].set_ylabel("k / m")
-    axes[2].set_xlabel("training step")
-    axes[2].set_xscale("log")
-    axes[0].legend(fontsize=7)
-    fig.suptitle("6 features, 2 neurons, x = mu e_i: loss, LLC and k/m along training")
+            labels = dev["class_label"].values.ravel()
+            for label, value in sorted({(str(a), float(v)) for a, v in zip(labels, dev["class_loss"].values.ravel())
+                                        if np.isfinite(v)}, key=lambda t: -t[1]):
+                axes[0].axhline(value, color="gray", ls=":", lw=0.8)
+                axes[0].text(steps[0], value, f" {label}", va="bottom", fontsize=7, color="gray")
+        else:
+            for k, value in kgon_llc.items():
+                axes[1].axhline(value, color="gray", ls="--", lw=0.8)
+                axes[1].text(steps[0], value, f" {k}-gon", va="bottom", fontsize=7, color="gray")
+        for k in kgon_llc:
+            axes[2].axhline(k / m, color="gray", ls="--", lw=0.8)
+            axes[2].text(steps[0], k / m, f" {k}-gon", va="bottom", fontsize=7, color="gray")
+        axes[1].set_ylim(lo, hi)
+        axes[0].set_ylabel("loss")
+        if has_classes:
+            axes[0].set_title("dotted: population loss of each class point", fontsize=8)
+        axes[0].set_yscale("log")
+        axes[1].set_ylabel("llc")
+        note = "dashed: lambda of the snapshot's class (gap: no theory)" if has_classes else "dashed: k-gon lambdas"
+        if n_off:
+            note += f"; {n_off} estimates off scale (triangles on the edge)"
+        axes[1].set_title(note, fontsize=8)
+        axes[2].set_ylabel("k / m")
+        axes[2].set_xlabel("training step")
+        axes[2].set_xscale("log")
+        axes[0].legend(fontsize=7, ncol=2)
+        fig.suptitle("6 features, 2 neurons, x = mu e_i: loss, LLC and k/m along training")
     return [_save(fig, out_dir, "development.png")]
 
 

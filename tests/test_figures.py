@@ -147,3 +147,65 @@ def test_calibration_figure_shows_each_decision(tiny_grid):
     assert f"acceptance threshold {threshold:.2f}" in texts  # the dotted line is explained
     assert "chosen step size and its estimate" in texts
     assert any(t.startswith("chosen eps = ") for t in texts) and any(t.startswith("chosen length") for t in texts)
+
+
+def _compare_dataset():
+    """A two-model comparison dataset with the variables the flagship figures read."""
+    import xarray as xr
+
+    rng = np.random.default_rng(0)
+    p = np.array([1.0, 0.1, 0.01])
+    models = []
+    for name, n, m, scale in (("n5_m2", 5, 2, 1.0), ("n20_m5", 20, 5, 8.0)):
+        shape = (3, 2)
+        dims = ("feature_probability", "seed")
+        models.append(xr.Dataset(
+            {"d_eff_fraction": (dims, rng.uniform(0.3, 1.2, shape)),
+             "overcompleteness": (dims, rng.uniform(1.0, 2.5, shape)),
+             "geometry_changes": (dims, rng.uniform(size=shape) > 0.5),
+             # the same change of 2 llc / d per log p in both models: scale is d / 2
+             "dllc_dlogp": (dims, np.full(shape, 0.5 * scale * (n * m + n) / 15.0))},
+            coords={"feature_probability": p, "seed": [0, 1], "n_features": n, "n_hidden": m}).expand_dims(model=[name]))
+    return xr.concat(models, "model", coords="different", compat="equals")
+
+
+def test_fragility_normalised_by_d():
+    from analysis.compare_plots import fragility_figure
+
+    ds = _compare_dataset()
+    ds["dllc_dlogp"].loc[dict(model="n5_m2")] = 0.5 * 15 / 2  # 2/d x |dllc/dlogp| = 0.5 for d = 15
+    ds["dllc_dlogp"].loc[dict(model="n20_m5")] = 0.5 * 120 / 2  # and for d = 120
+    fig = fragility_figure(ds)
+    change, slope = visible_axes(fig)
+    assert slope.get_title() == "|d (2 llc / d) / d log p|"
+    np.testing.assert_allclose(slope.images[0].get_array(), 0.5)  # both models on one scale
+    assert [t.get_text() for t in slope.get_yticklabels()] == ["n = 5, m = 2", "n = 20, m = 5"]
+    assert all(ax.get_xlabel() == fs.label("feature_probability") for ax in (change, slope))
+    assert len(slope.texts) == 6  # every cell's value printed
+
+
+def test_sparsity_curves_and_scatter_explain_every_mark():
+    from analysis.compare_plots import scatter_figure, sparsity_curves_figure
+
+    ds = _compare_dataset()
+    fig = sparsity_curves_figure(ds)
+    assert len(visible_axes(fig)) == 4  # 2 rows x 2 models
+    texts = legend_texts(fig)
+    assert {"mean over seeds", "one seed"} <= set(texts) and any("sd over seeds" in t for t in texts)
+    scatter = scatter_figure(ds)
+    texts = legend_texts(scatter)
+    assert {"n = 5, m = 2", "n = 20, m = 5"} <= set(texts)
+    assert any(ax.get_label() == "<colorbar>" and ax.get_ylabel() == fs.label("feature_probability")
+               for ax in scatter.axes)
+
+
+def test_portraits_one_row_per_model_on_one_scale(tiny_grid):
+    from analysis.compare_plots import portraits_figure
+
+    six = tiny_grid.isel(feature=[0, 1, 2, 3, 4, 0]).assign_coords(feature=np.arange(6))
+    fig = portraits_figure([tiny_grid, six], n_panels=2)
+    panels = visible_axes(fig)
+    assert len(panels) == 4
+    assert panels[0].get_title().startswith("n = 5, p = ") and panels[2].get_title().startswith("n = 6, p = ")
+    assert {ax.get_xlim() for ax in panels} == {panels[0].get_xlim()}
+    assert "feature 5" in legend_texts(fig)
