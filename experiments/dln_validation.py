@@ -153,31 +153,36 @@ def markdown_table(ds: xr.Dataset) -> str:
     return "\n".join(lines) + "\n"
 
 
+def scatter_figure(ds: xr.Dataset):
+    """Estimated against exact learning coefficient, +- 1 sd over chains, the identity and a +-20% band."""
+    from slt_superposition import figure_style as fs
+
+    with fs.style():
+        fig, axes = fs.subplots(1, 1, width=fs.COLUMN, panel_aspect=0.9)
+        ax = axes[0, 0]
+        lam = ds["lambda_theory"].values.astype(float)
+        for kind, style in (("singular", dict(fmt="o", color=fs.PALETTE[0])),
+                            ("less_singular", dict(fmt="s", color=fs.PALETTE[1]))):
+            m = ds["kind"].values == kind
+            if m.any():
+                ax.errorbar(lam[m], ds["llc_mean"].values[m], yerr=ds["llc_std"].values[m], ms=3.5,
+                            label=kind.replace("_", " ") + " true parameter", **style)
+        top = max(lam.max(), np.nanmax(ds["llc_mean"].values)) * 1.1
+        xs = np.array([0, top])
+        ax.plot(xs, xs, "-", color=fs.REFERENCE, lw=0.8, label="$\\hat\\lambda = \\lambda$")
+        ax.fill_between(xs, 0.8 * xs, 1.2 * xs, color="0.88", lw=0, label="$\\pm$20% of $\\lambda$")
+        ax.set_xlabel("Aoyagi's exact learning coefficient $\\lambda$")
+        ax.set_ylabel("$\\hat\\lambda$ (calibrated SGLD, $\\pm$ 1 sd over chains)")
+        ax.set_title("Deep linear networks: estimated against exact")
+        ax.legend(loc="upper left")
+    return fig
+
+
 def scatter(ds: xr.Dataset, path: Path) -> Path:
-    import matplotlib
+    """Write the `scatter_figure` to `path`."""
+    from slt_superposition import figure_style as fs
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.8, 4.4))
-    lam = ds["lambda_theory"].values.astype(float)
-    for kind, style in (("singular", dict(fmt="o", color="C0")), ("less_singular", dict(fmt="s", color="C3"))):
-        m = ds["kind"].values == kind
-        if m.any():
-            ax.errorbar(lam[m], ds["llc_mean"].values[m], yerr=ds["llc_std"].values[m], label=kind.replace("_", " "),
-                        **style)
-    top = max(lam.max(), np.nanmax(ds["llc_mean"].values)) * 1.1
-    xs = np.array([0, top])
-    ax.plot(xs, xs, "k-", lw=0.8, label="lambda_hat = lambda")
-    ax.fill_between(xs, 0.8 * xs, 1.2 * xs, color="0.85", label="+-20%")
-    ax.set_xlabel("Aoyagi lambda")
-    ax.set_ylabel("lambda_hat (calibrated SGLD)")
-    ax.set_title("DLN: estimated vs exact learning coefficient")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fs.save(scatter_figure(ds), path)
 
 
 def write_outputs(ds: xr.Dataset, out_dir: Path, command: str) -> None:

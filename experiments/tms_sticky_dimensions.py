@@ -59,16 +59,27 @@ def run(out_dir: Path, *, quick: bool = False) -> xr.Dataset:
     return ds
 
 
-def _plot(ds: xr.Dataset, path: Path) -> Path:
-    import matplotlib.pyplot as plt
+def figure(ds: xr.Dataset):
+    """D_i of every feature against 1/D* of its feature probability, sticky values dashed."""
+    from slt_superposition import figure_style as fs
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    x = 1 / ds["D_star"].values
-    for i, p in enumerate(ds.feature_probability.values):
-        ax.scatter(np.full(ds.sizes["feature"], x[i]), ds["D_i"].values[i], s=4, alpha=0.4, color="k")
-    for v in STICKY_VALUES:
-        ax.axhline(v, lw=0.5, ls="--", color="tab:red")
-    ax.set(xlabel="1/D* (features per dimension)", ylabel="D_i", title="feature dimensionality, n=200, m=20")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    with fs.style():
+        fig, axes = fs.subplots(1, 1, width=fs.COLUMN, panel_aspect=0.8)
+        ax = axes[0, 0]
+        x = 1 / ds["D_star"].values
+        colours, mappable = fs.probability_colours(ds.feature_probability.values)
+        for i in range(ds.sizes["feature_probability"]):
+            ax.scatter(np.full(ds.sizes["feature"], x[i]), ds["D_i"].values[i], s=4, alpha=0.4, color=colours[i], lw=0)
+        for v in STICKY_VALUES:
+            ax.axhline(v, lw=0.5, ls="--", color="0.5")
+            ax.text(1.0, v, f" {v:.3g}", transform=ax.get_yaxis_transform(), va="center", fontsize=6, color="0.4")
+        fig.colorbar(mappable, ax=ax, label=fs.label("feature_probability"))
+        ax.set(xlabel="1 / D* (features per dimension)", ylabel="feature dimensionality $D_i$",
+               title="n = 200, m = 20: one point per feature; dashed: sticky values")
+    return fig
+
+
+def _plot(ds: xr.Dataset, path: Path) -> Path:
+    from slt_superposition import figure_style as fs
+
+    return fs.save(figure(ds), path)
