@@ -29,21 +29,30 @@ Padding: the instance axis is padded to a multiple of block x device count by re
 the last instance (never zeros, which could make a loss or an SVD degenerate) and
 the copies are dropped by `unshard`. Padded instances cost compute, nothing else.
 
-Several hosts: call `maybe_initialize_distributed()` first thing in the program. It calls
-``jax.distributed.initialize`` when the environment asks for it:
+Several processes (one per host or per GPU; docs/scaling.md): call
+`maybe_initialize_distributed()` first thing in the program (the `train`, `llc` and
+`reproduce` commands do). It calls ``jax.distributed.initialize`` when its arguments (the
+commands' ``--coordinator``, ``--num-processes``, ``--process-id``) or the environment ask
+for it:
 
 * ``JAX_COORDINATOR_ADDRESS=host:port``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``
-  (and optionally ``JAX_LOCAL_DEVICE_IDS``): explicit set-up, or
+  (and optionally ``JAX_LOCAL_DEVICE_IDS``): explicit set-up, as `slt-superposition launch`
+  gives each local process, or
 * ``SLT_DISTRIBUTED=1``: let JAX detect the cluster (Slurm, Open MPI, TPU pods).
 
-Then ``jax.devices()`` lists every host's devices, `instance_mesh()` spans them, and every
-process must call the same functions with the same (full) inputs; `unshard` gathers the
-result onto every process.
+Then ``jax.devices()`` lists every process's devices, `instance_mesh()` spans them, and
+every process must call the same functions with the same (full) inputs; `unshard` gathers
+the result onto every process. `mesh=None` (`single_device_mesh`) means the mesh of every
+process's first device there, since a program on one process's device alone cannot run
+under several controllers; the block construction keeps the bits those of one device.
+Process 0 writes the results (`io.is_writer`); `broadcast_json` and `broadcast_bytes`
+hand its decisions and files to the others.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 from typing import Any, Callable
 
@@ -57,27 +66,78 @@ AXIS = "instance"
 BLOCK = 16  # instances per compiled block in run_sharded; see module doc
 
 
-def maybe_initialize_distributed() -> bool:
-    """Call ``jax.distributed.initialize`` if the environment asks for it (see module doc).
+def maybe_initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                                 process_id: int | None = None) -> bool:
+    """Call ``jax.distributed.initialize`` if the arguments or the environment ask for it.
 
-    Returns True if it initialised the distributed system, False if this is a
-    single-process run. Must run before any other JAX computation.
+    `coordinator` ("host:port" of process 0), `num_processes` and `process_id` win over
+    ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``; without an
+    address, ``SLT_DISTRIBUTED=1`` lets JAX detect the cluster (Slurm, Open MPI, TPU).
+    Returns True if this is (now) a multi-process run, False for a single process. Must
+    run before any other JAX computation; a second call is a no-op.
     """
-    address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if _distributed_is_initialized():
+        return True
+    address = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
     if address:
         try:
-            num_processes = int(os.environ["JAX_NUM_PROCESSES"])
-            process_id = int(os.environ["JAX_PROCESS_ID"])
+            count = int(num_processes if num_processes is not None else os.environ["JAX_NUM_PROCESSES"])
+            index = int(process_id if process_id is not None else os.environ["JAX_PROCESS_ID"])
         except (KeyError, ValueError):
             raise InputError(
-                "JAX_COORDINATOR_ADDRESS is set, so JAX_NUM_PROCESSES and JAX_PROCESS_ID must be integers"
+                "with a coordinator address (--coordinator or JAX_COORDINATOR_ADDRESS), the number of processes "
+                "and this process's id (--num-processes/--process-id or JAX_NUM_PROCESSES/JAX_PROCESS_ID) "
+                "must be integers"
             ) from None
-        jax.distributed.initialize(address, num_processes=num_processes, process_id=process_id)
+        if not (count >= 1 and 0 <= index < count):
+            raise InputError(f"process id must be in [0, {count}) for {count} processes, got {index}")
+        if count == 1:
+            return False
+        try:
+            jax.distributed.initialize(address, num_processes=count, process_id=index)
+        except Exception as err:  # noqa: BLE001 - connection failures come in many types
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise InputError(f"jax.distributed.initialize({address}, process {index} of {count}) failed: {first}") from None
         return True
+    if num_processes is not None or process_id is not None:
+        raise InputError("--num-processes and --process-id need --coordinator (or JAX_COORDINATOR_ADDRESS)")
     if os.environ.get("SLT_DISTRIBUTED", "") not in ("", "0"):
         jax.distributed.initialize()  # cluster auto-detection (Slurm, Open MPI, TPU)
-        return True
+        return jax.process_count() > 1
     return False
+
+
+def _distributed_is_initialized() -> bool:
+    try:
+        return jax.distributed.is_initialized()
+    except AttributeError:  # older jax
+        from jax._src import distributed
+
+        return distributed.global_state.client is not None
+
+
+def is_multiprocess() -> bool:
+    """True in a run of several JAX processes (after `maybe_initialize_distributed`)."""
+    return jax.process_count() > 1
+
+
+def broadcast_bytes(content: bytes | None) -> bytes:
+    """Process 0's `content` on every process (the others pass None). One process: as is."""
+    if not is_multiprocess():
+        return content
+    from jax.experimental import multihost_utils
+
+    source = jax.process_index() == 0
+    size = int(multihost_utils.broadcast_one_to_all(np.int32(len(content) if source else 0)))
+    buffer = np.frombuffer(content, np.uint8) if source else np.zeros(size, np.uint8)
+    return np.asarray(multihost_utils.broadcast_one_to_all(buffer)).tobytes()
+
+
+def broadcast_json(value):
+    """Process 0's JSON-able `value` on every process. One process: `value` as is."""
+    if not is_multiprocess():
+        return value
+    return json.loads(broadcast_bytes(json.dumps(value).encode() if jax.process_index() == 0 else None))
 
 
 def instance_mesh(devices=None) -> Mesh:
@@ -187,7 +247,15 @@ def _block_program(fn: Callable, mesh: Mesh, n_shared: int, compiler_options: tu
 
 def single_device_mesh() -> Mesh:
     """The 1-device mesh (default device) that `mesh=None` means in `train_grid` and
-    `estimate_llc_batched`: the same blocked program as on many devices, so the same bits."""
+    `estimate_llc_batched`: the same blocked program as on many devices, so the same bits.
+
+    In a multi-process run: the mesh of every process's first local device (each process
+    must own a part of the mesh), which the block construction keeps bit-identical."""
+    if is_multiprocess():
+        firsts = {}
+        for device in jax.devices():
+            firsts.setdefault(device.process_index, device)
+        return instance_mesh([firsts[p] for p in sorted(firsts)])
     return instance_mesh(jax.devices()[:1])
 
 

@@ -23,11 +23,22 @@ A leftover ``chunk-NNNN.nc.*.tmp`` is the temp file of an atomic write that was 
 before its rename: by construction it is incomplete and no chunk of ours points at it.
 It is reported on stderr and removed, and its chunk is recomputed; that is what makes a
 SIGKILL at any moment resumable.
+
+While a sweep runs it holds the folder's lock (`io.output_lock`): a second run into the
+same folder is refused at once instead of computing the same chunks again.
+
+Several processes (`jax.distributed`): every process calls `run_sweep` with the same
+arguments and computes every chunk together with the others (`compute_chunk` shards its
+instances over all processes' devices). Process 0 alone reads and writes the run folder:
+it decides which chunks are done (so a rerun resumes whichever process died), writes each
+new chunk, and at the end sends every chunk file's bytes to the others, so all processes
+combine the same bytes into the same dataset. The other processes never touch `run_dir`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -39,7 +50,7 @@ from typing import Any, Callable, Sequence
 import xarray as xr
 
 from slt_superposition.errors import InputError, require
-from slt_superposition.io import ENGINE, save_dataset
+from slt_superposition.io import ENGINE, LOCK_NAME, file_mode, is_writer, output_lock, save_dataset
 
 MANIFEST = "manifest.json"
 _CHUNK = re.compile(r"chunk-(\d{4,})\.nc")
@@ -61,6 +72,7 @@ def chunk_path(run_dir: Path, index: int) -> Path:
 def _write_json_atomic(obj: Any, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, file_mode())  # mkstemp's 0600 would hide the manifest from colleagues
         with os.fdopen(fd, "w") as handle:
             json.dump(obj, handle, indent=1, sort_keys=True)
         os.replace(tmp, path)
@@ -72,7 +84,7 @@ def _write_json_atomic(obj: Any, path: Path) -> None:
 
 def _check_folder(run_dir: Path, digest: str, n_chunks: int) -> None:
     """Validate the run folder against this sweep; clean our own killed temp files."""
-    names = sorted(p.name for p in run_dir.iterdir())
+    names = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME)
     manifest = run_dir / MANIFEST
     if not manifest.exists():
         foreign = [n for n in names if not (_CHUNK_TMP.fullmatch(n) or _MANIFEST_TMP.fullmatch(n))]
@@ -104,9 +116,10 @@ def _check_folder(run_dir: Path, digest: str, n_chunks: int) -> None:
             raise InputError(f"{run_dir / name} was not written by this sweep; move it out of the run folder")
 
 
-def _load_chunk(path: Path, digest: str, index: int) -> xr.Dataset:
+def _load_chunk(path: Path, digest: str, index: int, content: bytes | None = None) -> xr.Dataset:
+    """Open chunk `index` from `path` (or from `content`, its bytes) and check it is ours."""
     try:
-        with xr.open_dataset(path, engine=ENGINE) as ds:
+        with xr.open_dataset(path if content is None else io.BytesIO(content), engine=ENGINE) as ds:
             ds = ds.load()
     except Exception as err:  # h5py raises many types for a truncated file
         raise InputError(
@@ -117,6 +130,26 @@ def _load_chunk(path: Path, digest: str, index: int) -> xr.Dataset:
         f"{path} belongs to another sweep (or another chunk); not using it",
     )
     return ds
+
+
+def _make_folder(run_dir: Path) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"sweep folder {run_dir} is a file")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create sweep folder {run_dir}: {err.strerror}") from None
+
+
+def _prepare(run_dir: Path, name: str, config: dict[str, Any], chunks: Sequence[Any], digest: str) -> list[int]:
+    """Check the folder, write the manifest if new, validate finished chunks; returns their indices."""
+    _check_folder(run_dir, digest, len(chunks))
+    if not (run_dir / MANIFEST).exists():
+        _write_json_atomic({"name": name, "hash": digest, "config": config, "chunks": list(chunks)}, run_dir / MANIFEST)
+    done = [i for i in range(len(chunks)) if chunk_path(run_dir, i).exists()]
+    for i in done:  # validate before computing anything
+        _load_chunk(chunk_path(run_dir, i), digest, i).close()
+    return done
 
 
 def default_combine(datasets: list[xr.Dataset]) -> xr.Dataset:
@@ -144,32 +177,40 @@ def run_sweep(
     """
     from tqdm.auto import tqdm
 
+    from slt_superposition.sharding import broadcast_bytes, broadcast_json, is_multiprocess
+
     require(len(chunks) > 0, f"sweep '{name}' has no chunks")
     run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise InputError(f"sweep folder {run_dir} is a file")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise InputError(f"cannot create sweep folder {run_dir}: {err.strerror}") from None
     digest = sweep_hash(name, config, chunks)
-    _check_folder(run_dir, digest, len(chunks))
-    if not (run_dir / MANIFEST).exists():
-        _write_json_atomic({"name": name, "hash": digest, "config": config, "chunks": list(chunks)}, run_dir / MANIFEST)
+    writer, several = is_writer(), is_multiprocess()
+    if writer:
+        _make_folder(run_dir)
+    with output_lock(run_dir, folder=True):  # a no-op on processes other than 0
+        # process 0 decides what is done; every process then computes the same chunks
+        try:
+            done = _prepare(run_dir, name, config, chunks, digest) if writer else []
+            state = {"done": done}
+        except InputError as err:
+            state = {"error": str(err)}
+        state = broadcast_json(state)
+        if "error" in state:
+            raise InputError(state["error"])
+        done = set(state["done"])
+        todo = [i for i in range(len(chunks)) if i not in done]
+        bar = tqdm(total=len(chunks), initial=len(done), desc=name, unit="chunk", disable=not progress)
+        for i in todo:
+            ds = compute_chunk(chunks[i])
+            ds = ds.assign_attrs(sweep_name=name, sweep_hash=digest, sweep_chunk=i)
+            save_dataset(ds, chunk_path(run_dir, i))  # process 0 only
+            bar.update(1)
+        bar.close()
 
-    done = {i for i in range(len(chunks)) if chunk_path(run_dir, i).exists()}
-    for i in done:  # validate before computing anything
-        _load_chunk(chunk_path(run_dir, i), digest, i).close()
-    todo = [i for i in range(len(chunks)) if i not in done]
-    bar = tqdm(total=len(chunks), initial=len(done), desc=name, unit="chunk", disable=not progress)
-    for i in todo:
-        ds = compute_chunk(chunks[i])
-        ds = ds.assign_attrs(sweep_name=name, sweep_hash=digest, sweep_chunk=i)
-        save_dataset(ds, chunk_path(run_dir, i))
-        bar.update(1)
-    bar.close()
-
-    parts = [_load_chunk(chunk_path(run_dir, i), digest, i) for i in range(len(chunks))]
+        # every process combines the bytes on process 0's disk (one process: read directly)
+        parts = []
+        for i in range(len(chunks)):
+            path = chunk_path(run_dir, i)
+            content = broadcast_bytes(path.read_bytes() if writer else None) if several else None
+            parts.append(_load_chunk(path, digest, i, content))
     combined = combine(parts)
     attrs = {k: v for k, v in combined.attrs.items() if k not in SWEEP_ATTRS}
     attrs.update(sweep_name=name, sweep_hash=digest, sweep_chunks=len(chunks))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 from typing import Callable
 
 import jax
@@ -31,12 +32,14 @@ import numpy as np
 import optax
 import xarray as xr
 
-from slt_superposition.errors import InputError, require
+from slt_superposition.errors import InputError, check_batch_size, check_seed, require
 from slt_superposition.provenance import provenance_attrs, read_config
 from toy_models.data import GENERATORS, get_generator
 from toy_models.tms import MODELS, TMS, tms_init_params, tms_loss, tms_loss_jit
 
 GRID_DIMS = ("feature_probability", "importance_decay", "seed")
+MAX_STEPS = 2**31  # steps are counted in uint32 (batch keys fold in the step)
+MAX_INSTANCES = 2**24  # a grid's instance count; (16.7M) far beyond any memory's worth of models
 SCHEDULES = ("constant", "linear", "cosine")
 OPTIMIZERS = ("adamw", "sgd")
 
@@ -76,10 +79,11 @@ class TrainConfig:
         fps = tuple(float(p) for p in as_tuple(self.feature_probabilities))
         decays = tuple(float(r) for r in as_tuple(self.importance_decays))
         if isinstance(self.seeds, (int, np.integer)) and not isinstance(self.seeds, bool):
-            require(self.seeds > 0, f"seeds must be a positive count or a list of seeds, got {self.seeds}")
+            require(0 < self.seeds <= MAX_INSTANCES,
+                    f"seeds must be a positive count (at most {MAX_INSTANCES}) or a list of seeds, got {self.seeds}")
             seeds = tuple(range(int(self.seeds)))
         else:
-            seeds = tuple(int(s) for s in as_tuple(self.seeds))
+            seeds = tuple(check_seed(s, "seeds") for s in as_tuple(self.seeds))
         snaps = tuple(sorted(set(int(s) for s in as_tuple(self.snapshot_steps))))
         object.__setattr__(self, "feature_probabilities", fps)
         object.__setattr__(self, "importance_decays", decays)
@@ -92,13 +96,16 @@ class TrainConfig:
         require(len(fps) > 0, "give at least one feature probability")
         require(len(decays) > 0, "give at least one importance decay")
         require(len(seeds) > 0, "give at least one seed")
+        require(len(fps) * len(decays) * len(seeds) <= MAX_INSTANCES,
+                f"a grid has at most {MAX_INSTANCES} instances, got {len(fps) * len(decays) * len(seeds)}")
         for p in fps:
             require(0.0 < p <= 1.0, f"feature probability must be in (0, 1], got {p}")
         for r in decays:
             require(math.isfinite(r) and r > 0.0, f"importance decay must be positive, got {r}")
         for name, values in (("feature probabilities", fps), ("importance decays", decays), ("seeds", seeds)):
             require(len(set(values)) == len(values), f"{name} must not repeat: {list(values)}")
-        require(all(s >= 0 for s in seeds), f"seeds must be non-negative, got {list(seeds)}")
+        require(self.steps < MAX_STEPS, f"steps must be below {MAX_STEPS} (the step counter is 32-bit), got {self.steps}")
+        check_batch_size(self.batch_size)
         require(math.isfinite(self.learning_rate) and self.learning_rate > 0, f"learning rate must be positive, got {self.learning_rate}")
         require(math.isfinite(self.weight_decay) and self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
         require(self.schedule in SCHEDULES, f"unknown schedule '{self.schedule}' (known: {', '.join(SCHEDULES)})")
@@ -123,6 +130,22 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def memory_bytes(self) -> float:
+        """About the peak memory `train_grid` needs for this grid (`slt_superposition.memory`)."""
+        from slt_superposition.memory import train_bytes
+
+        return train_bytes(self.n_instances, self.n_features, self.n_hidden, batch_size=self.batch_size,
+                           eval_samples=self.eval_samples, n_snapshots=len(self.snapshot_steps),
+                           loss_curve_points=self.loss_curve_points)
+
+    def check_memory(self) -> None:
+        """`InputError` before any compute if this grid cannot fit in the available memory."""
+        from slt_superposition.memory import require_memory
+
+        require_memory(self.memory_bytes(), f"training {self.n_instances} instances of a {self.n_features}x"
+                       f"{self.n_hidden} model with batch {self.batch_size}",
+                       "fewer instances (seeds, grid points), a smaller --batch-size or a smaller model")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -331,9 +354,10 @@ def train_grid(config: TrainConfig, *, progress: bool = True, mesh=None) -> xr.D
     per_instance = (inputs["data_key"], inputs["feature_probability"], inputs["importance"])
 
     n_instances, points = config.n_instances, config.loss_curve_points
-    step_bin = (np.arange(config.steps) * points) // config.steps  # window of each step
+    # step t belongs to window (t * points) // steps; window j starts at step ceil(j * steps / points)
+    window_start = -((-np.arange(points + 1, dtype=np.int64) * config.steps) // points)
     curve_sum = np.zeros((points, n_instances), np.float64)
-    curve_count = np.bincount(step_bin, minlength=points)[:, None]
+    curve_count = np.diff(window_start)[:, None]
     snapshots = {}
     if 0 in config.snapshot_steps:
         snapshots[0] = jax.tree.map(np.array, params)  # a copy: the buffers are donated next chunk
@@ -344,15 +368,38 @@ def train_grid(config: TrainConfig, *, progress: bool = True, mesh=None) -> xr.D
             params, opt_state, losses = run_sharded(
                 _chunk_block(static, _chunk_length(config, stop - start)), (params, opt_state) + per_instance,
                 jnp.uint32(start), jnp.uint32(stop - start), mesh=mesh)
-            np.add.at(curve_sum, step_bin[start:stop], np.asarray(losses, np.float64)[:, : stop - start].T)
+            step_bin = (np.arange(start, stop, dtype=np.int64) * points) // config.steps  # window of each step
+            np.add.at(curve_sum, step_bin, np.asarray(losses, np.float64)[:, : stop - start].T)
             if stop in config.snapshot_steps:
                 snapshots[stop] = jax.tree.map(np.array, params)  # a copy: the buffers are donated next chunk
             bar.update(stop - start)
 
     final_loss = _evaluate(config, params, inputs)
     curve = (curve_sum / curve_count).astype(np.float32).T  # (instance, point)
-    curve_steps = np.searchsorted(step_bin, np.arange(points), side="right")  # last step of each window, 1-based
-    return _to_dataset(config, jax.tree.map(np.asarray, params), np.asarray(final_loss), curve, curve_steps, snapshots)
+    curve_steps = window_start[1:]  # last step of each window, 1-based
+    ds = _to_dataset(config, jax.tree.map(np.asarray, params), np.asarray(final_loss), curve, curve_steps, snapshots)
+    bad = nonfinite_instances(ds)
+    if bad:
+        warnings.warn(diverged_message(bad, config.n_instances), RuntimeWarning, stacklevel=2)
+    return ds
+
+
+def nonfinite_instances(ds: xr.Dataset) -> list[str]:
+    """Labels ("feature_probability=0.1, importance_decay=1, seed=3") of the instances of a
+    'train' dataset whose final W or b hold a NaN or an infinity (training diverged)."""
+    ds = _grid_dataset(ds)
+    finite = np.isfinite(ds["W"]).all(("hidden", "feature")) & np.isfinite(ds["b"]).all("feature")
+    labels = []
+    for index in zip(*np.nonzero(~finite.transpose(*GRID_DIMS).values)):
+        labels.append(", ".join(f"{dim}={ds[dim].values[i]:g}" for dim, i in zip(GRID_DIMS, index)))
+    return labels
+
+
+def diverged_message(labels: list[str], n_instances: int) -> str:
+    """One line naming the diverged instances (the first three) and what to change."""
+    shown = "; ".join(labels[:3]) + (f"; and {len(labels) - 3} more" if len(labels) > 3 else "")
+    return (f"training diverged: {len(labels)} of {n_instances} instances have non-finite weights ({shown}); "
+            "lower the learning rate")
 
 
 def _to_dataset(config, params, final_loss, curve, curve_steps, snapshots) -> xr.Dataset:

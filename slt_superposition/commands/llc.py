@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from slt_superposition.commands import distributed_options as dist
 from slt_superposition.errors import InputError
 
 
@@ -48,9 +49,14 @@ def llc(
         "as on one device."),
     calibrate: bool = typer.Option(
         False, "--calibrate",
-        help="Choose step size and chain length with `calibrate` on the first instance (at the given "
-        "--localization, --nbeta, --batch-size, --chains) and use them for every instance (overrides "
-        "--step-size/--steps/--burnin); the sweep is saved next to --out as *.calibration.nc."),
+        help="Calibrate every instance (`calibrate_batched`, at the given --localization, --nbeta, --batch-size, "
+        "--chains): each gets its own step size and chain length (overrides --step-size/--steps/--burnin), and the "
+        "batch size may grow if the minibatch check fails; the calibration is saved next to --out as "
+        "*.calibration.nc."),
+    coordinator: Optional[str] = dist.COORDINATOR,
+    num_processes: Optional[int] = dist.NUM_PROCESSES,
+    process_id: Optional[int] = dist.PROCESS_ID,
+    context: typer.Context = None,
 ) -> None:
     """Estimate the local learning coefficient of every instance in a trained dataset.
 
@@ -58,21 +64,28 @@ def llc(
 
     Example: slt-superposition llc grid.nc --chains 8 --steps 2000 --burnin 500 --out llc.nc
     """
+    dist.initialize(coordinator, num_processes, process_id)
     import jax
+    import numpy as np
 
-    from slt_superposition.io import check_writable, open_result, save_dataset
+    from slt_superposition.io import check_writable, open_result, output_lock, save_dataset
     from slt_superposition.llc import SGLDConfig, estimate_llc_batched, validate_config
     from slt_superposition.sharding import instance_mesh
     from toy_models.train import GRID_DIMS, llc_inputs
 
-    check_writable(out)
+    side_file = out.with_suffix(".calibration.nc")
+    check_writable(out, inputs=[path])
+    if calibrate:
+        check_writable(side_file, inputs=[path])
+    _check_options(chains=chains, steps=steps, burnin=burnin, trace_every=trace_every, seed=seed,
+                   batch_size=batch_size, n_samples=n_samples)
     ds = open_result(path, kind="train")
     for dim in GRID_DIMS:
         if dim not in ds.dims:
             ds = ds.expand_dims(dim)
     ds = ds.transpose(*GRID_DIMS, ...)
-    if n_samples < 1:
-        raise InputError(f"--n-samples must be a positive integer, got {n_samples}")
+    _check_memory(ds, n_samples=n_samples, chains=chains, steps=steps, trace_every=trace_every,
+                  batch_size=batch_size or n_samples)
     data_key, chain_key, calibration_key = jax.random.split(jax.random.key(seed), 3)
     loss_fn, params, data = llc_inputs(ds, n_samples=n_samples, key=data_key)
     config = SGLDConfig(
@@ -81,20 +94,24 @@ def llc(
         sampling=sampling,
     )
     validate_config(config, n_samples)  # before any calibration or sampling work
+    # held until the command returns: a second run into --out is refused at once
+    if context is not None:
+        context.with_resource(output_lock(out))
     if calibrate:
-        try:
-            from slt_superposition.calibration import calibrate as run_calibration
-        except ImportError:
-            raise InputError("--calibrate needs slt_superposition.calibration, which is not installed") from None
-        first = jax.tree_util.tree_map(lambda x: x[0], (params, data))
-        print("calibrating on the first instance ...", file=sys.stderr)
-        found, sweep = run_calibration(loss_fn, first[0], first[1], key=calibration_key, localization=localization,
-                                       nbeta=config.nbeta, batch_size=config.batch_size, num_chains=chains,
-                                       progress=True)
-        config = SGLDConfig(**{**found.to_dict(), "trace_every": trace_every, "sampling": sampling})
-        print(f"calibrated: step_size {config.step_size:g}, localization {config.localization:g}, "
-              f"steps {config.num_steps} (burn-in {config.num_burnin})", file=sys.stderr)
-        print(save_dataset(sweep, out.with_suffix(".calibration.nc")), file=sys.stderr)
+        from slt_superposition.calibration import calibrate_batched
+
+        n_inst = int(np.prod([ds.sizes[d] for d in GRID_DIMS]))
+        print(f"calibrating every instance ({n_inst}) ...", file=sys.stderr)
+        found, sweep = calibrate_batched(loss_fn, params, data, key=calibration_key, localization=localization,
+                                         nbeta=config.nbeta, batch_size=config.batch_size, num_chains=chains,
+                                         instance_dims={dim: ds[dim].values for dim in GRID_DIMS}, progress=True)
+        every = max(trace_every, int(np.max(found.num_steps)) // 1000)  # at most ~1000 trace blocks per chain
+        config = SGLDConfig(**{**found.to_dict(), "trace_every": every, "sampling": sampling})
+        print(f"calibrated: step sizes {np.min(config.step_size):.3g} .. {np.max(config.step_size):.3g}, "
+              f"steps {np.min(config.num_steps)} .. {np.max(config.num_steps)}, "
+              f"{'full batch' if config.batch_size is None else f'batch {config.batch_size}'}; "
+              f"converged on {int(sweep['converged'].sum())} of {n_inst} instances", file=sys.stderr)
+        print(save_dataset(sweep, side_file, inputs=[path]), file=sys.stderr)
     dims = {dim: ds[dim].values for dim in GRID_DIMS}
     mesh = instance_mesh() if all_devices else None
     # validates before it announces the sampling, so a bad input prints only its error line
@@ -102,10 +119,59 @@ def llc(
                                   mesh=mesh, verbose=True)
     result.attrs["source"] = str(path)
     result.attrs["data_seed"] = seed
-    print(save_dataset(result, out))
+    print(save_dataset(result, out, inputs=[path]))
+    print(summary(result), file=sys.stderr)
+
+
+def _check_options(*, chains: int, steps: int, burnin: int, trace_every: int, seed: int, batch_size: int | None,
+                   n_samples: int) -> None:
+    """The CLI's rules, checked before any file is read or any compute starts."""
+    from slt_superposition.errors import check_batch_size, check_seed
+
+    check_seed(seed, "--seed")
+    if chains < 2:
+        raise InputError(f"--chains must be at least 2 (R-hat and the spread of the estimate compare chains), got {chains}")
+    if n_samples < 1:
+        raise InputError(f"--n-samples must be a positive integer, got {n_samples}")
+    if batch_size:
+        check_batch_size(batch_size, n_samples, "--batch-size")
+    if steps >= 1 and 0 <= burnin < steps and trace_every > steps - burnin:
+        raise InputError(f"--trace-every {trace_every} is longer than the {steps - burnin} steps after burn-in: "
+                         "no trace block would be left to estimate from")
+
+
+def _check_memory(ds, *, n_samples: int, chains: int, steps: int, trace_every: int, batch_size: int) -> None:
+    """`InputError` before the data are drawn if the estimate cannot fit in memory."""
+    from slt_superposition.memory import llc_bytes, require_memory
+    from toy_models.train import GRID_DIMS
+
+    n_instances = 1
+    for dim in GRID_DIMS:
+        n_instances *= ds.sizes[dim]
+    n_features = ds.sizes["feature"]
+    n_parameters = ds.sizes["hidden"] * n_features + n_features
+    needed = llc_bytes(n_instances, n_parameters, n_samples=n_samples, n_features=n_features, chains=chains,
+                       steps=max(steps, 1), trace_every=max(trace_every, 1), batch_size=batch_size)
+    require_memory(needed, f"the LLC of {n_instances} instances ({chains} chains x {steps} steps, n={n_samples})",
+                   "fewer --chains, a larger --trace-every, a smaller --n-samples or --batch-size")
+
+
+def summary(result) -> str:
+    """One line on the estimates that counts what failed instead of hiding it: min, median and
+    max of llc_mean over the instances that have one, and how many have none (every chain diverged)."""
+    import numpy as np
+
     mean = result["llc_mean"].values.ravel()
-    print(f"llc_mean over instances: min {mean.min():.3f}, max {mean.max():.3f}; "
-          f"diverged chains: {int(result['n_diverged'].sum())}", file=sys.stderr)
+    ok = np.isfinite(mean)
+    chains = int(result["n_diverged"].sum()), int(result.sizes["chain"]) * mean.size
+    line = (f"llc_mean over {int(ok.sum())} of {mean.size} instances: min {mean[ok].min():.3f}, "
+            f"median {np.median(mean[ok]):.3f}, max {mean[ok].max():.3f}" if ok.any()
+            else f"llc_mean: no estimate for any of the {mean.size} instances")
+    if not ok.all():
+        line += f"; {int((~ok).sum())} instance(s) without an estimate (all chains diverged)"
+    if "trusted" in result:
+        line += f"; trusted (bias checks passed): {int(result['trusted'].sum())} of {mean.size}"
+    return line + f"; diverged chains: {chains[0]} of {chains[1]}"
 
 
 def register(app: typer.Typer) -> None:

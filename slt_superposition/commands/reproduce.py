@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from slt_superposition.commands import distributed_options as dist
 from slt_superposition.errors import InputError
 
 
@@ -18,8 +19,16 @@ def reproduce(
         None, "--out", help="Folder for the dataset, figures and report.md (default: results/NAME, or results/quick/NAME with --quick)."
     ),
     list_: bool = typer.Option(False, "--list", help="List the experiments and exit."),
+    coordinator: Optional[str] = dist.COORDINATOR,
+    num_processes: Optional[int] = dist.NUM_PROCESSES,
+    process_id: Optional[int] = dist.PROCESS_ID,
 ) -> None:
-    """Reproduce an experiment by name: writes its dataset (.nc), figures and report.md into one folder."""
+    """Reproduce an experiment by name: writes its dataset (.nc), figures and report.md into one folder.
+
+    In a multi-process run (see `launch`) every process computes, process 0 writes into --out
+    and the others write their copies of the figures and report into a scratch folder that
+    is deleted at the end.
+    """
     from slt_superposition.experiments import EXPERIMENTS, get_experiment, reproduce as run_experiment
 
     if list_:
@@ -32,11 +41,25 @@ def reproduce(
     get_experiment(name)  # unknown names fail before anything is created
     if out is None:
         out = Path("results") / ("quick" if quick else "full") / name
+    dist.initialize(coordinator, num_processes, process_id)
+    import shutil
+    import tempfile
+
     import matplotlib
 
+    from slt_superposition.io import is_writer, output_lock
+
     matplotlib.use("Agg")
-    run_experiment(name, out, quick=quick, full=full)
-    print(f"{name}: dataset, figures and report.md in {out}")
+    if is_writer():
+        with output_lock(out, folder=True):
+            run_experiment(name, out, quick=quick, full=full)
+        print(f"{name}: dataset, figures and report.md in {out}")
+        return
+    scratch = Path(tempfile.mkdtemp(prefix=f"slt-superposition-{name}-"))
+    try:
+        run_experiment(name, scratch / out.name, quick=quick, full=full)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def register(app: typer.Typer) -> None:

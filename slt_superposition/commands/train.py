@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import typer
 
+from slt_superposition.commands import distributed_options as dist
 from slt_superposition.errors import InputError
 
 
@@ -64,13 +66,15 @@ def train(
     loss_curve_points: int = typer.Option(100, "--loss-curve-points", help="Points in the saved loss curve."),
     out: Path = typer.Option(..., "--out", "-o", help="Output dataset (.nc)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    coordinator: Optional[str] = dist.COORDINATOR,
+    num_processes: Optional[int] = dist.NUM_PROCESSES,
+    process_id: Optional[int] = dist.PROCESS_ID,
 ) -> None:
     """Train a grid (feature probability x importance decay x seed) of toy models of
     superposition in one compiled program and save it as a netCDF dataset.
 
     Example: slt-superposition train -n 5 -m 2 -p 0.05 --seeds 4 --steps 10000 --out pentagon.nc
     """
-    from slt_superposition.io import check_writable
     from toy_models.train import TrainConfig
 
     config = TrainConfig(
@@ -83,17 +87,32 @@ def train(
         snapshot_steps=_ints(snapshot_steps or [], "--snapshot-steps"),
         loss_curve_points=min(loss_curve_points, steps) if steps > 0 else loss_curve_points,
     )
+    dist.initialize(coordinator, num_processes, process_id)
+
+    import warnings
+
+    from slt_superposition.io import check_writable, output_lock, save_dataset
+    from toy_models.train import diverged_message, nonfinite_instances, train_grid
+
     check_writable(out)
-
-    from slt_superposition.io import save_dataset
-    from toy_models.train import train_grid
-
-    ds = train_grid(config, progress=progress)
-    path = save_dataset(ds, out)
-    loss = ds["loss"]
+    config.check_memory()
+    with output_lock(out):
+        with warnings.catch_warnings():  # a diverged grid is reported below as the error it is
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ds = train_grid(config, progress=progress)
+        path = save_dataset(ds, out)
+    diverged = nonfinite_instances(ds)
+    loss = ds["loss"].values.ravel()
+    finite = np.isfinite(loss) & np.isfinite(ds["W"]).all(("hidden", "feature")).values.ravel()
+    summary = (f"final loss min {loss[finite].min():.6g}, max {loss[finite].max():.6g}" if finite.any()
+               else "no instance has finite weights and loss")
+    if finite.any() and not finite.all():
+        summary += f" over the {int(finite.sum())} instances with finite weights"
     typer.echo(f"trained {config.n_instances} instances ({n_features} features, {n_hidden} hidden, {steps} steps); "
-               f"final loss min {float(loss.min()):.6g}, max {float(loss.max()):.6g}")
+               + summary)
     typer.echo(f"dataset: {path}")
+    if diverged:
+        raise InputError(diverged_message(diverged, config.n_instances) + f" (dataset kept for inspection: {path})")
     typer.echo(f"figures: slt-superposition plot {path} --out figures/")
 
 
