@@ -39,7 +39,7 @@ BATCH_SIZE = 500
 NUM_CHAINS = 4
 LOCALIZATION = 1.0  # as Furman & Lau; a ladder up to 100 read -25% on (4,6,6,6,4) (docs/experiments/dln_validation.md)
 SEED = 0
-# (widths, rank, kind): the public panel of ANCHORS.md, then our own choices
+# (widths, rank, kind): the public panel of docs/references.md, then our own choices
 PUBLIC_PANEL = [((4, 3, 4), 1), ((5, 4, 3, 5), 2), ((6, 6, 6, 6), 3), ((8, 5, 7), 3), ((3, 10, 10, 3), 2)]
 OWN_CASES = [((3, 5), 2), ((6, 4, 6), 0), ((5, 8, 5), 5), ((4, 6, 6, 6, 4), 2), ((2, 20, 2), 1),
              ((8, 2, 8), 2), ((7, 3, 3, 7), 1)]

@@ -3,7 +3,7 @@
 Grid: importance of feature 2, r = importance_decay (I = (1, r)), from 0.1 to 10, and
 feature probability s = 1 - S from 1 to 0.01, both log-spaced; several seeds, the lowest
 loss kept. Each point is classified from the trained W (1, 2) and compared with the phase
-of lowest analytic loss (ANCHORS.md):
+of lowest analytic loss (docs/references.md):
 
     feature 1 only:  r (s/3 - s^2/4)     (feature 2 ignored, its bias at the mean)
     feature 2 only:  s/3 - s^2/4

@@ -1,6 +1,6 @@
 """Exact learning coefficients and critical points to validate the LLC estimator against.
 
-Two families (numbers and sources in ../shared/reference/ANCHORS.md):
+Two families (numbers and sources in docs/references.md):
 
 - Deep linear networks: Aoyagi's learning coefficient of a DLN with widths
   H_0 (input) .. H_L (output) and a true end-to-end matrix of rank r
@@ -89,7 +89,7 @@ def dln_parameter_count(widths, bias: bool = False) -> int:
 KGON_N_FEATURES = 6
 KGON_N_HIDDEN = 2
 #: The paper's theoretical LLCs of the regular k-gon critical points for c = 6, r = 2
-#: (cited, not derived here; see ANCHORS.md).
+#: (cited, not derived here; see docs/references.md).
 KGON_THEORETICAL_LLC = {5: 7.0, 6: 8.5}
 
 

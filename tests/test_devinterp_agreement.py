@@ -21,7 +21,7 @@ from toy_models.data import high_sparsity_limit  # noqa: E402
 from toy_models.tms import tms_loss  # noqa: E402
 
 N_FEATURES, N_HIDDEN, N_SAMPLES, BATCH = 6, 2, 1000, 500
-L_STAR, B_STAR = 1.32053, -0.61814  # ANCHORS.md: the regular 6-gon critical point
+L_STAR, B_STAR = 1.32053, -0.61814  # docs/references.md: the regular 6-gon critical point
 
 
 def six_gon() -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ from slt_superposition.theory import (
 from toy_models.data import high_sparsity_limit
 from toy_models.tms import tms_loss
 
-# ANCHORS.md: reduced-rank regression (r = 0) and the public validation panel
+# docs/references.md: reduced-rank regression (r = 0) and the public validation panel
 AOYAGI_CHECKS = [
     ((5, 3, 5), 0, 6.5),
     ((5, 4, 5), 0, 8.0),
@@ -113,7 +113,7 @@ def test_kgon_population_loss_matches_monte_carlo():
 
 
 # ---------------------------------------------------------------------------------------
-# Critical-point classes (ANCHORS.md: 5-gon 0.06874 lambda 7; 6-gon 0.04819 lambda 8.5;
+# Critical-point classes (docs/references.md: 5-gon 0.06874 lambda 7; 6-gon 0.04819 lambda 8.5;
 # 5-gon with one positive dead bias 0.06180, 17 curved directions, lambda 8.5; each positive
 # dead bias lowers the loss by 1/144: 4-gon 1/9, 0.10417, 0.09722)
 # ---------------------------------------------------------------------------------------

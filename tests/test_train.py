@@ -49,7 +49,7 @@ def test_n2_m1_dense_one_feature_sparse_antipodal():
         for r in (0.5, 1.0):
             W = best["W"].sel(feature_probability=p, importance_decay=r).squeeze().values
             assert abs(W[0]) > 0.8 and abs(W[1]) > 0.8 and W[0] * W[1] < 0, (p, r, W)
-    # analytic dense losses (ANCHORS: ignoring a feature of density s costs r (s/3 - s^2/4)):
+    # analytic dense losses (docs/references.md: ignoring a feature of density s costs r (s/3 - s^2/4)):
     # r/12 for the best solution; 3% = several standard errors of the 16k-sample estimate
     for r in (0.5, 1.0):
         np.testing.assert_allclose(best["loss"].sel(feature_probability=1.0, importance_decay=r), r / 12, rtol=0.03)
