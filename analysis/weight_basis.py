@@ -417,6 +417,20 @@ def llc_bound_check(llc, d1, d, *, llc_std=None) -> xr.Dataset:
     return ds
 
 
+def quadratic_llc_prediction(eigenvalues, *, nbeta: float, step_size: float, localization: float,
+                             floor: float = 0.0) -> float:
+    """E[nbeta (L - L(w*))] of full-batch Euler SGLD on the quadratic approximation of L at w*.
+
+    A direction of curvature h (an eigenvalue of the Hessian, above `floor`) with
+    a = nbeta h + gamma has stationary variance 1 / (a (1 - eps a / 4)), so it contributes
+    nbeta h / (2 a (1 - eps a / 4)): 1/2 as eps, gamma -> 0, more with the step size, less with
+    the localization. Directions at or below `floor` (flat) contribute nothing."""
+    h = np.asarray(eigenvalues, np.float64).ravel()
+    h = h[h > floor]
+    a = nbeta * h + localization
+    return float(np.sum(0.5 * nbeta * h / (a * (1 - step_size * a / 4))))
+
+
 # --------------------------------------------------------------------------- bundle
 
 
