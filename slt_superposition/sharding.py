@@ -93,6 +93,7 @@ def maybe_initialize_distributed(coordinator: str | None = None, num_processes: 
             raise InputError(f"process id must be in [0, {count}) for {count} processes, got {index}")
         if count == 1:
             return False
+        _forget_import_time_backend()
         try:
             jax.distributed.initialize(address, num_processes=count, process_id=index)
         except Exception as err:  # noqa: BLE001 - connection failures come in many types
@@ -102,9 +103,22 @@ def maybe_initialize_distributed(coordinator: str | None = None, num_processes: 
     if num_processes is not None or process_id is not None:
         raise InputError("--num-processes and --process-id need --coordinator (or JAX_COORDINATOR_ADDRESS)")
     if os.environ.get("SLT_DISTRIBUTED", "") not in ("", "0"):
+        _forget_import_time_backend()
         jax.distributed.initialize()  # cluster auto-detection (Slurm, Open MPI, TPU)
         return jax.process_count() > 1
     return False
+
+
+def _forget_import_time_backend() -> None:
+    """Drop the backend that importing blackjax started (it builds a constant array at import
+    time) so that ``jax.distributed.initialize`` may run; nothing of ours has computed yet.
+    Uses the public ``jax.extend.backend.clear_backends``."""
+    from jax._src import xla_bridge
+
+    if xla_bridge.backends_are_initialized():
+        import jax.extend.backend
+
+        jax.extend.backend.clear_backends()
 
 
 def _distributed_is_initialized() -> bool:
@@ -187,7 +201,11 @@ def pad_instances(tree, multiple: int) -> tuple[Any, int]:
 def _put(leaf, sharding: NamedSharding) -> jax.Array:
     if jax.process_count() == 1:
         return jax.device_put(leaf, sharding)
-    # Several hosts: each process holds the full array and supplies the shards its devices own.
+    # Several processes: each holds the full array and supplies the shards its devices own.
+    if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        data = np.asarray(jax.random.key_data(leaf))  # typed keys: place their data, wrap again
+        placed = jax.make_array_from_callback(data.shape, sharding, lambda index: data[index])
+        return jax.random.wrap_key_data(placed, impl=jax.random.key_impl(leaf))
     leaf = np.asarray(leaf)
     return jax.make_array_from_callback(leaf.shape, sharding, lambda index: leaf[index])
 

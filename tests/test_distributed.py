@@ -1,0 +1,138 @@
+"""N processes, one result: `slt-superposition launch` runs 2 local CPU processes under
+`jax.distributed`, and what they write is bit for bit what 1 process writes.
+
+Each check starts real processes (the launcher, the CLI), as a user or a cluster would; a
+process joins the run from the environment the launcher gives it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from slt_superposition.commands.launch import process_argv, process_env
+from slt_superposition.errors import InputError
+from slt_superposition.sweep import chunk_path
+
+LAUNCH = [sys.executable, "-m", "slt_superposition.commands.launch"]
+CLI = [sys.executable, "-m", "slt_superposition"]
+TRAIN = ["train", "-n", "5", "-m", "2", "-p", "0.05,0.2,0.6", "--seeds", "3", "--steps", "120", "--batch-size", "32",
+         "--loss-curve-points", "4", "--snapshot-steps", "60", "--no-progress"]
+LLC = ["--chains", "2", "--steps", "60", "--burnin", "20", "--n-samples", "128", "--batch-size", "32"]
+
+
+def _run(argv, timeout=300):
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _open(path) -> xr.Dataset:
+    with xr.open_dataset(path, engine="h5netcdf") as ds:
+        return ds.load()
+
+
+def assert_same_bits(a: xr.Dataset, b: xr.Dataset) -> None:
+    assert sorted(a.data_vars) == sorted(b.data_vars)
+    for name in a.variables:
+        x, y = a[name].values, b[name].values
+        assert x.dtype == y.dtype and x.shape == y.shape, name
+        assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), (name, np.abs(x - y).max())
+    assert a.attrs["config"] == b.attrs["config"]
+
+
+def test_launcher_argv_and_environment():
+    assert process_argv(["train", "--out", "x.nc"])[-4:] == ["slt_superposition", "train", "--out", "x.nc"]
+    with pytest.raises(InputError, match="launch runs train, llc, reproduce"):
+        process_argv(["plot", "x.nc"])
+    with pytest.raises(InputError, match="give the command"):
+        process_argv([])
+    env = process_env(1, 2, 1234)
+    assert (env["JAX_COORDINATOR_ADDRESS"], env["JAX_NUM_PROCESSES"], env["JAX_PROCESS_ID"]) == ("127.0.0.1:1234", "2", "1")
+    assert env["JAX_PLATFORMS"] == "cpu"
+
+
+def test_two_processes_train_and_llc_bit_identical_to_one(tmp_path):
+    one, two = tmp_path / "one.nc", tmp_path / "two.nc"
+    _run([*CLI, *TRAIN, "--out", str(one)])
+    launched = _run([*LAUNCH, "--processes", "2", "--", *TRAIN, "--out", str(two)])
+    assert "process 1 of 2" in launched.stderr and "trained 9 instances" in launched.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.nc", "two.nc"]  # written once, no leftovers
+    assert_same_bits(_open(one), _open(two))
+
+    # a batched LLC of every instance of that grid, split over the 2 processes
+    _run([*CLI, "llc", str(one), *LLC, "--out", str(tmp_path / "llc1.nc")])
+    _run([*LAUNCH, "--processes", "2", "--", "llc", str(one), *LLC, "--out", str(tmp_path / "llc2.nc")])
+    assert_same_bits(_open(tmp_path / "llc1.nc"), _open(tmp_path / "llc2.nc"))
+
+
+SWEEP = textwrap.dedent(
+    """
+    # a resumable sweep over feature probabilities, each chunk a trained grid; argv: run_dir, pause
+    import sys, time
+    from slt_superposition.sharding import maybe_initialize_distributed
+    maybe_initialize_distributed()  # from the environment `launch` sets; a no-op alone
+    from slt_superposition.io import save_dataset
+    from slt_superposition.sweep import run_sweep
+    from toy_models.train import TrainConfig, train_grid
+
+    base = dict(n_features=5, n_hidden=2, seeds=3, steps=60, batch_size=32, chunk_steps=30,
+                loss_curve_points=3, eval_samples=256)
+    chunks = [{"p": [p]} for p in (0.05, 0.1, 0.2, 0.4)]
+
+    def compute(chunk):
+        ds = train_grid(TrainConfig(feature_probabilities=chunk["p"], **base), progress=False)
+        time.sleep(float(sys.argv[2]))
+        return ds
+
+    ds = run_sweep("two-processes", base, chunks, compute, sys.argv[1], progress=False)
+    save_dataset(ds, sys.argv[1] + ".nc")
+    """
+)
+
+
+def test_two_process_sweep_survives_sigkill_and_matches_one_process(tmp_path):
+    script = tmp_path / "sweep.py"
+    script.write_text(SWEEP)
+    run_dir = tmp_path / "two"
+    launcher = subprocess.Popen([*LAUNCH, "--processes", "2", "--", str(script), str(run_dir), "1.0"],
+                                stderr=subprocess.PIPE, text=True)
+    pids = {}
+    while len(pids) < 2:
+        line = launcher.stderr.readline()
+        assert line, "launcher ended before starting its processes"
+        if line.startswith("launch: process"):
+            pids[int(line.split()[2])] = int(line.rsplit("pid", 1)[1])
+    deadline = time.time() + 240
+    while not chunk_path(run_dir, 0).exists():
+        assert launcher.poll() is None and time.time() < deadline, "sweep ended or stalled before the kill"
+        time.sleep(0.05)
+    os.kill(pids[1], signal.SIGKILL)  # the process that does not write dies mid-sweep
+    rest = launcher.communicate(timeout=120)[1]
+    assert launcher.returncode != 0 and "process 1 ended with killed by signal 9" in rest, rest[-2000:]
+    done = sorted(p.name for p in run_dir.glob("chunk-*.nc"))
+    assert 1 <= len(done) < 4, done
+
+    # rerun: resumes from the finished chunks (process 0 decides), then equals one process
+    _run([*LAUNCH, "--processes", "2", "--", str(script), str(run_dir), "0"])
+    _run([sys.executable, str(script), str(tmp_path / "one"), "0"])
+    two, one = _open(str(run_dir) + ".nc"), _open(tmp_path / "one.nc")
+    assert two.sizes["feature_probability"] == 4
+    assert_same_bits(one, two)
+    assert not list(run_dir.glob("*.tmp")) and not list(run_dir.glob(".*lock"))
+
+
+def test_a_failing_process_stops_the_run_with_its_status(tmp_path):
+    proc = subprocess.run([*LAUNCH, "--processes", "2", "--", "train", "-n", "3", "-m", "2", "-p", "2.0",
+                           "--out", str(tmp_path / "x.nc")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "error: feature probability must be in (0, 1]" in proc.stderr
