@@ -24,11 +24,18 @@ def _models(ds: xr.Dataset) -> list[str]:
 
 
 def _one(ds: xr.Dataset, model) -> xr.Dataset:
-    return ds if model is None else ds.sel(model=model)
+    """One model's comparison, with a single importance decay squeezed away (`compare` keeps it)."""
+    one = ds if model is None else ds.sel(model=model)
+    if "importance_decay" in one.dims and one.sizes["importance_decay"] == 1:
+        one = one.squeeze("importance_decay")
+    return one
 
 
 def _sizes(one: xr.Dataset) -> tuple[int, int]:
-    return int(one["n_features"].values), int(one["n_hidden"].values)
+    """(n, m): per-model coordinates in the flagship's stacked dataset, attrs in one `compare`."""
+    if "n_features" in one.variables:
+        return int(one["n_features"].values), int(one["n_hidden"].values)
+    return int(one.attrs["n_features"]), int(one.attrs["n_hidden"])
 
 
 def _n_parameters(one: xr.Dataset) -> int:
