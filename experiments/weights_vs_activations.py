@@ -5,9 +5,9 @@ basis (represented features, features per dimension, SAE recovery) on the same t
     slt-superposition reproduce weights-vs-activations [--quick|--full] --out DIR
 
 For every model (n features, m hidden) in the grid, every (feature probability, seed) instance
-is trained in one program, its LLC estimated with one compiled program (`calibrate` chooses the
-step size at a few feature probabilities on seed 0, and the step sizes in between are interpolated
-in log p), its Hessian and Gauss-Newton ranks computed, TopK SAEs of several
+is trained in one program, its LLC estimated with one compiled program (`calibrate_batched` chooses
+every instance's own step size and chain length; every estimate carries its bias checks and a
+`trusted` flag), its Hessian and Gauss-Newton ranks computed, TopK SAEs of several
 dictionary sizes trained on its hidden activations, and both sides joined by
 `analysis.compare.compare`. A second part follows Chen et al.'s 6-feature, 2-neuron TMS along
 training (LLC and k/m of every snapshot). Each model is one chunk of a resumable sweep.
@@ -34,7 +34,7 @@ from analysis.development import development
 from analysis.measures import represented_features
 from analysis.sae import mmcs, recovered_overcompleteness, train_sae
 from analysis.weight_basis import rank_above_gradient_floor, weight_basis_measures
-from slt_superposition.calibration import calibrate
+from slt_superposition.calibration import calibrate_batched
 from slt_superposition.experiments import command_line
 from slt_superposition.io import save_dataset
 from slt_superposition.llc import SGLDConfig, estimate_llc_batched
@@ -64,13 +64,13 @@ class FlagshipConfig:
     llc_samples: int = 16_384  # n, the data set the LLC (and nbeta = n / log n) refers to
     llc_chains: int = 2  # per instance in the grid (8 seeds per feature probability)
     llc_batch_size: int = 512
-    calibration_points: int = 5  # feature probabilities calibrated per model (seed 0); step sizes interpolated between
     calibration_chains: int = 4
     calibration_step_sizes: tuple[float, ...] = QUARTER_DECADES  # 1e-6..1e-2; ratio 1.78, so the long check is cheap
     calibration_sweep_steps: int = 500
     calibration_min_steps: int = 1000
     calibration_max_steps: int = 4000
     calibration_long_check_steps: int = 7200  # calibrate's long-chain bias check (stage 3) at most this long
+    check_steps: int = 300  # short paired runs of the minibatch check (calibration) and the stored bias checks
     hessian_samples: int = 2048
     sae_seeds: int = 1  # SAEs are trained on the first `sae_seeds` seeds of every feature probability
     sae_samples: int = 8192
@@ -91,13 +91,13 @@ class FlagshipConfig:
 
 
 QUICK = FlagshipConfig(models=((5, 2), (6, 2), (20, 5)), n_feature_probabilities=6, seeds=2, train_steps=3000,
-                       llc_samples=4096, llc_chains=2, calibration_points=2, calibration_chains=2,
+                       llc_samples=4096, llc_chains=2, calibration_chains=2,
                        calibration_step_sizes=HALF_DECADES, calibration_sweep_steps=300, calibration_min_steps=600,
                        calibration_max_steps=2400, calibration_long_check_steps=2400, hessian_samples=512,
                        sae_samples=2048, sae_steps=800, sae_restarts=1, development_steps=3000, development_seeds=4,
                        development_snapshots=12)
 FULL = FlagshipConfig(n_feature_probabilities=40, seeds=16, train_steps=10_000, llc_samples=65_536, llc_chains=8,
-                      calibration_points=5, calibration_chains=8, calibration_step_sizes=HALF_DECADES,
+                      calibration_chains=8, calibration_step_sizes=HALF_DECADES,
                       calibration_sweep_steps=1000, calibration_min_steps=2000, calibration_max_steps=8000,
                       calibration_long_check_steps=32_000, hessian_samples=4096,
                       sae_seeds=4, sae_steps=5000, sae_restarts=2, development_seeds=8)
@@ -115,62 +115,39 @@ def _grid_inputs(train: xr.Dataset, n_samples: int, key):
     return loss_fn, unflat(params), unflat(data)
 
 
-def _calibrated_llc(train: xr.Dataset, config: FlagshipConfig, key, out_dir: Path) -> tuple[xr.Dataset, list[dict]]:
-    """LLC of every instance. `calibrate` runs on seed 0 at `calibration_points` feature
-    probabilities; every feature probability then samples with the step size interpolated
-    between the two calibrated points around it (`interpolated_step_sizes`) and the longest
-    calibrated chain, one program call per feature probability (one compilation: the step size
-    is a runtime argument). The calibration sweeps are saved as `calibration/<model>_p<p>.nc`
-    (plot them with `slt-superposition plot`)."""
+CHECK_VARIABLES = ("step_size", "num_steps", "trusted", "step_check_rel_diff", "batch_check_rel_diff",
+                   "llc_quadratic", "hessian_top_eigenvalue", "step_size_bound", "rhat")
+
+
+def _calibrated_llc(train: xr.Dataset, config: FlagshipConfig, key, out_dir: Path) -> tuple[xr.Dataset, dict]:
+    """LLC of every instance: `calibrate_batched` calibrates every instance (its own step size and
+    chain length, no interpolation), then `estimate_llc_batched` samples them all in one program
+    with the bias checks stored per instance. The calibration is saved as
+    `calibration/<model>.nc` (plot it with `slt-superposition plot`)."""
     data_key, cal_key, llc_key = jax.random.split(key, 3)
     loss_fn, params, data = _grid_inputs(train, config.llc_samples, data_key)
-    fps = train["feature_probability"].values
-    picks = np.unique(np.round(np.linspace(0, len(fps) - 1, config.calibration_points)).astype(int))
-    chosen, records = [], []
+    dims = {d: train[d].values for d in GRID_DIMS}
     label = _model_label(train.sizes["feature"], train.sizes["hidden"])
-    for j, idx in enumerate(picks):
-        one = lambda tree: jax.tree_util.tree_map(lambda x: x[idx, 0, 0], tree)
-        sgld, sweep = _calibrate(loss_fn, one(params), one(data), jax.random.fold_in(cal_key, j), config)
-        save_dataset(sweep, out_dir / "calibration" / f"{label}_p{fps[idx]:.3g}.nc")
-        chosen.append(sgld)
-        records.append({"feature_probability": float(fps[idx]), **sgld.to_dict(),
-                        "converged": int(sweep.attrs["converged"]), "verdict": sweep.attrs["verdict"]})
-    step_sizes = interpolated_step_sizes(fps[picks], [c.step_size for c in chosen], fps)
-    longest = max(chosen, key=lambda c: c.num_steps)
-    parts = []
-    for i, eps in enumerate(step_sizes):
-        sub = lambda tree: jax.tree_util.tree_map(lambda x: x[i:i + 1], tree)
-        dims = {d: train[d].values[i:i + 1] if d == "feature_probability" else train[d].values for d in GRID_DIMS}
-        part = estimate_llc_batched(loss_fn, sub(params), sub(data), config=dataclasses.replace(longest, step_size=eps),
-                                    key=jax.random.fold_in(llc_key, i), instance_dims=dims)
-        parts.append(part.assign(sgld_step_size=("feature_probability", [eps], {
-            "long_name": "SGLD step size (interpolated between calibrated feature probabilities)", "units": "1"})))
-    llc = xr.concat(parts, "feature_probability", combine_attrs="override")
-    return llc, records
+    sgld, sweep = _calibrate(loss_fn, params, data, cal_key, config, instance_dims=dims)
+    save_dataset(sweep, out_dir / "calibration" / f"{label}.nc")
+    llc = estimate_llc_batched(loss_fn, params, data, config=sgld, key=llc_key, instance_dims=dims,
+                               check_steps=config.check_steps)
+    summary = {"converged": float(sweep["converged"].mean()), "batch_size": sgld.batch_size,
+               "step_size_range": [float(np.min(sgld.step_size)), float(np.max(sgld.step_size))],
+               "num_steps_range": [int(np.min(sgld.num_steps)), int(np.max(sgld.num_steps))],
+               "trusted": float(llc["trusted"].mean())}
+    return llc, summary
 
 
-def interpolated_step_sizes(calibrated_p, calibrated_eps, p) -> np.ndarray:
-    """Step size at each feature probability p: log eps linear in log p between the two
-    calibrated points around it, constant beyond the ends. The curvature of the TMS loss grows
-    with the fraction of active features, so the stable step size shrinks as p grows; the
-    nearest calibrated step size was about 3 times too large in between in a trial of the
-    default grid, and 2 llc / d read up to 15.6 at p ~ 0.3.
-
-    calibrated_p, calibrated_eps: (points,); p: (k,). Returns (k,) step sizes."""
-    x = np.log(np.asarray(calibrated_p, float))
-    order = np.argsort(x)
-    log_eps = np.log(np.asarray(calibrated_eps, float))[order]
-    return np.exp(np.interp(np.log(np.asarray(p, float)), x[order], log_eps))
-
-
-def _calibrate(loss_fn, params, data, key, config: FlagshipConfig) -> tuple[SGLDConfig, xr.Dataset]:
-    """`calibrate` (with `calibration_chains` chains) on the flagship's budget; the chosen config
-    gets `llc_chains` chains."""
-    sgld, sweep = calibrate(
-        loss_fn, params, data, key=key, batch_size=config.llc_batch_size, num_chains=config.calibration_chains,
+def _calibrate(loss_fn, params, data, key, config: FlagshipConfig, *, instance_dims=None, data_batched=True):
+    """`calibrate_batched` (with `calibration_chains` chains) on the flagship's budget; the chosen
+    config gets `llc_chains` chains."""
+    sgld, sweep = calibrate_batched(
+        loss_fn, params, data, key=key, instance_dims=instance_dims, data_batched=data_batched,
+        batch_size=config.llc_batch_size, num_chains=config.calibration_chains,
         step_sizes=config.calibration_step_sizes, sweep_steps=config.calibration_sweep_steps,
         min_steps=config.calibration_min_steps, max_steps=config.calibration_max_steps,
-        long_check_max_steps=config.calibration_long_check_steps,
+        long_check_max_steps=config.calibration_long_check_steps, batch_check_steps=config.check_steps,
     )
     return dataclasses.replace(sgld, num_chains=config.llc_chains), sweep
 
@@ -246,7 +223,8 @@ def compute_model(n: int, m: int, config: FlagshipConfig, out_dir: Path, progres
     with _stage(f"{label}: sparse autoencoders", progress):
         sae = _sae(train, config, jax.random.fold_in(key, 3))
     ds = compare(train, llc, basis.drop_vars("hessian_eigenvalues"), sae)
-    ds["llc_step_size"] = llc["sgld_step_size"]
+    for name in CHECK_VARIABLES:
+        ds[f"llc_{name}" if not name.startswith("llc_") else name] = llc[name]
     ds["hessian_eigenvalues"] = basis["hessian_eigenvalues"]
     ds = ds.squeeze("importance_decay")
     ds.attrs.update(calibration=json.dumps(calibration))
@@ -305,10 +283,11 @@ def _development_sgld(dev_config: TrainConfig, config: FlagshipConfig, out_dir: 
     saved as `calibration/development.nc`."""
     probe = train_grid(dataclasses.replace(dev_config, seeds=(0,), snapshot_steps=()), progress=False)
     loss_fn, params, data = llc_inputs(probe, n_samples=config.llc_samples, key=jax.random.key(config.seed + 2))
-    first = lambda tree: jax.tree_util.tree_map(lambda x: x[0], tree)
-    sgld, sweep = _calibrate(loss_fn, first(params), first(data), jax.random.key(config.seed + 3), config)
+    sgld, sweep = _calibrate(loss_fn, params, data, jax.random.key(config.seed + 3), config)
     save_dataset(sweep, out_dir / "calibration" / "development.nc")
-    return sgld
+    scalar = {name: np.asarray(getattr(sgld, name)).reshape(-1)[0].item()
+              for name in ("step_size", "localization", "num_steps", "num_burnin")}
+    return dataclasses.replace(sgld, **scalar)
 
 
 def write_report(ds: xr.Dataset, dev: xr.Dataset, out_dir: Path, figures: list[Path], config: FlagshipConfig,
@@ -328,10 +307,10 @@ def write_report(ds: xr.Dataset, dev: xr.Dataset, out_dir: Path, figures: list[P
         f"{config.n_feature_probabilities} feature probabilities from 1 to {config.min_feature_probability} "
         f"(log-spaced) x {config.seeds} seeds; {config.train_steps} AdamW steps; LLC from "
         f"{config.llc_chains} chains per instance on n = {config.llc_samples} samples (nbeta = n / log n); "
-        f"`calibrate` ({config.calibration_chains} chains) chose the step size and chain length on seed 0 at "
-        f"{config.calibration_points} feature probabilities, and each feature probability samples with the step "
-        "size interpolated in log p between the calibrated ones (`llc_step_size` in the dataset) and the longest "
-        "calibrated chain.",
+        f"`calibrate_batched` ({config.calibration_chains} chains) chose every instance's own step size and chain "
+        "length (`llc_step_size`, `llc_num_steps` in the dataset); every estimate carries its bias checks "
+        f"({config.check_steps}-step paired runs at step size / 3 and with full batch) and a `trusted` flag "
+        "(`llc_trusted`).",
         "",
         "## What the data says",
         "",

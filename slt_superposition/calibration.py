@@ -1,99 +1,422 @@
-"""Calibration: choose SGLD step size and chain length for a model and its data.
+"""Calibration: choose every instance's SGLD step size and chain length, all instances at once.
 
-The devinterp calibration notebook, automated, in two stages (every estimate is a call to
-`estimate_llc`, which compiles once per chain length and reuses the program across step
-sizes, so the sweep costs one compilation per stage-2 length):
+`calibrate_batched` runs the stages below for every instance of a grid in one compiled program
+per stage (step size, localization, nbeta and chain length are runtime values of the chain
+program, so instances at different points of a stage run side by side, each keeping its own
+verdict). `calibrate` is its one-instance case. Every estimate of a stage uses the same keys,
+so step sizes are compared on common random numbers.
 
-1. **Step size.** Short chains at each step size of a log grid (`step_sizes`, default
-   1e-8 .. 1e-4 in half decades). A step size is *healthy* when no chain diverges and its
-   MALA acceptance is at least `min(target_acceptance, plateau - max_acceptance_drop)`,
-   where the plateau is the acceptance at the smallest step sizes. (With minibatch
-   potentials the acceptance proxy saturates below 1, e.g. about 0.85 for a DLN with
-   lambda = 16.5, so a fixed 0.9 cannot be the only rule.) The chosen step size is the
-   largest healthy one below which every step size is also healthy (the start of stage 1b).
-1b. **Discretisation bias.** From that step size eps_hi downward: eps_hi and the next smaller
-   eps_lo are run for one common sampler time eps x steps (`bias_check_steps` at the largest
-   healthy step size, default 4 `sweep_steps` or fewer if the next smaller step size would
-   otherwise need more than `max_steps`), so slower mixing of small steps does not
-   confound the comparison, and walking down does not shorten the chains in sampler time
-   (which would make every estimate small and the check pass trivially); the line
-   lambda(eps) = lambda0 + c eps through the two estimates extrapolates to eps -> 0 and
-   estimates the bias c eps_hi. The first eps_hi with |bias| <= max(`bias_tol` |lambda0|,
-   2 SE) is chosen. The walk stops where eps_lo would need more than `max_steps` steps; the
-   step size reached is then kept with `bias_consistent = 0`. Large steps blow up or
-   overshoot, tiny ones mix too slowly.
-2. **Chain length.** At the chosen step size, chains of `min_steps`, 2 `min_steps`, ...
-   (burn-in `burnin_fraction` of each) until the estimate moved by at most `rel_tol`
-   (relative, no noise allowance) over the last doubling and over the last two, with R-hat
-   below `max_rhat`. At singular points the estimate creeps up with the sampler time (the
-   flat directions mix slowly), so short chains underestimate; a noise allowance would call
-   such a slowly rising estimate converged. `localization` may be a sequence (e.g. half
-   decades 1, 3.16, 10, ...): the length stage runs at the weakest one and moves to the next
-   only if the estimate never settles, i.e. the chains keep drifting along flat directions
-   of w* (non-compact symmetry orbits, as in deep linear networks) into regions where the
-   estimate is higher; a stronger pull also truncates the slowly growing (quartic)
-   directions and biases the estimate down, so the weakest localization that settles is
-   kept (on the deep linear networks the rising estimates were discretisation bias, which
-   stage 3 removes, and the ladder read 25% low at gamma 100: the DLN panel uses gamma 1).
-   If none settles by `max_steps` the dataset says `converged = False` and the
-   verdict says the estimate may still be moving.
-3. **Discretisation bias at the chosen sampler time.** Stage 1b compares step sizes on
-   short chains near w*; along long chains the walkers drift along flat directions into
-   regions of higher curvature, where the same step size overshoots much more (a deep linear
-   network read 11.6 at eps 3.16e-7 and 7.8 at 1e-7 for the same sampler time 0.1, with
-   lambda = 8: docs/experiments/dln_validation.md). So the stage-2 estimate is compared
-   with the next smaller step size at the same sampler time (at most
-   `long_check_max_steps`, default 4 `max_steps`), walking down while the linear-fit bias
-   exceeds `bias_tol` of the extrapolation, with no allowance for noise: at equal sampler
-   time the smaller step is never worse (less bias, the same mixing), and drifting chains
-   have a large standard error that would otherwise excuse the bias. The config returned is
-   the last step size reached, with the same sampler time.
+0. **Curvature.** The Hessian spectrum at w* (`slt_superposition.curvature`) gives
+   `step_size_bound`: the largest step size whose quadratic-approximation discretisation bias
+   is at most `curvature_tol` (2%). Step sizes above it are not healthy.
+1. **Step size.** Short chains (`sweep_steps`) at each step size of a log grid. A step size is
+   *healthy* when no chain diverges, it is within the curvature bound, and its MALA acceptance
+   is at least `min(target_acceptance, plateau - max_acceptance_drop)`, where the plateau is
+   the acceptance at the two smallest step sizes (minibatch potentials saturate the proxy below
+   1, so a fixed 0.9 cannot be the only rule). The walk starts at the largest healthy step size
+   below which every step size is healthy.
+1b. **Discretisation bias, short chains.** From that step size eps_hi downward, eps_hi and the
+   next smaller eps_lo run for one common sampler time eps x steps (`bias_check_steps` at the
+   largest healthy step size), so slower mixing does not confound the comparison; the line
+   lambda(eps) = lambda0 + c eps through both gives the bias c eps_hi. The first eps_hi with
+   |bias| <= max(`bias_tol` |lambda0|, 2 SE) is kept; the walk stops where eps_lo would need
+   more than `max_steps` steps (`bias_consistent = 0` then).
+2. **Chain length.** At that step size, chains of `min_steps`, 2 `min_steps`, ... (burn-in
+   `burnin_fraction`) until the estimate moved by at most `rel_tol` over the last doubling and
+   over the last two (no noise allowance: at singular points the estimate creeps up with the
+   sampler time), with R-hat <= `max_rhat`. `localization` may be a sequence: instances whose
+   estimate never settles move to the next (stronger) localization and start over.
+3. **Discretisation bias at the chosen sampler time.** Along long chains the walkers drift
+   into regions of higher curvature; the stage-2 estimate is compared with the next smaller
+   step size at the same sampler time (at most `long_check_max_steps`), walking down while
+   the linear-fit bias exceeds `bias_tol` (no noise allowance).
+4. **Minibatch bias.** At the chosen step size, a short run (at most `batch_check_steps`) with
+   the minibatch and the same run with full batch, paired (same keys): the minibatch estimate
+   must be within `batch_tol` (2%) of the full-batch one, allowing 2 SE of the paired
+   difference. If some instance fails, the next batch size of `batch_sizes` (x4, up to full
+   batch) is checked for every instance, and the first that passes everywhere is returned.
 
-The returned `calibration` dataset records why: per step size the estimate, acceptance,
-divergence and the health verdict with a `chosen` flag; per chain length the estimate and
-its change; the rules in attrs.
+The returned dataset records every decision: per instance and step size the sweep estimate,
+acceptance, divergence, health and the bias check; per chain length the estimate; the long
+check; the batch check; the curvature; the chosen settings and a verdict.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from slt_superposition.chain import ChainShape
+from slt_superposition.curvature import curvature_batched, quadratic_llc, step_size_bound
 from slt_superposition.errors import require
-from slt_superposition.llc import SGLDConfig, estimate_llc, resolve_nbeta
+from slt_superposition.llc import (SGLDConfig, _check_inputs, _diagnostics, _flatten_instances, _instance_dims,
+                                   default_nbeta, sample_chains)
+from slt_superposition.observers import ChainSettings
+from slt_superposition.progress import progress_bar
 from slt_superposition.provenance import provenance_attrs
 
 PyTree = Any
 DEFAULT_STEP_SIZES = tuple(float(10.0 ** (e / 2)) for e in range(-16, -7))  # 1e-8 .. 1e-4
+TRACE_BLOCKS = 128  # loss-trace blocks per calibration chain (R-hat reads the post-burn-in ones)
 
 
-def _estimate(loss_fn, params, data, config, key) -> dict[str, float]:
+class Runs(NamedTuple):
+    """One estimate per instance, arrays `(instance,)`."""
+
+    llc: np.ndarray
+    llc_se: np.ndarray
+    acceptance: np.ndarray
+    n_diverged: np.ndarray
+    rhat: np.ndarray
+    per_chain: np.ndarray  # (instance, chain)
+
+
+class Sampler(NamedTuple):
+    """`run(key, step_size, num_steps, localization, batch_size=...) -> Runs`, every instance
+    at once (arguments `(instance,)` arrays or scalars), and the instance count."""
+
+    run: Callable[..., Runs]
+    n_instances: int
+
+
+def _bucket(count: int, n_inst: int) -> int:
+    """Instances per call for `count` active ones: a power of two up to 16, then a multiple of 16
+    (a few program shapes, so few compilations), at most the instance count."""
+    size = 1 << max(0, (count - 1).bit_length()) if count <= 16 else -(-count // 16) * 16
+    return min(size, n_inst)
+
+
+def _sampler(loss_fn, params, data, *, data_batched, n, d, nbeta, num_chains, burnin_fraction, mesh) -> Sampler:
+    """Runs the chains of the instances with `num_steps > 0` only (others get NaN): the active
+    instances are gathered, sorted by chain length (so each block of the program holds chains of
+    similar length: a block runs as long as its longest chain), and padded to `_bucket` size."""
+    n_inst = int(np.shape(jax.tree_util.tree_leaves(params)[0])[0])
+
+    def run(key, step_size, num_steps, localization, batch_size) -> Runs:
+        steps = np.broadcast_to(np.asarray(num_steps, np.int64), (n_inst,))
+        active = np.flatnonzero(steps > 0)
+        order = active[np.argsort(-steps[active], kind="stable")]
+        size = _bucket(len(order), n_inst)
+        pick = np.concatenate([order, np.full(size - len(order), order[-1] if len(order) else 0)])
+        take = lambda tree: jax.tree_util.tree_map(lambda x: x[pick], tree)
+        each = lambda value, dtype: np.broadcast_to(np.asarray(value, dtype), (n_inst,))[pick]
+        burnin = (burnin_fraction * steps).astype(np.int64)
+        every = -(-steps // TRACE_BLOCKS)
+        settings = ChainSettings(*(jnp.asarray(each(v, t)) for v, t in (
+            (step_size, np.float32), (localization, np.float32), (nbeta, np.float32), (steps, np.int32),
+            (burnin, np.int32), (every, np.int32))))
+        shape = ChainShape(num_chains, TRACE_BLOCKS, batch_size, "replacement", n, d)
+        keys = jax.random.split(key, n_inst)[pick]
+        out = sample_chains(loss_fn, take(params), take(data) if data_batched else data, keys, settings, shape,
+                            data_batched=data_batched, mesh=mesh) if len(order) else None
+        C = num_chains
+        per_chain = np.full((n_inst, C), np.nan)
+        diverged = np.zeros((n_inst, C), bool)
+        accept = np.full((n_inst, C), np.nan)
+        trace = np.full((n_inst, C, TRACE_BLOCKS), np.nan, np.float32)
+        if out is not None:
+            k = len(order)
+            per_chain[order] = np.asarray(out["llc_per_chain"], np.float64)[:k]
+            diverged[order] = np.asarray(out["diverged"], bool)[:k]
+            accept[order] = np.asarray(out["mala_acceptance"], np.float64)[:k]
+            trace[order] = np.asarray(out["loss_trace"], np.float32)[:k]
+        healthy = ~diverged
+        n_ok = healthy.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # instances whose chains all diverged, or not run
+            masked = np.where(healthy, per_chain, np.nan)
+            llc = np.where(n_ok > 0, np.nanmean(masked, axis=1), np.nan)
+            se = np.where(n_ok > 1, np.nanstd(masked, axis=1, ddof=1) / np.sqrt(n_ok), np.nan)
+            acc = np.where(n_ok > 0, np.nanmean(np.where(healthy, accept, np.nan), axis=1), np.nan)
+        block_starts = np.arange(TRACE_BLOCKS)[None, :] * every[:, None]
+        rhat, _ = _diagnostics(trace, healthy & (steps > 0)[:, None], block_starts, burnin)
+        return Runs(llc, se, acc, diverged.sum(axis=1), rhat, per_chain)
+
+    return Sampler(run, n_inst)
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+class SweepStage(NamedTuple):
+    """Stage 1, arrays `(instance, step_size)` unless noted."""
+
+    llc: np.ndarray
+    llc_se: np.ndarray
+    acceptance: np.ndarray
+    n_diverged: np.ndarray
+    rhat: np.ndarray
+    healthy: np.ndarray
+    plateau: np.ndarray  # (instance,)
+    threshold: np.ndarray  # (instance,)
+    n_ok: np.ndarray  # (instance,) healthy step sizes from the smallest up, without a gap
+
+
+def sweep_stage(sampler: Sampler, key, step_sizes, *, steps, localization, batch_size, bound, target_acceptance,
+                max_acceptance_drop, progress) -> SweepStage:
+    runs = []
+    with progress_bar(len(step_sizes), "calibrate: step sizes", progress) as bar:
+        for eps in step_sizes:
+            runs.append(sampler.run(key, eps, steps, localization, batch_size))
+            bar.update()
+    stack = lambda field: np.stack([getattr(r, field) for r in runs], axis=1)
+    llc, se, acc, div, rhat = (stack(f) for f in ("llc", "llc_se", "acceptance", "n_diverged", "rhat"))
+    diverged = (div > 0) | ~np.isfinite(llc)
+    usable = np.where(~diverged & np.isfinite(acc), acc, np.nan)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # divergence is recorded, not warned here
-        ds = estimate_llc(loss_fn, params, data, config=config, key=key)
-    healthy = ~ds["diverged"].values
-    acc = ds["mala_acceptance"].values[healthy]
-    n_ok = int(healthy.sum())
-    return {
-        "llc": float(ds["llc_mean"]),
-        "llc_se": float(ds["llc_std"]) / math.sqrt(n_ok) if n_ok > 1 else math.nan,
-        "acceptance": float(acc.mean()) if n_ok else math.nan,
-        "n_diverged": int(ds["n_diverged"]),
-        "rhat": float(ds["rhat"]),
-    }
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: every step size diverged
+        plateau = np.nanmax(usable[:, :2], axis=1)
+    threshold = np.minimum(target_acceptance, plateau - max_acceptance_drop)
+    within = np.asarray(step_sizes)[None, :] <= bound[:, None]
+    healthy = ~diverged & (np.nan_to_num(acc, nan=-1) >= threshold[:, None]) & within
+    n_ok = np.where(healthy.all(axis=1), healthy.shape[1], np.argmin(healthy, axis=1))
+    return SweepStage(llc, se, acc, div, rhat, healthy, plateau, threshold, n_ok)
 
 
-def calibrate(
+class ShortBiasStage(NamedTuple):
+    """Stage 1b, arrays `(instance, step_size)` unless noted."""
+
+    index: np.ndarray  # (instance,) the step size the length stage uses
+    llc: np.ndarray
+    llc_se: np.ndarray
+    bias: np.ndarray
+    llc0: np.ndarray
+    consistent: np.ndarray
+    check_steps: np.ndarray  # (instance,)
+    check_time: np.ndarray  # (instance,)
+
+
+def short_bias_stage(sampler: Sampler, key, step_sizes, n_ok, *, sweep_steps, bias_check_steps, max_steps,
+                     localization, batch_size, bias_tol, progress) -> ShortBiasStage:
+    eps_grid = np.asarray(step_sizes)
+    n_inst, n_eps = sampler.n_instances, len(step_sizes)
+    top = np.maximum(n_ok - 1, 0)
+    ratio = np.where(top > 0, eps_grid[top] / eps_grid[np.maximum(top - 1, 0)], 1.0)
+    check_steps = (np.full(n_inst, int(bias_check_steps)) if bias_check_steps else
+                   np.maximum(1, np.minimum(4 * sweep_steps, (max_steps / ratio).astype(np.int64))))
+    check_time = eps_grid[top] * check_steps
+    shape = (n_inst, n_eps)
+    llc, se, bias, llc0 = (np.full(shape, np.nan) for _ in range(4))
+    consistent = np.zeros(shape, bool)
+    index = top.copy()
+    steps_at = lambda i: np.maximum(2, np.round(check_time / eps_grid[i]).astype(np.int64))
+    active = (index > 0) & (n_ok > 0)
+    active &= steps_at(np.maximum(index - 1, 0)) <= max_steps
+    hi_result = None
+    rows = np.arange(n_inst)
+    with progress_bar(None, "calibrate: bias check", progress) as bar:
+        while active.any():
+            lo_index = np.maximum(index - 1, 0)
+            if hi_result is None:
+                hi_result = sampler.run(key, eps_grid[index], np.where(active, steps_at(index), 0), localization,
+                                        batch_size)
+            lo_result = sampler.run(key, eps_grid[lo_index], np.where(active, steps_at(lo_index), 0), localization,
+                                    batch_size)
+            bar.update()
+            hi, lo = eps_grid[index], eps_grid[lo_index]
+            factor = hi / np.where(active, hi - lo, 1.0)
+            b = (hi_result.llc - lo_result.llc) * factor
+            noise = 2 * factor * np.hypot(np.nan_to_num(hi_result.llc_se), np.nan_to_num(lo_result.llc_se))
+            r, c = rows[active], index[active]
+            llc[r, c], se[r, c] = hi_result.llc[active], hi_result.llc_se[active]
+            bias[r, c], llc0[r, c] = b[active], (hi_result.llc - b)[active]
+            ok = active & np.isfinite(b) & (np.abs(b) <= np.maximum(bias_tol * np.abs(hi_result.llc - b), noise))
+            consistent[rows[ok], index[ok]] = True
+            moving = active & ~ok
+            index = np.where(moving, index - 1, index)
+            # the smaller step size's estimate is the next comparison's larger one
+            hi_result = lo_result
+            active = moving & (index > 0) & (steps_at(np.maximum(index - 1, 0)) <= max_steps)
+    return ShortBiasStage(index, llc, se, bias, llc0, consistent, check_steps, check_time)
+
+
+class LengthStage(NamedTuple):
+    """Stage 2: arrays `(instance, num_steps)` over the lengths `lengths (num_steps,)` at each
+    instance's final localization (NaN where not run), `(instance, localization)` per gamma."""
+
+    lengths: np.ndarray
+    llc: np.ndarray
+    llc_se: np.ndarray
+    rhat: np.ndarray
+    final_steps: np.ndarray  # (instance,)
+    converged: np.ndarray  # (instance,)
+    localization: np.ndarray  # (instance,) the localization kept
+    tried_llc: np.ndarray  # (instance, localization)
+    tried_converged: np.ndarray
+    tried_steps: np.ndarray
+
+
+def _stable(before: np.ndarray, now: Runs, rel_tol: float, max_rhat: float) -> np.ndarray:
+    change = np.abs(now.llc - before)
+    rhat_ok = ~(now.rhat > max_rhat)  # NaN does not block
+    return (change <= rel_tol * np.abs(now.llc)) & rhat_ok & (now.n_diverged == 0)
+
+
+def length_stage(sampler: Sampler, key, eps, localizations, *, min_steps, max_steps, rel_tol, max_rhat, batch_size,
+                 progress) -> LengthStage:
+    n_inst = sampler.n_instances
+    lengths = [int(min_steps)]
+    while lengths[-1] * 2 <= max_steps:
+        lengths.append(lengths[-1] * 2)
+    lengths = np.asarray(lengths)
+    R, G = len(lengths), len(localizations)
+    llc, se, rhat = (np.full((n_inst, R), np.nan) for _ in range(3))
+    tried_llc, tried_steps = np.full((n_inst, G), np.nan), np.zeros((n_inst, G), np.int64)
+    tried_converged = np.zeros((n_inst, G), bool)
+    converged = np.zeros(n_inst, bool)
+    gamma_index = np.zeros(n_inst, np.int64)
+    final_steps = np.full(n_inst, lengths[-1])
+    pending = np.ones(n_inst, bool)  # still in the length stage at its current localization
+    total = R * G
+    with progress_bar(total, "calibrate: chain length", progress) as bar:
+        for g, gamma in enumerate(localizations):
+            here = pending & (gamma_index == g)
+            if not here.any():
+                break
+            llc_g, se_g, rhat_g = (np.full((n_inst, R), np.nan) for _ in range(3))
+            running = here.copy()
+            for r, steps in enumerate(lengths):
+                if not running.any():
+                    break
+                res = sampler.run(key, eps, np.where(running, steps, 0), gamma, batch_size)
+                bar.update()
+                llc_g[running, r], se_g[running, r], rhat_g[running, r] = (res.llc[running], res.llc_se[running],
+                                                                             res.rhat[running])
+                done = np.zeros(n_inst, bool)
+                if r >= 2:
+                    done = running & _stable(llc_g[:, r - 2], res, rel_tol, max_rhat) & \
+                        _stable(llc_g[:, r - 1], res, rel_tol, max_rhat)
+                final_steps = np.where(running, steps, final_steps)
+                tried_llc[running, g] = res.llc[running]
+                tried_steps[running, g] = steps
+                tried_converged[done, g] = True
+                converged |= done
+                running &= ~done
+            # keep this gamma's rows for instances that settled here or have no stronger gamma left
+            keep = here & (converged | (g == G - 1))
+            llc[keep], se[keep], rhat[keep] = llc_g[keep], se_g[keep], rhat_g[keep]
+            escalate = here & ~converged & (g < G - 1)
+            gamma_index = np.where(escalate, g + 1, gamma_index)
+            pending = escalate
+    gammas = np.asarray(localizations, np.float64)[gamma_index]
+    return LengthStage(lengths, llc, se, rhat, final_steps, converged, gammas, tried_llc, tried_converged,
+                       tried_steps)
+
+
+class LongCheckStage(NamedTuple):
+    """Stage 3, arrays `(instance, long_check)`: the step sizes walked down at one sampler time
+    (NaN / 0 past each instance's last)."""
+
+    final_index: np.ndarray  # (instance,)
+    step_size: np.ndarray
+    num_steps: np.ndarray
+    llc: np.ndarray
+    bias: np.ndarray
+
+
+def long_check_stage(sampler: Sampler, key, step_sizes, start_index, final_steps, start_llc, localization, *,
+                     long_check_max_steps, bias_tol, batch_size, progress) -> LongCheckStage:
+    eps_grid = np.asarray(step_sizes)
+    n_inst = sampler.n_instances
+    K = int(start_index.max()) + 1
+    eps_k, llc_k, bias_k = (np.full((n_inst, K), np.nan) for _ in range(3))
+    steps_k = np.zeros((n_inst, K), np.int64)
+    rows = np.arange(n_inst)
+    eps_k[:, 0], steps_k[:, 0], llc_k[:, 0] = eps_grid[start_index], final_steps, start_llc
+    long_time = eps_grid[start_index] * final_steps
+    index, current, j = start_index.copy(), start_llc.copy(), np.zeros(n_inst, np.int64)
+    steps_at = lambda i: np.maximum(2, np.round(long_time / eps_grid[i]).astype(np.int64))
+    active = (index > 0) & (steps_at(np.maximum(index - 1, 0)) <= long_check_max_steps)
+    with progress_bar(None, "calibrate: long-chain bias check", progress) as bar:
+        while active.any():
+            lo_index = np.maximum(index - 1, 0)
+            lower = sampler.run(key, eps_grid[lo_index], np.where(active, steps_at(lo_index), 0), localization,
+                                batch_size)
+            bar.update()
+            hi, lo = eps_grid[index], eps_grid[lo_index]
+            b = (current - lower.llc) * hi / np.where(active, hi - lo, 1.0)
+            bias_k[rows[active], j[active]] = b[active]
+            ok = np.isfinite(b) & (np.abs(b) <= bias_tol * np.abs(current - b))
+            move = active & ~ok
+            j = np.where(move, j + 1, j)
+            index = np.where(move, lo_index, index)
+            current = np.where(move, lower.llc, current)
+            eps_k[rows[move], j[move]] = lo[move]
+            steps_k[rows[move], j[move]] = steps_at(lo_index)[move]
+            llc_k[rows[move], j[move]] = lower.llc[move]
+            active = move & (index > 0) & (steps_at(np.maximum(index - 1, 0)) <= long_check_max_steps)
+    return LongCheckStage(index, eps_k, steps_k, llc_k, bias_k)
+
+
+class BatchCheckStage(NamedTuple):
+    """Stage 4: per batch size tried `(instance, batch_check)`; the batch size kept."""
+
+    batch_sizes: list
+    llc_batch: np.ndarray
+    llc_full: np.ndarray
+    rel_diff: np.ndarray
+    diff_se: np.ndarray
+    passed: np.ndarray
+    chosen: int | None
+
+
+def batch_check_stage(sampler: Sampler, key, eps, num_steps, localization, *, batch_size, n, tol, check_steps,
+                      progress) -> BatchCheckStage:
+    """Paired short runs (same keys) with the minibatch and with full batch at each instance's
+    step size; if any instance differs by more than `tol` (allowing 2 SE of the paired
+    difference), the next batch size (x4) is tried, up to full batch."""
+    n_inst = sampler.n_instances
+    steps = np.minimum(num_steps, check_steps)
+    candidates = []
+    b = batch_size
+    while b is not None and b < n:
+        candidates.append(int(b))
+        b = b * 4
+    if not candidates:
+        return BatchCheckStage([], np.zeros((n_inst, 0)), np.zeros((n_inst, 0)), np.zeros((n_inst, 0)),
+                               np.zeros((n_inst, 0)), np.zeros((n_inst, 0), bool), batch_size)
+    with progress_bar(len(candidates) + 1, "calibrate: minibatch check", progress) as bar:
+        full = sampler.run(key, eps, steps, localization, None)
+        bar.update()
+        rows = {k: [] for k in ("llc", "rel", "se", "ok")}
+        chosen = None
+        for b in candidates:
+            res = sampler.run(key, eps, steps, localization, b)
+            bar.update()
+            paired = res.per_chain - full.per_chain  # (instance, chain), same keys
+            with np.errstate(invalid="ignore", divide="ignore"):
+                diff = np.nanmean(paired, axis=1)
+                diff_se = np.nanstd(paired, axis=1, ddof=1) / np.sqrt(paired.shape[1])
+                rel = diff / np.abs(full.llc)
+            ok = np.abs(diff) <= tol * np.abs(full.llc) + 2 * np.nan_to_num(diff_se)
+            for k, v in zip(("llc", "rel", "se", "ok"), (res.llc, rel, diff_se, ok)):
+                rows[k].append(v)
+            if ok.all():
+                chosen = b
+                break
+    stack = lambda k: np.stack(rows[k], axis=1)
+    tried = candidates[: len(rows["llc"])]
+    return BatchCheckStage(tried, stack("llc"), np.repeat(full.llc[:, None], len(tried), 1), stack("rel"),
+                           stack("se"), stack("ok"), chosen)
+
+
+# ----------------------------------------------------------------------------- the whole calibration
+
+
+def calibrate_batched(
     loss_fn: Callable,
     params: PyTree,
     data: PyTree,
     *,
     key,
+    instance_dims: Sequence[str] | Mapping[str, Sequence] | None = None,
+    data_batched: bool = True,
     localization: float | Sequence[float] = 1.0,
     nbeta: float | str | None = None,
     batch_size: int | None = 500,
@@ -110,280 +433,280 @@ def calibrate(
     bias_tol: float = 0.05,
     bias_check_steps: int | None = None,
     long_check_max_steps: int | None = None,
+    curvature_tol: float = 0.02,
+    batch_tol: float = 0.02,
+    batch_check_steps: int = 2000,
+    mesh=None,
     progress: bool = False,
 ) -> tuple[SGLDConfig, xr.Dataset]:
-    """Choose an `SGLDConfig` for `estimate_llc(loss_fn, params, data, ...)` by a short sweep.
+    """Calibrate every instance at once; see the module docstring for the stages.
 
-    loss_fn, params, data: as for `estimate_llc`. `batch_size` None means full batch (it is
-    clipped to n). Returns (config, calibration dataset); see the module docstring for the
-    rules. The returned config has `num_chains` chains, the chosen step size and the chain
-    length at which the estimate stopped moving (burn-in `burnin_fraction` of it).
+    params, data, instance_dims, data_batched: as for `estimate_llc_batched`. `batch_size` None
+    means full batch (it is clipped to n). Returns (config, calibration dataset): an `SGLDConfig`
+    whose `step_size`, `localization`, `num_steps` and `num_burnin` are arrays with the instance
+    shape (for `estimate_llc_batched`), `num_chains` chains and the batch size that passed the
+    minibatch check; the dataset has the instance dims in front of every variable.
     """
     step_sizes = sorted(float(e) for e in step_sizes)
     require(len(step_sizes) >= 2 and all(e > 0 and math.isfinite(e) for e in step_sizes),
             "step_sizes needs at least two positive finite values")
     require(0 < burnin_fraction < 1, f"burnin_fraction must be in (0, 1), got {burnin_fraction}")
     require(1 <= min_steps <= max_steps, f"need 1 <= min_steps <= max_steps, got {min_steps}, {max_steps}")
-    n = int(jax.tree_util.tree_leaves(data)[0].shape[0])
+    localizations = sorted({float(g) for g in np.atleast_1d(localization)})
+    require(localizations[0] > 0 and math.isfinite(localizations[-1]),
+            f"localization must be positive and finite, got {localization}")
+    dims = _instance_dims(params, instance_dims)
+    sizes = tuple(len(v) for v in dims.values())
+    params = _flatten_instances(params, sizes, "params")
+    if data_batched:
+        data = _flatten_instances(data, sizes, "data")
+    n = int(jax.tree_util.tree_leaves(data)[0].shape[1 if data_batched else 0])
     if batch_size is not None:
         batch_size = min(int(batch_size), n)
-    localizations = sorted({float(g) for g in np.atleast_1d(localization)})
-    require(localizations[0] > 0 and math.isfinite(localizations[-1]), f"localization must be positive and finite, "
-                                                                         f"got {localization}")
+    probe = SGLDConfig(step_size=step_sizes[0], localization=localizations[0], nbeta=nbeta, num_chains=num_chains,
+                       num_steps=max(2, min_steps), num_burnin=1, batch_size=batch_size)
+    n, d = _check_inputs(loss_fn, params, data, probe, instance_axes=1, data_axes=1 if data_batched else 0)
+    nbeta_value = (default_nbeta(n, batch_size, nbeta) if isinstance(nbeta, str) else
+                   default_nbeta(n) if nbeta is None else float(nbeta))
     long_check_max_steps = int(long_check_max_steps or 4 * max_steps)
-    sweep_key, length_key = jax.random.split(key)
+    curv_key, sweep_key, length_key, batch_key = jax.random.split(key, 4)
+    sampler = _sampler(loss_fn, params, data, data_batched=data_batched, n=n, d=d, nbeta=nbeta_value,
+                       num_chains=num_chains, burnin_fraction=burnin_fraction, mesh=mesh)
 
-    def config(eps, steps, gamma=localizations[0]):
-        return SGLDConfig(step_size=float(eps), localization=gamma, nbeta=nbeta, num_chains=num_chains,
-                          num_steps=int(steps), num_burnin=int(burnin_fraction * steps), batch_size=batch_size,
-                          trace_every=max(1, int(steps) // 200))
+    curvature = curvature_batched(loss_fn, params, data, data_batched=data_batched, key=curv_key)
+    bound = step_size_bound(curvature["eigenvalues"], localizations[0], nbeta_value, tol=curvature_tol,
+                            top=curvature["top"])
+    sweep = sweep_stage(sampler, sweep_key, step_sizes, steps=sweep_steps, localization=localizations[0],
+                        batch_size=batch_size, bound=bound, target_acceptance=target_acceptance,
+                        max_acceptance_drop=max_acceptance_drop, progress=progress)
+    bad = np.flatnonzero(sweep.n_ok == 0)
+    require(bad.size == 0, f"calibration failed at {bad.size} instance(s) (first: {_describe(dims, sizes, bad[0]) if bad.size else ''}): "
+                           f"the smallest step size {step_sizes[0]:g} is already unhealthy; try smaller step_sizes")
+    short = short_bias_stage(sampler, jax.random.fold_in(sweep_key, 1), step_sizes, sweep.n_ok,
+                             sweep_steps=sweep_steps, bias_check_steps=bias_check_steps, max_steps=max_steps,
+                             localization=localizations[0], batch_size=batch_size, bias_tol=bias_tol,
+                             progress=progress)
+    eps_grid = np.asarray(step_sizes)
+    length = length_stage(sampler, length_key, eps_grid[short.index], localizations, min_steps=min_steps,
+                          max_steps=max_steps, rel_tol=rel_tol, max_rhat=max_rhat, batch_size=batch_size,
+                          progress=progress)
+    last = np.array([row[np.isfinite(row)][-1] if np.isfinite(row).any() else np.nan for row in length.llc])
+    long = long_check_stage(sampler, length_key, step_sizes, short.index, length.final_steps, last,
+                            length.localization, long_check_max_steps=long_check_max_steps, bias_tol=bias_tol,
+                            batch_size=batch_size, progress=progress)
+    final_eps = eps_grid[long.final_index]
+    final_steps = np.array([row[row > 0][-1] for row in long.num_steps])
+    batch = batch_check_stage(sampler, batch_key, final_eps, final_steps, length.localization,
+                              batch_size=batch_size, n=n, tol=batch_tol, check_steps=batch_check_steps,
+                              progress=progress)
 
-    bar = _progress(len(step_sizes), "calibrate: step sizes", progress)
-    sweep = []
-    for eps in step_sizes:
-        sweep.append(_estimate(loss_fn, params, data, config(eps, sweep_steps), sweep_key))
-        bar.update()
-    bar.close()
-    acc = np.array([s["acceptance"] for s in sweep])
-    diverged = np.array([s["n_diverged"] > 0 or not math.isfinite(s["llc"]) for s in sweep])
-    ok_acc = acc[~diverged & np.isfinite(acc)]
-    require(ok_acc.size > 0, "calibration failed: every step size diverged; try smaller step_sizes")
-    plateau = float(np.max(ok_acc[: 2])) if ok_acc.size >= 2 else float(ok_acc[0])
-    threshold = min(target_acceptance, plateau - max_acceptance_drop)
-    healthy = ~diverged & (acc >= threshold)
-    # the largest step size below which every step size is healthy
-    n_ok = int(np.argmin(healthy)) if not healthy.all() else len(step_sizes)
-    require(n_ok > 0, f"calibration failed: the smallest step size {step_sizes[0]:g} is already unhealthy "
-                      f"(acceptance {acc[0]:.3f}, diverged {bool(diverged[0])}); try smaller step_sizes")
-    # stage 1b: discretisation bias. Walk down from the largest healthy step size eps_hi until
-    # the bias of its estimate is small: with the next smaller step size eps_lo, both run for
-    # the same sampler time eps x steps (so the comparison is not confounded by the slower
-    # mixing of small steps), the linear fit lambda(eps) = lambda0 + c eps through the two
-    # estimates gives lambda0 (the eps -> 0 extrapolation) and the bias c eps_hi.
-    # one sampler time for every comparison; by default short enough that the first comparison
-    # (the next smaller step size) fits in max_steps
-    ratio = step_sizes[n_ok - 1] / step_sizes[n_ok - 2] if n_ok > 1 else 1.0
-    check_steps = int(bias_check_steps or max(1, min(4 * sweep_steps, int(max_steps / ratio))))
-    check_time = step_sizes[n_ok - 1] * check_steps
-    bias_key = jax.random.fold_in(sweep_key, 1)
-    bias_llc = np.full(len(step_sizes), np.nan)
-    bias_se = np.full(len(step_sizes), np.nan)
-    bias_hat = np.full(len(step_sizes), np.nan)
-    llc0 = np.full(len(step_sizes), np.nan)
-    bias_ok = np.zeros(len(step_sizes), bool)
-    chosen_index = n_ok - 1
-    at_time = lambda i: _estimate(loss_fn, params, data, config(step_sizes[i], round(check_time / step_sizes[i])),
-                                  bias_key)
-    bar = _progress(n_ok, "calibrate: bias check", progress)
-    r_hi = None
-    while chosen_index > 0 and round(check_time / step_sizes[chosen_index - 1]) <= max_steps:
-        hi, lo = step_sizes[chosen_index], step_sizes[chosen_index - 1]
-        r_hi = r_hi or at_time(chosen_index)
-        r_lo = at_time(chosen_index - 1)
-        bar.update()
-        bias_llc[chosen_index], bias_se[chosen_index] = r_hi["llc"], r_hi["llc_se"]
-        slope_factor = hi / (hi - lo)  # bias at hi = (llc_hi - llc_lo) hi / (hi - lo)
-        bias = (r_hi["llc"] - r_lo["llc"]) * slope_factor
-        noise = 2 * slope_factor * math.hypot(np.nan_to_num(r_hi["llc_se"]), np.nan_to_num(r_lo["llc_se"]))
-        bias_hat[chosen_index], llc0[chosen_index] = bias, r_hi["llc"] - bias
-        if math.isfinite(bias) and abs(bias) <= max(bias_tol * abs(llc0[chosen_index]), noise):
-            bias_ok[chosen_index] = True
-            break
-        chosen_index -= 1
-        r_hi = r_lo
-    bar.close()
-    eps = step_sizes[chosen_index]
-
-    # stage 2: double the chain length (so the sampler time eps x steps) until the estimate
-    # stops rising. At singular points the estimate creeps up slowly with sampler time (the
-    # flat directions mix slowly), so no allowance for noise: the change must be small itself.
-    # If it never settles, the chains are drifting along flat directions away from w*: the
-    # next (stronger) localization is tried.
-    tried = []
-    for gamma in localizations:
-        lengths, runs, converged = _length_stage(
-            lambda steps: _estimate(loss_fn, params, data, config(eps, steps, gamma), length_key),
-            min_steps, max_steps, rel_tol, max_rhat, progress)
-        tried.append(dict(localization=gamma, llc=runs[-1]["llc"], rhat=runs[-1]["rhat"], num_steps=lengths[-1],
-                          converged=converged))
-        if converged:
-            break
-    # stage 3: the discretisation bias again, now at the chosen sampler time. Along a long chain
-    # the walkers drift along flat directions into regions of higher curvature, where the same
-    # step size is biased more than at w* (stage 1b); compare with the next smaller step size at
-    # the same sampler time and walk down while they disagree (and the smaller one is affordable).
-    long_time = eps * lengths[-1]
-    long_steps, long_llc, long_bias = [lengths[-1]], [runs[-1]["llc"]], [math.nan]
-    final_index, current = chosen_index, runs[-1]
-    while final_index > 0 and round(long_time / step_sizes[final_index - 1]) <= long_check_max_steps:
-        hi, lo = step_sizes[final_index], step_sizes[final_index - 1]
-        lower = _estimate(loss_fn, params, data, config(lo, round(long_time / lo), gamma), length_key)
-        bias = (current["llc"] - lower["llc"]) * hi / (hi - lo)
-        long_bias[-1] = bias
-        # no allowance for noise here: at equal sampler time the smaller step is never worse
-        # (less bias, the same mixing), and long drifting chains have a large SE
-        if math.isfinite(bias) and abs(bias) <= bias_tol * abs(current["llc"] - bias):
-            break
-        final_index, current = final_index - 1, lower
-        long_steps.append(round(long_time / lo))
-        long_llc.append(lower["llc"])
-        long_bias.append(math.nan)
-    final_eps, final_steps = step_sizes[final_index], long_steps[-1]
-    chosen_config = config(final_eps, final_steps, gamma)
-
-    change = [math.nan] + [abs(b["llc"] - a["llc"]) for a, b in zip(runs[:-1], runs[1:])]
-    nbeta_value = resolve_nbeta(chosen_config, n)
-    unsettled = ", ".join(f"{t['localization']:g}" for t in tried[:-1])  # escalated past these
-    ds = xr.Dataset(
-        {
-            "llc_sweep": _var("step_size", [s["llc"] for s in sweep], "LLC estimate of the short sweep chains"),
-            "llc_se_sweep": _var("step_size", [s["llc_se"] for s in sweep], "standard error of llc_sweep over chains"),
-            "acceptance": _var("step_size", acc, "mean MALA acceptance proxy (non-divergent chains)"),
-            "n_diverged": _var("step_size", [s["n_diverged"] for s in sweep], "divergent chains", "chains"),
-            "rhat_sweep": _var("step_size", [s["rhat"] for s in sweep], "R-hat of the sweep loss traces"),
-            "healthy": _var("step_size", healthy, "no divergence and acceptance >= acceptance_threshold", None),
-            "chosen": _var("step_size", np.arange(len(step_sizes)) == final_index, "the chosen step size (after the "
-                           "long-chain bias check)", None),
-            "length_stage": _var("step_size", np.arange(len(step_sizes)) == chosen_index, "the step size of the "
-                                 "chain-length stage (after the short bias check)", None),
-            "llc_bias_check": _var("step_size", bias_llc, "LLC estimate of the bias check (equal sampler time "
-                                   "eps x steps as the next larger step size it was compared with)"),
-            "llc_se_bias_check": _var("step_size", bias_se, "standard error of llc_bias_check over chains"),
-            "bias": _var("step_size", bias_hat, "estimated discretisation bias lambda(eps) - lambda0 of the linear "
-                         "fit through this and the next smaller step size at equal sampler time"),
-            "llc_extrapolated": _var("step_size", llc0, "lambda0: the linear eps -> 0 extrapolation of that fit"),
-            "bias_consistent": _var("step_size", bias_ok, "|bias| <= max(bias_tol |lambda0|, 2 SE of the bias)", None),
-            "sampler_time": _var("num_steps", [eps * s for s in lengths], "sampler time eps x num_steps"),
-            "llc_length": _var("num_steps", [r["llc"] for r in runs], "LLC estimate at the chosen step size"),
-            "llc_se_length": _var("num_steps", [r["llc_se"] for r in runs], "standard error of llc_length"),
-            "change_length": _var("num_steps", change, "|change| of llc_length from the previous (half) length"),
-            "rhat_length": _var("num_steps", [r["rhat"] for r in runs], "R-hat at each chain length"),
-            "llc_long_check": _var("long_check", long_llc, "LLC estimate at the chosen sampler time, from the chosen "
-                                   "(stage 2) step size down"),
-            "bias_long_check": _var("long_check", long_bias, "discretisation bias of that step size against the next "
-                                    "smaller one at the same sampler time (linear fit); NaN where not compared"),
-            "llc_localization": _var("localization", [t["llc"] for t in tried],
-                                     "LLC estimate at the longest chain tried with this localization"),
-            "converged_localization": _var("localization", [t["converged"] for t in tried],
-                                           "the chain-length rule converged with this localization", None),
-            "num_steps_localization": _var("localization", [t["num_steps"] for t in tried],
-                                           "longest chain tried with this localization", "steps"),
-        },
-        coords={
-            "step_size": xr.Variable("step_size", step_sizes, {"long_name": "SGLD step size eps"}),
-            "num_steps": xr.Variable("num_steps", lengths, {"long_name": "chain length (burn-in included), at the "
-                                                                         "chosen localization", "units": "steps"}),
-            "long_check_step_size": xr.Variable("long_check", step_sizes[final_index:chosen_index + 1][::-1],
-                                                {"long_name": "step size of the long-chain bias check"}),
-            "long_check_num_steps": xr.Variable("long_check", long_steps, {"long_name": "its chain length (same "
-                                                "sampler time)", "units": "steps"}),
-            "localization": xr.Variable("localization", [t["localization"] for t in tried],
-                                        {"long_name": "localization gamma tried in the chain-length stage"}),
-        },
-    )
+    shape = lambda a: np.reshape(a, sizes + np.shape(a)[1:])
+    config = SGLDConfig(step_size=shape(final_eps), localization=shape(length.localization), nbeta=nbeta,
+                        num_chains=num_chains, num_steps=shape(final_steps),
+                        num_burnin=shape((burnin_fraction * final_steps).astype(np.int64)),
+                        batch_size=batch.chosen, trace_every=max(1, int(final_steps.max()) // 200))
     settings = dict(localization=localizations, nbeta=nbeta, batch_size=batch_size, num_chains=num_chains,
                     step_sizes=step_sizes, sweep_steps=sweep_steps, target_acceptance=target_acceptance,
                     max_acceptance_drop=max_acceptance_drop, min_steps=min_steps, max_steps=max_steps,
                     burnin_fraction=burnin_fraction, rel_tol=rel_tol, max_rhat=max_rhat, bias_tol=bias_tol,
-                    bias_check_steps=check_steps, bias_check_sampler_time=check_time,
-                    long_check_max_steps=long_check_max_steps,
+                    bias_check_steps=short.check_steps.tolist(), bias_check_sampler_time=short.check_time.tolist(),
+                    long_check_max_steps=long_check_max_steps, curvature_tol=curvature_tol, batch_tol=batch_tol,
+                    batch_check_steps=batch_check_steps,
                     key=[int(v) for v in np.asarray(jax.random.key_data(key)).ravel()])
+    ds = calibration_dataset(dims, step_sizes, sweep, short, length, long, batch, curvature, bound,
+                             final_eps=final_eps, final_steps=final_steps, nbeta=nbeta_value,
+                             settings=settings)
+    return config, ds
+
+
+def _describe(dims, sizes, i) -> str:
+    index = np.unravel_index(int(i), sizes)
+    return ", ".join(f"{name}={dims[name][j]}" for name, j in zip(dims, index))
+
+
+def calibration_dataset(dims, step_sizes, sweep: SweepStage, short: ShortBiasStage, length: LengthStage,
+                        long: LongCheckStage, batch: BatchCheckStage, curvature: dict, bound, *, final_eps,
+                        final_steps, nbeta, settings: dict) -> xr.Dataset:
+    """The calibration dataset: every stage's numbers per instance, and a verdict per instance."""
+    inst = tuple(dims)
+    sizes = tuple(len(v) for v in dims.values())
+    shape = lambda a: np.reshape(np.asarray(a), sizes + np.shape(a)[1:])
+    eps_grid = np.asarray(step_sizes)
+    n_eps = len(step_sizes)
+    S, L, K, G, B = (inst + (name,) for name in ("step_size", "num_steps", "long_check", "localization",
+                                                  "batch_check"))
+    idx = np.arange(n_eps)[None, :]
+    chosen = idx == long.final_index[:, None]
+    at_length = idx == short.index[:, None]
+    llc_quad = quadratic_llc(curvature["eigenvalues"], final_eps, length.localization, nbeta) \
+        if curvature["eigenvalues"] is not None else np.full(len(final_eps), np.nan)
+    change = np.abs(np.diff(length.llc, axis=1, prepend=np.nan))
+    sampler_time = eps_grid[short.index][:, None] * length.lengths[None, :] * np.where(np.isfinite(length.llc), 1,
+                                                                                        np.nan)
+    var = lambda d, v, long_name, units="1": xr.Variable(d, shape(v), {"long_name": long_name,
+                                                                          **({"units": units} if units else {})})
+    flag = lambda d, v, long_name: var(d, np.asarray(v, bool), long_name, None)
+    data_vars = {
+        "llc_sweep": var(S, sweep.llc, "LLC estimate of the short sweep chains"),
+        "llc_se_sweep": var(S, sweep.llc_se, "standard error of llc_sweep over chains"),
+        "acceptance": var(S, sweep.acceptance, "mean MALA acceptance proxy (non-divergent chains)"),
+        "n_diverged": var(S, sweep.n_diverged, "divergent chains", "chains"),
+        "rhat_sweep": var(S, sweep.rhat, "R-hat of the sweep loss traces"),
+        "healthy": flag(S, sweep.healthy, "no divergence, acceptance >= acceptance_threshold, and step size <= "
+                                          "step_size_bound"),
+        "chosen": flag(S, chosen, "the chosen step size (after the long-chain bias check)"),
+        "length_stage": flag(S, at_length, "the step size of the chain-length stage (after the short bias check)"),
+        "llc_bias_check": var(S, short.llc, "LLC estimate of the bias check (equal sampler time eps x steps as "
+                                            "the next larger step size it was compared with)"),
+        "llc_se_bias_check": var(S, short.llc_se, "standard error of llc_bias_check over chains"),
+        "bias": var(S, short.bias, "estimated discretisation bias lambda(eps) - lambda0 of the linear fit through "
+                                   "this and the next smaller step size at equal sampler time"),
+        "llc_extrapolated": var(S, short.llc0, "lambda0: the linear eps -> 0 extrapolation of that fit"),
+        "bias_consistent": flag(S, short.consistent, "|bias| <= max(bias_tol |lambda0|, 2 SE of the bias)"),
+        "sampler_time": var(L, sampler_time, "sampler time eps x num_steps of the chain-length stage"),
+        "llc_length": var(L, length.llc, "LLC estimate at the length-stage step size (NaN: not run)"),
+        "llc_se_length": var(L, length.llc_se, "standard error of llc_length"),
+        "change_length": var(L, change, "|change| of llc_length from the previous (half) length"),
+        "rhat_length": var(L, length.rhat, "R-hat at each chain length"),
+        "long_check_step_size": var(K, long.step_size, "step size of the long-chain bias check (NaN: not run)"),
+        "long_check_num_steps": var(K, long.num_steps, "its chain length (same sampler time)", "steps"),
+        "llc_long_check": var(K, long.llc, "LLC estimate at the chosen sampler time, from the length-stage step "
+                                           "size down"),
+        "bias_long_check": var(K, long.bias, "discretisation bias of that step size against the next smaller one at "
+                                             "the same sampler time (linear fit); NaN where not compared"),
+        "llc_localization": var(G, length.tried_llc, "LLC estimate at the longest chain tried with this localization"),
+        "converged_localization": flag(G, length.tried_converged, "the chain-length rule converged with this "
+                                                                  "localization"),
+        "num_steps_localization": var(G, length.tried_steps, "longest chain tried with this localization (0: not "
+                                                             "tried)", "steps"),
+        "llc_batch_check": var(B, batch.llc_batch, "LLC of the short minibatch run of the batch check"),
+        "llc_full_batch_check": var(B, batch.llc_full, "LLC of the same run (same keys) with full batch"),
+        "batch_check_rel_diff": var(B, batch.rel_diff, "(minibatch - full batch) / |full batch| of the paired runs"),
+        "batch_check_se": var(B, batch.diff_se, "standard error of the paired difference"),
+        "batch_check_passed": flag(B, batch.passed, "|difference| <= batch_tol |full batch| + 2 SE"),
+        "hessian_top_eigenvalue": var(inst, curvature["top"], "largest eigenvalue of the Hessian of L_n at w*"),
+        "step_size_bound": var(inst, bound, "largest step size whose quadratic-approximation discretisation bias is "
+                                            "at most curvature_tol"),
+        "llc_quadratic": var(inst, llc_quad, "quadratic-approximation LLC at the chosen step size, localization and "
+                                             "nbeta (curved directions only)"),
+        "acceptance_plateau": var(inst, sweep.plateau, "acceptance at the two smallest step sizes (max)"),
+        "acceptance_threshold": var(inst, sweep.threshold, "min(target, plateau - max_acceptance_drop)"),
+        "chosen_step_size": var(inst, final_eps, "the step size chosen"),
+        "length_step_size": var(inst, eps_grid[short.index], "the step size of the chain-length stage"),
+        "chosen_localization": var(inst, length.localization, "the localization chosen"),
+        "chosen_num_steps": var(inst, final_steps, "the chain length chosen (burn-in included)", "steps"),
+        "converged": flag(inst, length.converged, "the chain-length rule settled"),
+        "bias_consistent_short": flag(inst, short.consistent[np.arange(len(short.index)), short.index],
+                                      "the short-chain bias check confirmed the length-stage step size"),
+        "bias_check_sampler_time": var(inst, short.check_time, "sampler time of the short-chain bias check"),
+    }
+    if curvature["eigenvalues"] is not None:
+        data_vars["hessian_eigenvalues"] = var(inst + ("eigenvalue",), curvature["eigenvalues"],
+                                               "eigenvalues of the Hessian of L_n at w* (ascending)")
+    coords = {name: values for name, values in dims.items()}
+    coords.update(
+        step_size=xr.Variable("step_size", eps_grid, {"long_name": "SGLD step size eps"}),
+        num_steps=xr.Variable("num_steps", length.lengths, {"long_name": "chain length of the length stage "
+                                                                         "(burn-in included)", "units": "steps"}),
+        localization=xr.Variable("localization", settings["localization"], {"long_name": "localization gamma"}),
+        batch_check=xr.Variable("batch_check", np.asarray(batch.batch_sizes, np.int64),
+                                {"long_name": "minibatch size checked against full batch"}),
+    )
+    ds = xr.Dataset(data_vars, coords=coords)
+    ds["verdict"] = xr.Variable(inst, shape(np.array(_verdicts(ds, settings, batch), dtype=object)),
+                                {"long_name": "what was chosen and why"})
     ds.attrs.update(provenance_attrs("calibration", settings))
     ds.attrs.update(
-        acceptance_plateau=plateau,
-        acceptance_threshold=threshold,
-        chosen_step_size=final_eps,
-        length_step_size=eps,
-        chosen_localization=gamma,
-        bias_check_sampler_time=check_time,
-        chosen_num_steps=final_steps,
-        converged=int(converged),
-        nbeta=nbeta_value,
+        nbeta=nbeta,
+        bias_tol=settings["bias_tol"],
+        rel_tol=settings["rel_tol"],
+        chosen_batch_size=-1 if batch.chosen is None else int(batch.chosen),
         step_size_rule=(
-            f"largest step size such that it and every smaller one has no divergent chain and MALA acceptance "
-            f">= min(target {target_acceptance}, plateau {plateau:.3f} - {max_acceptance_drop}) = {threshold:.3f} "
-            f"({sweep_steps}-step chains), then walk down from it until its bias, from the linear fit "
-            f"lambda(eps) = lambda0 + c eps through it and the next smaller step size (both run for the sampler time "
-            f"{check_time:.3g}, {check_steps} steps at the largest healthy step size; not below a step size that "
-            f"would need more than {max_steps} steps), is <= max({bias_tol:.0%} of lambda0, 2 SE); larger steps "
-            f"diverge or overshoot (discretisation bias)"),
+            f"largest step size such that it and every smaller one has no divergent chain, MALA acceptance >= "
+            f"min(target {settings['target_acceptance']}, plateau - {settings['max_acceptance_drop']}) "
+            f"({settings['sweep_steps']}-step chains) and is within the curvature bound (quadratic-approximation "
+            f"bias <= {settings['curvature_tol']:.0%}); then walk down from it until its bias, from the linear fit "
+            f"lambda(eps) = lambda0 + c eps through it and the next smaller step size at one sampler time, is <= "
+            f"max({settings['bias_tol']:.0%} of lambda0, 2 SE); not below a step size needing more than "
+            f"{settings['max_steps']} steps"),
         length_rule=(
-            f"double the chain length from {min_steps} (at most {max_steps}) until the estimate moved by <= "
-            f"{rel_tol:.0%} over the last doubling and over the last two (4x the sampler time), with R-hat <= "
-            f"{max_rhat} and no divergence, trying the localizations {localizations} in turn until it does; then, "
-            f"at that sampler time, step down while the next smaller step size (at most {long_check_max_steps} "
-            f"steps) differs by more than {bias_tol:.0%} (no noise allowance); "
-            f"short chains "
-            f"underestimate at singular points (the estimate rises slowly with the sampler time eps x steps)"),
-        bias_consistent=int(bias_ok[chosen_index]),
-        bias_tol=bias_tol,
-        rel_tol=rel_tol,
-        verdict=(
-            f"chose step_size {final_eps:g}, localization {gamma:g} and num_steps {final_steps} (sampler time "
-            f"{long_time:.3g}): "
-            + (f"the estimate did not settle at localization {unsettled} (chains drifting along flat directions); "
-               if unsettled else "")
-            + (f"short chains: step size {eps:g} has estimated discretisation bias {bias_hat[chosen_index]:+.3g} "
-               f"(eps -> 0 extrapolation "
-               f"{llc0[chosen_index]:.4g} at short chains); " if bias_ok[chosen_index]
-               else "discretisation bias NOT confirmed small (no smaller step size to compare with within "
-                    f"max_steps={max_steps}); ")
-            + (f"at sampler time {long_time:.3g}, step size {eps:g} read {long_llc[0]:.4g} and the next smaller one "
-               f"{long_llc[1]:.4g}, so the smaller was taken (discretisation bias along the long chains); "
-               if len(long_llc) > 1 else "")
-            + ("the estimate stopped rising with chain length" if converged else
-               f"NOT converged by max_steps={max_steps}; the estimate may still be moving")),
+            f"double the chain length from {settings['min_steps']} (at most {settings['max_steps']}) until the "
+            f"estimate moved by <= {settings['rel_tol']:.0%} over the last doubling and over the last two, with R-hat "
+            f"<= {settings['max_rhat']} and no divergence, trying the localizations {settings['localization']} in "
+            f"turn; then, at that sampler time, step down while the next smaller step size (at most "
+            f"{settings['long_check_max_steps']} steps) differs by more than {settings['bias_tol']:.0%} (no noise "
+            f"allowance)"),
+        batch_rule=(
+            f"paired short runs (at most {settings['batch_check_steps']} steps, same keys) with the minibatch and "
+            f"full batch: |difference| <= {settings['batch_tol']:.0%} of the full-batch estimate + 2 SE on every "
+            f"instance, else the next batch size (x4, up to full batch)"),
     )
-    return chosen_config, ds
+    return ds
 
 
-def _length_stage(estimate, min_steps, max_steps, rel_tol, max_rhat, progress):
-    """Double the chain length from min_steps until `_stable` over the last doubling and the
-    last two, or max_steps; returns (lengths, estimates, converged)."""
-    lengths, runs = [], []
-    steps = int(min_steps)
-    bar = _progress(int(math.log2(max_steps / min_steps)) + 1, "calibrate: chain length", progress)
-    converged = False
-    while True:
-        lengths.append(steps)
-        runs.append(estimate(steps))
-        bar.update()
-        if len(runs) >= 3 and _stable(runs[-3], runs[-1], rel_tol, max_rhat) \
-                and _stable(runs[-2], runs[-1], rel_tol, max_rhat):
-            converged = True
-            break
-        if steps * 2 > max_steps:
-            break
-        steps *= 2
-    bar.close()
-    return lengths, runs, converged
+def _verdicts(ds: xr.Dataset, settings: dict, batch: BatchCheckStage) -> list[str]:
+    inst = [d for d in ds["chosen_step_size"].dims]
+    flat = ds.stack(_i=inst) if inst else ds.expand_dims(_i=[0])
+    out = []
+    batch_text = ("full batch" if batch.chosen is None else f"batch {batch.chosen}")
+    for i in range(flat.sizes["_i"]):
+        one = flat.isel(_i=i)
+        eps, steps = float(one["chosen_step_size"]), int(one["chosen_num_steps"])
+        gamma = float(one["chosen_localization"])
+        text = (f"chose step_size {eps:g}, localization {gamma:g}, num_steps {steps} (sampler time {eps * steps:.3g}), "
+                f"{batch_text}; step-size bound from the curvature {float(one['step_size_bound']):.3g}; ")
+        tried = one["num_steps_localization"].values > 0
+        unsettled = [f"{g:g}" for g, t, c in zip(one["localization"].values, tried, one["converged_localization"].values)
+                     if t and not c and g < gamma]
+        if unsettled:
+            text += f"the estimate did not settle at localization {', '.join(unsettled)} (chains drifting); "
+        if not bool(one["bias_consistent_short"]):
+            text += "short-chain discretisation bias NOT confirmed small (no smaller step size affordable); "
+        long_eps = one["long_check_step_size"].values
+        if np.isfinite(long_eps).sum() > 1:
+            text += "the long-chain check moved to smaller step sizes (bias along long chains); "
+        text += ("the estimate stopped rising with chain length" if bool(one["converged"]) else
+                 f"NOT converged by max_steps={settings['max_steps']}; the estimate may still be moving")
+        out.append(text)
+    return out
 
 
-def _stable(before: dict, now: dict, rel_tol: float, max_rhat: float) -> bool:
-    """The estimate moved by at most rel_tol (relative), the chains agree and none diverged."""
-    change = abs(now["llc"] - before["llc"])
-    rhat_ok = not (now["rhat"] > max_rhat)  # NaN (a single chain) does not block
-    return change <= rel_tol * abs(now["llc"]) and rhat_ok and now["n_diverged"] == 0
+# ----------------------------------------------------------------------------- one instance
 
 
-def _var(dim, values, long_name, units: str | None = "1") -> xr.Variable:
-    attrs = {"long_name": long_name}
-    if units:
-        attrs["units"] = units
-    return xr.Variable(dim, np.asarray(values), attrs)
+def calibrate(loss_fn: Callable, params: PyTree, data: PyTree, *, key, **options) -> tuple[SGLDConfig, xr.Dataset]:
+    """Choose an `SGLDConfig` for `estimate_llc(loss_fn, params, data, ...)`: `calibrate_batched`
+    on this one instance (same options, see there and the module docstring). Returns (config
+    with scalar settings, calibration dataset without instance dims; per-instance scalars such
+    as the verdict and the chosen settings in attrs)."""
+    require("instance_dims" not in options and "data_batched" not in options,
+            "calibrate takes one instance; use calibrate_batched for grids")
+    one = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], params)
+    config, ds = calibrate_batched(loss_fn, one, data, key=key, data_batched=False, **options)
+    scalar = {name: np.asarray(getattr(config, name)).reshape(-1)[0].item()
+              for name in ("step_size", "localization", "num_steps", "num_burnin")}
+    config = SGLDConfig(**{**config.to_dict(), **scalar})
+    return config, _single(ds.isel(instance=0))
 
 
-class _NoBar:
-    def update(self, n=1):
-        pass
+def _single(ds: xr.Dataset) -> xr.Dataset:
+    """A one-instance calibration dataset: trailing not-run rounds dropped, scalars as attrs."""
+    def trim(ds, dim, var):
+        used = np.flatnonzero(np.isfinite(ds[var].values) if ds[var].dtype.kind == "f" else ds[var].values > 0)
+        return ds.isel({dim: slice(0, int(used[-1]) + 1 if used.size else 0)})
 
-    def close(self):
-        pass
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False)
+    ds = trim(ds, "num_steps", "llc_length")
+    ds = trim(ds, "long_check", "long_check_num_steps")
+    ds = trim(ds, "localization", "num_steps_localization")
+    ds = ds.assign_coords(long_check_step_size=ds["long_check_step_size"],
+                          long_check_num_steps=ds["long_check_num_steps"])
+    scalars = [name for name, v in ds.data_vars.items() if v.ndim == 0]
+    for name in scalars:
+        value = ds[name].values.item()
+        ds.attrs[name] = int(value) if isinstance(value, (bool, np.bool_)) else value
+    config = __import__("json").loads(ds.attrs["config"])
+    for name in ("bias_check_steps", "bias_check_sampler_time"):
+        config[name] = config[name][0]
+    ds.attrs["config"] = __import__("json").dumps(config)
+    ds.attrs["bias_consistent"] = ds.attrs.pop("bias_consistent_short")
+    return ds.drop_vars(scalars + ["instance"], errors="ignore")

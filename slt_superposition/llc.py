@@ -75,6 +75,8 @@ import numpy as np
 import xarray as xr
 
 from slt_superposition.chain import ChainShape, instance_program
+from slt_superposition.checks import attach as attach_checks
+from slt_superposition.checks import CHECK_STEPS, run_checks
 from slt_superposition.diagnostics import DIVERGENCE_FACTOR, rhat_and_ess
 from slt_superposition.errors import InputError, require
 from slt_superposition.observers import ChainSettings
@@ -391,7 +393,8 @@ def _key_record(key) -> list[int]:
 # ----------------------------------------------------------------------------- public API
 
 
-def estimate_llc(loss_fn: Callable, params: PyTree, data: PyTree, *, config: SGLDConfig, key) -> xr.Dataset:
+def estimate_llc(loss_fn: Callable, params: PyTree, data: PyTree, *, config: SGLDConfig, key,
+                 checks: bool = True, check_steps: int = CHECK_STEPS) -> xr.Dataset:
     """Estimate the local learning coefficient of `loss_fn` at `params` (= w*) by SGLD.
 
     loss_fn: `loss_fn(params, batch) -> scalar`, the mean loss over the batch.
@@ -405,6 +408,9 @@ def estimate_llc(loss_fn: Callable, params: PyTree, data: PyTree, *, config: SGL
     frac_below_init(chain), diverged(chain), n_diverged, and the settings (step_size,
     localization, nbeta, num_steps, num_burnin; also in attrs). Divergent chains are excluded
     from llc_mean and llc_std, counted in n_diverged, and named in a warning.
+    With `checks` (default), also the stored bias checks and `trusted` (`slt_superposition.checks`:
+    paired runs of at most `check_steps` steps at eps / 3 and with full batch, the Hessian's top
+    eigenvalue, `llc_quadratic`).
     The one-instance case of `estimate_llc_batched` (the same program).
     Raises `InputError` for bad inputs, before compiling anything.
     """
@@ -414,10 +420,25 @@ def estimate_llc(loss_fn: Callable, params: PyTree, data: PyTree, *, config: SGL
     key = _check_key(key)
     nbeta = resolve_nbeta(config, n)
     one = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], params)
-    out = sample_chains(loss_fn, one, data, key[None], chain_settings(config, nbeta, 1), chain_shape(config, n, d),
-                        data_batched=False)
-    out = {name: value[0] for name, value in out.items()}
-    return llc_dataset(out, config, nbeta=nbeta, n=n, d=d, dims={}, key=key)
+    sample = _sampler(loss_fn, one, data, nbeta, n=n, d=d, sizes=(1,), data_batched=False, mesh=None)
+    out = {name: value[0] for name, value in sample(config, key[None]).items()}
+    ds = llc_dataset(out, config, nbeta=nbeta, n=n, d=d, dims={}, key=key)
+    if checks:
+        found = run_checks(lambda cfg, k: sample(cfg, k[None]), config, nbeta, n=n, check_steps=check_steps,
+                           curvature_inputs=(loss_fn, one, data), data_batched=False, key=jax.random.fold_in(key, 1))
+        ds = attach_checks(ds, {name: value[0] for name, value in found.items()})
+    return ds
+
+
+def _sampler(loss_fn, params, data, nbeta, *, n, d, sizes, data_batched, mesh) -> Callable:
+    """`sample(config, keys) -> program outputs` for these instances (keys `(instance,)`)."""
+    n_inst = int(np.prod(sizes))
+
+    def sample(config: SGLDConfig, keys) -> dict[str, np.ndarray]:
+        return sample_chains(loss_fn, params, data, keys, chain_settings(config, nbeta, n_inst, sizes),
+                             chain_shape(config, n, d), data_batched=data_batched, mesh=mesh)
+
+    return sample
 
 
 def estimate_llc_batched(
@@ -431,6 +452,8 @@ def estimate_llc_batched(
     data_batched: bool = True,
     mesh=None,
     verbose: bool = False,
+    checks: bool = True,
+    check_steps: int = CHECK_STEPS,
 ) -> xr.Dataset:
     """Every instance's LLC in one compiled program (instances and chains vmapped).
 
@@ -447,6 +470,8 @@ def estimate_llc_batched(
     mesh:   a `jax.sharding.Mesh` with axis "instance" (`slt_superposition.sharding.instance_mesh()`
             spans every device) to split the instances over; None means one device.
     verbose: after the inputs pass validation, say on stderr what is about to be sampled.
+    checks: also run and store the bias checks and `trusted` per instance (see `estimate_llc`), on
+            paired runs of at most `check_steps` steps.
 
     Instance i (in flattened C order) uses key `jax.random.split(key, N)[i]`, so its numbers
     equal `estimate_llc(..., key=jax.random.split(key, N)[i])` with that instance's settings, up
@@ -469,16 +494,23 @@ def estimate_llc_batched(
                          describe_instance=describe)
     key = _check_key(key)
     nbeta = resolve_nbeta(config, n)
-    settings = chain_settings(config, nbeta, n_inst, sizes)
-    keys = jax.random.split(key, n_inst)
+    sample = _sampler(loss_fn, params, data, nbeta, n=n, d=d, sizes=sizes, data_batched=data_batched, mesh=mesh)
     if verbose:
         devices = 1 if mesh is None else mesh.devices.size
         print(f"sampling {n_inst} instance(s) x {config.num_chains} chains x {_show(config.num_steps)} steps on "
               f"{devices} device(s) ...", file=sys.stderr)
-    out = sample_chains(loss_fn, params, data, keys, settings, chain_shape(config, n, d), data_batched=data_batched,
-                        mesh=mesh)
+    out = sample(config, jax.random.split(key, n_inst))
     out = {name: np.reshape(value, sizes + np.shape(value)[1:]) for name, value in out.items()}
-    return llc_dataset(out, config, nbeta=nbeta, n=n, d=d, dims=dims, key=key)
+    ds = llc_dataset(out, config, nbeta=nbeta, n=n, d=d, dims=dims, key=key)
+    if checks:
+        if verbose:
+            print("bias checks (short paired runs at step size / 3 and with full batch) ...", file=sys.stderr)
+        check_key = jax.random.fold_in(key, 1)
+        found = run_checks(lambda cfg, k: sample(cfg, jax.random.split(k, n_inst)), config, nbeta, n=n,
+                           curvature_inputs=(loss_fn, params, data), data_batched=data_batched, key=check_key,
+                           check_steps=check_steps)
+        ds = attach_checks(ds, found)
+    return ds
 
 
 def _instance_dims(params: PyTree, instance_dims) -> dict[str, np.ndarray]:
@@ -513,11 +545,14 @@ def _flatten_instances(tree: PyTree, sizes: tuple[int, ...], what: str) -> PyTre
 
 def _diagnostics(trace: np.ndarray, healthy: np.ndarray, steps: np.ndarray, burnin: np.ndarray):
     """R-hat and ESS per instance from the trace blocks that start after that instance's burn-in
-    and hold data; instances with the same blocks go through `rhat_and_ess` together."""
+    and hold data; instances with the same blocks go through `rhat_and_ess` together.
+
+    trace: `(*inst, chain, block)`; healthy: `(*inst, chain)`; steps: the first step of each
+    block, `(block,)` or `(*inst, block)`; burnin: `(*inst,)`. Returns two `(*inst,)` arrays."""
     rhat = np.full(burnin.shape, np.nan)
     ess = np.full(burnin.shape, np.nan)
-    valid = np.isfinite(trace).all(axis=-2)  # (*inst, block): every chain has the block
-    masks = (steps >= burnin[..., None]) & valid
+    valid = (np.isfinite(trace) | ~healthy[..., None]).all(axis=-2)  # (*inst, block): every healthy chain has it
+    masks = (np.asarray(steps) >= np.asarray(burnin)[..., None]) & valid
     flat_masks = masks.reshape(-1, masks.shape[-1])
     flat_trace = trace.reshape((-1,) + trace.shape[-2:])
     flat_healthy = healthy.reshape((-1, healthy.shape[-1]))
@@ -527,6 +562,8 @@ def _diagnostics(trace: np.ndarray, healthy: np.ndarray, steps: np.ndarray, burn
     flat_rhat, flat_ess = rhat.reshape(-1), ess.reshape(-1)
     for members in groups.values():
         mask = flat_masks[members[0]]
+        if not mask.any():
+            continue
         r, e = rhat_and_ess(flat_trace[members][..., mask], flat_healthy[members])
         flat_rhat[members], flat_ess[members] = r, e
     return flat_rhat.reshape(burnin.shape), flat_ess.reshape(burnin.shape)

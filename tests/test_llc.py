@@ -343,7 +343,7 @@ def test_cli_llc_on_a_trained_grid(tmp_path, capsys):
                    "--n-samples", "100"])
     assert status == 2
     err = capsys.readouterr().err
-    assert "error: batch_size 500 is larger than the number of samples n=100" in err
+    assert "batch-size 500 is larger than the number of samples n=100" in err
     assert "sampling" not in err  # validated before anything is announced
     status = main(["llc", str(out), "--out", str(tmp_path / "y.nc")])
     assert status == 2 and "expected a 'train' dataset" in capsys.readouterr().err

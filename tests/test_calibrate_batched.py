@@ -1,0 +1,100 @@
+"""`calibrate_batched`: every instance its own step size and chain length, in one call."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from slt_superposition import SGLDConfig, calibrate, calibrate_batched, estimate_llc_batched
+
+STEP_SIZES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
+OPTIONS = dict(batch_size=100, num_chains=2, step_sizes=STEP_SIZES, sweep_steps=200, min_steps=400, max_steps=1600,
+               batch_check_steps=200)
+
+
+def regression_loss(params, batch):
+    x, y = batch
+    return 0.5 * jnp.mean((y - x @ params["w"]) ** 2)
+
+
+@pytest.fixture(scope="module")
+def grid():
+    """Three regressions whose inputs are scaled by 1, 3 and 10: curvature x1, x9, x100."""
+    xs, ys, ws = [], [], []
+    for i, scale in enumerate((1.0, 3.0, 10.0)):
+        kx, ky, kw = jax.random.split(jax.random.key(i), 3)
+        x = scale * jax.random.normal(kx, (400, 3))
+        y = x @ jax.random.normal(kw, (3,)) + 0.5 * jax.random.normal(ky, (400,))
+        xs.append(x), ys.append(y), ws.append(jnp.linalg.lstsq(x, y)[0])
+    return {"w": jnp.stack(ws)}, (jnp.stack(xs), jnp.stack(ys))
+
+
+@pytest.fixture(scope="module")
+def calibrated(grid):
+    params, data = grid
+    return calibrate_batched(regression_loss, params, data, key=jax.random.key(5), instance_dims={"scale": [1, 3, 10]},
+                             **OPTIONS)
+
+
+def test_every_instance_gets_its_own_settings(calibrated):
+    config, ds = calibrated
+    assert isinstance(config, SGLDConfig) and config.per_instance
+    eps = np.asarray(config.step_size)
+    assert eps.shape == (3,) and np.asarray(config.num_steps).shape == (3,)
+    # more curvature, smaller step size: within each instance's curvature bound
+    assert eps[0] > eps[2]
+    assert (eps <= ds["step_size_bound"].values).all()
+    np.testing.assert_array_equal(eps, ds["chosen_step_size"].values)
+    np.testing.assert_array_equal(np.asarray(config.num_steps), ds["chosen_num_steps"].values)
+    assert (np.asarray(config.num_burnin) == np.asarray(config.num_steps) // 2).all()
+    # the Hessian's top eigenvalue grows with the scale squared
+    top = ds["hessian_top_eigenvalue"].values
+    assert top[1] / top[0] == pytest.approx(9, rel=0.5) and top[2] / top[0] == pytest.approx(100, rel=0.5)
+
+
+def test_dataset_has_the_instance_dims_and_a_verdict_each(calibrated):
+    _, ds = calibrated
+    for name, var in ds.data_vars.items():
+        assert var.dims[0] == "scale", name
+        assert "long_name" in var.attrs, name
+    assert ds["verdict"].shape == (3,) and all(v.startswith("chose step_size") for v in ds["verdict"].values)
+    # each instance's chosen step size is flagged once in the sweep, and it and every smaller one is healthy
+    chosen = ds["chosen"].values
+    assert (chosen.sum(axis=1) == 1).all()
+    for i in range(3):
+        j = int(chosen[i].argmax())
+        assert ds["healthy"].values[i, : j + 1].all()
+
+
+def test_the_config_feeds_one_batched_estimate(grid, calibrated):
+    params, data = grid
+    config, _ = calibrated
+    ds = estimate_llc_batched(regression_loss, params, data, config=config, key=jax.random.key(6),
+                              instance_dims={"scale": [1, 3, 10]})
+    # a regular model of d = 3: lambda = 3/2 (up to the localization's small pull and the checks' noise)
+    np.testing.assert_allclose(ds["llc_mean"].values, 1.5, rtol=0.2)
+    np.testing.assert_array_equal(ds["step_size"].values, np.asarray(config.step_size))
+    assert ds["trusted"].values.mean() >= 2 / 3
+
+
+def test_minibatch_check_records_the_paired_runs(calibrated):
+    config, ds = calibrated
+    assert ds["batch_check"].values[0] == 100
+    assert np.isfinite(ds["batch_check_rel_diff"].values[:, 0]).all()
+    passed = ds["batch_check_passed"].values
+    if config.batch_size == 100:  # the first batch size passed on every instance
+        assert passed[:, 0].all()
+    else:  # some instance failed it, and a larger batch (or full batch) was taken
+        assert not passed[:, 0].all()
+
+
+def test_calibrate_is_the_one_instance_case(grid):
+    params, data = grid
+    one = lambda tree: jax.tree_util.tree_map(lambda x: x[0], tree)
+    single, ds_single = calibrate(regression_loss, one(params), one(data), key=jax.random.key(5), **OPTIONS)
+    batched, ds_batched = calibrate_batched(regression_loss, jax.tree_util.tree_map(lambda x: x[:1], params),
+                                            jax.tree_util.tree_map(lambda x: x[:1], data), key=jax.random.key(5),
+                                            **OPTIONS)
+    assert single.step_size == float(np.asarray(batched.step_size)[0])
+    assert single.num_steps == int(np.asarray(batched.num_steps)[0])
+    np.testing.assert_array_equal(ds_single["llc_sweep"].values, ds_batched["llc_sweep"].values[0])
