@@ -136,3 +136,18 @@ def test_a_failing_process_stops_the_run_with_its_status(tmp_path):
                            "--out", str(tmp_path / "x.nc")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "error: feature probability must be in (0, 1]" in proc.stderr
+
+
+def test_launch_as_a_cli_subcommand(capsys):
+    """`register` adds `launch` to an app as the CLI does; options after `--` go to the command."""
+    import typer
+
+    from slt_superposition.commands import launch
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.callback()(lambda: None)
+    launch.register(app)
+    with pytest.raises(InputError, match="--processes must be at least 1"):
+        app(args=["launch", "--processes", "0", "--", "train", "-n", "5", "--out", "x.nc"], standalone_mode=False)
+    with pytest.raises(InputError, match="launch runs train, llc, reproduce"):
+        app(args=["launch", "--", "plot", "--out", "figures"], standalone_mode=False)
