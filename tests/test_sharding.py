@@ -135,3 +135,15 @@ def test_sharded_equals_single_device_bitwise():
         """
     )
     assert "OK" in out
+
+
+def test_distributed_flags_are_checked_before_joining(monkeypatch):
+    from slt_superposition.sharding import maybe_initialize_distributed
+
+    for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLT_DISTRIBUTED"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(InputError, match=r"process id must be in \[0, 2\)"):
+        maybe_initialize_distributed("localhost:1234", 2, 2)
+    with pytest.raises(InputError, match="need --coordinator"):
+        maybe_initialize_distributed(None, 2, 0)
+    assert maybe_initialize_distributed("localhost:1234", 1, 0) is False  # one process: nothing to join
