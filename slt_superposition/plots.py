@@ -220,9 +220,9 @@ def calibration_figure(ds: xr.Dataset):
     """
     eps = ds["step_size"].values
     healthy = ds["healthy"].values.astype(bool)
-    chosen = float(ds.attrs["chosen_step_size"])
-    length_eps = float(ds.attrs.get("length_step_size", chosen))
-    threshold = float(ds.attrs["acceptance_threshold"])
+    chosen = float(_setting(ds, "chosen_step_size", np.nan))
+    length_eps = float(_setting(ds, "length_step_size", chosen))
+    threshold = float(_setting(ds, "acceptance_threshold", np.nan))
     with fs.style():
         fig, axes = fs.subplots(1, 3, width=fs.PAGE, panel_aspect=0.95)
         ax_acc, ax_llc, ax_len = axes[0]
@@ -251,7 +251,8 @@ def calibration_figure(ds: xr.Dataset):
         if "llc_long_check" in ds:
             ax_llc.plot(ds["long_check_step_size"].values, ds["llc_long_check"].values, "D", color=fs.PALETTE[4],
                         label="long chains at the chosen sampler time")
-        final = ds["llc_long_check"].values[-1] if "llc_long_check" in ds else np.nan
+        long_llc = ds["llc_long_check"].values if "llc_long_check" in ds else np.array([np.nan])
+        final = long_llc[np.isfinite(long_llc)][-1] if np.isfinite(long_llc).any() else np.nan
         ax_llc.plot([chosen], [final], "*", ms=10, color=fs.PALETTE[2], label="chosen step size and its estimate",
                     zorder=5)
         ax_llc.set(xscale="log", xlabel=fs.label("step_size"), ylabel=fs.label("llc"),
@@ -265,9 +266,9 @@ def calibration_figure(ds: xr.Dataset):
         steps = ds["num_steps"].values
         ax_len.errorbar(steps, ds["llc_length"].values, yerr=ds["llc_se_length"].values, fmt="o-",
                         color=fs.PALETTE[0], label=f"length stage at eps = {length_eps:.2g}")
-        chosen_steps = int(ds.attrs.get("chosen_num_steps", steps[-1]))
+        chosen_steps = int(_setting(ds, "chosen_num_steps", steps[-1]))
         ax_len.axvline(chosen_steps, color=fs.PALETTE[2], lw=0.8, label=f"chosen length {chosen_steps:,} steps")
-        ok = "converged" if int(ds.attrs.get("converged", 0)) else "NOT converged"
+        ok = "converged" if bool(_setting(ds, "converged", 0)) else "NOT converged"
         ax_len.set(xscale="log", xlabel="chain length (steps; first half burn-in)", ylabel=fs.label("llc"),
                    title=f"(c) chain length: {ok}")
         ax_len.set_xticks(steps, [f"{s / 1000:g}k" if s >= 1000 else str(s) for s in steps])
@@ -283,6 +284,104 @@ def calibration_figure(ds: xr.Dataset):
     return fig
 
 
+def _last_finite(da: xr.DataArray, dim: str) -> xr.DataArray:
+    """The last finite value along `dim` (NaN where there is none): the long-chain check's final
+    estimate, whose rounds past the walk are NaN."""
+    values = np.moveaxis(da.values, da.get_axis_num(dim), -1)
+    finite = np.isfinite(values)
+    index = np.where(finite.any(-1), values.shape[-1] - 1 - np.argmax(finite[..., ::-1], -1), 0)
+    last = np.take_along_axis(values, index[..., None], -1)[..., 0]
+    return xr.DataArray(np.where(finite.any(-1), last, np.nan), dims=[d for d in da.dims if d != dim],
+                        coords={d: da[d] for d in da.dims if d != dim and d in da.coords})
+
+
+CALIBRATION_DIMS = ("step_size", "num_steps", "long_check", "localization", "batch_check", "eigenvalue")
+
+
+def calibration_instance_dims(ds: xr.Dataset) -> list[str]:
+    """The instance dims of a calibration dataset (none for `calibrate`'s one-instance dataset)."""
+    if "chosen_step_size" not in ds.data_vars:
+        return []
+    return [d for d in ds["chosen_step_size"].dims if d not in CALIBRATION_DIMS]
+
+
+def calibration_grid_figure(ds: xr.Dataset):
+    """What calibration chose for every instance of a grid, against feature probability (or the
+    first instance dim): (a) the step size, with the curvature bound where computed; (b) the
+    chain length, open where the length rule did not converge; (c) the LLC at the chosen
+    settings, with the quadratic-approximation prediction; (d) the minibatch check, the relative
+    difference from full batch, open where it failed. Other instance dims side by side."""
+    from matplotlib.lines import Line2D
+
+    dims = calibration_instance_dims(ds)
+    x_dim = "feature_probability" if "feature_probability" in dims else dims[0]
+    others = [d for d in dims if d != x_dim]
+    x = ds[x_dim].values.astype(float)
+    n_other = int(np.prod([ds.sizes[d] for d in others])) if others else 1
+    log_x = x_dim == "feature_probability" and bool((x > 0).all())
+
+    def grid(da):
+        return da.transpose(x_dim, *others).values.reshape(len(x), n_other)
+
+    def positions(j):
+        offset = (j - (n_other - 1) / 2) * 0.03
+        return x * 10 ** offset if log_x else x + offset
+
+    final = _last_finite(ds["llc_long_check"], "long_check") if "llc_long_check" in ds else None
+    panels = [("chosen_step_size", "step_size_bound", "(a) step size", fs.label("step_size"), True),
+              ("chosen_num_steps", None, "(b) chain length", "chain length (steps)", True),
+              ("final_llc", "llc_quadratic", "(c) LLC at the chosen settings", fs.label("llc"), False),
+              ("batch_check_rel_diff", None, "(d) minibatch against full batch", "relative difference", False)]
+    with fs.style():
+        fig, axes = fs.subplots(2, 2, width=fs.PAGE * 0.8, panel_aspect=0.7, sharex=True)
+        for ax, (name, reference, title, ylabel, log_y) in zip(axes.ravel(), panels):
+            if name == "final_llc":
+                values = grid(final) if final is not None else None
+                ok = grid(ds["converged"].astype(bool)) if "converged" in ds else None
+            elif name == "batch_check_rel_diff" and name in ds:
+                values = grid(ds[name].isel(batch_check=-1))
+                ok = grid(ds["batch_check_passed"].isel(batch_check=-1).astype(bool))
+            elif name in ds:
+                values = grid(ds[name])
+                ok = grid(ds["converged"].astype(bool)) if name == "chosen_num_steps" else None
+            else:
+                values = None
+            if values is None:
+                ax.set_visible(False)
+                continue
+            for j in range(n_other):
+                colour = fs.PALETTE[0]
+                good = np.ones(len(x), bool) if ok is None else ok[:, j]
+                ax.plot(positions(j)[good], values[good, j], "o", color=colour, ms=3.5)
+                ax.plot(positions(j)[~good], values[~good, j], "o", color=colour, mfc="white", ms=3.5)
+                if reference and reference in ds:
+                    ax.plot(positions(j), grid(ds[reference])[:, j], "_", color=fs.PALETTE[1], ms=7, mew=1.2)
+            if log_y and np.all(values[np.isfinite(values)] > 0):
+                ax.set_yscale("log")
+            if log_x:
+                ax.set_xscale("log")
+            ax.set(title=title, ylabel=ylabel)
+            ax.set_xlabel(fs.label(x_dim))
+            ax.tick_params(labelbottom=True)
+        handles = [Line2D([], [], color=fs.PALETTE[0], marker="o", ls="none", ms=3.5),
+                   Line2D([], [], color=fs.PALETTE[0], marker="o", mfc="white", ls="none", ms=3.5),
+                   Line2D([], [], color=fs.PALETTE[1], marker="_", ls="none", ms=7, mew=1.2)]
+        labels = ["one instance" + (f" ({', '.join(others)} side by side)" if others else ""),
+                  "length rule not converged (b, c) / minibatch check failed (d)",
+                  "curvature bound on eps (a) / quadratic-approximation LLC (c)"]
+        fs.legend_below(fig, handles, labels, ncol=2)
+        fig.suptitle("Calibration of every instance")
+    return fig
+
+
 def plot_calibration(ds: xr.Dataset, out_dir: Path) -> list[Path]:
-    """Write `calibration.png` (see `calibration_figure`)."""
-    return [fs.save(calibration_figure(ds), Path(out_dir) / "calibration.png")]
+    """Write `calibration.png` (see `calibration_figure`); for a grid (`calibrate_batched`),
+    `calibration_grid.png` (see `calibration_grid_figure`) and `calibration.png` of the first
+    instance."""
+    out_dir = Path(out_dir)
+    dims = calibration_instance_dims(ds)
+    if not dims:
+        return [fs.save(calibration_figure(ds), out_dir / "calibration.png")]
+    first = ds.isel({d: 0 for d in dims})
+    return [fs.save(calibration_grid_figure(ds), out_dir / "calibration_grid.png"),
+            fs.save(calibration_figure(first), out_dir / "calibration.png")]

@@ -209,3 +209,31 @@ def test_portraits_one_row_per_model_on_one_scale(tiny_grid):
     assert panels[0].get_title().startswith("n = 5, p = ") and panels[2].get_title().startswith("n = 6, p = ")
     assert {ax.get_xlim() for ax in panels} == {panels[0].get_xlim()}
     assert "feature 5" in legend_texts(fig)
+
+
+def test_calibration_grid_figure_per_instance_decisions(tmp_path):
+    import xarray as xr
+
+    inst = ("feature_probability", "seed")
+    coords = {"feature_probability": [1.0, 0.1, 0.01], "seed": [0, 1]}
+    full = lambda value: np.full((3, 2), value)
+    long_llc = np.stack([full(2.0), full(np.nan)], axis=-1)  # the walk stopped after one round
+    ds = xr.Dataset({"chosen_step_size": (inst, full(1e-4)), "step_size_bound": (inst, full(3e-4)),
+                     "chosen_num_steps": (inst, full(20_000)), "converged": (inst, np.eye(3, 2, dtype=bool)),
+                     "llc_long_check": (inst + ("long_check",), long_llc), "llc_quadratic": (inst, full(2.5)),
+                     "batch_check_rel_diff": (inst + ("batch_check",), full(0.01)[..., None]),
+                     "batch_check_passed": (inst + ("batch_check",), full(True)[..., None])},
+                    coords=coords, attrs={"slt_superposition_kind": "calibration"})
+    assert llc_plots.calibration_instance_dims(ds) == ["feature_probability", "seed"]
+    fig = llc_plots.calibration_grid_figure(ds)
+    panels = visible_axes(fig)
+    assert [ax.get_title() for ax in panels] == ["(a) step size", "(b) chain length", "(c) LLC at the chosen settings",
+                                               "(d) minibatch against full batch"]
+    assert all(ax.get_xlabel() == fs.label("feature_probability") and ax.get_xscale() == "log" for ax in panels)
+    # (c) draws the last finite long-chain estimate of each instance: 2.0, not NaN
+    drawn = np.concatenate([line.get_ydata() for line in panels[2].lines if line.get_marker() == "o"])
+    np.testing.assert_allclose(drawn, 2.0)
+    # open markers for the instances whose length rule did not converge (4 of 6)
+    open_b = [line for line in panels[1].lines if line.get_markerfacecolor() == "white"]
+    assert sum(len(line.get_xdata()) for line in open_b) == 4
+    assert any(t.startswith("length rule not converged") for t in legend_texts(fig))
