@@ -187,7 +187,7 @@ def test_llc_summary_counts_diverged_instances():
     assert "over 3 of 4 instances: min 0.500, median 1.000, max 1.500" in line
     assert "1 instance(s) without an estimate" in line and "diverged chains: 5 of 16" in line
     assert "nan" not in line
-    assert "no estimate for any of the 2 instances" in summary(result.isel(instance=[1, 1]))
+    assert "no estimate for any of the 2 instances (all chains diverged);" in summary(result.isel(instance=[1, 1]))
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])

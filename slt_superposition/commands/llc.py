@@ -166,8 +166,8 @@ def summary(result) -> str:
     chains = int(result["n_diverged"].sum()), int(result.sizes["chain"]) * mean.size
     line = (f"llc_mean over {int(ok.sum())} of {mean.size} instances: min {mean[ok].min():.3f}, "
             f"median {np.median(mean[ok]):.3f}, max {mean[ok].max():.3f}" if ok.any()
-            else f"llc_mean: no estimate for any of the {mean.size} instances")
-    if not ok.all():
+            else f"llc_mean: no estimate for any of the {mean.size} instances (all chains diverged)")
+    if ok.any() and not ok.all():
         line += f"; {int((~ok).sum())} instance(s) without an estimate (all chains diverged)"
     if "trusted" in result:
         line += f"; trusted (bias checks passed): {int(result['trusted'].sum())} of {mean.size}"
