@@ -108,6 +108,21 @@ def llc_and_se(est: xr.Dataset) -> tuple[float, float]:
     return float(est["llc_mean"]), se
 
 
+def frozen_dead(params, k: int):
+    """(loss_fn, live params) with the dead features' parameters held at their values in `params`.
+
+    Where every dead feature has a negative bias its three parameters are exactly flat near w*,
+    so the LLC of the live block alone is the class's lambda too; an estimate of the full point
+    above this one measures what chains that leave the dead features' flat region add."""
+    dead_W, dead_b = params["W"][:, k:], params["b"][k:]
+
+    def loss(live, x):
+        return kgon_loss({"W": jnp.concatenate([live["W"], dead_W], axis=1),
+                          "b": jnp.concatenate([live["b"], dead_b])}, x)
+
+    return loss, {"W": params["W"][:, :k], "b": params["b"][:k]}
+
+
 def run_case(k: int, positive_dead: int = 0, *, seed: int = SEED, progress: bool = False, **calibration) -> dict:
     """Refine the class point on n = 1e5 samples, calibrate, and estimate its LLC with the calibrated config.
 
@@ -123,6 +138,10 @@ def run_case(k: int, positive_dead: int = 0, *, seed: int = SEED, progress: bool
     t_cal = time.perf_counter() - t0
     est = estimate_llc(kgon_loss, params, x, config=config, key=k_est)
     mean, se = llc_and_se(est)
+    frozen, frozen_se = np.nan, np.nan
+    if cls.nonpositive_dead and not cls.zero_dead:  # negative-bias dead features: estimate without them too
+        loss_live, live = frozen_dead(params, k)
+        frozen, frozen_se = llc_and_se(estimate_llc(loss_live, live, x, config=config, key=k_est))
     theory = np.nan if cls.llc is None else float(cls.llc)
     norms = np.linalg.norm(np.asarray(params["W"]), axis=0)
     dead_b = np.asarray(params["b"])[k:]
@@ -134,6 +153,7 @@ def run_case(k: int, positive_dead: int = 0, *, seed: int = SEED, progress: bool
         curved_directions=-1 if cls.curved_directions is None else cls.curved_directions,
         n_positive_eigen=int((eig > EIGEN_FLOOR).sum()), n_negative_eigen=int((eig < -EIGEN_FLOOR).sum()),
         llc_theory=theory, llc_mean=mean, llc_se=se, rel_error=(mean - theory) / theory,
+        llc_dead_frozen=frozen, llc_dead_frozen_se=frozen_se,
         within_tolerance=bool(abs(mean - theory) <= TOLERANCE * theory),
         llc_quadratic=quadratic_llc(eig, step_size=float(config.step_size), localization=float(config.localization)),
         step_size=float(config.step_size), num_steps=int(config.num_steps), batch_size=int(config.batch_size or N_SAMPLES),
@@ -163,6 +183,8 @@ VARIABLES = {
     "llc_mean": ("LLC estimate with the calibrated config (mean over chains)", "1"),
     "llc_se": ("standard error of llc_mean over chains", "1"),
     "rel_error": ("(llc_mean - llc_theory) / llc_theory", "1"),
+    "llc_dead_frozen": ("the same config and key with the negative-bias dead features held fixed (NaN: none)", "1"),
+    "llc_dead_frozen_se": ("standard error of llc_dead_frozen", "1"),
     "within_tolerance": (f"|rel_error| <= {TOLERANCE:g}", "1"),
     "llc_quadratic": ("full-batch SGLD expectation on the quadratic approximation of L_n at the calibrated eps", "1"),
     "step_size": ("calibrated step size", "1"),
@@ -184,7 +206,8 @@ VARIABLES = {
 def to_dataset(rows: list[dict], settings: dict) -> xr.Dataset:
     """Rows of `run_case` -> Dataset with dim (case,) and the calibration verdicts."""
     data = row_variables(rows, VARIABLES, "case")
-    data["verdict"] = xr.Variable("case", np.array([r["verdict"] for r in rows]), {"long_name": "calibration verdict"})
+    data["verdict"] = xr.Variable("case", np.array([str(r.get("verdict", "")) for r in rows]),
+                                  {"long_name": "calibration verdict"})
     ds = xr.Dataset(data, coords={"case": [r["case"] for r in rows]})
     ds.attrs.update(provenance_attrs("kgon_llc", settings))
     return ds
@@ -192,13 +215,16 @@ def to_dataset(rows: list[dict], settings: dict) -> xr.Dataset:
 
 def markdown_table(ds: xr.Dataset) -> str:
     lines = ["| class | pop. loss | L_n refined | curved (population) | Hessian of L_n +/- | lambda | calibrated eps, "
-             "steps, batch | LLC +- SE | rel. error | quadratic prediction | chains min..max |", "|---" * 11 + "|"]
+             "steps, batch | LLC +- SE | rel. error | dead features held fixed | quadratic prediction | "
+             "chains min..max |", "|---" * 12 + "|"]
     for i, case in enumerate(ds["case"].values):
         v = {name: ds[name].values[i] for name in VARIABLES}
         lines.append(f"| {case} | {v['population_loss']:.5f} | {v['empirical_loss']:.5f} | {int(v['curved_directions'])} | "
                      f"{int(v['n_positive_eigen'])}/{int(v['n_negative_eigen'])} | {v['llc_theory']:g} | "
                      f"{v['step_size']:.3g}, {int(v['num_steps'])}, {int(v['batch_size'])} | "
                      f"{v['llc_mean']:.2f} +- {v['llc_se']:.2f} | {100 * v['rel_error']:+.1f}% | "
+                     + (f"{v['llc_dead_frozen']:.2f} +- {v['llc_dead_frozen_se']:.2f} | "
+                        if np.isfinite(v["llc_dead_frozen"]) else "- | ") +
                      f"{v['llc_quadratic']:.2f} | {v['llc_min_chain']:.2f}..{v['llc_max_chain']:.2f} |")
     return "\n".join(lines) + "\n"
 

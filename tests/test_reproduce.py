@@ -12,7 +12,8 @@ from slt_superposition.cli import main
 from slt_superposition.errors import InputError
 from slt_superposition.experiments import EXPERIMENTS, load_runner
 
-NAMES = ("tms-pentagon", "tms-phase-diagram", "tms-sticky-dimensions", "dln-validation", "kgon-llc", "weights-vs-activations")
+NAMES = ("tms-pentagon", "tms-phase-diagram", "tms-sticky-dimensions", "dln-validation", "kgon-llc", "tms-llc-vs-n",
+         "weights-vs-activations")
 
 
 def test_list_names_every_experiment(capsys):

@@ -169,3 +169,22 @@ def test_default_tolerance_and_errors():
         hessian_spectrum(loss, params, data, method="power")
     with pytest.raises(InputError):
         hessian_spectrum(loss, params, data, method="lanczos", num_eigs=11)
+
+
+def test_quadratic_llc_prediction_matches_the_euler_chain():
+    from analysis.weight_basis import quadratic_llc_prediction
+
+    # one direction: E[nbeta h w^2 / 2] of w <- w - eps/2 (nbeta h + gamma) w + N(0, eps), simulated
+    nbeta, h, gamma, eps = 1000.0, 0.5, 10.0, 1e-3  # eps a = 0.51: far from the small-step limit
+    a = nbeta * h + gamma
+    rng = np.random.default_rng(0)
+    w, total, steps = 0.0, 0.0, 200_000
+    noise = rng.normal(scale=np.sqrt(eps), size=steps)
+    for z in noise:
+        w = w - eps / 2 * a * w + z
+        total += w * w
+    simulated = nbeta * h * total / steps / 2
+    predicted = quadratic_llc_prediction([h, 0.0], nbeta=nbeta, step_size=eps, localization=gamma, floor=1e-9)
+    assert predicted == pytest.approx(simulated, rel=0.03)
+    # limits: 1/2 per curved direction as eps, gamma -> 0; flat directions add nothing
+    assert quadratic_llc_prediction([0.3, 2.0, 0.0], nbeta=1e6, step_size=0.0, localization=0.0) == pytest.approx(1.0)

@@ -1,0 +1,232 @@
+"""The n question: how a trained TMS's LLC estimate moves with the sample count n.
+
+For each model (n features, m hidden) and sparsity (dense, middle, sparse), train once, then
+for each n: draw n samples of the instance's own data, refine the trained weights on them
+(full-batch gradient descent on L_n, so w* is a critical point of the loss that is sampled),
+let `calibrate` choose step size, batch and chain length (its step-size and batch checks are
+recorded with each point), and estimate the LLC with a fresh key. Next to each estimate:
+
+- the symmetry bound (d - orbit - dead_flat) / 2 (`analysis.compare`): the largest lambda a
+  loss that is C^2 at w* can have, given the rotation orbit and the dead features' flat regions;
+- the quadratic prediction: full-batch SGLD's expectation at the calibrated eps and gamma on
+  the quadratic approximation of L_n (Hessian at the refined point, `quadratic_llc_prediction`);
+- in the Chen et al. setting ("chen": 6 features, 2 hidden, x = mu e_i), also the quadratic
+  prediction from the exact *population* Hessian at the refined point.
+
+    slt-superposition reproduce tms-llc-vs-n [--quick | --full] --out results/tms_llc_vs_n
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import xarray as xr  # noqa: E402
+
+from analysis.compare import dead_flat_parameters, orbit_dimension  # noqa: E402
+from analysis.weight_basis import hessian_spectrum, quadratic_llc_prediction  # noqa: E402
+from slt_superposition import figure_style as fs  # noqa: E402
+from slt_superposition.calibration import calibrate  # noqa: E402
+from slt_superposition.experiments import command_line  # noqa: E402
+from slt_superposition.io import save_dataset  # noqa: E402
+from slt_superposition.llc import default_nbeta, estimate_llc  # noqa: E402
+from slt_superposition.provenance import provenance_attrs  # noqa: E402
+from slt_superposition.theory import population_hessian, population_loss_is_smooth  # noqa: E402
+from toy_models.train import TrainConfig, llc_inputs, train_grid  # noqa: E402
+
+# model name -> (n_features, n_hidden, data generator)
+MODELS = {"chen": (6, 2, "high_sparsity_limit"), "n6_m2": (6, 2, "sparse_uniform"), "n20_m5": (20, 5, "sparse_uniform")}
+SPARSITIES = (1.0, 0.398, 0.05)  # dense, middle (the issue's p), sparse
+SETTINGS = dict(models=("chen", "n6_m2", "n20_m5"), sparsities=SPARSITIES, log2_n=tuple(range(12, 18)), train_steps=3000,
+                calibration=dict(localization=1.0, batch_size=500, num_chains=4, step_sizes=(1e-6, 3.16e-6, 1e-5, 3.16e-5,
+                                 1e-4, 3.16e-4, 1e-3), sweep_steps=1000, min_steps=10_000, max_steps=80_000))
+QUICK = dict(SETTINGS, models=("chen", "n6_m2"), sparsities=(1.0, 0.05), log2_n=(12, 16), train_steps=2000,
+             calibration=dict(SETTINGS["calibration"], sweep_steps=500, min_steps=4000, max_steps=16_000))
+FULL = dict(SETTINGS, log2_n=tuple(range(12, 21)))
+REFINE_STEPS, REFINE_LR = 2000, 0.05
+EIGEN_FLOOR = 1e-6  # Hessian eigenvalues below this (the flat orbit) contribute nothing to the prediction
+SEED = 0
+
+
+def _train(model: str, sparsities, steps: int) -> xr.Dataset:
+    n_features, n_hidden, data = MODELS[model]
+    fps = (1.0,) if data == "high_sparsity_limit" else tuple(sparsities)
+    return train_grid(TrainConfig(n_features=n_features, n_hidden=n_hidden, feature_probabilities=fps, seeds=1,
+                                  steps=steps, data=data), progress=False)
+
+
+def refine(loss_fn, params, data, *, steps: int = REFINE_STEPS, learning_rate: float = REFINE_LR):
+    """Full-batch gradient descent on L_n from `params`; returns (params, ||grad L_n||)."""
+    grad = jax.grad(loss_fn)
+    body = lambda p, _: (jax.tree_util.tree_map(lambda a, g: a - learning_rate * g, p, grad(p, data)), None)
+    params, _ = jax.jit(lambda p: jax.lax.scan(body, p, None, length=steps))(params)
+    g = grad(params, data)
+    return params, float(jnp.sqrt(sum(jnp.sum(v**2) for v in jax.tree_util.tree_leaves(g))))
+
+
+def measure_point(model: str, train: xr.Dataset, i: int, n: int, calibration: dict) -> dict:
+    """One (instance i of `train`, n) point: refine, calibrate, estimate, bounds and predictions."""
+    key = jax.random.fold_in(jax.random.key(SEED), n)
+    loss_fn, params, data = llc_inputs(train, n_samples=n, key=key)
+    params = jax.tree_util.tree_map(lambda x: x[i], params)  # instances are the leading axis
+    data = jax.tree_util.tree_map(lambda x: x[i], data)
+    params, grad_norm = refine(loss_fn, params, data)
+    k_cal, k_est = jax.random.split(jax.random.fold_in(key, 1))
+    t0 = time.perf_counter()
+    config, sweep = calibrate(loss_fn, params, data, key=k_cal, **calibration)
+    est = estimate_llc(loss_fn, params, data, config=config, key=k_est)
+    healthy = ~est["diverged"].values
+    per_chain = est["llc_per_chain"].values[healthy]
+    se = float(per_chain.std(ddof=1) / math.sqrt(per_chain.size)) if per_chain.size > 1 else math.nan
+    W = xr.DataArray(np.asarray(params["W"]), dims=("hidden", "feature"))
+    b = xr.DataArray(np.asarray(params["b"]), dims=("feature",))
+    d = W.size + b.size
+    orbit, dead = int(orbit_dimension(W)), int(dead_flat_parameters(W, b))
+    nbeta = default_nbeta(n)
+    eig = hessian_spectrum(loss_fn, params, data, method="exact").values
+    quad = quadratic_llc_prediction(eig, nbeta=nbeta, step_size=float(config.step_size),
+                                    localization=float(config.localization), floor=EIGEN_FLOOR)
+    pop_quad = math.nan
+    if model == "chen" and population_loss_is_smooth(W.values, b.values, tol=1e-6):
+        pop_eig = np.linalg.eigvalsh(population_hessian(W.values, b.values))
+        pop_quad = quadratic_llc_prediction(pop_eig, nbeta=nbeta, step_size=float(config.step_size),
+                                            localization=float(config.localization), floor=EIGEN_FLOOR)
+    return dict(llc=float(est["llc_mean"]), llc_se=se, n_parameters=d, orbit_dimension=orbit, dead_flat_parameters=dead,
+                symmetry_bound=(d - orbit - dead) / 2, quadratic_prediction=quad, population_quadratic_prediction=pop_quad,
+                step_size=float(config.step_size), num_steps=int(config.num_steps),
+                batch_size=int(config.batch_size or n), converged=bool(sweep.attrs.get("converged", False)),
+                bias_consistent=bool(sweep.attrs.get("bias_consistent", False)), grad_norm=grad_norm,
+                empirical_loss=float(loss_fn(params, data)), n_diverged=int(est["n_diverged"]),
+                seconds=time.perf_counter() - t0)
+
+
+VARIABLES = {
+    "llc": ("LLC estimate with the calibrated config", "1"),
+    "llc_se": ("standard error of llc over chains", "1"),
+    "n_parameters": ("parameter count d", "1"),
+    "orbit_dimension": ("rotation orbit dimension at the refined point", "1"),
+    "dead_flat_parameters": ("parameters of dead features in a flat region", "1"),
+    "symmetry_bound": ("(d - orbit - dead_flat) / 2: the largest lambda of a loss C^2 at w*", "1"),
+    "quadratic_prediction": ("full-batch SGLD expectation on the quadratic approximation of L_n", "1"),
+    "population_quadratic_prediction": ("the same from the exact population Hessian (Chen setting; NaN elsewhere)",
+                                        "1"),
+    "step_size": ("calibrated step size", "1"),
+    "num_steps": ("calibrated chain length", "steps"),
+    "batch_size": ("calibrated minibatch size (the batch check)", "samples"),
+    "converged": ("calibration's chain-length rule settled", "1"),
+    "bias_consistent": ("calibration's step-size (discretisation bias) check passed", "1"),
+    "grad_norm": ("||grad L_n|| at the refined point", "1"),
+    "empirical_loss": ("L_n at the refined point", "loss"),
+    "n_diverged": ("divergent chains", "chains"),
+    "seconds": ("wall time of calibrate and the estimate", "s"),
+}
+
+
+def run(out_dir: Path, *, quick: bool = False, full: bool = False, progress: bool = True) -> xr.Dataset:
+    """Measure every (model, sparsity, n) point; write tms_llc_vs_n.nc, llc_vs_n.png and report.md."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = QUICK if quick else FULL if full else SETTINGS
+    ns = [2**e for e in settings["log2_n"]]
+    models, fps = list(settings["models"]), list(settings["sparsities"])
+    shape = (len(models), len(fps), len(ns))
+    values = {name: np.full(shape, np.nan) for name in VARIABLES}
+    for a, model in enumerate(models):
+        train = _train(model, fps, settings["train_steps"])
+        for i, p in enumerate(train["feature_probability"].values):
+            j = fps.index(float(p)) if MODELS[model][2] != "high_sparsity_limit" else 0
+            for c, n in enumerate(ns):
+                row = measure_point(model, train, i, n, settings["calibration"])
+                for name in VARIABLES:
+                    values[name][a, j, c] = row[name]
+                if progress:
+                    print(f"{model} p={p:g} n=2^{int(math.log2(n))}: llc {row['llc']:.2f} +- {row['llc_se']:.2f}, "
+                          f"2 llc / d {2 * row['llc'] / row['n_parameters']:.3f}, bound {row['symmetry_bound']:.1f}, "
+                          f"quadratic {row['quadratic_prediction']:.2f} (eps {row['step_size']:.3g}, batch "
+                          f"{row['batch_size']}) [{row['seconds']:.0f}s]", flush=True)
+    dims = ("model", "feature_probability", "n")
+    ds = xr.Dataset({name: (dims, values[name], {"long_name": ln, "units": u}) for name, (ln, u) in VARIABLES.items()},
+                    coords={"model": models, "feature_probability": fps, "n": ns})
+    ds["two_llc_over_d"] = (2 * ds["llc"] / ds["n_parameters"]).assign_attrs(long_name="2 llc / d", units="1")
+    ds.attrs.update(provenance_attrs("tms_llc_vs_n", dict(settings, models=list(models), sparsities=list(fps),
+                                                          log2_n=list(settings["log2_n"]), refine_steps=REFINE_STEPS,
+                                                          refine_lr=REFINE_LR, seed=SEED, quick=quick, full=full)))
+    save_dataset(ds, out_dir / "tms_llc_vs_n.nc")
+    plot(ds, out_dir)
+    command = command_line("tms-llc-vs-n", out_dir, quick, full)
+    (out_dir / "report.md").write_text("# The LLC of trained TMS against n\n\n" f"Made by: `{command}`\n\n"
+                                       + table(ds) + "\n" + "".join(f"- {s}\n" for s in findings(ds)))
+    return ds
+
+
+def table(ds: xr.Dataset) -> str:
+    lines = ["| model | p | n | llc +- SE | 2 llc / d | symmetry bound | quadratic (L_n) | quadratic (population) | "
+             "eps, batch | checks |", "|---" * 10 + "|"]
+    for model in ds["model"].values:
+        for p in ds["feature_probability"].values:
+            for n in ds["n"].values:
+                v = ds.sel(model=model, feature_probability=p, n=n)
+                if not np.isfinite(float(v["llc"])):
+                    continue
+                checks = ("bias ok" if bool(v["bias_consistent"]) else "bias NOT ok") + (
+                    ", converged" if bool(v["converged"]) else ", NOT converged")
+                pop = float(v["population_quadratic_prediction"])
+                lines.append(f"| {model} | {p:g} | 2^{int(math.log2(n))} | {float(v['llc']):.2f} +- "
+                             f"{float(v['llc_se']):.2f} | {float(v['two_llc_over_d']):.3f} | "
+                             f"{float(v['symmetry_bound']):g} | {float(v['quadratic_prediction']):.2f} | "
+                             + (f"{pop:.2f}" if np.isfinite(pop) else "-") + f" | {float(v['step_size']):.3g}, "
+                             f"{int(v['batch_size'])} | {checks} |")
+    return "\n".join(lines) + "\n"
+
+
+def findings(ds: xr.Dataset) -> list[str]:
+    """Per model and sparsity: how 2 llc / d moved from the smallest to the largest n, and the
+    points where 2 llc exceeds the symmetry bound by more than 2 SE."""
+    out = []
+    for model in ds["model"].values:
+        for p in ds["feature_probability"].values:
+            v = ds.sel(model=model, feature_probability=p)
+            ok = np.isfinite(v["llc"].values)
+            if ok.sum() < 2:
+                continue
+            frac, n = v["two_llc_over_d"].values[ok], v["n"].values[ok]
+            excess = (v["llc"] - v["symmetry_bound"]).values[ok]
+            above = excess > 2 * v["llc_se"].values[ok]
+            out.append(f"{model}, p = {p:g}: 2 llc / d from {frac[0]:.3f} at n = 2^{int(math.log2(n[0]))} to "
+                       f"{frac[-1]:.3f} at 2^{int(math.log2(n[-1]))} (last step {frac[-1] - frac[-2]:+.3f}); "
+                       f"above the symmetry bound by more than 2 SE at {int(above.sum())} of {int(ok.sum())} n.")
+    return out
+
+
+def plot(ds: xr.Dataset, out_dir: Path) -> Path:
+    """2 llc / d against n, one panel per model, one colour per sparsity; the symmetry bound
+    (2 x bound / d) dashed, the L_n quadratic prediction dotted."""
+    models = list(ds["model"].values)
+    with fs.style():
+        fig, axes = fs.subplots(1, len(models), width=fs.PAGE if len(models) > 1 else fs.COLUMN, panel_aspect=0.8,
+                                sharey=True)
+        axes = np.atleast_1d(axes).ravel()
+        for ax, model in zip(axes, models):
+            for colour, p in zip(fs.PALETTE, ds["feature_probability"].values):
+                v = ds.sel(model=model, feature_probability=p)
+                if not np.isfinite(v["llc"].values).any():
+                    continue
+                d = v["n_parameters"]
+                ax.errorbar(v["n"], v["two_llc_over_d"], yerr=2 * v["llc_se"] / d, fmt="o-", ms=3, color=colour,
+                            label=f"p = {p:g}")
+                ax.plot(v["n"], 2 * v["symmetry_bound"] / d, "--", color=colour, lw=0.8)
+                ax.plot(v["n"], 2 * v["quadratic_prediction"] / d, ":", color=colour, lw=0.8)
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("n (samples)")
+            ax.set_title(model)
+        axes[0].set_ylabel("2 llc / d (dashed: symmetry bound; dotted: quadratic)")
+        axes[0].legend(fontsize=7)
+    return fs.save(fig, Path(out_dir) / "llc_vs_n.png")

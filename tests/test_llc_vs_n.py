@@ -1,0 +1,33 @@
+"""The n study's report on a stub dataset (no SGLD): the table, the findings and the figure."""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from experiments.tms_llc_vs_n import VARIABLES, findings, plot, table
+
+
+def _stub() -> xr.Dataset:
+    ns = [2**12, 2**14, 2**16]
+    llc = np.array([[[7.0, 8.0, 8.6]]])  # one model, one p: the last point above the bound 8.5 by 0.1
+    dims = ("model", "feature_probability", "n")
+    ds = xr.Dataset({name: (dims, np.ones((1, 1, 3))) for name in VARIABLES},
+                    coords={"model": ["n6_m2"], "feature_probability": [1.0], "n": ns})
+    ds["llc"] = (dims, llc)
+    ds["llc_se"] = (dims, np.array([[[0.1, 0.1, 0.02]]]))
+    ds["n_parameters"] = (dims, np.full((1, 1, 3), 18.0))
+    ds["symmetry_bound"] = (dims, np.full((1, 1, 3), 8.5))
+    ds["population_quadratic_prediction"] = (dims, np.full((1, 1, 3), np.nan))
+    ds["two_llc_over_d"] = 2 * ds["llc"] / ds["n_parameters"]
+    return ds
+
+
+def test_findings_say_how_2llc_over_d_moves_and_where_it_exceeds_the_bound(tmp_path):
+    ds = _stub()
+    (text,) = findings(ds)
+    assert "2 llc / d from 0.778 at n = 2^12 to 0.956 at 2^16 (last step +0.067)" in text
+    assert "above the symmetry bound by more than 2 SE at 1 of 3 n" in text
+    lines = table(ds).splitlines()
+    assert len(lines) == 5 and lines[4].startswith("| n6_m2 | 1 | 2^16 | 8.60 +- 0.02 | 0.956 | 8.5 |")
+    assert plot(ds, tmp_path).stat().st_size > 0
