@@ -26,6 +26,7 @@ from jax.flatten_util import ravel_pytree
 
 from slt_superposition.observers import ChainSettings, StepContext, default_observers
 from slt_superposition.random import random_permutations, standard_normal, uniform_indices
+from slt_superposition.sampling_progress import chunk_tick
 from slt_superposition.sgld import sgld
 
 PyTree = Any
@@ -43,6 +44,7 @@ class ChainShape(NamedTuple):
     sampling: str
     n: int
     n_parameters: int
+    progress: bool = False  # one host call per chunk for the progress bar (slt_superposition.sampling_progress)
 
 
 def chunk_length(shape: ChainShape) -> int:
@@ -103,6 +105,8 @@ def instance_program(loss_fn: Callable, shape: ChainShape, observers=None) -> Ca
 
         def run_chunk(c, carry):
             ts = c * chunk + jnp.arange(chunk)
+            if shape.progress:  # adds the host call's int32 zero: reports the chunk, changes no number
+                ts = ts + chunk_tick(c)
             noise = None
             if pregenerate:
                 noise = standard_normal(jax.random.fold_in(noise_key, c), (chunk,) + w_star.shape, w_star.dtype)

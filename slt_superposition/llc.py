@@ -74,14 +74,15 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from slt_superposition.chain import ChainShape, instance_program
+from slt_superposition.chain import ChainShape, chunk_length, instance_program
 from slt_superposition.checks import attach as attach_checks
 from slt_superposition.checks import CHECK_STEPS, run_checks
 from slt_superposition.diagnostics import DIVERGENCE_FACTOR, rhat_and_ess
 from slt_superposition.errors import InputError, require
 from slt_superposition.observers import ChainSettings
 from slt_superposition.provenance import provenance_attrs
-from slt_superposition.sharding import run_sharded, single_device_mesh
+from slt_superposition.sampling_progress import sampling_bar
+from slt_superposition.sharding import balanced_block, run_sharded, single_device_mesh
 
 PyTree = Any
 SAMPLING = ("replacement", "epoch")
@@ -330,20 +331,33 @@ def block_function(loss_fn: Callable, shape: ChainShape, data_batched: bool) -> 
 
 
 def sample_chains(loss_fn: Callable, params: PyTree, data: PyTree, keys: jax.Array, settings: ChainSettings,
-                  shape: ChainShape, *, data_batched: bool, mesh=None) -> dict[str, np.ndarray]:
+                  shape: ChainShape, *, data_batched: bool, mesh=None, progress: str | None = None
+                  ) -> dict[str, np.ndarray]:
     """Run every instance's chains; the one place programs are launched.
 
     params: leaves `(instance, ...)`; data: `(instance, n, ...)` if `data_batched` else `(n, ...)`;
     keys: `(instance,)`; settings: `ChainSettings` of `(instance,)` arrays. Returns numpy arrays
     with a leading instance axis: `init_loss`, and per chain the observers' outputs.
     No input checks (callers validate). Instances run in blocks (`sharding.run_sharded`), so the
-    bits do not depend on the device count.
+    bits do not depend on the device count. `progress`: a label for a progress bar on stderr
+    (`sampling_progress`; the program then reports each chunk; the numbers are the same).
     """
-    block = block_function(loss_fn, shape, data_batched)
     mesh = single_device_mesh() if mesh is None else mesh
-    if data_batched:
-        return run_sharded(block, (params, data, keys, settings), mesh=mesh, compiler_options=compiler_options())
-    return run_sharded(block, (params, keys, settings), data, mesh=mesh, compiler_options=compiler_options())
+    if progress:
+        shape = shape._replace(progress=True)
+    block = block_function(loss_fn, shape, data_batched)
+    run = lambda: (run_sharded(block, (params, data, keys, settings), mesh=mesh, compiler_options=compiler_options())
+                   if data_batched else
+                   run_sharded(block, (params, keys, settings), data, mesh=mesh, compiler_options=compiler_options()))
+    if not progress:
+        return run()
+    n_inst, devices = int(np.shape(keys)[0]), int(mesh.devices.size)
+    size = balanced_block(n_inst)
+    blocks = -(-n_inst // (size * devices)) * devices  # every block reports each of its chunks
+    chunk = chunk_length(shape)
+    chunks = -(-int(np.max(np.asarray(settings.num_steps))) // chunk)
+    with sampling_bar(blocks * chunks, steps_per_iteration=chunk, desc=progress):
+        return run()
 
 
 def chain_settings(config: SGLDConfig, nbeta, n_inst: int, sizes: tuple[int, ...] = ()) -> ChainSettings:
@@ -434,9 +448,9 @@ def _sampler(loss_fn, params, data, nbeta, *, n, d, sizes, data_batched, mesh) -
     """`sample(config, keys) -> program outputs` for these instances (keys `(instance,)`)."""
     n_inst = int(np.prod(sizes))
 
-    def sample(config: SGLDConfig, keys) -> dict[str, np.ndarray]:
+    def sample(config: SGLDConfig, keys, progress: str | None = None) -> dict[str, np.ndarray]:
         return sample_chains(loss_fn, params, data, keys, chain_settings(config, nbeta, n_inst, sizes),
-                             chain_shape(config, n, d), data_batched=data_batched, mesh=mesh)
+                             chain_shape(config, n, d), data_batched=data_batched, mesh=mesh, progress=progress)
 
     return sample
 
@@ -499,14 +513,15 @@ def estimate_llc_batched(
         devices = 1 if mesh is None else mesh.devices.size
         print(f"sampling {n_inst} instance(s) x {config.num_chains} chains x {_show(config.num_steps)} steps on "
               f"{devices} device(s) ...", file=sys.stderr)
-    out = sample(config, jax.random.split(key, n_inst))
+    out = sample(config, jax.random.split(key, n_inst), progress="sampling" if verbose else None)
     out = {name: np.reshape(value, sizes + np.shape(value)[1:]) for name, value in out.items()}
     ds = llc_dataset(out, config, nbeta=nbeta, n=n, d=d, dims=dims, key=key)
     if checks:
         if verbose:
             print("bias checks (short paired runs at step size / 3 and with full batch) ...", file=sys.stderr)
         check_key = jax.random.fold_in(key, 1)
-        found = run_checks(lambda cfg, k: sample(cfg, jax.random.split(k, n_inst)), config, nbeta, n=n,
+        found = run_checks(lambda cfg, k: sample(cfg, jax.random.split(k, n_inst),
+                                                 progress="bias checks" if verbose else None), config, nbeta, n=n,
                            curvature_inputs=(loss_fn, params, data), data_batched=data_batched, key=check_key,
                            check_steps=check_steps)
         ds = attach_checks(ds, found)

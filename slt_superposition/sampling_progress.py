@@ -1,0 +1,83 @@
+"""A progress bar for SGLD sampling, which runs as one compiled program.
+
+The chain program loops over chunks of steps (`slt_superposition.chain`); when it is built
+with progress on, each chunk iteration makes one host call (`jax.pure_callback` with
+`vmap_method="expand_dims"`: one call per iteration for a whole vmapped block of instances
+and chains, not one per chain). The call returns int32 zeros that the program adds to its
+step counter, so it cannot be optimised away and changes no number. On the host the call
+advances the bar that `sampling_bar` opened; without an open bar it does nothing.
+
+The bar is tqdm's: redrawn in place on a terminal, and in a log file (stderr redirected) a
+new line at most every `LOG_INTERVAL` seconds, so a long run's log shows it advancing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+
+import numpy as np
+
+LOG_INTERVAL = 30.0  # seconds between progress lines when stderr is not a terminal
+
+_lock = threading.Lock()
+_active: list = []  # the open bars, innermost last
+
+
+def _tick(chunk_index):
+    """Host side of the per-chunk call: advance the innermost open bar by one chunk iteration."""
+    with _lock:
+        if _active:
+            _active[-1].update(1)
+    return np.zeros(np.shape(chunk_index), np.int32)
+
+
+def chunk_tick(chunk_index):
+    """Traced: an int32 zero shaped like `chunk_index` that comes from the host call above.
+    Add it to the chunk's step counter (`t + chunk_tick(c)`) to report progress."""
+    import jax
+    import jax.numpy as jnp
+
+    return jax.pure_callback(_tick, jax.ShapeDtypeStruct(jnp.shape(chunk_index), jnp.int32), chunk_index,
+                             vmap_method="expand_dims")
+
+
+class LineFile:
+    """A stream for tqdm when output goes to a file: each redraw becomes its own line (tqdm
+    redraws in place with carriage returns, which a log file shows as one run-on line)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        for part in text.split("\r"):
+            if part.strip():
+                self.stream.write(part.rstrip() + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+@contextlib.contextmanager
+def sampling_bar(total_iterations: int, *, steps_per_iteration: int, desc: str, enabled: bool = True):
+    """Open a bar of `total_iterations` chunk iterations (shown in SGLD steps) for the program
+    calls made inside the `with` block; yields the tqdm bar (or None when disabled)."""
+    if not enabled:
+        yield None
+        return
+    from tqdm.auto import tqdm
+
+    interactive = sys.stderr.isatty()
+    bar = tqdm(total=total_iterations, desc=desc, unit="chunk", leave=not interactive,  # a log keeps its last line
+               file=sys.stderr if interactive else LineFile(sys.stderr),
+               mininterval=0.5 if interactive else LOG_INTERVAL, dynamic_ncols=interactive,
+               postfix=f"{steps_per_iteration} steps per chunk")
+    with _lock:
+        _active.append(bar)
+    try:
+        yield bar
+    finally:
+        with _lock:
+            _active.remove(bar)
+        bar.close()
