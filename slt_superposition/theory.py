@@ -8,10 +8,14 @@ Two families (numbers and sources in docs/references.md):
 - The Chen et al. (2023) TMS, c = 6 features, r = 2 hidden, f(x) = ReLU(W^T W x + b), with
   high-sparsity data x = mu e_i (i uniform, mu ~ U[0, 1]) and loss E||x - f(x)||^2 summed
   over features: the exact population loss of any (W, b) (`tms_population_loss`), the
-  regular k-gon critical points (`kgon_critical_point`, `kgon_params`) and the paper's
-  theoretical LLCs (`KGON_THEORETICAL_LLC`).
+  regular k-gon critical points (`kgon_critical_point`, `kgon_params`), the paper's
+  theoretical LLCs (`KGON_THEORETICAL_LLC`), and the critical-point class of any (W, b)
+  (`critical_point_class`: k-gon, positive dead biases, the exact population Hessian's
+  curved directions and lambda = curved / 2 where that is the theory; docs/experiments/
+  tms_critical_points.md lists the classes).
 
-Everything here is float64 numpy: these are reference values, not sampled functions.
+Everything here is float64 (numpy; the population Hessian by jax autodiff in float64): these
+are reference values, not sampled functions.
 """
 
 from __future__ import annotations
