@@ -7,19 +7,17 @@ and chains, not one per chain). The call returns int32 zeros that the program ad
 step counter, so it cannot be optimised away and changes no number. On the host the call
 advances the bar that `sampling_bar` opened; without an open bar it does nothing.
 
-The bar is tqdm's: redrawn in place on a terminal, and in a log file (stderr redirected) a
-new line at most every `LOG_INTERVAL` seconds, so a long run's log shows it advancing.
+The bar is `progress.make_bar`'s: redrawn in place on a terminal, a line per redraw in a log.
 """
 
 from __future__ import annotations
 
 import contextlib
-import sys
 import threading
 
 import numpy as np
 
-LOG_INTERVAL = 30.0  # seconds between progress lines when stderr is not a terminal
+from slt_superposition.progress import LineFile, make_bar  # noqa: F401  (LineFile: re-exported for tests)
 
 _lock = threading.Lock()
 _active: list = []  # the open bars, innermost last
@@ -43,36 +41,14 @@ def chunk_tick(chunk_index):
                              vmap_method="expand_dims")
 
 
-class LineFile:
-    """A stream for tqdm when output goes to a file: each redraw becomes its own line (tqdm
-    redraws in place with carriage returns, which a log file shows as one run-on line)."""
-
-    def __init__(self, stream):
-        self.stream = stream
-
-    def write(self, text: str) -> None:
-        for part in text.split("\r"):
-            if part.strip():
-                self.stream.write(part.rstrip() + "\n")
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
 @contextlib.contextmanager
 def sampling_bar(total_iterations: int, *, steps_per_iteration: int, desc: str, enabled: bool = True):
-    """Open a bar of `total_iterations` chunk iterations (shown in SGLD steps) for the program
+    """Open a bar of `total_iterations` chunk iterations (each `steps_per_iteration` SGLD steps) for the program
     calls made inside the `with` block; yields the tqdm bar (or None when disabled)."""
     if not enabled:
         yield None
         return
-    from tqdm.auto import tqdm
-
-    interactive = sys.stderr.isatty()
-    bar = tqdm(total=total_iterations, desc=desc, unit="chunk", leave=not interactive,  # a log keeps its last line
-               file=sys.stderr if interactive else LineFile(sys.stderr),
-               mininterval=0.5 if interactive else LOG_INTERVAL, dynamic_ncols=interactive,
-               postfix=f"{steps_per_iteration} steps per chunk")
+    bar = make_bar(total_iterations, desc, unit="chunk", postfix=f"{steps_per_iteration} steps per chunk")
     with _lock:
         _active.append(bar)
     try:

@@ -175,8 +175,7 @@ def run_sweep(
     dataset has the attrs that `combine` gives it (the default: the first chunk's) plus ``sweep_name``, ``sweep_hash``,
     ``sweep_chunks``.
     """
-    from tqdm.auto import tqdm
-
+    from slt_superposition.progress import make_bar
     from slt_superposition.sharding import broadcast_bytes, broadcast_json, is_multiprocess
 
     require(len(chunks) > 0, f"sweep '{name}' has no chunks")
@@ -197,7 +196,7 @@ def run_sweep(
             raise InputError(state["error"])
         done = set(state["done"])
         todo = [i for i in range(len(chunks)) if i not in done]
-        bar = tqdm(total=len(chunks), initial=len(done), desc=name, unit="chunk", disable=not progress)
+        bar = make_bar(len(chunks), name, progress, initial=len(done), unit="chunk")
         for i in todo:
             ds = compute_chunk(chunks[i])
             ds = ds.assign_attrs(sweep_name=name, sweep_hash=digest, sweep_chunk=i)

@@ -57,3 +57,14 @@ def test_line_file_turns_redraws_into_lines():
     stream.write("\rsampling:  20%|##  | 2/10")
     stream.write("\r          \r")
     assert sink.text == "sampling:  10%|#   | 1/10\nsampling:  20%|##  | 2/10\n"
+
+
+def test_training_bar_in_a_log_is_one_line_per_redraw(capfd):
+    from toy_models.train import TrainConfig, train_grid
+
+    train_grid(TrainConfig(n_features=3, n_hidden=2, feature_probabilities=(0.5,), seeds=1, steps=100,
+                           batch_size=32, chunk_steps=50, loss_curve_points=2, eval_samples=64), progress=True)
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("training 1 instances")]
+    assert lines and "\r" not in err  # a log gets lines, not carriage-return redraws
+    assert "100/100" in lines[-1]  # and keeps the last one

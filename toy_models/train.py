@@ -342,8 +342,7 @@ def train_grid(config: TrainConfig, *, progress: bool = True, mesh=None) -> xr.D
     bit on one device or many (a plain vmap over the whole grid would round differently in
     the last bit: XLA vectorises a vmap of another size differently).
     """
-    from tqdm.auto import tqdm
-
+    from slt_superposition.progress import progress_bar
     from slt_superposition.sharding import run_sharded, single_device_mesh
 
     mesh = single_device_mesh() if mesh is None else mesh
@@ -362,8 +361,7 @@ def train_grid(config: TrainConfig, *, progress: bool = True, mesh=None) -> xr.D
     if 0 in config.snapshot_steps:
         snapshots[0] = jax.tree.map(np.array, params)  # a copy: the buffers are donated next chunk
 
-    with tqdm(total=config.steps, desc=f"training {n_instances} instances", unit="step",
-              disable=not progress, leave=False) as bar:
+    with progress_bar(config.steps, f"training {n_instances} instances", progress, unit="step") as bar:
         for start, stop in _segments(config):
             params, opt_state, losses = run_sharded(
                 _chunk_block(static, _chunk_length(config, stop - start)), (params, opt_state) + per_instance,
