@@ -14,6 +14,7 @@ import numpy as np
 import xarray as xr
 
 from analysis.measures import STICKY_VALUES, dimensions_per_feature, feature_dimensionality
+from slt_superposition import markdown
 from slt_superposition.experiments import command_line
 from slt_superposition.io import save_dataset
 from slt_superposition.sweep import run_sweep
@@ -47,11 +48,13 @@ def run(out_dir: Path, *, quick: bool = False) -> xr.Dataset:
     ds.attrs["share_within_0.05_of_sticky"] = share
     save_dataset(ds, out_dir / "sticky_dimensions.nc")
     figure = _plot(ds, out_dir / "sticky_dimensions.png")
+    finding = (f"With n = 200 features in m = 20 dimensions, trained {config.steps} steps at "
+               f"{ds.sizes['feature_probability']} feature probabilities from {config.feature_probabilities[0]} to "
+               f"{config.feature_probabilities[-1]}, {share:.1%} of the represented features (D_i > 0.1) lie within "
+               "0.05 of one of Elhage et al.'s sticky values (1, 3/4, 2/3, 1/2, 2/5, 3/8).")
     (out_dir / "report.md").write_text(
-        f"# {NAME}\n\nCommand: `{command_line(NAME, out_dir, quick)}`\n\n"
-        f"n=200, m=20, {ds.sizes['feature_probability']} feature probabilities from "
-        f"{config.feature_probabilities[0]} to {config.feature_probabilities[-1]}, {config.steps} steps.\n\n"
-        f"- share of features with D_i > 0.1 lying within 0.05 of a sticky value: **{share:.1%}**\n"
+        markdown.opening(NAME, command_line(NAME, out_dir, quick), finding)
+        + f"- share of features with D_i > 0.1 lying within 0.05 of a sticky value: **{share:.1%}**\n"
         f"- 1/D* per feature probability: {', '.join(f'{1 / v:.2f}' for v in ds['D_star'].values)}\n\n"
         f"![D_i against 1/D*]({figure.name})\n"
     )
