@@ -30,8 +30,8 @@ TRAIN = ["train", "-n", "5", "-m", "2", "-p", "0.05,0.2,0.6", "--seeds", "3", "-
 LLC = ["--chains", "2", "--steps", "60", "--burnin", "20", "--n-samples", "128", "--batch-size", "32"]
 
 
-def _run(argv, timeout=300):
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+def _run(argv, timeout=300, env=None):
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -68,6 +68,10 @@ def test_two_processes_train_and_llc_bit_identical_to_one(tmp_path):
     assert "process 1 of 2" in launched.stderr and "trained 9 instances" in launched.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.nc", "two.nc"]  # written once, no leftovers
     assert_same_bits(_open(one), _open(two))
+    # one process with 2 devices (--all-devices) too
+    devices = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    _run([*CLI, *TRAIN, "--all-devices", "--out", str(tmp_path / "devices.nc")], env=devices)
+    assert_same_bits(_open(one), _open(tmp_path / "devices.nc"))
 
     # a batched LLC of every instance of that grid, split over the 2 processes
     _run([*CLI, "llc", str(one), *LLC, "--out", str(tmp_path / "llc1.nc")])

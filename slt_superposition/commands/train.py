@@ -66,6 +66,10 @@ def train(
     loss_curve_points: int = typer.Option(100, "--loss-curve-points", help="Points in the saved loss curve."),
     out: Path = typer.Option(..., "--out", "-o", help="Output dataset (.nc)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    all_devices: bool = typer.Option(
+        False, "--all-devices",
+        help="Split the instances over every device (jax.devices(), all processes); the weights are the same bit "
+        "for bit as on one device."),
     coordinator: Optional[str] = dist.COORDINATOR,
     num_processes: Optional[int] = dist.NUM_PROCESSES,
     process_id: Optional[int] = dist.PROCESS_ID,
@@ -92,6 +96,7 @@ def train(
     import warnings
 
     from slt_superposition.io import check_writable, output_lock, save_dataset
+    from slt_superposition.sharding import instance_mesh
     from toy_models.train import diverged_message, nonfinite_instances, train_grid
 
     check_writable(out)
@@ -99,7 +104,7 @@ def train(
     with output_lock(out):
         with warnings.catch_warnings():  # a diverged grid is reported below as the error it is
             warnings.simplefilter("ignore", RuntimeWarning)
-            ds = train_grid(config, progress=progress)
+            ds = train_grid(config, progress=progress, mesh=instance_mesh() if all_devices else None)
         path = save_dataset(ds, out)
     diverged = nonfinite_instances(ds)
     loss = ds["loss"].values.ravel()
