@@ -387,6 +387,23 @@ def summary_table(ds: xr.Dataset, n_rows: int = 5) -> str:
     return "\n".join(lines)
 
 
+def headline(ds: xr.Dataset) -> str:
+    """One paragraph for the top of the report: over every model, how many instances have
+    overcomplete activations, how many also have undercomplete weights, and how many
+    estimates passed their bias checks (numbers from `ds`, nothing hard-coded)."""
+    models = _models(ds)
+    total = sum(int(np.prod(_one(ds, m)["activations_overcomplete"].shape)) for m in models)
+    count = lambda name: sum(int(_one(ds, m)[name].sum()) for m in models)
+    sizes = "; ".join(_model_title(_one(ds, m)) for m in models)
+    meaning = ds["weights_undercomplete"].attrs.get("long_name", "") if "weights_undercomplete" in ds else ""
+    text = (f"Over {total} trained instances ({sizes}), {count('activations_overcomplete')} have overcomplete "
+            f"activations (k > m) and {count('undercomplete_weights_overcomplete_activations')} have both overcomplete "
+            "activations and undercomplete weights" + (f" ({meaning})." if meaning else "."))
+    if "llc_trusted" in ds:
+        text += f" {count('llc_trusted')} of the {total} LLC estimates passed every stored bias check."
+    return text + " Per model, in numbers:"
+
+
 def findings(ds: xr.Dataset, dev: xr.Dataset | None = None, kgon_llc: dict[int, float] | None = None) -> list[str]:
     """Sentences with the numbers the data gives (nothing here is hard-coded)."""
     import json

@@ -293,7 +293,7 @@ def _development_sgld(dev_config: TrainConfig, config: FlagshipConfig, out_dir: 
 def write_report(ds: xr.Dataset, dev: xr.Dataset, out_dir: Path, figures: list[Path], config: FlagshipConfig,
                  *, seconds: float, quick: bool, full: bool) -> Path:
     """`report.md`: the command, a table per model, and what the data says (numbers computed here)."""
-    from analysis.compare_plots import summary_table, findings
+    from analysis.compare_plots import findings, headline, summary_table
 
     command = command_line(NAME, shlex.quote(str(out_dir)), quick, full)
     lines = [
@@ -302,6 +302,8 @@ def write_report(ds: xr.Dataset, dev: xr.Dataset, out_dir: Path, figures: list[P
         f"Made by `{command}` in {seconds / 60:.1f} minutes "
         f"(git {ds.attrs.get('git_commit', 'unknown')}). Dataset: `weights_vs_activations.nc` "
         "(open with `xarray.open_dataset`), development: `development.nc`.",
+        "",
+        headline(ds),
         "",
         f"Grid: models {', '.join(_model_label(n, m) for n, m in config.models)}; "
         f"{config.n_feature_probabilities} feature probabilities from 1 to {config.min_feature_probability} "

@@ -45,3 +45,22 @@ def test_phase_diagram_report_has_no_dict_reprs(tmp_path):
     assert text.startswith("# tms-phase-diagram\n\nCommand: `slt-superposition reproduce tms-phase-diagram --quick")
     assert "agrees with the phase of lowest analytic loss at 75.0% of the points" in text
     assert "| antipodal pair | 2 | 1 |" in text
+
+
+def test_flagship_headline_counts_from_the_data():
+    import numpy as np
+    import xarray as xr
+
+    from analysis.compare_plots import headline
+
+    over = np.array([[True, True], [False, True]])
+    under = np.array([[True, False], [False, True]])
+    ds = xr.Dataset({"activations_overcomplete": (("feature_probability", "seed"), over),
+                     "weights_undercomplete": (("feature_probability", "seed"), under, {"long_name": "excess > 2 SE"}),
+                     "undercomplete_weights_overcomplete_activations": (("feature_probability", "seed"), over & under),
+                     "llc_trusted": (("feature_probability", "seed"), np.array([[True, True], [True, False]]))},
+                    attrs={"n_features": 5, "n_hidden": 2})
+    text = headline(ds)
+    assert text.startswith("Over 4 trained instances (n = 5, m = 2), 3 have overcomplete activations (k > m) and 2 "
+                           "have both overcomplete activations and undercomplete weights (excess > 2 SE).")
+    assert "3 of the 4 LLC estimates passed every stored bias check" in text
