@@ -413,7 +413,7 @@ def findings(ds: xr.Dataset, dev: xr.Dataset | None = None, kgon_llc: dict[int, 
     for model in _models(ds):
         one = _one(ds, model)
         n, m = _sizes(one)
-        calibrations = json.loads(per_model.get(str(model), {}).get("calibration", "[]"))
+        calibrations = json.loads(per_model.get(str(model), {}).get("calibration", "{}"))
         both = float(one["undercomplete_weights_overcomplete_activations"].mean())
         over = float(one["activations_overcomplete"].mean())
         x, y = one["overcompleteness"].values.ravel(), one["d_eff_fraction"].values.ravel()
@@ -449,14 +449,16 @@ def findings(ds: xr.Dataset, dev: xr.Dataset | None = None, kgon_llc: dict[int, 
                      "dictionary size meeting the targets" + (
                          f"; where one did, it recovers k/m exactly in {float(agree.mean()):.0%}." if reached.any()
                          else "."))
-        if calibrations:
-            converged = sum(c.get("converged", 0) for c in calibrations)
-            step_sizes = ", ".join(format(c["step_size"], ".2g") for c in calibrations)
-            lengths = ", ".join(str(c["num_steps"]) for c in calibrations)
-            text += (f" Calibration: step sizes {step_sizes} with {lengths} steps; the estimate stopped moving at "
-                     f"{converged} of {len(calibrations)} calibration points")
-            text += (" (estimates elsewhere may still be moving: short chains read low at singular points)."
-                     if converged < len(calibrations) else ".")
+        if isinstance(calibrations, dict) and calibrations:
+            c = calibrations
+            text += (f" Calibration (`calibrate_batched`, every instance): step sizes "
+                     f"{c['step_size_range'][0]:.2g} to {c['step_size_range'][1]:.2g}, chains of "
+                     f"{c['num_steps_range'][0]} to {c['num_steps_range'][1]} steps, "
+                     f"{'full batch' if c['batch_size'] is None else 'batch ' + str(c['batch_size'])}; the estimate "
+                     f"stopped moving with chain length on {c['converged']:.0%} of instances")
+            text += (" (elsewhere it may still be moving: short chains read low at singular points)"
+                     if c["converged"] < 1 else "")
+            text += f"; the stored bias checks pass (`llc_trusted`) on {c['trusted']:.0%}."
         out.append(text)
     if dev is not None:
         out.append(_development_finding(dev, kgon_llc or {}))

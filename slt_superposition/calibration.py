@@ -9,7 +9,8 @@ so step sizes are compared on common random numbers.
 0. **Curvature.** The Hessian spectrum at w* (`slt_superposition.curvature`) gives
    `step_size_bound`: the largest step size whose quadratic-approximation discretisation bias
    is at most `curvature_tol` (2%). Step sizes above it are not healthy.
-1. **Step size.** Short chains (`sweep_steps`) at each step size of a log grid. A step size is
+1. **Step size.** Short chains (`sweep_steps`) at each step size of a log grid up to the
+   instance's curvature bound (the two smallest always, for the plateau). A step size is
    *healthy* when no chain diverges, it is within the curvature bound, and its MALA acceptance
    is at least `min(target_acceptance, plateau - max_acceptance_drop)`, where the plateau is
    the acceptance at the two smallest step sizes (minibatch potentials saturate the proxy below
@@ -162,8 +163,11 @@ def sweep_stage(sampler: Sampler, key, step_sizes, *, steps, localization, batch
                 max_acceptance_drop, progress) -> SweepStage:
     runs = []
     with progress_bar(len(step_sizes), "calibrate: step sizes", progress) as bar:
-        for eps in step_sizes:
-            runs.append(sampler.run(key, eps, steps, localization, batch_size))
+        for j, eps in enumerate(step_sizes):
+            # above an instance's curvature bound a step size cannot be chosen: not run there
+            # (the two smallest always run: they set the acceptance plateau)
+            needed = (eps <= bound) | (j < 2)
+            runs.append(sampler.run(key, eps, np.where(needed, steps, 0), localization, batch_size))
             bar.update()
     stack = lambda field: np.stack([getattr(r, field) for r in runs], axis=1)
     llc, se, acc, div, rhat = (stack(f) for f in ("llc", "llc_se", "acceptance", "n_diverged", "rhat"))
