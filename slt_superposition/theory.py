@@ -265,9 +265,9 @@ class TMSClass:
 
     @property
     def label(self) -> str:
-        """e.g. '5-gon', '5-gon+1' (one positive dead bias), '3 live (not a polygon)'."""
+        """e.g. '5-gon', '5-gon+1' (one positive dead bias), '3 live (not a polygon)', '0 live'."""
         if not self.polygon:
-            return f"{self.k} live (not a polygon)"
+            return f"{self.k} live" + (" (not a polygon)" if self.k >= 3 else "")
         return f"{self.k}-gon" + (f"+{self.positive_dead}" if self.positive_dead else "")
 
 
