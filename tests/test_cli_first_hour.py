@@ -59,3 +59,13 @@ def test_interrupt_mid_sweep_counts_the_saved_chunks(tmp_path):
     assert re.fullmatch(rf"interrupted: saved 2 of 4 chunks in {re.escape(str(out / 'sweep'))}; "
                         r"rerun the same command to resume from them", line)
     assert interrupted_message(["reproduce", "demo", f"--out={out}"]) == line
+
+
+def test_plot_writes_next_to_the_dataset_by_default(tmp_path, tiny_grid, capsys, monkeypatch):
+    from slt_superposition.io import save_dataset
+
+    path = save_dataset(tiny_grid, tmp_path / "run" / "tms.nc")
+    monkeypatch.chdir(tmp_path)  # the working directory (a checkout) stays clean
+    assert main(["plot", str(path)]) == 0
+    assert sorted(p.name for p in (tmp_path / "run" / "figures").iterdir()) == ["W_columns.png", "loss_curves.png"]
+    assert not (tmp_path / "figures").exists()

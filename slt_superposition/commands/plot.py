@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -22,9 +23,11 @@ PLOTTERS = {
 
 def plot(
     path: Path = typer.Argument(..., help="A result dataset (.nc) written by slt-superposition."),
-    out: Path = typer.Option(Path("figures"), "--out", help="Folder for the figures (created if missing)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Folder for the figures (created if missing; default: 'figures' next to the dataset)."),
 ) -> None:
     """Draw the figures for a result dataset (training grid, LLC traces, calibration sweep, comparison)."""
+    out = path.parent / "figures" if out is None else out
     ds = open_result(path)
     kind = ds.attrs["slt_superposition_kind"]
     if kind not in PLOTTERS:

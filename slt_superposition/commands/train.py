@@ -118,7 +118,7 @@ def train(
     typer.echo(f"dataset: {path}")
     if diverged:
         raise InputError(diverged_message(diverged, config.n_instances) + f" (dataset kept for inspection: {path})")
-    typer.echo(f"figures: slt-superposition plot {path} --out figures/")
+    typer.echo(f"figures: slt-superposition plot {path}   (into {path.parent / 'figures'})")
 
 
 def register(app: typer.Typer) -> None:
