@@ -42,6 +42,8 @@ EXPERIMENTS = {
         Experiment("tms-sticky-dimensions", "Elhage et al.: n=200, m=20 sparsity sweep, D_i sticks at 1, 3/4, 2/3, 1/2, 2/5, ..."),
         Experiment("dln-validation", "Furman & Lau / Aoyagi: LLC of deep linear networks against exact learning coefficients"),
         Experiment("kgon-llc", "Chen et al. 2023: LLC of the TMS 5-gon and 6-gon critical points (theory 7 and 8.5)"),
+        Experiment("normal-crossing", "devinterp's normal crossings w1^a w2^b x (and 3 parameters): calibrated LLC "
+                                      "against the exact finite-n expectation by quadrature"),
         Experiment("tms-llc-vs-n", "the LLC of trained TMS against the sample count n, next to the symmetry bound "
                                    "and the quadratic prediction"),
         Experiment("weights-vs-activations", "flagship: LLC (weight basis) against superposition (activation basis) on one grid"),

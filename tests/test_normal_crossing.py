@@ -111,3 +111,24 @@ def test_result_table_on_stub_rows():
     assert list(ds["within_tolerance"].values) == [True, False]
     lines = markdown_table(ds).splitlines()
     assert len(lines) == 4 and "| +1.0 +- 1.0% |" in lines[2] and "| -20.0 +- 1.0% |" in lines[3]
+
+
+def test_reproduce_writes_dataset_figure_and_report(tmp_path, monkeypatch):
+    # through `slt-superposition reproduce`, with the SGLD part stubbed: the report names the
+    # reproduce command and the dataset opens with its quadrature values
+    import experiments.normal_crossing as nc
+    from slt_superposition.cli import main
+    from slt_superposition.io import open_result
+
+    def stub(powers, **_):
+        return dict({name: 0.01 for name in VARIABLES}, case=nc.case_name(powers), powers=",".join(map(str, powers)),
+                    verdict="stub", lambda_asymptotic=asymptotic_lambda(powers), llc_quadrature=0.3, llc_mean=0.3,
+                    rel_error=0.0, quadrature_vs_asymptotic=-0.1, within_tolerance=True, trusted=True)
+
+    monkeypatch.setattr(nc, "run_case", stub)
+    out = tmp_path / "nc"
+    assert main(["reproduce", "normal-crossing", "--quick", "--out", str(out)]) == 0
+    assert f"slt-superposition reproduce normal-crossing --quick --out {out}" in (out / "report.md").read_text()
+    assert (out / "normal_crossing.png").stat().st_size > 0
+    ds = open_result(out / "normal_crossing.nc")
+    assert list(ds["case"].values) == [nc.case_name(p) for p in nc.QUICK_CASES]
