@@ -39,7 +39,7 @@ from slt_superposition.experiments import command_line  # noqa: E402
 from slt_superposition.io import save_dataset  # noqa: E402
 from slt_superposition.llc import default_nbeta, estimate_llc  # noqa: E402
 from slt_superposition.provenance import provenance_attrs  # noqa: E402
-from slt_superposition.theory import population_hessian, population_loss_is_smooth  # noqa: E402
+from slt_superposition.theory import critical_point_class, population_hessian, population_loss_is_smooth  # noqa: E402
 from toy_models.train import TrainConfig, llc_inputs, train_grid  # noqa: E402
 
 # model name -> (n_features, n_hidden, data generator)
@@ -94,13 +94,17 @@ def measure_point(model: str, train: xr.Dataset, i: int, n: int, calibration: di
     eig = hessian_spectrum(loss_fn, params, data, method="exact").values
     quad = quadratic_llc_prediction(eig, nbeta=nbeta, step_size=float(config.step_size),
                                     localization=float(config.localization), floor=EIGEN_FLOOR)
-    pop_quad = math.nan
+    pop_quad, class_llc = math.nan, math.nan
+    if model == "chen":
+        cls = critical_point_class(W.values, b.values)
+        class_llc = math.nan if cls.llc is None else cls.llc
     if model == "chen" and population_loss_is_smooth(W.values, b.values, tol=1e-6):
         pop_eig = np.linalg.eigvalsh(population_hessian(W.values, b.values))
         pop_quad = quadratic_llc_prediction(pop_eig, nbeta=nbeta, step_size=float(config.step_size),
                                             localization=float(config.localization), floor=EIGEN_FLOOR)
     return dict(llc=float(est["llc_mean"]), llc_se=se, n_parameters=d, orbit_dimension=orbit, dead_flat_parameters=dead,
                 symmetry_bound=(d - orbit - dead) / 2, quadratic_prediction=quad, population_quadratic_prediction=pop_quad,
+                class_llc=class_llc,
                 step_size=float(config.step_size), num_steps=int(config.num_steps),
                 batch_size=int(config.batch_size or n), converged=bool(sweep.attrs.get("converged", False)),
                 bias_consistent=bool(sweep.attrs.get("bias_consistent", False)), grad_norm=grad_norm,
@@ -118,6 +122,7 @@ VARIABLES = {
     "quadratic_prediction": ("full-batch SGLD expectation on the quadratic approximation of L_n", "1"),
     "population_quadratic_prediction": ("the same from the exact population Hessian (Chen setting; NaN elsewhere)",
                                         "1"),
+    "class_llc": ("theoretical lambda of the refined point's critical-point class (Chen setting; NaN elsewhere)", "1"),
     "step_size": ("calibrated step size", "1"),
     "num_steps": ("calibrated chain length", "steps"),
     "batch_size": ("calibrated minibatch size (the batch check)", "samples"),
@@ -169,7 +174,7 @@ def run(out_dir: Path, *, quick: bool = False, full: bool = False, progress: boo
 
 def table(ds: xr.Dataset) -> str:
     lines = ["| model | p | n | llc +- SE | 2 llc / d | symmetry bound | quadratic (L_n) | quadratic (population) | "
-             "eps, batch | checks |", "|---" * 10 + "|"]
+             "class lambda | eps, batch | checks |", "|---" * 11 + "|"]
     for model in ds["model"].values:
         for p in ds["feature_probability"].values:
             for n in ds["n"].values:
@@ -178,11 +183,12 @@ def table(ds: xr.Dataset) -> str:
                     continue
                 checks = ("bias ok" if bool(v["bias_consistent"]) else "bias NOT ok") + (
                     ", converged" if bool(v["converged"]) else ", NOT converged")
-                pop = float(v["population_quadratic_prediction"])
+                pop, lam = float(v["population_quadratic_prediction"]), float(v["class_llc"])
                 lines.append(f"| {model} | {p:g} | 2^{int(math.log2(n))} | {float(v['llc']):.2f} +- "
                              f"{float(v['llc_se']):.2f} | {float(v['two_llc_over_d']):.3f} | "
                              f"{float(v['symmetry_bound']):g} | {float(v['quadratic_prediction']):.2f} | "
-                             + (f"{pop:.2f}" if np.isfinite(pop) else "-") + f" | {float(v['step_size']):.3g}, "
+                             + (f"{pop:.2f}" if np.isfinite(pop) else "-") + " | "
+                             + (f"{lam:g}" if np.isfinite(lam) else "-") + f" | {float(v['step_size']):.3g}, "
                              f"{int(v['batch_size'])} | {checks} |")
     return "\n".join(lines) + "\n"
 
