@@ -244,6 +244,8 @@ def test_second_run_into_the_same_out_is_refused(tmp_path, capsys):
         with pytest.raises(_InputError, match="another run"):
             run_sweep("toy", {}, [{"p": [1.0]}], lambda c: xr.Dataset({"y": ("p", c["p"])}, coords={"p": c["p"]}),
                       sweep_dir, progress=False)
+        # reproduce locks its whole output folder
+        _one_error_line(capsys, ["reproduce", "tms-pentagon", "--quick", "--out", str(sweep_dir)], "another run")
     finally:
         holder.kill()
         holder.wait()
