@@ -44,6 +44,8 @@ SEED = 0
 PUBLIC_PANEL = [((4, 3, 4), 1), ((5, 4, 3, 5), 2), ((6, 6, 6, 6), 3), ((8, 5, 7), 3), ((3, 10, 10, 3), 2)]
 OWN_CASES = [((3, 5), 2), ((6, 4, 6), 0), ((5, 8, 5), 5), ((4, 6, 6, 6, 4), 2), ((2, 20, 2), 1),
              ((8, 2, 8), 2), ((7, 3, 3, 7), 1)]
+# deeper networks with a narrow bottleneck (a width-2 or width-3 hidden layer), rank 1
+NARROW_CASES = [((5, 5, 2, 5, 5), 1), ((6, 3, 6, 6), 1), ((4, 4, 2, 4), 1)]
 LESS_SINGULAR = [((7, 3, 3, 7), 1), ((4, 3, 4), 1)]
 QUICK_CASES = [((3, 5), 2, "singular"), ((4, 3, 4), 1, "singular")]
 
@@ -55,7 +57,7 @@ def case_name(widths, rank, kind) -> str:
 def all_cases(quick: bool) -> list[tuple]:
     if quick:
         return list(QUICK_CASES)
-    return ([(w, r, "singular") for w, r in PUBLIC_PANEL + OWN_CASES]
+    return ([(w, r, "singular") for w, r in PUBLIC_PANEL + OWN_CASES + NARROW_CASES]
             + [(w, r, "less_singular") for w, r in LESS_SINGULAR])
 
 
