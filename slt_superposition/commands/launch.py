@@ -135,7 +135,7 @@ def run_processes(command: list[str], processes: int, *, port: int | None = None
 def launch(
     command: List[str] = typer.Argument(
         ..., help="After '--': train, llc or reproduce with its options, or a Python script (*.py) and its arguments."),
-    processes: int = typer.Option(2, "--processes", "-p", help="Number of local processes (one CPU device each)."),
+    processes: int = typer.Option(2, "--processes", help="Number of local processes (one CPU device each)."),
     port: int = typer.Option(0, "--port", help="Coordinator port on 127.0.0.1 (0 = any free port)."),
 ) -> None:
     """Run COMMAND as N local JAX processes (jax.distributed, CPU collectives): one result,
