@@ -233,6 +233,6 @@ def plot(ds: xr.Dataset, out_dir: Path) -> Path:
             ax.set_xscale("log", base=2)
             ax.set_xlabel("n (samples)")
             ax.set_title(model)
+            ax.legend(fontsize=7)
         axes[0].set_ylabel("2 llc / d (dashed: symmetry bound; dotted: quadratic)")
-        axes[0].legend(fontsize=7)
     return fs.save(fig, Path(out_dir) / "llc_vs_n.png")
