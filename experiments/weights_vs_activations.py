@@ -115,8 +115,8 @@ def _grid_inputs(train: xr.Dataset, n_samples: int, key):
     return loss_fn, unflat(params), unflat(data)
 
 
-CHECK_VARIABLES = ("step_size", "num_steps", "trusted", "step_check_rel_diff", "batch_check_rel_diff",
-                   "llc_quadratic", "hessian_top_eigenvalue", "step_size_bound", "rhat")
+CHECK_VARIABLES = ("step_size", "num_steps", "trusted", "calibration_converged", "step_check_rel_diff",
+                   "batch_check_rel_diff", "llc_quadratic", "hessian_top_eigenvalue", "step_size_bound", "rhat")
 
 
 def _calibrated_llc(train: xr.Dataset, config: FlagshipConfig, key, out_dir: Path) -> tuple[xr.Dataset, dict]:
@@ -132,6 +132,12 @@ def _calibrated_llc(train: xr.Dataset, config: FlagshipConfig, key, out_dir: Pat
     save_dataset(sweep, out_dir / "calibration" / f"{label}.nc")
     llc = estimate_llc_batched(loss_fn, params, data, config=sgld, key=llc_key, instance_dims=dims,
                                check_steps=config.check_steps)
+    # an estimate whose calibration never saw it stop moving with chain length is not trusted either
+    converged = sweep["converged"].transpose(*GRID_DIMS).values
+    llc["calibration_converged"] = xr.Variable(GRID_DIMS, converged, {
+        "long_name": "calibration's chain-length rule settled for this instance"})
+    llc["trusted"] = (llc["trusted"] & llc["calibration_converged"]).assign_attrs(
+        long_name=llc["trusted"].attrs["long_name"] + ", and the calibration's chain-length rule settled")
     summary = {"converged": float(sweep["converged"].mean()), "batch_size": sgld.batch_size,
                "step_size_range": [float(np.min(sgld.step_size)), float(np.max(sgld.step_size))],
                "num_steps_range": [int(np.min(sgld.num_steps)), int(np.max(sgld.num_steps))],

@@ -56,8 +56,9 @@ import xarray as xr
 from slt_superposition.chain import ChainShape
 from slt_superposition.curvature import curvature_batched, quadratic_llc, step_size_bound
 from slt_superposition.errors import require
-from slt_superposition.llc import (SGLDConfig, _check_inputs, _diagnostics, _flatten_instances, _instance_dims,
-                                   default_nbeta, sample_chains)
+from slt_superposition.diagnostics import masked_rhat
+from slt_superposition.llc import (SGLDConfig, _check_inputs, _flatten_instances, _instance_dims, default_nbeta,
+                                   sample_chains)
 from slt_superposition.observers import ChainSettings
 from slt_superposition.progress import progress_bar
 from slt_superposition.provenance import provenance_attrs
@@ -136,7 +137,8 @@ def _sampler(loss_fn, params, data, *, data_batched, n, d, nbeta, num_chains, bu
             se = np.where(n_ok > 1, np.nanstd(masked, axis=1, ddof=1) / np.sqrt(n_ok), np.nan)
             acc = np.where(n_ok > 0, np.nanmean(np.where(healthy, accept, np.nan), axis=1), np.nan)
         block_starts = np.arange(TRACE_BLOCKS)[None, :] * every[:, None]
-        rhat, _ = _diagnostics(trace, healthy & (steps > 0)[:, None], block_starts, burnin)
+        post = (block_starts >= burnin[:, None]) & np.isfinite(trace).all(axis=1, where=healthy[:, :, None])
+        rhat = masked_rhat(trace, post, healthy & (steps > 0)[:, None])
         return Runs(llc, se, acc, diverged.sum(axis=1), rhat, per_chain)
 
     return Sampler(run, n_inst)

@@ -77,8 +77,11 @@ def rhat_and_ess(trace: np.ndarray, healthy: np.ndarray) -> tuple[np.ndarray, np
     if flat.shape[-1] >= 4:
         all_ok = ok.all(axis=1)
         if all_ok.any():
-            r, e = jax.device_get(_rhat_ess_all(flat[all_ok]))
-            rhat[all_ok], ess[all_ok] = r, e
+            rows = flat[all_ok]
+            # pad to a power of two: one compilation serves many instance counts
+            padded = np.concatenate([rows, np.repeat(rows[:1], (1 << (len(rows) - 1).bit_length()) - len(rows), 0)])
+            r, e = jax.device_get(_rhat_ess_all(padded))
+            rhat[all_ok], ess[all_ok] = r[: len(rows)], e[: len(rows)]
         for i in np.flatnonzero(~all_ok & ok.any(axis=1)):
             subset = flat[i][ok[i]]
             ess[i] = float(effective_sample_size(subset, chain_axis=0, sample_axis=1))
@@ -87,3 +90,28 @@ def rhat_and_ess(trace: np.ndarray, healthy: np.ndarray) -> tuple[np.ndarray, np
     if trace.shape[-2] < 2:
         rhat[:] = np.nan
     return rhat.reshape(batch_shape), ess.reshape(batch_shape)
+
+
+def masked_rhat(trace: np.ndarray, draws: np.ndarray, chains: np.ndarray) -> np.ndarray:
+    """Gelman-Rubin R-hat (blackjax's `potential_scale_reduction` formula) per instance, each over
+    its own draws and chains, vectorised in numpy (no compilation per shape).
+
+    trace: `(instance, chain, draw)`; draws: `(instance, draw)` bool, the draws to use;
+    chains: `(instance, chain)` bool, the chains to use. Returns `(instance,)`: NaN with fewer
+    than 2 chains or 2 draws.
+    """
+    trace = np.asarray(trace, np.float64)
+    use = np.asarray(chains, bool)[:, :, None] & np.asarray(draws, bool)[:, None, :]
+    n = np.asarray(draws, bool).sum(axis=1).astype(np.float64)  # (instance,)
+    m = np.asarray(chains, bool).sum(axis=1).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        x = np.where(use, trace, 0.0)
+        mean = x.sum(axis=2) / n[:, None]  # (instance, chain)
+        var = (np.where(use, trace - mean[:, :, None], 0.0) ** 2).sum(axis=2) / (n[:, None] - 1)
+        ok_chain = np.asarray(chains, bool)
+        grand = np.where(ok_chain, mean, 0.0).sum(axis=1) / m
+        between = n * (np.where(ok_chain, mean - grand[:, None], 0.0) ** 2).sum(axis=1) / (m - 1)
+        within = np.where(ok_chain, var, 0.0).sum(axis=1) / m
+        rhat = np.sqrt((between / within + n - 1) / n)
+    return np.where((m >= 2) & (n >= 2), rhat, np.nan)
+

@@ -103,7 +103,7 @@ def test_flagship_tiny_grid_is_reproducible_and_self_describing(tmp_path):
 
     config = FlagshipConfig(
         models=((5, 2),), n_feature_probabilities=3, min_feature_probability=0.05, seeds=2, train_steps=600,
-        llc_samples=512, llc_chains=2, llc_batch_size=128, calibration_points=1,
+        llc_samples=512, llc_chains=2, llc_batch_size=128, check_steps=100,
         calibration_step_sizes=(1e-5, 1e-4, 1e-3), calibration_sweep_steps=100, calibration_min_steps=200,
         calibration_max_steps=200, hessian_samples=256, sae_samples=512, sae_steps=100, sae_restarts=1,
         development_steps=300, development_seeds=1, development_snapshots=3,
@@ -121,6 +121,14 @@ def test_flagship_tiny_grid_is_reproducible_and_self_describing(tmp_path):
         assert a[name].attrs.get("long_name"), name
         assert "units" in a[name].attrs, name
     assert a.attrs["slt_superposition_kind"] == "compare"
+    # every instance calibrated (no interpolation): per-instance settings and stored checks
+    calibration = xr.open_dataset(tmp_path / "a" / "calibration" / "n5_m2.nc")
+    np.testing.assert_array_equal(a["llc_step_size"].values.ravel(),
+                                  calibration["chosen_step_size"].transpose("feature_probability", "importance_decay",
+                                                                            "seed").values.ravel())
+    for name in ("llc_trusted", "llc_step_check_rel_diff", "llc_quadratic", "llc_calibration_converged"):
+        assert name in a, name
+    assert not (a["llc_trusted"] & ~a["llc_calibration_converged"]).any()
     report = (tmp_path / "a" / "report.md").read_text()
     assert report.count("reproduce weights-vs-activations") == 1
     # SAEs are trained on seed 0 only (sae_seeds=1): 3 feature probabilities x 1 seed
@@ -129,17 +137,6 @@ def test_flagship_tiny_grid_is_reproducible_and_self_describing(tmp_path):
         "calibration"
     for figure in ("sparsity_curves.png", "scatter.png", "fragility.png", "development.png"):
         assert (tmp_path / "a" / figure).stat().st_size > 0
-
-
-def test_flagship_step_sizes_interpolate_in_log_between_calibrated_points():
-    from experiments.weights_vs_activations import interpolated_step_sizes
-
-    calibrated_p, calibrated_eps = [1.0, 0.1, 0.01], [1e-4, 1e-3, 3e-3]
-    p = np.array([1.0, 10 ** -0.5, 0.1, 0.01, 0.001, 2.0])
-    eps = interpolated_step_sizes(calibrated_p, calibrated_eps, p)
-    np.testing.assert_allclose(eps, [1e-4, 10 ** -3.5, 1e-3, 3e-3, 3e-3, 1e-4], rtol=1e-12)
-    # one calibrated point: that step size everywhere
-    np.testing.assert_allclose(interpolated_step_sizes([0.1], [2e-4], p), 2e-4)
 
 
 def test_degeneracy_budget_adds_up():
