@@ -69,3 +69,21 @@ def test_plot_writes_next_to_the_dataset_by_default(tmp_path, tiny_grid, capsys,
     assert main(["plot", str(path)]) == 0
     assert sorted(p.name for p in (tmp_path / "run" / "figures").iterdir()) == ["W_columns.png", "loss_curves.png"]
     assert not (tmp_path / "figures").exists()
+
+
+def test_llc_calibrate_max_steps_caps_the_chain_length(tmp_path, tiny_grid, capsys):
+    import json
+
+    from slt_superposition.io import open_result, save_dataset
+
+    path = save_dataset(tiny_grid, tmp_path / "tms.nc")
+    out = tmp_path / "llc.nc"
+    assert main(["llc", str(path), "--calibrate", "--max-steps", "400", "--localization", "1", "--chains", "2",
+                 "--n-samples", "256", "--batch-size", "64", "--out", str(out)]) == 0
+    calibration = open_result(tmp_path / "llc.calibration.nc", kind="calibration")
+    assert json.loads(calibration.attrs["config"])["max_steps"] == 400
+    assert int(calibration["num_steps"].max()) <= 400
+    capsys.readouterr()
+    assert main(["llc", str(path), "--calibrate", "--max-steps", "1", "--out", str(tmp_path / "x.nc")]) == 2
+    assert capsys.readouterr().err.strip() == "error: --max-steps must be at least 2 (a chain needs burn-in and " \
+                                              "samples), got 1"

@@ -53,6 +53,11 @@ def llc(
         "--chains): each gets its own step size and chain length (overrides --step-size/--steps/--burnin), and the "
         "batch size may grow if the minibatch check fails; the calibration is saved next to --out as "
         "*.calibration.nc."),
+    max_steps: int = typer.Option(
+        320_000, "--max-steps",
+        help="With --calibrate: the longest chain the length stage may choose (it starts at 10,000 or this, "
+        "whichever is smaller; the long-chain bias check may run up to 4x this). Lower it for a quick look: "
+        "the calibration then says where the estimate had not stopped moving."),
     coordinator: Optional[str] = dist.COORDINATOR,
     num_processes: Optional[int] = dist.NUM_PROCESSES,
     process_id: Optional[int] = dist.PROCESS_ID,
@@ -78,7 +83,7 @@ def llc(
     if calibrate:
         check_writable(side_file, inputs=[path])
     _check_options(chains=chains, steps=steps, burnin=burnin, trace_every=trace_every, seed=seed,
-                   batch_size=batch_size, n_samples=n_samples)
+                   batch_size=batch_size, n_samples=n_samples, max_steps=max_steps)
     ds = open_result(path, kind="train")
     for dim in GRID_DIMS:
         if dim not in ds.dims:
@@ -104,7 +109,8 @@ def llc(
         print(f"calibrating every instance ({n_inst}) ...", file=sys.stderr)
         found, sweep = calibrate_batched(loss_fn, params, data, key=calibration_key, localization=localization,
                                          nbeta=config.nbeta, batch_size=config.batch_size, num_chains=chains,
-                                         instance_dims={dim: ds[dim].values for dim in GRID_DIMS}, progress=True)
+                                         instance_dims={dim: ds[dim].values for dim in GRID_DIMS}, progress=True,
+                                         min_steps=min(10_000, max_steps), max_steps=max_steps)
         every = max(trace_every, int(np.max(found.num_steps)) // 1000)  # at most ~1000 trace blocks per chain
         config = SGLDConfig(**{**found.to_dict(), "trace_every": every, "sampling": sampling})
         print(f"calibrated: step sizes {np.min(config.step_size):.3g} .. {np.max(config.step_size):.3g}, "
@@ -124,13 +130,15 @@ def llc(
 
 
 def _check_options(*, chains: int, steps: int, burnin: int, trace_every: int, seed: int, batch_size: int | None,
-                   n_samples: int) -> None:
+                   n_samples: int, max_steps: int = 320_000) -> None:
     """The CLI's rules, checked before any file is read or any compute starts."""
     from slt_superposition.errors import check_batch_size, check_seed
 
     check_seed(seed, "--seed")
     if chains < 2:
         raise InputError(f"--chains must be at least 2 (R-hat and the spread of the estimate compare chains), got {chains}")
+    if max_steps < 2:
+        raise InputError(f"--max-steps must be at least 2 (a chain needs burn-in and samples), got {max_steps}")
     if n_samples < 1:
         raise InputError(f"--n-samples must be a positive integer, got {n_samples}")
     if batch_size:
