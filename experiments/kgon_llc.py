@@ -76,13 +76,14 @@ def refine(params, x, *, steps: int = 3000, learning_rate: float = 0.1):
     return params, float(jnp.sqrt(sum(jnp.sum(v**2) for v in jax.tree_util.tree_leaves(g))))
 
 
-def refined_kgon(k: int, positive_dead: int = 0, *, seed: int = SEED):
-    """Data (n = 1e5) and the class point (k-gon, `positive_dead` positive dead biases) refined on it.
+def refined_kgon(k: int, positive_dead: int = 0, *, seed: int = SEED, n_samples: int = N_SAMPLES):
+    """Data (n = `n_samples`, default 1e5) and the class point (k-gon, `positive_dead` positive dead
+    biases) refined on it.
 
     Returns (x, refined params, grad norm there, key for calibration and estimate).
     """
     k_data, k_est = jax.random.split(jax.random.key(seed))
-    x = high_sparsity_limit(k_data, N_SAMPLES, KGON_N_FEATURES)
+    x = high_sparsity_limit(k_data, n_samples, KGON_N_FEATURES)
     W, b = class_critical_point(k, positive_dead)
     start = {"W": jnp.asarray(W, jnp.float32), "b": jnp.asarray(b, jnp.float32)}
     params, grad_norm = refine(start, x)

@@ -1,0 +1,130 @@
+"""Localization decided by measurement: the LLC estimate against gamma on the Chen et al. classes.
+
+At each class point (refined on n samples of x = mu e_i, as `experiments.kgon_llc`), `calibrate`
+chooses step size and chain length at gamma = 1; the same config is then run at each gamma of
+`GAMMAS` with the same key, and next to each estimate stand
+
+- the quadratic prediction at that gamma (`quadratic_llc_prediction`, Hessian of L_n): the
+  downward bias gamma puts on the curved directions, each counting nbeta h / (nbeta h + gamma)
+  of its 1/2;
+- for classes with negative-bias dead features (the 5-gon), the estimate with those features'
+  parameters held fixed (`kgon_llc.frozen_dead`): they are exactly flat near w*, so the
+  difference from the full estimate is what chains add by leaving the dead feature's flat
+  region (|W_i|^2 < -b_i), which a weak localization allows.
+
+    python -m experiments.llc_localization --out results/llc_localization [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import xarray as xr
+
+from analysis.weight_basis import hessian_spectrum, quadratic_llc_prediction
+from experiments import kgon_llc
+from slt_superposition.calibration import calibrate
+from slt_superposition.experiments import module_command
+from slt_superposition.io import save_dataset
+from slt_superposition.llc import default_nbeta, estimate_llc
+from slt_superposition.provenance import provenance_attrs
+from slt_superposition.theory import critical_point_class
+
+GAMMAS = (1.0, 10.0, 100.0, 1000.0)
+CASES = [(6, 0), (5, 0)]  # (k, positive dead): the 6-gon (no dead feature), the 5-gon (one, negative bias)
+SETTINGS = dict(n=100_000, calibration=kgon_llc.CALIBRATION)
+QUICK = dict(n=2**14, calibration=dict(kgon_llc.QUICK, max_steps=20_000))
+
+
+def run_class(k: int, positive: int, *, n: int, calibration: dict, progress: bool = True) -> list[dict]:
+    """Rows (one per gamma) for one class point refined on n samples."""
+    x, params, grad_norm, key = kgon_llc.refined_kgon(k, positive, n_samples=n)
+    cls = critical_point_class(np.asarray(params["W"]), np.asarray(params["b"]))
+    k_cal, k_est = jax.random.split(key)
+    config, _ = calibrate(kgon_llc.kgon_loss, params, x, key=k_cal, **calibration)
+    eig = hessian_spectrum(kgon_llc.kgon_loss, params, x, method="exact").values
+    rows = []
+    for gamma in GAMMAS:
+        cfg = dataclasses.replace(config, localization=gamma)
+        t0 = time.perf_counter()
+        mean, se = kgon_llc.llc_and_se(estimate_llc(kgon_llc.kgon_loss, params, x, config=cfg, key=k_est))
+        frozen, frozen_se = np.nan, np.nan
+        if cls.nonpositive_dead and not cls.zero_dead:
+            loss_live, live = kgon_llc.frozen_dead(params, k)
+            frozen, frozen_se = kgon_llc.llc_and_se(estimate_llc(loss_live, live, x, config=cfg, key=k_est))
+        quad = quadratic_llc_prediction(eig, nbeta=default_nbeta(n), step_size=float(cfg.step_size),
+                                        localization=gamma, floor=kgon_llc.EIGEN_FLOOR)
+        rows.append(dict(case=f"{cls.label} gamma={gamma:g}", label=cls.label, localization=gamma,
+                         llc_theory=np.nan if cls.llc is None else cls.llc, llc_mean=mean, llc_se=se,
+                         llc_dead_frozen=frozen, llc_dead_frozen_se=frozen_se, llc_quadratic=quad,
+                         step_size=float(cfg.step_size), num_steps=int(cfg.num_steps), grad_norm=grad_norm,
+                         seconds=time.perf_counter() - t0))
+        if progress:
+            print(f"{cls.label} gamma {gamma:g}: LLC {mean:.2f} +- {se:.2f}"
+                  + (f", dead features fixed {frozen:.2f} +- {frozen_se:.2f}" if np.isfinite(frozen) else "")
+                  + f", quadratic {quad:.2f} (eps {cfg.step_size:.3g}, {cfg.num_steps} steps)", flush=True)
+    return rows
+
+
+VARIABLES = {
+    "localization": ("SGLD localization gamma", "1"),
+    "llc_theory": ("the class's theoretical lambda", "1"),
+    "llc_mean": ("LLC estimate (calibrated eps and length, this gamma)", "1"),
+    "llc_se": ("standard error over chains", "1"),
+    "llc_dead_frozen": ("the same with the negative-bias dead features held fixed (NaN: none)", "1"),
+    "llc_dead_frozen_se": ("standard error of llc_dead_frozen", "1"),
+    "llc_quadratic": ("full-batch SGLD expectation on the quadratic approximation of L_n at this gamma", "1"),
+    "step_size": ("calibrated step size (at gamma 1)", "1"),
+    "num_steps": ("calibrated chain length", "steps"),
+    "grad_norm": ("||grad L_n|| at the refined point", "1"),
+    "seconds": ("wall time of the estimates at this gamma", "s"),
+}
+
+
+def table(ds: xr.Dataset) -> str:
+    lines = ["| class | gamma | lambda | LLC +- SE | dead features held fixed | quadratic prediction |",
+             "|---" * 6 + "|"]
+    for i in range(ds.sizes["case"]):
+        v = {name: ds[name].values[i] for name in VARIABLES}
+        frozen = (f"{v['llc_dead_frozen']:.2f} +- {v['llc_dead_frozen_se']:.2f}"
+                  if np.isfinite(v["llc_dead_frozen"]) else "-")
+        lines.append(f"| {ds['label'].values[i]} | {v['localization']:g} | {v['llc_theory']:g} | "
+                     f"{v['llc_mean']:.2f} +- {v['llc_se']:.2f} | {frozen} | {v['llc_quadratic']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def run(out_dir: Path, *, quick: bool = False, command: str = "", progress: bool = True) -> xr.Dataset:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = QUICK if quick else SETTINGS
+    rows = [row for k, p in CASES for row in run_class(k, p, n=settings["n"], calibration=settings["calibration"],
+                                                       progress=progress)]
+    data = {name: ("case", np.array([r[name] for r in rows]), {"long_name": ln, "units": u})
+            for name, (ln, u) in VARIABLES.items()}
+    data["label"] = ("case", np.array([r["label"] for r in rows]), {"long_name": "critical-point class"})
+    ds = xr.Dataset(data, coords={"case": [r["case"] for r in rows]})
+    ds.attrs.update(provenance_attrs("llc_localization", dict(
+        quick=quick, gammas=list(GAMMAS), cases=[list(c) for c in CASES], n=settings["n"],
+        **{k: list(v) if isinstance(v, tuple) else v for k, v in settings["calibration"].items()})))
+    save_dataset(ds, out_dir / "llc_localization.nc")
+    (out_dir / "report.md").write_text("# The LLC against the localization gamma (Chen et al. classes)\n\n"
+                                       f"Made by: `{command}`\n\n{table(ds)}")
+    return ds
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="The LLC estimate against the localization gamma on the k-gons.")
+    parser.add_argument("--out", type=Path, default=Path("results/llc_localization"), help="output folder")
+    parser.add_argument("--quick", action="store_true", help="n = 2^14 and a shorter calibration")
+    args = parser.parse_args(argv)
+    run(args.out, quick=args.quick, command=module_command("experiments.llc_localization", argv))
+    print((args.out / "report.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
