@@ -132,3 +132,15 @@ def test_reproduce_writes_dataset_figure_and_report(tmp_path, monkeypatch):
     assert (out / "normal_crossing.png").stat().st_size > 0
     ds = open_result(out / "normal_crossing.nc")
     assert list(ds["case"].values) == [nc.case_name(p) for p in nc.QUICK_CASES]
+
+
+@pytest.mark.slow
+def test_calibrated_estimate_within_five_percent_of_the_quadrature():
+    # the experiment's protocol on a singular case (f = w2^2, lambda 1/4; w1 flat): calibrate with its
+    # defaults and localization 1, estimate with 64 chains; within 5% of the exact finite-n value
+    from experiments.normal_crossing import run_case
+
+    row = run_case((0, 2))
+    print({key: row[key] for key in ("llc_quadrature", "llc_mean", "llc_se", "step_size", "num_steps", "verdict")})
+    assert row["n_diverged"] == 0
+    assert abs(row["rel_error"]) <= TOLERANCE, row
