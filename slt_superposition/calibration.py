@@ -55,7 +55,7 @@ import xarray as xr
 
 from slt_superposition.chain import ChainShape
 from slt_superposition.curvature import curvature_batched, quadratic_llc, step_size_bound
-from slt_superposition.errors import require
+from slt_superposition.errors import check_batch_size, require
 from slt_superposition.diagnostics import masked_rhat
 from slt_superposition.llc import (SGLDConfig, _check_inputs, _flatten_instances, _instance_dims, default_nbeta,
                                    sample_chains)
@@ -448,7 +448,7 @@ def calibrate_batched(
     """Calibrate every instance at once; see the module docstring for the stages.
 
     params, data, instance_dims, data_batched: as for `estimate_llc_batched`. `batch_size` None
-    means full batch (it is clipped to n). Returns (config, calibration dataset): an `SGLDConfig`
+    means full batch; a batch larger than n is an error (never clipped). Returns (config, calibration dataset): an `SGLDConfig`
     whose `step_size`, `localization`, `num_steps` and `num_burnin` are arrays with the instance
     shape (for `estimate_llc_batched`), `num_chains` chains and the batch size that passed the
     minibatch check; the dataset has the instance dims in front of every variable.
@@ -468,7 +468,7 @@ def calibrate_batched(
         data = _flatten_instances(data, sizes, "data")
     n = int(jax.tree_util.tree_leaves(data)[0].shape[1 if data_batched else 0])
     if batch_size is not None:
-        batch_size = min(int(batch_size), n)
+        batch_size = check_batch_size(batch_size, n)
     probe = SGLDConfig(step_size=step_sizes[0], localization=localizations[0], nbeta=nbeta, num_chains=num_chains,
                        num_steps=max(2, min_steps), num_burnin=1, batch_size=batch_size)
     n, d = _check_inputs(loss_fn, params, data, probe, instance_axes=1, data_axes=1 if data_batched else 0)

@@ -588,7 +588,7 @@ def llc_dataset(out: dict, config: SGLDConfig, *, nbeta, n: int, d: int,
                 dims: dict[str, np.ndarray], key) -> xr.Dataset:
     """Assemble the `llc` dataset from the program's output (numpy arrays).
 
-    `out` holds `init_loss (*inst)`, `llc_per_chain`, `mala_acceptance`, `frac_below_init`,
+    `out` holds `init_loss (*inst)`, `llc_per_chain`, `mala_acceptance`, `n_below_init`,
     `diverged (*inst, chain)` and `loss_trace (*inst, chain, block)`, with the instance axes
     already shaped as `dims` (name -> coordinates; empty for a single model).
     """
@@ -631,7 +631,8 @@ def llc_dataset(out: dict, config: SGLDConfig, *, nbeta, n: int, d: int,
         "rhat": (ci, rhat, "R-hat of the post-burn-in loss trace across non-divergent chains", "1"),
         "ess": (ci, ess, "effective sample size of the post-burn-in loss trace (all non-divergent chains)",
                 "samples"),
-        "frac_below_init": (cc, np.asarray(out["frac_below_init"], np.float64),
+        "frac_below_init": (cc, np.asarray(out["n_below_init"], np.float64) / (setting(config.num_steps, np.int64)
+                                                                                - burnin)[..., None],
                             "fraction of post-burn-in steps with minibatch loss below L_n(w*)", "1"),
         "diverged": (cc, diverged, "chain diverged (non-finite loss, gradient or position, or exploding loss); "
                                    "excluded from llc_mean", ""),

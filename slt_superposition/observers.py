@@ -113,13 +113,14 @@ def acceptance_observer() -> Observer:
 
 
 def below_init_observer() -> Observer:
-    """`frac_below_init`: fraction of post-burn-in steps with L_B(w_t) < L_n(w*)."""
+    """`n_below_init`: post-burn-in steps with L_B(w_t) < L_n(w*) (a count: the dataset divides it
+    on the host, so the fraction has the same bits whatever devices ran the chain)."""
 
     def update(count, ctx, info, settings):
         return count + (ctx.post & (ctx.excess < 0)).astype(jnp.int32)
 
     def finalize(count, settings):
-        return {"frac_below_init": count.astype(jnp.float32) / _draws(settings)}
+        return {"n_below_init": count}
 
     return Observer(lambda w, s: jnp.zeros((), jnp.int32), update, finalize)
 
