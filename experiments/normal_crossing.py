@@ -342,7 +342,8 @@ def figure(ds: xr.Dataset):
         top.errorbar(x, ds["llc_mean"], yerr=2 * ds["llc_se"], fmt="o", ms=2.5, color=fs.PALETTE[0],
                      label="calibrated SGLD $\\pm$ 2 SE")
         top.set_ylabel("LLC")
-        top.set_ylim(bottom=0)
+        highest = np.nanmax(np.r_[ds["lambda_asymptotic"].values, ds["llc_mean"].values + 2 * ds["llc_se"].values])
+        top.set_ylim(0, 1.6 * highest)  # room for the legend above the data
         top.legend(loc="upper right")
         bottom.axhspan(-100 * TOLERANCE, 100 * TOLERANCE, color="0.88", lw=0, label="$\\pm$5%")
         bottom.axhline(0, color=fs.REFERENCE, lw=0.8)
