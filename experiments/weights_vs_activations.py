@@ -240,6 +240,8 @@ def compute_model(n: int, m: int, config: FlagshipConfig, out_dir: Path, progres
 def _combine(parts: list[xr.Dataset]) -> xr.Dataset:
     """Stack per-model datasets along `model` (per-model attrs go into a JSON attr)."""
     per_model = {str(p["model"].values[0]): {k: v for k, v in p.attrs.items() if k in ("calibration",)} for p in parts}
+    # model labels as Python strings: concat kept the first part's fixed width ('<U5') and cut "n20_m5" to "n20_m"
+    parts = [p.assign_coords(model=p["model"].values.astype(object)) for p in parts]
     stacked = xr.concat([p.drop_attrs(deep=False) for p in parts], "model", join="outer", fill_value=np.nan,
                         coords="different", compat="equals")
     stacked.attrs["per_model"] = json.dumps(per_model)
