@@ -36,6 +36,7 @@ def make_bar(total: int | None, desc: str, enabled: bool = True, **kwargs):
 
     interactive = sys.stderr.isatty()
     options = dict(leave=not interactive, mininterval=0.5 if interactive else LOG_INTERVAL,
+                   maxinterval=10.0 if interactive else 10 * LOG_INTERVAL,  # tqdm's monitor would redraw every 10 s
                    file=sys.stderr if interactive else LineFile(sys.stderr), dynamic_ncols=interactive)
     return tqdm(total=total, desc=desc, disable=not enabled, **{**options, **kwargs})
 
