@@ -128,7 +128,8 @@ def llc_traces_figure(ds: xr.Dataset):
                    Line2D([], [], color=fs.PALETTE[1], lw=0.9, ls="--"),
                    Line2D([], [], color=fs.REFERENCE, lw=0.6),
                    mpatches.Patch(color="0.85", lw=0)]
-        labels = [f"mean over {n_chains} chains (blocks of {block * int(ds.attrs.get('trace_every', 1))} steps)",
+        spacing = int(np.diff(ds["step"].values[:2])[0]) if ds.sizes["step"] > 1 else 1  # the stored trace_every
+        labels = [f"mean over {n_chains} chains (blocks of {block * spacing} steps)",
                   "range over chains",
                   f"chains 0-{min(THIN_CHAINS, n_chains) - 1}" if n_chains > 1 else "chain 0",
                   "$\\hat\\lambda / n\\beta$ (post-burn-in mean)",
@@ -174,10 +175,15 @@ def llc_estimates_figure(ds: xr.Dataset):
             mean = ds["llc_mean"].isel(sel).transpose(x_dim, *others).values.reshape(len(x), n_other)
             err = se.isel(sel).transpose(x_dim, *others).values.reshape(len(x), n_other)
             colour = fs.PALETTE[g % (len(fs.PALETTE) - 1)]
+            trusted = (ds["trusted"].isel(sel).transpose(x_dim, *others).values.reshape(len(x), n_other).astype(bool)
+                       if "trusted" in ds else np.ones_like(mean, bool))
             for j in range(n_other):
                 offset = (j - (n_other - 1) / 2) * 0.035
                 xs = positions * 10 ** offset if log_x else positions + offset * 3
-                ax.errorbar(xs, mean[:, j], yerr=err[:, j], fmt="o", ms=2.5, color=colour, alpha=0.8, lw=0.8)
+                for ok, face in ((trusted[:, j], colour), (~trusted[:, j], "white")):
+                    if ok.any():  # untrusted estimates (a stored bias check failed) drawn open, not hidden
+                        ax.errorbar(xs[ok], mean[ok, j], yerr=err[ok, j], fmt="o", ms=3, color=colour, mfc=face,
+                                    alpha=0.85, lw=0.8)
             ax.plot(positions, np.nanmean(mean, axis=1), "-", color=colour, lw=1.0)
             handles.append(Line2D([], [], color=colour, marker="o", ms=3, lw=1.0))
             labels.append(f"{fs.label(colour_dim)}: {value:g}" if colour_dim else "LLC estimate")
@@ -189,6 +195,10 @@ def llc_estimates_figure(ds: xr.Dataset):
         ax.set_ylabel(fs.label("llc"))
         handles.append(Line2D([], [], color="0.4", marker="o", ms=3, lw=0.8, ls="none"))
         labels.append("one instance $\\pm$ 1 SE over chains" + (f" ({', '.join(others)} side by side)" if others else ""))
+        if "trusted" in ds and not bool(ds["trusted"].all()):
+            handles.append(Line2D([], [], color="0.4", marker="o", mfc="white", ms=3, lw=0.8, ls="none"))
+            labels.append(f"not trusted: a stored bias check failed ({int((~ds['trusted'].astype(bool)).sum())} of "
+                          f"{int(ds['trusted'].size)})")
         if others:
             handles.append(Line2D([], [], color="0.4", lw=1.0))
             labels.append(f"mean over the {n_other} {', '.join(others)} values")

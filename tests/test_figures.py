@@ -237,3 +237,15 @@ def test_calibration_grid_figure_per_instance_decisions(tmp_path):
     open_b = [line for line in panels[1].lines if line.get_markerfacecolor() == "white"]
     assert sum(len(line.get_xdata()) for line in open_b) == 4
     assert any(t.startswith("length rule not converged") for t in legend_texts(fig))
+
+
+def test_untrusted_estimates_drawn_open_not_hidden(llc_grid):
+    ds = llc_grid.copy()
+    ds["trusted"] = ds["llc_mean"].notnull() & (ds["seed"] == 0)  # seed 3 untrusted: 2 of 4
+    fig = llc_plots.llc_estimates_figure(ds)
+    (ax,) = visible_axes(fig)
+    assert "not trusted: a stored bias check failed (2 of 4)" in legend_texts(fig)
+    faces = [line.get_markerfacecolor() for line in ax.lines if line.get_marker() == "o"]
+    assert faces.count("white") >= 1 and len(faces) >= 2
+    drawn = sum(len(line.get_xdata()) for line in ax.lines if line.get_marker() == "o")
+    assert drawn == 4  # every instance is drawn, trusted or not
