@@ -74,7 +74,10 @@ def test_the_config_feeds_one_batched_estimate(grid, calibrated):
     # a regular model of d = 3: lambda = 3/2 (up to the localization's small pull and the checks' noise)
     np.testing.assert_allclose(ds["llc_mean"].values, 1.5, rtol=0.2)
     np.testing.assert_array_equal(ds["step_size"].values, np.asarray(config.step_size))
-    assert ds["trusted"].values.mean() >= 2 / 3
+    # trusted only where both checks resolved their tolerance and agree within it (+ 2 SE)
+    trusted = ds["trusted"].values
+    assert not (trusted & ~(ds["step_check_se"].values <= 0.05)).any()
+    assert not (trusted & ~(np.abs(ds["step_check_rel_diff"].values) <= 0.05 + 2 * ds["step_check_se"].values)).any()
 
 
 def test_minibatch_check_records_the_paired_runs(calibrated):

@@ -120,11 +120,16 @@ def test_quadratic_prediction_matches_sgld_on_a_quadratic(problem):
 
 def test_stored_checks_flag_a_biased_step_size(problem):
     params, data = problem
-    fine = SGLDConfig(step_size=1e-4, localization=1.0, num_chains=4, num_steps=4000, num_burnin=1000, batch_size=200)
-    ds = estimate_llc(regression_loss, params, data, config=fine, key=jax.random.key(4))
+    fine = SGLDConfig(step_size=3e-4, localization=1.0, num_chains=64, num_steps=4000, num_burnin=1000,
+                      batch_size=200)
+    ds = estimate_llc(regression_loss, params, data, config=fine, key=jax.random.key(4), check_steps=2000)
     for name in ("llc_step_check", "step_check_rel_diff", "batch_check_rel_diff", "llc_quadratic", "trusted"):
         assert name in ds, name
-    assert bool(ds.trusted)
+    assert float(ds.step_check_se) <= 0.05 and bool(ds.trusted)  # resolved, and within tolerance
+    # the same estimate with short checks that cannot resolve 5% is not trusted
+    short = estimate_llc(regression_loss, params, data, config=SGLDConfig(**{**fine.to_dict(), "num_chains": 2}),
+                         key=jax.random.key(4), check_steps=20)
+    assert float(short.step_check_se) > 0.05 and not bool(short.trusted)
     # near the stability edge the estimate at eps / 3 (equal sampler time) reads far lower
     eigs = np.asarray(hessian_eigenvalues(regression_loss, params, data))
     nbeta = 400 / np.log(400)
