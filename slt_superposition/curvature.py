@@ -96,6 +96,11 @@ def quadratic_llc(eigenvalues, step_size, localization, nbeta) -> np.ndarray:
     """
     h = np.clip(np.asarray(eigenvalues, np.float64), 0.0, None)
     eps, gamma, nbeta = (np.asarray(v, np.float64)[..., None] for v in (step_size, localization, nbeta))
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN spectra (a non-finite Hessian) stay NaN
+        return _quadratic_llc(h, eps, gamma, nbeta)
+
+
+def _quadratic_llc(h, eps, gamma, nbeta) -> np.ndarray:
     a = nbeta * h + gamma
     curved = h > 0
     stable = ~curved | (eps * a < 4)
@@ -111,6 +116,11 @@ def step_size_bound(eigenvalues, localization, nbeta, *, tol: float = 0.02, top=
     `tol` (relative). eigenvalues `(..., d)`, or None with `top (...)` the largest eigenvalue
     alone (then the bound is eps a_top / 4 <= tol / (1 + tol): that direction's own bias).
     Returns `(...)`."""
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # NaN spectra stay NaN
+        return _step_size_bound(eigenvalues, localization, nbeta, tol, top)
+
+
+def _step_size_bound(eigenvalues, localization, nbeta, tol, top) -> np.ndarray:
     if eigenvalues is None:
         a_top = np.asarray(nbeta, np.float64) * np.clip(np.asarray(top, np.float64), 0, None) + localization
         return 4 * tol / (1 + tol) / a_top
