@@ -32,8 +32,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -46,7 +44,7 @@ import xarray as xr
 from slt_superposition.calibration import calibrate
 from slt_superposition.errors import require
 from slt_superposition.experiments import command_line, module_command, row_variables
-from slt_superposition.io import save_dataset
+from slt_superposition.io import save_dataset, write_text
 from slt_superposition.llc import SGLDConfig, default_nbeta, estimate_llc
 from slt_superposition.provenance import provenance_attrs
 
@@ -356,26 +354,6 @@ def figure(ds: xr.Dataset):
     return fig
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically (temp file in the same folder, then rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def finding(ds: xr.Dataset) -> str:
     within = int(ds["within_tolerance"].sum())
     worst = int(np.argmax(np.abs(ds["rel_error"].values)))
@@ -393,10 +371,10 @@ def write_outputs(ds: xr.Dataset, out_dir: Path, command: str) -> None:
 
     save_dataset(ds, out_dir / "normal_crossing.nc")
     table = markdown_table(ds)
-    _write_text(out_dir / "normal_crossing.md", table)
+    write_text(out_dir / "normal_crossing.md", table)
     fs.save(figure(ds), out_dir / "normal_crossing.png")
     verdicts = "".join(f"- {c}: {v}\n" for c, v in zip(ds["case"].values, ds["verdict"].values))
-    _write_text(out_dir / "report.md",
+    write_text(out_dir / "report.md",
                 opening("Normal crossings: calibrated SGLD against the exact finite-n expectation", command,
                         finding(ds))
                 + table + "\nFigure: normal_crossing.png.\n\nCalibration verdicts:\n\n" + verdicts)
@@ -482,7 +460,7 @@ def study(out_dir: Path, *, cases: Sequence[Sequence[int]] | None = None, comman
                    "full" if r["batch_size"] == N_SAMPLES else r["batch_size"],
                    f"{r['llc_mean']:.4f} +- {r['llc_se']:.4f}", f"{r['llc_quadrature']:.4f}",
                    f"{100 * r['rel_error']:+.1f} +- {100 * r['llc_se'] / r['llc_quadrature']:.1f}%"] for r in rows])
-    _write_text(out_dir / "bias_study.md", f"# Normal crossings: bias study ({STUDY_CHAINS} chains)\n\n"
+    write_text(out_dir / "bias_study.md", f"# Normal crossings: bias study ({STUDY_CHAINS} chains)\n\n"
                                            f"Command: `{command}`\n\n{text}\n")
     return ds
 

@@ -22,7 +22,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import xarray as xr
 
@@ -107,17 +107,31 @@ def save_dataset(ds: xr.Dataset, path: str | os.PathLike, *, inputs: Iterable[st
     if not is_writer():
         return path
     path = check_writable(path, inputs=inputs)
+    return write_atomic(path, lambda tmp: ds.to_netcdf(tmp, engine=ENGINE))
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """`write(tmp)` into a temporary file beside `path`, then rename it over `path`: a reader
+    never sees a half-written file, and a failure leaves no temporary behind. The file gets
+    the user's umask (not mkstemp's 0600). Returns the path."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         os.chmod(tmp, file_mode())
-        ds.to_netcdf(tmp, engine=ENGINE)
+        write(tmp)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
     return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` atomically (`write_atomic`)."""
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def open_result(path: str | os.PathLike, kind: str | None = None) -> xr.Dataset:
