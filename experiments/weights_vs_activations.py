@@ -44,7 +44,7 @@ from toy_models.tms import tms_forward, tms_hidden
 from toy_models.train import GRID_DIMS, TrainConfig, llc_inputs, train_grid
 
 NAME = "weights-vs-activations"
-KGON_LLC = {5: 7.0, 6: 8.5}  # Chen et al. 2023, theoretical LLC of the 5- and 6-gon (ANCHORS.md)
+KGON_LLC = {5: 7.0, 6: 8.5}  # Chen et al. 2023, theoretical LLC of the 5- and 6-gon (docs/references.md)
 
 
 HALF_DECADES = tuple(float(10.0 ** (e / 2)) for e in range(-12, -3))  # 1e-6 .. 1e-2
