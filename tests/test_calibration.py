@@ -157,3 +157,6 @@ def test_bad_input(problem):
         calibrate(dln_loss, params, data, key=jax.random.key(0), step_sizes=(1e-5, -1.0))
     with pytest.raises(InputError):
         calibrate(dln_loss, params, data, key=jax.random.key(0), min_steps=100, max_steps=10)
+    # one batch-size rule everywhere: larger than n is refused, never clipped
+    with pytest.raises(InputError, match="batch_size 5000 is larger than the number of samples n=1000"):
+        calibrate(dln_loss, params, data, key=jax.random.key(0), batch_size=5000)
