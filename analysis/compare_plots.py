@@ -251,19 +251,14 @@ def portraits_figure(trains: list[xr.Dataset], n_panels: int = 3):
     with fs.style():
         fig, axes = fs.subplots(len(rows), n_cols, width=min(fs.PAGE, 1.5 * n_cols + 0.5), panel_aspect=1.0,
                                 sharex=True, sharey=True)
-        for i, cells in enumerate(rows):
-            for j in range(n_cols):
-                ax = axes[i, j]
-                if j >= len(cells):
-                    ax.set_visible(False)
-                    continue
-                p, W = cells[j]
-                draw_columns(ax, W, colours=colours[:W.shape[1]], limit=limit)
-                ax.set_title(f"n = {W.shape[1]}, {fs.coordinate('feature_probability', p)}")
-                if j == 0:
-                    ax.set_ylabel("hidden unit 2")
-                if i == len(rows) - 1:
-                    ax.set_xlabel("hidden unit 1")
+        for i, j, ax, cell in fs.facet_cells(axes, rows):
+            p, W = cell
+            draw_columns(ax, W, colours=colours[:W.shape[1]], limit=limit)
+            ax.set_title(f"n = {W.shape[1]}, {fs.coordinate('feature_probability', p)}")
+            if j == 0:
+                ax.set_ylabel("hidden unit 2")
+            if i == len(rows) - 1:
+                ax.set_xlabel("hidden unit 1")
         column_legend(fig, n_max, colours=colours)
         fig.suptitle("Columns of W, best seed (lowest loss) of each model")
     return fig

@@ -107,18 +107,13 @@ def columns_figure(ds: xr.Dataset):
     with fs.style():
         fig, axes = fs.subplots(n_rows, n_cols, width=min(fs.PAGE, 1.35 * n_cols + 0.4), panel_aspect=1.0,
                                 sharex=True, sharey=True)
-        for r, row in enumerate(rows):
-            for c in range(n_cols):
-                ax = axes[r, c]
-                if c >= len(row):
-                    ax.set_visible(False)
-                    continue
-                draw_columns(ax, W_all.isel(row[c]).values, colours=colours, limit=limit)
-                ax.set_title(_title(ds, row[c]))
-                if c == 0:
-                    ax.set_ylabel("hidden unit 2")
-                if r == n_rows - 1:
-                    ax.set_xlabel("hidden unit 1")
+        for r, c, ax, cell in fs.facet_cells(axes, rows):
+            draw_columns(ax, W_all.isel(cell).values, colours=colours, limit=limit)
+            ax.set_title(_title(ds, cell))
+            if c == 0:
+                ax.set_ylabel("hidden unit 2")
+            if r == n_rows - 1:
+                ax.set_xlabel("hidden unit 1")
         column_legend(fig, n, colours=colours, importance=_importance(ds, rows[0][0]))
         shown = sum(len(r) for r in rows)
         more = f"; {shown} of {n_instances} instances shown" if shown < n_instances else ""
@@ -134,21 +129,16 @@ def gram_figure(ds: xr.Dataset):
     with fs.style():
         fig, axes = fs.subplots(n_rows, n_cols, width=min(fs.PAGE, 1.35 * n_cols + 0.8), panel_aspect=1.0)
         image = None
-        for r, row in enumerate(rows):
-            for c in range(n_cols):
-                ax = axes[r, c]
-                if c >= len(row):
-                    ax.set_visible(False)
-                    continue
-                W = W_all.isel(row[c]).values
-                image = ax.imshow(W.T @ W, cmap="RdBu_r", vmin=-1.2, vmax=1.2)
-                ax.set_xticks([])
-                ax.set_yticks([])
-                ax.set_title(_title(ds, row[c]))
-                if c == 0:
-                    ax.set_ylabel("feature i")
-                if r == n_rows - 1:
-                    ax.set_xlabel("feature j")
+        for r, c, ax, cell in fs.facet_cells(axes, rows):
+            W = W_all.isel(cell).values
+            image = ax.imshow(W.T @ W, cmap="RdBu_r", vmin=-1.2, vmax=1.2)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(_title(ds, cell))
+            if c == 0:
+                ax.set_ylabel("feature i")
+            if r == n_rows - 1:
+                ax.set_xlabel("feature j")
         fig.colorbar(image, ax=axes, shrink=0.6, label="$W_i \\cdot W_j$")
         shown = sum(len(r) for r in rows)
         more = f"; {shown} of {n_instances} instances shown" if shown < n_instances else ""

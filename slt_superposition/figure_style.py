@@ -155,3 +155,16 @@ def legend_below(fig, handles, labels, ncol: int | None = None):
     """One legend for the whole figure, under the panels (explains every mark once)."""
     ncol = ncol or min(len(handles), 3)
     return fig.legend(handles, labels, loc="outside lower center", ncol=ncol)
+
+
+def facet_cells(axes, rows):
+    """Walk a ragged grid of facets: yields (r, c, ax, cell) for `rows[r][c]` on `axes[r, c]` and
+    hides the axes past the end of a shorter row."""
+    n_cols = axes.shape[1]
+    for r, row in enumerate(rows):
+        for c in range(n_cols):
+            if c >= len(row):
+                axes[r, c].set_visible(False)
+                continue
+            yield r, c, axes[r, c], row[c]
+

@@ -78,50 +78,45 @@ def llc_traces_figure(ds: xr.Dataset):
         fig, axes = fs.subplots(n_rows, n_cols, width=fs.PAGE if n_cols > 1 else fs.COLUMN,
                                 panel_aspect=0.7, sharex=True)
         block = 1
-        for r, row in enumerate(rows):
-            for c in range(n_cols):
-                ax = axes[r, c]
-                if c >= len(row):
-                    ax.set_visible(False)
-                    continue
-                one = ds.isel(row[c])
-                burnin = int(_setting(one, "num_burnin", 0))
-                nbeta = float(_setting(one, "nbeta", np.nan))
-                excess = one["loss_trace"].values - float(one["init_loss"])
-                means, block = fs.block_means(excess, max_points=TRACE_POINTS)
-                steps = one["step"].values[: means.shape[-1] * block: block]
-                diverged = one["diverged"].values.astype(bool)
-                ok = means[~diverged]
-                if burnin:
-                    ax.axvspan(0, burnin, color="0.85", lw=0, zorder=0)
-                if np.isfinite(ok).any():  # traces are NaN past a chain's end (per-instance lengths)
-                    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-                        warnings.simplefilter("ignore", RuntimeWarning)
-                        low, high, mean = np.nanmin(ok, 0), np.nanmax(ok, 0), np.nanmean(ok, 0)
-                    ax.fill_between(steps, low, high, color=fs.PALETTE[0], alpha=0.25, lw=0)
-                    for k in np.flatnonzero(~diverged)[:THIN_CHAINS]:
-                        ax.plot(steps, means[k], color=fs.PALETTE[0], lw=0.4, alpha=0.7)
-                    ax.plot(steps, mean, color=fs.PALETTE[0], lw=1.2)
-                    lo, hi = float(np.nanmin(ok)), float(np.nanmax(ok))
-                    pad = 0.08 * (hi - lo or abs(hi) or 1.0)
-                    ax.set_ylim(min(lo, 0.0) - pad, max(hi, 0.0) + pad)
-                for k in np.flatnonzero(diverged):
-                    ax.plot(steps, means[k], color=fs.PALETTE[1], lw=0.6, ls="--")
-                ax.axhline(0.0, color=fs.REFERENCE, lw=0.6)
-                level = float(one["llc_mean"]) / nbeta
-                if np.isfinite(level):
-                    end = int(_setting(one, "num_steps", steps[-1] if len(steps) else burnin))
-                    ax.hlines(level, burnin, end, color=fs.PALETTE[1], lw=0.9, ls="--")
-                acc = one["mala_acceptance"].values[~diverged]
-                stats = (f"$\\hat\\lambda$ = {float(one['llc_mean']):.3g} $\\pm$ {float(_se(one)):.2g}, "
-                         f"MALA {acc.mean() if len(acc) else float('nan'):.2f}")
-                title = _title(ds, row[c])
-                ax.set_title(f"{title}\n{stats}" if title else stats)
-                if c == 0:
-                    ax.set_ylabel("$L_B(w_t) - L_n(w^*)$")
-                if r == n_rows - 1 or (r + 1 < n_rows and c >= len(rows[r + 1])):
-                    ax.set_xlabel(fs.label("step"))
-                    ax.tick_params(labelbottom=True)
+        for r, c, ax, cell in fs.facet_cells(axes, rows):
+            one = ds.isel(cell)
+            burnin = int(_setting(one, "num_burnin", 0))
+            nbeta = float(_setting(one, "nbeta", np.nan))
+            excess = one["loss_trace"].values - float(one["init_loss"])
+            means, block = fs.block_means(excess, max_points=TRACE_POINTS)
+            steps = one["step"].values[: means.shape[-1] * block: block]
+            diverged = one["diverged"].values.astype(bool)
+            ok = means[~diverged]
+            if burnin:
+                ax.axvspan(0, burnin, color="0.85", lw=0, zorder=0)
+            if np.isfinite(ok).any():  # traces are NaN past a chain's end (per-instance lengths)
+                with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    low, high, mean = np.nanmin(ok, 0), np.nanmax(ok, 0), np.nanmean(ok, 0)
+                ax.fill_between(steps, low, high, color=fs.PALETTE[0], alpha=0.25, lw=0)
+                for k in np.flatnonzero(~diverged)[:THIN_CHAINS]:
+                    ax.plot(steps, means[k], color=fs.PALETTE[0], lw=0.4, alpha=0.7)
+                ax.plot(steps, mean, color=fs.PALETTE[0], lw=1.2)
+                lo, hi = float(np.nanmin(ok)), float(np.nanmax(ok))
+                pad = 0.08 * (hi - lo or abs(hi) or 1.0)
+                ax.set_ylim(min(lo, 0.0) - pad, max(hi, 0.0) + pad)
+            for k in np.flatnonzero(diverged):
+                ax.plot(steps, means[k], color=fs.PALETTE[1], lw=0.6, ls="--")
+            ax.axhline(0.0, color=fs.REFERENCE, lw=0.6)
+            level = float(one["llc_mean"]) / nbeta
+            if np.isfinite(level):
+                end = int(_setting(one, "num_steps", steps[-1] if len(steps) else burnin))
+                ax.hlines(level, burnin, end, color=fs.PALETTE[1], lw=0.9, ls="--")
+            acc = one["mala_acceptance"].values[~diverged]
+            stats = (f"$\\hat\\lambda$ = {float(one['llc_mean']):.3g} $\\pm$ {float(_se(one)):.2g}, "
+                     f"MALA {acc.mean() if len(acc) else float('nan'):.2f}")
+            title = _title(ds, cell)
+            ax.set_title(f"{title}\n{stats}" if title else stats)
+            if c == 0:
+                ax.set_ylabel("$L_B(w_t) - L_n(w^*)$")
+            if r == n_rows - 1 or (r + 1 < n_rows and c >= len(rows[r + 1])):
+                ax.set_xlabel(fs.label("step"))
+                ax.tick_params(labelbottom=True)
         handles = [Line2D([], [], color=fs.PALETTE[0], lw=1.2),
                    mpatches.Patch(color=fs.PALETTE[0], alpha=0.25, lw=0),
                    Line2D([], [], color=fs.PALETTE[0], lw=0.4),
