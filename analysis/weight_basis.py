@@ -48,6 +48,7 @@ import numpy as np
 import xarray as xr
 from jax.flatten_util import ravel_pytree
 
+from slt_superposition.curvature import quadratic_llc
 from slt_superposition.errors import require
 
 EXACT_MAX_D = 2000
@@ -419,16 +420,12 @@ def llc_bound_check(llc, d1, d, *, llc_std=None) -> xr.Dataset:
 
 def quadratic_llc_prediction(eigenvalues, *, nbeta: float, step_size: float, localization: float,
                              floor: float = 0.0) -> float:
-    """E[nbeta (L - L(w*))] of full-batch Euler SGLD on the quadratic approximation of L at w*.
-
-    A direction of curvature h (an eigenvalue of the Hessian, above `floor`) with
-    a = nbeta h + gamma has stationary variance 1 / (a (1 - eps a / 4)), so it contributes
-    nbeta h / (2 a (1 - eps a / 4)): 1/2 as eps, gamma -> 0, more with the step size, less with
-    the localization. Directions at or below `floor` (flat) contribute nothing."""
+    """E[nbeta (L - L(w*))] of full-batch Euler SGLD on the quadratic approximation of L at w*:
+    `slt_superposition.curvature.quadratic_llc` (each direction of curvature h contributes
+    nbeta h / (2 a (1 - eps a / 4)), a = nbeta h + gamma), with directions at or below `floor`
+    counted as flat. NaN where a curved direction is unstable at that step size."""
     h = np.asarray(eigenvalues, np.float64).ravel()
-    h = h[h > floor]
-    a = nbeta * h + localization
-    return float(np.sum(0.5 * nbeta * h / (a * (1 - step_size * a / 4))))
+    return float(quadratic_llc(np.where(h > floor, h, 0.0), step_size, localization, nbeta))
 
 
 # --------------------------------------------------------------------------- bundle
