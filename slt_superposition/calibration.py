@@ -44,6 +44,7 @@ check; the batch check; the curvature; the chosen settings and a verdict.
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
@@ -710,9 +711,9 @@ def _single(ds: xr.Dataset) -> xr.Dataset:
     for name in scalars:
         value = ds[name].values.item()
         ds.attrs[name] = int(value) if isinstance(value, (bool, np.bool_)) else value
-    config = __import__("json").loads(ds.attrs["config"])
+    config = json.loads(ds.attrs["config"])
     for name in ("bias_check_steps", "bias_check_sampler_time"):
         config[name] = config[name][0]
-    ds.attrs["config"] = __import__("json").dumps(config)
+    ds.attrs["config"] = json.dumps(config)
     ds.attrs["bias_consistent"] = ds.attrs.pop("bias_consistent_short")
     return ds.drop_vars(scalars + ["instance"], errors="ignore")
