@@ -37,6 +37,18 @@ def _title(ds: xr.Dataset, isel: dict) -> str:
                      if ds.sizes[d] > 1 or d == "feature_probability")
 
 
+def mark_not_finite(ax) -> None:
+    """Say in the panel that its instance's W holds a NaN or an infinity (nothing to draw)."""
+    ax.text(0.5, 0.5, "W not finite\n(training diverged)", transform=ax.transAxes, ha="center", va="center",
+            fontsize=6, color=fs.PALETTE[1])
+
+
+def _limit(norms: np.ndarray) -> float:
+    """Half-width of a W-column panel: 1.3, or 1.1 x the longest finite column."""
+    finite = norms[np.isfinite(norms)]
+    return max(1.3, 1.1 * float(np.max(finite, initial=0.0)))
+
+
 def draw_columns(ax, W: np.ndarray, *, colours=None, limit: float | None = None, ticks: bool = True) -> None:
     """Draw each column W_i (W: (2, feature)) as a line from the origin in the hidden plane.
 
@@ -48,7 +60,7 @@ def draw_columns(ax, W: np.ndarray, *, colours=None, limit: float | None = None,
     n = W.shape[1]
     colours = colours or fs.feature_colours(n)
     norms = np.linalg.norm(W, axis=0)
-    limit = limit or max(1.3, 1.1 * float(np.nanmax(norms, initial=0.0)))
+    limit = limit or _limit(norms)
     circle = np.linspace(0, 2 * np.pi, 200)
     ax.plot(np.cos(circle), np.sin(circle), color="0.7", lw=0.6, ls=":", zorder=0)
     ax.axhline(0, color="0.9", lw=0.5, zorder=0)
@@ -102,13 +114,16 @@ def columns_figure(ds: xr.Dataset):
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     n = ds.sizes["feature"]
     W_all = ds["W"].transpose(..., "hidden", "feature")
-    limit = max(1.3, 1.1 * float(np.nanmax(np.linalg.norm(W_all.values, axis=-2), initial=0.0)))
+    limit = _limit(np.linalg.norm(W_all.values, axis=-2))
     colours = fs.feature_colours(n)
     with fs.style():
         fig, axes = fs.subplots(n_rows, n_cols, width=min(fs.PAGE, 1.35 * n_cols + 0.4), panel_aspect=1.0,
                                 sharex=True, sharey=True)
         for r, c, ax, cell in fs.facet_cells(axes, rows):
-            draw_columns(ax, W_all.isel(cell).values, colours=colours, limit=limit)
+            W = W_all.isel(cell).values
+            draw_columns(ax, W, colours=colours, limit=limit)
+            if not np.isfinite(W).all():
+                mark_not_finite(ax)
             ax.set_title(_title(ds, cell))
             if c == 0:
                 ax.set_ylabel("hidden unit 2")
@@ -132,6 +147,8 @@ def gram_figure(ds: xr.Dataset):
         for r, c, ax, cell in fs.facet_cells(axes, rows):
             W = W_all.isel(cell).values
             image = ax.imshow(W.T @ W, cmap="RdBu_r", vmin=-1.2, vmax=1.2)
+            if not np.isfinite(W).all():
+                mark_not_finite(ax)
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(_title(ds, cell))
@@ -224,7 +241,24 @@ def plot_training(ds: xr.Dataset, out_dir) -> list[Path]:
     m = 2: the columns of W in the plane (`W_columns.png`, one panel per instance, at most 36).
     other m: the W^T W heat maps (`WtW.png`) and D_i against 1/D* with the sticky values
     (`feature_dimensionality.png`). Always: the loss curves (`loss_curves.png`).
+
+    Diverged instances (W or b not finite) are named in a `RuntimeWarning` and marked in their
+    panels; if every instance diverged there is nothing to draw: `InputError`, nothing written.
     """
+    import warnings
+
+    from slt_superposition.errors import InputError
+    from toy_models.train import nonfinite_instances
+
+    bad = nonfinite_instances(ds)
+    n_instances = int(np.prod([ds.sizes[d] for d in GRID_DIMS if d in ds.dims]))
+    if bad and len(bad) == n_instances:
+        raise InputError(f"nothing to draw: the weights of all {n_instances} instance(s) are not finite (NaN or inf; "
+                         "training diverged): retrain with a lower learning rate")
+    if bad:
+        shown = "; ".join(bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+        warnings.warn(f"the weights of {len(bad)} of {n_instances} instances are not finite ({shown}): "
+                      "their panels say 'W not finite'", RuntimeWarning, stacklevel=2)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []

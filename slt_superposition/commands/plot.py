@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -32,17 +34,55 @@ def plot(
     kind = ds.attrs["slt_superposition_kind"]
     if kind not in PLOTTERS:
         raise InputError(f"no plots for '{kind}' datasets (known: {', '.join(PLOTTERS)})")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise InputError(f"cannot create output folder {out}: {err.strerror}") from None
+    created = _writable_folder(out)
     module_name, function_name = PLOTTERS[kind].split(":")
     plotter = getattr(importlib.import_module(module_name), function_name)
     import matplotlib
 
     matplotlib.use("Agg")
-    for figure_path in plotter(ds, out):
+    try:
+        with warnings.catch_warnings(record=True) as caught:  # printed as one 'warning:' line each
+            warnings.simplefilter("always", RuntimeWarning)
+            paths = plotter(ds, out)
+    except OSError as err:  # e.g. the disk filled up: each figure is written atomically, none is half-written
+        _remove_if_empty(out, created)
+        raise InputError(f"cannot write figures into {out}: {err.strerror or err}") from None
+    except InputError:  # nothing to draw (e.g. every instance's W is NaN): leave no empty folder behind
+        _remove_if_empty(out, created)
+        raise
+    for warning in caught:
+        if issubclass(warning.category, RuntimeWarning):  # about the data (e.g. diverged instances)
+            print(f"warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+    for figure_path in paths:
         print(figure_path)
+
+
+def _writable_folder(out: Path) -> bool:
+    """Create `out` if missing and check that a file can be written there (root passes
+    `os.access` on read-only file systems, so try it). Returns whether `out` was created;
+    `InputError` (one line) if it cannot be written, before anything is drawn."""
+    import tempfile
+
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create output folder {out}: {err.strerror}") from None
+    try:
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        _remove_if_empty(out, created)
+        raise InputError(f"cannot write figures into {out}: {err.strerror}") from None
+    return created
+
+
+def _remove_if_empty(out: Path, created: bool) -> None:
+    """Remove the folder `plot` itself created if nothing was written into it."""
+    if created and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
 
 
 def register(app: typer.Typer) -> None:
