@@ -1,77 +1,121 @@
 """Bias checks stored with every LLC estimate, and the `trusted` flag.
 
-For each instance of an estimate, short paired runs (the same chain keys, so the difference is
-the setting's, not the noise's) at the estimate's own settings:
+For each instance of an estimate, short paired runs at the estimate's own settings, each pair
+driven by common random numbers so that the difference is the setting's, not the noise's:
 
-- **step-size check**: the estimate at eps / 3 for 3x the steps (equal sampler time) against
-  the estimate at eps. Their relative difference measures the discretisation bias at eps; a
-  linear bias c eps gives (llc(eps) - llc(eps/3)) = (2/3) c eps.
-- **batch check**: the same run at eps with full batch against the minibatch (skipped, NaN,
-  for full-batch estimates). SGLD's minibatch gradient noise adds to the injected noise and
-  biases the estimate up at large n / batch.
+- **step-size check**: the chain at eps against the chain at eps / 3 for 3x the steps (equal
+  sampler time), coupled: one Brownian path drives both, and they share each minibatch
+  (`slt_superposition.coupled`). Their relative difference measures the discretisation bias at
+  eps; a linear bias c eps gives llc(eps) - llc(eps/3) = (2/3) c eps. Sharing the minibatch
+  isolates the Langevin discretisation; the batch check measures the minibatch part.
+- **batch check**: the same run at eps with full batch against the minibatch, with the same
+  injected noise (skipped, NaN, for full-batch estimates). SGLD's minibatch gradient noise adds
+  to the injected noise and biases the estimate up at large n / batch.
 - **curvature**: the top Hessian eigenvalue at w*, the quadratic-approximation LLC at the run's
   eps, localization and nbeta (`curvature.quadratic_llc`), and the curvature step-size bound.
 
+The standard error of each paired difference comes from batch means of the per-step difference
+(`DIFF_BLOCKS` post-burn-in blocks per chain, pooled over chains). A check with fewer than
+`MIN_CHECK_DRAWS` post-burn-in steps is not resolved (its chains have barely left w*).
+
 `trusted` is true when no chain diverged, R-hat <= `max_rhat`, and both checks passed: each
-resolved its tolerance (`step_tol` 5%, `batch_tol` 2%; standard error of the paired per-chain
-difference at most the tolerance) and agrees within it plus 2 standard errors. Short check
-runs on slowly mixing (singular) directions often cannot resolve 5%: such estimates are not
-trusted, which says the check could not vouch for them, not that they are wrong. A disagreement between the estimate and
-`llc_quadratic` is information about the model (singular or kinked directions), not a failed
-check.
+resolved its tolerance (`step_tol` 5%, `batch_tol` 2%: standard error at most the tolerance)
+and agrees within it plus 2 standard errors. An unresolved check is a failed one: it has not
+shown that there is no bias. A disagreement between the estimate and `llc_quadratic` is
+information about the model (singular or kinked directions), not a failed check. The checks
+are short: they see the bias of the stiff (curved) directions, which settles within a few
+relaxation times; drift along flat directions over a long chain is the calibration's long check.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Callable
 
 import jax
 import numpy as np
 import xarray as xr
 
+from slt_superposition.coupled import DIFF_BLOCKS
 from slt_superposition.curvature import curvature_batched, quadratic_llc, step_size_bound
 
 PyTree = Any
 CHECK_STEPS = 500  # chain length of the short paired runs (at most the estimate's own)
+MIN_CHECK_DRAWS = 100  # post-burn-in steps below which a check is not resolved (its SE is NaN)
 STEP_TOL = 0.05
 BATCH_TOL = 0.02
 MAX_RHAT = 1.1
 
 
-def _paired(a: dict, b: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Relative difference (a - b) / |b| of the instance means and the SE of the paired
-    per-chain difference, arrays `(instance,)`; and b's mean."""
-    pa, pb = np.asarray(a["llc_per_chain"], np.float64), np.asarray(b["llc_per_chain"], np.float64)
-    ok = ~(np.asarray(a["diverged"], bool) | np.asarray(b["diverged"], bool))
-    diff = np.where(ok, pa - pb, np.nan)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        count = ok.sum(axis=1)
-        mean_b = np.where(count > 0, np.nansum(np.where(ok, pb, 0), axis=1) / np.maximum(count, 1), np.nan)
-        mean_d = np.where(count > 0, np.nansum(np.nan_to_num(diff), axis=1) / np.maximum(count, 1), np.nan)
-        centred = np.where(ok, diff - mean_d[:, None], 0.0)
-        se = np.where(count > 1, np.sqrt((centred ** 2).sum(axis=1) / np.maximum(count - 1, 1) / count), np.nan)
-    return mean_d / np.abs(mean_b), se / np.abs(mean_b), mean_b
+def _batch_means_se(blocks: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Standard error of the mean paired difference from batch means: `blocks (instance, chain,
+    block)` of post-burn-in block means of the difference, `ok (instance, chain)` healthy chains.
+    Pooling blocks over chains gives many more degrees of freedom than one difference per chain
+    (2 to 4 chains), and coupled chains decorrelate within a few blocks. Returns `(instance,)`."""
+    values = np.where(ok[:, :, None] & np.isfinite(blocks), blocks, np.nan).reshape(len(blocks), -1)
+    count = np.isfinite(values).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        sd = np.nanstd(values, axis=1, ddof=1)
+    return np.where(count > 2, sd / np.sqrt(np.maximum(count, 1)), np.nan)
 
 
-def run_checks(sample: Callable, config, nbeta, *, n: int, curvature_inputs: tuple, data_batched: bool, key,
-               check_steps: int = CHECK_STEPS) -> dict[str, np.ndarray]:
-    """The checks for every instance; `sample(config, key) -> program outputs (instance-leading)`
-    runs chains for a (per-instance) `SGLDConfig`. Returns `(instance,)` arrays."""
+def _relative(a: np.ndarray, b: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean a - mean b) / |mean b| over healthy chains, and the means of a and b, `(instance,)`."""
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean_a = np.nanmean(np.where(ok, a, np.nan), axis=1)
+        mean_b = np.nanmean(np.where(ok, b, np.nan), axis=1)
+    return (mean_a - mean_b) / np.abs(mean_b), mean_a, mean_b
+
+
+def _trace_blocks(trace: np.ndarray, steps: np.ndarray, burnin: np.ndarray, every: int,
+                  groups: int = DIFF_BLOCKS) -> np.ndarray:
+    """Post-burn-in loss-trace blocks `(instance, chain, block)` averaged into `groups` batches
+    (NaN where a batch is empty)."""
+    n_blocks = trace.shape[-1]
+    starts = np.arange(n_blocks)[None, :] * every
+    post = (starts >= burnin[:, None]) & (starts < steps[:, None])  # (instance, block)
+    out = np.full(trace.shape[:2] + (groups,), np.nan)
+    for i in range(trace.shape[0]):
+        cols = np.flatnonzero(post[i])
+        for g, part in enumerate(np.array_split(cols, groups)):
+            if len(part):
+                out[i, :, g] = trace[i][:, part].mean(axis=1)
+    return out
+
+
+def run_checks(sample: Callable, sample_pair: Callable, config, nbeta, *, n: int, curvature_inputs: tuple,
+               data_batched: bool, key, check_steps: int = CHECK_STEPS) -> dict[str, np.ndarray]:
+    """The checks for every instance. `sample(config, key) -> program outputs (instance-leading)`
+    runs chains for a (per-instance) `SGLDConfig`; `sample_pair(config, key)` the coupled eps /
+    eps/3 pairs (`slt_superposition.coupled`). Returns `(instance,)` arrays."""
     steps = np.minimum(np.asarray(config.num_steps), check_steps)
     burnin = (steps * (np.asarray(config.num_burnin) / np.asarray(config.num_steps))).astype(np.int64)
-    short = dataclasses.replace(config, num_steps=steps, num_burnin=burnin, trace_every=max(1, int(steps.max()) // 50))
-    base = sample(short, key)
-    finer = sample(dataclasses.replace(short, step_size=np.asarray(config.step_size) / 3, num_steps=3 * steps,
-                                       num_burnin=3 * burnin, trace_every=3 * short.trace_every), key)
-    step_rel, step_se, _ = _paired(base, finer)
-    out = {"llc_check": np.nanmean(np.where(base["diverged"], np.nan, base["llc_per_chain"]), axis=1),
-           "llc_step_check": np.nanmean(np.where(finer["diverged"], np.nan, finer["llc_per_chain"]), axis=1),
-           "step_check_rel_diff": step_rel, "step_check_se": step_se}
+    every = max(1, int(steps.max()) // 50)
+    short = dataclasses.replace(config, num_steps=steps, num_burnin=burnin, trace_every=every)
+    nb = np.broadcast_to(np.asarray(nbeta, np.float64).reshape(-1) if np.ndim(nbeta) else nbeta, np.shape(
+        steps.reshape(-1)))
+    too_short = (steps - burnin).reshape(-1) < MIN_CHECK_DRAWS
+    pair = sample_pair(short, key)
+    pair_ok = ~np.asarray(pair["diverged"], bool)
+    step_rel, coarse, fine = _relative(np.asarray(pair["llc_coarse"], np.float64),
+                                       np.asarray(pair["llc_fine"], np.float64), pair_ok)
+    step_se = np.where(too_short, np.nan, _batch_means_se(np.asarray(pair["diff_blocks"], np.float64), pair_ok)
+                       / np.abs(fine))
+    out = {"llc_check": coarse, "llc_step_check": fine, "step_check_rel_diff": step_rel, "step_check_se": step_se}
     if config.batch_size is not None and config.batch_size < n:
+        base = sample(short, key)
         full = sample(dataclasses.replace(short, batch_size=None), key)
-        batch_rel, batch_se, full_mean = _paired(base, full)
-        out.update(llc_full_batch_check=full_mean, batch_check_rel_diff=batch_rel, batch_check_se=batch_se)
+        ok = ~(np.asarray(base["diverged"], bool) | np.asarray(full["diverged"], bool))
+        batch_rel, base_mean, full_mean = _relative(np.asarray(base["llc_per_chain"], np.float64),
+                                                    np.asarray(full["llc_per_chain"], np.float64), ok)
+        diff = np.asarray(base["loss_trace"], np.float64) - np.asarray(full["loss_trace"], np.float64)
+        blocks = nb.reshape(-1, 1, 1) * _trace_blocks(diff, steps.reshape(-1) * np.ones(len(diff), np.int64),
+                                                      burnin.reshape(-1) * np.ones(len(diff), np.int64), every)
+        out.update(llc_full_batch_check=full_mean, batch_check_rel_diff=batch_rel,
+                   batch_check_se=np.where(too_short, np.nan, _batch_means_se(blocks, ok) / np.abs(full_mean)))
     else:
         nan = np.full_like(step_rel, np.nan)
         out.update(llc_full_batch_check=nan, batch_check_rel_diff=nan, batch_check_se=nan)
@@ -79,7 +123,7 @@ def run_checks(sample: Callable, config, nbeta, *, n: int, curvature_inputs: tup
     curvature = curvature_batched(loss_fn, params, data, data_batched=data_batched, key=jax.random.fold_in(key, 7))
     gamma = np.broadcast_to(np.asarray(config.localization, np.float64).reshape(-1) if np.ndim(config.localization)
                             else config.localization, steps.reshape(-1).shape)
-    nb = np.broadcast_to(np.asarray(nbeta, np.float64).reshape(-1) if np.ndim(nbeta) else nbeta, gamma.shape)
+    nb = np.broadcast_to(nb, gamma.shape)
     eps = np.broadcast_to(np.asarray(config.step_size, np.float64).reshape(-1) if np.ndim(config.step_size)
                           else config.step_size, gamma.shape)
     out["hessian_top_eigenvalue"] = curvature["top"]
@@ -104,13 +148,13 @@ def attach(ds: xr.Dataset, checks: dict[str, np.ndarray], *, step_tol: float = S
     inst = ds["llc_mean"].dims
     shape = ds["llc_mean"].shape
     described = {
-        "llc_check": "LLC of the short check run at the estimate's step size", 
-        "llc_step_check": "LLC of the paired run at step size / 3 for 3x the steps (equal sampler time)",
+        "llc_check": "LLC of the short coupled check run at the estimate's step size",
+        "llc_step_check": "LLC of the coupled run at step size / 3 for 3x the steps (equal sampler time)",
         "step_check_rel_diff": "(llc_check - llc_step_check) / |llc_step_check|: discretisation bias check",
-        "step_check_se": "standard error of step_check_rel_diff (paired per-chain differences)",
+        "step_check_se": "standard error of step_check_rel_diff (batch means of the coupled difference)",
         "llc_full_batch_check": "LLC of the paired full-batch run at the estimate's step size (NaN: full batch)",
         "batch_check_rel_diff": "(llc_check - llc_full_batch_check) / |llc_full_batch_check|: minibatch bias check",
-        "batch_check_se": "standard error of batch_check_rel_diff (paired per-chain differences)",
+        "batch_check_se": "standard error of batch_check_rel_diff (batch means of the paired difference)",
         "hessian_top_eigenvalue": "largest eigenvalue of the Hessian of L_n at w*",
         "step_size_bound": "largest step size whose quadratic-approximation bias is at most 2%",
         "llc_quadratic": "quadratic-approximation LLC at the run's step size, localization and nbeta (curved "

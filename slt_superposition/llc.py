@@ -77,6 +77,7 @@ import xarray as xr
 from slt_superposition.chain import ChainShape, chunk_length, instance_program
 from slt_superposition.checks import attach as attach_checks
 from slt_superposition.checks import CHECK_STEPS, run_checks
+from slt_superposition.coupled import sample_coupled
 from slt_superposition.diagnostics import DIVERGENCE_FACTOR, rhat_and_ess
 from slt_superposition.errors import InputError, require
 from slt_superposition.observers import ChainSettings
@@ -438,7 +439,8 @@ def estimate_llc(loss_fn: Callable, params: PyTree, data: PyTree, *, config: SGL
     out = {name: value[0] for name, value in sample(config, key[None]).items()}
     ds = llc_dataset(out, config, nbeta=nbeta, n=n, d=d, dims={}, key=key)
     if checks:
-        found = run_checks(lambda cfg, k: sample(cfg, k[None]), config, nbeta, n=n, check_steps=check_steps,
+        found = run_checks(lambda cfg, k: sample(cfg, k[None]), lambda cfg, k: sample.pair(cfg, k[None]), config,
+                           nbeta, n=n, check_steps=check_steps,
                            curvature_inputs=(loss_fn, one, data), data_batched=False, key=jax.random.fold_in(key, 1))
         ds = attach_checks(ds, {name: value[0] for name, value in found.items()})
     return ds
@@ -452,6 +454,13 @@ def _sampler(loss_fn, params, data, nbeta, *, n, d, sizes, data_batched, mesh) -
         return sample_chains(loss_fn, params, data, keys, chain_settings(config, nbeta, n_inst, sizes),
                              chain_shape(config, n, d), data_batched=data_batched, mesh=mesh, progress=progress)
 
+    def sample_pair(config: SGLDConfig, keys) -> dict[str, np.ndarray]:
+        """The coupled eps / (eps / 3) pairs of the step-size check (`slt_superposition.coupled`)."""
+        return sample_coupled(loss_fn, params, data, keys, chain_settings(config, nbeta, n_inst, sizes),
+                              chain_shape(config, n, d), data_batched=data_batched, mesh=mesh,
+                              compiler_options=compiler_options())
+
+    sample.pair = sample_pair
     return sample
 
 
@@ -521,7 +530,8 @@ def estimate_llc_batched(
             print("bias checks (short paired runs at step size / 3 and with full batch) ...", file=sys.stderr)
         check_key = jax.random.fold_in(key, 1)
         found = run_checks(lambda cfg, k: sample(cfg, jax.random.split(k, n_inst),
-                                                 progress="bias checks" if verbose else None), config, nbeta, n=n,
+                                                 progress="bias checks" if verbose else None),
+                           lambda cfg, k: sample.pair(cfg, jax.random.split(k, n_inst)), config, nbeta, n=n,
                            curvature_inputs=(loss_fn, params, data), data_batched=data_batched, key=check_key,
                            check_steps=check_steps)
         ds = attach_checks(ds, found)
