@@ -29,6 +29,7 @@ import xarray as xr
 from analysis.weight_basis import hessian_spectrum, quadratic_llc_prediction
 from experiments import kgon_llc
 from slt_superposition.calibration import calibrate
+from slt_superposition import markdown
 from slt_superposition.experiments import module_command
 from slt_superposition.io import save_dataset
 from slt_superposition.llc import default_nbeta, estimate_llc
@@ -112,9 +113,29 @@ def run(out_dir: Path, *, quick: bool = False, command: str = "", progress: bool
         quick=quick, gammas=list(GAMMAS), cases=[list(c) for c in CASES], n=settings["n"],
         **{k: list(v) if isinstance(v, tuple) else v for k, v in settings["calibration"].items()})))
     save_dataset(ds, out_dir / "llc_localization.nc")
-    (out_dir / "report.md").write_text("# The LLC against the localization gamma (Chen et al. classes)\n\n"
-                                       f"Made by: `{command}`\n\n{table(ds)}")
+    (out_dir / "report.md").write_text(
+        markdown.opening("The LLC against the localization gamma (Chen et al. classes)", command, finding(ds))
+        + table(ds))
     return ds
+
+
+def finding(ds: xr.Dataset) -> str:
+    """One paragraph: per class, the estimate at the smallest and the largest gamma against the
+    class's lambda, and how many estimates lie within 2 SE of the quadratic prediction."""
+    parts = []
+    for label in dict.fromkeys(ds["label"].values.tolist()):
+        one = ds.isel(case=np.flatnonzero(ds["label"].values == label)).sortby("localization")
+        first, last = one.isel(case=0), one.isel(case=-1)
+        parts.append(f"{label} (lambda {float(first['llc_theory']):g}): {float(first['llc_mean']):.2f} +- "
+                     f"{float(first['llc_se']):.2f} at gamma {float(first['localization']):g}, "
+                     f"{float(last['llc_mean']):.2f} +- {float(last['llc_se']):.2f} at gamma "
+                     f"{float(last['localization']):g}")
+    near = np.abs(ds["llc_mean"] - ds["llc_quadratic"]) <= 2 * ds["llc_se"]
+    return (f"One calibrated config per class (chosen at gamma 1), run at gamma = "
+            f"{', '.join(f'{g:g}' for g in sorted(set(ds['localization'].values.tolist())))} with the same key: "
+            + "; ".join(parts) + f". {int(near.sum())} of {ds.sizes['case']} estimates lie within 2 SE of the "
+            "quadratic prediction at their gamma, which models the downward pull gamma puts on the curved "
+            "directions.")
 
 
 def main(argv: list[str] | None = None) -> None:
