@@ -24,13 +24,14 @@ so step sizes are compared on common random numbers.
    more than `max_steps` steps (`bias_consistent = 0` then).
 2. **Chain length.** At that step size, chains of `min_steps`, 2 `min_steps`, ... (burn-in
    `burnin_fraction`) until the estimate moved by at most `rel_tol` over the last doubling and
-   over the last two (no noise allowance: at singular points the estimate creeps up with the
-   sampler time), with R-hat <= `max_rhat`. `localization` may be a sequence: instances whose
-   estimate never settles move to the next (stronger) localization and start over.
+   over the last two, or by at most `noise_sd` (2) standard errors of the change (batch means pooled over
+   chains: the windows of a chain and its doubling do not overlap), with R-hat <= `max_rhat`.
+   `localization` may be a sequence: instances whose estimate never settles move to the next
+   (stronger) localization and start over.
 3. **Discretisation bias at the chosen sampler time.** Along long chains the walkers drift
    into regions of higher curvature; the stage-2 estimate is compared with the next smaller
    step size at the same sampler time (at most `long_check_max_steps`), walking down while
-   the linear-fit bias exceeds `bias_tol` (no noise allowance).
+   the linear-fit bias exceeds both `bias_tol` and `noise_sd` standard errors of the fit.
 4. **Minibatch bias.** At the chosen step size, a short run (at most `batch_check_steps`) with
    the minibatch and the same run with full batch, paired (same keys): the minibatch estimate
    must be within `batch_tol` (2%) of the full-batch one, allowing 2 SE of the paired
@@ -67,10 +68,13 @@ from slt_superposition.provenance import provenance_attrs
 PyTree = Any
 DEFAULT_STEP_SIZES = tuple(float(10.0 ** (e / 2)) for e in range(-16, -7))  # 1e-8 .. 1e-4
 TRACE_BLOCKS = 128  # loss-trace blocks per calibration chain (R-hat reads the post-burn-in ones)
+BATCH_MEANS = 8  # batches per chain for the batch-means standard error
 
 
 class Runs(NamedTuple):
-    """One estimate per instance, arrays `(instance,)`."""
+    """One estimate per instance, arrays `(instance,)`. `llc_se` is the larger of the standard
+    error over chains and the batch-means one (`batch_means_se`), so that 2 chains do not give
+    a standard error from one degree of freedom."""
 
     llc: np.ndarray
     llc_se: np.ndarray
@@ -86,6 +90,25 @@ class Sampler(NamedTuple):
 
     run: Callable[..., Runs]
     n_instances: int
+
+
+def batch_means_se(trace: np.ndarray, post: np.ndarray, chains: np.ndarray, groups: int = BATCH_MEANS) -> np.ndarray:
+    """Standard error of the post-burn-in mean loss from batch means: each healthy chain's
+    post-burn-in trace blocks `trace (instance, chain, block)` (`post (instance, block)`,
+    `chains (instance, chain)`) averaged into `groups` consecutive batches, pooled over chains.
+    Returns `(instance,)` (NaN with fewer than 3 batches)."""
+    n_inst, n_chains, _ = trace.shape
+    out = np.full(n_inst, np.nan)
+    for i in range(n_inst):
+        cols = np.flatnonzero(post[i])
+        use = np.flatnonzero(chains[i])
+        if len(cols) < groups or len(use) == 0:
+            continue
+        means = np.stack([trace[i][np.ix_(use, part)].mean(axis=1) for part in np.array_split(cols, groups)], axis=1)
+        values = means[np.isfinite(means)]
+        if values.size > 2:
+            out[i] = values.std(ddof=1) / np.sqrt(values.size)
+    return out
 
 
 def _bucket(count: int, n_inst: int) -> int:
@@ -140,6 +163,7 @@ def _sampler(loss_fn, params, data, *, data_batched, n, d, nbeta, num_chains, bu
         block_starts = np.arange(TRACE_BLOCKS)[None, :] * every[:, None]
         post = (block_starts >= burnin[:, None]) & np.isfinite(trace).all(axis=1, where=healthy[:, :, None])
         rhat = masked_rhat(trace, post, healthy & (steps > 0)[:, None])
+        se = np.fmax(se, nbeta * batch_means_se(trace, post, healthy))
         return Runs(llc, se, acc, diverged.sum(axis=1), rhat, per_chain)
 
     return Sampler(run, n_inst)
@@ -259,14 +283,20 @@ class LengthStage(NamedTuple):
     tried_steps: np.ndarray
 
 
-def _stable(before: np.ndarray, now: Runs, rel_tol: float, max_rhat: float) -> np.ndarray:
+def _stable(before: np.ndarray, before_se: np.ndarray, now: Runs, rel_tol: float, max_rhat: float,
+            noise_sd: float) -> np.ndarray:
+    """The estimate moved by at most `rel_tol` of itself, or by at most `noise_sd` standard errors
+    of the change (the post-burn-in windows of a chain and its doubling do not overlap, so their errors
+    add in quadrature), with R-hat <= `max_rhat` and no divergence."""
     change = np.abs(now.llc - before)
+    noise = noise_sd * np.hypot(np.nan_to_num(before_se, nan=np.inf), np.nan_to_num(now.llc_se, nan=np.inf))
     rhat_ok = ~(now.rhat > max_rhat)  # NaN does not block
-    return (change <= rel_tol * np.abs(now.llc)) & rhat_ok & (now.n_diverged == 0)
+    return (change <= np.maximum(rel_tol * np.abs(now.llc), np.where(np.isfinite(noise), noise, 0.0))) & rhat_ok \
+        & (now.n_diverged == 0)
 
 
-def length_stage(sampler: Sampler, key, eps, localizations, *, min_steps, max_steps, rel_tol, max_rhat, batch_size,
-                 progress) -> LengthStage:
+def length_stage(sampler: Sampler, key, eps, localizations, *, min_steps, max_steps, rel_tol, max_rhat, noise_sd,
+                 batch_size, progress) -> LengthStage:
     n_inst = sampler.n_instances
     lengths = [int(min_steps)]
     while lengths[-1] * 2 <= max_steps:
@@ -297,8 +327,8 @@ def length_stage(sampler: Sampler, key, eps, localizations, *, min_steps, max_st
                                                                              res.rhat[running])
                 done = np.zeros(n_inst, bool)
                 if r >= 2:
-                    done = running & _stable(llc_g[:, r - 2], res, rel_tol, max_rhat) & \
-                        _stable(llc_g[:, r - 1], res, rel_tol, max_rhat)
+                    done = running & _stable(llc_g[:, r - 2], se_g[:, r - 2], res, rel_tol, max_rhat, noise_sd) & \
+                        _stable(llc_g[:, r - 1], se_g[:, r - 1], res, rel_tol, max_rhat, noise_sd)
                 final_steps = np.where(running, steps, final_steps)
                 tried_llc[running, g] = res.llc[running]
                 tried_steps[running, g] = steps
@@ -327,8 +357,8 @@ class LongCheckStage(NamedTuple):
     bias: np.ndarray
 
 
-def long_check_stage(sampler: Sampler, key, step_sizes, start_index, final_steps, start_llc, localization, *,
-                     long_check_max_steps, bias_tol, batch_size, progress) -> LongCheckStage:
+def long_check_stage(sampler: Sampler, key, step_sizes, start_index, final_steps, start_llc, start_se, localization, *,
+                     long_check_max_steps, bias_tol, noise_sd, batch_size, progress) -> LongCheckStage:
     eps_grid = np.asarray(step_sizes)
     n_inst = sampler.n_instances
     K = int(start_index.max()) + 1
@@ -337,7 +367,7 @@ def long_check_stage(sampler: Sampler, key, step_sizes, start_index, final_steps
     rows = np.arange(n_inst)
     eps_k[:, 0], steps_k[:, 0], llc_k[:, 0] = eps_grid[start_index], final_steps, start_llc
     long_time = eps_grid[start_index] * final_steps
-    index, current, j = start_index.copy(), start_llc.copy(), np.zeros(n_inst, np.int64)
+    index, current, current_se, j = start_index.copy(), start_llc.copy(), start_se.copy(), np.zeros(n_inst, np.int64)
     steps_at = lambda i: np.maximum(2, np.round(long_time / eps_grid[i]).astype(np.int64))
     active = (index > 0) & (steps_at(np.maximum(index - 1, 0)) <= long_check_max_steps)
     with progress_bar(None, "calibrate: long-chain bias check", progress) as bar:
@@ -347,13 +377,16 @@ def long_check_stage(sampler: Sampler, key, step_sizes, start_index, final_steps
                                 batch_size)
             bar.update()
             hi, lo = eps_grid[index], eps_grid[lo_index]
-            b = (current - lower.llc) * hi / np.where(active, hi - lo, 1.0)
+            factor = hi / np.where(active, hi - lo, 1.0)
+            b = (current - lower.llc) * factor
             bias_k[rows[active], j[active]] = b[active]
-            ok = np.isfinite(b) & (np.abs(b) <= bias_tol * np.abs(current - b))
+            noise = noise_sd * factor * np.hypot(np.nan_to_num(current_se), np.nan_to_num(lower.llc_se))
+            ok = np.isfinite(b) & (np.abs(b) <= np.maximum(bias_tol * np.abs(current - b), noise))
             move = active & ~ok
             j = np.where(move, j + 1, j)
             index = np.where(move, lo_index, index)
             current = np.where(move, lower.llc, current)
+            current_se = np.where(move, lower.llc_se, current_se)
             eps_k[rows[move], j[move]] = lo[move]
             steps_k[rows[move], j[move]] = steps_at(lo_index)[move]
             llc_k[rows[move], j[move]] = lower.llc[move]
@@ -437,6 +470,7 @@ def calibrate_batched(
     burnin_fraction: float = 0.5,
     rel_tol: float = 0.05,
     max_rhat: float = 1.1,
+    noise_sd: float = 2.0,
     bias_tol: float = 0.05,
     bias_check_steps: int | None = None,
     long_check_max_steps: int | None = None,
@@ -495,11 +529,14 @@ def calibrate_batched(
                              progress=progress)
     eps_grid = np.asarray(step_sizes)
     length = length_stage(sampler, length_key, eps_grid[short.index], localizations, min_steps=min_steps,
-                          max_steps=max_steps, rel_tol=rel_tol, max_rhat=max_rhat, batch_size=batch_size,
+                          max_steps=max_steps, rel_tol=rel_tol, max_rhat=max_rhat, noise_sd=noise_sd,
+                          batch_size=batch_size,
                           progress=progress)
-    last = np.array([row[np.isfinite(row)][-1] if np.isfinite(row).any() else np.nan for row in length.llc])
-    long = long_check_stage(sampler, length_key, step_sizes, short.index, length.final_steps, last,
+    last_of = lambda rows: np.array([row[np.isfinite(row)][-1] if np.isfinite(row).any() else np.nan for row in rows])
+    last, last_se = last_of(length.llc), last_of(length.llc_se)
+    long = long_check_stage(sampler, length_key, step_sizes, short.index, length.final_steps, last, last_se,
                             length.localization, long_check_max_steps=long_check_max_steps, bias_tol=bias_tol,
+                            noise_sd=noise_sd,
                             batch_size=batch_size, progress=progress)
     final_eps = eps_grid[long.final_index]
     final_steps = np.array([row[row > 0][-1] for row in long.num_steps])
@@ -515,7 +552,8 @@ def calibrate_batched(
     settings = dict(localization=localizations, nbeta=nbeta, batch_size=batch_size, num_chains=num_chains,
                     step_sizes=step_sizes, sweep_steps=sweep_steps, target_acceptance=target_acceptance,
                     max_acceptance_drop=max_acceptance_drop, min_steps=min_steps, max_steps=max_steps,
-                    burnin_fraction=burnin_fraction, rel_tol=rel_tol, max_rhat=max_rhat, bias_tol=bias_tol,
+                    burnin_fraction=burnin_fraction, rel_tol=rel_tol, max_rhat=max_rhat, noise_sd=noise_sd,
+                    bias_tol=bias_tol,
                     bias_check_steps=short.check_steps.tolist(), bias_check_sampler_time=short.check_time.tolist(),
                     long_check_max_steps=long_check_max_steps, curvature_tol=curvature_tol, batch_tol=batch_tol,
                     batch_check_steps=batch_check_steps,
@@ -627,6 +665,7 @@ def calibration_dataset(dims, step_sizes, sweep: SweepStage, short: ShortBiasSta
         nbeta=nbeta,
         bias_tol=settings["bias_tol"],
         rel_tol=settings["rel_tol"],
+        noise_sd=settings["noise_sd"],
         chosen_batch_size=-1 if batch.chosen is None else int(batch.chosen),
         step_size_rule=(
             f"largest step size such that it and every smaller one has no divergent chain, MALA acceptance >= "
@@ -638,7 +677,8 @@ def calibration_dataset(dims, step_sizes, sweep: SweepStage, short: ShortBiasSta
             f"{settings['max_steps']} steps"),
         length_rule=(
             f"double the chain length from {settings['min_steps']} (at most {settings['max_steps']}) until the "
-            f"estimate moved by <= {settings['rel_tol']:.0%} over the last doubling and over the last two, with R-hat "
+            f"estimate moved by <= max({settings['rel_tol']:.0%}, {settings['noise_sd']:g} SE of the change) over the "
+            f"last doubling and over the last two, with R-hat "
             f"<= {settings['max_rhat']} and no divergence, trying the localizations {settings['localization']} in "
             f"turn; then, at that sampler time, step down while the next smaller step size (at most "
             f"{settings['long_check_max_steps']} steps) differs by more than {settings['bias_tol']:.0%} (no noise "
