@@ -69,7 +69,10 @@ def test_bias_check_rule(calibrated):
     if consistent[i]:  # its linear-fit bias is small against the eps -> 0 extrapolation
         bias, llc0 = float(ds["bias"].values[i]), float(ds["llc_extrapolated"].values[i])
         np.testing.assert_allclose(ds["llc_bias_check"].values[i] - bias, llc0, rtol=1e-6)
-        assert abs(bias) <= ds.attrs["bias_tol"] * abs(llc0) or np.isfinite(ds["llc_se_bias_check"].values[i])
+        # the rule |bias| <= max(bias_tol |lambda0|, 2 SE of the bias) needs the smaller step size's SE, which
+        # the dataset does not store: tests/test_calibration_rules.py checks it on a stub sampler. Here: the
+        # bias had a finite standard error to be judged by.
+        assert np.isfinite(ds["llc_se_bias_check"].values[i])
     else:  # no smaller step size, or it would have needed more than max_steps for the common sampler time
         assert i == 0 or ds.attrs["bias_check_sampler_time"] / float(ds["step_size"][i - 1]) > 2000
     # healthy step sizes above the chosen one were rejected by the bias check

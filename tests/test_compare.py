@@ -94,7 +94,21 @@ def test_fragility_is_zero_for_a_flat_grid():
     out = fragility(ds)
     assert not out["geometry_changes"].any()
     np.testing.assert_allclose(out["dllc_dlogp"].values, 0.0)
-    assert relations  # imported for the public API
+
+
+def test_relations_reads_the_budget_or_falls_back_to_d_eff():
+    # with the degeneracy budget: undercomplete where the excess is above 2 of its SE; k > m = 2 overcomplete
+    ds = xr.Dataset({"excess_degeneracy": ("i", [3.0, 1.0, 3.0]), "excess_degeneracy_se": ("i", [1.0, 1.0, 1.0]),
+                     "n_represented": ("i", [5, 5, 2])}, attrs={"n_hidden": 2})
+    out = relations(ds)
+    np.testing.assert_array_equal(out["weights_undercomplete"].values, [True, False, True])
+    np.testing.assert_array_equal(out["activations_overcomplete"].values, [True, True, False])
+    np.testing.assert_array_equal(out["undercomplete_weights_overcomplete_activations"].values, [True, False, False])
+    assert "excess_degeneracy" in out["weights_undercomplete"].attrs["long_name"]
+    # without it: d_eff = 2 llc below d = 15 by more than 2 SE of d_eff (4 SE of llc)
+    ds = xr.Dataset({"d_eff": ("i", [10.0, 14.0, 10.0]), "llc_standard_error": ("i", [0.5, 0.5, 2.0]),
+                     "n_parameters": 15, "n_represented": ("i", [5, 5, 5])}, attrs={"n_hidden": 2})
+    np.testing.assert_array_equal(relations(ds)["weights_undercomplete"].values, [True, False, False])
 
 
 @pytest.mark.slow
