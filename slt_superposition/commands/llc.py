@@ -26,7 +26,11 @@ def llc(
     path: Path = typer.Argument(..., help="A trained grid ('train' dataset, .nc) from `slt-superposition train`."),
     out: Path = typer.Option(..., "--out", "-o", help="Output LLC dataset (.nc)."),
     step_size: float = typer.Option(1e-3, "--step-size", help="SGLD step size eps."),
-    localization: float = typer.Option(100.0, "--localization", help="Localization strength gamma (pull towards w*)."),
+    localization: float = typer.Option(
+        1.0, "--localization",
+        help="Localization strength gamma (pull towards w*); 1, as calibrate and the flagship use. Larger gamma "
+             "shrinks every curved direction's count by nbeta h / (nbeta h + gamma) (docs/experiments/"
+             "llc_localization.md)."),
     nbeta: str = typer.Option(
         "n", "--nbeta",
         help="Inverse temperature: 'n' = n/log n (the papers), 'batch' = batch/log batch (devinterp 1.3's default), "
