@@ -169,3 +169,43 @@ def default_observers(n_parameters: int, n_blocks: int) -> tuple[Observer, ...]:
     """The observers behind every `llc` dataset."""
     return (llc_observer(), acceptance_observer(), below_init_observer(), divergence_observer(n_parameters),
             trace_observer(n_blocks))
+
+
+class _MomentsState(NamedTuple):
+    ref_phi: jax.Array
+    ref_delta: jax.Array
+    sum_phi: jax.Array
+    sum_delta: jax.Array
+    sum_cross: jax.Array
+
+
+def moments_observer(evaluate: Callable[[jax.Array], tuple[jax.Array, jax.Array]]) -> Observer:
+    """Post-burn-in moments of per-draw values, for covariances along the chain (susceptibilities).
+
+    `evaluate(w) -> (phi (K,), delta (J,))` at a flat position w (observables and loss
+    differences, `slt_superposition.susceptibility`). Values are centred at w* (phi* =
+    phi(w*), delta* = delta(w*)) so float32 sums keep the fluctuations' digits. Outputs, means
+    over the post-burn-in steps at the pre-step position w_t: `observable_offset (K,)` of
+    phi - phi*, `delta_offset (J,)` of delta - delta*, `cross_moment (K, J)` of
+    (phi - phi*)(delta - delta*); the chain's covariance is cross_moment - outer(offsets).
+    """
+
+    def init(w_star, settings):
+        phi, delta = evaluate(w_star)
+        return _MomentsState(phi, delta, jnp.zeros_like(phi), jnp.zeros_like(delta),
+                             jnp.zeros(phi.shape + delta.shape, phi.dtype))
+
+    def update(state, ctx, info, settings):
+        phi, delta = evaluate(info.position)
+        a, c = phi - state.ref_phi, delta - state.ref_delta
+        keep = lambda total, value: total + jnp.where(ctx.post, value, 0.0)
+        return state._replace(sum_phi=keep(state.sum_phi, a), sum_delta=keep(state.sum_delta, c),
+                              sum_cross=keep(state.sum_cross, a[:, None] * c[None, :]))
+
+    def finalize(state, settings):
+        draws = _draws(settings)
+        return {"observable_offset": state.sum_phi / draws, "delta_offset": state.sum_delta / draws,
+                "cross_moment": state.sum_cross / draws, "observable_at_init": state.ref_phi,
+                "delta_at_init": state.ref_delta}
+
+    return Observer(init, update, finalize)

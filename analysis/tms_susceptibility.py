@@ -1,0 +1,94 @@
+"""TMS inputs for `slt_superposition.estimate_susceptibilities`: paired perturbed data, the loss
+differences they define, and per-feature observables of the sampled weights.
+
+Data layout: a dict {"x": (n, feature), and one paired array per perturbation}. Paired samples
+share their randomness: `probability_shift` draws one uniform u per entry and reads it under both
+feature probabilities (present iff u < p, value u / p: the generator of `toy_models.data.sparse_uniform`),
+so x and x' differ only where the perturbation acts and Delta L has small variance.
+
+Perturbations (Delta L = L_{q'} - L_q, each a function `(params, data) -> scalar`):
+- probability of feature i raised by a factor (paired data `x_p{i}`);
+- importance of feature i changed by `delta_importance` (no new data: Delta L is
+  delta_importance times feature i's reconstruction loss);
+- a correlation between features i and j (paired data `x_c{i}{j}`: where exactly one of the two
+  is present, the other is switched on with probability `strength`, same value u / p).
+
+Observables (functions `(params, data) -> scalar`): feature i's reconstruction loss on x,
+||W_i||, and its dimensionality D_i = ||W_i||^2 / sum_j (W_i_hat . W_j)^2.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from toy_models.tms import tms_forward, tms_loss
+
+
+def _read(u, p):
+    return jnp.where(u < p, u / p, 0.0)
+
+
+def paired_data(key, n_samples: int, n_features: int, feature_probability, *, probability_features=(),
+                factor: float = 1.5, correlated_pairs=(), strength: float = 0.5) -> dict:
+    """x under q, and one paired array per perturbation (see the module doc). `feature_probability`
+    scalar or `(n_features,)`. Returns {"x": (n, feature), "x_p{i}": ..., "x_c{i}_{j}": ...}."""
+    u_key, c_key = jax.random.split(key)
+    p = jnp.broadcast_to(jnp.asarray(feature_probability, jnp.float32), (n_features,))
+    u = jax.random.uniform(u_key, (n_samples, n_features))
+    x = _read(u, p)
+    out = {"x": x}
+    for i in probability_features:
+        out[f"x_p{i}"] = _read(u, p.at[i].set(jnp.minimum(1.0, p[i] * factor)))
+    coin = jax.random.uniform(c_key, (n_samples,))
+    for i, j in correlated_pairs:
+        on_i, on_j = x[:, i] > 0, x[:, j] > 0
+        switch = coin < strength
+        xc = x.at[:, j].set(jnp.where(on_i & ~on_j & switch, x[:, i], x[:, j]))
+        xc = xc.at[:, i].set(jnp.where(on_j & ~on_i & switch, x[:, j], xc[:, i]))
+        out[f"x_c{i}_{j}"] = xc
+    return out
+
+
+def tms_data_loss(params, data, importance=1.0):
+    """The TMS loss on data["x"] (`toy_models.tms.tms_loss`)."""
+    return tms_loss(params, data["x"], importance)
+
+
+def probability_delta(i: int, importance=1.0):
+    """Delta L of raising feature i's probability: L(x_p{i}) - L(x)."""
+    return lambda params, data: tms_loss(params, data[f"x_p{i}"], importance) - tms_loss(params, data["x"], importance)
+
+
+def correlation_delta(i: int, j: int, importance=1.0):
+    """Delta L of correlating features i and j: L(x_c{i}_{j}) - L(x)."""
+    return lambda params, data: (tms_loss(params, data[f"x_c{i}_{j}"], importance)
+                                 - tms_loss(params, data["x"], importance))
+
+
+def feature_loss(i: int):
+    """Feature i's reconstruction loss on x: mean over samples of (x_i - x'_i)^2 (unweighted)."""
+    return lambda params, data: jnp.mean((data["x"][:, i] - tms_forward(params, data["x"])[:, i]) ** 2)
+
+
+def importance_delta(i: int, delta_importance: float = 0.5, importance=1.0):
+    """Delta L of changing feature i's importance by `delta_importance`."""
+    loss_i = feature_loss(i)
+    return lambda params, data: delta_importance * loss_i(params, data)
+
+
+def feature_norm(i: int):
+    """||W_i||, the length of feature i's column."""
+    return lambda params, data: jnp.linalg.norm(params["W"][:, i])
+
+
+def feature_dimensionality(i: int, eps: float = 1e-12):
+    """D_i = ||W_i||^2 / sum_j (W_i_hat . W_j)^2 (Elhage et al.)."""
+
+    def D(params, data):
+        W = params["W"]
+        norm2 = jnp.sum(W[:, i] ** 2)
+        hat = W[:, i] / jnp.sqrt(norm2 + eps)
+        return norm2 / (jnp.sum((hat @ W) ** 2) + eps)
+
+    return D
