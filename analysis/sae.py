@@ -11,8 +11,12 @@ TopK of any sample for `dead_after_tokens` training samples (counted in steps of
 `batch_size` samples); the residual e = x - x_hat (no gradient) is then reconstructed from the
 `k_aux` largest pre-activations among dead latents only, and |e - e_hat|^2 / Var(e) is added
 with weight `aux_coef` (1/32 as in the paper), which pulls dead latents back towards data.
-Differences from the paper: b_pre starts at the mean of the activations (the paper uses the
-geometric median; for toy activations the difference is immaterial), the reconstruction loss is
+b_pre starts at the geometric median of the activations, as in the paper (Weiszfeld iterations
+from the mean; on sparse toy activations most samples are exactly 0, and so is the median). It
+is trained, and can still drift: on a TMS square (two antipodal pairs) one initialisation ends
+with b_pre near one feature's column and one latent covering that pair and the all-zero samples
+(FVU 0.039 against 0.015 at the right dictionary; docs/experiments/sae_recovery.md), which is why
+restarts chosen by FVU help. Differences from the paper: the reconstruction loss is
 normalised by the variance of the whole activation set rather than of each batch (a batch of a
 very sparse toy model can be all zeros), and `k_aux` defaults to max(1, hidden // 2) (the paper:
 a power of two near d_model / 2).
@@ -24,6 +28,24 @@ reconstruct anything, receive zero gradient (hence zero Adam updates) and are ne
 training is then `vmap` over dictionary sizes inside `vmap` over instances inside one `lax.scan`
 over steps. The price is compute on the padding (sum of L_max over sizes instead of sum of
 sizes), negligible at toy widths. In the result, decoder columns beyond a dictionary's size are NaN.
+
+Kinds (`kind=`), all with the same encoder, decoder and AuxK; only the codes or the loss differ:
+
+- `topk`: the above (Gao et al. 2024).
+- `batch-topk`: the k * batch largest ReLU pre-activations of the whole batch are kept (a sample
+  may use more or fewer than k latents); k is a mean and need not be whole: on sparse data it
+  should be the expected number of active features (a pentagon at p = 0.05: k = 0.25; with k = 1
+  three quarters of the codes go to all-zero samples and the dictionary is not recovered). At evaluation a fixed threshold replaces the batch: the
+  (k * N)-th largest ReLU pre-activation over the N training activations, so codes are
+  `pre * (pre > threshold)` and the mean L0 on the training set is k (stored as `threshold`).
+- `multi-topk`: loss L(k) + L(4k) / 8, where L(k') is the normalised reconstruction MSE from the
+  TopK(k') codes (Gao et al. 2024, section 5.3): the dictionary is trained to reconstruct at both
+  k and 4k, a progressive code. Evaluation uses k.
+- `matryoshka`: TopK(k) codes over the whole dictionary; the loss is the mean, over nested
+  prefixes j (the first j latents), of the normalised MSE of the reconstruction from those j
+  latents' codes alone (Bussmann et al. 2025, arXiv 2503.17547; they use BatchTopK and a few
+  prefix sizes; here per-sample TopK and, by default, every prefix 1..dict_size, the finest
+  nesting). Early latents must reconstruct on their own, so the latents come out ordered.
 
 The nnx `TopKSAE` module wraps the same parameter dict for users who want a module object;
 the pure functions `sae_init_params`, `sae_encode`, `sae_decode`, `sae_loss` are what is jitted.
@@ -93,18 +115,67 @@ def sae_decode(params, z: jax.Array) -> jax.Array:
     return z @ params["W_dec"].T + params["b_pre"]
 
 
-def sae_loss(params, x, *, k: int, variance, latent_mask=None, dead_mask=None, k_aux: int = 1, aux_coef=1 / 32):
-    """Normalised reconstruction loss + aux_coef * AuxK, for `x: (batch, hidden)`.
+KINDS = ("topk", "batch-topk", "multi-topk", "matryoshka")
+SCHEDULES = ("constant", "decay")  # decay: linear to 0 over the last 20% of the steps (Gao et al.)
+
+
+def _n_kept(k, n_samples: int):
+    """round(k * n_samples), at least 1; `k` may be a traced scalar (one program for many k)."""
+    return jnp.maximum(1, jnp.round(jnp.asarray(k, jnp.float32) * n_samples).astype(jnp.int32))
+
+
+def batch_topk_codes(pre: jax.Array, k: float) -> jax.Array:
+    """BatchTopK: keep the `round(k * batch)` largest entries of `pre: (batch, latent)` as a whole
+    (then ReLU); `k` is the mean number of codes per sample and need not be whole."""
+    pre_const = jax.lax.stop_gradient(pre)
+    flat = jnp.sort(pre_const.reshape(-1))
+    threshold = flat[flat.shape[0] - _n_kept(k, pre.shape[0])]
+    return jnp.where(pre_const >= threshold, jax.nn.relu(pre), 0.0)
+
+
+def threshold_codes(pre: jax.Array, threshold) -> jax.Array:
+    """JumpReLU-style codes `pre * (pre > threshold)` (BatchTopK at inference); `pre: (..., latent)`."""
+    return jnp.where(pre > threshold, jax.nn.relu(pre), 0.0)
+
+
+def _normalised_mse(x, x_hat, variance):
+    return jnp.mean(jnp.sum((x - x_hat) ** 2, axis=-1)) / variance
+
+
+def prefix_mse(params, x, z, variance) -> jax.Array:
+    """Normalised MSE of the reconstruction from the first j latents' codes, for every j: `(latent,)`.
+
+    `x: (batch, hidden)`, `z: (batch, latent)`; entry j-1 uses latents 0..j-1 (cumulative sum of the
+    latents' contributions z_l d_l).
+    """
+    contributions = z[:, None, :] * params["W_dec"][None]  # (batch, hidden, latent)
+    x_hat = jnp.cumsum(contributions, axis=-1) + params["b_pre"][None, :, None]
+    return jnp.mean(jnp.sum((x[:, :, None] - x_hat) ** 2, axis=1), axis=0) / variance
+
+
+def sae_loss(params, x, *, k: int, variance, latent_mask=None, dead_mask=None, k_aux: int = 1, aux_coef=1 / 32,
+             kind: str = "topk", prefix_weights=None):
+    """Training loss of an SAE of `kind` (see the module docstring) + aux_coef * AuxK, `x: (batch, hidden)`.
 
     `variance`: mean |x - mean x|^2 of the whole activation set (the normaliser).
-    `dead_mask: (latent,)` marks dead latents (None: no AuxK term). Returns
-    `(loss, (z, normalised_mse))`.
+    `dead_mask: (latent,)` marks dead latents (None: no AuxK term). `prefix_weights: (latent,)`
+    (matryoshka only): weight of the prefix of each length (entry j-1: the first j latents);
+    None weights every prefix within `latent_mask` equally. Returns `(loss, (z, normalised_mse))`
+    with `z` the codes and `normalised_mse` the reconstruction term at k.
     """
     pre = sae_preactivations(params, x, latent_mask)
-    z = _topk_codes(pre, k)
+    z = batch_topk_codes(pre, k) if kind == "batch-topk" else _topk_codes(pre, k)
     x_hat = sae_decode(params, z)
-    mse = jnp.mean(jnp.sum((x - x_hat) ** 2, axis=-1)) / variance
-    loss = mse
+    mse = _normalised_mse(x, x_hat, variance)
+    if kind == "multi-topk":
+        loss = mse + _normalised_mse(x, sae_decode(params, _topk_codes(pre, min(4 * k, pre.shape[-1]))), variance) / 8
+    elif kind == "matryoshka":
+        weights = prefix_weights
+        if weights is None:
+            weights = jnp.ones(pre.shape[-1]) if latent_mask is None else latent_mask.astype(jnp.float32)
+        loss = jnp.sum(weights * prefix_mse(params, x, z, variance)) / jnp.sum(weights)
+    else:
+        loss = mse
     if dead_mask is not None:
         e = jax.lax.stop_gradient(x - x_hat)
         z_aux = _topk_codes(jnp.where(dead_mask, pre, -jnp.inf), k_aux)
@@ -213,30 +284,72 @@ def recovered_overcompleteness(
 # --------------------------------------------------------------------------- training
 
 
-def _train_program(activations, eval_activations, init_keys, step_keys, masks, *, k, k_aux, aux_coef,
-                   batch_size, dead_after_steps, learning_rate, log_every):
+def geometric_median(x: jax.Array, iterations: int = 50) -> jax.Array:
+    """Weiszfeld's iteration for the geometric median of `x: (sample, hidden)`, from the mean.
+
+    A sample at the current estimate would divide by zero; its weight is capped at 1 / 1e-8
+    (which leaves the estimate there when more than half the samples sit at one point, as the
+    all-zero activations of a sparse TMS do: the median is that point).
+    """
+    def step(y, _):
+        w = 1.0 / jnp.maximum(jnp.linalg.norm(x - y, axis=-1), 1e-8)
+        return jnp.sum(w[:, None] * x, axis=0) / jnp.sum(w), None
+
+    return jax.lax.scan(step, x.mean(axis=0), None, length=iterations)[0]
+
+
+def _learning_rate(learning_rate: float, schedule: str, steps: int):
+    if schedule == "constant":
+        return learning_rate
+    decay_steps = max(1, steps // 5)
+    return optax.join_schedules(
+        [optax.constant_schedule(learning_rate), optax.linear_schedule(learning_rate, 0.0, decay_steps)],
+        [steps - decay_steps])
+
+
+def encode_with(params, x, *, kind: str, k: int, latent_mask=None, threshold=None) -> jax.Array:
+    """Evaluation codes `(batch, latent)` of an SAE of `kind`: TopK(k) per sample, or for
+    batch-topk the fixed `threshold` (see the module docstring)."""
+    pre = sae_preactivations(params, x, latent_mask)
+    return threshold_codes(pre, threshold) if kind == "batch-topk" else _topk_codes(pre, k)
+
+
+def batch_topk_threshold(params, x, k: float, latent_mask=None) -> jax.Array:
+    """The round(k * N)-th largest ReLU pre-activation over `x: (N, hidden)`: the inference
+    threshold of a BatchTopK SAE (mean L0 about k on `x`)."""
+    pre = jax.nn.relu(sae_preactivations(params, x, latent_mask)).reshape(-1)
+    return jnp.sort(pre)[pre.shape[0] - _n_kept(k, x.shape[0])]
+
+
+def _train_program(activations, eval_activations, init_keys, step_keys, masks, prefix_weights, k_mean, *, k, k_aux,
+                   aux_coef, batch_size, dead_after_steps, learning_rate, log_every, kind, schedule, train_b_pre):
     """Train every (instance, dict size) in one scan; activations `(instance, sample, hidden)`."""
-    optimizer = optax.adam(learning_rate, eps=6.25e-10)
+    n_steps = step_keys.shape[0]
+    optimizer = optax.adam(_learning_rate(learning_rate, schedule, n_steps), eps=6.25e-10)
     n_inst, n_samples, d_in = activations.shape
     n_sizes, n_latents = masks.shape
     mean = activations.mean(axis=1)  # (instance, hidden)
     variance = jnp.mean(jnp.sum((activations - mean[:, None]) ** 2, axis=-1), axis=1)  # (instance,)
+    median = jax.vmap(geometric_median)(activations)  # (instance, hidden): b_pre's start
 
     def init_one(key, b_pre):
         params = sae_init_params(key, d_in, n_latents, b_pre)
         return params, optimizer.init(params), jnp.zeros((n_latents,), jnp.int32)
 
-    state = jax.vmap(lambda keys, b: jax.vmap(lambda kk: init_one(kk, b))(keys))(init_keys, mean)
+    state = jax.vmap(lambda keys, b: jax.vmap(lambda kk: init_one(kk, b))(keys))(init_keys, median)
 
-    def update_one(state, batch, mask, var):
+    def update_one(state, batch, mask, weights, var, k_inst):
         params, opt_state, since_fired = state
         dead = (since_fired >= dead_after_steps) & mask
         grad_fn = jax.value_and_grad(sae_loss, has_aux=True)
         (loss, (z, mse)), grads = grad_fn(
-            params, batch, k=k, variance=var, latent_mask=mask, dead_mask=dead, k_aux=k_aux, aux_coef=aux_coef
+            params, batch, k=k_inst if kind == "batch-topk" else k, variance=var, latent_mask=mask, dead_mask=dead, k_aux=k_aux, aux_coef=aux_coef,
+            kind=kind, prefix_weights=weights,
         )
         W = params["W_dec"]
         grads["W_dec"] = grads["W_dec"] - W * jnp.sum(grads["W_dec"] * W, axis=0, keepdims=True)
+        if not train_b_pre:
+            grads["b_pre"] = jnp.zeros_like(grads["b_pre"])
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         params["W_dec"] = params["W_dec"] / jnp.linalg.norm(params["W_dec"], axis=0, keepdims=True)
@@ -244,40 +357,51 @@ def _train_program(activations, eval_activations, init_keys, step_keys, masks, *
         since_fired = jnp.where(fired, 0, since_fired + 1)
         return (params, opt_state, since_fired), mse
 
-    def update_instance(state, acts, var, key):
+    def update_instance(state, acts, var, key, k_inst):
         batch = acts[jax.random.randint(key, (batch_size,), 0, n_samples)]
-        return jax.vmap(update_one, in_axes=(0, None, 0, None))(state, batch, masks, var)
+        return jax.vmap(update_one, in_axes=(0, None, 0, 0, None, None))(state, batch, masks, prefix_weights, var,
+                                                                          k_inst)
 
     def step(state, keys):
-        return jax.vmap(update_instance)(state, activations, variance, keys)
+        return jax.vmap(update_instance)(state, activations, variance, keys, k_mean)
 
     def log_block(state, keys):  # log_every steps, logging the mean normalised MSE
         state, mse = jax.lax.scan(step, state, keys)
         return state, mse.mean(axis=0)
 
-    n_steps = step_keys.shape[0]
     blocks = jax.tree_util.tree_map(
         lambda x: x.reshape((n_steps // log_every, log_every) + x.shape[1:]), step_keys)
     state, curve = jax.lax.scan(log_block, state, blocks)
     params = state[0]
 
-    def evaluate(params, acts, mask):
-        z = sae_encode(params, acts, k, mask)
+    def threshold_of(params, acts, mask, k_inst):
+        return batch_topk_threshold(params, acts, k_inst, mask) if kind == "batch-topk" else jnp.float32(jnp.nan)
+
+    thresholds = jax.vmap(lambda p, a, kk: jax.vmap(threshold_of, in_axes=(0, None, 0, None))(p, a, masks, kk))(
+        params, activations, k_mean)
+
+    def evaluate(params, acts, mask, threshold):
+        z = encode_with(params, acts, kind=kind, k=k, latent_mask=mask, threshold=threshold)
         x_hat = sae_decode(params, z)
         centred = acts - acts.mean(axis=0)
         fvu_value = jnp.sum((acts - x_hat) ** 2) / jnp.sum(centred**2)
-        never = ~jnp.any(z > 0, axis=0) & mask
-        return fvu_value, jnp.sum(never) / jnp.sum(mask)
+        frequency = jnp.mean(z > 0, axis=0)
+        never = (frequency == 0) & mask
+        return fvu_value, jnp.sum(never) / jnp.sum(mask), frequency, jnp.mean(jnp.sum(z > 0, axis=-1))
 
-    on_data = lambda data: jax.vmap(lambda p, a: jax.vmap(evaluate, in_axes=(0, None, 0))(p, a, masks))(params, data)
-    train_fvu, _ = on_data(activations)
-    fvu_value, dead = on_data(eval_activations)
-    return params, train_fvu, fvu_value, dead, curve
+    def on_data(data):
+        per_instance = lambda p, a, t: jax.vmap(evaluate, in_axes=(0, None, 0, 0))(p, a, masks, t)
+        return jax.vmap(per_instance)(params, data, thresholds)
+
+    train_fvu = on_data(activations)[0]
+    fvu_value, dead, frequency, l0 = on_data(eval_activations)
+    return params, train_fvu, fvu_value, dead, curve, thresholds, frequency, l0
 
 
 _train_program_jit = jax.jit(
     _train_program,
-    static_argnames=("k", "k_aux", "aux_coef", "batch_size", "dead_after_steps", "learning_rate", "log_every"),
+    static_argnames=("k", "k_aux", "aux_coef", "batch_size", "dead_after_steps", "learning_rate", "log_every",
+                     "kind", "schedule", "train_b_pre"),
 )
 
 
@@ -285,7 +409,7 @@ def train_sae(
     activations,
     *,
     dict_sizes: Sequence[int],
-    k: int,
+    k,
     steps: int,
     key,
     batch_size: int = 256,
@@ -297,8 +421,13 @@ def train_sae(
     instance_dims: Sequence[str] | None = None,
     log_every: int = 10,
     restarts: int = 4,
+    kind: str = "topk",
+    schedule: str = "constant",
+    prefixes: Sequence[int] | None = None,
+    train_b_pre: bool = True,
 ) -> xr.Dataset:
-    """Train TopK SAEs of every size in `dict_sizes` on every instance's activations, in one program.
+    """Train SAEs of `kind` (topk, batch-topk, multi-topk, matryoshka; see the module docstring)
+    of every size in `dict_sizes` on every instance's activations, in one program.
 
     `activations`: `(sample, hidden)` or `(*instance, sample, hidden)` (array or DataArray whose
     last two dims are sample and hidden); `instance_dims` names the leading axes (default:
@@ -314,10 +443,23 @@ def train_sae(
     latents on one feature (MMCS well below 0.9), and such a minimum always has the higher
     FVU, which is what the selection uses (tests/test_sae.py runs the pentagon recovery).
 
+    `k`: codes per sample, a whole number; for batch-topk the mean number per sample, which need
+    not be whole and may differ per instance (a scalar, or an array / DataArray of the instance
+    shape: every instance its own k in the same program).
+
+    `schedule`: learning rate constant, or `decay` (linear to 0 over the last 20% of the steps).
+    `train_b_pre` False keeps b_pre at the geometric median of the activations (Adam sees a zero
+    gradient): on a sparse TMS that is 0, which rules out the drifted-b_pre minima described above.
+    `prefixes` (matryoshka only): the nested prefix lengths whose reconstructions are averaged
+    (each dictionary also uses its own full size; lengths above a dictionary's size are dropped);
+    None: every length 1..dict_size.
+
     Returns a Dataset over `(*instance_dims, dict_size, hidden, latent)`: `decoder` (unit
     columns, NaN beyond each size), `encoder`, `b_enc`, `b_pre`, `fvu`, `dead_fraction`,
-    `loss_curve(step)` (normalised MSE, mean over each block of `log_every` steps), with
-    provenance attrs of kind 'sae'.
+    `loss_curve(step)` (normalised MSE, mean over each block of `log_every` steps),
+    `latent_frequency` (share of evaluation samples on which each latent fires), `l0` (mean
+    number of active latents per evaluation sample), `threshold` (batch-topk's inference
+    threshold, NaN for the other kinds), with provenance attrs of kind 'sae'.
     """
     dims_given, instance_coords = instance_dims, {}
     if isinstance(activations, xr.DataArray):
@@ -339,11 +481,26 @@ def train_sae(
     sizes = [int(s) for s in dict_sizes]
     require(len(sizes) > 0 and len(set(sizes)) == len(sizes) and min(sizes) >= 1,
             f"dict_sizes must be distinct positive integers, got {list(dict_sizes)}")
-    require(1 <= k <= min(sizes), f"k must be in 1..{min(sizes)} (the smallest dictionary), got {k}")
+    if kind == "batch-topk":
+        k_values = np.broadcast_to(np.asarray(getattr(k, "values", k), np.float64), acts.shape[:-2])
+        require(np.all((k_values > 0) & (k_values <= min(sizes))),
+                f"k must be in (0, {min(sizes)}] (the smallest dictionary), got {k}")
+        k_values = k_values.copy()
+        k = 1
+    else:
+        require(float(k) == int(k) and 1 <= k <= min(sizes),
+                f"k must be a whole number in 1..{min(sizes)} (the smallest dictionary), got {k}")
+        k = int(k)
+        k_values = np.full(acts.shape[:-2], float(k))
     require(steps >= log_every and steps % log_every == 0,
             f"steps ({steps}) must be a positive multiple of log_every ({log_every})")
     require(batch_size >= 1, f"batch_size must be positive, got {batch_size}")
     require(restarts >= 1, f"restarts must be positive, got {restarts}")
+    require(kind in KINDS, f"unknown SAE kind '{kind}' (known: {', '.join(KINDS)})")
+    require(schedule in SCHEDULES, f"unknown learning-rate schedule '{schedule}' (known: {', '.join(SCHEDULES)})")
+    require(prefixes is None or kind == "matryoshka", "prefixes are for kind 'matryoshka' only")
+    require(prefixes is None or (len(prefixes) > 0 and all(int(j) >= 1 for j in prefixes)),
+            f"prefixes must be positive lengths, got {prefixes}")
     inst_shape = acts.shape[:-2]
     n_samples, d_in = acts.shape[-2:]
     k_aux = max(1, d_in // 2) if k_aux is None else int(k_aux)
@@ -353,17 +510,21 @@ def train_sae(
     masks = jnp.arange(n_latents)[None, :] < jnp.asarray(sizes)[:, None]  # (dict_size, latent)
     # every restart is one more padded dictionary in the vmap: axis (dict_size * restart)
     masks_all = jnp.repeat(masks, restarts, axis=0)
+    lengths = np.arange(1, n_latents + 1)
+    chosen = np.ones(n_latents, bool) if prefixes is None else np.isin(lengths, [int(j) for j in prefixes])
+    weights = (chosen[None, :] | (lengths[None, :] == np.asarray(sizes)[:, None])) & np.asarray(masks)
+    weights_all = jnp.asarray(np.repeat(weights, restarts, axis=0), jnp.float32)
 
     init_key, data_key = jax.random.split(key)
     init_keys = jax.random.split(init_key, (n_inst, len(sizes) * restarts))
     step_keys = jax.random.split(data_key, (steps, n_inst))
-    params, train_fvu, fvu_value, dead, curve = _train_program_jit(
+    params, train_fvu, fvu_value, dead, curve, threshold, frequency, l0 = _train_program_jit(
         jnp.asarray(acts.reshape(n_inst, n_samples, d_in)),
         jnp.asarray(eval_acts.reshape(n_inst, -1, d_in)),
-        init_keys, step_keys, masks_all,
+        init_keys, step_keys, masks_all, weights_all, jnp.asarray(k_values.reshape(-1), jnp.float32),
         k=k, k_aux=k_aux, aux_coef=float(aux_coef), batch_size=batch_size,
         dead_after_steps=max(1, -(-dead_after_tokens // batch_size)), learning_rate=float(learning_rate),
-        log_every=log_every,
+        log_every=log_every, kind=kind, schedule=schedule, train_b_pre=bool(train_b_pre),
     )
     # keep, per (instance, dict size), the restart with the lowest FVU on the training activations
     train_fvu = np.asarray(train_fvu).reshape(n_inst, len(sizes), restarts)
@@ -381,9 +542,10 @@ def train_sae(
     b_enc = np.where(keep, params["b_enc"], np.nan)
     curve = pick(np.moveaxis(np.asarray(curve), 0, -1))  # (*instance, dict_size, step)
     grid = (*instance_dims, "dict_size")
-    config = dict(dict_sizes=sizes, k=k, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+    config = dict(dict_sizes=sizes, k=k_values.reshape(-1).tolist() if kind == "batch-topk" else k, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
                   aux_coef=aux_coef, k_aux=k_aux, dead_after_tokens=dead_after_tokens, log_every=log_every,
-                  restarts=restarts,
+                  restarts=restarts, kind=kind, schedule=schedule, train_b_pre=bool(train_b_pre),
+                  prefixes=None if prefixes is None else [int(j) for j in prefixes],
                   key=np.asarray(jax.random.key_data(key)).tolist())
     return xr.Dataset(
         {
@@ -402,6 +564,14 @@ def train_sae(
                                "units": "1"}),
             "loss_curve": ((*grid, "step"), curve,
                            {"long_name": "normalised reconstruction MSE (block mean)", "units": "1"}),
+            "latent_frequency": ((*grid, "latent"), np.where(keep, pick(frequency), np.nan),
+                                 {"long_name": "share of evaluation samples on which the latent fires",
+                                  "units": "1"}),
+            "l0": (grid, pick(l0), {"long_name": "mean number of active latents per evaluation sample",
+                                    "units": "1"}),
+            "threshold": (grid, pick(threshold),
+                          {"long_name": "batch-topk inference threshold on the pre-activation (NaN: other kinds)",
+                           "units": "activation"}),
         },
         coords={**instance_coords, "dict_size": sizes, "latent": np.arange(n_latents), "restart": np.arange(restarts),
                 "step": log_every * np.arange(1, steps // log_every + 1)},

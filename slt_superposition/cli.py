@@ -12,7 +12,7 @@ import typer
 
 from slt_superposition.errors import InputError
 
-COMMAND_MODULES = ("train", "llc", "plot", "reproduce", "launch")
+COMMAND_MODULES = ("train", "llc", "sae", "plot", "reproduce", "launch")
 
 app = typer.Typer(
     name="slt-superposition",

@@ -20,6 +20,7 @@ PLOTTERS = {
     "calibration": "slt_superposition.plots:plot_calibration",
     "compare": "analysis.compare_plots:plot_comparison",
     "development": "analysis.compare_plots:plot_development",
+    "sae": "analysis.sae_plots:plot_sae",
 }
 
 

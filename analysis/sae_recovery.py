@@ -1,0 +1,132 @@
+"""Where SAE recovery of a TMS's features is well posed, and whether an SAE achieved it.
+
+A TMS instance (W: (hidden m, feature n), feature probability p) gives activations h = W x, a
+nonnegative combination of the represented columns W_i (||W_i|| > 0.5) of the active features.
+Recovering the columns from h alone (what an SAE attempts) is *well posed* here when
+
+1. the activations are overcomplete: more represented features than hidden dimensions
+   (n_rep > m); with n_rep <= m the represented columns are (close to) a basis and a sparse
+   dictionary is not needed to explain h, and
+2. they are sparse enough: the expected number of active represented features n_rep p is at
+   most m / 2. An s-sparse combination of a frame's columns is the only one of that sparsity
+   when every 2s columns are linearly independent (spark > 2s); a generic frame in m dimensions
+   has spark m + 1, so s <= m / 2 is the largest sparsity for which the code of a typical sample
+   is unique. Beyond it, many samples have several sparse explanations and the SAE's dictionary
+   need not be W.
+
+Recovery is scored at the *right dictionary size*, n_rep latents, over the represented
+features: Hungarian-matched cosine and MMCS (`analysis.sae_match`) both >= 0.95.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from analysis.measures import n_represented, represented_features
+from analysis.sae import mmcs
+from analysis.sae_match import matched_cosine
+
+RECOVERY_THRESHOLD = 0.95
+
+
+def expected_active(W: xr.DataArray, feature_probability) -> xr.DataArray:
+    """n_rep p: the expected number of active represented features per sample."""
+    return (n_represented(W) * feature_probability).assign_attrs(
+        long_name="expected active represented features per sample (n_rep p)", units="features")
+
+
+def well_posed(W: xr.DataArray, feature_probability=None) -> xr.DataArray:
+    """True where recovery is well posed: n_rep > m and n_rep p <= m / 2 (module docstring).
+
+    `W: (..., hidden, feature)`; `feature_probability` defaults to W's coordinate of that name.
+    """
+    p = W["feature_probability"] if feature_probability is None else feature_probability
+    m = W.sizes["hidden"]
+    ok = (n_represented(W) > m) & (expected_active(W, p) <= m / 2)
+    return ok.assign_attrs(long_name="SAE recovery well posed (n_rep > m and n_rep p <= m/2)", units="1")
+
+
+def recovery_scores(sae: xr.Dataset, W: xr.DataArray) -> xr.Dataset:
+    """Matched cosine, MMCS, FVU and dead fraction of the SAE with n_rep latents, and `recovered`
+    (both scores >= 0.95), over the represented features, per instance. `sae`: a `train_sae` result
+    over the same instance dims as `W`."""
+    represented = represented_features(W)
+    matched = matched_cosine(W, sae["decoder"], feature_mask=represented)
+    best = mmcs(W, sae["decoder"], feature_mask=represented)
+    n_rep = n_represented(W)
+    at = lambda v: v.where(v["dict_size"] == n_rep).max("dict_size")
+    out = xr.Dataset({
+        "sae_matched_cosine": at(matched).assign_attrs(
+            long_name="Hungarian-matched cosine of the SAE with n_rep latents", units="1"),
+        "sae_mmcs_at_n_rep": at(best).assign_attrs(long_name="MMCS of the SAE with n_rep latents", units="1"),
+        "sae_fvu_at_n_rep": at(sae["fvu"]).assign_attrs(long_name="FVU of the SAE with n_rep latents", units="1"),
+        "sae_dead_at_n_rep": at(sae["dead_fraction"]).assign_attrs(
+            long_name="dead-latent fraction of the SAE with n_rep latents", units="1"),
+    })
+    out["sae_recovered"] = ((out["sae_matched_cosine"] >= RECOVERY_THRESHOLD)
+                            & (out["sae_mmcs_at_n_rep"] >= RECOVERY_THRESHOLD)).assign_attrs(
+        long_name=f"SAE with n_rep latents recovers W (matched cosine and MMCS >= {RECOVERY_THRESHOLD})", units="1")
+    return out
+
+
+def recovery_share(recovered: xr.DataArray, posed: xr.DataArray) -> tuple[int, int]:
+    """(recovered, well posed) instance counts."""
+    posed = np.asarray(posed, bool)
+    return int(np.sum(np.asarray(recovered, bool) & posed)), int(np.sum(posed))
+
+
+def hidden_activations(train: xr.Dataset, *, n_samples: int, key) -> xr.DataArray:
+    """Hidden activations of every instance of a 'train' dataset, `(*grid dims, sample, hidden)`,
+    on `n_samples` fresh draws of its own data (as `toy_models.train.llc_inputs`)."""
+    import jax
+
+    from toy_models.tms import tms_hidden
+    from toy_models.train import GRID_DIMS, config_from_dataset, llc_inputs
+
+    relu = config_from_dataset(train).model == "tms_relu_hidden"
+    _, params, data = llc_inputs(train, n_samples=n_samples, key=key)
+    h = jax.vmap(lambda p, x: tms_hidden(p, x, relu_hidden=relu))(params, data["x"])
+    grid_shape = tuple(train.sizes[d] for d in GRID_DIMS)
+    return xr.DataArray(np.asarray(h).reshape(grid_shape + h.shape[1:]), dims=(*GRID_DIMS, "sample", "hidden"),
+                        coords={d: train[d].values for d in GRID_DIMS})
+
+
+def k_for(n_features: int, n_hidden: int, feature_probability: float) -> int:
+    """TopK's k for a TMS: the expected number of active features n p, rounded, in 1..m."""
+    return int(min(max(1, round(n_features * float(feature_probability))), n_hidden))
+
+
+def grid_saes(train: xr.Dataset, *, n_samples: int, key, dict_sizes, kind: str = "topk", progress: bool = False,
+              **train_kwargs) -> xr.Dataset:
+    """`train_sae` on every instance of a 'train' dataset; returns the SAE dataset over its grid dims.
+
+    k: for batch-topk, each instance's expected number of active represented features n_rep p
+    (at least 0.01, at most the smallest dictionary), all in one program; for the other kinds
+    `k_for` (one program per distinct k, at most m).
+    """
+    import jax
+
+    from analysis.sae import train_sae
+    from slt_superposition.progress import progress_bar
+
+    acts = hidden_activations(train, n_samples=n_samples, key=key)
+    n, m = train.sizes["feature"], train.sizes["hidden"]
+    if kind == "batch-topk":
+        k = expected_active(train["W"], train["feature_probability"]).clip(0.01, min(dict_sizes))
+        k = k.transpose(*acts.dims[:-2])
+        sae = train_sae(acts, dict_sizes=dict_sizes, k=k.values, kind=kind, key=key, **train_kwargs)
+        sae["k"] = k.assign_attrs(long_name="SAE k (mean codes per sample: n_rep p)", units="latents")
+        return sae
+    fps = train["feature_probability"].values
+    ks = np.array([k_for(n, m, p) for p in fps])
+    parts = []
+    with progress_bar(len(np.unique(ks)), "SAEs (one program per k)", progress) as bar:
+        for i, k in enumerate(np.unique(ks)):
+            parts.append(train_sae(acts.isel(feature_probability=np.flatnonzero(ks == k)), dict_sizes=dict_sizes,
+                                   k=int(k), kind=kind, key=jax.random.fold_in(key, i), **train_kwargs))
+            bar.update(1)
+    sae = xr.concat(parts, "feature_probability", combine_attrs="override").sel(feature_probability=fps)
+    sae["k"] = xr.DataArray(ks, dims="feature_probability", coords={"feature_probability": fps},
+                            attrs={"long_name": "SAE k (codes per sample)", "units": "latents"})
+    return sae
