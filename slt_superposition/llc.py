@@ -409,7 +409,7 @@ def _key_record(key) -> list[int]:
 
 
 def estimate_llc(loss_fn: Callable, params: PyTree, data: PyTree, *, config: SGLDConfig, key,
-                 checks: bool = True, check_steps: int = CHECK_STEPS) -> xr.Dataset:
+                 checks: bool = True, check_steps: int = CHECK_STEPS, mask: PyTree | None = None) -> xr.Dataset:
     """Estimate the local learning coefficient of `loss_fn` at `params` (= w*) by SGLD.
 
     loss_fn: `loss_fn(params, batch) -> scalar`, the mean loss over the batch.
@@ -427,8 +427,13 @@ def estimate_llc(loss_fn: Callable, params: PyTree, data: PyTree, *, config: SGL
     paired runs of at most `check_steps` steps at eps / 3 and with full batch, the Hessian's top
     eigenvalue, `llc_quadratic`).
     The one-instance case of `estimate_llc_batched` (the same program).
+    mask: a pytree of booleans shaped like `params`: the weight-refined LLC of that block, the
+             rest held at w* (`slt_superposition.refined.estimate_refined_llc`; no paired checks).
     Raises `InputError` for bad inputs, before compiling anything.
     """
+    if mask is not None:
+        from slt_superposition.refined import estimate_refined_llc
+        return estimate_refined_llc(loss_fn, params, data, mask=mask, config=config, key=key)
     require(isinstance(config, SGLDConfig) and not config.per_instance,
             "estimate_llc takes scalar settings; per-instance arrays need estimate_llc_batched")
     n, d = _check_inputs(loss_fn, params, data, config, instance_axes=0, data_axes=0)
@@ -477,6 +482,7 @@ def estimate_llc_batched(
     verbose: bool = False,
     checks: bool = True,
     check_steps: int = CHECK_STEPS,
+    masks: PyTree | None = None,
 ) -> xr.Dataset:
     """Every instance's LLC in one compiled program (instances and chains vmapped).
 
@@ -501,8 +507,15 @@ def estimate_llc_batched(
     to float reassociation. Sharding: the program runs through `sharding.run_sharded`, in blocks
     of at most 16 instances whose size depends only on N, on every mesh including the 1-device
     one that `mesh=None` means; so the result is the same bit for bit on 1 device or many.
+    masks: a stack of masks (leaves `(mask, *one instance's leaf shape)` booleans): every mask's
+            weight-refined LLC for every instance, in one program, with a `mask` dim after the
+            instance dims (`slt_superposition.refined.estimate_refined_llc_batched`; no paired checks).
     Returns the `llc` dataset of `estimate_llc` with the instance dims in front of every variable.
     """
+    if masks is not None:
+        from slt_superposition.refined import estimate_refined_llc_batched
+        return estimate_refined_llc_batched(loss_fn, params, data, masks=masks, config=config, key=key,
+                                            instance_dims=instance_dims, data_batched=data_batched, mesh=mesh)
     dims = _instance_dims(params, instance_dims)
     sizes = tuple(len(v) for v in dims.values())
     n_inst = int(np.prod(sizes))

@@ -189,3 +189,18 @@ def test_conditional_feature_data_keeps_the_feature_on():
     assert np.all(x[:, 3] > 0)
     active = (x > 0).mean(axis=0)
     assert np.all(np.abs(np.delete(active, 3) - 0.1) < 0.03)
+
+
+def test_estimate_llc_mask_keyword_is_the_refined_estimate():
+    """`estimate_llc(..., mask=)` and `estimate_llc_batched(..., masks=)` are the refined estimators."""
+    params, x = _small()
+    mask = {"W": np.zeros((2, 6), bool), "b": np.ones(6, bool)}
+    via_llc = estimate_llc(population_loss, params, x, config=SMALL, key=jax.random.key(5), mask=mask)
+    direct = estimate_refined_llc(population_loss, params, x, mask=mask, config=SMALL, key=jax.random.key(5))
+    np.testing.assert_array_equal(via_llc["llc_per_chain"].values, direct["llc_per_chain"].values)
+    from slt_superposition.llc import estimate_llc_batched
+
+    stacked = jax.tree_util.tree_map(lambda a: a[None], params)
+    batched = estimate_llc_batched(population_loss, stacked, x, config=SMALL, key=jax.random.key(5),
+                                   data_batched=False, masks=feature_masks(params))
+    assert batched["llc_mean"].dims == ("instance", "mask") and batched.sizes["mask"] == 6
