@@ -322,7 +322,8 @@ def batch_topk_threshold(params, x, k: float, latent_mask=None) -> jax.Array:
 
 
 def _train_program(activations, eval_activations, init_keys, step_keys, masks, prefix_weights, k_mean, *, k, k_aux,
-                   aux_coef, batch_size, dead_after_steps, learning_rate, log_every, kind, schedule, train_b_pre):
+                   aux_coef, batch_size, dead_after_steps, learning_rate, log_every, kind, schedule, train_b_pre,
+                   zero_b_pre=False, init_from_data=False):
     """Train every (instance, dict size) in one scan; activations `(instance, sample, hidden)`."""
     n_steps = step_keys.shape[0]
     optimizer = optax.adam(_learning_rate(learning_rate, schedule, n_steps), eps=6.25e-10)
@@ -331,12 +332,23 @@ def _train_program(activations, eval_activations, init_keys, step_keys, masks, p
     mean = activations.mean(axis=1)  # (instance, hidden)
     variance = jnp.mean(jnp.sum((activations - mean[:, None]) ** 2, axis=-1), axis=1)  # (instance,)
     median = jax.vmap(geometric_median)(activations)  # (instance, hidden): b_pre's start
+    if zero_b_pre:
+        median = jnp.zeros_like(median)
 
-    def init_one(key, b_pre):
+    def init_one(key, b_pre, acts):
         params = sae_init_params(key, d_in, n_latents, b_pre)
+        if init_from_data:  # decoder columns at distinct random samples (minus b_pre), as k-means starts
+            centred = acts - b_pre
+            norms = jnp.linalg.norm(centred, axis=-1)
+            weights = (norms > 1e-8) / jnp.maximum(jnp.sum(norms > 1e-8), 1)
+            index = jax.random.choice(jax.random.fold_in(key, 1), n_samples, (n_latents,), replace=False,
+                                      p=weights) if n_latents <= n_samples else jnp.arange(n_latents) % n_samples
+            W_dec = (centred[index] / jnp.maximum(norms[index], 1e-8)[:, None]).T
+            params = {**params, "W_dec": W_dec, "W_enc": W_dec.T}
         return params, optimizer.init(params), jnp.zeros((n_latents,), jnp.int32)
 
-    state = jax.vmap(lambda keys, b: jax.vmap(lambda kk: init_one(kk, b))(keys))(init_keys, median)
+    state = jax.vmap(lambda keys, b, a: jax.vmap(lambda kk: init_one(kk, b, a))(keys))(init_keys, median,
+                                                                                     activations)
 
     def update_one(state, batch, mask, weights, var, k_inst):
         params, opt_state, since_fired = state
@@ -401,7 +413,7 @@ def _train_program(activations, eval_activations, init_keys, step_keys, masks, p
 _train_program_jit = jax.jit(
     _train_program,
     static_argnames=("k", "k_aux", "aux_coef", "batch_size", "dead_after_steps", "learning_rate", "log_every",
-                     "kind", "schedule", "train_b_pre"),
+                     "kind", "schedule", "train_b_pre", "zero_b_pre", "init_from_data"),
 )
 
 
@@ -425,6 +437,8 @@ def train_sae(
     schedule: str = "constant",
     prefixes: Sequence[int] | None = None,
     train_b_pre: bool = True,
+    zero_b_pre: bool = False,
+    init_from_data: bool = False,
 ) -> xr.Dataset:
     """Train SAEs of `kind` (topk, batch-topk, multi-topk, matryoshka; see the module docstring)
     of every size in `dict_sizes` on every instance's activations, in one program.
@@ -450,6 +464,10 @@ def train_sae(
     `schedule`: learning rate constant, or `decay` (linear to 0 over the last 20% of the steps).
     `train_b_pre` False keeps b_pre at the geometric median of the activations (Adam sees a zero
     gradient): on a sparse TMS that is 0, which rules out the drifted-b_pre minima described above.
+    `zero_b_pre` starts b_pre at 0 instead of the median (for data that is a set of directions, as
+    a meta-SAE's, where the origin is the natural centre). `init_from_data` starts the decoder
+    columns at distinct random nonzero samples (minus b_pre), as k-means is started, instead of
+    random directions: latents then start where the data is dense.
     `prefixes` (matryoshka only): the nested prefix lengths whose reconstructions are averaged
     (each dictionary also uses its own full size; lengths above a dictionary's size are dropped);
     None: every length 1..dict_size.
@@ -525,6 +543,7 @@ def train_sae(
         k=k, k_aux=k_aux, aux_coef=float(aux_coef), batch_size=batch_size,
         dead_after_steps=max(1, -(-dead_after_tokens // batch_size)), learning_rate=float(learning_rate),
         log_every=log_every, kind=kind, schedule=schedule, train_b_pre=bool(train_b_pre),
+        zero_b_pre=bool(zero_b_pre), init_from_data=bool(init_from_data),
     )
     # keep, per (instance, dict size), the restart with the lowest FVU on the training activations
     train_fvu = np.asarray(train_fvu).reshape(n_inst, len(sizes), restarts)
@@ -545,6 +564,7 @@ def train_sae(
     config = dict(dict_sizes=sizes, k=k_values.reshape(-1).tolist() if kind == "batch-topk" else k, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
                   aux_coef=aux_coef, k_aux=k_aux, dead_after_tokens=dead_after_tokens, log_every=log_every,
                   restarts=restarts, kind=kind, schedule=schedule, train_b_pre=bool(train_b_pre),
+                  zero_b_pre=bool(zero_b_pre), init_from_data=bool(init_from_data),
                   prefixes=None if prefixes is None else [int(j) for j in prefixes],
                   key=np.asarray(jax.random.key_data(key)).tolist())
     return xr.Dataset(

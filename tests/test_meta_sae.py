@@ -1,0 +1,43 @@
+"""Meta-SAEs on an idealized SAE: with one rare feature, the narrower meta-SAE drops that one first."""
+
+import jax
+import numpy as np
+import pytest
+
+from analysis.sae_meta import (
+    activation_fvu,
+    drop_cost,
+    idealized_contributions,
+    kept_features,
+    meta_reconstruct,
+    train_meta_sae,
+)
+from toy_models.data import sparse_uniform
+
+ANGLE = 2 * np.pi * np.arange(6) / 6
+HEXAGON = np.stack([np.cos(ANGLE), np.sin(ANGLE)])  # W: (hidden 2, feature 6)
+P = np.array([0.1, 0.1, 0.1, 0.005, 0.1, 0.1])  # feature 3 is rare
+
+
+def test_meta_reconstruct_and_costs():
+    # a meta decoder holding 5 of the 6 hexagon directions: the 6th maps to a neighbour at 60 degrees
+    meta = HEXAGON[:, [0, 1, 2, 4, 5]]
+    recon = meta_reconstruct(HEXAGON, meta)
+    np.testing.assert_allclose(recon[:, [0, 1, 2, 4, 5]], HEXAGON[:, [0, 1, 2, 4, 5]], atol=1e-12)
+    assert np.linalg.norm(recon[:, 3]) == pytest.approx(0.5)  # cos 60 degrees
+    np.testing.assert_array_equal(kept_features(HEXAGON, meta), [True, True, True, False, True, True])
+    np.testing.assert_allclose(drop_cost(HEXAGON, P), P / 3)
+    x = np.eye(6)
+    assert activation_fvu(x @ HEXAGON.T, x, HEXAGON, np.zeros(2)) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.slow
+def test_meta_sae_on_idealized_sae_drops_the_rare_feature_first():
+    x = np.asarray(sparse_uniform(jax.random.key(0), 40_000, 6, P))
+    contributions, features = idealized_contributions(HEXAGON, x)
+    np.testing.assert_allclose(contributions, x[x > 0][:, None] * HEXAGON.T[features], rtol=1e-6)
+    meta = train_meta_sae(contributions, [5, 6], key=jax.random.key(1), steps=2000)
+    # width 6: every direction kept; width 5: all but the rare one
+    np.testing.assert_array_equal(kept_features(HEXAGON, meta.decoder.sel(dict_size=6).values), [True] * 6)
+    np.testing.assert_array_equal(kept_features(HEXAGON, meta.decoder.sel(dict_size=5).values),
+                                  [True, True, True, False, True, True])
