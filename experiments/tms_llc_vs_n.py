@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
 from analysis.compare import dead_flat_parameters, orbit_dimension  # noqa: E402
+from analysis.refine import refine  # noqa: E402
 from analysis.weight_basis import hessian_spectrum, quadratic_llc_prediction  # noqa: E402
 from slt_superposition import figure_style as fs, markdown  # noqa: E402
 from slt_superposition.calibration import calibrate  # noqa: E402
@@ -51,7 +52,6 @@ SETTINGS = dict(models=("chen", "n6_m2", "n20_m5"), sparsities=SPARSITIES, log2_
 QUICK = dict(SETTINGS, models=("chen", "n6_m2"), sparsities=(1.0, 0.05), log2_n=(12, 16), train_steps=2000,
              calibration=dict(SETTINGS["calibration"], sweep_steps=500, min_steps=4000, max_steps=16_000))
 FULL = dict(SETTINGS, log2_n=tuple(range(12, 21)))
-REFINE_STEPS, REFINE_LR = 2000, 0.05
 EIGEN_FLOOR = 1e-6  # Hessian eigenvalues below this (the flat orbit) contribute nothing to the prediction
 SEED = 0
 
@@ -63,22 +63,14 @@ def _train(model: str, sparsities, steps: int) -> xr.Dataset:
                                   steps=steps, data=data), progress=False)
 
 
-def refine(loss_fn, params, data, *, steps: int = REFINE_STEPS, learning_rate: float = REFINE_LR):
-    """Full-batch gradient descent on L_n from `params`; returns (params, ||grad L_n||)."""
-    grad = jax.grad(loss_fn)
-    body = lambda p, _: (jax.tree_util.tree_map(lambda a, g: a - learning_rate * g, p, grad(p, data)), None)
-    params, _ = jax.jit(lambda p: jax.lax.scan(body, p, None, length=steps))(params)
-    g = grad(params, data)
-    return params, float(jnp.sqrt(sum(jnp.sum(v**2) for v in jax.tree_util.tree_leaves(g))))
-
-
 def measure_point(model: str, train: xr.Dataset, i: int, n: int, calibration: dict) -> dict:
     """One (instance i of `train`, n) point: refine, calibrate, estimate, bounds and predictions."""
     key = jax.random.fold_in(jax.random.key(SEED), n)
     loss_fn, params, data = llc_inputs(train, n_samples=n, key=key)
     params = jax.tree_util.tree_map(lambda x: x[i], params)  # instances are the leading axis
     data = jax.tree_util.tree_map(lambda x: x[i], data)
-    params, grad_norm = refine(loss_fn, params, data)
+    params, _, grad_norm = refine(loss_fn, params, data)
+    grad_norm = float(grad_norm)
     k_cal, k_est = jax.random.split(jax.random.fold_in(key, 1))
     t0 = time.perf_counter()
     config, sweep = calibrate(loss_fn, params, data, key=k_cal, **calibration)

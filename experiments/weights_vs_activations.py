@@ -5,9 +5,10 @@ basis (represented features, features per dimension, SAE recovery) on the same t
     slt-superposition reproduce weights-vs-activations [--quick|--full] --out DIR
 
 For every model (n features, m hidden) in the grid, every (feature probability, seed) instance
-is trained in one program, its LLC estimated with one compiled program (`calibrate_batched` chooses
-every instance's own step size and chain length; every estimate carries its bias checks and a
-`trusted` flag), its Hessian and Gauss-Newton ranks computed, TopK SAEs of several
+is trained in one program, refined to a critical point of L_n on the LLC's n samples
+(`analysis.refine`), its LLC estimated there with one compiled program (`calibrate_batched`
+chooses every instance's own step size and chain length; every estimate carries its bias checks
+and a `trusted` flag), its Hessian and Gauss-Newton ranks computed at the same point, TopK SAEs of several
 dictionary sizes trained on its hidden activations, and both sides joined by
 `analysis.compare.compare`. A second part follows Chen et al.'s 6-feature, 2-neuron TMS along
 training (LLC and k/m of every snapshot). Each model is one chunk of a resumable sweep.
@@ -32,7 +33,9 @@ import xarray as xr
 from analysis.compare import compare
 from analysis.development import development
 from analysis.measures import represented_features
-from analysis.sae import mmcs, recovered_overcompleteness, train_sae
+from analysis.refine import refine_batched
+from analysis.sae import mmcs, recovered_overcompleteness
+from analysis.sae_recovery import grid_saes, recovery_line, recovery_scores, well_posed
 from analysis.weight_basis import rank_above_gradient_floor, weight_basis_measures
 from slt_superposition.calibration import calibrate_batched
 from slt_superposition.experiments import command_line
@@ -72,10 +75,12 @@ class FlagshipConfig:
     calibration_long_check_steps: int = 7200  # calibrate's long-chain bias check (stage 3) at most this long
     check_steps: int = 300  # short paired runs of the minibatch check (calibration) and the stored bias checks
     hessian_samples: int = 2048
+    refine_steps: int = 300  # L-BFGS iterations on L_n before the LLC and the Hessian (analysis.refine)
     sae_seeds: int = 1  # SAEs are trained on the first `sae_seeds` seeds of every feature probability
     sae_samples: int = 8192
     sae_steps: int = 3000
-    sae_restarts: int = 1  # initialisations per dictionary; the lowest training FVU is kept
+    sae_restarts: int = 4  # initialisations per dictionary; the lowest training FVU is kept
+    sae_train_b_pre: bool = False  # b_pre fixed at the activations' median (0): docs/experiments/sae_recovery.md
     development_steps: int = 10_000  # plain SGD from a small initialisation (Chen et al.'s k-gon dynamics)
     development_learning_rate: float = 0.1
     development_init_scale: float = 0.01  # W starts near the origin saddle, so training steps through k-gons
@@ -119,13 +124,27 @@ CHECK_VARIABLES = ("step_size", "num_steps", "trusted", "calibration_converged",
                    "batch_check_rel_diff", "llc_quadratic", "hessian_top_eigenvalue", "step_size_bound", "rhat")
 
 
-def _calibrated_llc(train: xr.Dataset, config: FlagshipConfig, key, out_dir: Path) -> tuple[xr.Dataset, dict]:
-    """LLC of every instance: `calibrate_batched` calibrates every instance (its own step size and
-    chain length, no interpolation), then `estimate_llc_batched` samples them all in one program
-    with the bias checks stored per instance. The calibration is saved as
-    `calibration/<model>.nc` (plot it with `slt-superposition plot`)."""
-    data_key, cal_key, llc_key = jax.random.split(key, 3)
-    loss_fn, params, data = _grid_inputs(train, config.llc_samples, data_key)
+def _refined_inputs(train: xr.Dataset, config: FlagshipConfig, key):
+    """(loss_fn, params, data, refinement): each instance's n = `llc_samples` samples of its own
+    data and its trained weights refined to a critical point of L_n on them (`analysis.refine`:
+    full-batch gradient descent), grid dims leading every leaf; `refinement` holds the gradient
+    norms before and after, `(grid...)`."""
+    loss_fn, params, data = _grid_inputs(train, config.llc_samples, key)
+    grid_shape = tuple(train.sizes[d] for d in GRID_DIMS)
+    flat = lambda tree: jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[len(grid_shape):]), tree)
+    refined, before, after = refine_batched(loss_fn, flat(params), flat(data), steps=config.refine_steps)
+    params = jax.tree_util.tree_map(lambda x: x.reshape(grid_shape + x.shape[1:]), refined)
+    return loss_fn, params, data, {"before": np.asarray(before).reshape(grid_shape),
+                                   "after": np.asarray(after).reshape(grid_shape)}
+
+
+def _calibrated_llc(inputs, train: xr.Dataset, config: FlagshipConfig, key, out_dir: Path) -> tuple[xr.Dataset, dict]:
+    """LLC of every instance at its refined point: `calibrate_batched` calibrates every instance
+    (its own step size and chain length, no interpolation), then `estimate_llc_batched` samples
+    them all in one program with the bias checks stored per instance. The calibration is saved
+    as `calibration/<model>.nc` (plot it with `slt-superposition plot`)."""
+    cal_key, llc_key = jax.random.split(key)
+    loss_fn, params, data, _ = inputs
     dims = {d: train[d].values for d in GRID_DIMS}
     label = _model_label(train.sizes["feature"], train.sizes["hidden"])
     sgld, sweep = _calibrate(loss_fn, params, data, cal_key, config, instance_dims=dims)
@@ -158,8 +177,11 @@ def _calibrate(loss_fn, params, data, key, config: FlagshipConfig, *, instance_d
     return dataclasses.replace(sgld, num_chains=config.llc_chains), sweep
 
 
-def _weight_basis(train: xr.Dataset, config: FlagshipConfig, key) -> xr.Dataset:
-    loss_fn, params, data = _grid_inputs(train, config.hessian_samples, key)
+def _weight_basis(inputs, train: xr.Dataset, config: FlagshipConfig) -> xr.Dataset:
+    """Hessian and Gauss-Newton ranks at the refined point (the LLC's w*), on the first
+    `hessian_samples` of the LLC's samples."""
+    loss_fn, params, data, _ = inputs
+    data = jax.tree_util.tree_map(lambda x: x[..., : config.hessian_samples, :], data)
     basis = weight_basis_measures(loss_fn, tms_forward, params, data, inputs=data["x"],
                                   instance_dims=GRID_DIMS, data_batched=True)
     basis = basis.assign_coords({d: train[d].values for d in GRID_DIMS})
@@ -172,30 +194,28 @@ def _weight_basis(train: xr.Dataset, config: FlagshipConfig, key) -> xr.Dataset:
 
 
 def _sae(train: xr.Dataset, config: FlagshipConfig, key) -> xr.Dataset:
-    """Recovered overcompleteness of SAEs on the hidden activations of the first seeds."""
+    """SAEs on the hidden activations of the first seeds: recovered overcompleteness, and the
+    recovery of W's represented columns with n_rep latents where that is well posed
+    (`analysis.sae_recovery`; settings measured in docs/experiments/sae_recovery.md)."""
     sub = train.isel(seed=slice(0, config.sae_seeds))
-    _, params, data = llc_inputs(sub, n_samples=config.sae_samples, key=key)
-    h = jax.vmap(tms_hidden)(params, data["x"])  # (instance, sample, hidden)
     n, m = train.sizes["feature"], train.sizes["hidden"]
-    grid_shape = tuple(sub.sizes[d] for d in GRID_DIMS)
     sizes = list(range(m, n + 2))  # k <= n, so n + 1 latents always suffice to show recovery
-    acts = xr.DataArray(np.asarray(h).reshape(grid_shape + h.shape[1:]), dims=(*GRID_DIMS, "sample", "hidden"),
-                        coords={d: sub[d].values for d in GRID_DIMS})
-    # TopK with k = the expected number of active features (at least 1, at most m); one program
-    # per distinct k (at most m), not per feature probability
-    fps = sub["feature_probability"].values
-    topk = np.array([int(min(max(1, round(n * float(p))), m)) for p in fps])
-    parts = [train_sae(acts.isel(feature_probability=np.flatnonzero(topk == k)), dict_sizes=sizes, k=int(k),
-                       steps=config.sae_steps, restarts=config.sae_restarts, key=jax.random.fold_in(key, int(k)))
-             for k in np.unique(topk)]
-    sae = xr.concat(parts, "feature_probability", combine_attrs="override").sel(feature_probability=fps)
+    # TopK with k = the expected number of active features (at least 1, at most m); one program per distinct k
+    sae = grid_saes(sub, n_samples=config.sae_samples, key=key, dict_sizes=sizes, steps=config.sae_steps,
+                    restarts=config.sae_restarts, schedule="decay", train_b_pre=config.sae_train_b_pre)
     W = sub["W"]
     represented = represented_features(W)
+    scores = recovery_scores(sae, W)
     return xr.Dataset(
         {
             "sae_recovered_overcompleteness": recovered_overcompleteness(sae, W, feature_mask=represented),
             "sae_mmcs": mmcs(W, sae["decoder"], feature_mask=represented),
             "sae_fvu": sae["fvu"],
+            "sae_dead_fraction": sae["dead_fraction"],
+            "sae_well_posed": well_posed(W).astype(float),
+            **{name: scores[name] for name in ("sae_matched_cosine", "sae_mmcs_at_n_rep", "sae_fvu_at_n_rep",
+                                              "sae_dead_at_n_rep")},
+            "sae_recovered": scores["sae_recovered"].astype(float),
         }
     )
 
@@ -222,16 +242,23 @@ def compute_model(n: int, m: int, config: FlagshipConfig, out_dir: Path, progres
     with _stage(f"{label}: train {train_config.n_instances} instances", progress):
         train = train_grid(train_config, progress=progress)
     save_dataset(train, out_dir / f"train_{label}.nc")
+    with _stage(f"{label}: refine every instance to a critical point of L_n", progress):
+        inputs = _refined_inputs(train, config, jax.random.fold_in(key, 2))
     with _stage(f"{label}: calibrate and estimate every LLC", progress):
-        llc, calibration = _calibrated_llc(train, config, jax.random.fold_in(key, 1), out_dir)
+        llc, calibration = _calibrated_llc(inputs, train, config, jax.random.fold_in(key, 1), out_dir)
     with _stage(f"{label}: Hessian and Gauss-Newton ranks", progress):
-        basis = _weight_basis(train, config, jax.random.fold_in(key, 2))
+        basis = _weight_basis(inputs, train, config)
     with _stage(f"{label}: sparse autoencoders", progress):
         sae = _sae(train, config, jax.random.fold_in(key, 3))
     ds = compare(train, llc, basis.drop_vars("hessian_eigenvalues"), sae)
     for name in CHECK_VARIABLES:
         ds[f"llc_{name}" if not name.startswith("llc_") else name] = llc[name]
     ds["hessian_eigenvalues"] = basis["hessian_eigenvalues"]
+    refinement = inputs[3]
+    ds["grad_norm_trained"] = xr.Variable(GRID_DIMS, refinement["before"], {
+        "long_name": "||grad L_n|| at the trained weights (n = llc_samples), before refinement", "units": "1"})
+    ds["grad_norm_refined"] = xr.Variable(GRID_DIMS, refinement["after"], {
+        "long_name": "||grad L_n|| at the refined point, where the LLC and the Hessian are measured", "units": "1"})
     ds = ds.squeeze("importance_decay")
     ds.attrs.update(calibration=json.dumps(calibration))
     return ds.expand_dims(model=[label]).assign_coords(n_features=("model", [n]), n_hidden=("model", [m]))
@@ -312,6 +339,8 @@ def write_report(ds: xr.Dataset, dev: xr.Dataset, out_dir: Path, figures: list[P
         "(open with `xarray.open_dataset`), development: `development.nc`.",
         "",
         headline(ds),
+        "",
+        recovery_line(ds),
         "",
         f"Grid: models {', '.join(_model_label(n, m) for n, m in config.models)}; "
         f"{config.n_feature_probabilities} feature probabilities from 1 to {config.min_feature_probability} "

@@ -82,6 +82,8 @@ class Runs(NamedTuple):
     n_diverged: np.ndarray
     rhat: np.ndarray
     per_chain: np.ndarray  # (instance, chain)
+    trace: np.ndarray | None = None  # (instance, chain, TRACE_BLOCKS) loss-trace block means
+    post: np.ndarray | None = None  # (instance, TRACE_BLOCKS) post-burn-in blocks
 
 
 class Sampler(NamedTuple):
@@ -164,7 +166,7 @@ def _sampler(loss_fn, params, data, *, data_batched, n, d, nbeta, num_chains, bu
         post = (block_starts >= burnin[:, None]) & np.isfinite(trace).all(axis=1, where=healthy[:, :, None])
         rhat = masked_rhat(trace, post, healthy & (steps > 0)[:, None])
         se = np.fmax(se, nbeta * batch_means_se(trace, post, healthy))
-        return Runs(llc, se, acc, diverged.sum(axis=1), rhat, per_chain)
+        return Runs(llc, se, acc, diverged.sum(axis=1), rhat, per_chain, trace, post)
 
     return Sampler(run, n_inst)
 
@@ -406,7 +408,7 @@ class BatchCheckStage(NamedTuple):
     chosen: int | None
 
 
-def batch_check_stage(sampler: Sampler, key, eps, num_steps, localization, *, batch_size, n, tol, check_steps,
+def batch_check_stage(sampler: Sampler, key, eps, num_steps, localization, *, batch_size, n, nbeta, tol, check_steps,
                       progress) -> BatchCheckStage:
     """Paired short runs (same keys) with the minibatch and with full batch at each instance's
     step size; if any instance differs by more than `tol` (allowing 2 SE of the paired
@@ -430,9 +432,11 @@ def batch_check_stage(sampler: Sampler, key, eps, num_steps, localization, *, ba
             res = sampler.run(key, eps, steps, localization, b)
             bar.update()
             paired = res.per_chain - full.per_chain  # (instance, chain), same keys
+            healthy = np.isfinite(paired)
             with np.errstate(invalid="ignore", divide="ignore"):
                 diff = np.nanmean(paired, axis=1)
-                diff_se = np.nanstd(paired, axis=1, ddof=1) / np.sqrt(paired.shape[1])
+                # batch means of the paired per-block difference (as the stored batch check)
+                diff_se = nbeta * batch_means_se(res.trace.astype(np.float64) - full.trace, res.post, healthy)
                 rel = diff / np.abs(full.llc)
             ok = np.abs(diff) <= tol * np.abs(full.llc) + 2 * np.nan_to_num(diff_se)
             for k, v in zip(("llc", "rel", "se", "ok"), (res.llc, rel, diff_se, ok)):
@@ -541,7 +545,8 @@ def calibrate_batched(
     final_eps = eps_grid[long.final_index]
     final_steps = np.array([row[row > 0][-1] for row in long.num_steps])
     batch = batch_check_stage(sampler, batch_key, final_eps, final_steps, length.localization,
-                              batch_size=batch_size, n=n, tol=batch_tol, check_steps=batch_check_steps,
+                              batch_size=batch_size, n=n, nbeta=nbeta_value, tol=batch_tol,
+                              check_steps=batch_check_steps,
                               progress=progress)
 
     shape = lambda a: np.reshape(a, sizes + np.shape(a)[1:])

@@ -1,0 +1,60 @@
+"""Refine trained weights to a critical point of the empirical loss L_n, every instance at once.
+
+The LLC is a property of a local minimum w* of L_n (the loss on the n samples the estimate
+uses). A trained network is only near one: optimisers stop where the minibatch gradient noise
+balances the step, and a TMS trained on fresh samples every step is near a minimum of the
+population loss, not of L_n. At nbeta = n / log n a loss gap of 1 / nbeta moves the estimate by
+1, so the estimate reads low (even negative) where chains find lower loss than w*. Minimising
+L_n (full batch) from the trained weights removes that gap; the gradient norm before and
+after is recorded so that a point still far from critical can be flagged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+PyTree = Any
+REFINE_STEPS = 300  # L-BFGS iterations (each with a zoom line search)
+
+
+def _grad_norm(grad: PyTree) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree_util.tree_leaves(grad)))
+
+
+def refine(loss_fn: Callable, params: PyTree, data: PyTree, *, steps: int = REFINE_STEPS
+           ) -> tuple[PyTree, jax.Array, jax.Array]:
+    """Minimise `loss_fn(params, data)` (one instance, full batch) by L-BFGS (`optax.lbfgs`)
+    from `params`. Plain gradient descent stalls along the small curvatures of a TMS (a ReLU
+    network trained to the population optimum): at a learning rate of 0.05 it took 1500 steps
+    to lower ||grad L_n|| 6-9x, and larger rates overshoot at dense data; L-BFGS reaches
+    1e-7 in a few hundred iterations (tests/test_refine.py).
+
+    Returns (refined params, ||grad L_n|| before, ||grad L_n|| after). If the result has a
+    higher loss than the input (not expected), the input params are returned.
+    """
+    objective = lambda p: loss_fn(p, data)
+    opt = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(objective)
+
+    def body(carry, _):
+        p, state = carry
+        value, grad = value_and_grad(p, state=state)
+        updates, state = opt.update(grad, state, p, value=value, grad=grad, value_fn=objective)
+        return (optax.apply_updates(p, updates), state), None
+
+    (refined, _), _ = jax.lax.scan(body, (params, opt.init(params)), None, length=steps)
+    better = objective(refined) <= objective(params)
+    out = jax.tree_util.tree_map(lambda new, old: jnp.where(better, new, old), refined, params)
+    grad = jax.grad(objective)
+    return out, _grad_norm(grad(params)), _grad_norm(grad(out))
+
+
+def refine_batched(loss_fn: Callable, params: PyTree, data: PyTree, *, steps: int = REFINE_STEPS
+                   ) -> tuple[PyTree, jax.Array, jax.Array]:
+    """`refine` for every instance in one program: params and data leaves `(instance, ...)`.
+    Returns (params, grad norm before `(instance,)`, grad norm after `(instance,)`)."""
+    return jax.jit(jax.vmap(lambda p, d: refine(loss_fn, p, d, steps=steps)))(params, data)
