@@ -58,16 +58,10 @@ def get_experiment(name: str) -> Experiment:
 
 
 def load_runner(name: str):
-    """The `run` function of experiment `name`; InputError if its module is not written yet."""
+    """The `run` function of experiment `name` (every registered module exists: the
+    `experiments` package is installed with this one)."""
     experiment = get_experiment(name)
-    try:
-        module = importlib.import_module(experiment.module)
-    except ModuleNotFoundError as err:
-        if err.name in (experiment.module, "experiments"):
-            raise InputError(
-                f"experiment '{name}' is registered but not available: module {experiment.module} is not written yet"
-            ) from None
-        raise
+    module = importlib.import_module(experiment.module)
     run = getattr(module, "run", None)
     if not callable(run):
         raise InputError(f"experiment module {experiment.module} has no run(out_dir, *, quick) function")
