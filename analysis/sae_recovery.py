@@ -130,3 +130,26 @@ def grid_saes(train: xr.Dataset, *, n_samples: int, key, dict_sizes, kind: str =
     sae["k"] = xr.DataArray(ks, dims="feature_probability", coords={"feature_probability": fps},
                             attrs={"long_name": "SAE k (codes per sample)", "units": "latents"})
     return sae
+
+
+def recovery_line(ds: xr.Dataset) -> str:
+    """One markdown paragraph for a report: per model (dim `model` if present) the recovered share of
+    the well-posed instances that have an SAE, with median dead fraction and FVU at n_rep latents."""
+    if "sae_recovered" not in ds:
+        return ""
+    models = list(ds["model"].values) if "model" in ds.dims else [None]
+    parts, total_got, total_posed = [], 0, 0
+    for model in models:
+        one = ds if model is None else ds.sel(model=model)
+        has_sae = one["sae_matched_cosine"].notnull()
+        posed = (one["sae_well_posed"] == 1) & has_sae
+        got, n_posed = recovery_share(one["sae_recovered"].fillna(0).astype(bool), posed)
+        total_got, total_posed = total_got + got, total_posed + n_posed
+        dead = float(one["sae_dead_at_n_rep"].where(posed).median()) if n_posed else float("nan")
+        fvu = float(one["sae_fvu_at_n_rep"].where(posed).median()) if n_posed else float("nan")
+        parts.append(f"{model or 'all'} {got}/{n_posed} (dead latents {dead:.2f}, FVU {fvu:.3f})")
+    share = total_got / total_posed if total_posed else float("nan")
+    return (f"**SAE recovery target** (matched cosine and MMCS >= {RECOVERY_THRESHOLD} with n_rep latents, where "
+            f"recovery is well posed: n_rep > m and n_rep p <= m/2): {total_got} of {total_posed} instances "
+            f"({share:.0%}); per model, recovered / well posed (median dead-latent fraction, FVU at n_rep): "
+            + "; ".join(parts) + ".")

@@ -40,6 +40,7 @@ class SaeSettings:
     kind: str = "topk"
     batch_size: int = 256
     train_b_pre: bool = True
+    init_from_data: bool = False
 
 
 SETTINGS = {
@@ -47,6 +48,8 @@ SETTINGS = {
     "restarts4-decay": SaeSettings(restarts=4, schedule="decay"),
     "more-data": SaeSettings(samples=32_768, steps=6000, restarts=4, schedule="decay"),
     "fixed-b-pre": SaeSettings(restarts=4, schedule="decay", train_b_pre=False),
+    "fixed-b-pre-data-init": SaeSettings(restarts=4, schedule="decay", train_b_pre=False, init_from_data=True),
+    "fixed-b-pre-more-data": SaeSettings(samples=32_768, steps=6000, restarts=4, schedule="decay", train_b_pre=False),
     "batch-topk": SaeSettings(restarts=4, schedule="decay", kind="batch-topk"),
     "batch-topk-more-data": SaeSettings(samples=32_768, steps=6000, restarts=4, schedule="decay", kind="batch-topk"),
 }
@@ -83,7 +86,8 @@ def study_model(train: xr.Dataset, settings: SaeSettings, key, *, all_sizes: boo
         return xr.Dataset({"well_posed": posed})
     sae = grid_saes(sub, n_samples=settings.samples, key=key, dict_sizes=sizes, kind=settings.kind,
                     steps=settings.steps, restarts=settings.restarts, schedule=settings.schedule,
-                    batch_size=settings.batch_size, train_b_pre=settings.train_b_pre)
+                    batch_size=settings.batch_size, train_b_pre=settings.train_b_pre,
+                    init_from_data=settings.init_from_data)
     scores = recovery_scores(sae, sub["W"]).reindex(feature_probability=train["feature_probability"])
     scores["well_posed"] = posed
     scores["expected_active"] = expected_active(W, W["feature_probability"])
@@ -93,13 +97,14 @@ def study_model(train: xr.Dataset, settings: SaeSettings, key, *, all_sizes: boo
 
 
 def run(out_dir: Path, *, train_dir: Path | None = None, settings: list[str] | None = None, seeds: int = 1,
-        all_sizes: bool = False) -> xr.Dataset:
+        all_sizes: bool = False, only_models: list[str] | None = None) -> xr.Dataset:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     train_dir = Path(train_dir or out_dir / "train")
     train_dir.mkdir(parents=True, exist_ok=True)
     names = settings or list(SETTINGS)
     models = trained_models(train_dir, seeds)
+    models = {label: ds for label, ds in models.items() if not only_models or label in only_models}
     rows, per_setting = [], []
     for name in names:
         parts = []
@@ -183,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-dir", type=Path, default=None, help="where the trained grids are (or go)")
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma list of {', '.join(SETTINGS)}")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per feature probability (the flagship: 1)")
+    parser.add_argument("--models", default="", help="comma list of model labels (e.g. n20_m5); default all")
     parser.add_argument("--all-sizes", action="store_true", help="train every dictionary size m..n+1 (as the "
                         "flagship does) instead of only the n_rep sizes the score needs")
     args = parser.parse_args(argv)
@@ -190,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown settings {unknown} (known: {', '.join(SETTINGS)})")
     run(args.out, train_dir=args.train_dir, settings=args.settings.split(","), seeds=args.seeds,
-        all_sizes=args.all_sizes)
+        all_sizes=args.all_sizes, only_models=[m for m in args.models.split(",") if m])
     print((args.out / "report.md").read_text())
     return 0
 

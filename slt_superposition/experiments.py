@@ -46,7 +46,13 @@ EXPERIMENTS = {
                                       "against the exact finite-n expectation by quadrature"),
         Experiment("tms-llc-vs-n", "the LLC of trained TMS against the sample count n, next to the symmetry bound "
                                    "and the quadratic prediction"),
+        Experiment("per-feature-basis", "each feature's weight-refined LLC (its column) against its D_i, ||W_i|| "
+                                        "and data-refined LLC, for n6_m2 and n20_m5"),
         Experiment("weights-vs-activations", "flagship: LLC (weight basis) against superposition (activation basis) on one grid"),
+        Experiment("sae-progressive-codes", "TopK, Multi-TopK and Matryoshka SAEs on TMS ground truth: codes at k' != k, "
+                                            "latent order, information outside the TopK"),
+        Experiment("meta-sae", "meta-SAEs on an idealized and a trained SAE of a TMS with rare features: what a "
+                               "narrower meta-SAE loses first"),
     )
 }
 
