@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
+from analysis.compare import OUT_OF_RANGE_CAUSES  # noqa: E402
 from slt_superposition import figure_style as fs  # noqa: E402
 
 
@@ -477,7 +478,17 @@ def _budget_finding(one: xr.Dataset) -> str:
             f"beyond symmetry and dead features (excess > 2 SE) in {float(under.mean()):.0%} of instances"
             + (f", in most seeds at p = {', '.join(majority)}" if majority else ", in most seeds at no sparsity")
             + f"; out of range in {float(one['budget_out_of_range'].mean()):.0%} (2 llc above the symmetry bound "
-            f"d - orbit - dead-flat by more than 2 SE: {float(above.mean()):.0%}; below 0: {float(below.mean()):.0%}).")
+            f"d - orbit - dead-flat by more than 2 SE: {float(above.mean()):.0%}; below 0: {float(below.mean()):.0%})"
+            + _attribution(one) + ".")
+
+
+def _attribution(one: xr.Dataset) -> str:
+    """'; attributed to: step size 1, ...' over the out-of-range instances (flagship datasets)."""
+    if "out_of_range_cause" not in one or not one["budget_out_of_range"].any():
+        return ""
+    causes = one["out_of_range_cause"].values.ravel()
+    counts = [(c, int((causes == c).sum())) for c in OUT_OF_RANGE_CAUSES]
+    return "; each attributed to the first failing of: " + ", ".join(f"{c} {k}" for c, k in counts)
 
 
 def _development_finding(dev: xr.Dataset, kgon_llc: dict[int, float]) -> str:

@@ -30,7 +30,7 @@ import jax
 import numpy as np
 import xarray as xr
 
-from analysis.compare import compare
+from analysis.compare import compare, out_of_range_cause
 from analysis.development import development
 from analysis.measures import represented_features
 from analysis.refine import refine_batched
@@ -121,7 +121,8 @@ def _grid_inputs(train: xr.Dataset, n_samples: int, key):
 
 
 CHECK_VARIABLES = ("step_size", "num_steps", "trusted", "calibration_converged", "step_check_rel_diff",
-                   "batch_check_rel_diff", "llc_quadratic", "hessian_top_eigenvalue", "step_size_bound", "rhat")
+                   "step_check_se", "batch_check_rel_diff", "batch_check_se", "llc_quadratic",
+                   "hessian_top_eigenvalue", "step_size_bound", "rhat")
 
 
 def _refined_inputs(train: xr.Dataset, config: FlagshipConfig, key):
@@ -259,6 +260,7 @@ def compute_model(n: int, m: int, config: FlagshipConfig, out_dir: Path, progres
         "long_name": "||grad L_n|| at the trained weights (n = llc_samples), before refinement", "units": "1"})
     ds["grad_norm_refined"] = xr.Variable(GRID_DIMS, refinement["after"], {
         "long_name": "||grad L_n|| at the refined point, where the LLC and the Hessian are measured", "units": "1"})
+    ds["out_of_range_cause"] = out_of_range_cause(ds)
     ds = ds.squeeze("importance_decay")
     ds.attrs.update(calibration=json.dumps(calibration))
     return ds.expand_dims(model=[label]).assign_coords(n_features=("model", [n]), n_hidden=("model", [m]))

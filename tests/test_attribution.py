@@ -1,0 +1,33 @@
+"""Each out-of-range flagship estimate is attributed to the first failing cause."""
+
+import numpy as np
+import xarray as xr
+
+from analysis.compare import out_of_range_cause
+
+
+def stub(**overrides):
+    n = 5
+    base = dict(
+        llc_mean=np.ones(n), budget_out_of_range=np.array([True, True, True, True, False]),
+        llc_step_check_rel_diff=np.array([0.2, 0.0, 0.0, 0.0, 0.2]), llc_step_check_se=np.full(n, 0.01),
+        llc_batch_check_rel_diff=np.array([0.0, 0.1, 0.0, 0.0, 0.0]), llc_batch_check_se=np.full(n, 0.005),
+        grad_norm_refined=np.array([0.0, 0.0, 0.1, 0.0, 0.0]))
+    base.update(overrides)
+    ds = xr.Dataset({k: ("instance", v) for k, v in base.items()})
+    eig = np.tile(np.linspace(0.0, 2.0, 4), (n, 1))
+    ds["hessian_eigenvalues"] = (("instance", "eigen"), eig)
+    return ds
+
+
+def test_first_failing_cause_in_order():
+    causes = out_of_range_cause(stub()).values.tolist()
+    assert causes == ["step size", "batch", "not a minimum", "none of these", ""]
+
+
+def test_a_saddle_is_not_a_minimum_and_an_unresolved_check_is_a_failed_one():
+    ds = stub()
+    ds["hessian_eigenvalues"][3, 0] = -0.5  # negative curvature: w* is a saddle of L_n
+    assert out_of_range_cause(ds).values[3] == "not a minimum"
+    ds = stub(llc_step_check_se=np.full(5, 0.2))  # SE above the 5% tolerance: the check saw nothing
+    assert (out_of_range_cause(ds).values[:4] == "step size").all()
