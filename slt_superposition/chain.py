@@ -28,10 +28,12 @@ from slt_superposition.observers import ChainSettings, StepContext, default_obse
 from slt_superposition.random import random_permutations, standard_normal, uniform_indices
 from slt_superposition.sampling_progress import chunk_tick
 from slt_superposition.sgld import sgld
+from slt_superposition.small_dots import small_dots_as_elementwise
 
 PyTree = Any
 CHUNK_STEPS = 64  # steps whose minibatch indices (and noise) are drawn together
 NOISE_BUDGET = 2**18  # floats per chain: a chunk's SGLD noise is drawn at once below this size
+ELEMENTWISE_DOTS = True  # on a CPU, small matrix products in loss_fn as fused elementwise code (small_dots)
 
 
 class ChainShape(NamedTuple):
@@ -83,6 +85,8 @@ def instance_program(loss_fn: Callable, shape: ChainShape, observers=None) -> Ca
 
     def run_chain(key, w_star, unravel, data, init_loss, settings: ChainSettings):
         flat_loss = lambda w, batch: loss_fn(unravel(w), batch)
+        if ELEMENTWISE_DOTS and jax.default_backend() == "cpu":
+            flat_loss = small_dots_as_elementwise(flat_loss)
         kernel = sgld(flat_loss, w_star, step_size=settings.step_size, localization=settings.localization,
                       nbeta=settings.nbeta)
         noise_key, data_key = jax.random.split(key)
