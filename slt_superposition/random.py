@@ -61,7 +61,7 @@ def random_permutations(key: jax.Array, count: int, n: int) -> jax.Array:
 
     Sorting random keys (one sort per permutation, not `jax.random.permutation`'s several
     rounds). For n <= 4096 the index rides in the low 12 bits of a single uint32 sort key
-    (a plain sort, about 5x faster on a CPU than a key-value sort); the remaining 20 random
+    (a plain sort, cheaper on a CPU than a key-value sort); the remaining 20 random
     bits tie for a given pair with probability 2^-20 (ties keep index order), about 0.5 tied
     pairs per permutation at n = 1000, a negligible departure from uniform.
     """
