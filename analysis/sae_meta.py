@@ -100,3 +100,29 @@ def trained_sae_params(sae: xr.Dataset, dict_size: int) -> dict:
     return {"W_dec": one["decoder"].values[:, keep], "W_enc": one["encoder"].values[keep],
             "b_enc": one["b_enc"].values[keep], "b_pre": one["b_pre"].values}
 
+
+
+def best_subsets(W: np.ndarray, cost: np.ndarray, widths) -> tuple[np.ndarray, np.ndarray]:
+    """The exact optimum of a width-w meta-dictionary restricted to the true directions: for every
+    width, the subset S of w columns of `W: (hidden, n)` that minimises the variance lost,
+    sum_{i not in S} cost_i (1 - max_{j in S} max(cos(W_i, W_j), 0)^2) (each dropped feature falls
+    on its best kept neighbour), by enumeration. Returns (kept `(width, n)` bool, lost variance
+    `(width,)`); divide by the total variance for an FVU."""
+    from itertools import combinations
+
+    unit = W / np.linalg.norm(W, axis=0, keepdims=True)
+    cos = np.maximum(unit.T @ unit, 0.0)
+    n = W.shape[1]
+    kept, lost = [], []
+    for w in widths:
+        best, best_set = np.inf, None
+        for subset in combinations(range(n), int(w)):
+            explained = (cos[:, list(subset)] ** 2).max(axis=1)
+            value = float(np.sum(cost * (1 - explained)))
+            if value < best:
+                best, best_set = value, subset
+        row = np.zeros(n, bool)
+        row[list(best_set)] = True
+        kept.append(row)
+        lost.append(best)
+    return np.array(kept), np.array(lost)

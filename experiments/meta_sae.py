@@ -28,6 +28,7 @@ from analysis.sae import sae_encode, train_sae
 from analysis.sae_match import assignment, cosine_matrix
 from analysis.sae_meta import (
     activation_fvu,
+    best_subsets,
     drop_cost,
     idealized_contributions,
     kept_features,
@@ -106,6 +107,8 @@ def run(out_dir: Path, *, quick: bool = False) -> xr.Dataset:
     trained = sweep(contributions, params["W_dec"], z, h, params["b_pre"], widths, jax.random.key(3), steps=steps,
                     restarts=restarts, feature_of_direction=feature_of_latent)
     trained_fvu = float(sae.fvu.sel(dict_size=N))
+    oracle_kept, oracle_lost = best_subsets(W, cost, widths)
+    oracle_fvu = oracle_lost / float(np.sum((h - h.mean(axis=0)) ** 2) / len(h))
     trained_matched = float(np.mean(cosine_matrix(W, params["W_dec"])[features, latents]))
 
     # feature splitting: the 16-latent SAE's decoder against the 8-latent one's
@@ -123,11 +126,11 @@ def run(out_dir: Path, *, quick: bool = False) -> xr.Dataset:
             "W": (("hidden", "feature"), W, {"long_name": "TMS columns", "units": "1"}),
             "feature_probability": ("feature", p, {"long_name": "feature probability p_i", "units": "1"}),
             "drop_cost": ("feature", cost, {"long_name": "p_i E[x_i^2] ||W_i||^2", "units": "activation^2"}),
-            "kept": (("sae", "width", "feature"), np.stack([ideal[0], trained[0]]),
+            "kept": (("sae", "width", "feature"), np.stack([ideal[0], trained[0], oracle_kept]),
                      {"long_name": "meta-decoder has the feature (cosine >= 0.95)", "units": "1"}),
-            "meta_fvu": (("sae", "width"), np.stack([ideal[1], trained[1]]),
+            "meta_fvu": (("sae", "width"), np.stack([ideal[1], trained[1], np.full(len(widths), np.nan)]),
                          {"long_name": "meta-SAE FVU on the used decoder directions", "units": "1"}),
-            "activation_fvu": (("sae", "width"), np.stack([ideal[2], trained[2]]),
+            "activation_fvu": (("sae", "width"), np.stack([ideal[2], trained[2], oracle_fvu]),
                                {"long_name": "activation FVU with meta-reconstructed decoder", "units": "1"}),
             "split_best_cosine": ("wide_latent", best_narrow,
                                   {"long_name": "16-latent SAE: best cosine with an 8-latent decoder direction",
@@ -138,7 +141,7 @@ def run(out_dir: Path, *, quick: bool = False) -> xr.Dataset:
                                                   "of the narrow decoder", "units": "1"}),
             "split_nnls_used": ("wide_latent", used, {"long_name": "narrow latents with weight > 0.05", "units": "1"}),
         },
-        coords={"sae": ["idealized", "trained"], "width": widths, "feature": np.arange(N),
+        coords={"sae": ["idealized", "trained", "best subset of W"], "width": widths, "feature": np.arange(N),
                 "wide_latent": np.arange(2 * N)},
         attrs=provenance_attrs("meta-sae", {"quick": quick, "samples": samples, "steps": steps,
                                             "restarts": restarts}),
@@ -163,24 +166,25 @@ def order_summary(ds: xr.Dataset, sae: str) -> tuple[list[int], float, bool]:
 
 
 def figure(ds: xr.Dataset):
-    """Left: kept features (rows, cheapest to drop at the top) against meta-SAE width, for both SAEs.
-    Right: activation-space FVU against width."""
+    """Kept features (rows, cheapest to drop at the top) against meta-SAE width: meta-SAEs on the
+    idealized and the trained SAE, and the best subset of W's columns (enumerated). Right:
+    activation-space FVU against width."""
     from slt_superposition import figure_style as fs
 
     order = np.argsort(ds["drop_cost"].values)
     with fs.style():
-        fig, axes = fs.subplots(1, 3, width=fs.PAGE, panel_aspect=0.9)
-        for ax, sae in zip(axes[0, :2], ds["sae"].values):
+        fig, axes = fs.subplots(1, 4, width=fs.PAGE, panel_aspect=0.9)
+        for ax, sae in zip(axes[0, :3], ds["sae"].values):
             kept = ds["kept"].sel(sae=sae).values[:, order].T  # (feature by cost, width)
             ax.imshow(kept, cmap="Greys", vmin=0, vmax=1.6, aspect="auto")
             ax.set_xticks(range(ds.sizes["width"]), [str(w) for w in ds["width"].values])
             ax.set_yticks(range(N), [f"{ds['drop_cost'].values[i]:.1e}" for i in order])
-            ax.set(xlabel="meta-SAE width", ylabel="feature (cost of dropping p E[x^2] ||W||^2)",
-                   title=f"{sae} SAE: dark = kept")
-        ax = axes[0, 2]
+            ax.set(xlabel="meta-SAE width", title=f"{sae}: dark = kept")
+        axes[0, 0].set_ylabel("feature (cost of dropping p E[x^2] ||W||^2)")
+        ax = axes[0, 3]
         for i, sae in enumerate(ds["sae"].values):
             ax.plot(ds["width"].values, ds["activation_fvu"].sel(sae=sae).values, marker="o", color=fs.PALETTE[i],
-                    label=f"{sae} SAE")
+                    label=str(sae))
         ax.set(xlabel="meta-SAE width", ylabel="activation FVU (meta-reconstructed decoder)", yscale="log")
         ax.legend()
     return fig

@@ -3,11 +3,24 @@
 Feature dimensionality D_i of every feature against 1/D* (features per dimension), with
 the sticky values 1, 3/4, 2/3, 1/2, 2/5, 3/8 drawn. Trained with the resumable sweep
 (one chunk per feature probability). Uniform importance (I = 1).
+
+The share of represented features within 0.05 of a sticky value is compared with the share a
+uniform spread of D_i over the same range would give (`uniform_share`): about half of [0.1, 1]
+lies within 0.05 of some sticky value, so a share well below that means D_i avoids the sticky
+values, not that it is merely spread out.
+
+    python -m experiments.tms_sticky_dimensions --study --out DIR
+
+runs `study`: the share near sticky values and the spread of D_i around D* at three feature
+probabilities under several training settings (length, learning-rate schedule, weight decay,
+n and m), to find what the clustering depends on.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +45,29 @@ def settings(quick: bool) -> TrainConfig:
     )
 
 
+def near_sticky(D: np.ndarray, tolerance: float = 0.05) -> np.ndarray:
+    """True where D_i lies within `tolerance` of a sticky value."""
+    return np.abs(np.asarray(D)[..., None] - np.array(STICKY_VALUES)).min(-1) < tolerance
+
+
+def uniform_share(low: float = 0.1, high: float = 1.0, tolerance: float = 0.05, points: int = 100_001) -> float:
+    """The share of a uniform spread of D_i over [low, high] that lies within `tolerance` of a sticky value."""
+    return float(near_sticky(np.linspace(low, high, points), tolerance).mean())
+
+
+def sticky_summary(W: xr.DataArray) -> dict[str, float]:
+    """Share of represented features (D_i > 0.1) near a sticky value, the uniform-spread share over
+    the same D_i range, and the median |D_i - D*| over them (0: every feature at the uniform D*)."""
+    D = feature_dimensionality(W)
+    D_star = dimensions_per_feature(W)
+    rep = (D > 0.1).values
+    d = D.values[rep]
+    return {"share_near_sticky": float(near_sticky(d).mean()) if d.size else float("nan"),
+            "uniform_share": uniform_share(0.1, 1.0),
+            "median_abs_D_minus_D_star": float(np.median(np.abs((D - D_star).values[rep]))) if d.size else float("nan"),
+            "represented": int(rep.sum())}
+
+
 def run(out_dir: Path, *, quick: bool = False) -> xr.Dataset:
     config = settings(quick)
     chunks = [{"feature_probabilities": list(config.feature_probabilities[i:i + 4])}
@@ -46,6 +82,7 @@ def run(out_dir: Path, *, quick: bool = False) -> xr.Dataset:
     near = np.abs(D[..., None] - sticky).min(-1)
     share = float((near[D > 0.1] < 0.05).mean()) if (D > 0.1).any() else float("nan")
     ds.attrs["share_within_0.05_of_sticky"] = share
+    ds.attrs["uniform_spread_share"] = uniform_share(0.1, 1.0)
     save_dataset(ds, out_dir / "sticky_dimensions.nc")
     figure = _plot(ds, out_dir / "sticky_dimensions.png")
     finding = (f"With n = 200 features in m = 20 dimensions, trained {config.steps} steps at "
@@ -54,7 +91,8 @@ def run(out_dir: Path, *, quick: bool = False) -> xr.Dataset:
                "0.05 of one of Elhage et al.'s sticky values (1, 3/4, 2/3, 1/2, 2/5, 3/8).")
     (out_dir / "report.md").write_text(
         markdown.opening(NAME, command_line(NAME, out_dir, quick), finding)
-        + f"- share of features with D_i > 0.1 lying within 0.05 of a sticky value: **{share:.1%}**\n"
+        + f"- share of features with D_i > 0.1 lying within 0.05 of a sticky value: **{share:.1%}** (a uniform "
+        f"spread of D_i over [0.1, 1] would give {uniform_share(0.1, 1.0):.1%})\n"
         f"- 1/D* per feature probability: {', '.join(f'{1 / v:.2f}' for v in ds['D_star'].values)}\n\n"
         f"![D_i against 1/D*]({figure.name})\n"
     )
@@ -86,3 +124,54 @@ def _plot(ds: xr.Dataset, path: Path) -> Path:
     from slt_superposition import figure_style as fs
 
     return fs.save(figure(ds), path)
+
+
+STUDY_PROBABILITIES = (0.1, 0.03, 0.01)  # 1/D* from about 3 to 13 at n = 200, m = 20 (the quick run)
+STUDY = {  # name: TrainConfig changes from the quick setting
+    "quick (3000 steps, lr 3e-3, batch 256)": {},
+    "10x longer (30,000 steps)": {"steps": 30_000},
+    "cosine decay to 0": {"schedule": "cosine"},
+    "full setting (20,000 steps, lr 1e-3, batch 1024)": {"steps": 20_000, "learning_rate": 1e-3, "batch_size": 1024},
+    "weight decay 0.01 (the notebook's AdamW)": {"weight_decay": 0.01},
+    "n = 80, m = 8": {"n_features": 80, "n_hidden": 8},
+}
+
+
+def study(out_dir: Path) -> list[dict]:
+    """Every STUDY setting at STUDY_PROBABILITIES (1 seed): share near a sticky value, against the
+    uniform-spread share, and the median |D_i - D*|; writes `study.md` and returns the rows."""
+    from slt_superposition.io import write_text
+
+    base = dataclasses.replace(settings(True), feature_probabilities=STUDY_PROBABILITIES)
+    rows = []
+    for name, change in STUDY.items():
+        ds = train_grid(dataclasses.replace(base, **change), progress=False).squeeze(("importance_decay", "seed"))
+        for p in STUDY_PROBABILITIES:
+            W = ds["W"].sel(feature_probability=p, method="nearest")
+            row = {"setting": name, "p": p, "inverse_D_star": float(1 / dimensions_per_feature(W)),
+                   **sticky_summary(W)}
+            rows.append(row)
+            print(row, file=sys.stderr, flush=True)
+    table = markdown.table(
+        ["setting", "p", "1/D*", "represented", "share near sticky", "uniform-spread share", "median |D_i - D*|"],
+        [[r["setting"], f"{r['p']:g}", f"{r['inverse_D_star']:.2f}", r["represented"], f"{r['share_near_sticky']:.1%}",
+          f"{r['uniform_share']:.1%}", f"{r['median_abs_D_minus_D_star']:.3f}"] for r in rows])
+    write_text(Path(out_dir) / "study.md", "# tms-sticky-dimensions: what the clustering depends on\n\n"
+               f"Command: `python -m experiments.tms_sticky_dimensions --study --out {out_dir}`\n\n" + table + "\n")
+    print(table)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="tms_sticky_dimensions")
+    parser.add_argument("--study", action="store_true", help="run the study of training settings (see the docstring)")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("results/tms-sticky-dimensions"))
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    study(args.out) if args.study else run(args.out, quick=args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Where SAE recovery is well posed, how it is scored, and the code-level measures on ground truth."""
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from analysis.sae_codes import code_correlation, fvu_at, order_correlation, outside_topk_r2
+from analysis.sae_meta import best_subsets
+from analysis.sae_recovery import recovery_line, recovery_scores, well_posed
+
+ANGLE = 2 * np.pi * np.arange(5) / 5
+PENTAGON = np.stack([np.cos(ANGLE), np.sin(ANGLE)])  # (hidden 2, feature 5)
+
+
+def _W(columns, p):
+    W = np.stack([columns] * len(p))
+    return xr.DataArray(W, dims=("feature_probability", "hidden", "feature"), coords={"feature_probability": p})
+
+
+def test_well_posed_line():
+    # pentagon: n_rep = 5 > m = 2; n_rep p <= m / 2 = 1 up to p = 0.2
+    W = _W(PENTAGON, [0.05, 0.2, 0.21, 0.5])
+    np.testing.assert_array_equal(well_posed(W).values, [True, True, False, False])
+    # two represented columns in two dimensions: not overcomplete, never well posed
+    two = PENTAGON.copy()
+    two[:, 2:] = 0.0
+    np.testing.assert_array_equal(well_posed(_W(two, [0.01])).values, [False])
+
+
+def _sae_from(decoders, sizes):
+    """A 'train_sae'-shaped dataset (feature_probability, dict_size, hidden, latent) from given decoders."""
+    L = max(sizes)
+    dec = np.full((len(decoders), len(sizes), 2, L), np.nan)
+    for i, d in enumerate(decoders):
+        for j, s in enumerate(sizes):
+            dec[i, j, :, :s] = d[:, :s]
+    dims = ("feature_probability", "dict_size")
+    return xr.Dataset({"decoder": ((*dims, "hidden", "latent"), dec),
+                       "fvu": (dims, np.zeros((len(decoders), len(sizes)))),
+                       "dead_fraction": (dims, np.zeros((len(decoders), len(sizes))))},
+                      coords={"dict_size": sizes})
+
+
+def test_recovery_scores_at_n_rep():
+    W = _W(PENTAGON, [0.05, 0.1])
+    good = PENTAGON[:, [3, 1, 4, 0, 2]]
+    bad = PENTAGON[:, [0, 0, 1, 2, 3]]  # feature 4 has no latent of its own
+    scores = recovery_scores(_sae_from([good, bad], [3, 5]), W)
+    np.testing.assert_allclose(scores["sae_matched_cosine"].values, [1.0, (4 + np.cos(2 * np.pi / 5)) / 5])
+    np.testing.assert_array_equal(scores["sae_recovered"].values, [True, False])
+    ds = xr.Dataset({"sae_recovered": scores["sae_recovered"].astype(float),
+                     "sae_matched_cosine": scores["sae_matched_cosine"],
+                     "sae_well_posed": well_posed(W).astype(float),
+                     "sae_dead_at_n_rep": scores["sae_dead_at_n_rep"], "sae_fvu_at_n_rep": scores["sae_fvu_at_n_rep"]})
+    assert "1 of 2 instances (50%)" in recovery_line(ds)
+
+
+def _ideal_params():
+    return {"W_dec": PENTAGON.astype(np.float32), "W_enc": PENTAGON.T.astype(np.float32),
+            "b_enc": np.zeros(5, np.float32), "b_pre": np.zeros(2, np.float32)}
+
+
+def test_codes_of_an_idealized_sae():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(4000, 5)) * (rng.uniform(size=(4000, 5)) < 0.05)
+    h = (x @ PENTAGON.T).astype(np.float32)
+    params = _ideal_params()
+    single = (x > 0).sum(1) <= 1
+    # on samples with at most one active feature, TopK(1) of the tied pentagon SAE is exact
+    assert fvu_at(params, h[single], 1) == pytest.approx(0.0, abs=1e-10)
+    # more latents than needed cannot help a tied encoder on single-feature samples: interference enters
+    assert fvu_at(params, h[single], 3) > fvu_at(params, h[single], 1)
+    features = np.arange(5)
+    assert code_correlation(params, h, x, 1, features, features) > 0.9
+    info = outside_topk_r2(params, h, x, 1, features)
+    assert info["codes"] > 0.8 and set(info) == {"codes", "outside", "negative"}
+    assert order_correlation([0, 1, 2, 3], [4, 3, 2, 1]) == pytest.approx(-1.0)
+
+
+def test_best_subsets_drop_the_cheapest_direction_first():
+    angle = 2 * np.pi * np.arange(6) / 6
+    hexagon = np.stack([np.cos(angle), np.sin(angle)])
+    cost = np.array([1.0, 1.0, 1.0, 0.05, 1.0, 1.0])
+    kept, lost = best_subsets(hexagon, cost, [6, 5])
+    np.testing.assert_array_equal(kept[1], [True, True, True, False, True, True])
+    assert lost[0] == pytest.approx(0.0, abs=1e-12)
+    assert lost[1] == pytest.approx(0.05 * 0.75)  # dropped onto a neighbour at 60 degrees
