@@ -169,13 +169,16 @@ def block_spectra(loss_fn: Callable, params: PyTree, data: PyTree, flat_masks: n
 
 
 def _broadcast_config(config, sizes: tuple[int, ...], n_masks: int):
-    """`config` with every per-instance array broadcast to `sizes + (n_masks,)`."""
+    """`config` with every per-instance array broadcast to `sizes + (n_masks,)` (arrays already of
+    that shape give each (instance, mask) its own setting)."""
     from slt_superposition.llc import PER_INSTANCE
 
     changes = {}
     for name in PER_INSTANCE:
         value = getattr(config, name)
-        if isinstance(value, np.ndarray):
+        if isinstance(value, np.ndarray) and value.shape == sizes + (n_masks,):
+            changes[name] = value  # already one value per (instance, mask)
+        elif isinstance(value, np.ndarray):
             value = value.reshape(sizes) if value.shape != sizes else value
             changes[name] = np.broadcast_to(value[..., None], sizes + (n_masks,)).copy()
     return dataclasses.replace(config, **changes) if changes else config
@@ -187,7 +190,8 @@ def estimate_refined_llc_batched(loss_fn: Callable, params: PyTree, data: PyTree
                                  curvature: bool = True, mesh=None) -> xr.Dataset:
     """Weight-refined LLCs of a stack of masks for every instance, in one compiled program.
 
-    params, data, config, instance_dims, data_batched, mesh: as `estimate_llc_batched`.
+    params, data, config, instance_dims, data_batched, mesh: as `estimate_llc_batched`; a
+           per-instance setting may also have the shape (*instance shape, mask): one per block.
     masks: a pytree with the structure of one instance's params whose leaves are booleans
            `(mask, *leaf shape)`: mask j samples the parameters where its leaves are True and holds
            the rest at w* (`feature_masks` gives one per TMS feature). Shared by every instance.

@@ -1,0 +1,133 @@
+"""Per-feature weight basis: each feature's weight-refined LLC next to its activation-basis numbers.
+
+    slt-superposition reproduce per-feature-basis [--quick] --out DIR
+    python -m experiments.per_feature_basis --out DIR [--quick]
+
+For n6_m2 and n20_m5 (TMS, uniform importance), a grid of feature probabilities is trained in one
+program per model, then `analysis.per_feature.per_feature_dataset` estimates, for every instance
+and every feature, the weight-refined LLC of the feature's column (all columns of all instances
+in one program), the data-refined LLC (data where the feature is always active), and the
+measures D_i, ||W_i||, interference, represented. Writes `per_feature.nc` (dims model,
+feature_probability, importance_decay, seed, feature; n6_m2's features 6..19 are padding, marked
+by `feature_exists`), `per_feature.png` and `report.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import xarray as xr
+
+from analysis.per_feature import PerFeatureSettings, per_feature_dataset
+from analysis.per_feature_plots import plot_per_feature
+from slt_superposition import markdown
+from slt_superposition.experiments import command_line
+from slt_superposition.figure_style import save
+from slt_superposition.io import save_dataset, write_text
+from slt_superposition.progress import progress_bar
+from slt_superposition.provenance import provenance_attrs
+from toy_models.train import TrainConfig, train_grid
+
+NAME = "per-feature-basis"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    models: tuple[tuple[int, int], ...] = ((6, 2), (20, 5))
+    feature_probabilities: tuple[float, ...] = (0.3, 0.1, 0.03, 0.01)
+    seeds: int = 2
+    train_steps: int = 5000
+    estimates: PerFeatureSettings = PerFeatureSettings()
+    seed: int = 0
+
+
+QUICK = Settings(feature_probabilities=(0.3, 0.1, 0.03), seeds=1, train_steps=3000,
+                 estimates=PerFeatureSettings(n_samples=2048, num_chains=4, max_steps=3000))
+
+
+def compute_model(n: int, m: int, settings: Settings) -> xr.Dataset:
+    """Train one model's grid and build its per-feature dataset (with a leading `model` dim)."""
+    train = train_grid(TrainConfig(n_features=n, n_hidden=m, feature_probabilities=settings.feature_probabilities,
+                                   seeds=settings.seeds, steps=settings.train_steps), progress=False)
+    key = jax.random.fold_in(jax.random.key(settings.seed), n * 1000 + m)
+    ds = per_feature_dataset(train, settings.estimates, key=key)
+    ds["W"] = train["W"]
+    ds["b"] = train["b"]
+    ds["feature_exists"] = xr.Variable("feature", np.ones(n, bool))
+    return ds.drop_attrs(deep=False).expand_dims(model=np.array([f"n{n}_m{m}"], dtype=object))
+
+
+def combine(parts: list[xr.Dataset]) -> xr.Dataset:
+    """Stack models along `model`, padding the feature axis (feature_exists False there)."""
+    out = xr.concat(parts, "model", join="outer", fill_value=np.nan, coords="different", compat="equals")
+    out["feature_exists"] = out["feature_exists"].fillna(False).astype(bool)
+    out["represented"] = out["represented"].fillna(False).astype(bool)
+    per_block = out["column_parameters"]
+    out["column_parameters"] = per_block.max([d for d in per_block.dims if d != "model"])
+    return out
+
+
+def summary_rows(ds: xr.Dataset) -> list[tuple]:
+    """Per model and feature probability: the median 2 llc_i / (m + 1) of represented and of
+    unrepresented features, the median D_i of represented ones, and the full LLC against the sum
+    of column LLCs."""
+    rows = []
+    for model in ds["model"].values:
+        part = ds.sel(model=model)
+        part = part.isel(feature=np.flatnonzero(part["feature_exists"].values))
+        frac = 2 * part["llc_weight"] / float(part["column_parameters"])
+        for p in part["feature_probability"].values:
+            sel = part.sel(feature_probability=p)
+            rep = sel["represented"].values.astype(bool)
+            f = frac.sel(feature_probability=p).values
+            D = sel["feature_dimensionality"].values
+            med = lambda a: f"{np.nanmedian(a):.2f}" if np.size(a) and np.isfinite(a).any() else "-"
+            rows.append((str(model), f"{p:g}", f"{int(rep.sum())} / {rep.size}", med(f[rep]), med(f[~rep]), med(D[rep]),
+                         f"{float(np.nanmean(sel['llc'])):.2f}", f"{float(np.nansum(sel['llc_weight']) / sel.sizes.get('seed', 1)):.2f}",
+                         med(sel["llc_data"].values[rep])))
+    return rows
+
+
+def run(out_dir: Path, *, quick: bool = False, settings: Settings | None = None) -> xr.Dataset:
+    settings = settings or (QUICK if quick else Settings())
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    parts = []
+    with progress_bar(len(settings.models), desc=NAME, enabled=True) as bar:
+        for n, m in settings.models:
+            parts.append(compute_model(n, m, settings))
+            bar.update()
+    ds = combine(parts)
+    command = command_line(NAME, out_dir, quick)
+    ds.attrs.update(provenance_attrs(NAME, dataclasses.asdict(settings)))
+    ds.attrs["command"] = command
+    save_dataset(ds, out_dir / "per_feature.nc")
+    figure = save(plot_per_feature(ds), out_dir / "per_feature.png")
+    minutes = (time.time() - start) / 60
+    headers = ("model", "p", "represented", "median 2 llc_i/(m+1), represented", "same, not represented",
+               "median D_i, represented", "LLC (whole model)", "sum of column LLCs", "median data-refined LLC, represented")
+    finding = (f"Per-feature weight-refined LLCs for {', '.join(map(str, ds['model'].values))} "
+               f"({minutes:.1f} min). Each column's LLC is in units of its m + 1 parameters: 1 where every one is "
+               f"curved. Per instance, the sum of the column LLCs against the whole model's LLC shows they do not add.")
+    write_text(out_dir / "report.md", markdown.opening(NAME, command, finding)
+               + markdown.table(headers, summary_rows(ds)) + f"\n\n![per-feature LLC against D_i]({figure.name})\n")
+    print(f"{NAME}: {minutes:.1f} min; wrote {out_dir / 'per_feature.nc'}, {figure}, report.md")
+    return ds
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    run(args.out, quick=args.quick)
+
+
+if __name__ == "__main__":
+    main()
