@@ -15,8 +15,8 @@ import xarray as xr
 
 from analysis.measures import REPRESENTED_THRESHOLD, STICKY_VALUES, dimensions_per_feature, feature_dimensionality
 from slt_superposition import figure_style as fs
+from toy_models.train import GRID_DIMS, nonfinite_instances
 
-GRID_DIMS = ("feature_probability", "importance_decay", "seed")
 MAX_ROWS, MAX_COLS = 6, 6  # small multiples beyond 36 panels are unreadable; the rest are counted in the title
 
 
@@ -248,7 +248,6 @@ def plot_training(ds: xr.Dataset, out_dir) -> list[Path]:
     import warnings
 
     from slt_superposition.errors import InputError
-    from toy_models.train import nonfinite_instances
 
     bad = nonfinite_instances(ds)
     n_instances = int(np.prod([ds.sizes[d] for d in GRID_DIMS if d in ds.dims]))
