@@ -13,7 +13,7 @@ from slt_superposition.errors import InputError
 from slt_superposition.experiments import EXPERIMENTS, load_runner
 
 NAMES = ("tms-pentagon", "tms-phase-diagram", "tms-sticky-dimensions", "dln-validation", "kgon-llc", "tms-llc-vs-n",
-         "normal-crossing", "weights-vs-activations", "sae-progressive-codes", "meta-sae")
+         "normal-crossing", "weights-vs-activations", "sae-progressive-codes", "meta-sae", "per-feature-basis")
 
 
 def test_list_names_every_experiment(capsys):
