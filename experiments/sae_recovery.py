@@ -50,6 +50,8 @@ SETTINGS = {
     "fixed-b-pre": SaeSettings(restarts=4, schedule="decay", train_b_pre=False),
     "fixed-b-pre-data-init": SaeSettings(restarts=4, schedule="decay", train_b_pre=False, init_from_data=True),
     "fixed-b-pre-more-data": SaeSettings(samples=32_768, steps=6000, restarts=4, schedule="decay", train_b_pre=False),
+    "fixed-b-pre-8-restarts": SaeSettings(restarts=8, schedule="decay", train_b_pre=False),
+    "batch-topk-fixed-b-pre": SaeSettings(restarts=4, schedule="decay", kind="batch-topk", train_b_pre=False),
     "batch-topk": SaeSettings(restarts=4, schedule="decay", kind="batch-topk"),
     "batch-topk-more-data": SaeSettings(samples=32_768, steps=6000, restarts=4, schedule="decay", kind="batch-topk"),
 }
@@ -183,6 +185,35 @@ def write_report(rows, names, out_dir: Path, figure_path: Path) -> Path:
     return write_text(out_dir / "report.md", "\n".join(lines))
 
 
+def diagnose(train_dir: Path, feature_probabilities=(0.233572, 0.143845, 0.088587)) -> list[dict]:
+    """Why TopK(1) with a trained b_pre fails at the denser well-posed end of n4_m2 (seed 0): for
+    each p, the FVU of 4 restarts (trained b_pre, decayed lr), the b_pre kept, the matched cosine,
+    and the FVU of the true dictionary (unit columns of W, tied encoder, b_pre = 0) under TopK(1)."""
+    import jax.numpy as jnp
+
+    from analysis.sae import fvu, sae_decode, sae_encode, train_sae
+    from analysis.sae_match import matched_cosine
+    from analysis.sae_recovery import hidden_activations
+
+    train = trained_models(Path(train_dir), 1)["n4_m2"]
+    sub = train.sel(feature_probability=list(feature_probabilities), method="nearest")
+    acts = hidden_activations(sub, n_samples=8192, key=jax.random.key(3))
+    sae = train_sae(acts, dict_sizes=[4], k=1, steps=3000, restarts=4, schedule="decay", key=jax.random.key(5))
+    rows = []
+    for i, p in enumerate(sub["feature_probability"].values):
+        W = sub["W"].isel(feature_probability=i).squeeze().values
+        h = acts.isel(feature_probability=i).squeeze().values
+        unit = W / np.linalg.norm(W, axis=0)
+        ideal = {"W_dec": jnp.asarray(unit), "W_enc": jnp.asarray(unit.T), "b_enc": jnp.zeros(4), "b_pre": jnp.zeros(2)}
+        one = sae.isel(feature_probability=i).squeeze()
+        rows.append({"p": float(p), "restart_fvu": np.round(one["restart_train_fvu"].values, 3).tolist(),
+                     "b_pre": np.round(one["b_pre"].values, 2).tolist(), "W_columns": np.round(W, 2).tolist(),
+                     "matched_cosine": round(matched_cosine(W, one["decoder"].values), 3),
+                     "true_dictionary_fvu": round(fvu(h, sae_decode(ideal, sae_encode(ideal, jnp.asarray(h), 1))), 3)})
+        print(rows[-1])
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="sae_recovery")
     parser.add_argument("--out", type=Path, default=Path("results/sae-recovery"))
@@ -190,9 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma list of {', '.join(SETTINGS)}")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per feature probability (the flagship: 1)")
     parser.add_argument("--models", default="", help="comma list of model labels (e.g. n20_m5); default all")
+    parser.add_argument("--diagnose", action="store_true", help="only the n4_m2 b_pre diagnosis (`diagnose`)")
     parser.add_argument("--all-sizes", action="store_true", help="train every dictionary size m..n+1 (as the "
                         "flagship does) instead of only the n_rep sizes the score needs")
     args = parser.parse_args(argv)
+    if args.diagnose:
+        diagnose(args.train_dir or args.out / "train")
+        return 0
     unknown = [s for s in args.settings.split(",") if s not in SETTINGS]
     if unknown:
         parser.error(f"unknown settings {unknown} (known: {', '.join(SETTINGS)})")

@@ -29,11 +29,12 @@ import xarray as xr
 from analysis.measures import STICKY_VALUES, dimensions_per_feature, feature_dimensionality
 from slt_superposition import markdown
 from slt_superposition.experiments import command_line
-from slt_superposition.io import save_dataset
+from slt_superposition.io import save_dataset, write_text
 from slt_superposition.sweep import run_sweep
 from toy_models.train import TrainConfig, select_best_seed, train_grid
 
 NAME = "tms-sticky-dimensions"
+STICKY_RANGE_LOW = 0.325  # 3/8 - 0.05: below this D* no represented feature can sit near a sticky value
 
 
 def settings(quick: bool) -> TrainConfig:
@@ -56,14 +57,15 @@ def uniform_share(low: float = 0.1, high: float = 1.0, tolerance: float = 0.05, 
 
 
 def sticky_summary(W: xr.DataArray) -> dict[str, float]:
-    """Share of represented features (D_i > 0.1) near a sticky value, the uniform-spread share over
-    the same D_i range, and the median |D_i - D*| over them (0: every feature at the uniform D*)."""
+    """Share of represented features (D_i > 0.1) near a sticky value, the share a uniform spread
+    over their range [min D_i, 1] would give, and the median |D_i - D*| over them (0: every feature
+    at the uniform D*)."""
     D = feature_dimensionality(W)
     D_star = dimensions_per_feature(W)
     rep = (D > 0.1).values
     d = D.values[rep]
     return {"share_near_sticky": float(near_sticky(d).mean()) if d.size else float("nan"),
-            "uniform_share": uniform_share(0.1, 1.0),
+            "uniform_share": uniform_share(max(0.1, float(d.min())), 1.0) if d.size else float("nan"),
             "median_abs_D_minus_D_star": float(np.median(np.abs((D - D_star).values[rep]))) if d.size else float("nan"),
             "represented": int(rep.sum())}
 
@@ -83,20 +85,31 @@ def run(out_dir: Path, *, quick: bool = False) -> xr.Dataset:
     share = float((near[D > 0.1] < 0.05).mean()) if (D > 0.1).any() else float("nan")
     ds.attrs["share_within_0.05_of_sticky"] = share
     ds.attrs["uniform_spread_share"] = uniform_share(0.1, 1.0)
+    # where a sticky value can be reached at all: D* >= 3/8 - 0.05 (sparser, every feature sits near D* < 0.325)
+    in_range = (ds["D_star"] >= STICKY_RANGE_LOW).values[:, None] & (D > 0.1)
+    share_in_range = float((near[in_range] < 0.05).mean()) if in_range.any() else float("nan")
+    ds.attrs["share_within_0.05_of_sticky_where_D_star_at_least_0.325"] = share_in_range
+    spread_in_range = np.abs(D - ds["D_star"].values[:, None])[in_range]
     save_dataset(ds, out_dir / "sticky_dimensions.nc")
     figure = _plot(ds, out_dir / "sticky_dimensions.png")
     finding = (f"With n = 200 features in m = 20 dimensions, trained {config.steps} steps at "
                f"{ds.sizes['feature_probability']} feature probabilities from {config.feature_probabilities[0]} to "
                f"{config.feature_probabilities[-1]}, {share:.1%} of the represented features (D_i > 0.1) lie within "
-               "0.05 of one of Elhage et al.'s sticky values (1, 3/4, 2/3, 1/2, 2/5, 3/8).")
-    (out_dir / "report.md").write_text(
+               "0.05 of one of Elhage et al.'s sticky values (1, 3/4, 2/3, 1/2, 2/5, 3/8); where D* >= 0.325 (a "
+               f"sticky value is within reach), {share_in_range:.1%}.")
+    write_text(out_dir / "report.md",
         markdown.opening(NAME, command_line(NAME, out_dir, quick), finding)
         + f"- share of features with D_i > 0.1 lying within 0.05 of a sticky value: **{share:.1%}** (a uniform "
         f"spread of D_i over [0.1, 1] would give {uniform_share(0.1, 1.0):.1%})\n"
+        f"- the same where D* >= {STICKY_RANGE_LOW} ({int(in_range.sum())} features at "
+        f"{int((ds['D_star'] >= STICKY_RANGE_LOW).sum())} feature probabilities): **{share_in_range:.1%}** (uniform "
+        f"spread over [{STICKY_RANGE_LOW}, 1]: {uniform_share(STICKY_RANGE_LOW, 1.0):.1%}); median |D_i - D*| there "
+        f"{np.median(spread_in_range) if spread_in_range.size else float('nan'):.3f}\n"
         f"- 1/D* per feature probability: {', '.join(f'{1 / v:.2f}' for v in ds['D_star'].values)}\n\n"
         f"![D_i against 1/D*]({figure.name})\n"
     )
-    print(f"{NAME}: {share:.1%} of represented features within 0.05 of a sticky value")
+    print(f"{NAME}: {share:.1%} of represented features within 0.05 of a sticky value; {share_in_range:.1%} where "
+          f"D* >= {STICKY_RANGE_LOW}")
     return ds
 
 
@@ -126,7 +139,9 @@ def _plot(ds: xr.Dataset, path: Path) -> Path:
     return fs.save(figure(ds), path)
 
 
-STUDY_PROBABILITIES = (0.1, 0.03, 0.01)  # 1/D* from about 3 to 13 at n = 200, m = 20 (the quick run)
+# where the sticky values can show: 1/D* from about 1.5 to 3 at n = 200, m = 20 (the quick run); at
+# sparser p, D* < 3/8 and every represented feature sits near D*, below all sticky values but 0
+STUDY_PROBABILITIES = (0.45, 0.3, 0.2)
 STUDY = {  # name: TrainConfig changes from the quick setting
     "quick (3000 steps, lr 3e-3, batch 256)": {},
     "10x longer (30,000 steps)": {"steps": 30_000},
