@@ -13,10 +13,11 @@ TopK of any sample for `dead_after_tokens` training samples (counted in steps of
 with weight `aux_coef` (1/32 as in the paper), which pulls dead latents back towards data.
 b_pre starts at the geometric median of the activations, as in the paper (Weiszfeld iterations
 from the mean; on sparse toy activations most samples are exactly 0, and so is the median). It
-is trained, and can still drift: on a TMS square (two antipodal pairs) one initialisation ends
-with b_pre near one feature's column and one latent covering that pair and the all-zero samples
-(FVU 0.039 against 0.015 at the right dictionary; docs/experiments/sae_recovery.md), which is why
-restarts chosen by FVU help. Differences from the paper: the reconstruction loss is
+is trained, and can drift: on a TMS square (two antipodal pairs) with k = 1, b_pre moves out
+along a feature's column and the dictionary reorganises around it, at a *lower* TopK(1) loss
+than the true dictionary's where samples with two active features are common
+(docs/experiments/sae_recovery.md); `train_b_pre=False` holds it at the median. Differences
+from the paper: the reconstruction loss is
 normalised by the variance of the whole activation set rather than of each batch (a batch of a
 very sparse toy model can be all zeros), and `k_aux` defaults to max(1, hidden // 2) (the paper:
 a power of two near d_model / 2).

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from analysis.measures import STICKY_VALUES, dimensions_per_feature, feature_dimensionality
+from analysis.measures import STICKY_VALUES, dimensions_per_feature, feature_dimensionality, represented_features
 from slt_superposition import markdown
 from slt_superposition.experiments import command_line
 from slt_superposition.io import save_dataset, write_text
@@ -57,12 +57,12 @@ def uniform_share(low: float = 0.1, high: float = 1.0, tolerance: float = 0.05, 
 
 
 def sticky_summary(W: xr.DataArray) -> dict[str, float]:
-    """Share of represented features (D_i > 0.1) near a sticky value, the share a uniform spread
-    over their range [min D_i, 1] would give, and the median |D_i - D*| over them (0: every feature
-    at the uniform D*)."""
+    """Share of represented features (||W_i|| >= 0.5) near a sticky value, the share a uniform
+    spread over their range [min D_i, 1] would give, and the median |D_i - D*| over them (0: every
+    feature at the uniform D*)."""
     D = feature_dimensionality(W)
     D_star = dimensions_per_feature(W)
-    rep = (D > 0.1).values
+    rep = represented_features(W).values & (D > 0.1).values
     d = D.values[rep]
     return {"share_near_sticky": float(near_sticky(d).mean()) if d.size else float("nan"),
             "uniform_share": uniform_share(max(0.1, float(d.min())), 1.0) if d.size else float("nan"),
@@ -78,15 +78,16 @@ def run(out_dir: Path, *, quick: bool = False) -> xr.Dataset:
     ds = select_best_seed(run_sweep(NAME, config.to_dict(), chunks, compute, out_dir / "sweep")).squeeze("importance_decay")
     ds["D_i"] = feature_dimensionality(ds["W"])
     ds["D_star"] = dimensions_per_feature(ds["W"])
-    # nearest sticky value of each represented feature (D_i > 0.1)
+    # nearest sticky value of each represented feature (||W_i|| >= 0.5; a weak column can have any D_i)
     D = ds["D_i"].values
+    rep = represented_features(ds["W"]).transpose("feature_probability", "feature").values & (D > 0.1)
     sticky = np.array(STICKY_VALUES)
     near = np.abs(D[..., None] - sticky).min(-1)
-    share = float((near[D > 0.1] < 0.05).mean()) if (D > 0.1).any() else float("nan")
+    share = float((near[rep] < 0.05).mean()) if rep.any() else float("nan")
     ds.attrs["share_within_0.05_of_sticky"] = share
     ds.attrs["uniform_spread_share"] = uniform_share(0.1, 1.0)
     # where a sticky value can be reached at all: D* >= 3/8 - 0.05 (sparser, every feature sits near D* < 0.325)
-    in_range = (ds["D_star"] >= STICKY_RANGE_LOW).values[:, None] & (D > 0.1)
+    in_range = (ds["D_star"] >= STICKY_RANGE_LOW).values[:, None] & rep
     share_in_range = float((near[in_range] < 0.05).mean()) if in_range.any() else float("nan")
     ds.attrs["share_within_0.05_of_sticky_where_D_star_at_least_0.325"] = share_in_range
     spread_in_range = np.abs(D - ds["D_star"].values[:, None])[in_range]
@@ -94,12 +95,12 @@ def run(out_dir: Path, *, quick: bool = False) -> xr.Dataset:
     figure = _plot(ds, out_dir / "sticky_dimensions.png")
     finding = (f"With n = 200 features in m = 20 dimensions, trained {config.steps} steps at "
                f"{ds.sizes['feature_probability']} feature probabilities from {config.feature_probabilities[0]} to "
-               f"{config.feature_probabilities[-1]}, {share:.1%} of the represented features (D_i > 0.1) lie within "
+               f"{config.feature_probabilities[-1]}, {share:.1%} of the represented features (||W_i|| >= 0.5) lie within "
                "0.05 of one of Elhage et al.'s sticky values (1, 3/4, 2/3, 1/2, 2/5, 3/8); where D* >= 0.325 (a "
                f"sticky value is within reach), {share_in_range:.1%}.")
     write_text(out_dir / "report.md",
         markdown.opening(NAME, command_line(NAME, out_dir, quick), finding)
-        + f"- share of features with D_i > 0.1 lying within 0.05 of a sticky value: **{share:.1%}** (a uniform "
+        + f"- share of represented features lying within 0.05 of a sticky value: **{share:.1%}** (a uniform "
         f"spread of D_i over [0.1, 1] would give {uniform_share(0.1, 1.0):.1%})\n"
         f"- the same where D* >= {STICKY_RANGE_LOW} ({int(in_range.sum())} features at "
         f"{int((ds['D_star'] >= STICKY_RANGE_LOW).sum())} feature probabilities): **{share_in_range:.1%}** (uniform "
@@ -144,9 +145,8 @@ def _plot(ds: xr.Dataset, path: Path) -> Path:
 STUDY_PROBABILITIES = (0.45, 0.3, 0.2)
 STUDY = {  # name: TrainConfig changes from the quick setting
     "quick (3000 steps, lr 3e-3, batch 256)": {},
-    "10x longer (30,000 steps)": {"steps": 30_000},
+    "3.3x longer (10,000 steps)": {"steps": 10_000},
     "cosine decay to 0": {"schedule": "cosine"},
-    "full setting (20,000 steps, lr 1e-3, batch 1024)": {"steps": 20_000, "learning_rate": 1e-3, "batch_size": 1024},
     "weight decay 0.01 (the notebook's AdamW)": {"weight_decay": 0.01},
     "n = 80, m = 8": {"n_features": 80, "n_hidden": 8},
 }
