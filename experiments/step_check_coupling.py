@@ -20,9 +20,10 @@ import jax
 import numpy as np
 
 from experiments.kgon_llc import kgon_loss, refined_kgon
-from slt_superposition.checks import _batch_means_se, _relative
-from slt_superposition.coupled import sample_coupled
+from slt_superposition.checks import relative_difference
+from slt_superposition.coupled import DIFF_BLOCKS, sample_coupled
 from slt_superposition.curvature import hessian_eigenvalues, quadratic_llc
+from slt_superposition.diagnostics import batch_means_se
 from slt_superposition.llc import SGLDConfig, chain_settings, chain_shape, default_nbeta, sample_chains
 
 STEP_SIZES = (1e-3, 3.16e-4, 1e-4, 3.16e-5)
@@ -42,9 +43,10 @@ def study(n: int = 10_000, chains: int = 4, steps: int = 500, batch: int = 500, 
         key = jax.random.split(jax.random.key(seed + 1), 1)
         pair = sample_coupled(kgon_loss, one, x, key, settings, chain_shape(config, n, d), data_batched=False)
         ok = ~np.asarray(pair["diverged"], bool)
-        rel, _, fine = _relative(np.asarray(pair["llc_coarse"], np.float64), np.asarray(pair["llc_fine"], np.float64),
+        rel, _, fine = relative_difference(np.asarray(pair["llc_coarse"], np.float64), np.asarray(pair["llc_fine"], np.float64),
                                  ok)
-        se = _batch_means_se(np.asarray(pair["diff_blocks"], np.float64), ok) / np.abs(fine)
+        blocks = np.asarray(pair["diff_blocks"], np.float64)
+        se = batch_means_se(blocks, np.ones(blocks.shape[::2], bool), ok, DIFF_BLOCKS) / np.abs(fine)
         # the check before coupling: the eps / 3 chain from another key, one difference per chain
         finer = dataclasses.replace(config, step_size=eps / 3, num_steps=3 * steps, num_burnin=3 * (steps // 2),
                                     trace_every=3 * config.trace_every)

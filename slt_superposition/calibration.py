@@ -58,7 +58,7 @@ import xarray as xr
 from slt_superposition.chain import ChainShape
 from slt_superposition.curvature import curvature_batched, quadratic_llc, step_size_bound
 from slt_superposition.errors import check_batch_size, require
-from slt_superposition.diagnostics import masked_rhat
+from slt_superposition.diagnostics import batch_means_se, masked_rhat
 from slt_superposition.llc import (SGLDConfig, _check_inputs, _flatten_instances, _instance_dims, default_nbeta,
                                    sample_chains)
 from slt_superposition.observers import ChainSettings
@@ -68,7 +68,7 @@ from slt_superposition.provenance import provenance_attrs
 PyTree = Any
 DEFAULT_STEP_SIZES = tuple(float(10.0 ** (e / 2)) for e in range(-16, -7))  # 1e-8 .. 1e-4
 TRACE_BLOCKS = 128  # loss-trace blocks per calibration chain (R-hat reads the post-burn-in ones)
-BATCH_MEANS = 8  # batches per chain for the batch-means standard error
+BATCH_MEANS = 8  # batches per chain for the batch-means standard error (`diagnostics.batch_means_se`)
 
 
 class Runs(NamedTuple):
@@ -92,25 +92,6 @@ class Sampler(NamedTuple):
 
     run: Callable[..., Runs]
     n_instances: int
-
-
-def batch_means_se(trace: np.ndarray, post: np.ndarray, chains: np.ndarray, groups: int = BATCH_MEANS) -> np.ndarray:
-    """Standard error of the post-burn-in mean loss from batch means: each healthy chain's
-    post-burn-in trace blocks `trace (instance, chain, block)` (`post (instance, block)`,
-    `chains (instance, chain)`) averaged into `groups` consecutive batches, pooled over chains.
-    Returns `(instance,)` (NaN with fewer than 3 batches)."""
-    n_inst, n_chains, _ = trace.shape
-    out = np.full(n_inst, np.nan)
-    for i in range(n_inst):
-        cols = np.flatnonzero(post[i])
-        use = np.flatnonzero(chains[i])
-        if len(cols) < groups or len(use) == 0:
-            continue
-        means = np.stack([trace[i][np.ix_(use, part)].mean(axis=1) for part in np.array_split(cols, groups)], axis=1)
-        values = means[np.isfinite(means)]
-        if values.size > 2:
-            out[i] = values.std(ddof=1) / np.sqrt(values.size)
-    return out
 
 
 def _bucket(count: int, n_inst: int) -> int:
@@ -165,7 +146,7 @@ def _sampler(loss_fn, params, data, *, data_batched, n, d, nbeta, num_chains, bu
         block_starts = np.arange(TRACE_BLOCKS)[None, :] * every[:, None]
         post = (block_starts >= burnin[:, None]) & np.isfinite(trace).all(axis=1, where=healthy[:, :, None])
         rhat = masked_rhat(trace, post, healthy & (steps > 0)[:, None])
-        se = np.fmax(se, nbeta * batch_means_se(trace, post, healthy))
+        se = np.fmax(se, nbeta * batch_means_se(trace, post, healthy, BATCH_MEANS))
         return Runs(llc, se, acc, diverged.sum(axis=1), rhat, per_chain, trace, post)
 
     return Sampler(run, n_inst)
@@ -436,7 +417,8 @@ def batch_check_stage(sampler: Sampler, key, eps, num_steps, localization, *, ba
             with np.errstate(invalid="ignore", divide="ignore"):
                 diff = np.nanmean(paired, axis=1)
                 # batch means of the paired per-block difference (as the stored batch check)
-                diff_se = nbeta * batch_means_se(res.trace.astype(np.float64) - full.trace, res.post, healthy)
+                diff_se = nbeta * batch_means_se(res.trace.astype(np.float64) - full.trace, res.post, healthy,
+                                                 BATCH_MEANS)
                 rel = diff / np.abs(full.llc)
             ok = np.abs(diff) <= tol * np.abs(full.llc) + 2 * np.nan_to_num(diff_se)
             for k, v in zip(("llc", "rel", "se", "ok"), (res.llc, rel, diff_se, ok)):

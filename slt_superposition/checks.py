@@ -39,6 +39,7 @@ import xarray as xr
 
 from slt_superposition.coupled import DIFF_BLOCKS
 from slt_superposition.curvature import curvature_batched, quadratic_llc, step_size_bound
+from slt_superposition.diagnostics import batch_means_se
 
 PyTree = Any
 CHECK_STEPS = 500  # chain length of the short paired runs (at most the estimate's own)
@@ -48,42 +49,13 @@ BATCH_TOL = 0.02
 MAX_RHAT = 1.1
 
 
-def _batch_means_se(blocks: np.ndarray, ok: np.ndarray) -> np.ndarray:
-    """Standard error of the mean paired difference from batch means: `blocks (instance, chain,
-    block)` of post-burn-in block means of the difference, `ok (instance, chain)` healthy chains.
-    Pooling blocks over chains gives many more degrees of freedom than one difference per chain
-    (2 to 4 chains), and coupled chains decorrelate within a few blocks. Returns `(instance,)`."""
-    values = np.where(ok[:, :, None] & np.isfinite(blocks), blocks, np.nan).reshape(len(blocks), -1)
-    count = np.isfinite(values).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        sd = np.nanstd(values, axis=1, ddof=1)
-    return np.where(count > 2, sd / np.sqrt(np.maximum(count, 1)), np.nan)
-
-
-def _relative(a: np.ndarray, b: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def relative_difference(a: np.ndarray, b: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean a - mean b) / |mean b| over healthy chains, and the means of a and b, `(instance,)`."""
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         mean_a = np.nanmean(np.where(ok, a, np.nan), axis=1)
         mean_b = np.nanmean(np.where(ok, b, np.nan), axis=1)
     return (mean_a - mean_b) / np.abs(mean_b), mean_a, mean_b
-
-
-def _trace_blocks(trace: np.ndarray, steps: np.ndarray, burnin: np.ndarray, every: int,
-                  groups: int = DIFF_BLOCKS) -> np.ndarray:
-    """Post-burn-in loss-trace blocks `(instance, chain, block)` averaged into `groups` batches
-    (NaN where a batch is empty)."""
-    n_blocks = trace.shape[-1]
-    starts = np.arange(n_blocks)[None, :] * every
-    post = (starts >= burnin[:, None]) & (starts < steps[:, None])  # (instance, block)
-    out = np.full(trace.shape[:2] + (groups,), np.nan)
-    for i in range(trace.shape[0]):
-        cols = np.flatnonzero(post[i])
-        for g, part in enumerate(np.array_split(cols, groups)):
-            if len(part):
-                out[i, :, g] = trace[i][:, part].mean(axis=1)
-    return out
 
 
 def run_checks(sample: Callable, sample_pair: Callable, config, nbeta, *, n: int, curvature_inputs: tuple,
@@ -100,22 +72,24 @@ def run_checks(sample: Callable, sample_pair: Callable, config, nbeta, *, n: int
     too_short = (steps - burnin).reshape(-1) < MIN_CHECK_DRAWS
     pair = sample_pair(short, key)
     pair_ok = ~np.asarray(pair["diverged"], bool)
-    step_rel, coarse, fine = _relative(np.asarray(pair["llc_coarse"], np.float64),
+    step_rel, coarse, fine = relative_difference(np.asarray(pair["llc_coarse"], np.float64),
                                        np.asarray(pair["llc_fine"], np.float64), pair_ok)
-    step_se = np.where(too_short, np.nan, _batch_means_se(np.asarray(pair["diff_blocks"], np.float64), pair_ok)
-                       / np.abs(fine))
+    blocks = np.asarray(pair["diff_blocks"], np.float64)  # already one value per batch
+    step_se = np.where(too_short, np.nan, batch_means_se(blocks, np.ones(blocks.shape[::2], bool), pair_ok,
+                                                         DIFF_BLOCKS) / np.abs(fine))
     out = {"llc_check": coarse, "llc_step_check": fine, "step_check_rel_diff": step_rel, "step_check_se": step_se}
     if config.batch_size is not None and config.batch_size < n:
         base = sample(short, key)
         full = sample(dataclasses.replace(short, batch_size=None), key)
         ok = ~(np.asarray(base["diverged"], bool) | np.asarray(full["diverged"], bool))
-        batch_rel, base_mean, full_mean = _relative(np.asarray(base["llc_per_chain"], np.float64),
+        batch_rel, base_mean, full_mean = relative_difference(np.asarray(base["llc_per_chain"], np.float64),
                                                     np.asarray(full["llc_per_chain"], np.float64), ok)
         diff = np.asarray(base["loss_trace"], np.float64) - np.asarray(full["loss_trace"], np.float64)
-        blocks = nb.reshape(-1, 1, 1) * _trace_blocks(diff, steps.reshape(-1) * np.ones(len(diff), np.int64),
-                                                      burnin.reshape(-1) * np.ones(len(diff), np.int64), every)
+        starts = np.arange(diff.shape[-1])[None, :] * every
+        post = (starts >= burnin.reshape(-1, 1)) & (starts < steps.reshape(-1, 1))  # (instance, block)
+        se = nb * batch_means_se(diff, post, ok, DIFF_BLOCKS) / np.abs(full_mean)
         out.update(llc_full_batch_check=full_mean, batch_check_rel_diff=batch_rel,
-                   batch_check_se=np.where(too_short, np.nan, _batch_means_se(blocks, ok) / np.abs(full_mean)))
+                   batch_check_se=np.where(too_short, np.nan, se))
     else:
         nan = np.full_like(step_rel, np.nan)
         out.update(llc_full_batch_check=nan, batch_check_rel_diff=nan, batch_check_se=nan)

@@ -115,3 +115,23 @@ def masked_rhat(trace: np.ndarray, draws: np.ndarray, chains: np.ndarray) -> np.
         rhat = np.sqrt((between / within + n - 1) / n)
     return np.where((m >= 2) & (n >= 2), rhat, np.nan)
 
+
+def batch_means_se(trace: np.ndarray, post: np.ndarray, chains: np.ndarray, groups: int) -> np.ndarray:
+    """Standard error of the post-burn-in mean of a trace (the loss, or a paired difference) from
+    batch means: each healthy chain's post-burn-in blocks `trace (instance, chain, block)`
+    (`post (instance, block)`, `chains (instance, chain)`) averaged into `groups` consecutive
+    batches, pooled over chains (with 2 to 4 chains, the spread over chains alone has 1 to 3
+    degrees of freedom). Returns `(instance,)`, NaN with fewer than 3 finite batches."""
+    trace, post, chains = np.asarray(trace, np.float64), np.asarray(post, bool), np.asarray(chains, bool)
+    n_inst = trace.shape[0]
+    out = np.full(n_inst, np.nan)
+    for i in range(n_inst):
+        cols = np.flatnonzero(post[i])
+        use = np.flatnonzero(chains[i])
+        if len(cols) < groups or len(use) == 0:
+            continue
+        means = np.stack([trace[i][np.ix_(use, part)].mean(axis=1) for part in np.array_split(cols, groups)], axis=1)
+        values = means[np.isfinite(means)]
+        if values.size > 2:
+            out[i] = values.std(ddof=1) / np.sqrt(values.size)
+    return out
