@@ -179,13 +179,13 @@ def figure(ds: xr.Dataset):
             ax.imshow(kept, cmap="Greys", vmin=0, vmax=1.6, aspect="auto")
             ax.set_xticks(range(ds.sizes["width"]), [str(w) for w in ds["width"].values])
             ax.set_yticks(range(N), [f"{ds['drop_cost'].values[i]:.1e}" for i in order])
-            ax.set(xlabel="meta-SAE width", title=f"{sae}: dark = kept")
-        axes[0, 0].set_ylabel("feature (cost of dropping p E[x^2] ||W||^2)")
+            ax.set(xlabel="meta-SAE width", title=f"{sae}\n(dark: kept)")
+        axes[0, 0].set_ylabel("feature: cost p E[x^2] ||W||^2")
         ax = axes[0, 3]
         for i, sae in enumerate(ds["sae"].values):
             ax.plot(ds["width"].values, ds["activation_fvu"].sel(sae=sae).values, marker="o", color=fs.PALETTE[i],
                     label=str(sae))
-        ax.set(xlabel="meta-SAE width", ylabel="activation FVU (meta-reconstructed decoder)", yscale="log")
+        ax.set(xlabel="meta-SAE width", ylabel="activation FVU", yscale="log")
         ax.legend()
     return fig
 
