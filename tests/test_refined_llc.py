@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from analysis.refined_checks import BURNIN, population_loss, refined_columns
 from slt_superposition import InputError
 from slt_superposition.curvature import step_size_bound
 from slt_superposition.llc import SGLDConfig, estimate_llc
@@ -16,45 +17,17 @@ from slt_superposition.refined import (block_spectra, conditional_feature_data, 
 from slt_superposition.theory import _population_loss, class_critical_point
 from toy_models.dln import dln_data, dln_loss, dln_true_params
 
-NBETA = 1e4  # inverse temperature on the exact population loss (no sampling noise in L)
-CLASSES = [(6, 0), (5, 0), (5, 1)]  # 6-gon, 5^- (dead bias negative), 5-gon+1 (dead bias 1/12)
-STEPS, BURNIN, CHAINS = 12_000, 2_000, 16
-
-
-def population_loss(params, x):
-    """Exact Chen et al. population loss (x is a placeholder: the loss needs no samples)."""
-    return _population_loss(params["W"], params["b"], jnp)
-
-
-def _class_params():
-    Ws, bs = zip(*(class_critical_point(k, p) for k, p in CLASSES))
-    return {"W": jnp.asarray(np.stack(Ws), jnp.float32), "b": jnp.asarray(np.stack(bs), jnp.float32)}
-
-
-def _refined(localization: float):
-    """All six columns of the three classes at `localization`; the step size of each class is the
-    largest whose quadratic-approximation bias is at most 2% for every block (a measured choice
-    from the restricted Hessians, `curvature.step_size_bound`)."""
-    params = _class_params()
-    masks = feature_masks({"W": params["W"][0], "b": params["b"][0]})
-    flat = np.stack([np.concatenate([np.ravel(masks["W"][j]), masks["b"][j]]) for j in range(6)])
-    x = jnp.zeros((1, 1))
-    spectra, _ = block_spectra(population_loss, params, x, flat, data_batched=False)
-    eps = np.nanmin(step_size_bound(spectra, localization, NBETA), axis=1)
-    config = SGLDConfig(step_size=eps, localization=localization, nbeta=NBETA, num_chains=CHAINS, num_steps=STEPS,
-                        num_burnin=BURNIN)
-    return estimate_refined_llc_batched(population_loss, params, x, masks=masks, config=config, key=jax.random.key(0),
-                                        instance_dims={"point": ["6-gon", "5-", "5-gon+1"]}, data_batched=False)
+NBETA = 1e4  # as analysis.refined_checks
 
 
 @pytest.fixture(scope="module")
 def weak():
-    return _refined(1.0)
+    return refined_columns(1.0)
 
 
 @pytest.fixture(scope="module")
 def strong():
-    return _refined(1000.0)
+    return refined_columns(1000.0)
 
 
 def test_live_columns_give_three_halves(weak):

@@ -138,3 +138,17 @@ def test_bad_functions_are_one_line_errors(regression):
     with pytest.raises(InputError, match="must return a scalar"):
         estimate_susceptibilities(_mse, {"w": w_star}, data, delta_loss_fns={"d": _delta},
                                   observables={"w": lambda p, b: p["w"]}, config=small, key=jax.random.key(0))
+
+
+def test_response_matrix_of_a_grid(tiny_grid):
+    """The flagship's response matrix: every instance of a grid in one call, own and cross responses."""
+    from analysis.susceptibility_report import own_and_cross, response_matrix, response_section
+
+    config = SGLDConfig(step_size=1e-4, localization=1.0, num_chains=2, num_steps=40, num_burnin=10)
+    ds = response_matrix(tiny_grid, config=config, key=jax.random.key(0), n_samples=64)
+    assert ds["susceptibility"].dims == ("feature_probability", "importance_decay", "seed", "perturbation",
+                                         "observable")
+    assert ds.sizes["perturbation"] == 5 and ds.sizes["observable"] == 10
+    own, cross = own_and_cross(ds, "loss")
+    assert own.shape == (2, 1, 2, 5) and np.all(cross.values >= 0)
+    assert "| p |" in response_section(ds)
