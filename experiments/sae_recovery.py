@@ -139,8 +139,8 @@ def _median(ds: xr.Dataset, name: str) -> float:
 
 
 def figure(result: xr.Dataset):
-    """Matched cosine of the n_rep-latent SAE against p, one panel per model, one line per setting;
-    well-posed instances filled, others open."""
+    """Matched cosine of the n_rep-latent SAE against p, one panel per model, one line per setting
+    (only well-posed instances have an SAE)."""
     from slt_superposition import figure_style as fs
 
     models = list(result["model"].values)
@@ -162,9 +162,8 @@ def figure(result: xr.Dataset):
                 ax.plot(p, score.values, color=colour, lw=0.8, label=str(setting))
                 ax.scatter(p[posed.values], score.values[posed.values], color=colour, s=8, zorder=3)
             ax.axhline(0.95, color=fs.REFERENCE, lw=0.5, ls="--")
-            ax.set(xscale="log", title=str(model), xlabel="p")
+            ax.set(xscale="log", title=str(model), xlabel="feature probability p")
         axes[0, 0].set_ylabel("matched cosine (n_rep latents)")
-        fig.supxlabel(fs.label("feature_probability") + " (only well-posed instances have an SAE)", fontsize=7)
         handles, labels = axes[0, 0].get_legend_handles_labels()
         fs.legend_below(fig, handles, labels)
     return fig
