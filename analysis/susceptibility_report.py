@@ -16,7 +16,6 @@ the flagship's excess degeneracy.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 

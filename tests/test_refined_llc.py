@@ -48,8 +48,9 @@ def test_positive_dead_bias_column_is_curved(weak):
 def test_negative_dead_bias_column_is_flat_under_strong_localization(strong, weak):
     """5^-: the dead column is exactly flat inside its bounded region. At localization 1000 (OU
     spread 1/sqrt(1000) per coordinate) no draw leaves it: the loss never moves, the estimate is 0.
-    At localization 1 chains leave it (the region has radius ~0.24 in W_6) and the estimate is
-    positive."""
+    At localization 1 chains leave it (the region has radius ~0.24 in W_6); the loss rises slowly past
+    its edge, so the estimate stays near 0 there too (0.09 +- 0.11), but no longer samples the flat
+    region alone."""
     dead = strong.sel(point="5-", mask=5)
     assert int(dead["block_hessian_rank"]) == 0
     assert abs(float(dead["llc_mean"])) <= 0.15
@@ -57,7 +58,7 @@ def test_negative_dead_bias_column_is_flat_under_strong_localization(strong, wea
     assert np.all(excess == 0.0)  # every post-burn-in draw inside the flat region
     loose = weak.sel(point="5-", mask=5)
     outside = loose["loss_trace"].values[:, BURNIN:] > float(loose["init_loss"])
-    assert outside.mean() > 0.01 and float(loose["llc_mean"]) > 0
+    assert outside.mean() > 0.01  # 44% at this key (python -m analysis.refined_checks)
 
 
 def test_quadratic_prediction_matches_estimate(weak):
