@@ -2,6 +2,7 @@
 
     slt-superposition reproduce per-feature-basis [--quick] --out DIR
     python -m experiments.per_feature_basis --out DIR [--quick]
+    python -m experiments.per_feature_basis --ranges DIR/per_feature.nc   # the docs' ranges
 
 For n6_m2 and n20_m5 (TMS, uniform importance), a grid of feature probabilities is trained in one
 program per model, then `analysis.per_feature.per_feature_dataset` estimates, for every instance
@@ -93,6 +94,23 @@ def summary_rows(ds: xr.Dataset) -> list[tuple]:
     return rows
 
 
+def range_rows(ds: xr.Dataset) -> list[tuple]:
+    """Per model and feature probability: the range of 2 llc_i / (m + 1) over represented and
+    over unrepresented features, and the unrepresented features' biases."""
+    rows = []
+    span = lambda a: f"{np.nanmin(a):.2f} to {np.nanmax(a):.2f}" if np.size(a) else "-"
+    for model in ds["model"].values:
+        part = ds.sel(model=model)
+        part = part.isel(feature=np.flatnonzero(part["feature_exists"].values))
+        per_parameter = 2 / float(np.nanmax(part["column_parameters"].values))
+        for p in part["feature_probability"].values:
+            sel = part.sel(feature_probability=p)
+            rep = sel["represented"].values.astype(bool)
+            f = per_parameter * sel["llc_weight"].values
+            rows.append((str(model), f"{p:g}", span(f[rep]), span(f[~rep]), span(sel["b"].values[~rep])))
+    return rows
+
+
 def run(out_dir: Path, *, quick: bool = False, settings: Settings | None = None) -> xr.Dataset:
     settings = settings or (QUICK if quick else Settings())
     out_dir = Path(out_dir)
@@ -123,9 +141,17 @@ def run(out_dir: Path, *, quick: bool = False, settings: Settings | None = None)
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--ranges", type=Path, metavar="PER_FEATURE_NC",
+                        help="print the ranges of 2 llc_i / (m + 1) of a written per_feature.nc and exit")
     args = parser.parse_args(argv)
+    if args.ranges:
+        print(markdown.table(("model", "p", "2 llc_i / (m + 1), represented", "same, not represented",
+                              "biases of the unrepresented"), range_rows(xr.open_dataset(args.ranges))))
+        return
+    if args.out is None:
+        parser.error("--out is required (except with --ranges)")
     run(args.out, quick=args.quick)
 
 
