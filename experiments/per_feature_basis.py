@@ -96,7 +96,8 @@ def summary_rows(ds: xr.Dataset) -> list[tuple]:
 
 def range_rows(ds: xr.Dataset) -> list[tuple]:
     """Per model and feature probability: the range of 2 llc_i / (m + 1) over represented and
-    over unrepresented features, and the unrepresented features' biases."""
+    over unrepresented features, the unrepresented features' biases, and |grad| of the
+    data-refined losses at w*."""
     rows = []
     span = lambda a: f"{np.nanmin(a):.2f} to {np.nanmax(a):.2f}" if np.size(a) else "-"
     for model in ds["model"].values:
@@ -107,7 +108,8 @@ def range_rows(ds: xr.Dataset) -> list[tuple]:
             sel = part.sel(feature_probability=p)
             rep = sel["represented"].values.astype(bool)
             f = per_parameter * sel["llc_weight"].values
-            rows.append((str(model), f"{p:g}", span(f[rep]), span(f[~rep]), span(sel["b"].values[~rep])))
+            rows.append((str(model), f"{p:g}", span(f[rep]), span(f[~rep]), span(sel["b"].values[~rep]),
+                         span(sel["data_gradient_norm"].values)))
     return rows
 
 
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.ranges:
         print(markdown.table(("model", "p", "2 llc_i / (m + 1), represented", "same, not represented",
-                              "biases of the unrepresented"), range_rows(xr.open_dataset(args.ranges))))
+                              "biases of the unrepresented", "data-refined |grad L_i(w*)|"), range_rows(xr.open_dataset(args.ranges))))
         return
     if args.out is None:
         parser.error("--out is required (except with --ranges)")
