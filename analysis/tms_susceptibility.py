@@ -22,6 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from analysis.measures import feature_dimensionality_array, feature_norms_array
 from toy_models.tms import tms_forward, tms_loss
 
 
@@ -78,17 +79,10 @@ def importance_delta(i: int, delta_importance: float = 0.5, importance=1.0):
 
 
 def feature_norm(i: int):
-    """||W_i||, the length of feature i's column."""
-    return lambda params, data: jnp.linalg.norm(params["W"][:, i])
+    """||W_i||, the length of feature i's column (`analysis.measures.feature_norms_array`)."""
+    return lambda params, data: feature_norms_array(params["W"])[i]
 
 
-def feature_dimensionality(i: int, eps: float = 1e-12):
-    """D_i = ||W_i||^2 / sum_j (W_i_hat . W_j)^2 (Elhage et al.)."""
-
-    def D(params, data):
-        W = params["W"]
-        norm2 = jnp.sum(W[:, i] ** 2)
-        hat = W[:, i] / jnp.sqrt(norm2 + eps)
-        return norm2 / (jnp.sum((hat @ W) ** 2) + eps)
-
-    return D
+def feature_dimensionality(i: int):
+    """D_i = ||W_i||^2 / sum_j (W_i_hat . W_j)^2 (`analysis.measures.feature_dimensionality_array`)."""
+    return lambda params, data: feature_dimensionality_array(params["W"])[i]
