@@ -7,7 +7,7 @@ For every instance of a trained TMS grid and every feature i, one dataset with d
     llc_weight_se     its standard error over chains
     llc_weight_quadratic, block_hessian_rank   the block's quadratic prediction and Hessian rank
     llc_data          data-refined LLC: the LLC at the same w* of the loss on data where feature i
-                      is always active (`refined.conditional_feature_data`); w* need not be a
+                      is always active (`conditional_feature_data`); w* need not be a
                       critical point of that loss, so it can be negative
     llc_data_se
     feature_norm, feature_dimensionality (D_i), interference, represented   (analysis.measures)
@@ -40,8 +40,8 @@ from jax.flatten_util import ravel_pytree
 from analysis.measures import feature_dimensionality, feature_norms, interference, represented_features
 from slt_superposition.curvature import quadratic_llc, step_size_bound
 from slt_superposition.llc import SGLDConfig, default_nbeta, estimate_llc_batched
-from slt_superposition.refined import (RANK_RTOL, block_spectra, conditional_feature_data, estimate_refined_llc_batched,
-                                       feature_masks)
+from slt_superposition.refined import RANK_RTOL, block_spectra, estimate_refined_llc_batched, feature_masks
+from toy_models.data import sparse_uniform
 from toy_models.train import GRID_DIMS, instance_inputs_for, llc_inputs
 
 
@@ -58,6 +58,15 @@ class PerFeatureSettings:
     max_step_size: float = 1e-3
     burnin_fraction: float = 0.25
     batch_size: int | None = 256  # None: full batch
+
+
+def conditional_feature_data(key, n_samples: int, n_features: int, feature_probability, feature: int) -> jax.Array:
+    """TMS data conditioned on feature `feature` being active: `toy_models.data.sparse_uniform` with
+    that feature's probability set to 1 (the others keep `feature_probability`, a scalar or
+    `(n_features,)`). The data set of the data-refined LLC "samples where feature i is active".
+    Returns `(n_samples, n_features)`."""
+    p = jnp.broadcast_to(jnp.asarray(feature_probability, jnp.float32), (n_features,)).at[feature].set(1.0)
+    return sparse_uniform(key, n_samples, n_features, p)
 
 
 def _steps(eps: np.ndarray, s: PerFeatureSettings) -> tuple[np.ndarray, np.ndarray]:

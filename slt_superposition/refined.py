@@ -29,7 +29,8 @@ from the Hessian restricted to V, `curvature.quadratic_llc` at the run's setting
 
 Data-refined LLC: the LLC at the same w* of another loss or data set (e.g. only the samples where
 feature i is active). That is `estimate_llc` / `estimate_llc_batched` with that loss or data and
-the same params; `conditional_feature_data` draws such data sets for TMS features.
+the same params (`analysis.per_feature.conditional_feature_data` draws such data sets for TMS
+features).
 """
 
 from __future__ import annotations
@@ -291,17 +292,3 @@ def _single(loss_fn, one, data, stacked, config, key, curvature) -> xr.Dataset:
                                                {"long_name": "rank of the Hessian restricted to the block"})
     ds.attrs.update(refined="weight")
     return ds
-
-
-# ----------------------------------------------------------------------------- data-refined
-
-
-def conditional_feature_data(key, n_samples: int, n_features: int, feature_probability, feature: int) -> jax.Array:
-    """TMS data conditioned on feature `feature` being active: `toy_models.data.sparse_uniform` with
-    that feature's probability set to 1 (the others keep `feature_probability`, a scalar or
-    `(n_features,)`). The data set of the data-refined LLC "samples where feature i is active".
-    Returns `(n_samples, n_features)`."""
-    from toy_models.data import sparse_uniform
-
-    p = jnp.broadcast_to(jnp.asarray(feature_probability, jnp.float32), (n_features,)).at[feature].set(1.0)
-    return sparse_uniform(key, n_samples, n_features, p)

@@ -31,11 +31,7 @@ APPLICATION = ("slt_superposition.cli", "slt_superposition.__main__", "slt_super
                "slt_superposition.experiments")
 
 # (importing module, imported module) -> why it is there for now
-ALLOWED = {
-    ("slt_superposition.refined", "toy_models.data"):
-        "refined.conditional_feature_data draws TMS data with one feature forced on (a lazy import): TMS-specific, "
-        "it belongs in toy_models.data or analysis, passed to the core as a data array",
-}
+ALLOWED: dict[tuple[str, str], str] = {}
 
 
 def layer(module: str) -> str:

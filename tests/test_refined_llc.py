@@ -8,12 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from analysis.per_feature import conditional_feature_data
 from analysis.refined_checks import BURNIN, population_loss, refined_columns
 from slt_superposition import InputError
 from slt_superposition.curvature import step_size_bound
 from slt_superposition.llc import SGLDConfig, estimate_llc
-from slt_superposition.refined import (block_spectra, conditional_feature_data, estimate_refined_llc,
-                                       estimate_refined_llc_batched, feature_masks)
+from slt_superposition.refined import block_spectra, estimate_refined_llc, estimate_refined_llc_batched, feature_masks
 from slt_superposition.theory import _population_loss, class_critical_point
 from toy_models.dln import dln_data, dln_loss, dln_true_params
 
