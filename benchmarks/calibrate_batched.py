@@ -8,6 +8,8 @@ Grid: TMS n=6, m=2 trained 2000 AdamW steps at `--instances` / 8 feature probabi
 2 chains; the flagship's quick calibration budget (half-decade step grid 1e-6 .. 1e-2, sweep
 300 steps, chains 600 .. 2400, long check at most 2400). Both sides are timed after a warm-up
 call on the same shapes (compilation left out), and the chosen step sizes are compared.
+Then the sampling program alone: chain-steps per second of 1 instance per call against all
+instances in one call (the raw ratio that bounds what batching can gain on this machine).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 import jax
 import numpy as np
 
+from slt_superposition import SGLDConfig, estimate_llc_batched
 from slt_superposition.calibration import calibrate, calibrate_batched
 from toy_models.train import TrainConfig, llc_inputs, train_grid
 
@@ -31,6 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--instances", type=int, default=64, help="instances (a multiple of 8)")
     parser.add_argument("--n-samples", type=int, default=4096)
+    parser.add_argument("--raw-only", action="store_true", help="only the sampling throughput, no calibration")
     args = parser.parse_args()
     probabilities = tuple(float(p) for p in np.geomspace(1.0, 0.01, args.instances // 8))
     grid = train_grid(TrainConfig(n_features=6, n_hidden=2, feature_probabilities=probabilities, seeds=8,
@@ -40,6 +44,9 @@ def main() -> None:
     print(f"{platform.processor() or platform.machine()}, jax {jax.__version__} on {jax.default_backend()}; "
           f"{n_inst} TMS 6x2 instances, n = {args.n_samples}")
 
+    if args.raw_only:
+        raw_throughput(loss_fn, params, data, n_inst)
+        return
     one = lambda i: jax.tree_util.tree_map(lambda x: x[i], (params, data))
     key = jax.random.key(1)
     # warm-up: compile both paths on these shapes
@@ -59,6 +66,34 @@ def main() -> None:
     print(f"ratio: {t_loop / t_batched:.1f}x")
     print(f"same chosen step size on {np.mean(eps_loop == eps_batched):.0%} of instances "
           "(the keys differ: instance i of the batch uses split(key, N)[i], the loop uses key)")
+    raw_throughput(loss_fn, params, data, n_inst)
+
+
+def raw_throughput(loss_fn, params, data, n_inst: int, steps: int = 2000) -> None:
+    """Chain-steps per second of the sampling program alone (no checks, no calibration logic):
+    1 instance per call against all instances in one call, same chains and batch as above.
+    If the batched program did no more chain-steps per second than the single one, no
+    batching could beat the loop by more than the loop's per-call overheads."""
+    config = SGLDConfig(step_size=1e-4, localization=1.0, num_chains=OPTIONS["num_chains"], num_steps=steps,
+                        num_burnin=steps // 2, batch_size=OPTIONS["batch_size"])
+    one = jax.tree_util.tree_map(lambda x: x[:1], (params, data))
+    rates = {}
+    for label, (p, d) in (("1 instance per call", one), (f"{n_inst} instances in one call", (params, data))):
+        call = lambda: estimate_llc_batched(loss_fn, p, d, config=config, key=jax.random.key(2), checks=False)
+        call()  # compile
+        best = min(_seconds(call) for _ in range(3))
+        count = jax.tree_util.tree_leaves(p)[0].shape[0]
+        rates[label] = count * config.num_chains * steps / best
+        print(f"sampling alone, {label}: {best:.2f} s -> {rates[label]:,.0f} chain-steps/s "
+              f"({count} x {config.num_chains} chains x {steps} steps)")
+    values = list(rates.values())
+    print(f"raw throughput ratio ({n_inst} instances in one call / 1 instance per call): {values[1] / values[0]:.2f}x")
+
+
+def _seconds(call) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
 
 
 if __name__ == "__main__":

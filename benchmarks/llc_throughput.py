@@ -6,8 +6,10 @@
 Model: the Chen et al. regular 6-gon TMS (6 features, 2 hidden, d = 18), data x = mu e_i,
 n = 1000, batch 500, nbeta = n / log n, 8 chains x 1000 steps (200 burn-in), eps 5e-4,
 gamma 100. Prints chain-steps per second for both and their ratio, both estimates, the
-compile time (first call) separately from the repeated call, the throughput of 64
-instances x 8 chains in one call, the memory of full vs thinned traces, and peak RSS.
+compile time (first call) separately from the repeated call, where the chain program's CPU
+time goes (benchmarks/chain_profile.py: ablated copies side by side, and the XLA profiler's
+time per part), the throughput of 64 instances x 8 chains in one call, the memory of full vs
+thinned traces, and peak RSS.
 devinterp runs with torch on 1 thread: on this tiny model more threads only contend
 (measured about 4x slower with 2 threads on 2 cores), so 1 thread is devinterp's best case.
 """
@@ -26,6 +28,7 @@ import numpy as np
 
 from slt_superposition import SGLDConfig, estimate_llc, estimate_llc_batched
 from slt_superposition import llc as llc_module
+import chain_profile  # benchmarks/chain_profile.py, next to this script
 from toy_models.data import high_sparsity_limit
 from toy_models.tms import tms_loss
 
@@ -50,29 +53,43 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
+def cpu_timed(fn):
+    """(out, wall seconds, CPU seconds of this process): on a shared machine the CPU time is what
+    this process itself used, the fairer figure when other jobs take the cores in turn."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
 def run_ours(params, x, config):
     # the estimate alone (checks=False): the stored bias checks are extra short runs
     call = lambda key: estimate_llc(loss_fn, params, x, config=config, key=jax.random.key(key), checks=False)
     _, first = timed(lambda: call(0))
-    repeats = [timed(lambda: call(1 + i)) for i in range(3)]
-    best = min(t for _, t in repeats)
-    return repeats[0][0], first, best
+    repeats = [cpu_timed(lambda: call(1 + i)) for i in range(3)]
+    best = min(t for _, t, _ in repeats)
+    best_cpu = min(c for _, _, c in repeats)
+    return repeats[0][0], first, best, best_cpu
 
 
 def ablations(params, x, config) -> None:
-    """Side by side, in this process: the two speed-ups of llc.py that are settings, each
-    against what jax would do by default (the compiled program only, best of 5)."""
+    """Side by side, in this process: where the chain program's CPU time goes (chain_profile:
+    ablated copies of the program, and the XLA profiler's time per part), then the two
+    speed-ups that are settings, each against what jax would do by default."""
+    chain_profile.print_ablations(loss_fn, params, x, config)
+    chain_profile.print_thunk_profile(loss_fn, params, x, config)
     nbeta = llc_module.resolve_nbeta(config, N)
     settings = llc_module.chain_settings(config, nbeta, 1)
     run = jax.jit(llc_module.block_function(loss_fn, llc_module.chain_shape(config, N, 18), False))
     inputs = ((jax.tree_util.tree_map(lambda a: a[None], params), jax.random.key(1)[None], settings), x)
     lowered = run.lower(*inputs)
-    programs = {"XLA:CPU defaults": lowered.compile(),
-                "llc.CPU_COMPILER_OPTIONS (no YNNPACK fusions)": lowered.compile(
-                    compiler_options=llc_module.CPU_COMPILER_OPTIONS)}
-    for name, program in programs.items():
-        best = min(timed(lambda: jax.block_until_ready(program(*inputs)))[1] for _ in range(5))
-        print(f"  program with {name}: {best * 1e3:.1f} ms")
+    # XLA's defaults hand the fused small products to YNNPACK, seconds per call: timed once
+    programs = {"XLA:CPU defaults": (lowered.compile(), 1),
+                "llc.CPU_COMPILER_OPTIONS (no YNNPACK fusions)": (lowered.compile(
+                    compiler_options=llc_module.CPU_COMPILER_OPTIONS), 5)}
+    for name, (program, repeats) in programs.items():
+        jax.block_until_ready(program(*inputs))
+        best = min(timed(lambda: jax.block_until_ready(program(*inputs)))[1] for _ in range(repeats))
+        print(f"  whole program (estimate_llc's, sharded form) with {name}: {best * 1e3:.1f} ms")
     keys = jax.random.split(jax.random.key(0), CHAINS)
     for partitionable in (True, False):
         with jax.threefry_partitionable(partitionable):
@@ -110,8 +127,8 @@ def run_devinterp(params, x, chains):
     # warm-up (torch imports its compiler stack lazily on the first optimizer), not timed
     estimate_learning_coeff_with_summary(TorchTMS(), loader, **{**kwargs, "num_chains": 1, "num_draws": 5,
                                                                  "num_burnin_steps": 0})
-    result, seconds = timed(lambda: estimate_learning_coeff_with_summary(TorchTMS(), loader, **kwargs))
-    return result, seconds
+    result, seconds, cpu = cpu_timed(lambda: estimate_learning_coeff_with_summary(TorchTMS(), loader, **kwargs))
+    return result, seconds, cpu
 
 
 def main() -> None:
@@ -129,10 +146,10 @@ def main() -> None:
     print(f"jax {jax.__version__} on {jax.default_backend()}; TMS 6x2, n={N}, batch {BATCH}, "
           f"{CHAINS} chains x {STEPS} steps, eps {EPS}, gamma {GAMMA}, nbeta {nbeta:.2f}")
 
-    ours, first, repeat = run_ours(params, x, config)
+    ours, first, repeat, repeat_cpu = run_ours(params, x, config)
     ours_rate = chain_steps / repeat
     print(f"slt_superposition: first call {first:.2f} s (compile ~{first - repeat:.2f} s), "
-          f"repeated call {repeat * 1e3:.1f} ms -> {ours_rate:,.0f} chain-steps/s; "
+          f"repeated call {repeat * 1e3:.1f} ms (CPU {repeat_cpu * 1e3:.1f} ms) -> {ours_rate:,.0f} chain-steps/s; "
           f"LLC {float(ours.llc_mean):.3f} +- {float(ours.llc_std) / math.sqrt(CHAINS):.3f} (s.e.), "
           f"MALA {float(ours.mala_acceptance.mean()):.3f}")
 
@@ -140,17 +157,21 @@ def main() -> None:
     ablations(params, x, config)
 
     epoch_config = SGLDConfig(**{**config.to_dict(), "sampling": "epoch"})
-    _, _, epoch_repeat = run_ours(params, x, epoch_config)
+    _, _, epoch_repeat, epoch_cpu = run_ours(params, x, epoch_config)
     print(f"slt_superposition, sampling='epoch' (without replacement, as devinterp's shuffled loader): "
           f"repeated call {epoch_repeat * 1e3:.1f} ms -> {chain_steps / epoch_repeat:,.0f} chain-steps/s")
 
     dv_chains = 2 if args.quick else CHAINS
-    theirs, dv_seconds = run_devinterp(params, x, dv_chains)
+    theirs, dv_seconds, dv_cpu = run_devinterp(params, x, dv_chains)
     dv_rate = dv_chains * STEPS / dv_seconds
-    print(f"devinterp 1.3:     {dv_chains} chains in {dv_seconds:.1f} s -> {dv_rate:,.0f} chain-steps/s; "
+    print(f"devinterp 1.3:     {dv_chains} chains in {dv_seconds:.1f} s (CPU {dv_cpu:.1f} s) -> {dv_rate:,.0f} "
+          f"chain-steps/s; "
           f"LLC {theirs['llc/mean']:.3f} +- {theirs['llc/std'] / math.sqrt(dv_chains):.3f} (s.e.)")
     print(f"speed ratio (slt_superposition / devinterp): {ours_rate / dv_rate:,.0f}x "
           f"(sampling='epoch': {chain_steps / epoch_repeat / dv_rate:,.0f}x)")
+    dv_cpu_rate = dv_chains * STEPS / dv_cpu
+    print(f"speed ratio by CPU time of this process: {chain_steps / repeat_cpu / dv_cpu_rate:,.0f}x "
+          f"(sampling='epoch': {chain_steps / epoch_cpu / dv_cpu_rate:,.0f}x)")
     se = math.sqrt((float(ours.llc_std) / math.sqrt(CHAINS)) ** 2 + (theirs["llc/std"] / math.sqrt(dv_chains)) ** 2)
     print(f"estimate difference: {abs(float(ours.llc_mean) - theirs['llc/mean']) / se:.2f} combined standard errors")
 
@@ -160,10 +181,12 @@ def main() -> None:
     data = jnp.stack([high_sparsity_limit(jax.random.key(10 + i), N, N_FEATURES) for i in range(n_inst)])
     call = lambda key: estimate_llc_batched(loss_fn, grid, data, config=config, key=jax.random.key(key), checks=False)
     _, first64 = timed(lambda: call(0))
-    batched, t64 = timed(lambda: call(1))
+    batched, t64, cpu64 = cpu_timed(lambda: call(1))
     rate64 = n_inst * chain_steps / t64
     print(f"{n_inst} instances x {CHAINS} chains x {STEPS} steps in one call: first {first64:.2f} s, "
-          f"repeated {t64:.2f} s -> {rate64:,.0f} chain-steps/s ({rate64 / dv_rate:,.0f}x devinterp); "
+          f"repeated {t64:.2f} s (CPU {cpu64:.2f} s) -> {rate64:,.0f} chain-steps/s "
+          f"({n_inst * chain_steps / cpu64:,.0f} per CPU second, against {chain_steps / repeat_cpu:,.0f} for one "
+          f"instance); "
           f"LLC over instances {float(batched.llc_mean.mean()):.2f} (min {float(batched.llc_mean.min()):.2f}, "
           f"max {float(batched.llc_mean.max()):.2f})")
 

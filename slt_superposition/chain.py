@@ -14,6 +14,12 @@ change nothing. Step t of a chain with key k always draws from `fold_in` of k's 
 keys at t's chunk, so a longer chain extends a shorter one with the same key.
 
 Randomness: chain c of an instance with key k uses `jax.random.split(k, num_chains)[c]`.
+
+On a CPU, `loss_fn`'s small matrix products run as fused elementwise code
+(`slt_superposition.small_dots`, `ELEMENTWISE_DOTS`); compile the program with
+`llc.CPU_COMPILER_OPTIONS` (every caller in this package does): XLA's default YNNPACK fusions
+run those sums far slower. The program's parts carry `jax.named_scope` names (`SCOPES`), which
+`benchmarks/chain_profile.py` uses to say where the time goes.
 """
 
 from __future__ import annotations
@@ -34,6 +40,10 @@ PyTree = Any
 CHUNK_STEPS = 64  # steps whose minibatch indices (and noise) are drawn together
 NOISE_BUDGET = 2**18  # floats per chain: a chunk's SGLD noise is drawn at once below this size
 ELEMENTWISE_DOTS = True  # on a CPU, small matrix products in loss_fn as fused elementwise code (small_dots)
+# names of the program's parts in the compiled program's op metadata (jax.named_scope), so a profile
+# can say where the time goes (benchmarks/chain_profile.py); they change no number
+SCOPES = {"indices": "minibatch_indices", "noise": "sgld_noise", "gather": "minibatch_gather",
+          "step": "sgld_step", "observers": "observers"}
 
 
 class ChainShape(NamedTuple):
@@ -94,18 +104,23 @@ def instance_program(loss_fn: Callable, shape: ChainShape, observers=None) -> Ca
         def step(carry, xs):
             position, states = carry
             t, idx, noise = xs
-            minibatch = data if idx is None else _take(data, idx)
-            state = kernel.init(position)
-            if noise is None:
-                state, info = kernel.step(jax.random.fold_in(noise_key, t), state, minibatch)
-            else:
-                state, info = kernel.step_with_noise(state, minibatch, noise)
-            active = t < settings.num_steps
-            finite = jnp.isfinite(info.loss) & jnp.isfinite(info.drift).all() & jnp.isfinite(state.position).all()
-            ctx = StepContext(t, active, active & (t >= settings.num_burnin), info.loss, info.loss - init_loss,
-                              finite)
-            states = tuple(obs.update(s, ctx, info, settings) for obs, s in zip(observers, states))
-            return (jnp.where(active, state.position, position), states), None
+            with jax.named_scope(SCOPES["gather"]):
+                minibatch = data if idx is None else _take(data, idx)
+            with jax.named_scope(SCOPES["step"]):
+                state = kernel.init(position)
+                if noise is None:
+                    state, info = kernel.step(jax.random.fold_in(noise_key, t), state, minibatch)
+                else:
+                    state, info = kernel.step_with_noise(state, minibatch, noise)
+            with jax.named_scope(SCOPES["observers"]):
+                active = t < settings.num_steps
+                finite = (jnp.isfinite(info.loss) & jnp.isfinite(info.drift).all()
+                          & jnp.isfinite(state.position).all())
+                ctx = StepContext(t, active, active & (t >= settings.num_burnin), info.loss, info.loss - init_loss,
+                                  finite)
+                states = tuple(obs.update(s, ctx, info, settings) for obs, s in zip(observers, states))
+                position = jnp.where(active, state.position, position)
+            return (position, states), None
 
         def run_chunk(c, carry):
             ts = c * chunk + jnp.arange(chunk)
@@ -113,8 +128,11 @@ def instance_program(loss_fn: Callable, shape: ChainShape, observers=None) -> Ca
                 ts = ts + chunk_tick(c)
             noise = None
             if pregenerate:
-                noise = standard_normal(jax.random.fold_in(noise_key, c), (chunk,) + w_star.shape, w_star.dtype)
-            carry, _ = jax.lax.scan(step, carry, (ts, _chunk_batches(shape, chunk, data_key, c), noise))
+                with jax.named_scope(SCOPES["noise"]):
+                    noise = standard_normal(jax.random.fold_in(noise_key, c), (chunk,) + w_star.shape, w_star.dtype)
+            with jax.named_scope(SCOPES["indices"]):
+                batches = _chunk_batches(shape, chunk, data_key, c)
+            carry, _ = jax.lax.scan(step, carry, (ts, batches, noise))
             return carry
 
         n_chunks = (settings.num_steps + chunk - 1) // chunk
