@@ -86,7 +86,8 @@ def run_checks(sample: Callable, sample_pair: Callable, config, nbeta, *, n: int
                                                     np.asarray(full["llc_per_chain"], np.float64), ok)
         diff = np.asarray(base["loss_trace"], np.float64) - np.asarray(full["loss_trace"], np.float64)
         starts = np.arange(diff.shape[-1])[None, :] * every
-        post = (starts >= burnin.reshape(-1, 1)) & (starts < steps.reshape(-1, 1))  # (instance, block)
+        post = np.broadcast_to((starts >= burnin.reshape(-1, 1)) & (starts < steps.reshape(-1, 1)),
+                               diff.shape[::2])  # (instance, block); scalar settings broadcast
         se = nb * batch_means_se(diff, post, ok, DIFF_BLOCKS) / np.abs(full_mean)
         out.update(llc_full_batch_check=full_mean, batch_check_rel_diff=batch_rel,
                    batch_check_se=np.where(too_short, np.nan, se))

@@ -12,8 +12,8 @@ run resolves a few-percent bias. Holding the minibatch over the k substeps keeps
 gradient noise per unit of sampler time equal in both chains: the check isolates the Langevin
 discretisation; `checks`' batch check measures the minibatch part.
 
-`coupled_program(loss_fn, shape, substeps)` returns `run(params, data, key, settings) -> dict`
-for one instance, per chain (leading axis `chain`):
+`sample_coupled` runs every instance's pairs and returns, per instance and chain (leading axes
+`instance`, `chain`; numpy, the last arithmetic in float64 on the host):
 
     llc_coarse, llc_fine:   nbeta * mean over post-burn-in coarse steps of (L_B(w_t) - L_n(w*)),
                             the fine chain read at the coarse times (its positions w_{kt})
@@ -29,12 +29,14 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from slt_superposition.chain import ChainShape
+from slt_superposition.chain import ELEMENTWISE_DOTS, ChainShape
 from slt_superposition.observers import ChainSettings
 from slt_superposition.random import standard_normal, uniform_indices
 from slt_superposition.sharding import run_sharded, single_device_mesh
+from slt_superposition.small_dots import small_dots_as_elementwise
 
 PyTree = Any
 CHUNK = 64  # coarse steps whose indices and noise are drawn in one call
@@ -43,14 +45,18 @@ DIFF_BLOCKS = 10  # batch-means blocks of the paired difference per chain
 
 def coupled_program(loss_fn: Callable, shape: ChainShape, substeps: int = 3) -> Callable:
     """`run(params, data, key, settings)` for one instance; `settings.step_size` is the coarse eps,
-    `settings.num_steps` / `num_burnin` count coarse steps (the fine chain runs `substeps` x as many)."""
+    `settings.num_steps` / `num_burnin` count coarse steps (the fine chain runs `substeps` x as many).
+    Per chain: `excess_sum` (sum of L_B(coarse) - L_n(w*) over post-burn-in steps), `diff_sums` and
+    `diff_counts` (`DIFF_BLOCKS`,) (sums and counts of L_B(coarse) - L_B(fine) per block), `diverged`;
+    `sample_coupled` turns them into estimates."""
     k = int(substeps)
 
     def run_chain(key, w_star, unravel, data, init_loss, settings: ChainSettings):
         flat_loss = lambda w, batch: loss_fn(unravel(w), batch)
+        if ELEMENTWISE_DOTS and jax.default_backend() == "cpu":  # as the main chain computes its loss
+            flat_loss = small_dots_as_elementwise(flat_loss)
         value_and_grad = jax.value_and_grad(flat_loss)
         eps, gamma, nbeta = settings.step_size, settings.localization, settings.nbeta
-        draws = (settings.num_steps - settings.num_burnin).astype(jnp.float32)
         noise_key, data_key = jax.random.split(key)
 
         def move(w, batch, z, h):
@@ -59,7 +65,7 @@ def coupled_program(loss_fn: Callable, shape: ChainShape, substeps: int = 3) -> 
             return new, loss, jnp.isfinite(loss) & jnp.isfinite(grad).all()
 
         def step(carry, xs):
-            coarse, fine, sums, blocks, counts, ok = carry
+            coarse, fine, total, blocks, counts, ok = carry
             t, idx, z = xs  # z: (k, d)
             batch = data if idx is None else jax.tree_util.tree_map(lambda a: jnp.take(a, idx, axis=0, mode="clip"),
                                                                      data)
@@ -71,14 +77,14 @@ def coupled_program(loss_fn: Callable, shape: ChainShape, substeps: int = 3) -> 
             active = t < settings.num_steps
             post = active & (t >= settings.num_burnin)
             finite = ok_c & ok_f & jnp.isfinite(new_coarse).all() & jnp.isfinite(new_fine).all()
-            sums = sums + jnp.where(post, jnp.stack([loss_c - init_loss, loss_f - init_loss]), 0.0)
+            total = total + jnp.where(post, loss_c - init_loss, 0.0)
             b = jnp.clip((t - settings.num_burnin) * DIFF_BLOCKS // jnp.maximum(settings.num_steps
                                                                                 - settings.num_burnin, 1),
                          0, DIFF_BLOCKS - 1)
             blocks = blocks.at[b].add(jnp.where(post, loss_c - loss_f, 0.0))
             counts = counts.at[b].add(jnp.where(post, 1.0, 0.0))
             ok = ok & jnp.where(active, finite, True)
-            return (jnp.where(active, new_coarse, coarse), jnp.where(active, new_fine, fine), sums, blocks, counts, ok), None
+            return (jnp.where(active, new_coarse, coarse), jnp.where(active, new_fine, fine), total, blocks, counts, ok), None
 
         def run_chunk(c, carry):
             ts = c * CHUNK + jnp.arange(CHUNK)
@@ -90,11 +96,9 @@ def coupled_program(loss_fn: Callable, shape: ChainShape, substeps: int = 3) -> 
 
         n_chunks = (settings.num_steps + CHUNK - 1) // CHUNK
         zeros = jnp.zeros(DIFF_BLOCKS, jnp.float32)
-        init = (w_star, w_star, jnp.zeros(2, jnp.float32), zeros, zeros, jnp.array(True))
-        _, _, sums, blocks, counts, ok = jax.lax.fori_loop(0, n_chunks, run_chunk, init)
-        return {"llc_coarse": nbeta * sums[0] / draws, "llc_fine": nbeta * sums[1] / draws,
-                "diff_blocks": jnp.where(counts > 0, nbeta * blocks / jnp.maximum(counts, 1.0), jnp.nan),
-                "diverged": ~ok}
+        init = (w_star, w_star, jnp.zeros((), jnp.float32), zeros, zeros, jnp.array(True))
+        _, _, total, blocks, counts, ok = jax.lax.fori_loop(0, n_chunks, run_chunk, init)
+        return {"excess_sum": total, "diff_sums": blocks, "diff_counts": counts, "diverged": ~ok}
 
     def run(params, data, key, settings: ChainSettings):
         init_loss = loss_fn(params, data)
@@ -122,5 +126,16 @@ def sample_coupled(loss_fn: Callable, params: PyTree, data: PyTree, keys: jax.Ar
     mesh = single_device_mesh() if mesh is None else mesh
     block = _block_function(loss_fn, shape._replace(progress=False), int(substeps), data_batched)
     if data_batched:
-        return run_sharded(block, (params, data, keys, settings), mesh=mesh, compiler_options=compiler_options)
-    return run_sharded(block, (params, keys, settings), data, mesh=mesh, compiler_options=compiler_options)
+        raw = run_sharded(block, (params, data, keys, settings), mesh=mesh, compiler_options=compiler_options)
+    else:
+        raw = run_sharded(block, (params, keys, settings), data, mesh=mesh, compiler_options=compiler_options)
+    # the last arithmetic in float64 on the host: compiled reductions of the block sums rounded
+    # differently on different meshes
+    nbeta = np.asarray(settings.nbeta, np.float64)[:, None]
+    draws = np.asarray(settings.num_steps - settings.num_burnin, np.float64)[:, None]
+    total, sums = np.asarray(raw["excess_sum"], np.float64), np.asarray(raw["diff_sums"], np.float64)
+    counts = np.asarray(raw["diff_counts"], np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        blocks = np.where(counts > 0, nbeta[..., None] * sums / counts, np.nan)
+    return {"llc_coarse": nbeta * total / draws, "llc_fine": nbeta * (total - sums.sum(axis=-1)) / draws,
+            "diff_blocks": blocks, "diverged": np.asarray(raw["diverged"], bool)}
