@@ -2,7 +2,7 @@
 against a plain PyTorch TopK SAE trainer (one SAE at a time, as Gao et al.'s reference code
 trains one), same shapes, same steps, side by side in one process.
 
-    python benchmarks/sae_train.py [--steps 500] [--instances 4] [--rounds 2]
+    python benchmarks/sae_train.py [--steps 500] [--instances 4] [--rounds 2] [--torch-threads 1]
 
 Shapes: activations of `--instances` TMS-like instances (hidden 5, 8192 samples each), TopK
 SAEs of dictionary sizes 5, 10, 15, 20 on each (so instances x 4 dictionaries), k = 1, batch
@@ -100,9 +100,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--instances", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="torch intra-op threads (1: these shapes are far too small to split, and extra threads "
+                        "spin against other processes on a shared CPU)")
     args = parser.parse_args()
     import jax
     import torch
+
+    torch.set_num_threads(args.torch_threads)
 
     h = activations(args.instances)
     n_sae = args.instances * len(SIZES)
