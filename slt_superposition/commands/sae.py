@@ -71,11 +71,11 @@ def sae(
     if k is not None:
         require(k > 0 and k <= min(sizes), f"--k must be in (0, {min(sizes)}] (the smallest dictionary), got {k:g}")
         require(kind == "batch-topk" or float(k).is_integer(), f"--k must be a whole number for kind {kind}, got {k:g}")
-    steps = max(10, steps - steps % 10)
+    log_every = 10 if steps % 10 == 0 else 1  # the loss curve in blocks of 10 steps where they divide evenly
     with output_lock(out):
         ds = sae_dataset(train, kind=kind, dict_sizes=sizes, k=k, steps=steps, n_samples=samples,
                          batch_size=batch_size, learning_rate=lr, schedule=schedule, restarts=restarts,
-                         train_b_pre=train_b_pre,
+                         train_b_pre=train_b_pre, log_every=log_every,
                          key=jax.random.key(seed), progress=progress, source=str(path))
         saved = save_dataset(ds, out, inputs=[path])
     recovered = ds["sae_recovered"].where(ds["well_posed"])
