@@ -41,3 +41,20 @@ def test_meta_sae_on_idealized_sae_drops_the_rare_feature_first():
     np.testing.assert_array_equal(kept_features(HEXAGON, meta.decoder.sel(dict_size=6).values), [True] * 6)
     np.testing.assert_array_equal(kept_features(HEXAGON, meta.decoder.sel(dict_size=5).values),
                                   [True, True, True, False, True, True])
+
+
+@pytest.mark.slow
+def test_meta_sae_quick_run(tmp_path):
+    """`reproduce meta-sae --quick`: dataset, figure, report; the best subset of W drops the cheapest
+    feature first, and the meta-SAEs' loss order correlates negatively with the cost of dropping."""
+    from experiments.meta_sae import order_summary, run
+
+    ds = run(tmp_path, quick=True)
+    for name in ("meta_sae.nc", "meta_sae.png", "report.md"):
+        assert (tmp_path / name).exists()
+    assert order_summary(ds, "best subset of W")[2]
+    for sae in ("idealized", "trained"):
+        assert order_summary(ds, sae)[1] < 0
+    # a narrower meta-dictionary never reconstructs the activations better than the widest one
+    fvu = ds["activation_fvu"].sel(sae="best subset of W").values
+    assert np.all(np.diff(fvu) >= 0)  # widths run 7 down to 2
