@@ -32,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from slt_superposition.chain import ELEMENTWISE_DOTS, ChainShape
+from slt_superposition import chain as chain_module
+from slt_superposition.chain import ChainShape
 from slt_superposition.observers import ChainSettings
 from slt_superposition.random import standard_normal, uniform_indices
 from slt_superposition.sharding import run_sharded, single_device_mesh
@@ -53,7 +54,7 @@ def coupled_program(loss_fn: Callable, shape: ChainShape, substeps: int = 3) -> 
 
     def run_chain(key, w_star, unravel, data, init_loss, settings: ChainSettings):
         flat_loss = lambda w, batch: loss_fn(unravel(w), batch)
-        if ELEMENTWISE_DOTS and jax.default_backend() == "cpu":  # as the main chain computes its loss
+        if chain_module.ELEMENTWISE_DOTS and jax.default_backend() == "cpu":  # as the main chain computes its loss
             flat_loss = small_dots_as_elementwise(flat_loss)
         value_and_grad = jax.value_and_grad(flat_loss)
         eps, gamma, nbeta = settings.step_size, settings.localization, settings.nbeta

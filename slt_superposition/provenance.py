@@ -19,7 +19,12 @@ PACKAGES = ("slt-superposition", "jax", "jaxlib", "flax", "optax", "blackjax", "
 
 
 def package_versions() -> dict[str, str]:
-    """Installed versions of the packages that decide the numbers."""
+    """Installed versions of the packages that decide the numbers (a copy; read once per process)."""
+    return dict(_package_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _package_versions() -> dict[str, str]:
     versions = {}
     for name in PACKAGES:
         try:
