@@ -177,14 +177,41 @@ def study(out_dir: Path) -> list[dict]:
     return rows
 
 
+def chunk_table(out_dir: Path) -> str:
+    """Per feature probability (best seed), from the sweep chunks finished so far in `out_dir/sweep`
+    (a run still going, or stopped): 1/D*, represented features, share near a sticky value, the
+    uniform-spread share over their range, median |D_i - D*|. Returns (and prints) a markdown table."""
+    paths = sorted((Path(out_dir) / "sweep").glob("chunk-*.nc"))
+    if not paths:
+        return "no finished chunks"
+    ds = select_best_seed(xr.concat([xr.load_dataset(path) for path in paths], "feature_probability",
+                                    combine_attrs="override")).squeeze("importance_decay")
+    rows = []
+    for p in ds["feature_probability"].values:
+        W = ds["W"].sel(feature_probability=p)
+        summary = sticky_summary(W)
+        rows.append([f"{p:.4g}", f"{float(1 / dimensions_per_feature(W)):.2f}", summary["represented"],
+                     f"{summary['share_near_sticky']:.1%}", f"{summary['uniform_share']:.1%}",
+                     f"{summary['median_abs_D_minus_D_star']:.3f}"])
+    table = markdown.table(["p", "1/D*", "represented", "share near sticky", "uniform-spread share",
+                            "median |D_i - D*|"], rows)
+    print(table)
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="tms_sticky_dimensions")
     parser.add_argument("--study", action="store_true", help="run the study of training settings (see the docstring)")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--chunks", action="store_true", help="only print the per-probability table of the "
+                        "sweep chunks finished in --out (a run still going or stopped)")
     parser.add_argument("--out", type=Path, default=Path("results/tms-sticky-dimensions"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    study(args.out) if args.study else run(args.out, quick=args.quick)
+    if args.chunks:
+        chunk_table(args.out)
+    else:
+        study(args.out) if args.study else run(args.out, quick=args.quick)
     return 0
 
 
