@@ -26,6 +26,7 @@ import xarray as xr
 
 from analysis.measures import n_represented
 from analysis.sae_recovery import expected_active, grid_saes, recovery_scores, recovery_share, well_posed
+from slt_superposition import markdown
 from slt_superposition.experiments import module_command
 from slt_superposition.io import save_dataset, write_text
 from toy_models.train import TrainConfig, train_grid
@@ -170,7 +171,13 @@ def figure(result: xr.Dataset):
 
 
 def write_report(rows, names, out_dir: Path, figure_path: Path) -> Path:
-    lines = ["# SAE recovery on the default flagship grid", "", f"Made by `{module_command('experiments.sae_recovery')}`.",
+    totals = {name: (sum(r[2] for r in rows if r[0] == name), sum(r[3] for r in rows if r[0] == name)) for name in names}
+    best = max(names, key=lambda name: totals[name][0] / max(totals[name][1], 1))
+    finding = (f"Of the well-posed instances (overcomplete and expected active features <= m / 2), each setting "
+               f"recovered: " + "; ".join(f"{name} {got} of {posed}" for name, (got, posed) in totals.items())
+               + f". The best is {best} ({totals[best][0] / max(totals[best][1], 1):.0%}); per model below.")
+    lines = [markdown.opening("SAE recovery on the default flagship grid",
+                              module_command("experiments.sae_recovery"), finding).rstrip("\n"),
              "", "| setting | model | recovered / well posed | median dead fraction | median FVU | "
              "median matched cosine | seconds |", "|---|---|---|---|---|---|---|"]
     for name, label, got, posed, dead, fvu, matched, seconds in rows:

@@ -43,7 +43,7 @@ from slt_superposition.io import save_dataset
 from slt_superposition.llc import SGLDConfig, estimate_llc_batched
 from slt_superposition.provenance import provenance_attrs
 from slt_superposition.sweep import run_sweep
-from toy_models.tms import tms_forward, tms_hidden
+from toy_models.tms import tms_forward
 from toy_models.train import GRID_DIMS, TrainConfig, llc_inputs, train_grid
 
 NAME = "weights-vs-activations"
