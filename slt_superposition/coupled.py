@@ -36,6 +36,7 @@ from slt_superposition import chain as chain_module
 from slt_superposition.chain import ChainShape
 from slt_superposition.observers import ChainSettings
 from slt_superposition.random import standard_normal, uniform_indices
+from slt_superposition.sgld import sgld
 from slt_superposition.sharding import run_sharded, single_device_mesh
 from slt_superposition.small_dots import small_dots_as_elementwise
 
@@ -56,24 +57,24 @@ def coupled_program(loss_fn: Callable, shape: ChainShape, substeps: int = 3) -> 
         flat_loss = lambda w, batch: loss_fn(unravel(w), batch)
         if chain_module.ELEMENTWISE_DOTS and jax.default_backend() == "cpu":  # as the main chain computes its loss
             flat_loss = small_dots_as_elementwise(flat_loss)
-        value_and_grad = jax.value_and_grad(flat_loss)
-        eps, gamma, nbeta = settings.step_size, settings.localization, settings.nbeta
+        kernel = lambda h: sgld(flat_loss, w_star, step_size=h, localization=settings.localization,
+                                nbeta=settings.nbeta)
+        coarse_kernel, fine_kernel = kernel(settings.step_size), kernel(settings.step_size / k)
         noise_key, data_key = jax.random.split(key)
 
-        def move(w, batch, z, h):
-            loss, grad = value_and_grad(w, batch)
-            new = w - 0.5 * h * (nbeta * grad + gamma * (w - w_star)) + jnp.sqrt(h) * z
-            return new, loss, jnp.isfinite(loss) & jnp.isfinite(grad).all()
+        def move(kern, w, batch, z):
+            state, info = kern.step_with_noise(kern.init(w), batch, z)
+            return state.position, info.loss, jnp.isfinite(info.loss) & jnp.isfinite(info.drift).all()
 
         def step(carry, xs):
             coarse, fine, total, blocks, counts, ok = carry
             t, idx, z = xs  # z: (k, d)
             batch = data if idx is None else jax.tree_util.tree_map(lambda a: jnp.take(a, idx, axis=0, mode="clip"),
                                                                      data)
-            new_coarse, loss_c, ok_c = move(coarse, batch, z.sum(axis=0) / jnp.sqrt(float(k)), eps)
-            new_fine, loss_f, ok_f = move(fine, batch, z[0], eps / k)
+            new_coarse, loss_c, ok_c = move(coarse_kernel, coarse, batch, z.sum(axis=0) / jnp.sqrt(float(k)))
+            new_fine, loss_f, ok_f = move(fine_kernel, fine, batch, z[0])
             for j in range(1, k):
-                new_fine, _, ok_j = move(new_fine, batch, z[j], eps / k)
+                new_fine, _, ok_j = move(fine_kernel, new_fine, batch, z[j])
                 ok_f &= ok_j
             active = t < settings.num_steps
             post = active & (t >= settings.num_burnin)
