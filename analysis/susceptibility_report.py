@@ -8,17 +8,22 @@ and the observables "feature i's reconstruction loss" and "||W_i||": chi(j, i) f
 report section: the own-feature responses (i = j) against the cross responses (i != j), per
 feature probability.
 
-Not done here (the rest of item 4): retraining at q' from the same initialisation and comparing
-the change in W, D_i and k with the prediction, and the test of the seed's conjecture against
-the flagship's excess degeneracy.
+The flagship's susceptibilities (`flagship_susceptibilities`) replay the LLC's own chains: the
+same refined w*, data, per-instance step size, chain length, localization, nbeta and key, so
+the same noise and minibatches, with the observables ||W_i|| and D_i of every feature and the
+loss differences of "feature j's probability x factor" (factor <= 1, paired exactly with the
+LLC's samples: `scaled_feature`) recorded at every step. `analysis.retrain_response` retrains at
+q' for comparison, and `analysis.fragility_test` joins both with the flagship's regions.
 """
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from analysis.measures import feature_dimensionality_array, feature_norms_array
 from analysis.tms_susceptibility import feature_loss, feature_norm, paired_data, probability_delta, tms_data_loss
 from slt_superposition import markdown
 from slt_superposition.susceptibility import estimate_susceptibilities
@@ -78,3 +83,62 @@ def response_section(ds: xr.Dataset) -> str:
             + markdown.table(("p", "median chi(p_i up, loss_i)", "median |chi(p_j up, loss_i)|, j != i",
                               "median chi(p_i up, ||W_i||)", "median |chi(p_j up, ||W_i||)|, j != i"), rows)
             + "\n")
+
+
+def scaled_feature(x, feature: int, factor: float):
+    """Sparse-uniform data `x (..., n, n_features)` (present iff u < p, value u / p) read under
+    feature `feature`'s probability times `factor` <= 1: u < f p iff x < f, value u / (f p) = x / f.
+    The same draws u, so q and q' are paired exactly, from x alone."""
+    xj = x[..., feature]
+    return x.at[..., feature].set(jnp.where(xj < factor, xj / factor, 0.0))
+
+
+def _scaled_delta(loss_fn, feature: int, factor: float, eval_samples: int):
+    def delta(params, data):
+        head = {k: v[:eval_samples] for k, v in data.items()}
+        return loss_fn(params, {**head, "x": scaled_feature(head["x"], feature, factor)}) - loss_fn(params, head)
+
+    return delta
+
+
+def flagship_susceptibilities(loss_fn, params, data, *, config, key, instance_dims: dict, features, factor: float,
+                              eval_samples: int) -> xr.Dataset:
+    """chi of ||W_i|| and D_i (every feature i) under "feature j's probability x `factor`" (j in
+    `features`) for every instance, from chains with the LLC's inputs and settings (pass the
+    LLC's `loss_fn`, refined params, data {"x", "importance"} with instance dims leading, its
+    SGLDConfig and key: the chains are then the LLC's chains replayed). Delta L is evaluated on
+    each instance's first `eval_samples` samples (paired, `scaled_feature`).
+
+    Returns `susceptibility_norm`, `susceptibility_dimensionality` and their `_se`, `(grid...,
+    perturbed_feature, feature)`, `delta_loss_mean (grid..., perturbed_feature)`, and the replay's
+    `replay_llc (grid...)` (its LLC estimate, for comparison with the LLC's own)."""
+    require_factor = float(factor)
+    if not 0.0 < require_factor <= 1.0:
+        raise ValueError(f"factor must be in (0, 1] (a lowered probability), got {factor}")
+    n_features = int(np.shape(data["x"])[-1])
+    features = tuple(int(j) for j in features)
+    observables = {**{f"norm_{i}": (lambda p, d, i=i: feature_norms_array(p["W"])[i]) for i in range(n_features)},
+                   **{f"dim_{i}": (lambda p, d, i=i: feature_dimensionality_array(p["W"])[i])
+                      for i in range(n_features)}}
+    deltas = {f"p{j}": _scaled_delta(loss_fn, j, factor, eval_samples) for j in features}
+    ds = estimate_susceptibilities(loss_fn, params, data, delta_loss_fns=deltas, observables=observables,
+                                   config=config, key=key, instance_dims=instance_dims)
+    grid = tuple(instance_dims)
+    coords = {**{d: np.asarray(v) for d, v in instance_dims.items()}, "perturbed_feature": np.asarray(features),
+              "feature": np.arange(n_features)}
+    dims = grid + ("perturbed_feature", "feature")
+    out = xr.Dataset(coords=coords)
+    for kind, name in (("norm", "norm"), ("dim", "dimensionality")):
+        pick = lambda var: ds[var].sel(observable=[f"{kind}_{i}" for i in range(n_features)]).values
+        what = "||W_i||" if kind == "norm" else "D_i"
+        out[f"susceptibility_{name}"] = (dims, pick("susceptibility"), {
+            "long_name": f"chi = dE[{what}]/dh for the tilt by Delta L of the perturbed feature's probability "
+                         f"x {factor:g}: the predicted change of {what} (first order)", "units": "1"})
+        out[f"susceptibility_{name}_se"] = (dims, pick("susceptibility_se"), {
+            "long_name": f"standard error of susceptibility_{name} over chains", "units": "1"})
+    out["delta_loss_mean"] = (grid + ("perturbed_feature",), ds["delta_loss_mean"].values, {
+        "long_name": "posterior mean of Delta L = L_q' - L_q (the perturbation's size)", "units": "1"})
+    out["replay_llc"] = (grid, ds["llc_mean"].values, {
+        "long_name": "LLC estimate of the replayed chains (the LLC's chains with observables recorded)", "units": "1"})
+    out.attrs.update(factor=float(factor), eval_samples=int(eval_samples))
+    return out

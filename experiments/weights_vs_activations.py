@@ -32,10 +32,12 @@ import xarray as xr
 
 from analysis.compare import compare, out_of_range_cause
 from analysis.development import development
-from analysis.measures import represented_features
+from analysis.measures import feature_norms, represented_features
 from analysis.refine import refine_batched
+from analysis.retrain_response import retrain_perturbed, training_response
 from analysis.sae import mmcs, recovered_overcompleteness
 from analysis.sae_recovery import grid_saes, recovery_line, recovery_scores, well_posed
+from analysis.susceptibility_report import flagship_susceptibilities
 from analysis.weight_basis import rank_above_gradient_floor, weight_basis_measures
 from slt_superposition.calibration import calibrate_batched
 from slt_superposition.experiments import command_line
@@ -87,6 +89,12 @@ class FlagshipConfig:
     development_batch_size: int = 256
     development_seeds: int = 4
     development_snapshots: int = 24
+    # fragility (analysis.fragility_test): susceptibilities on the LLC's chains replayed, and retraining at q'
+    susceptibility_features: tuple[int, ...] = (0, 1)  # perturbations: feature j's probability x factor
+    susceptibility_factor: float = 0.75
+    susceptibility_eval_samples: int = 256  # Delta L on each instance's first samples of the LLC's n
+    retrain_features: tuple[int, ...] = (0,)  # retrained at q' from the same initialisation
+    retrain_seeds: int = 1  # on the first seeds of every feature probability
     seed: int = 0
 
     @property
@@ -139,11 +147,13 @@ def _refined_inputs(train: xr.Dataset, config: FlagshipConfig, key):
                                    "after": np.asarray(after).reshape(grid_shape)}
 
 
-def _calibrated_llc(inputs, train: xr.Dataset, config: FlagshipConfig, key, out_dir: Path) -> tuple[xr.Dataset, dict]:
+def _calibrated_llc(inputs, train: xr.Dataset, config: FlagshipConfig, key, out_dir: Path
+                    ) -> tuple[xr.Dataset, dict, tuple[SGLDConfig, jax.Array]]:
     """LLC of every instance at its refined point: `calibrate_batched` calibrates every instance
     (its own step size and chain length, no interpolation), then `estimate_llc_batched` samples
     them all in one program with the bias checks stored per instance. The calibration is saved
-    as `calibration/<model>.nc` (plot it with `slt-superposition plot`)."""
+    as `calibration/<model>.nc` (plot it with `slt-superposition plot`). Also returns the chains'
+    config and key (the susceptibilities replay those chains)."""
     cal_key, llc_key = jax.random.split(key)
     loss_fn, params, data, _ = inputs
     dims = {d: train[d].values for d in GRID_DIMS}
@@ -162,7 +172,7 @@ def _calibrated_llc(inputs, train: xr.Dataset, config: FlagshipConfig, key, out_
                "step_size_range": [float(np.min(sgld.step_size)), float(np.max(sgld.step_size))],
                "num_steps_range": [int(np.min(sgld.num_steps)), int(np.max(sgld.num_steps))],
                "trusted": float(llc["trusted"].mean())}
-    return llc, summary
+    return llc, summary, (sgld, llc_key)
 
 
 def _calibrate(loss_fn, params, data, key, config: FlagshipConfig, *, instance_dims=None, data_batched=True):
@@ -192,6 +202,26 @@ def _weight_basis(inputs, train: xr.Dataset, config: FlagshipConfig) -> xr.Datas
     basis["hessian_rank"] = rank_above_gradient_floor(basis["hessian_eigenvalues"], basis["grad_norm"],
                                                       rtol=basis.attrs["rtol"])
     return basis
+
+
+def _response(inputs, train: xr.Dataset, train_config: TrainConfig, chains: tuple[SGLDConfig, jax.Array],
+              config: FlagshipConfig) -> xr.Dataset:
+    """Fragility two ways (`analysis.fragility_test`): the susceptibilities of ||W_i|| and D_i to
+    each perturbation from the LLC's own chains replayed (same inputs, settings and key), and the
+    weights retrained at q' from the same initialisation on the first `retrain_seeds` seeds."""
+    loss_fn, params, data, _ = inputs
+    sgld, key = chains
+    sus = flagship_susceptibilities(loss_fn, params, data, config=sgld, key=key,
+                                    instance_dims={d: train[d].values for d in GRID_DIMS},
+                                    features=config.susceptibility_features, factor=config.susceptibility_factor,
+                                    eval_samples=config.susceptibility_eval_samples)
+    seeds = tuple(int(s) for s in train["seed"].values[: config.retrain_seeds])
+    retrained = retrain_perturbed(dataclasses.replace(train_config, seeds=seeds), config.retrain_features,
+                                  config.susceptibility_factor)
+    response = training_response(retrained, train["W"])
+    sus["feature_norm_trained"] = feature_norms(train["W"]).assign_attrs(
+        long_name="||W_i|| of the trained weights", units="1")
+    return xr.merge([sus, response], join="outer", combine_attrs="drop")
 
 
 def _sae(train: xr.Dataset, config: FlagshipConfig, key) -> xr.Dataset:
@@ -246,11 +276,13 @@ def compute_model(n: int, m: int, config: FlagshipConfig, out_dir: Path, progres
     with _stage(f"{label}: refine every instance to a critical point of L_n", progress):
         inputs = _refined_inputs(train, config, jax.random.fold_in(key, 2))
     with _stage(f"{label}: calibrate and estimate every LLC", progress):
-        llc, calibration = _calibrated_llc(inputs, train, config, jax.random.fold_in(key, 1), out_dir)
+        llc, calibration, chains = _calibrated_llc(inputs, train, config, jax.random.fold_in(key, 1), out_dir)
     with _stage(f"{label}: Hessian and Gauss-Newton ranks", progress):
         basis = _weight_basis(inputs, train, config)
     with _stage(f"{label}: sparse autoencoders", progress):
         sae = _sae(train, config, jax.random.fold_in(key, 3))
+    with _stage(f"{label}: susceptibilities (the LLC's chains replayed) and retraining at q'", progress):
+        response = _response(inputs, train, train_config, chains, config)
     ds = compare(train, llc, basis.drop_vars("hessian_eigenvalues"), sae)
     for name in CHECK_VARIABLES:
         ds[f"llc_{name}" if not name.startswith("llc_") else name] = llc[name]
@@ -261,6 +293,7 @@ def compute_model(n: int, m: int, config: FlagshipConfig, out_dir: Path, progres
     ds["grad_norm_refined"] = xr.Variable(GRID_DIMS, refinement["after"], {
         "long_name": "||grad L_n|| at the refined point, where the LLC and the Hessian are measured", "units": "1"})
     ds["out_of_range_cause"] = out_of_range_cause(ds)
+    ds = ds.merge(response, join="left")
     ds = ds.squeeze("importance_decay")
     ds.attrs.update(calibration=json.dumps(calibration))
     return ds.expand_dims(model=[label]).assign_coords(n_features=("model", [n]), n_hidden=("model", [m]))
@@ -310,7 +343,10 @@ def run(out_dir: Path, *, quick: bool = False, full: bool = False, progress: boo
 
     from analysis.compare_plots import plot_comparison, plot_development
 
+    from analysis.fragility_plots import plot_fragility
+
     figures = plot_comparison(ds, out_dir) + plot_development(dev, out_dir, kgon_llc=KGON_LLC)
+    figures.append(plot_fragility(ds, out_dir))
     write_report(ds, dev, out_dir, figures, config, seconds=time.time() - start, quick=quick, full=full)
     return ds
 
@@ -331,6 +367,7 @@ def write_report(ds: xr.Dataset, dev: xr.Dataset, out_dir: Path, figures: list[P
                  *, seconds: float, quick: bool, full: bool) -> Path:
     """`report.md`: the command, a table per model, and what the data says (numbers computed here)."""
     from analysis.compare_plots import findings, headline, summary_table
+    from analysis.fragility_test import fragility_section
 
     command = command_line(NAME, shlex.quote(str(out_dir)), quick, full)
     lines = [
@@ -361,6 +398,8 @@ def write_report(ds: xr.Dataset, dev: xr.Dataset, out_dir: Path, figures: list[P
         "",
         summary_table(ds),
         "",
+        *fragility_section(ds.assign_attrs(susceptibility_factor=config.susceptibility_factor),
+                           figure=None),
         "## Figures",
         "",
         *[f"![{p.stem}]({p.name})" for p in figures],
