@@ -34,6 +34,7 @@ from jax.flatten_util import ravel_pytree
 
 from slt_superposition import chain as chain_module
 from slt_superposition.chain import ChainShape
+from slt_superposition.instances import over_instances
 from slt_superposition.observers import ChainSettings
 from slt_superposition.random import standard_normal, uniform_indices
 from slt_superposition.sgld import sgld
@@ -113,10 +114,7 @@ def coupled_program(loss_fn: Callable, shape: ChainShape, substeps: int = 3) -> 
 
 @functools.lru_cache(maxsize=16)
 def _block_function(loss_fn: Callable, shape: ChainShape, substeps: int, data_batched: bool) -> Callable:
-    run = jax.vmap(coupled_program(loss_fn, shape, substeps), in_axes=(0, 0 if data_batched else None, 0, 0))
-    if data_batched:
-        return lambda inst: run(*inst)
-    return lambda inst, data: run(inst[0], data, inst[1], inst[2])
+    return over_instances(coupled_program(loss_fn, shape, substeps), data_batched)
 
 
 def sample_coupled(loss_fn: Callable, params: PyTree, data: PyTree, keys: jax.Array, settings: ChainSettings,

@@ -80,6 +80,10 @@ from slt_superposition.checks import CHECK_STEPS, run_checks
 from slt_superposition.coupled import sample_coupled
 from slt_superposition.diagnostics import DIVERGENCE_FACTOR, rhat_and_ess
 from slt_superposition.errors import InputError, require
+from slt_superposition.instances import coordinate as _coord
+from slt_superposition.instances import flatten as _flatten_instances  # noqa: F401 - calibration imports it here
+from slt_superposition.instances import flatten_instances, over_instances
+from slt_superposition.instances import instance_dims as _instance_dims  # noqa: F401 - calibration imports it here
 from slt_superposition.observers import ChainSettings
 from slt_superposition.provenance import provenance_attrs
 from slt_superposition.sampling_progress import sampling_bar
@@ -321,14 +325,10 @@ def compiler_options() -> dict[str, str]:
 
 @functools.lru_cache(maxsize=32)
 def block_function(loss_fn: Callable, shape: ChainShape, data_batched: bool) -> Callable:
-    """The batched program in `run_sharded`'s form: `(params, data, keys, settings)` with a
-    leading instance axis when `data_batched`, else `(params, keys, settings), data`. One function
+    """The batched program in `run_sharded`'s form (`instances.over_instances`). One function
     object per (loss_fn, shape), so `jax.jit`'s cache (inside `run_sharded`) compiles it once
     per input shape."""
-    run = jax.vmap(instance_program(loss_fn, shape), in_axes=(0, 0 if data_batched else None, 0, 0))
-    if data_batched:
-        return lambda inst: run(*inst)
-    return lambda inst, data: run(inst[0], data, inst[1], inst[2])
+    return over_instances(instance_program(loss_fn, shape), data_batched)
 
 
 def sample_chains(loss_fn: Callable, params: PyTree, data: PyTree, keys: jax.Array, settings: ChainSettings,
@@ -516,18 +516,10 @@ def estimate_llc_batched(
         from slt_superposition.refined import estimate_refined_llc_batched
         return estimate_refined_llc_batched(loss_fn, params, data, masks=masks, config=config, key=key,
                                             instance_dims=instance_dims, data_batched=data_batched, mesh=mesh)
-    dims = _instance_dims(params, instance_dims)
-    sizes = tuple(len(v) for v in dims.values())
-    n_inst = int(np.prod(sizes))
-    params = _flatten_instances(params, sizes, "params")
-    if data_batched:
-        data = _flatten_instances(data, sizes, "data")
-    def describe(i: int) -> str:
-        index = np.unravel_index(i, sizes)
-        return "instance " + ", ".join(f"{name}={_coord(dims, name, j)}" for name, j in zip(dims, index))
-
+    flat = flatten_instances(params, data, instance_dims, data_batched=data_batched)
+    params, data, dims, sizes, n_inst = flat.params, flat.data, flat.dims, flat.sizes, flat.count
     n, d = _check_inputs(loss_fn, params, data, config, instance_axes=1, data_axes=1 if data_batched else 0,
-                         describe_instance=describe)
+                         describe_instance=flat.describe)
     key = _check_key(key)
     nbeta = resolve_nbeta(config, n)
     sample = _sampler(loss_fn, params, data, nbeta, n=n, d=d, sizes=sizes, data_batched=data_batched, mesh=mesh)
@@ -536,8 +528,7 @@ def estimate_llc_batched(
         print(f"sampling {n_inst} instance(s) x {config.num_chains} chains x {_show(config.num_steps)} steps on "
               f"{devices} device(s) ...", file=sys.stderr)
     out = sample(config, jax.random.split(key, n_inst), progress="sampling" if verbose else None)
-    out = {name: np.reshape(value, sizes + np.shape(value)[1:]) for name, value in out.items()}
-    ds = llc_dataset(out, config, nbeta=nbeta, n=n, d=d, dims=dims, key=key)
+    ds = llc_dataset(flat.unflatten(out), config, nbeta=nbeta, n=n, d=d, dims=dims, key=key)
     if checks:
         if verbose:
             print("bias checks (short paired runs at step size / 3 and with full batch) ...", file=sys.stderr)
@@ -549,36 +540,6 @@ def estimate_llc_batched(
                            check_steps=check_steps)
         ds = attach_checks(ds, found)
     return ds
-
-
-def _instance_dims(params: PyTree, instance_dims) -> dict[str, np.ndarray]:
-    leaves = jax.tree_util.tree_leaves(params)
-    require(len(leaves) > 0, "params has no arrays")
-    shape = np.shape(leaves[0])
-    if instance_dims is None:
-        require(len(shape) >= 1, "batched params need a leading instance axis")
-        return {"instance": np.arange(shape[0])}
-    if isinstance(instance_dims, Mapping):
-        require(len(instance_dims) > 0, "instance_dims is empty")
-        return {str(name): np.asarray(coords) for name, coords in instance_dims.items()}
-    names = [instance_dims] if isinstance(instance_dims, str) else list(instance_dims)
-    require(len(names) > 0 and len(shape) >= len(names),
-            f"params leaves have fewer leading axes than instance_dims {names}")
-    return {str(name): np.arange(size) for name, size in zip(names, shape[: len(names)])}
-
-
-def _flatten_instances(tree: PyTree, sizes: tuple[int, ...], what: str) -> PyTree:
-    n_inst = int(np.prod(sizes))
-
-    def flat(x):
-        shape = np.shape(x)
-        if shape[: len(sizes)] == sizes:
-            return jnp.reshape(jnp.asarray(x), (n_inst,) + shape[len(sizes):])
-        if len(shape) >= 1 and shape[0] == n_inst:
-            return jnp.asarray(x)
-        raise InputError(f"{what} leaves must lead with the instance axes {sizes} (or {n_inst}), found shape {shape}")
-
-    return jax.tree_util.tree_map(flat, tree)
 
 
 def _diagnostics(trace: np.ndarray, healthy: np.ndarray, steps: np.ndarray, burnin: np.ndarray):
@@ -707,9 +668,3 @@ def _warn_diverged(diverged: np.ndarray, dims: dict[str, np.ndarray]) -> None:
         RuntimeWarning, stacklevel=3,
     )
 
-
-def _coord(dims, name, i):
-    if name == "chain":
-        return int(i)
-    value = dims[name][i]
-    return value.item() if hasattr(value, "item") else value

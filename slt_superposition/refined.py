@@ -48,6 +48,7 @@ from jax.flatten_util import ravel_pytree
 from slt_superposition.chain import instance_program
 from slt_superposition.curvature import MAX_DENSE_PARAMETERS, quadratic_llc
 from slt_superposition.errors import InputError, require
+from slt_superposition.instances import flatten_instances
 from slt_superposition.sharding import run_sharded, single_device_mesh
 
 PyTree = Any
@@ -204,15 +205,10 @@ def estimate_refined_llc_batched(loss_fn: Callable, params: PyTree, data: PyTree
     dimension `mask_dim` after the instance dims, plus `n_sampled (mask)`, the number of
     parameters each mask samples.
     """
-    from slt_superposition.llc import (_check_inputs, _check_key, _flatten_instances, _instance_dims,
-                                       chain_settings, chain_shape, llc_dataset, resolve_nbeta)
+    from slt_superposition.llc import _check_inputs, _check_key, chain_settings, chain_shape, llc_dataset, resolve_nbeta
 
-    dims = _instance_dims(params, instance_dims)
-    sizes = tuple(len(v) for v in dims.values())
-    n_inst = int(np.prod(sizes))
-    params = _flatten_instances(params, sizes, "params")
-    if data_batched:
-        data = _flatten_instances(data, sizes, "data")
+    flat = flatten_instances(params, data, instance_dims, data_batched=data_batched)
+    params, data, dims, sizes, n_inst = flat.params, flat.data, flat.dims, flat.sizes, flat.count
     n, d = _check_inputs(loss_fn, params, data, config, instance_axes=1, data_axes=1 if data_batched else 0)
     key = _check_key(key)
     one = jax.tree_util.tree_map(lambda x: np.asarray(x)[0], params)
@@ -231,8 +227,7 @@ def estimate_refined_llc_batched(loss_fn: Callable, params: PyTree, data: PyTree
     inst_masks = jax.tree_util.tree_map(lambda m: jnp.broadcast_to(jnp.asarray(m), (n_inst,) + m.shape), stack)
     out = sample_masked(loss_fn, params, data, inst_masks, keys, settings, chain_shape(cfg, n, d),
                         data_batched=data_batched, mesh=mesh)
-    out = {name: np.reshape(value, full + np.shape(value)[2:]) for name, value in out.items()}
-    ds = llc_dataset(out, cfg, nbeta=nbeta_full, n=n, d=d, dims={**dims, mask_dim: coords}, key=key)
+    ds = llc_dataset(flat.unflatten(out, leading=2), cfg, nbeta=nbeta_full, n=n, d=d, dims={**dims, mask_dim: coords}, key=key)
     flat_masks = np.stack([ravel_pytree(jax.tree_util.tree_map(lambda m: m[j], stack))[0] for j in range(n_masks)])
     flat_masks = np.asarray(flat_masks, bool)
     ds["n_sampled"] = xr.Variable((mask_dim,), flat_masks.sum(axis=1).astype(np.int64),

@@ -41,6 +41,7 @@ from jax.flatten_util import ravel_pytree
 
 from slt_superposition.chain import instance_program
 from slt_superposition.errors import InputError, require
+from slt_superposition.instances import Instances, flatten_instances, over_instances
 from slt_superposition.observers import default_observers, moments_observer
 from slt_superposition.sharding import run_sharded, single_device_mesh
 
@@ -65,10 +66,7 @@ def _block_function(loss_fn: Callable, observables: tuple, deltas: tuple, shape,
         observers = default_observers(shape.n_parameters, shape.n_blocks) + (moments_observer(evaluate),)
         return instance_program(loss_fn, shape, observers)(params, data, key, settings)
 
-    run = jax.vmap(one, in_axes=(0, 0 if data_batched else None, 0, 0))
-    if data_batched:
-        return lambda inst: run(*inst)
-    return lambda inst, data: run(inst[0], data, inst[1], inst[2])
+    return over_instances(one, data_batched)
 
 
 def _functions(fns, what: str) -> tuple[list[str], tuple]:
@@ -109,24 +107,18 @@ def estimate_susceptibilities(loss_fn: Callable, params: PyTree, data: PyTree, *
     `delta_loss_mean (*inst, perturbation)`, `delta_loss_at_init`, and the raw per-chain moments
     (`observable_mean_per_chain`, `delta_loss_mean_per_chain`, `moment_per_chain`).
     """
-    from slt_superposition.llc import (_check_inputs, _check_key, _flatten_instances, _instance_dims, chain_settings,
-                                       chain_shape, compiler_options, llc_dataset, resolve_nbeta)
+    from slt_superposition.llc import (_check_inputs, _check_key, chain_settings, chain_shape, compiler_options,
+                                       llc_dataset, resolve_nbeta)
 
     obs_names, obs_fns = _functions(observables, "observables")
     delta_names, delta_fns = _functions(delta_loss_fns, "delta_loss_fns")
     single = instance_dims is None
     if single:
-        dims, sizes = {}, ()
-        params = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], params)
+        flat = Instances({}, jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], params), data)
         data_batched = False
-        n_inst = 1
     else:
-        dims = _instance_dims(params, instance_dims)
-        sizes = tuple(len(v) for v in dims.values())
-        n_inst = int(np.prod(sizes))
-        params = _flatten_instances(params, sizes, "params")
-        if data_batched:
-            data = _flatten_instances(data, sizes, "data")
+        flat = flatten_instances(params, data, instance_dims, data_batched=data_batched)
+    params, data, dims, sizes, n_inst = flat.params, flat.data, flat.dims, flat.sizes, flat.count
     n, d = _check_inputs(loss_fn, params, data, config, instance_axes=1, data_axes=1 if data_batched else 0)
     shapes = lambda tree, axes: jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(np.shape(x)[axes:], np.asarray(x).dtype), tree)
@@ -143,8 +135,7 @@ def estimate_susceptibilities(loss_fn: Callable, params: PyTree, data: PyTree, *
         out = run_sharded(block, (params, data, keys, settings), mesh=mesh, compiler_options=compiler_options())
     else:
         out = run_sharded(block, (params, keys, settings), data, mesh=mesh, compiler_options=compiler_options())
-    out = {name: (value[0] if single else np.reshape(value, sizes + np.shape(value)[1:])) for name, value in
-           out.items()}
+    out = flat.unflatten(out)
     moments = {name: np.asarray(out.pop(name), np.float64) for name in MOMENTS}
     ds = llc_dataset(out, config, nbeta=nbeta, n=n, d=d, dims=dims, key=key)
     return _attach(ds, moments, obs_names, delta_names)
