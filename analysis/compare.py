@@ -37,7 +37,6 @@ from analysis.measures import (
 from analysis.weight_basis import llc_bound_check
 from slt_superposition.checks import BATCH_TOL, STEP_TOL, within
 
-GRID_DIMS = ("feature_probability", "importance_decay", "seed")
 GEOMETRY_TOLERANCE = 0.05
 """Two instances have the same geometry when they represent the same number of features and
 their sorted feature dimensionalities D_i differ by at most this much everywhere."""

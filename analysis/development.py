@@ -21,13 +21,14 @@ import xarray as xr
 from analysis.measures import n_represented
 from slt_superposition.llc import SGLDConfig, estimate_llc_batched
 from slt_superposition.theory import KGON_N_FEATURES, KGON_N_HIDDEN, critical_point_class
-from toy_models.train import GRID_DIMS, TrainConfig, llc_inputs, train_grid
+from slt_superposition.grid import GRID_DIMS, complete, grid_coords, unflatten
+from toy_models.train import TrainConfig, llc_inputs, train_grid
 
 
 def snapshot_params(train: xr.Dataset) -> dict[str, jax.Array]:
     """{"W": (grid..., snapshot, m, n), "b": (grid..., snapshot, n)} from a `train` dataset."""
-    W = train["W_snapshot"].transpose(*GRID_DIMS, "snapshot", "hidden", "feature").values
-    b = train["b_snapshot"].transpose(*GRID_DIMS, "snapshot", "feature").values
+    W = complete(train["W_snapshot"]).transpose(*GRID_DIMS, "snapshot", "hidden", "feature").values
+    b = complete(train["b_snapshot"]).transpose(*GRID_DIMS, "snapshot", "feature").values
     return {"W": jnp.asarray(W, jnp.float32), "b": jnp.asarray(b, jnp.float32)}
 
 
@@ -41,13 +42,13 @@ def snapshot_llc(train: xr.Dataset, *, sgld: SGLDConfig, n_samples: int, key) ->
     loss_fn, _, data = llc_inputs(train, n_samples=n_samples, key=data_key)
     params = snapshot_params(train)
     n_snap = train.sizes["snapshot"]
-    grid_shape = tuple(train.sizes[d] for d in GRID_DIMS)
     # the same data for every snapshot of an instance: repeat along a new snapshot axis
     data = jax.tree_util.tree_map(
-        lambda x: jnp.repeat(x.reshape(grid_shape + x.shape[1:])[..., None, :, :], n_snap, axis=len(grid_shape)),
+        lambda x: jnp.repeat(jnp.asarray(unflatten(x, train, ("sample", "feature")).values)[..., None, :, :], n_snap,
+                             axis=len(GRID_DIMS)),
         data,
     )
-    dims = {d: train[d].values for d in GRID_DIMS} | {"snapshot": train["snapshot"].values}
+    dims = grid_coords(train) | {"snapshot": train["snapshot"].values}
     return estimate_llc_batched(loss_fn, params, data, config=sgld, key=chain_key, instance_dims=dims)
 
 

@@ -15,7 +15,8 @@ import xarray as xr
 
 from analysis.measures import REPRESENTED_THRESHOLD, STICKY_VALUES, dimensions_per_feature, feature_dimensionality
 from slt_superposition import figure_style as fs
-from toy_models.train import GRID_DIMS, nonfinite_instances
+from slt_superposition.grid import GRID_DIMS
+from toy_models.train import nonfinite_instances
 
 MAX_ROWS, MAX_COLS = 6, 6  # small multiples beyond 36 panels are unreadable; the rest are counted in the title
 

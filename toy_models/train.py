@@ -33,11 +33,11 @@ import optax
 import xarray as xr
 
 from slt_superposition.errors import InputError, check_batch_size, check_seed, require
+from slt_superposition.grid import GRID_DIMS, complete, flatten, unflatten
 from slt_superposition.provenance import provenance_attrs, read_config
 from toy_models.data import GENERATORS, get_generator
 from toy_models.tms import MODELS, TMS, tms_init_params, tms_loss, tms_loss_jit
 
-GRID_DIMS = ("feature_probability", "importance_decay", "seed")
 MAX_STEPS = 2**31  # steps are counted in uint32 (batch keys fold in the step)
 MAX_INSTANCES = 2**24  # a grid's instance count; (16.7M) far beyond any memory's worth of models
 SCHEDULES = ("constant", "linear", "cosine")
@@ -119,6 +119,12 @@ class TrainConfig:
         require(self.loss_curve_points <= self.steps, f"loss_curve_points ({self.loss_curve_points}) must not exceed steps ({self.steps})")
         for s in snaps:
             require(0 <= s <= self.steps, f"snapshot step {s} is outside [0, {self.steps}]")
+
+    @property
+    def grid_coords(self) -> dict[str, np.ndarray]:
+        """Grid dim -> coordinate values (`slt_superposition.grid.GRID_DIMS` order)."""
+        return {"feature_probability": np.asarray(self.feature_probabilities),
+                "importance_decay": np.asarray(self.importance_decays), "seed": np.asarray(self.seeds, np.int64)}
 
     @property
     def grid_shape(self) -> tuple[int, int, int]:
@@ -401,18 +407,18 @@ def diverged_message(labels: list[str], n_instances: int) -> str:
 
 
 def _to_dataset(config, params, final_loss, curve, curve_steps, snapshots) -> xr.Dataset:
-    grid = config.grid_shape
     gdims = GRID_DIMS
     m, n = config.n_hidden, config.n_features
+    grid = lambda values, *dims: unflatten(values, config.grid_coords, dims).values
     data_vars = {
-        "W": (gdims + ("hidden", "feature"), params["W"].reshape(grid + (m, n)),
+        "W": (gdims + ("hidden", "feature"), grid(params["W"], "hidden", "feature"),
               {"long_name": "embedding weights W (column i = feature i's direction)", "units": "1"}),
-        "b": (gdims + ("feature",), params["b"].reshape(grid + (n,)),
+        "b": (gdims + ("feature",), grid(params["b"], "feature"),
               {"long_name": "output bias b", "units": "1"}),
-        "loss": (gdims, final_loss.reshape(grid),
+        "loss": (gdims, grid(final_loss),
                  {"long_name": f"final loss on {config.eval_samples} fresh samples "
                                "(mean over samples of sum_i I_i (x_i - x'_i)^2)", "units": "1"}),
-        "loss_curve": (gdims + ("step",), curve.reshape(grid + (-1,)),
+        "loss_curve": (gdims + ("step",), grid(curve, "step"),
                        {"long_name": "training-batch loss averaged over the steps since the previous point",
                         "units": "1"}),
         "importance": (("importance_decay", "feature"),
@@ -420,11 +426,11 @@ def _to_dataset(config, params, final_loss, curve, curve_steps, snapshots) -> xr
                        {"long_name": "feature importance I_i = importance_decay**i", "units": "1"}),
     }
     coords = {
-        "feature_probability": ("feature_probability", np.asarray(config.feature_probabilities),
+        "feature_probability": ("feature_probability", config.grid_coords["feature_probability"],
                                 {"long_name": "feature probability 1 - S"}),
-        "importance_decay": ("importance_decay", np.asarray(config.importance_decays),
+        "importance_decay": ("importance_decay", config.grid_coords["importance_decay"],
                              {"long_name": "importance decay r (I_i = r**i)"}),
-        "seed": ("seed", np.asarray(config.seeds, np.int64), {"long_name": "random seed of the instance"}),
+        "seed": ("seed", config.grid_coords["seed"], {"long_name": "random seed of the instance"}),
         "hidden": ("hidden", np.arange(m)),
         "feature": ("feature", np.arange(n)),
         "step": ("step", np.asarray(curve_steps, np.int64), {"long_name": "training steps completed", "units": "steps"}),
@@ -434,9 +440,9 @@ def _to_dataset(config, params, final_loss, curve, curve_steps, snapshots) -> xr
         coords["snapshot"] = ("snapshot", np.asarray(steps, np.int64), {"long_name": "training step of the snapshot", "units": "steps"})
         W_s = np.stack([snapshots[s]["W"] for s in steps], axis=1)  # (instance, snapshot, m, n)
         b_s = np.stack([snapshots[s]["b"] for s in steps], axis=1)
-        data_vars["W_snapshot"] = (gdims + ("snapshot", "hidden", "feature"), W_s.reshape(grid + (len(steps), m, n)),
+        data_vars["W_snapshot"] = (gdims + ("snapshot", "hidden", "feature"), grid(W_s, "snapshot", "hidden", "feature"),
                                    {"long_name": "W during training", "units": "1"})
-        data_vars["b_snapshot"] = (gdims + ("snapshot", "feature"), b_s.reshape(grid + (len(steps), n)),
+        data_vars["b_snapshot"] = (gdims + ("snapshot", "feature"), grid(b_s, "snapshot", "feature"),
                                    {"long_name": "b during training", "units": "1"})
     attrs = provenance_attrs("train", config.to_dict())
     attrs.update(n_features=n, n_hidden=m, model=config.model, data=config.data)
@@ -455,37 +461,25 @@ def config_from_dataset(ds: xr.Dataset) -> TrainConfig:
 
 def _grid_dataset(ds: xr.Dataset) -> xr.Dataset:
     """`ds` with all three grid dims present (a `.sel` may have dropped some), in order."""
-    for dim in GRID_DIMS:
-        if dim not in ds.dims:
-            ds = ds.expand_dims(dim)
-    return ds.transpose(*GRID_DIMS, ...)
+    return complete(ds)
 
 
 def params_from_dataset(ds: xr.Dataset) -> dict[str, jax.Array]:
     """{"W": (instance, m, n), "b": (instance, n)} float32, instances in C order over
-    (feature_probability, importance_decay, seed). Works on any sub-selection of a grid."""
-    ds = _grid_dataset(ds)
-    m, n = ds.sizes["hidden"], ds.sizes["feature"]
-    W = ds["W"].transpose(*GRID_DIMS, "hidden", "feature").values.reshape(-1, m, n)
-    b = ds["b"].transpose(*GRID_DIMS, "feature").values.reshape(-1, n)
+    (feature_probability, importance_decay, seed) (`slt_superposition.grid.flatten`). Works on any
+    sub-selection of a grid."""
+    W = flatten(ds["W"].transpose(..., "hidden", "feature"))
+    b = flatten(ds["b"].transpose(..., "feature"))
     return {"W": jnp.asarray(W, jnp.float32), "b": jnp.asarray(b, jnp.float32)}
 
 
 def unflatten_instances(values, ds: xr.Dataset, name: str | None = None, dims: tuple[str, ...] = ()) -> xr.DataArray:
-    """Put the grid dims back on an array with a leading `instance` axis.
+    """Put the grid dims back on an array with a leading `instance` axis (`slt_superposition.grid.unflatten`).
 
     `values: (instance, *rest)` in the order of `params_from_dataset(ds)`; `dims` names the
     trailing axes (default `dim_1`, ...). Returns a DataArray with dims (grid..., *dims).
     """
-    ds = _grid_dataset(ds)
-    values = np.asarray(values)
-    shape = tuple(ds.sizes[d] for d in GRID_DIMS)
-    require(values.shape[0] == math.prod(shape), f"expected {math.prod(shape)} instances, got {values.shape[0]}")
-    rest = values.shape[1:]
-    dims = tuple(dims) or tuple(f"dim_{i + 1}" for i in range(len(rest)))
-    require(len(dims) == len(rest), f"{len(rest)} trailing axes but {len(dims)} dim names")
-    coords = {d: ds[d].values for d in GRID_DIMS}
-    return xr.DataArray(values.reshape(shape + rest), dims=GRID_DIMS + dims, coords=coords, name=name)
+    return unflatten(values, ds, dims, name=name)
 
 
 def instance_inputs_for(ds: xr.Dataset) -> dict[str, jax.Array]:

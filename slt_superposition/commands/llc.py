@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Optional
@@ -80,7 +81,8 @@ def llc(
     from slt_superposition.io import check_writable, open_result, output_lock, save_dataset
     from slt_superposition.llc import SGLDConfig, estimate_llc_batched, validate_config
     from slt_superposition.sharding import instance_mesh
-    from toy_models.train import GRID_DIMS, llc_inputs
+    from slt_superposition.grid import complete, grid_coords, grid_shape
+    from toy_models.train import llc_inputs
 
     side_file = out.with_suffix(".calibration.nc")
     check_writable(out, inputs=[path])
@@ -88,11 +90,7 @@ def llc(
         check_writable(side_file, inputs=[path])
     _check_options(chains=chains, steps=steps, burnin=burnin, trace_every=trace_every, seed=seed,
                    batch_size=batch_size, n_samples=n_samples, max_steps=max_steps)
-    ds = open_result(path, kind="train")
-    for dim in GRID_DIMS:
-        if dim not in ds.dims:
-            ds = ds.expand_dims(dim)
-    ds = ds.transpose(*GRID_DIMS, ...)
+    ds = complete(open_result(path, kind="train"))
     _check_memory(ds, n_samples=n_samples, chains=chains, steps=steps, trace_every=trace_every,
                   batch_size=batch_size or n_samples)
     data_key, chain_key, calibration_key = jax.random.split(jax.random.key(seed), 3)
@@ -109,11 +107,11 @@ def llc(
     if calibrate:
         from slt_superposition.calibration import calibrate_batched
 
-        n_inst = int(np.prod([ds.sizes[d] for d in GRID_DIMS]))
+        n_inst = int(np.prod(grid_shape(ds)))
         print(f"calibrating every instance ({n_inst}) ...", file=sys.stderr)
         found, sweep = calibrate_batched(loss_fn, params, data, key=calibration_key, localization=localization,
                                          nbeta=config.nbeta, batch_size=config.batch_size, num_chains=chains,
-                                         instance_dims={dim: ds[dim].values for dim in GRID_DIMS}, progress=True,
+                                         instance_dims=grid_coords(ds), progress=True,
                                          min_steps=min(10_000, max_steps), max_steps=max_steps)
         every = max(trace_every, int(np.max(found.num_steps)) // 1000)  # at most ~1000 trace blocks per chain
         config = SGLDConfig(**{**found.to_dict(), "trace_every": every, "sampling": sampling})
@@ -122,7 +120,7 @@ def llc(
               f"{'full batch' if config.batch_size is None else f'batch {config.batch_size}'}; "
               f"converged on {int(sweep['converged'].sum())} of {n_inst} instances", file=sys.stderr)
         print(save_dataset(sweep, side_file, inputs=[path]), file=sys.stderr)
-    dims = {dim: ds[dim].values for dim in GRID_DIMS}
+    dims = grid_coords(ds)
     mesh = instance_mesh() if all_devices else None
     # validates before it announces the sampling, so a bad input prints only its error line
     result = estimate_llc_batched(loss_fn, params, data, config=config, key=chain_key, instance_dims=dims,
@@ -155,11 +153,9 @@ def _check_options(*, chains: int, steps: int, burnin: int, trace_every: int, se
 def _check_memory(ds, *, n_samples: int, chains: int, steps: int, trace_every: int, batch_size: int) -> None:
     """`InputError` before the data are drawn if the estimate cannot fit in memory."""
     from slt_superposition.memory import llc_bytes, require_memory
-    from toy_models.train import GRID_DIMS
+    from slt_superposition.grid import grid_shape
 
-    n_instances = 1
-    for dim in GRID_DIMS:
-        n_instances *= ds.sizes[dim]
+    n_instances = math.prod(grid_shape(ds))
     n_features = ds.sizes["feature"]
     n_parameters = ds.sizes["hidden"] * n_features + n_features
     needed = llc_bytes(n_instances, n_parameters, n_samples=n_samples, n_features=n_features, chains=chains,
