@@ -32,6 +32,7 @@ from analysis.measures import (
     feature_dimensionality,
     interference,
     n_represented,
+    overcompleteness,
     represented_features,
 )
 from analysis.weight_basis import llc_bound_check
@@ -49,7 +50,6 @@ def _attrs(long_name: str, units: str = "1") -> dict[str, str]:
 def activation_side(train: xr.Dataset, threshold: float = REPRESENTED_THRESHOLD) -> xr.Dataset:
     """Activation-basis measures per instance of a `train` dataset (grid dims only)."""
     W = train["W"]
-    m = W.sizes["hidden"]
     represented = represented_features(W, threshold)
     k = n_represented(W, threshold)
     D_i = feature_dimensionality(W)
@@ -57,7 +57,8 @@ def activation_side(train: xr.Dataset, threshold: float = REPRESENTED_THRESHOLD)
     return xr.Dataset(
         {
             "n_represented": k.assign_attrs(_attrs(f"represented features k (||W_i|| > {threshold})")),
-            "overcompleteness": (k / m).assign_attrs(_attrs("represented features per hidden dimension k/m")),
+            "overcompleteness": overcompleteness(W, threshold).assign_attrs(
+                _attrs("represented features per hidden dimension k/m")),
             "features_per_dimension": (1 / dimensions_per_feature(W)).assign_attrs(
                 _attrs("features per dimension 1/D* = ||W||_F^2 / m")
             ),
@@ -78,7 +79,7 @@ def activation_side(train: xr.Dataset, threshold: float = REPRESENTED_THRESHOLD)
 def weight_side(llc: xr.Dataset, n_parameters: int, basis: xr.Dataset | None = None) -> xr.Dataset:
     """Weight-basis measures per instance from an `llc` dataset and (optionally) the
     `weight_basis_measures` dataset of the same instances (grid dims, no `eigen`)."""
-    se = llc["llc_std"] / np.sqrt(np.maximum(llc.sizes["chain"] - llc["n_diverged"], 1))
+    se = llc["llc_se"]
     out = xr.Dataset(
         {
             "llc_mean": llc["llc_mean"],

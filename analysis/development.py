@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from analysis.measures import n_represented
+from analysis.measures import n_represented, overcompleteness
 from slt_superposition.llc import SGLDConfig, estimate_llc_batched
 from slt_superposition.theory import KGON_N_FEATURES, KGON_N_HIDDEN, critical_point_class
 from slt_superposition.grid import GRID_DIMS, complete, grid_coords, unflatten
@@ -112,7 +112,6 @@ def development(config: TrainConfig, *, sgld: SGLDConfig, n_samples: int, key, p
     llc = snapshot_llc(train, sgld=sgld, n_samples=n_samples, key=key)
     W = train["W_snapshot"]
     k = n_represented(W)
-    m = W.sizes["hidden"]
     out = xr.Dataset(
         {
             "llc_mean": llc["llc_mean"],
@@ -121,8 +120,8 @@ def development(config: TrainConfig, *, sgld: SGLDConfig, n_samples: int, key, p
                 long_name="MALA acceptance proxy, mean over chains", units="1"),
             "snapshot_loss": llc["init_loss"].assign_attrs(long_name="loss at the snapshot (LLC data)", units="loss"),
             "n_represented": k,
-            "overcompleteness": (k / m).assign_attrs(long_name="represented features per hidden dimension k/m",
-                                                      units="1"),
+            "overcompleteness": overcompleteness(W).assign_attrs(
+                long_name="represented features per hidden dimension k/m", units="1"),
             "loss_curve": train["loss_curve"],
             "W_snapshot": W,
             "b_snapshot": train["b_snapshot"],

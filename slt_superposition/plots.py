@@ -47,11 +47,8 @@ def _setting(ds: xr.Dataset, name: str, default):
 
 
 def _se(ds: xr.Dataset) -> xr.DataArray:
-    """Standard error of llc_mean over the non-divergent chains."""
-    if "llc_se" in ds:
-        return ds["llc_se"]
-    n_ok = (~ds["diverged"].astype(bool)).sum("chain")
-    return ds["llc_std"] / np.sqrt(n_ok.where(n_ok > 0))
+    """Standard error of llc_mean over the non-divergent chains (the `llc` dataset's `llc_se`)."""
+    return ds["llc_se"]
 
 
 def _title(ds: xr.Dataset, index: dict) -> str:

@@ -33,6 +33,7 @@ def _llc_like(values: list[float], std: float = 0.1, chains: int = 4) -> xr.Data
         {
             "llc_mean": (GRID, np.reshape(values, shape)),
             "llc_std": (GRID, np.full(shape, std)),
+            "llc_se": (GRID, np.full(shape, std / np.sqrt(chains))),  # as llc_dataset: std / sqrt(healthy chains)
             "n_diverged": (GRID, np.zeros(shape, int)),
             "mala_acceptance": (GRID + ("chain",), np.full(shape + (chains,), 0.9)),
         }
@@ -113,14 +114,17 @@ def test_relations_reads_the_budget_or_falls_back_to_d_eff():
 
 @pytest.mark.slow
 def test_flagship_tiny_grid_is_reproducible_and_self_describing(tmp_path):
+    import re
+
     from experiments.weights_vs_activations import FlagshipConfig, run
 
     config = FlagshipConfig(
         models=((5, 2),), n_feature_probabilities=3, min_feature_probability=0.05, seeds=2, train_steps=600,
-        llc_samples=512, llc_chains=2, llc_batch_size=128, check_steps=100,
+        llc_samples=512, llc_chains=2, llc_batch_size=128, check_steps=100, calibration_chains=2,
         calibration_step_sizes=(1e-5, 1e-4, 1e-3), calibration_sweep_steps=100, calibration_min_steps=200,
-        calibration_max_steps=200, hessian_samples=256, sae_samples=512, sae_steps=100, sae_restarts=1,
-        development_steps=300, development_seeds=1, development_snapshots=3,
+        calibration_max_steps=200, calibration_long_check_steps=400, hessian_samples=256, sae_samples=512,
+        sae_steps=100, sae_restarts=1, development_steps=300, development_seeds=1, development_snapshots=3,
+        susceptibility_eval_samples=64,
     )
     first = run(tmp_path / "a", config=config, progress=False)
     again = run(tmp_path / "b", config=config, progress=False)
@@ -149,8 +153,21 @@ def test_flagship_tiny_grid_is_reproducible_and_self_describing(tmp_path):
     assert "Of the 3 instances the SAE was trained on" in report
     assert xr.open_dataset(tmp_path / "a" / "calibration" / "development.nc").attrs["slt_superposition_kind"] == \
         "calibration"
-    for figure in ("sparsity_curves.png", "scatter.png", "fragility.png", "development.png"):
+    for figure in ("sparsity_curves.png", "scatter.png", "fragility.png", "development.png",
+                   "fragility_susceptibility.png"):
         assert (tmp_path / "a" / figure).stat().st_size > 0
+    # the fragility section: susceptibilities from the LLC's own chains (replayed bit for bit), retraining on seed 0
+    for name in ("susceptibility_norm", "susceptibility_norm_se", "susceptibility_dimensionality", "replay_llc",
+                 "retrain_delta_norm", "retrain_delta_dimensionality", "retrain_delta_k", "feature_norm_trained"):
+        assert a[name].attrs.get("long_name") and "units" in a[name].attrs, name
+    np.testing.assert_array_equal(a["replay_llc"].values, a["llc_mean"].values)
+    assert a["susceptibility_norm"].dims == ("model", "feature_probability", "seed", "perturbed_feature", "feature")
+    assert np.isfinite(a["susceptibility_norm"]).all()
+    retrained = np.isfinite(a["retrain_delta_norm"]).all(("perturbed_feature", "feature"))
+    assert retrained.sel(seed=0).all() and not retrained.sel(seed=1).any()
+    assert "## Susceptibilities and retraining" in report
+    found = re.search(r"region (\d+) instances, median [-\d.na]+; outside (\d+)", report)
+    assert found and int(found[1]) + int(found[2]) == 6  # every instance (3 p x 2 seeds) on one side
 
 
 def test_degeneracy_budget_adds_up():

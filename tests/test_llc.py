@@ -55,7 +55,7 @@ def test_regular_model_full_batch_gives_d_over_2(d):
     config = SGLDConfig(step_size=eps, localization=gamma, num_chains=8, num_steps=2500, num_burnin=300)
     ds = estimate_llc(regression_loss, params, data, config=config, key=jax.random.key(0))
     estimate = float(ds.llc_mean)
-    standard_error = float(ds.llc_std) / np.sqrt(config.num_chains)
+    standard_error = float(ds.llc_se)
     expected = ula_expected_llc(data[0], nbeta, gamma, eps)
     assert abs(expected - d / 2) / (d / 2) < 0.05  # the settings are close to the eps, gamma -> 0 limit
     assert abs(estimate - expected) < 4 * standard_error, (estimate, expected, standard_error)
