@@ -9,15 +9,16 @@ hand-tuned step size per case), then `estimate_llc` with a fresh key gives lambd
 - "less_singular" w* (one rank-r layer, the rest generic): reported separately; the local
   coefficient can exceed lambda.
 
-    python -m experiments.dln_validation --out results/dln_validation [--quick]
+    slt-superposition reproduce dln-validation --out results/dln_validation [--quick] [--only CASE ...]
 
 Writes dln_validation.nc, dln_validation.md (table), report.md, dln_validation.png
-(lambda_hat vs lambda) and calibration/<case>.nc + .png (why each config was chosen).
+(lambda_hat vs lambda) and calibration/<case>.nc + .png (why each config was chosen). Each case is
+a chunk of a resumable sweep (cases/): a rerun resumes, and `--only` runs a few cases into the
+same folder (e.g. one per machine) that a later run without it completes.
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 from typing import Sequence
@@ -26,9 +27,8 @@ import jax
 import numpy as np
 import xarray as xr
 
-from slt_superposition import markdown
+from experiments.registry import header, row_variables, run_cases
 from slt_superposition.calibration import calibrate
-from slt_superposition.experiments import command_line, module_command, row_variables
 from slt_superposition.io import save_dataset
 from slt_superposition.llc import estimate_llc
 from slt_superposition.provenance import provenance_attrs
@@ -188,13 +188,14 @@ def scatter(ds: xr.Dataset, path: Path) -> Path:
     return fs.save(scatter_figure(ds), path)
 
 
-def write_outputs(ds: xr.Dataset, out_dir: Path, command: str) -> None:
+def write_outputs(ds: xr.Dataset, out_dir: Path, size: str, only=None) -> None:
     save_dataset(ds, out_dir / "dln_validation.nc")
     table = markdown_table(ds)
     (out_dir / "dln_validation.md").write_text(table)
     scatter(ds, out_dir / "dln_validation.png")
     (out_dir / "report.md").write_text(
-        markdown.opening("DLN validation: calibrated SGLD LLC vs Aoyagi's lambda", command, finding(ds))
+        header("DLN validation: calibrated SGLD LLC vs Aoyagi's lambda", "dln-validation", out_dir, size, finding(ds),
+               only)
         + f"{table}\n![estimated against exact](dln_validation.png)\n\nPer-case calibration sweeps in calibration/.\n")
 
 
@@ -212,68 +213,32 @@ def finding(ds: xr.Dataset) -> str:
     return text
 
 
-def run(out_dir: Path, *, quick: bool = False, only: Sequence[str] | None = None, progress: bool = True,
-        max_acceptance_drop: float = 0.12, command: str | None = None) -> xr.Dataset:
-    """Run the DLN panel (or the quick subset, or the cases named in `only`) and write outputs.
+def run(out_dir: Path, *, size: str = "default", progress: bool = True, only: Sequence[str] | None = None,
+        max_acceptance_drop: float = 0.12) -> xr.Dataset:
+    """Run the DLN panel (quick: a small subset; `only`: the cases of these names) and write outputs.
 
+    Every case is a chunk of a resumable sweep under out_dir/cases (`registry.run_cases`).
     `max_acceptance_drop` is passed to `calibrate` (the one calibration setting studied here).
-    `command`: what report.md names as the command (default: the `reproduce` one).
     """
+    quick = size == "quick"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cases = all_cases(quick)
-    if only:
-        cases = [c for c in cases if case_name(*c) in set(only)]
     max_steps = 40_000 if quick else 320_000
-    rows = []
-    for widths, rank, kind in cases:
-        row = run_case(widths, rank, kind, max_steps=max_steps, calibration_dir=out_dir / "calibration",
-                       progress=progress, max_acceptance_drop=max_acceptance_drop)
-        print(f"{row['case']}: lambda {row['lambda_theory']:.2f} lambda_hat {row['llc_mean']:.2f} "
-              f"({100 * row['rel_error']:+.1f}%) eps {row['step_size']:.2g} steps {row['num_steps']} "
-              f"converged {row['converged']} [{row['seconds']:.0f}s]", flush=True)
-        rows.append(row)
     config = dict(quick=quick, cases=[case_name(*c) for c in cases], n=N_SAMPLES, batch_size=BATCH_SIZE,
                   num_chains=NUM_CHAINS, seed=SEED, max_steps=max_steps, localization=LOCALIZATION, nbeta="n/log n",
                   max_acceptance_drop=max_acceptance_drop)
-    ds = to_dataset(rows, config)
-    write_outputs(ds, out_dir, command or command_line("dln-validation", out_dir, quick))
+
+    def compute(case) -> xr.Dataset:
+        row = run_case(*case, max_steps=max_steps, calibration_dir=out_dir / "calibration", progress=progress,
+                       max_acceptance_drop=max_acceptance_drop)
+        if progress:
+            print(f"{row['case']}: lambda {row['lambda_theory']:.2f} lambda_hat {row['llc_mean']:.2f} "
+                  f"({100 * row['rel_error']:+.1f}%) eps {row['step_size']:.2g} steps {row['num_steps']} "
+                  f"converged {row['converged']}", flush=True)
+        return to_dataset([row], config)
+
+    ds = run_cases("dln-validation", out_dir, config, cases, [case_name(*c) for c in cases], compute, only=only,
+                   progress=progress)
+    write_outputs(ds, out_dir, size, only)
     return ds
-
-
-def merge(out_dir: Path, parts: Sequence[Path], command: str = "") -> xr.Dataset:
-    """Concatenate the dln_validation.nc of several partial runs (e.g. one per process)."""
-    from slt_superposition.io import open_result
-
-    dsets = [open_result(Path(p) / "dln_validation.nc", kind="dln_validation") for p in parts]
-    ds = xr.concat(dsets, dim="case")
-    ds.attrs = dsets[0].attrs
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_outputs(ds, out_dir, command)
-    return ds
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Validate calibrated SGLD LLC estimates on deep linear networks "
-                                                 "against Aoyagi's exact learning coefficient.")
-    parser.add_argument("--out", type=Path, default=Path("results/dln_validation"), help="output folder")
-    parser.add_argument("--quick", action="store_true", help="two small cases, shorter max chain length")
-    parser.add_argument("--only", action="append", help="run only this case (repeatable), e.g. 4-3-4_r1_singular")
-    parser.add_argument("--max-acceptance-drop", type=float, default=0.12,
-                        help="calibrate's allowed MALA acceptance drop below the small-step plateau (default 0.12)")
-    parser.add_argument("--list", action="store_true", help="list the case names and exit")
-    parser.add_argument("--merge", type=Path, nargs="+", help="merge the results of these partial output folders")
-    args = parser.parse_args(argv)
-    if args.list:
-        print("\n".join(case_name(*c) for c in all_cases(args.quick)))
-        return
-    command = module_command("experiments.dln_validation", argv)
-    ds = merge(args.out, args.merge, command) if args.merge else run(args.out, quick=args.quick, only=args.only,
-                                                                  max_acceptance_drop=args.max_acceptance_drop,
-                                                                  command=command)
-    print(markdown_table(ds))
-
-
-if __name__ == "__main__":
-    main()

@@ -12,16 +12,15 @@ of the Hessian of L_n there, let `calibrate` choose the step size, batch and cha
 (`CALIBRATION`; localization 1, nbeta = n / log n), then estimate the LLC with the calibrated
 config and a fresh key. Why this protocol: docs/experiments/kgon_llc.md.
 
-`--bias-study` instead measures, at the refined 6-gon, how step size, batch size and localization
+`bias_study` instead measures, at the refined 6-gon, how step size, batch size and localization
 move the estimate (`BIAS_STUDY`: the table "Why the old estimate overshot" of the docs).
 
-    python -m experiments.kgon_llc --out results/kgon_llc [--quick]
-    python -m experiments.kgon_llc --out results/kgon_llc --bias-study
+    slt-superposition reproduce kgon-llc --out results/kgon_llc [--quick]
+    slt-superposition reproduce kgon-bias-study --out results/kgon_llc
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -31,9 +30,8 @@ import numpy as np
 import xarray as xr
 
 from analysis.weight_basis import hessian_spectrum, quadratic_llc_prediction
-from slt_superposition import markdown
+from experiments.registry import header, row_variables
 from slt_superposition.calibration import calibrate
-from slt_superposition.experiments import command_line, module_command, row_variables
 from slt_superposition.io import save_dataset
 from slt_superposition.llc import SGLDConfig, default_nbeta, estimate_llc
 from slt_superposition.provenance import provenance_attrs
@@ -104,10 +102,8 @@ def quadratic_llc(hessian_eigenvalues, *, step_size: float, localization: float)
 
 
 def llc_and_se(est: xr.Dataset) -> tuple[float, float]:
-    """LLC mean of an `estimate_llc` result and its standard error over the non-divergent chains."""
-    per_chain = est["llc_per_chain"].values[~est["diverged"].values]
-    se = float(per_chain.std(ddof=1) / np.sqrt(per_chain.size)) if per_chain.size > 1 else np.nan
-    return float(est["llc_mean"]), se
+    """LLC mean of an `estimate_llc` result and its standard error (`llc_se`, over the non-divergent chains)."""
+    return float(est["llc_mean"]), float(est["llc_se"])
 
 
 def frozen_dead(params, k: int):
@@ -231,10 +227,10 @@ def markdown_table(ds: xr.Dataset) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(out_dir: Path, *, quick: bool = False, progress: bool = True, command: str | None = None) -> xr.Dataset:
-    """Calibrate and estimate the LLC of each class in `CASES` (quick: `QUICK` calibration); write outputs.
-
-    `command`: what report.md names as the command (default: the `reproduce` one)."""
+def run(out_dir: Path, *, size: str = "default", progress: bool = True) -> xr.Dataset:
+    """Calibrate and estimate the LLC of each class in `CASES` (quick: `QUICK` calibration); write
+    kgon_llc.nc, kgon_llc.md and report.md under `out_dir`."""
+    quick = size == "quick"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     calibration = QUICK if quick else CALIBRATION
@@ -257,8 +253,7 @@ def run(out_dir: Path, *, quick: bool = False, progress: bool = True, command: s
                + "".join(f"- {c}: {v}\n" for c, v in zip(ds["case"].values, ds["verdict"].values)))
     (out_dir / "kgon_llc.md").write_text(table)
     (out_dir / "report.md").write_text(
-        markdown.opening("LLC of the Chen et al. critical-point classes (c = 6, r = 2)",
-                         command or command_line("kgon-llc", out_dir, quick), finding(ds))
+        header("LLC of the Chen et al. critical-point classes (c = 6, r = 2)", "kgon-llc", out_dir, size, finding(ds))
         + f"{table}\n{summary}")
     return ds
 
@@ -310,8 +305,9 @@ def bias_table(ds: xr.Dataset) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bias_study(out_dir: Path, *, command: str = "", progress: bool = True) -> xr.Dataset:
-    """Estimate the LLC of the refined 6-gon at each `BIAS_STUDY` setting; write bias_study.nc / .md.
+def bias_study(out_dir: Path, *, size: str = "default", progress: bool = True) -> xr.Dataset:
+    """Estimate the LLC of the refined 6-gon at each `BIAS_STUDY` setting; write bias_study.nc,
+    bias_study.md and report.md (`reproduce kgon-bias-study`; one size).
 
     Every row uses the same key (as each step size of `run_case`), so rows with equal eps and steps
     share their chains' SGLD noise. Next to each estimate: `quadratic_llc` at the row's eps and gamma.
@@ -338,27 +334,21 @@ def bias_study(out_dir: Path, *, command: str = "", progress: bool = True) -> xr
                                  rows=[list(r) for r in BIAS_STUDY]))
     save_dataset(ds, out_dir / "bias_study.nc")
     table = bias_table(ds)
-    (out_dir / "bias_study.md").write_text("# Bias study at the refined 6-gon (n = 1e5, 4 chains, burn-in half)\n\n"
-                                           f"Made by: `{command}`\n\n{table}")
+    (out_dir / "bias_study.md").write_text(table)
+    (out_dir / "report.md").write_text(
+        header("Bias study at the refined 6-gon (n = 1e5, 4 chains, burn-in half)", "kgon-bias-study", out_dir, size,
+               bias_finding(ds)) + table)
     return ds
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="LLC of the regular k-gon critical points of the Chen et al. TMS.")
-    parser.add_argument("--out", type=Path, default=Path("results/kgon_llc"), help="output folder")
-    parser.add_argument("--quick", action="store_true", help="smaller calibration (4 chains, chains of 10k-40k steps)")
-    parser.add_argument("--bias-study", action="store_true",
-                        help="instead of the k-gon cases: the 6-gon LLC at each (step size, batch, steps, gamma) of "
-                             "BIAS_STUDY (4 chains); writes bias_study.nc and bias_study.md")
-    args = parser.parse_args(argv)
-    command = module_command("experiments.kgon_llc", argv)
-    if args.bias_study:
-        if args.quick:
-            parser.error("--quick does not apply to --bias-study")
-        print(bias_table(bias_study(args.out, command=command)))
-    else:
-        print(markdown_table(run(args.out, quick=args.quick, command=command)))
+def bias_finding(ds: xr.Dataset) -> str:
+    """One paragraph: the range of the estimates over the settings against the quadratic prediction."""
+    mean, quad = ds["llc_mean"].values, ds["llc_quadratic"].values
+    lo, hi = int(np.nanargmin(mean)), int(np.nanargmax(mean))
+    near = int((np.abs(mean - quad) <= 2 * ds["llc_se"].values).sum())
+    return (f"At the refined 6-gon, {ds.sizes['row']} settings of step size, batch, chain length and localization "
+            f"give estimates from {mean[lo]:.2f} (eps {ds['step_size'].values[lo]:.3g}, batch "
+            f"{int(ds['batch_size'].values[lo])}) to {mean[hi]:.2f} (eps {ds['step_size'].values[hi]:.3g}, batch "
+            f"{int(ds['batch_size'].values[hi])}); {near} of {ds.sizes['row']} lie within 2 SE of the full-batch "
+            f"quadratic prediction at their step size and localization.")
 
-
-if __name__ == "__main__":
-    main()

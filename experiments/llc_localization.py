@@ -12,12 +12,11 @@ chooses step size and chain length at gamma = 1; the same config is then run at 
   difference from the full estimate is what chains add by leaving the dead feature's flat
   region (|W_i|^2 < -b_i), which a weak localization allows.
 
-    python -m experiments.llc_localization --out results/llc_localization [--quick]
+    slt-superposition reproduce llc-localization --out results/llc_localization [--quick]
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from pathlib import Path
@@ -28,9 +27,8 @@ import xarray as xr
 
 from analysis.weight_basis import hessian_spectrum, quadratic_llc_prediction
 from experiments import kgon_llc
+from experiments.registry import header
 from slt_superposition.calibration import calibrate
-from slt_superposition import markdown
-from slt_superposition.experiments import module_command
 from slt_superposition.io import save_dataset
 from slt_superposition.llc import default_nbeta, estimate_llc
 from slt_superposition.provenance import provenance_attrs
@@ -99,7 +97,9 @@ def table(ds: xr.Dataset) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(out_dir: Path, *, quick: bool = False, command: str = "", progress: bool = True) -> xr.Dataset:
+def run(out_dir: Path, *, size: str = "default", progress: bool = True) -> xr.Dataset:
+    """Every class of `CASES` at every gamma of `GAMMAS`; writes llc_localization.nc and report.md."""
+    quick = size == "quick"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = QUICK if quick else SETTINGS
@@ -114,7 +114,8 @@ def run(out_dir: Path, *, quick: bool = False, command: str = "", progress: bool
         **{k: list(v) if isinstance(v, tuple) else v for k, v in settings["calibration"].items()})))
     save_dataset(ds, out_dir / "llc_localization.nc")
     (out_dir / "report.md").write_text(
-        markdown.opening("The LLC against the localization gamma (Chen et al. classes)", command, finding(ds))
+        header("The LLC against the localization gamma (Chen et al. classes)", "llc-localization", out_dir, size,
+               finding(ds))
         + table(ds))
     return ds
 
@@ -137,15 +138,3 @@ def finding(ds: xr.Dataset) -> str:
             "quadratic prediction at their gamma, which models the downward pull gamma puts on the curved "
             "directions.")
 
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="The LLC estimate against the localization gamma on the k-gons.")
-    parser.add_argument("--out", type=Path, default=Path("results/llc_localization"), help="output folder")
-    parser.add_argument("--quick", action="store_true", help="n = 2^14 and a shorter calibration")
-    args = parser.parse_args(argv)
-    run(args.out, quick=args.quick, command=module_command("experiments.llc_localization", argv))
-    print((args.out / "report.md").read_text())
-
-
-if __name__ == "__main__":
-    main()

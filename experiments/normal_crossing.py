@@ -20,16 +20,16 @@ Each case: `calibrate` (its defaults, `localization=1.0`; `CALIBRATION`) and `es
 the calibrated config (its chain count raised to `ESTIMATE_CHAINS`, see below) and a fresh key,
 compared with the quadrature value at nbeta = n / log n and gamma = 1.
 
-    python -m experiments.normal_crossing --out results/normal_crossing [--quick]
-    python -m experiments.normal_crossing --out results/normal_crossing --study   # the bias study
+    slt-superposition reproduce normal-crossing --out results/normal_crossing [--quick] [--only w12 ...]
+    slt-superposition reproduce normal-crossing-study --out results/normal_crossing   # the bias study
 
-Writes normal_crossing.nc, normal_crossing.md (table), normal_crossing.png and report.md
-(`--study`: bias_study.nc, bias_study.md).
+Writes normal_crossing.nc, normal_crossing.md (table), normal_crossing.png and report.md (each
+case a chunk of a resumable sweep under cases/); the study writes bias_study.nc, bias_study.md
+and report.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import time
@@ -41,9 +41,9 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from experiments.registry import header, row_variables, run_cases, select_cases
 from slt_superposition.calibration import calibrate
 from slt_superposition.errors import require
-from slt_superposition.experiments import command_line, module_command, row_variables
 from slt_superposition.io import save_dataset, write_text
 from slt_superposition.llc import SGLDConfig, default_nbeta, estimate_llc
 from slt_superposition.provenance import provenance_attrs
@@ -214,10 +214,8 @@ def case_inputs(powers: Sequence[int], seed: int = SEED):
 
 
 def llc_and_se(est: xr.Dataset) -> tuple[float, float]:
-    """Mean of an `estimate_llc` result and its standard error over the non-divergent chains."""
-    per_chain = est["llc_per_chain"].values[~est["diverged"].values]
-    se = float(per_chain.std(ddof=1) / np.sqrt(per_chain.size)) if per_chain.size > 1 else np.nan
-    return float(est["llc_mean"]), se
+    """Mean of an `estimate_llc` result and its standard error (`llc_se`, over the non-divergent chains)."""
+    return float(est["llc_mean"]), float(est["llc_se"])
 
 
 def run_case(powers: Sequence[int], *, seed: int = SEED, calibration: dict | None = None,
@@ -365,9 +363,8 @@ def finding(ds: xr.Dataset) -> str:
             f"{int(ds['trusted'].sum())} of {ds.sizes['case']} estimates are marked trusted by their stored checks.")
 
 
-def write_outputs(ds: xr.Dataset, out_dir: Path, command: str) -> None:
+def write_outputs(ds: xr.Dataset, out_dir: Path, size: str, only=None, **options) -> None:
     from slt_superposition import figure_style as fs
-    from slt_superposition.markdown import opening
 
     save_dataset(ds, out_dir / "normal_crossing.nc")
     table = markdown_table(ds)
@@ -375,31 +372,36 @@ def write_outputs(ds: xr.Dataset, out_dir: Path, command: str) -> None:
     fs.save(figure(ds), out_dir / "normal_crossing.png")
     verdicts = "".join(f"- {c}: {v}\n" for c, v in zip(ds["case"].values, ds["verdict"].values))
     write_text(out_dir / "report.md",
-                opening("Normal crossings: calibrated SGLD against the exact finite-n expectation", command,
-                        finding(ds))
+                header("Normal crossings: calibrated SGLD against the exact finite-n expectation", "normal-crossing",
+                       out_dir, size, finding(ds), only, **options)
                 + table + "\nFigure: normal_crossing.png.\n\nCalibration verdicts:\n\n" + verdicts)
 
 
-def run(out_dir: Path, *, quick: bool = False, cases: Sequence[Sequence[int]] | None = None,
-        estimate_chains: int = ESTIMATE_CHAINS, progress: bool = True, command: str | None = None) -> xr.Dataset:
-    """Every case (quick: `QUICK_CASES`; or `cases`), each calibrated and estimated; writes outputs."""
+def run(out_dir: Path, *, size: str = "default", progress: bool = True, only: Sequence[str] | None = None,
+        estimate_chains: int = ESTIMATE_CHAINS) -> xr.Dataset:
+    """Every case (quick: `QUICK_CASES`; `only`: the cases of these names, e.g. "w12"), each calibrated
+    and estimated with `estimate_chains` chains as a chunk of a resumable sweep; writes outputs."""
+    quick = size == "quick"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cases = [check_powers(c) for c in (cases or (QUICK_CASES if quick else CASES_2D + CASES_3D))]
-    rows = []
-    for powers in cases:
+    cases = [check_powers(c) for c in (QUICK_CASES if quick else CASES_2D + CASES_3D)]
+    settings = dict(quick=quick, cases=[list(c) for c in cases], n=N_SAMPLES, x_std=X_STD, noise_std=NOISE_STD,
+                    seed=SEED, nbeta="n / log n", tolerance=TOLERANCE, estimate_chains=estimate_chains,
+                    quadrature_spacing=QUADRATURE_SPACING, calibration=CALIBRATION)
+
+    def compute(powers) -> xr.Dataset:
         row = run_case(powers, estimate_chains=estimate_chains)
         if progress:
             print(f"{row['case']}: quadrature {row['llc_quadrature']:.4f} (lambda {row['lambda_asymptotic']:.4f}) "
                   f"estimate {row['llc_mean']:.4f} +- {row['llc_se']:.4f} ({100 * row['rel_error']:+.1f}%) eps "
                   f"{row['step_size']:.3g} steps {row['num_steps']} batch {row['batch_size']} trusted "
-                  f"{row['trusted']} [{row['seconds']:.0f}s]", flush=True)
-        rows.append(row)
-    settings = dict(quick=quick, cases=[list(c) for c in cases], n=N_SAMPLES, x_std=X_STD, noise_std=NOISE_STD,
-                    seed=SEED, nbeta="n / log n", tolerance=TOLERANCE, estimate_chains=estimate_chains,
-                    quadrature_spacing=QUADRATURE_SPACING, calibration=CALIBRATION)
-    ds = to_dataset(rows, settings)
-    write_outputs(ds, out_dir, command or command_line("normal-crossing", out_dir, quick))
+                  f"{row['trusted']}", flush=True)
+        return to_dataset([row], settings)
+
+    ds = run_cases("normal-crossing", out_dir, settings, cases, [case_name(c) for c in cases], compute, only=only,
+                   progress=progress)
+    options = {} if estimate_chains == ESTIMATE_CHAINS else {"estimate_chains": estimate_chains}
+    write_outputs(ds, out_dir, size, only, **options)
     return ds
 
 
@@ -424,17 +426,18 @@ STUDY_VARIABLES = {
 }
 
 
-def study(out_dir: Path, *, cases: Sequence[Sequence[int]] | None = None, command: str = "",
-          progress: bool = True) -> xr.Dataset:
-    """Estimate at each `STUDY` row (only those of `cases` if given; no calibration, `STUDY_CHAINS`
-    chains, each row independent of the others); writes bias_study.nc / .md."""
+def study(out_dir: Path, *, size: str = "default", progress: bool = True,
+          only: Sequence[str] | None = None) -> xr.Dataset:
+    """Estimate at each `STUDY` row (only those of the cases named in `only`, e.g. "w11"; no
+    calibration, `STUDY_CHAINS` chains, each row independent of the others); writes bias_study.nc,
+    bias_study.md and report.md (`reproduce normal-crossing-study`; one size)."""
     from slt_superposition.markdown import table
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    chosen = [r for r in STUDY if cases is None or r[0] in {check_powers(c) for c in cases}]
-    require(len(chosen) > 0, f"no study row for the cases {cases}")
+    names = [case_name(r[0]) for r in STUDY]
+    chosen = select_cases("normal-crossing-study", STUDY, names, only)
     for powers, eps, sampler_time, batch in chosen:
         loss, params, data, _, key = case_inputs(powers)
         s_xx, s_xy, _ = sufficient_statistics(*data)
@@ -460,30 +463,19 @@ def study(out_dir: Path, *, cases: Sequence[Sequence[int]] | None = None, comman
                    "full" if r["batch_size"] == N_SAMPLES else r["batch_size"],
                    f"{r['llc_mean']:.4f} +- {r['llc_se']:.4f}", f"{r['llc_quadrature']:.4f}",
                    f"{100 * r['rel_error']:+.1f} +- {100 * r['llc_se'] / r['llc_quadrature']:.1f}%"] for r in rows])
-    write_text(out_dir / "bias_study.md", f"# Normal crossings: bias study ({STUDY_CHAINS} chains)\n\n"
-                                           f"Command: `{command}`\n\n{text}\n")
+    write_text(out_dir / "bias_study.md", f"{text}\n")
+    write_text(out_dir / "report.md", header(f"Normal crossings: bias study ({STUDY_CHAINS} chains)",
+                                             "normal-crossing-study", out_dir, size, study_finding(ds), only)
+               + f"{text}\n")
     return ds
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Calibrated SGLD LLC estimates of normal-crossing models against "
-                                                 "the exact finite-n expectation (quadrature).")
-    parser.add_argument("--out", type=Path, default=Path("results/normal_crossing"), help="output folder")
-    parser.add_argument("--quick", action="store_true", help=f"only the cases {QUICK_CASES}")
-    parser.add_argument("--case", action="append", help="run only this case (repeatable), exponents like 1,2,3; "
-                                                          "with --study, only its study rows")
-    parser.add_argument("--chains", type=int, default=ESTIMATE_CHAINS, help="chains of each estimate")
-    parser.add_argument("--study", action="store_true", help="instead: the bias study (STUDY rows, no calibration)")
-    args = parser.parse_args(argv)
-    cases = [[int(p) for p in c.split(",")] for c in args.case] if args.case else None
-    if args.study:
-        study(args.out, cases=cases, command=module_command("experiments.normal_crossing", argv))
-        print((args.out / "bias_study.md").read_text())
-        return
-    ds = run(args.out, quick=args.quick, cases=cases, estimate_chains=args.chains,
-             command=module_command("experiments.normal_crossing", argv))
-    print(markdown_table(ds))
+def study_finding(ds: xr.Dataset) -> str:
+    """One paragraph: the study rows' relative errors against the quadrature, per case."""
+    parts = []
+    for case in dict.fromkeys(ds["case"].values.tolist()):
+        rel = 100 * ds["rel_error"].values[ds["case"].values == case]
+        parts.append(f"{case} {rel.min():+.1f}% to {rel.max():+.1f}%")
+    return (f"{ds.sizes['row']} settings of step size, sampler time and batch ({STUDY_CHAINS} chains each, no "
+            f"calibration) against the quadrature value, relative errors per case: " + "; ".join(parts) + ".")
 
-
-if __name__ == "__main__":
-    main()

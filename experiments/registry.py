@@ -1,37 +1,55 @@
-"""The registry behind `slt-superposition reproduce NAME`.
+"""The registry behind `slt-superposition reproduce NAME`, and what every experiment shares.
 
 Each experiment is a module `experiments/<snake_name>.py` exposing
 
-    run(out_dir: Path, *, quick: bool = False) -> xr.Dataset
+    run(out_dir: Path, *, size: str = "default", progress: bool = True, **options) -> xr.Dataset
 
-which writes its dataset, figures and `report.md` (naming the command that made them)
-under `out_dir`. Modules are imported only when run, so a missing or broken one does not
-stop the others.
+which writes its dataset, figures and `report.md` under `out_dir`. `size` is one of `SIZES`:
+"quick" (minutes on a laptop CPU; `reproduce --quick`), "default", or "full" (a larger grid,
+sized for a GPU; `reproduce --full`) where the experiment lists it in `Experiment.sizes`.
+`options` come only from the `reproduce` command: `only` (`--only CASE`: just these named cases of a
+multi-case experiment) and the experiment's own keyword options (`--set NAME=VALUE`). Every report opens with `header` (title, the command that made it, one
+paragraph of what it found). Modules are imported only when run, so a broken one does not stop
+the others.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import xarray as xr
 
+from slt_superposition import markdown
 from slt_superposition.errors import InputError
+
+SIZES = ("quick", "default", "full")
 
 
 @dataclass(frozen=True)
 class Experiment:
+    """A registered experiment: its `reproduce` name, one line of what it shows, the sizes it
+    has, and whether it has named cases (`reproduce --only CASE`)."""
+
     name: str
     summary: str
+    sizes: tuple[str, ...] = ("quick", "default")
+    cases: bool = False
+    runner: str = ""  # "module:function" when not experiments/<snake_name>.py's `run`
 
     @property
     def module(self) -> str:
-        return "experiments." + self.name.replace("-", "_")
+        return self.runner.split(":")[0] if self.runner else "experiments." + self.name.replace("-", "_")
+
+    @property
+    def function(self) -> str:
+        return self.runner.split(":")[1] if self.runner else "run"
 
 
 EXPERIMENTS = {
@@ -40,15 +58,28 @@ EXPERIMENTS = {
         Experiment("tms-pentagon", "Elhage et al.: n=5, m=2, p=0.05 learns a regular pentagon (D_i = 2/5, 72 degrees)"),
         Experiment("tms-phase-diagram", "Elhage et al.: n=2, m=1 phase diagram against the analytic losses"),
         Experiment("tms-sticky-dimensions", "Elhage et al.: n=200, m=20 sparsity sweep, D_i sticks at 1, 3/4, 2/3, 1/2, 2/5, ..."),
-        Experiment("dln-validation", "Furman & Lau / Aoyagi: LLC of deep linear networks against exact learning coefficients"),
+        Experiment("tms-critical-points", "Chen et al. 2023: the k-gon critical-point classes of the 6-feature, "
+                                          "2-neuron TMS, derived (Hessian rank, symmetry bound, theory lambda)",
+                   sizes=("default",)),
+        Experiment("dln-validation", "Furman & Lau / Aoyagi: LLC of deep linear networks against exact learning "
+                                     "coefficients", cases=True),
         Experiment("kgon-llc", "Chen et al. 2023: LLC of the TMS 5-gon and 6-gon critical points (theory 7 and 8.5)"),
+        Experiment("kgon-bias-study", "how step size, batch, chain length and localization move the LLC estimate "
+                                      "of the refined 6-gon", sizes=("default",), runner="experiments.kgon_llc:bias_study"),
+        Experiment("llc-localization", "the k-gon LLC estimate against the localization gamma"),
+        Experiment("step-check-coupling", "the step-size check with and without coupled chains, on the refined 6-gon",
+                   sizes=("default",)),
         Experiment("normal-crossing", "devinterp's normal crossings w1^a w2^b x (and 3 parameters): calibrated LLC "
-                                      "against the exact finite-n expectation by quadrature"),
+                                      "against the exact finite-n expectation by quadrature", cases=True),
+        Experiment("normal-crossing-study", "normal crossings: the estimate at fixed step sizes, sampler times and "
+                                            "batches against the quadrature (no calibration)", sizes=("default",),
+                   cases=True, runner="experiments.normal_crossing:study"),
         Experiment("tms-llc-vs-n", "the LLC of trained TMS against the sample count n, next to the symmetry bound "
-                                   "and the quadratic prediction"),
+                                   "and the quadratic prediction", sizes=SIZES),
         Experiment("per-feature-basis", "each feature's weight-refined LLC (its column) against its D_i, ||W_i|| "
                                         "and data-refined LLC, for n6_m2 and n20_m5"),
-        Experiment("weights-vs-activations", "flagship: LLC (weight basis) against superposition (activation basis) on one grid"),
+        Experiment("weights-vs-activations", "flagship: LLC (weight basis) against superposition (activation basis) "
+                                             "on one grid", sizes=SIZES),
         Experiment("sae-progressive-codes", "TopK, Multi-TopK and Matryoshka SAEs on TMS ground truth: codes at k' != k, "
                                             "latent order, information outside the TopK"),
         Experiment("meta-sae", "meta-SAEs on an idealized and a trained SAE of a TMS with rare features: what a "
@@ -68,28 +99,92 @@ def load_runner(name: str):
     `experiments` package is installed with this one)."""
     experiment = get_experiment(name)
     module = importlib.import_module(experiment.module)
-    run = getattr(module, "run", None)
+    run = getattr(module, experiment.function, None)
     if not callable(run):
-        raise InputError(f"experiment module {experiment.module} has no run(out_dir, *, quick) function")
+        raise InputError(f"experiment module {experiment.module} has no {experiment.function}(out_dir, *, size, "
+                         "progress) function")
     return run
 
 
-def reproduce(name: str, out_dir: str | Path, *, quick: bool = False, full: bool = False) -> xr.Dataset:
-    """Run experiment `name`, writing everything under `out_dir`; returns its dataset.
+def check_size(name: str, size: str) -> None:
+    """`InputError` unless experiment `name` has `size`."""
+    if size not in SIZES:
+        raise InputError(f"size must be one of {', '.join(SIZES)}, got '{size}'")
+    sizes = get_experiment(name).sizes
+    if size not in sizes:
+        flag = {"quick": "--quick", "full": "--full"}.get(size, "the default size")
+        raise InputError(f"experiment '{name}' has no {flag} (its sizes: {', '.join(sizes)})")
 
-    `quick`: small settings for a laptop CPU; `full`: the full grid (for a GPU), where the
-    experiment has one (its `run` takes `full=`)."""
-    if quick and full:
-        raise InputError("--quick and --full exclude each other")
+
+def parse_options(pairs: Sequence[str]) -> dict[str, object]:
+    """`reproduce --set NAME=VALUE` pairs as keyword options: VALUE a Python literal (number,
+    string, list, ...), else the text itself."""
+    options = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise InputError(f"--set takes NAME=VALUE, got '{pair}'")
+        try:
+            options[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            options[key] = text
+    return options
+
+
+def check_request(name: str, size: str = "default", only: Sequence[str] | None = None,
+                  options: dict | None = None):
+    """`InputError` for an unknown experiment, size or option, or `only` on an experiment without
+    named cases, before anything is created; returns the experiment's `run`."""
+    check_size(name, size)
+    if only and not get_experiment(name).cases:
+        raise InputError(f"experiment '{name}' has no named cases; --only applies to "
+                         + ", ".join(e.name for e in EXPERIMENTS.values() if e.cases))
     run = load_runner(name)
-    if full and "full" not in inspect.signature(run).parameters:
-        raise InputError(f"experiment '{name}' has no --full grid (its default run is the full size)")
+    known = [p for p in inspect.signature(run).parameters if p not in ("out_dir", "size", "progress", "only")]
+    unknown = sorted(set(options or {}) - set(known))
+    if unknown:
+        raise InputError(f"experiment '{name}' has no option {', '.join(unknown)} (its options: "
+                         f"{', '.join(known) or 'none'})")
+    return run
+
+
+def reproduce(name: str, out_dir: str | Path, *, size: str = "default", progress: bool = True,
+              only: Sequence[str] | None = None, options: dict | None = None) -> xr.Dataset:
+    """Run experiment `name` at `size`, writing everything under `out_dir`; returns its dataset.
+
+    only: the named cases to run (experiments with cases only; `reproduce --only`); options: more
+    keyword options of the experiment's `run` (`reproduce --set NAME=VALUE`)."""
+    run = check_request(name, size, only, options)
+    options = dict(options or {})
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise InputError(f"cannot create output folder {out_dir}: {err.strerror}") from None
-    return run(out_dir, quick=quick, full=True) if full else run(out_dir, quick=quick)
+    if only:
+        options["only"] = list(only)
+    if "size" in inspect.signature(run).parameters:
+        return run(out_dir, size=size, progress=progress, **options)
+    # an experiment still on the older run(out_dir, *, quick[, full]) shape
+    flags = {"quick": {"quick": True}, "full": {"quick": False, "full": True}}.get(size, {"quick": False})
+    return run(out_dir, **flags, **options)
+
+
+def command_line(name: str, out_dir: str | Path, size: str = "default", only: Sequence[str] | None = None,
+                 **options) -> str:
+    """The CLI command that reproduces `name` at `size` into `out_dir` (for report.md); `only` and
+    `options` as given to `reproduce`."""
+    flag = {"quick": " --quick", "full": " --full"}.get(size, "")
+    cases = "".join(f" --only {shlex.quote(case)}" for case in only or ())
+    sets = "".join(f" --set {shlex.quote(f'{key}={value!r}')}" for key, value in options.items())
+    return f"slt-superposition reproduce {name}{flag}{cases}{sets} --out {shlex.quote(str(out_dir))}"
+
+
+def header(title: str, name: str, out_dir: str | Path, size: str, finding: str,
+           only: Sequence[str] | None = None, **options) -> str:
+    """The opening of every report.md: '# title', the `reproduce` command that made it, one
+    paragraph of what it found (`markdown.opening`)."""
+    return markdown.opening(title, command_line(name, out_dir, size, only, **options), finding)
 
 
 def row_variables(rows: list[dict], variables: dict[str, tuple[str, str]], dim: str) -> dict[str, xr.Variable]:
@@ -99,12 +194,44 @@ def row_variables(rows: list[dict], variables: dict[str, tuple[str, str]], dim: 
             for name, (long_name, units) in variables.items()}
 
 
-def command_line(name: str, out_dir: str | Path, quick: bool, full: bool = False) -> str:
-    """The CLI command that reproduces `name` into `out_dir` (for report.md)."""
-    flag = " --quick" if quick else " --full" if full else ""
-    return f"slt-superposition reproduce {name}{flag} --out {out_dir}"
+def select_cases(name: str, cases: Sequence, names: Sequence[str], only: Sequence[str] | None) -> list:
+    """The cases whose name is in `only` (all when `only` is empty), in their order; an
+    `InputError` names the unknown ones."""
+    if not only:
+        return list(cases)
+    unknown = sorted(set(only) - set(names))
+    if unknown:
+        raise InputError(f"{name} has no case {', '.join(unknown)} (known: {', '.join(names)})")
+    return [case for case, case_name in zip(cases, names) if case_name in set(only)]
 
 
-def module_command(module: str, argv: list[str] | None = None) -> str:
-    """`python -m <module> <args>` as run directly (argv None: this process's arguments), for report.md."""
-    return f"python -m {module} " + shlex.join(sys.argv[1:] if argv is None else argv)
+def run_cases(name: str, out_dir: Path, settings: dict, cases: Sequence, names: Sequence[str],
+              compute: Callable[[object], xr.Dataset], *, only: Sequence[str] | None = None, dim: str = "case",
+              progress: bool = True) -> xr.Dataset:
+    """A multi-case experiment as a resumable sweep (`sweep.run_sweep`, one chunk per case, under
+    `out_dir / "cases"`): a killed run resumes at the first unfinished case when rerun.
+
+    settings: JSON-able, with `cases`/`names` everything that decides the numbers; compute(case)
+    returns the case's dataset along `dim`; only: compute just the cases of these names (an
+    `InputError` names unknown ones); the result then holds every case finished so far, in the
+    order of `cases`."""
+    from slt_superposition.sweep import run_sweep
+
+    names = list(names)
+    if only:
+        select_cases(name, cases, names, only)  # unknown names fail before anything runs
+    by_name = dict(zip(names, cases))
+    chunks = [{dim: case_name} for case_name in names]
+    picked = None if not only else [i for i, case_name in enumerate(names) if case_name in set(only)]
+    return run_sweep(name, settings, chunks, lambda chunk: compute(by_name[chunk[dim]]), Path(out_dir) / "cases",
+                     combine=lambda parts: concat_cases(parts, dim), progress=progress, only=picked)
+
+
+def concat_cases(parts: Sequence[xr.Dataset], dim: str = "case") -> xr.Dataset:
+    """The cases' datasets one after the other along `dim`; text variables become object arrays
+    first, so a longer string of a later case is not cut to the first case's width."""
+    def text_as_object(ds: xr.Dataset) -> xr.Dataset:
+        return ds.assign({name: ds[name].astype(object) for name in ds.data_vars if ds[name].dtype.kind == "U"}) \
+            .assign_coords({name: ds[name].astype(object) for name in ds.coords if ds[name].dtype.kind == "U"})
+
+    return xr.concat([text_as_object(part) for part in parts], dim, combine_attrs="override")

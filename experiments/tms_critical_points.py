@@ -7,19 +7,17 @@ eigenvalue counts of the exact population Hessian, minimum or saddle, and the th
 lambda (half the curved directions, where the flat ones are exactly the rotation orbit and
 the negative-bias dead features). Nothing is sampled: the numbers are exact up to float64.
 
-    python -m experiments.tms_critical_points --out results/tms_critical_points
+    slt-superposition reproduce tms-critical-points --out results/tms_critical_points
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
-from slt_superposition import markdown
-from slt_superposition.experiments import module_command, row_variables
+from experiments.registry import header, row_variables
 from slt_superposition.io import save_dataset
 from slt_superposition.provenance import provenance_attrs
 from slt_superposition.theory import EIGEN_TOL, TMSClass, derived_classes
@@ -61,8 +59,9 @@ def markdown_table(classes: list[TMSClass]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(out_dir: Path, *, command: str = "") -> xr.Dataset:
-    """Derive every class; write tms_critical_points.nc and report.md under `out_dir`."""
+def run(out_dir: Path, *, size: str = "default", progress: bool = True) -> xr.Dataset:
+    """Derive every class; write tms_critical_points.nc and report.md under `out_dir` (one size:
+    the derivation is exact and takes seconds; nothing to show progress for)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     classes = derived_classes()
@@ -75,7 +74,8 @@ def run(out_dir: Path, *, command: str = "") -> xr.Dataset:
     table = markdown_table(classes)
     notes = "".join(f"- {c.label}: {c.reason}\n" for c in classes if c.reason)
     (out_dir / "report.md").write_text(
-        markdown.opening("Critical-point classes of the Chen et al. TMS (c = 6, m = 2)", command, finding(ds))
+        header("Critical-point classes of the Chen et al. TMS (c = 6, m = 2)", "tms-critical-points", out_dir, size,
+               finding(ds))
         + f"{table}\n{notes}")
     return ds
 
@@ -97,14 +97,3 @@ def finding(ds: xr.Dataset) -> str:
             f"{int((~smooth).sum())} are not C^2 there (read by a directional search). For the {int(has.sum())} "
             f"classes with a theory, {theory}; the others say why below the table.")
 
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Derive the k-gon critical-point classes of the Chen et al. TMS.")
-    parser.add_argument("--out", type=Path, default=Path("results/tms_critical_points"), help="output folder")
-    args = parser.parse_args(argv)
-    run(args.out, command=module_command("experiments.tms_critical_points", argv))
-    print((args.out / "report.md").read_text())
-
-
-if __name__ == "__main__":
-    main()

@@ -34,9 +34,9 @@ import xarray as xr  # noqa: E402
 from analysis.compare import dead_flat_parameters, orbit_dimension  # noqa: E402
 from analysis.refine import refine  # noqa: E402
 from analysis.weight_basis import hessian_spectrum, quadratic_llc_prediction  # noqa: E402
-from slt_superposition import figure_style as fs, markdown  # noqa: E402
+from experiments.registry import header  # noqa: E402
+from slt_superposition import figure_style as fs  # noqa: E402
 from slt_superposition.calibration import calibrate  # noqa: E402
-from slt_superposition.experiments import command_line  # noqa: E402
 from slt_superposition.io import save_dataset  # noqa: E402
 from slt_superposition.llc import default_nbeta, estimate_llc  # noqa: E402
 from slt_superposition.provenance import provenance_attrs  # noqa: E402
@@ -127,8 +127,9 @@ VARIABLES = {
 }
 
 
-def run(out_dir: Path, *, quick: bool = False, full: bool = False, progress: bool = True) -> xr.Dataset:
+def run(out_dir: Path, *, size: str = "default", progress: bool = True) -> xr.Dataset:
     """Measure every (model, sparsity, n) point; write tms_llc_vs_n.nc, llc_vs_n.png and report.md."""
+    quick, full = size == "quick", size == "full"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = QUICK if quick else FULL if full else SETTINGS
@@ -158,8 +159,8 @@ def run(out_dir: Path, *, quick: bool = False, full: bool = False, progress: boo
                                                           refine_lr=REFINE_LR, seed=SEED, quick=quick, full=full)))
     save_dataset(ds, out_dir / "tms_llc_vs_n.nc")
     plot(ds, out_dir)
-    command = command_line("tms-llc-vs-n", out_dir, quick, full)
-    (out_dir / "report.md").write_text(markdown.opening("The LLC of trained TMS against n", command, finding(ds))
+    (out_dir / "report.md").write_text(header("The LLC of trained TMS against n", "tms-llc-vs-n", out_dir, size,
+                                              finding(ds))
                                        + table(ds) + "\n" + "".join(f"- {s}\n" for s in findings(ds)))
     return ds
 

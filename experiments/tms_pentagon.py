@@ -12,8 +12,8 @@ import numpy as np
 import xarray as xr
 
 from analysis.measures import feature_dimensionality, feature_norms
+from experiments.registry import header
 from slt_superposition import markdown
-from slt_superposition.experiments import command_line
 from slt_superposition.io import save_dataset
 from toy_models.train import TrainConfig, select_best_seed, train_grid
 
@@ -31,8 +31,9 @@ def neighbour_angles(W: np.ndarray) -> np.ndarray:
     return np.diff(np.append(theta, theta[0] + 360))
 
 
-def run(out_dir: Path, *, quick: bool = False) -> xr.Dataset:
-    ds = train_grid(settings(quick))
+def run(out_dir: Path, *, size: str = "default", progress: bool = True) -> xr.Dataset:
+    """Train the seeds, keep the best; write pentagon.nc, pentagon.png and report.md under `out_dir`."""
+    ds = train_grid(settings(size == "quick"), progress=progress)
     best = select_best_seed(ds).squeeze(("feature_probability", "importance_decay"))
     W = best["W"]
     best["D_i"] = feature_dimensionality(W)
@@ -52,7 +53,7 @@ def run(out_dir: Path, *, quick: bool = False) -> xr.Dataset:
             ("neighbour angles (deg)", ", ".join(f"{a:.1f}" for a in angles), "72.0 each"),
             ("||W_i||", ", ".join(f"{v:.3f}" for v in norms), "about 1")]
     (out_dir / "report.md").write_text(
-        markdown.opening(NAME, command_line(NAME, out_dir, quick), finding)
+        header(NAME, NAME, out_dir, size, finding)
         + markdown.table(("measure", "this run", "paper (regular pentagon)"), rows)
         + f"\n\n![columns of W]({figure.name})\n"
     )

@@ -22,8 +22,8 @@ import numpy as np
 import xarray as xr
 
 from analysis.measures import feature_norms
+from experiments.registry import header
 from slt_superposition import markdown
-from slt_superposition.experiments import command_line
 from slt_superposition.io import save_dataset
 from slt_superposition.sweep import run_sweep
 from toy_models.train import TrainConfig, select_best_seed, train_grid
@@ -63,11 +63,13 @@ def trained_phase(W: xr.DataArray) -> xr.DataArray:
     return xr.DataArray(phase, dims=dims, coords={d: W[d] for d in dims})
 
 
-def run(out_dir: Path, *, quick: bool = False) -> xr.Dataset:
-    config = settings(quick)
+def run(out_dir: Path, *, size: str = "default", progress: bool = True) -> xr.Dataset:
+    """Train the grid (resumable, one chunk per feature probability) and classify every point; write
+    phase_diagram.nc, phase_diagram.png and report.md under `out_dir`."""
+    config = settings(size == "quick")
     chunks = [{"feature_probability": p} for p in config.feature_probabilities]
     compute = lambda c: train_grid(dataclasses.replace(config, feature_probabilities=(c["feature_probability"],)), progress=False)
-    ds = run_sweep(NAME, config.to_dict(), chunks, compute, out_dir / "sweep")
+    ds = run_sweep(NAME, config.to_dict(), chunks, compute, out_dir / "sweep", progress=progress)
     best = select_best_seed(ds)
     phase = trained_phase(best["W"])
     s, r = np.meshgrid(best.feature_probability.values, best.importance_decay.values, indexing="ij")
@@ -78,7 +80,7 @@ def run(out_dir: Path, *, quick: bool = False) -> xr.Dataset:
     best.attrs["agreement_fraction"] = agreement
     save_dataset(best, out_dir / "phase_diagram.nc")
     figure = _plot(best, out_dir / "phase_diagram.png")
-    _report(out_dir, best, agreement, figure, quick)
+    _report(out_dir, best, agreement, figure, size)
     print(f"{NAME}: trained phase agrees with the analytic phase at {agreement:.1%} of {phase.size} points")
     return best
 
@@ -109,7 +111,7 @@ def _plot(ds: xr.Dataset, path: Path) -> Path:
     return fs.save(figure(ds), path)
 
 
-def _report(out_dir: Path, ds: xr.Dataset, agreement: float, figure: Path, quick: bool) -> None:
+def _report(out_dir: Path, ds: xr.Dataset, agreement: float, figure: Path, size: str) -> None:
     rows = [(p, int((ds.phase == i).sum()), int((ds.phase_predicted == i).sum()) if i < 3 else "-")
             for i, p in enumerate(PHASES)]
     seeds = len(json.loads(ds.attrs["config"])["seeds"])
@@ -123,7 +125,7 @@ def _report(out_dir: Path, ds: xr.Dataset, agreement: float, figure: Path, quick
                f"{ds.sizes['importance_decay']} importances (best of {seeds} seeds per point), the trained "
                f"phase agrees with the phase of lowest analytic loss at {agreement:.1%} of the points.{where}")
     (out_dir / "report.md").write_text(
-        markdown.opening(NAME, command_line(NAME, out_dir, quick), finding)
+        header(NAME, NAME, out_dir, size, finding)
         + markdown.table(("phase", "trained (points)", "analytic (points)"), rows)
         + f"\n\nDataset: `phase_diagram.nc`; figure: `{figure.name}`\n\n![phase diagram]({figure.name})\n"
     )

@@ -43,14 +43,13 @@ import json
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import xarray as xr
 
 from slt_superposition.errors import InputError, require
-from slt_superposition.io import ENGINE, LOCK_NAME, file_mode, is_writer, output_lock, save_dataset
+from slt_superposition.io import ENGINE, LOCK_NAME, is_writer, output_lock, save_dataset, write_text
 
 MANIFEST = "manifest.json"
 _CHUNK = re.compile(r"chunk-(\d{4,})\.nc")
@@ -70,16 +69,7 @@ def chunk_path(run_dir: Path, index: int) -> Path:
 
 
 def _write_json_atomic(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, file_mode())  # mkstemp's 0600 would hide the manifest from colleagues
-        with os.fdopen(fd, "w") as handle:
-            json.dump(obj, handle, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_text(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
 def _check_folder(run_dir: Path, digest: str, n_chunks: int) -> None:
@@ -167,18 +157,25 @@ def run_sweep(
     *,
     combine: Callable[[list[xr.Dataset]], xr.Dataset] = default_combine,
     progress: bool = True,
+    only: Collection[int] | None = None,
 ) -> xr.Dataset:
     """Compute every chunk not yet on disk, then return all chunks combined.
 
     `config` and `chunks` must be JSON-able and fully decide the numbers (their hash
     names the sweep). `compute_chunk(chunk)` returns one chunk's dataset. The returned
     dataset has the attrs that `combine` gives it (the default: the first chunk's) plus ``sweep_name``, ``sweep_hash``,
-    ``sweep_chunks``.
+    ``sweep_chunks`` (the number of chunks combined).
+
+    only: indices of the chunks to compute in this call (None: all). The result then combines
+    the finished chunks on disk (those and any earlier runs'), a part of the sweep until a run
+    without `only` completes the rest; the folder and its hash are the whole sweep's either way.
     """
     from slt_superposition.progress import make_bar
     from slt_superposition.sharding import broadcast_bytes, broadcast_json, is_multiprocess
 
     require(len(chunks) > 0, f"sweep '{name}' has no chunks")
+    if only is not None:
+        require(all(0 <= int(i) < len(chunks) for i in only), f"sweep '{name}' has no chunk {sorted(only)}")
     run_dir = Path(run_dir)
     digest = sweep_hash(name, config, chunks)
     writer, several = is_writer(), is_multiprocess()
@@ -195,8 +192,9 @@ def run_sweep(
         if "error" in state:
             raise InputError(state["error"])
         done = set(state["done"])
-        todo = [i for i in range(len(chunks)) if i not in done]
-        bar = make_bar(len(chunks), name, progress, initial=len(done), unit="chunk")
+        todo = [i for i in range(len(chunks)) if i not in done and (only is None or i in set(only))]
+        kept = sorted(done | set(todo))
+        bar = make_bar(len(done) + len(todo), name, progress, initial=len(done), unit="chunk")
         for i in todo:
             ds = compute_chunk(chunks[i])
             ds = ds.assign_attrs(sweep_name=name, sweep_hash=digest, sweep_chunk=i)
@@ -206,12 +204,12 @@ def run_sweep(
 
         # every process combines the bytes on process 0's disk (one process: read directly)
         parts = []
-        for i in range(len(chunks)):
+        for i in kept:
             path = chunk_path(run_dir, i)
             content = broadcast_bytes(path.read_bytes() if writer else None) if several else None
             parts.append(_load_chunk(path, digest, i, content))
     combined = combine(parts)
     attrs = {k: v for k, v in combined.attrs.items() if k not in SWEEP_ATTRS}
-    attrs.update(sweep_name=name, sweep_hash=digest, sweep_chunks=len(chunks))
+    attrs.update(sweep_name=name, sweep_hash=digest, sweep_chunks=len(kept))
     combined.attrs = attrs
     return combined

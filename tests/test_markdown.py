@@ -39,7 +39,7 @@ def test_phase_diagram_report_has_no_dict_reprs(tmp_path):
                      "phase_predicted": (("feature_probability", "importance_decay"), [[0, 1], [2, 0]])},
                     coords={"feature_probability": p, "importance_decay": r},
                     attrs={"config": '{"seeds": [0, 1, 2]}'})
-    _report(tmp_path, ds, 0.75, tmp_path / "phase_diagram.png", True)
+    _report(tmp_path, ds, 0.75, tmp_path / "phase_diagram.png", "quick")
     text = (tmp_path / "report.md").read_text()
     assert "{" not in text and "}" not in text
     assert text.startswith("# tms-phase-diagram\n\nCommand: `slt-superposition reproduce tms-phase-diagram --quick")

@@ -33,10 +33,10 @@ def test_kgon_finding_counts_classes_within_tolerance():
 def test_tms_critical_points_report_opens_with_command_and_finding(tmp_path):
     from experiments.tms_critical_points import run
 
-    ds = run(tmp_path, command="slt-superposition reproduce tms-critical-points --out x")
+    ds = run(tmp_path)
     title, command, finding = _opening((tmp_path / "report.md").read_text())
     assert title.startswith("# Critical-point classes")
-    assert command == "Command: `slt-superposition reproduce tms-critical-points --out x`"
+    assert command == f"Command: `slt-superposition reproduce tms-critical-points --out {tmp_path}`"
     minima = int(ds["minimum"].sum())
     assert f"{ds.sizes['class']} classes" in finding
     assert f"{minima} are minima and {ds.sizes['class'] - minima} saddles" in finding

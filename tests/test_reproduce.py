@@ -10,10 +10,11 @@ import pytest
 
 from slt_superposition.cli import main
 from slt_superposition.errors import InputError
-from slt_superposition.experiments import EXPERIMENTS, load_runner
+from experiments.registry import EXPERIMENTS, load_runner
 
-NAMES = ("tms-pentagon", "tms-phase-diagram", "tms-sticky-dimensions", "dln-validation", "kgon-llc", "tms-llc-vs-n",
-         "normal-crossing", "weights-vs-activations", "sae-progressive-codes", "meta-sae", "per-feature-basis")
+NAMES = ("tms-pentagon", "tms-phase-diagram", "tms-sticky-dimensions", "tms-critical-points", "dln-validation",
+         "kgon-llc", "kgon-bias-study", "llc-localization", "step-check-coupling", "tms-llc-vs-n", "normal-crossing",
+         "normal-crossing-study", "weights-vs-activations", "sae-progressive-codes", "meta-sae", "per-feature-basis")
 
 
 def test_list_names_every_experiment(capsys):
@@ -88,3 +89,76 @@ def test_report_names_the_reproduce_command(name, tmp_path, monkeypatch):
     out = tmp_path / name
     assert main(["reproduce", name, "--quick", "--out", str(out)]) == 0
     assert f"slt-superposition reproduce {name} --quick --out {out}" in (out / "report.md").read_text()
+
+
+def _stub_dln(monkeypatch, calls):
+    import experiments.dln_validation as dln
+
+    def stub(widths, rank, kind, **_):
+        calls.append(dln.case_name(widths, rank, kind))
+        return _stub_row(dln.VARIABLES, case=calls[-1], widths="-".join(map(str, widths)), kind=kind)
+
+    monkeypatch.setattr(dln, "run_case", stub)
+    return dln
+
+
+def test_only_runs_named_cases_and_a_rerun_completes_the_rest(tmp_path, monkeypatch):
+    """dln-validation's cases are chunks of a resumable sweep: --only computes just those, a run
+    without it computes only the rest, and the report names each command."""
+    calls = []
+    dln = _stub_dln(monkeypatch, calls)
+    names = [dln.case_name(*c) for c in dln.all_cases(True)]
+    out = tmp_path / "dln"
+    assert main(["reproduce", "dln-validation", "--quick", "--only", names[1], "--out", str(out)]) == 0
+    assert calls == [names[1]]
+    assert f"reproduce dln-validation --quick --only {names[1]} --out {out}" in (out / "report.md").read_text()
+    assert main(["reproduce", "dln-validation", "--quick", "--out", str(out)]) == 0
+    assert calls == [names[1], names[0]]
+    from slt_superposition.io import open_result
+
+    assert list(open_result(out / "dln_validation.nc")["case"].values) == names
+
+
+def test_bad_case_size_and_option_are_one_line_errors(tmp_path, monkeypatch, capsys):
+    _stub_dln(monkeypatch, [])
+    for argv, message in (
+            (["dln-validation", "--quick", "--only", "no-such-case"], "dln-validation has no case no-such-case"),
+            (["tms-pentagon", "--only", "x"], "experiment 'tms-pentagon' has no named cases"),
+            (["tms-pentagon", "--full"], "experiment 'tms-pentagon' has no --full"),
+            (["tms-pentagon", "--quick", "--full"], "--quick and --full exclude each other"),
+            (["tms-pentagon", "--set", "steps=3"], "experiment 'tms-pentagon' has no option steps"),
+            (["tms-pentagon", "--set", "steps"], "--set takes NAME=VALUE")):
+        assert main(["reproduce", *argv, "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_set_passes_an_option_and_the_report_names_it(tmp_path, monkeypatch):
+    import experiments.normal_crossing as nc
+
+    seen = []
+
+    def stub(powers, *, estimate_chains, **_):
+        seen.append(estimate_chains)
+        return dict({name: 0.01 for name in nc.VARIABLES}, case=nc.case_name(powers), powers="1",
+                    verdict="stub", lambda_asymptotic=0.5, llc_quadrature=0.3, llc_mean=0.3, rel_error=0.0,
+                    quadrature_vs_asymptotic=-0.1, within_tolerance=True, trusted=True)
+
+    monkeypatch.setattr(nc, "run_case", stub)
+    out = tmp_path / "nc"
+    assert main(["reproduce", "normal-crossing", "--quick", "--set", "estimate_chains=4", "--only", "w01",
+                 "--out", str(out)]) == 0
+    assert seen == [4]
+    assert "reproduce normal-crossing --quick --only w01 --set estimate_chains=4 --out" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in (
+    "weights-vs-activations", "per-feature-basis", "sae-progressive-codes", "meta-sae", "tms-sticky-dimensions")])
+def test_every_run_has_the_one_shape(name):
+    import inspect
+
+    parameters = inspect.signature(load_runner(name)).parameters
+    assert list(parameters)[0] == "out_dir"
+    assert parameters["size"].default == "default" and parameters["size"].kind == inspect.Parameter.KEYWORD_ONLY
+    assert parameters["progress"].default is True and parameters["progress"].kind == inspect.Parameter.KEYWORD_ONLY
+    assert ("only" in parameters) == EXPERIMENTS[name].cases

@@ -107,6 +107,25 @@ def test_rerun_skips_finished_chunks_and_leftover_tmp_is_removed(tmp_path, capsy
     xr.testing.assert_identical(first, second)
 
 
+def test_only_computes_those_chunks_and_a_full_run_completes_the_rest(tmp_path):
+    calls = []
+
+    def compute(chunk):
+        calls.append(chunk)
+        return _toy_compute(chunk)
+
+    part = run_sweep("toy", {"a": 1}, CHUNKS, compute, tmp_path / "a", progress=False, only=[1])
+    assert calls == [CHUNKS[1]] and part.attrs["sweep_chunks"] == 1
+    np.testing.assert_array_equal(part.y.values, [9.0])
+    whole = run_sweep("toy", {"a": 1}, CHUNKS, compute, tmp_path / "a", progress=False)
+    assert calls[1:] == [CHUNKS[0]]  # chunk 1 is not computed again
+    clean = run_sweep("toy", {"a": 1}, CHUNKS, _toy_compute, tmp_path / "clean", progress=False)
+    xr.testing.assert_identical(whole, clean)
+    with pytest.raises(InputError, match="has no chunk"):
+        run_sweep("toy", {"a": 1}, CHUNKS, compute, tmp_path / "b", progress=False, only=[5])
+    assert not (tmp_path / "b").exists()  # refused before the folder is made
+
+
 def test_truncated_chunk_is_reported_not_used(tmp_path):
     run_sweep("toy", {"a": 1}, CHUNKS, _toy_compute, tmp_path, progress=False)
     path = chunk_path(tmp_path, 0)

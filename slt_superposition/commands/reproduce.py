@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -18,6 +18,13 @@ def reproduce(
     out: Optional[Path] = typer.Option(
         None, "--out", help="Folder for the dataset, figures and report.md (default: results/NAME, or results/quick/NAME with --quick)."
     ),
+    only: Optional[List[str]] = typer.Option(
+        None, "--only", help="Run only this named case (repeatable) of an experiment with cases; rerunning into the "
+                             "same --out adds cases, and a run without --only completes the rest."),
+    set_: Optional[List[str]] = typer.Option(
+        None, "--set", help="NAME=VALUE: one of the experiment's own options (repeatable; VALUE a Python literal), "
+                            "e.g. --set estimate_chains=4 for normal-crossing."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars and per-case lines on stderr/stdout."),
     list_: bool = typer.Option(False, "--list", help="List the experiments and exit."),
     coordinator: Optional[str] = dist.COORDINATOR,
     num_processes: Optional[int] = dist.NUM_PROCESSES,
@@ -29,7 +36,7 @@ def reproduce(
     and the others write their copies of the figures and report into a scratch folder that
     is deleted at the end.
     """
-    from slt_superposition.experiments import EXPERIMENTS, get_experiment, reproduce as run_experiment
+    from experiments.registry import EXPERIMENTS, check_request, parse_options, reproduce as run_experiment
 
     if list_:
         width = max(map(len, EXPERIMENTS))
@@ -38,7 +45,11 @@ def reproduce(
         return
     if name is None:
         raise InputError("give an experiment name or --list (known: " + ", ".join(EXPERIMENTS) + ")")
-    get_experiment(name)  # unknown names fail before anything is created
+    if quick and full:
+        raise InputError("--quick and --full exclude each other")
+    size = "quick" if quick else "full" if full else "default"
+    options = parse_options(set_ or [])
+    check_request(name, size, only, options)  # unknown names, sizes and options fail before anything is created
     if out is None:
         out = Path("results") / ("quick" if quick else "full") / name
     dist.initialize(coordinator, num_processes, process_id)
@@ -52,12 +63,12 @@ def reproduce(
     matplotlib.use("Agg")
     if is_writer():
         with output_lock(out, folder=True):
-            run_experiment(name, out, quick=quick, full=full)
+            run_experiment(name, out, size=size, progress=progress, only=only, options=options)
         print(f"{name}: dataset, figures and report.md in {out}")
         return
     scratch = Path(tempfile.mkdtemp(prefix=f"slt-superposition-{name}-"))
     try:
-        run_experiment(name, scratch / out.name, quick=quick, full=full)
+        run_experiment(name, scratch / out.name, size=size, progress=progress, only=only, options=options)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
