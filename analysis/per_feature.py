@@ -58,6 +58,10 @@ class PerFeatureSettings:
     max_step_size: float = 1e-3
     burnin_fraction: float = 0.25
     batch_size: int | None = 256  # None: full batch
+    # data-refined chains (w* is not a critical point of their loss, so their number is a
+    # transient, not an LLC: docs/experiments/per_feature_basis.md); None: as the weight-refined
+    data_num_chains: int | None = None
+    data_max_steps: int | None = None
 
 
 def conditional_feature_data(key, n_samples: int, n_features: int, feature_probability, feature: int) -> jax.Array:
@@ -130,10 +134,13 @@ def per_feature_dataset(train: xr.Dataset, settings: PerFeatureSettings = PerFea
     cond = flatten(conditional(inputs["seed"], inputs["feature_probability"], inputs["importance"]))
     repeated = flatten(jax.tree_util.tree_map(lambda a: jnp.repeat(a[:, None], n_features, axis=1), params))
     per_feature = lambda a: np.broadcast_to(a[..., None], sizes + (n_features,))
+    data_max = s.max_steps if s.data_max_steps is None else s.data_max_steps
+    data_steps = np.minimum(steps_full, data_max)
+    data_burn = np.minimum(burn_full, (data_steps * s.burnin_fraction).astype(np.int64))
     data_config = SGLDConfig(step_size=per_feature(eps_full), localization=s.localization, nbeta=nbeta,
-                             num_chains=s.num_chains, num_steps=per_feature(steps_full),
-                             num_burnin=per_feature(burn_full), batch_size=s.batch_size,
-                             trace_every=max(1, s.max_steps // 100))
+                             num_chains=s.num_chains if s.data_num_chains is None else s.data_num_chains,
+                             num_steps=per_feature(data_steps), num_burnin=per_feature(data_burn),
+                             batch_size=s.batch_size, trace_every=max(1, data_max // 100))
     data_refined = estimate_llc_batched(loss_fn, repeated, cond, config=data_config, key=data_refined_key,
                                         instance_dims={**grid, "feature": np.arange(n_features)}, checks=False)
     grad = jax.jit(jax.vmap(lambda p, x: ravel_pytree(jax.grad(loss_fn)(p, x))[0]))(repeated, cond)
@@ -165,5 +172,6 @@ def per_feature_dataset(train: xr.Dataset, settings: PerFeatureSettings = PerFea
         out[name] = xr.Variable(value.dims, value.values, {"long_name": long_name})
     out["column_parameters"] = xr.Variable((), n_hidden + 1, {"long_name": "parameters per column block (m + 1)"})
     out.attrs.update(localization=s.localization, nbeta=nbeta, n_samples=s.n_samples, num_chains=s.num_chains,
+                     data_num_chains=int(data_config.num_chains), data_max_steps=int(data_max),
                      sampler_time=s.sampler_time, n_instances=n_inst, n_features=n_features, n_hidden=n_hidden)
     return out

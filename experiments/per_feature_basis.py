@@ -48,7 +48,8 @@ class Settings:
 
 
 QUICK = Settings(feature_probabilities=(0.3, 0.1, 0.03), seeds=1, train_steps=3000,
-                 estimates=PerFeatureSettings(n_samples=2048, num_chains=4, max_steps=3000))
+                 estimates=PerFeatureSettings(n_samples=2048, num_chains=4, max_steps=3000, data_num_chains=2,
+                                              data_max_steps=1000))
 
 
 def compute_model(n: int, m: int, settings: Settings) -> xr.Dataset:
