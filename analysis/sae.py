@@ -324,8 +324,11 @@ def batch_topk_threshold(params, x, k: float, latent_mask=None) -> jax.Array:
 
 def _train_program(activations, eval_activations, init_keys, step_keys, masks, prefix_weights, k_mean, *, k, k_aux,
                    aux_coef, batch_size, dead_after_steps, learning_rate, log_every, kind, schedule, train_b_pre,
-                   zero_b_pre=False, init_from_data=False):
-    """Train every (instance, dict size) in one scan; activations `(instance, sample, hidden)`."""
+                   zero_b_pre=False, init_from_data=False, resample_at=(), resample_key=None, resample_samples=2048,
+                   duplicate_cosine=0.95, rare_fraction=0.0):
+    """Train every (instance, dict size) in one scan; activations `(instance, sample, hidden)`.
+    `resample_at`: steps (multiples of `log_every`) after which dead and duplicate latents are
+    resampled (`_resample`); empty: one scan, no resampling."""
     n_steps = step_keys.shape[0]
     optimizer = optax.adam(_learning_rate(learning_rate, schedule, n_steps), eps=6.25e-10)
     n_inst, n_samples, d_in = activations.shape
@@ -384,7 +387,23 @@ def _train_program(activations, eval_activations, init_keys, step_keys, masks, p
 
     blocks = jax.tree_util.tree_map(
         lambda x: x.reshape((n_steps // log_every, log_every) + x.shape[1:]), step_keys)
-    state, curve = jax.lax.scan(log_block, state, blocks)
+    if not resample_at:
+        state, curve = jax.lax.scan(log_block, state, blocks)
+    else:  # train in segments, resampling dead and duplicate latents between them
+        bounds = [0, *[s // log_every for s in resample_at], n_steps // log_every]
+        curves = []
+        for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+            state, c = jax.lax.scan(log_block, state, blocks[a:b])
+            curves.append(c)
+            if b < bounds[-1]:
+                keys = jax.random.split(jax.random.fold_in(resample_key, i), (n_inst, n_sizes))
+                resample = lambda st, acts, kk, k_inst: jax.vmap(
+                    lambda s1, mask, key1: _resample(s1, acts, mask, key1, k=k, k_inst=k_inst, kind=kind,
+                                                     n_samples=resample_samples,
+                                                     duplicate_cosine=duplicate_cosine,
+                                                     rare_fraction=rare_fraction))(st, masks, kk)
+                state = jax.vmap(resample)(state, activations, keys, k_mean)
+        curve = jnp.concatenate(curves, axis=0)
     params = state[0]
 
     def threshold_of(params, acts, mask, k_inst):
@@ -411,10 +430,63 @@ def _train_program(activations, eval_activations, init_keys, step_keys, masks, p
     return params, train_fvu, fvu_value, dead, curve, thresholds, frequency, l0
 
 
+def _resample(state, acts, mask, key, *, k, k_inst, kind, n_samples, duplicate_cosine, rare_fraction=0.0):
+    """Move the dead, rare and duplicate latents of one SAE to poorly reconstructed samples.
+
+    `state`: (params, Adam state, steps since each latent fired) of one SAE; `acts: (sample,
+    hidden)`; `mask: (latent,)` its dictionary. On `n_samples` random samples: a latent is *dead*
+    if it fires on none, *rare* if it fires less often than `rare_fraction` times the median latent
+    (on features of equal probability, a latent stuck between two features that another latent
+    mostly takes), a *duplicate* if another latent that fires at least as often (ties: the
+    lower index) has decoder cosine >= `duplicate_cosine` with it (two latents sharing one feature,
+    the k-means local minimum of a TopK SAE: some other latent must then cover two features).
+    Each such latent gets a distinct sample drawn with probability proportional to its squared
+    reconstruction error: decoder column and (tied) encoder row the unit vector of that sample
+    minus b_pre, b_enc 0, Adam moments and fired counter reset (Bricken et al. 2023's neuron
+    resampling, with the encoder tied as at initialisation).
+    """
+    params, opt_state, since_fired = state
+    pick_key, draw_key = jax.random.split(key)
+    x = acts[jax.random.randint(pick_key, (n_samples,), 0, acts.shape[0])]
+    pre = sae_preactivations(params, x, mask)
+    z = batch_topk_codes(pre, k_inst) if kind == "batch-topk" else _topk_codes(pre, k)
+    error = jnp.sum((x - sae_decode(params, z)) ** 2, axis=-1)  # (sample,)
+    frequency = jnp.mean(z > 0, axis=0)  # (latent,)
+    W = params["W_dec"]
+    cos = W.T @ W  # (latent, latent)
+    index = jnp.arange(W.shape[1])
+    stronger = (frequency[None, :] > frequency[:, None]) | ((frequency[None, :] == frequency[:, None])
+                                                           & (index[None, :] < index[:, None]))
+    duplicate = jnp.any((cos >= duplicate_cosine) & stronger & mask[None, :] & (index[None, :] != index[:, None]),
+                        axis=1)
+    median = jnp.nanmedian(jnp.where(mask, frequency, jnp.nan))
+    bad = ((frequency == 0) | (frequency < rare_fraction * median) | duplicate) & mask
+    weights = error**2
+    weights = jnp.where(jnp.sum(weights) > 0, weights, jnp.ones_like(weights)) + 1e-30
+    # one distinct sample per latent (only the bad latents' are used)
+    chosen = jax.random.choice(draw_key, n_samples, (W.shape[1],), replace=False, p=weights / jnp.sum(weights))
+    target = x[chosen] - params["b_pre"]  # (latent, hidden)
+    norm = jnp.linalg.norm(target, axis=-1, keepdims=True)
+    target = jnp.where(norm > 1e-8, target / jnp.maximum(norm, 1e-8), W.T)
+    new = dict(params)
+    new["W_dec"] = jnp.where(bad[None, :], target.T, W)
+    new["W_enc"] = jnp.where(bad[:, None], target, params["W_enc"])
+    new["b_enc"] = jnp.where(bad, 0.0, params["b_enc"])
+
+    def reset(tree):
+        return {"W_dec": jnp.where(bad[None, :], 0.0, tree["W_dec"]), "W_enc": jnp.where(bad[:, None], 0.0, tree["W_enc"]),
+                "b_enc": jnp.where(bad, 0.0, tree["b_enc"]), "b_pre": tree["b_pre"]}
+
+    adam = opt_state[0]
+    opt_state = (adam._replace(mu=reset(adam.mu), nu=reset(adam.nu)), *opt_state[1:])
+    return new, opt_state, jnp.where(bad, 0, since_fired)
+
+
 _train_program_jit = jax.jit(
     _train_program,
     static_argnames=("k", "k_aux", "aux_coef", "batch_size", "dead_after_steps", "learning_rate", "log_every",
-                     "kind", "schedule", "train_b_pre", "zero_b_pre", "init_from_data"),
+                     "kind", "schedule", "train_b_pre", "zero_b_pre", "init_from_data", "resample_at",
+                     "resample_samples", "duplicate_cosine", "rare_fraction"),
 )
 
 
@@ -440,6 +512,9 @@ def train_sae(
     train_b_pre: bool = True,
     zero_b_pre: bool = False,
     init_from_data: bool = False,
+    resample_at: Sequence[int] = (),
+    duplicate_cosine: float = 0.95,
+    rare_fraction: float = 0.0,
 ) -> xr.Dataset:
     """Train SAEs of `kind` (topk, batch-topk, multi-topk, matryoshka; see the module docstring)
     of every size in `dict_sizes` on every instance's activations, in one program.
@@ -469,6 +544,14 @@ def train_sae(
     a meta-SAE's, where the origin is the natural centre). `init_from_data` starts the decoder
     columns at distinct random nonzero samples (minus b_pre), as k-means is started, instead of
     random directions: latents then start where the data is dense.
+    `resample_at`: steps (multiples of `log_every`, inside the run) after which every SAE's dead
+    latents and duplicates (decoder cosine >= `duplicate_cosine` with a latent that fires more
+    often), and with `rare_fraction` > 0 the latents firing less often than that fraction of the
+    median latent (only sensible where features are about equally frequent, as in a TMS of one
+    feature probability), are moved to poorly reconstructed samples (`_resample`): the k-means-like minimum
+    where two latents share one feature and a third covers two is left that way, which restarts
+    alone escape only by chance (docs/experiments/sae_recovery.md). Empty: no resampling (and the
+    same program as before it existed).
     `prefixes` (matryoshka only): the nested prefix lengths whose reconstructions are averaged
     (each dictionary also uses its own full size; lengths above a dictionary's size are dropped);
     None: every length 1..dict_size.
@@ -517,6 +600,11 @@ def train_sae(
     require(restarts >= 1, f"restarts must be positive, got {restarts}")
     require(kind in KINDS, f"unknown SAE kind '{kind}' (known: {', '.join(KINDS)})")
     require(schedule in SCHEDULES, f"unknown learning-rate schedule '{schedule}' (known: {', '.join(SCHEDULES)})")
+    resample_at = tuple(int(step) for step in resample_at)
+    require(all(0 < step < steps and step % log_every == 0 for step in resample_at)
+            and list(resample_at) == sorted(set(resample_at)),
+            f"resample_at must be increasing steps inside (0, {steps}) and multiples of log_every ({log_every}), "
+            f"got {resample_at}")
     require(prefixes is None or kind == "matryoshka", "prefixes are for kind 'matryoshka' only")
     require(prefixes is None or (len(prefixes) > 0 and all(int(j) >= 1 for j in prefixes)),
             f"prefixes must be positive lengths, got {prefixes}")
@@ -544,7 +632,10 @@ def train_sae(
         k=k, k_aux=k_aux, aux_coef=float(aux_coef), batch_size=batch_size,
         dead_after_steps=max(1, -(-dead_after_tokens // batch_size)), learning_rate=float(learning_rate),
         log_every=log_every, kind=kind, schedule=schedule, train_b_pre=bool(train_b_pre),
-        zero_b_pre=bool(zero_b_pre), init_from_data=bool(init_from_data),
+        zero_b_pre=bool(zero_b_pre), init_from_data=bool(init_from_data), resample_at=resample_at,
+        resample_key=jax.random.fold_in(key, 7) if resample_at else None,
+        resample_samples=min(2048, n_samples), duplicate_cosine=float(duplicate_cosine),
+        rare_fraction=float(rare_fraction),
     )
     # keep, per (instance, dict size), the restart with the lowest FVU on the training activations
     train_fvu = np.asarray(train_fvu).reshape(n_inst, len(sizes), restarts)
@@ -567,6 +658,9 @@ def train_sae(
                   restarts=restarts, kind=kind, schedule=schedule, train_b_pre=bool(train_b_pre),
                   zero_b_pre=bool(zero_b_pre), init_from_data=bool(init_from_data),
                   prefixes=None if prefixes is None else [int(j) for j in prefixes],
+                  **({"resample_at": list(resample_at), "duplicate_cosine": float(duplicate_cosine),
+                      "rare_fraction": float(rare_fraction)}
+                     if resample_at else {}),
                   key=np.asarray(jax.random.key_data(key)).tolist())
     return xr.Dataset(
         {

@@ -26,6 +26,7 @@ import xarray as xr
 from analysis.measures import n_represented, represented_features
 from analysis.sae import mmcs
 from analysis.sae_match import matched_cosine
+from slt_superposition.errors import require
 
 RECOVERY_THRESHOLD = 0.95
 
@@ -93,42 +94,75 @@ def hidden_activations(train: xr.Dataset, *, n_samples: int, key) -> xr.DataArra
 
 
 def k_for(n_features: int, n_hidden: int, feature_probability: float) -> int:
-    """TopK's k for a TMS: the expected number of active features n p, rounded, in 1..m."""
+    """TopK's k for a TMS: the expected number of active features n p, rounded, in 1..m (with n the
+    represented features n_rep: the expected number of active represented features)."""
     return int(min(max(1, round(n_features * float(feature_probability))), n_hidden))
 
 
+K_RULES = ("features", "represented")
+RESAMPLE_FRACTIONS = (0.2, 0.4, 0.6)  # resampling points, as fractions of the SAE training steps
+RARE_FRACTION = 0.25  # a latent firing less often than this fraction of the median latent is resampled
+
+
+def resample_steps(steps: int, log_every: int = 10) -> tuple[int, ...]:
+    """The steps after which `grid_saes` resamples dead, rare and duplicate latents: 20, 40 and 60% of
+    `steps`, rounded down to multiples of `log_every` (none that round to 0)."""
+    return tuple(sorted({s for s in (int(f * steps) // log_every * log_every for f in RESAMPLE_FRACTIONS)
+                         if 0 < s < steps}))
+
+
 def grid_saes(train: xr.Dataset, *, n_samples: int, key, dict_sizes, kind: str = "topk", progress: bool = False,
-              **train_kwargs) -> xr.Dataset:
+              k_rule: str = "features", resample: bool = False, **train_kwargs) -> xr.Dataset:
     """`train_sae` on every instance of a 'train' dataset; returns the SAE dataset over its grid dims.
 
     k: for batch-topk, each instance's expected number of active represented features n_rep p
     (at least 0.01, at most the smallest dictionary), all in one program; for the other kinds
-    `k_for` (one program per distinct k, at most m).
+    `k_for` with n the number of features (`k_rule="features"`: round(n p), the same for every
+    instance of a feature probability) or each instance's represented features
+    (`k_rule="represented"`: round(n_rep p)), one program per distinct k, at most m.
+    `resample`: resample dead, rare and duplicate latents at 20, 40 and 60% of the steps
+    (`analysis.sae.train_sae`'s `resample_at`, `rare_fraction` RARE_FRACTION).
     """
     import jax
 
     from analysis.sae import train_sae
     from slt_superposition.progress import progress_bar
 
+    require(k_rule in K_RULES, f"unknown k rule '{k_rule}' (known: {', '.join(K_RULES)})")
     acts = hidden_activations(train, n_samples=n_samples, key=key)
     n, m = train.sizes["feature"], train.sizes["hidden"]
+    if resample:
+        train_kwargs = {**train_kwargs, "resample_at": resample_steps(train_kwargs["steps"]),
+                        "rare_fraction": RARE_FRACTION}
     if kind == "batch-topk":
         k = expected_active(train["W"], train["feature_probability"]).clip(0.01, min(dict_sizes))
         k = k.transpose(*acts.dims[:-2])
         sae = train_sae(acts, dict_sizes=dict_sizes, k=k.values, kind=kind, key=key, **train_kwargs)
         sae["k"] = k.assign_attrs(long_name="SAE k (mean codes per sample: n_rep p)", units="latents")
         return sae
-    fps = train["feature_probability"].values
-    ks = np.array([k_for(n, m, p) for p in fps])
-    parts = []
-    with progress_bar(len(np.unique(ks)), "SAEs (one program per k)", progress) as bar:
-        for i, k in enumerate(np.unique(ks)):
-            parts.append(train_sae(acts.isel(feature_probability=np.flatnonzero(ks == k)), dict_sizes=dict_sizes,
-                                   k=int(k), kind=kind, key=jax.random.fold_in(key, i), **train_kwargs))
+    grid_dims = acts.dims[:-2]
+    p = train["feature_probability"]
+    count = n_represented(train["W"]) if k_rule == "represented" else xr.full_like(p, n, dtype=int)
+    ks = xr.apply_ufunc(np.vectorize(lambda c, q: k_for(int(c), m, float(q))), count, p)
+    k_grid = ks.broadcast_like(acts.isel(sample=0, hidden=0, drop=True)).transpose(*grid_dims)
+    flat = acts.values.reshape((-1,) + acts.shape[-2:])
+    k_flat = k_grid.values.reshape(-1)
+    parts, order = [], []
+    with progress_bar(len(np.unique(k_flat)), "SAEs (one program per k)", progress) as bar:
+        for i, k in enumerate(np.unique(k_flat)):
+            index = np.flatnonzero(k_flat == k)
+            parts.append(train_sae(flat[index], dict_sizes=dict_sizes, k=int(k), kind=kind, instance_dims=("instance",),
+                                   key=jax.random.fold_in(key, i), **train_kwargs))
+            order.append(index)
             bar.update(1)
-    sae = xr.concat(parts, "feature_probability", combine_attrs="override").sel(feature_probability=fps)
-    sae["k"] = xr.DataArray(ks, dims="feature_probability", coords={"feature_probability": fps},
-                            attrs={"long_name": "SAE k (codes per sample)", "units": "latents"})
+    sae = xr.concat(parts, "instance", combine_attrs="override").isel(instance=np.argsort(np.concatenate(order)))
+    shape = k_grid.shape
+    sae = xr.Dataset({name: (grid_dims + v.dims[1:], v.values.reshape(shape + v.shape[1:]), v.attrs) if "instance" in v.dims
+                      else v for name, v in sae.data_vars.items()},
+                     coords={**{d: acts[d] for d in grid_dims}, **{c: sae[c] for c in sae.coords if c != "instance"}},
+                     attrs=sae.attrs)
+    sae["k"] = ks.assign_attrs(long_name="SAE k (codes per sample)", units="latents",
+                               rule="round(n_rep p)" if k_rule == "represented" else "round(n p)")
     return sae
 
 

@@ -42,6 +42,8 @@ class SaeSettings:
     batch_size: int = 256
     train_b_pre: bool = True
     init_from_data: bool = False
+    k_rule: str = "features"
+    resample: bool = False
 
 
 SETTINGS = {
@@ -53,6 +55,10 @@ SETTINGS = {
     "fixed-b-pre-more-data": SaeSettings(samples=32_768, steps=6000, restarts=4, schedule="decay", train_b_pre=False),
     "fixed-b-pre-8-restarts": SaeSettings(restarts=8, schedule="decay", train_b_pre=False),
     "batch-topk-fixed-b-pre": SaeSettings(restarts=4, schedule="decay", kind="batch-topk", train_b_pre=False),
+    "resample": SaeSettings(restarts=4, schedule="decay", train_b_pre=False, resample=True),
+    "represented-k": SaeSettings(restarts=4, schedule="decay", train_b_pre=False, k_rule="represented"),
+    "resample-represented-k": SaeSettings(restarts=4, schedule="decay", train_b_pre=False, resample=True,
+                                          k_rule="represented"),
     "batch-topk": SaeSettings(restarts=4, schedule="decay", kind="batch-topk"),
     "batch-topk-more-data": SaeSettings(samples=32_768, steps=6000, restarts=4, schedule="decay", kind="batch-topk"),
 }
@@ -90,7 +96,7 @@ def study_model(train: xr.Dataset, settings: SaeSettings, key, *, all_sizes: boo
     sae = grid_saes(sub, n_samples=settings.samples, key=key, dict_sizes=sizes, kind=settings.kind,
                     steps=settings.steps, restarts=settings.restarts, schedule=settings.schedule,
                     batch_size=settings.batch_size, train_b_pre=settings.train_b_pre,
-                    init_from_data=settings.init_from_data)
+                    init_from_data=settings.init_from_data, k_rule=settings.k_rule, resample=settings.resample)
     scores = recovery_scores(sae, sub["W"]).reindex(feature_probability=train["feature_probability"])
     scores["well_posed"] = posed
     scores["expected_active"] = expected_active(W, W["feature_probability"])

@@ -117,3 +117,35 @@ def test_topk_rank_mask_matches_top_k():
             expected = jnp.where(pre >= jax.lax.top_k(pre, k)[0][..., -1:], jax.nn.relu(pre), 0.0)
             np.testing.assert_array_equal(_topk_codes(pre, k), expected)
             assert int(jnp.max(jnp.sum(_topk_codes(pre, k) != 0, axis=-1))) <= k
+
+
+def test_resampling_moves_a_duplicate_latent_to_the_uncovered_feature():
+    import optax
+
+    from analysis.sae import _resample
+
+    # single-feature samples of a pentagon; the dictionary has latents 0 and 1 both on feature 0
+    # (1 is nudged towards feature 4 and fires only on its samples, less often than 0 on feature 0's) and
+    # no latent on feature 4
+    rng = np.random.default_rng(0)
+    which = rng.choice(5, 600, p=[0.4, 0.15, 0.15, 0.15, 0.15])
+    x = rng.uniform(0.2, 1.0, size=(600, 1)) * np.eye(5, dtype=np.float32)[which]
+    h = jnp.asarray(x @ PENTAGON.T, jnp.float32)
+    nudged = PENTAGON[:, 0] + np.array([0.0, -0.05], np.float32)
+    decoder = np.stack([PENTAGON[:, 0], nudged / np.linalg.norm(nudged), PENTAGON[:, 1], PENTAGON[:, 2],
+                        PENTAGON[:, 3]], axis=1).astype(np.float32)
+    params = {"W_dec": jnp.asarray(decoder), "W_enc": jnp.asarray(decoder.T), "b_enc": jnp.zeros(5),
+              "b_pre": jnp.zeros(2)}
+    opt_state = optax.adam(1e-3).init(params)
+    mask = jnp.ones(5, bool)
+    new, _, _ = _resample((params, opt_state, jnp.zeros(5, jnp.int32)), h, mask, jax.random.key(0), k=1, k_inst=1.0,
+                          kind="topk", n_samples=600, duplicate_cosine=0.95)
+    moved = np.asarray(new["W_dec"])
+    # only the duplicate moved, onto the feature nothing covered (its samples carry all the error)
+    np.testing.assert_array_equal(moved[:, [0, 2, 3, 4]], decoder[:, [0, 2, 3, 4]])
+    assert float(moved[:, 1] @ PENTAGON[:, 4]) == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(np.asarray(new["W_enc"])[1], moved[:, 1])
+    # a dictionary without dead or duplicate latents is left as it is
+    same, _, _ = _resample((new, opt_state, jnp.zeros(5, jnp.int32)), h, mask, jax.random.key(0), k=1, k_inst=1.0,
+                           kind="topk", n_samples=600, duplicate_cosine=0.95)
+    np.testing.assert_array_equal(np.asarray(same["W_dec"]), moved)

@@ -85,3 +85,11 @@ def test_best_subsets_drop_the_cheapest_direction_first():
     np.testing.assert_array_equal(kept[1], [True, True, True, False, True, True])
     assert lost[0] == pytest.approx(0.0, abs=1e-12)
     assert lost[1] == pytest.approx(0.05 * 0.75)  # dropped onto a neighbour at 60 degrees
+
+
+def test_resample_steps_scale_with_the_run():
+    from analysis.sae_recovery import resample_steps
+
+    assert resample_steps(3000) == (600, 1200, 1800)
+    assert resample_steps(800) == (160, 320, 480)
+    assert resample_steps(20) == (10,)  # 4 and 8 round to 0 and are dropped; 12 rounds to 10
