@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +31,7 @@ import numpy as np
 import xarray as xr
 
 from analysis.weight_basis import hessian_spectrum, quadratic_llc_prediction
-from experiments.registry import header, row_variables
+from experiments.registry import header, row_variables, run_cases
 from slt_superposition.calibration import calibrate
 from slt_superposition.io import save_dataset
 from slt_superposition.llc import SGLDConfig, default_nbeta, estimate_llc
@@ -227,25 +228,33 @@ def markdown_table(ds: xr.Dataset) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(out_dir: Path, *, size: str = "default", progress: bool = True) -> xr.Dataset:
-    """Calibrate and estimate the LLC of each class in `CASES` (quick: `QUICK` calibration); write
-    kgon_llc.nc, kgon_llc.md and report.md under `out_dir`."""
+def case_label(k: int, positive_dead: int) -> str:
+    """A class's name as a case of `reproduce kgon-llc --only`: '6-gon', '5-gon', '5-gon+1'."""
+    return f"{k}-gon" + (f"+{positive_dead}" if positive_dead else "")
+
+
+def run(out_dir: Path, *, size: str = "default", progress: bool = True, only: Sequence[str] | None = None) -> xr.Dataset:
+    """Calibrate and estimate the LLC of each class in `CASES` (quick: `QUICK` calibration; `only`:
+    the classes of these names, `case_label`), each a chunk of a resumable sweep; write kgon_llc.nc,
+    kgon_llc.md and report.md under `out_dir`."""
     quick = size == "quick"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     calibration = QUICK if quick else CALIBRATION
-    rows = []
-    for k, positive in CASES:
-        row = run_case(k, positive, **calibration)
-        if progress:
-            print(f"{row['case']}: LLC {row['llc_mean']:.2f} +- {row['llc_se']:.2f} vs {row['llc_theory']:g} "
-                  f"({100 * row['rel_error']:+.1f}%) at eps {row['step_size']:.3g}, {row['num_steps']} steps, batch "
-                  f"{row['batch_size']}; quadratic {row['llc_quadratic']:.2f} [{row['seconds']:.0f}s]", flush=True)
-        rows.append(row)
     settings = dict(quick=quick, cases=[list(c) for c in CASES], n=N_SAMPLES, seed=SEED, tolerance=TOLERANCE,
                     refine="3000 full-batch GD steps, lr 0.1", nbeta="n / log n",
                     **{k: list(v) if isinstance(v, tuple) else v for k, v in calibration.items()})
-    ds = to_dataset(rows, settings)
+
+    def compute(case) -> xr.Dataset:
+        row = run_case(*case, **calibration)
+        if progress:
+            print(f"{row['case']}: LLC {row['llc_mean']:.2f} +- {row['llc_se']:.2f} vs {row['llc_theory']:g} "
+                  f"({100 * row['rel_error']:+.1f}%) at eps {row['step_size']:.3g}, {row['num_steps']} steps, batch "
+                  f"{row['batch_size']}; quadratic {row['llc_quadratic']:.2f}", flush=True)
+        return to_dataset([row], settings)
+
+    ds = run_cases("kgon-llc", out_dir, settings, CASES, [case_label(*c) for c in CASES], compute, only=only,
+                   progress=progress)
     save_dataset(ds, out_dir / "kgon_llc.nc")
     table = markdown_table(ds)
     within = int(ds["within_tolerance"].sum())
@@ -253,7 +262,8 @@ def run(out_dir: Path, *, size: str = "default", progress: bool = True) -> xr.Da
                + "".join(f"- {c}: {v}\n" for c, v in zip(ds["case"].values, ds["verdict"].values)))
     (out_dir / "kgon_llc.md").write_text(table)
     (out_dir / "report.md").write_text(
-        header("LLC of the Chen et al. critical-point classes (c = 6, r = 2)", "kgon-llc", out_dir, size, finding(ds))
+        header("LLC of the Chen et al. critical-point classes (c = 6, r = 2)", "kgon-llc", out_dir, size, finding(ds),
+               only)
         + f"{table}\n{summary}")
     return ds
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import Sequence
 
 import jax
 import numpy as np
@@ -27,7 +28,7 @@ import xarray as xr
 
 from analysis.weight_basis import hessian_spectrum, quadratic_llc_prediction
 from experiments import kgon_llc
-from experiments.registry import header
+from experiments.registry import header, run_cases
 from slt_superposition.calibration import calibrate
 from slt_superposition.io import save_dataset
 from slt_superposition.llc import default_nbeta, estimate_llc
@@ -97,25 +98,33 @@ def table(ds: xr.Dataset) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(out_dir: Path, *, size: str = "default", progress: bool = True) -> xr.Dataset:
-    """Every class of `CASES` at every gamma of `GAMMAS`; writes llc_localization.nc and report.md."""
-    quick = size == "quick"
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    settings = QUICK if quick else SETTINGS
-    rows = [row for k, p in CASES for row in run_class(k, p, n=settings["n"], calibration=settings["calibration"],
-                                                       progress=progress)]
+def to_dataset(rows: list[dict], settings: dict) -> xr.Dataset:
+    """Rows of `run_class` -> Dataset with dim (case,)."""
     data = {name: ("case", np.array([r[name] for r in rows]), {"long_name": ln, "units": u})
             for name, (ln, u) in VARIABLES.items()}
     data["label"] = ("case", np.array([r["label"] for r in rows]), {"long_name": "critical-point class"})
     ds = xr.Dataset(data, coords={"case": [r["case"] for r in rows]})
-    ds.attrs.update(provenance_attrs("llc_localization", dict(
-        quick=quick, gammas=list(GAMMAS), cases=[list(c) for c in CASES], n=settings["n"],
-        **{k: list(v) if isinstance(v, tuple) else v for k, v in settings["calibration"].items()})))
+    ds.attrs.update(provenance_attrs("llc_localization", settings))
+    return ds
+
+
+def run(out_dir: Path, *, size: str = "default", progress: bool = True, only: Sequence[str] | None = None) -> xr.Dataset:
+    """Every class of `CASES` (`only`: the classes of these names, `kgon_llc.case_label`) at every gamma
+    of `GAMMAS`, each class a chunk of a resumable sweep; writes llc_localization.nc and report.md."""
+    quick = size == "quick"
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chosen = QUICK if quick else SETTINGS
+    settings = dict(quick=quick, gammas=list(GAMMAS), cases=[list(c) for c in CASES], n=chosen["n"],
+                    **{k: list(v) if isinstance(v, tuple) else v for k, v in chosen["calibration"].items()})
+    compute = lambda case: to_dataset(run_class(*case, n=chosen["n"], calibration=chosen["calibration"],
+                                                progress=progress), settings)
+    ds = run_cases("llc-localization", out_dir, settings, CASES, [kgon_llc.case_label(*c) for c in CASES], compute,
+                   only=only, progress=progress)
     save_dataset(ds, out_dir / "llc_localization.nc")
     (out_dir / "report.md").write_text(
         header("The LLC against the localization gamma (Chen et al. classes)", "llc-localization", out_dir, size,
-               finding(ds))
+               finding(ds), only)
         + table(ds))
     return ds
 

@@ -63,10 +63,11 @@ EXPERIMENTS = {
                    sizes=("default",)),
         Experiment("dln-validation", "Furman & Lau / Aoyagi: LLC of deep linear networks against exact learning "
                                      "coefficients", cases=True),
-        Experiment("kgon-llc", "Chen et al. 2023: LLC of the TMS 5-gon and 6-gon critical points (theory 7 and 8.5)"),
+        Experiment("kgon-llc", "Chen et al. 2023: LLC of the TMS 5-gon and 6-gon critical points (theory 7 and 8.5)",
+                   cases=True),
         Experiment("kgon-bias-study", "how step size, batch, chain length and localization move the LLC estimate "
                                       "of the refined 6-gon", sizes=("default",), runner="experiments.kgon_llc:bias_study"),
-        Experiment("llc-localization", "the k-gon LLC estimate against the localization gamma"),
+        Experiment("llc-localization", "the k-gon LLC estimate against the localization gamma", cases=True),
         Experiment("step-check-coupling", "the step-size check with and without coupled chains, on the refined 6-gon",
                    sizes=("default",)),
         Experiment("normal-crossing", "devinterp's normal crossings w1^a w2^b x (and 3 parameters): calibrated LLC "

@@ -32,9 +32,9 @@ import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
 from analysis.compare import dead_flat_parameters, orbit_dimension  # noqa: E402
-from analysis.refine import refine  # noqa: E402
+from analysis.refine import REFINE_STEPS, refine  # noqa: E402
 from analysis.weight_basis import hessian_spectrum, quadratic_llc_prediction  # noqa: E402
-from experiments.registry import header  # noqa: E402
+from experiments.registry import header, run_cases  # noqa: E402
 from slt_superposition import figure_style as fs  # noqa: E402
 from slt_superposition.calibration import calibrate  # noqa: E402
 from slt_superposition.io import save_dataset  # noqa: E402
@@ -128,35 +128,41 @@ VARIABLES = {
 
 
 def run(out_dir: Path, *, size: str = "default", progress: bool = True) -> xr.Dataset:
-    """Measure every (model, sparsity, n) point; write tms_llc_vs_n.nc, llc_vs_n.png and report.md."""
+    """Measure every (model, sparsity, n) point, each model a chunk of a resumable sweep; write
+    tms_llc_vs_n.nc, llc_vs_n.png and report.md."""
     quick, full = size == "quick", size == "full"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = QUICK if quick else FULL if full else SETTINGS
     ns = [2**e for e in settings["log2_n"]]
     models, fps = list(settings["models"]), list(settings["sparsities"])
-    shape = (len(models), len(fps), len(ns))
-    values = {name: np.full(shape, np.nan) for name in VARIABLES}
-    for a, model in enumerate(models):
+    dims = ("model", "feature_probability", "n")
+    config = dict(settings, models=list(models), sparsities=list(fps), log2_n=list(settings["log2_n"]),
+                  refine_steps=REFINE_STEPS, refine="L-BFGS (analysis.refine)", seed=SEED, quick=quick, full=full)
+
+    def compute(model: str) -> xr.Dataset:
+        """Every (sparsity, n) point of one model: a chunk of the resumable sweep."""
+        values = {name: np.full((1, len(fps), len(ns)), np.nan) for name in VARIABLES}
         train = _train(model, fps, settings["train_steps"])
         for i, p in enumerate(train["feature_probability"].values):
             j = fps.index(float(p)) if MODELS[model][2] != "high_sparsity_limit" else 0
             for c, n in enumerate(ns):
                 row = measure_point(model, train, i, n, settings["calibration"])
                 for name in VARIABLES:
-                    values[name][a, j, c] = row[name]
+                    values[name][0, j, c] = row[name]
                 if progress:
                     print(f"{model} p={p:g} n=2^{int(math.log2(n))}: llc {row['llc']:.2f} +- {row['llc_se']:.2f}, "
                           f"2 llc / d {2 * row['llc'] / row['n_parameters']:.3f}, bound {row['symmetry_bound']:.1f}, "
                           f"quadratic {row['quadratic_prediction']:.2f} (eps {row['step_size']:.3g}, batch "
-                          f"{row['batch_size']}) [{row['seconds']:.0f}s]", flush=True)
-    dims = ("model", "feature_probability", "n")
-    ds = xr.Dataset({name: (dims, values[name], {"long_name": ln, "units": u}) for name, (ln, u) in VARIABLES.items()},
-                    coords={"model": models, "feature_probability": fps, "n": ns})
+                          f"{row['batch_size']})", flush=True)
+        ds = xr.Dataset({name: (dims, values[name], {"long_name": ln, "units": u})
+                         for name, (ln, u) in VARIABLES.items()},
+                        coords={"model": [model], "feature_probability": fps, "n": ns})
+        ds.attrs.update(provenance_attrs("tms_llc_vs_n", config))
+        return ds
+
+    ds = run_cases("tms-llc-vs-n", out_dir, config, models, models, compute, dim="model", progress=progress)
     ds["two_llc_over_d"] = (2 * ds["llc"] / ds["n_parameters"]).assign_attrs(long_name="2 llc / d", units="1")
-    ds.attrs.update(provenance_attrs("tms_llc_vs_n", dict(settings, models=list(models), sparsities=list(fps),
-                                                          log2_n=list(settings["log2_n"]), refine_steps=REFINE_STEPS,
-                                                          refine_lr=REFINE_LR, seed=SEED, quick=quick, full=full)))
     save_dataset(ds, out_dir / "tms_llc_vs_n.nc")
     plot(ds, out_dir)
     (out_dir / "report.md").write_text(header("The LLC of trained TMS against n", "tms-llc-vs-n", out_dir, size,

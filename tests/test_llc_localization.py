@@ -16,3 +16,25 @@ def test_table_shows_the_frozen_estimate_only_where_there_is_one():
     lines = table(ds).splitlines()
     assert lines[2] == "| 6-gon | 1 | 1 | 1.00 +- 1.00 | - | 1.00 |"
     assert lines[3] == "| 5-gon | 100 | 1 | 1.00 +- 1.00 | 6.90 +- 1.00 | 1.00 |"
+
+
+def test_run_only_one_class_then_the_rest(tmp_path, monkeypatch):
+    """run() on stub classes: --only computes one class's rows, a rerun without it adds the other's."""
+    import experiments.llc_localization as loc
+    from experiments.kgon_llc import case_label
+
+    calls = []
+
+    def run_class(k, positive, **_):
+        calls.append(case_label(k, positive))
+        return [dict({name: 1.0 for name in VARIABLES}, case=f"{calls[-1]} gamma={g:g}", label=calls[-1],
+                     localization=g, llc_dead_frozen=np.nan) for g in loc.GAMMAS]
+
+    monkeypatch.setattr(loc, "run_class", run_class)
+    names = [case_label(*c) for c in loc.CASES]
+    part = loc.run(tmp_path, size="quick", progress=False, only=[names[1]])
+    assert calls == [names[1]] and part.sizes["case"] == len(loc.GAMMAS)
+    assert f"--only {names[1]} --out {tmp_path}" in (tmp_path / "report.md").read_text()
+    whole = loc.run(tmp_path, size="quick", progress=False)
+    assert calls == [names[1], names[0]]
+    assert list(dict.fromkeys(whole["label"].values.tolist())) == names  # in the order of CASES

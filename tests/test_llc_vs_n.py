@@ -31,3 +31,35 @@ def test_findings_say_how_2llc_over_d_moves_and_where_it_exceeds_the_bound(tmp_p
     lines = table(ds).splitlines()
     assert len(lines) == 5 and lines[4].startswith("| n6_m2 | 1 | 2^16 | 8.60 +- 0.02 | 0.956 | 8.5 |")
     assert plot(ds, tmp_path).stat().st_size > 0
+
+
+def test_run_is_a_resumable_sweep_over_models(tmp_path, monkeypatch):
+    """run() on stub measurements: every model a chunk; a rerun measures nothing again and gives
+    the same dataset; the chen model fills only the dense column."""
+    import xarray as xr
+
+    import experiments.tms_llc_vs_n as lvn
+
+    calls = []
+
+    def train(model, fps, steps):
+        p = [1.0] if lvn.MODELS[model][2] == "high_sparsity_limit" else list(fps)
+        return xr.Dataset(coords={"feature_probability": p})
+
+    def measure(model, train, i, n, calibration):
+        calls.append((model, i, n))
+        return dict({name: 1.0 for name in lvn.VARIABLES}, llc=float(len(calls)), n_parameters=18.0,
+                    symmetry_bound=8.5, llc_se=0.1)
+
+    monkeypatch.setattr(lvn, "_train", train)
+    monkeypatch.setattr(lvn, "measure_point", measure)
+    monkeypatch.setattr(lvn, "plot", lambda ds, out_dir: None)
+    first = lvn.run(tmp_path, size="quick", progress=False)
+    q = lvn.QUICK
+    assert len(calls) == (1 + len(q["sparsities"])) * len(q["log2_n"])  # chen: the dense column only
+    assert list(first["model"].values) == list(q["models"])
+    assert np.isnan(first["llc"].sel(model="chen").values[1:]).all()
+    again = lvn.run(tmp_path, size="quick", progress=False)
+    assert len(calls) == (1 + len(q["sparsities"])) * len(q["log2_n"])
+    xr.testing.assert_identical(first, again)
+    assert f"reproduce tms-llc-vs-n --quick --out {tmp_path}" in (tmp_path / "report.md").read_text()
