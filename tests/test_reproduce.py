@@ -162,3 +162,18 @@ def test_every_run_has_the_one_shape(name):
     assert parameters["size"].default == "default" and parameters["size"].kind == inspect.Parameter.KEYWORD_ONLY
     assert parameters["progress"].default is True and parameters["progress"].kind == inspect.Parameter.KEYWORD_ONLY
     assert ("only" in parameters) == EXPERIMENTS[name].cases
+
+
+def test_every_command_the_docs_give_exists():
+    """Each `slt-superposition reproduce NAME` in README.md and docs/ names a registered experiment,
+    and each `python -m experiments.M` a module that still has a command line of its own."""
+    import importlib
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = "\n".join(p.read_text() for p in [root / "README.md", *sorted((root / "docs").rglob("*.md"))])
+    names = set(re.findall(r"slt-superposition reproduce ([a-z][a-z0-9-]+)", text))
+    assert names and names <= set(EXPERIMENTS), sorted(names - set(EXPERIMENTS))
+    for module in set(re.findall(r"python -m (experiments\.[a-z_]+)", text)):
+        assert callable(getattr(importlib.import_module(module), "main", None)), module
