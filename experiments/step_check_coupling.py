@@ -2,8 +2,7 @@
 
 For each step size, the stored check (`slt_superposition.checks`) compares the chain at eps with
 the chain at eps / 3 for 3x the steps. Coupled (`slt_superposition.coupled`: one Brownian path,
-shared minibatches) against independent (the two chains from different keys, the check as it was
-before coupling): the relative difference, its standard error, and the quadratic prediction of
+shared minibatches) against independent (the two chains from different keys): the relative difference, its standard error, and the quadratic prediction of
 the same difference from the Hessian of L_n (`curvature.quadratic_llc` at eps and eps / 3).
 
     slt-superposition reproduce step-check-coupling --out results/step_check_coupling
