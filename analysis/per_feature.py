@@ -6,6 +6,9 @@ For every instance of a trained TMS grid and every feature i, one dataset with d
     llc_weight        weight-refined LLC of feature i's column (W_:,i, b_i), the rest held at w*
     llc_weight_se     its standard error over chains
     llc_weight_quadratic, block_hessian_rank   the block's quadratic prediction and Hessian rank
+    llc_weight_rhat, llc_weight_n_diverged, llc_weight_checked   the checks a masked estimate
+                      carries (R-hat, divergences; its step size is the block's curvature bound by
+                      construction); not the paired step-size and batch checks of full LLCs
     llc_data          data-refined LLC: the LLC at the same w* of the loss on data where feature i
                       is always active (`conditional_feature_data`); w* need not be a
                       critical point of that loss, so it can be negative
@@ -38,6 +41,7 @@ import xarray as xr
 from jax.flatten_util import ravel_pytree
 
 from analysis.measures import feature_dimensionality, feature_norms, interference, represented_features
+from slt_superposition.checks import MAX_RHAT
 from slt_superposition.curvature import quadratic_llc, step_size_bound
 from slt_superposition.llc import SGLDConfig, default_nbeta, estimate_llc_batched
 from slt_superposition.refined import RANK_RTOL, block_spectra, estimate_refined_llc_batched, feature_masks
@@ -114,6 +118,7 @@ def per_feature_dataset(train: xr.Dataset, settings: PerFeatureSettings = PerFea
     rank = (spectra > RANK_RTOL * np.abs(top)[:, None, None]).sum(axis=-1).reshape(shape)
     blocks["llc_quadratic"] = (blocks["llc_mean"].dims, quadratic)
     blocks["block_hessian_rank"] = (blocks["llc_mean"].dims, rank)
+    blocks["checks_passed"] = (blocks["n_diverged"] == 0) & ~(blocks["rhat"] > MAX_RHAT) & np.isfinite(blocks["llc_mean"])
     weight = blocks.isel(feature=slice(0, n_features))
     whole = blocks.isel(feature=n_features)
     eps_full, steps_full, burn_full = (a.reshape(shape)[..., n_features] for a in (eps, steps, burn))
@@ -155,6 +160,12 @@ def per_feature_dataset(train: xr.Dataset, settings: PerFeatureSettings = PerFea
         "block_hessian_rank": (weight["block_hessian_rank"], "rank of the Hessian restricted to the column block"),
         "step_size": (weight["step_size"], "step size of the column block's chains"),
         "num_steps": (weight["num_steps"], "chain length of the column block's chains"),
+        "llc_weight_rhat": (weight["rhat"], "R-hat of the column block's chains"),
+        "llc_weight_n_diverged": (weight["n_diverged"], "divergent chains of the column block"),
+        "llc_weight_checked": (weight["checks_passed"], "the checks a masked estimate carries passed: no divergent "
+                               f"chain and R-hat <= {MAX_RHAT} (its step size is its block's curvature bound by "
+                               "construction; no paired step-size or batch check: docs/experiments/"
+                               "per_feature_basis.md)"),
         "llc_data": (data_refined["llc_mean"], "data-refined LLC: the loss on data where the feature is always "
                                                "active, at the same w*"),
         "llc_data_se": (data_refined["llc_se"], "standard error of llc_data over chains"),

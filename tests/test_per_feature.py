@@ -30,6 +30,10 @@ def test_dims_and_variables(per_feature, tiny_grid):
                                feature_norms(tiny_grid["W"]).transpose(*ds["feature_norm"].dims).values)
     assert np.all(ds["block_hessian_rank"].values <= 3)  # a column of m = 2 has 3 parameters
     assert np.all(np.isfinite(ds["llc_weight"].values)) and np.all(np.isfinite(ds["llc_data"].values))
+    # the checks a masked estimate carries: no divergence and R-hat, combined in llc_weight_checked
+    expected = (ds["llc_weight_n_diverged"] == 0) & ~(ds["llc_weight_rhat"] > 1.1)
+    np.testing.assert_array_equal(ds["llc_weight_checked"].values, expected.values)
+    assert ds.attrs["data_num_chains"] == TINY.num_chains  # data-refined chains default to the weight-refined ones
     # each block's chain length follows its own step size (sampler time / eps, clipped)
     steps = np.clip(np.ceil(TINY.sampler_time / ds["step_size"].values), TINY.min_steps, TINY.max_steps)
     np.testing.assert_array_equal(ds["num_steps"].values, steps)
