@@ -1,8 +1,6 @@
 """Per-feature weight basis: each feature's weight-refined LLC next to its activation-basis numbers.
 
     slt-superposition reproduce per-feature-basis [--quick] --out DIR
-    python -m experiments.per_feature_basis --out DIR [--quick]
-    python -m experiments.per_feature_basis --ranges DIR/per_feature.nc   # the docs' ranges
 
 For n6_m2 and n20_m5 (TMS, uniform importance), a grid of feature probabilities is trained in one
 program per model, then `analysis.per_feature.per_feature_dataset` estimates, for every instance
@@ -10,12 +8,12 @@ and every feature, the weight-refined LLC of the feature's column (all columns o
 in one program), the data-refined LLC (data where the feature is always active), and the
 measures D_i, ||W_i||, interference, represented. Writes `per_feature.nc` (dims model,
 feature_probability, importance_decay, seed, feature; n6_m2's features 6..19 are padding, marked
-by `feature_exists`), `per_feature.png` and `report.md`.
+by `feature_exists`), `per_feature.png` and `report.md` (the medians per model and feature
+probability, and the ranges the docs quote).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from pathlib import Path
@@ -26,8 +24,8 @@ import xarray as xr
 
 from analysis.per_feature import PerFeatureSettings, per_feature_dataset
 from analysis.per_feature_plots import plot_per_feature
+from experiments.registry import command_line, header
 from slt_superposition import markdown
-from slt_superposition.experiments import command_line
 from slt_superposition.figure_style import save
 from slt_superposition.io import save_dataset, write_text
 from slt_superposition.progress import progress_bar
@@ -114,18 +112,21 @@ def range_rows(ds: xr.Dataset) -> list[tuple]:
     return rows
 
 
-def run(out_dir: Path, *, quick: bool = False, settings: Settings | None = None) -> xr.Dataset:
-    settings = settings or (QUICK if quick else Settings())
+def run(out_dir: Path, *, size: str = "default", progress: bool = True,
+        settings: Settings | None = None) -> xr.Dataset:
+    """Train and measure every model of `size` ("quick" or "default"; `settings` overrides);
+    writes per_feature.nc, per_feature.png and report.md under `out_dir`."""
+    settings = settings or (QUICK if size == "quick" else Settings())
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
     parts = []
-    with progress_bar(len(settings.models), desc=NAME, enabled=True) as bar:
+    with progress_bar(len(settings.models), desc=NAME, enabled=progress) as bar:
         for n, m in settings.models:
             parts.append(compute_model(n, m, settings))
             bar.update()
     ds = combine(parts)
-    command = command_line(NAME, out_dir, quick)
+    command = command_line(NAME, out_dir, size)
     ds.attrs.update(provenance_attrs(NAME, dataclasses.asdict(settings)))
     ds.attrs["command"] = command
     save_dataset(ds, out_dir / "per_feature.nc")
@@ -136,27 +137,11 @@ def run(out_dir: Path, *, quick: bool = False, settings: Settings | None = None)
     finding = (f"Per-feature weight-refined LLCs for {', '.join(map(str, ds['model'].values))} "
                f"({minutes:.1f} min). Each column's LLC is in units of its m + 1 parameters: 1 where every one is "
                f"curved. Per instance, the sum of the column LLCs against the whole model's LLC shows they do not add.")
-    write_text(out_dir / "report.md", markdown.opening(NAME, command, finding)
-               + markdown.table(headers, summary_rows(ds)) + f"\n\n![per-feature LLC against D_i]({figure.name})\n")
-    print(f"{NAME}: {minutes:.1f} min; wrote {out_dir / 'per_feature.nc'}, {figure}, report.md")
+    ranges = markdown.table(("model", "p", "2 llc_i / (m + 1), represented", "same, not represented",
+                             "biases of the unrepresented", "data-refined |grad L_i(w*)|"), range_rows(ds))
+    write_text(out_dir / "report.md", header(NAME, NAME, out_dir, size, finding)
+               + markdown.table(headers, summary_rows(ds)) + "\n\nRanges over the features:\n\n" + ranges
+               + f"\n\n![per-feature LLC against D_i]({figure.name})\n")
+    if progress:
+        print(f"{NAME}: {minutes:.1f} min; wrote {out_dir / 'per_feature.nc'}, {figure}, report.md")
     return ds
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--ranges", type=Path, metavar="PER_FEATURE_NC",
-                        help="print the ranges of 2 llc_i / (m + 1) of a written per_feature.nc and exit")
-    args = parser.parse_args(argv)
-    if args.ranges:
-        print(markdown.table(("model", "p", "2 llc_i / (m + 1), represented", "same, not represented",
-                              "biases of the unrepresented", "data-refined |grad L_i(w*)|"), range_rows(xr.open_dataset(args.ranges))))
-        return
-    if args.out is None:
-        parser.error("--out is required (except with --ranges)")
-    run(args.out, quick=args.quick)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,6 @@
 """The flagship: the weight basis (LLC, Hessian and Gauss-Newton rank) against the activation
 basis (represented features, features per dimension, SAE recovery) on the same trained TMS.
 
-    python -m experiments.weights_vs_activations --quick --out results/quick
     slt-superposition reproduce weights-vs-activations [--quick|--full] --out DIR
 
 For every model (n features, m hidden) in the grid, every (feature probability, seed) instance
@@ -21,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -40,7 +38,7 @@ from analysis.sae_recovery import grid_saes, recovery_line, recovery_scores, wel
 from analysis.susceptibility_report import flagship_susceptibilities
 from analysis.weight_basis import rank_above_gradient_floor, weight_basis_measures
 from slt_superposition.calibration import calibrate_batched
-from slt_superposition.experiments import command_line
+from experiments.registry import command_line
 from slt_superposition.io import save_dataset
 from slt_superposition.llc import SGLDConfig, estimate_llc_batched
 from slt_superposition.provenance import provenance_attrs
@@ -310,10 +308,14 @@ def _combine(parts: list[xr.Dataset]) -> xr.Dataset:
     return stacked
 
 
-def run(out_dir: Path, *, quick: bool = False, full: bool = False, progress: bool = True,
+SIZES = {"quick": QUICK, "default": FlagshipConfig(), "full": FULL}
+
+
+def run(out_dir: Path, *, size: str = "default", progress: bool = True,
         config: FlagshipConfig | None = None) -> xr.Dataset:
-    """Run the flagship into `out_dir`; returns the joined dataset (also saved there)."""
-    config = config or (QUICK if quick else FULL if full else FlagshipConfig())
+    """Run the flagship at `size` ("quick", "default", "full"; `config` overrides) into `out_dir`;
+    returns the joined dataset (also saved there)."""
+    config = config or SIZES[size]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
@@ -347,7 +349,7 @@ def run(out_dir: Path, *, quick: bool = False, full: bool = False, progress: boo
 
     figures = plot_comparison(ds, out_dir) + plot_development(dev, out_dir, kgon_llc=KGON_LLC)
     figures.append(plot_fragility(ds, out_dir))
-    write_report(ds, dev, out_dir, figures, config, seconds=time.time() - start, quick=quick, full=full)
+    write_report(ds, dev, out_dir, figures, config, seconds=time.time() - start, size=size)
     return ds
 
 
@@ -364,12 +366,12 @@ def _development_sgld(dev_config: TrainConfig, config: FlagshipConfig, out_dir: 
 
 
 def write_report(ds: xr.Dataset, dev: xr.Dataset, out_dir: Path, figures: list[Path], config: FlagshipConfig,
-                 *, seconds: float, quick: bool, full: bool) -> Path:
+                 *, seconds: float, size: str) -> Path:
     """`report.md`: the command, a table per model, and what the data says (numbers computed here)."""
     from analysis.compare_plots import findings, headline, summary_table
     from analysis.fragility_test import fragility_section
 
-    command = command_line(NAME, shlex.quote(str(out_dir)), quick, full)
+    command = command_line(NAME, out_dir, size)
     lines = [
         "# Weights vs activations",
         "",
@@ -408,21 +410,3 @@ def write_report(ds: xr.Dataset, dev: xr.Dataset, out_dir: Path, figures: list[P
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="weights_vs_activations")
-    parser.add_argument("--quick", action="store_true", help="small grid (~2 minutes on 2 CPU cores; the default "
-                        "grid takes about 16)")
-    parser.add_argument("--full", action="store_true", help="the full grid (40 x 16 per model: for a GPU)")
-    parser.add_argument("--out", type=Path, default=Path("results/weights-vs-activations"), help="output folder")
-    args = parser.parse_args(argv)
-    run(args.out, quick=args.quick, full=args.full)
-    print(f"results in {args.out}/ (report.md, weights_vs_activations.nc, figures)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
