@@ -11,6 +11,7 @@ after is recorded so that a point still far from critical can be flagged.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -53,8 +54,19 @@ def refine(loss_fn: Callable, params: PyTree, data: PyTree, *, steps: int = REFI
     return out, _grad_norm(grad(params)), _grad_norm(grad(out))
 
 
+@functools.lru_cache(maxsize=16)
+def _batched_program(loss_fn: Callable, steps: int) -> Callable:
+    """One jitted program per (loss_fn, steps): `jax.jit`'s cache then compiles it once per input
+    shape, so models of the same shape (or repeated calls) share one compilation. On a CPU it is
+    compiled with the LLC programs' options (no YNNPACK fusions, which slowed the L-BFGS loop too:
+    docs/benchmarks.md)."""
+    from slt_superposition.llc import compiler_options
+
+    return jax.jit(jax.vmap(lambda p, d: refine(loss_fn, p, d, steps=steps)), compiler_options=compiler_options() or None)
+
+
 def refine_batched(loss_fn: Callable, params: PyTree, data: PyTree, *, steps: int = REFINE_STEPS
                    ) -> tuple[PyTree, jax.Array, jax.Array]:
     """`refine` for every instance in one program: params and data leaves `(instance, ...)`.
     Returns (params, grad norm before `(instance,)`, grad norm after `(instance,)`)."""
-    return jax.jit(jax.vmap(lambda p, d: refine(loss_fn, p, d, steps=steps)))(params, data)
+    return _batched_program(loss_fn, int(steps))(params, data)

@@ -4,7 +4,8 @@
 
 1. Ablations, side by side: the compiled one-instance program (8 chains x 1000 steps of the
    llc_throughput TMS) against copies with one part removed or swapped (no minibatch index draw,
-   no noise draw, no gather, only the LLC observer, library GEMMs for the small products), timed
+   no noise draw, no gather, only the LLC observer, library GEMMs for the small products, the
+   gradient's sums over rows as XLA emits them), timed
    in interleaved rounds (best CPU time of the process and best wall time of each). A part's
    cost is the full program's time minus the ablated copy's.
 2. The XLA profiler (`jax.profiler` trace with XLA:CPU's per-operation trace events): each
@@ -77,6 +78,8 @@ def variants(loss_fn, params, data, config) -> dict:
     out["observers: the LLC sum only"] = build(observers=(llc_observer(),))
     with patched(chain, ELEMENTWISE_DOTS=False):
         out["library GEMMs for the small products"] = build()
+    with patched(chain, LONG_SUMS=False):
+        out["sums over rows as XLA emits them"] = build()
     return out
 
 

@@ -16,7 +16,9 @@ keys at t's chunk, so a longer chain extends a shorter one with the same key.
 Randomness: chain c of an instance with key k uses `jax.random.split(k, num_chains)[c]`.
 
 On a CPU, `loss_fn`'s small matrix products run as fused elementwise code
-(`slt_superposition.small_dots`, `ELEMENTWISE_DOTS`); compile the program with
+(`slt_superposition.small_dots`, `ELEMENTWISE_DOTS`) and the gradient's sums over the minibatch
+rows are rewritten for XLA:CPU (`slt_superposition.long_sums`, `LONG_SUMS`), both by
+`loss_and_gradient`, the one place a chain's loss and gradient are built; compile the program with
 `llc.CPU_COMPILER_OPTIONS` (every caller in this package does): XLA's default YNNPACK fusions
 run those sums far slower. The program's parts carry `jax.named_scope` names (`SCOPES`), which
 `benchmarks/chain_profile.py` uses to say where the time goes.
@@ -34,12 +36,14 @@ from slt_superposition.observers import ChainSettings, StepContext, default_obse
 from slt_superposition.random import random_permutations, standard_normal, uniform_indices
 from slt_superposition.sampling_progress import chunk_tick
 from slt_superposition.sgld import sgld
+from slt_superposition.long_sums import long_sums_rewritten
 from slt_superposition.small_dots import small_dots_as_elementwise
 
 PyTree = Any
 CHUNK_STEPS = 64  # steps whose minibatch indices (and noise) are drawn together
 NOISE_BUDGET = 2**18  # floats per chain: a chunk's SGLD noise is drawn at once below this size
 ELEMENTWISE_DOTS = True  # on a CPU, small matrix products in loss_fn as fused elementwise code (small_dots)
+LONG_SUMS = True  # on a CPU, the gradient's sums over the minibatch rows rewritten for XLA:CPU (long_sums)
 # names of the program's parts in the compiled program's op metadata (jax.named_scope), so a profile
 # can say where the time goes (benchmarks/chain_profile.py); they change no number
 SCOPES = {"indices": "minibatch_indices", "noise": "sgld_noise", "gather": "minibatch_gather",
@@ -86,6 +90,20 @@ def _chunk_batches(shape: ChainShape, chunk: int, data_key, c):
     return perms[:, : per_epoch * B].reshape(n_epochs * per_epoch, B)
 
 
+def loss_and_gradient(flat_loss: Callable) -> tuple[Callable, Callable]:
+    """`(loss, value_and_grad)` of a chain's `flat_loss(w, batch) -> scalar` as the chains compute
+    them: on a CPU with the rewrites `ELEMENTWISE_DOTS` and `LONG_SUMS` (same values to float32
+    rounding; read when the program is traced), elsewhere `flat_loss` and its `jax.value_and_grad`.
+    Pass both to `sgld.sgld(loss, ..., value_and_grad=value_and_grad)`."""
+    on_cpu = jax.default_backend() == "cpu"
+    if ELEMENTWISE_DOTS and on_cpu:
+        flat_loss = small_dots_as_elementwise(flat_loss)
+    value_and_grad = jax.value_and_grad(flat_loss)
+    if LONG_SUMS and on_cpu:
+        value_and_grad = long_sums_rewritten(value_and_grad)
+    return flat_loss, value_and_grad
+
+
 def instance_program(loss_fn: Callable, shape: ChainShape, observers=None) -> Callable:
     """`run(params, data, key, settings) -> dict` for one instance: `init_loss` and, per chain
     (leading axis `chain`), every observer's outputs (`observers.default_observers` unless given)."""
@@ -94,11 +112,9 @@ def instance_program(loss_fn: Callable, shape: ChainShape, observers=None) -> Ca
     pregenerate = chunk * shape.n_parameters <= NOISE_BUDGET
 
     def run_chain(key, w_star, unravel, data, init_loss, settings: ChainSettings):
-        flat_loss = lambda w, batch: loss_fn(unravel(w), batch)
-        if ELEMENTWISE_DOTS and jax.default_backend() == "cpu":
-            flat_loss = small_dots_as_elementwise(flat_loss)
+        flat_loss, value_and_grad = loss_and_gradient(lambda w, batch: loss_fn(unravel(w), batch))
         kernel = sgld(flat_loss, w_star, step_size=settings.step_size, localization=settings.localization,
-                      nbeta=settings.nbeta)
+                      nbeta=settings.nbeta, value_and_grad=value_and_grad)
         noise_key, data_key = jax.random.split(key)
 
         def step(carry, xs):

@@ -23,7 +23,9 @@ the potential U(w) = nbeta L_B(w) + (localization / 2) ||w - w*||^2. Recomputing
 outside blackjax would double the gradient evaluations; the update itself is four lines.
 
 `step_size`, `localization` and `nbeta` may be traced scalars (so a sweep over them does
-not recompile).
+not recompile). `value_and_grad` may replace `jax.value_and_grad(loss_fn)` by a function that
+computes the same pair another way (the chain program passes one rewritten for XLA:CPU,
+`slt_superposition.chain.loss_and_gradient`).
 """
 
 from __future__ import annotations
@@ -83,12 +85,14 @@ def sgld(
     step_size,
     localization,
     nbeta,
+    value_and_grad: Callable[[PyTree, PyTree], tuple[jax.Array, PyTree]] | None = None,
 ) -> SGLDKernel:
     """SGLD localized at `anchor` (= w*) for `loss_fn(params, minibatch) -> scalar`.
 
     Returns `SGLDKernel(init, step)`; `step(key, state, minibatch) -> (state, SGLDInfo)`.
+    `value_and_grad(params, minibatch) -> (loss, grad)`: defaults to `jax.value_and_grad(loss_fn)`.
     """
-    value_and_grad = jax.value_and_grad(loss_fn)
+    value_and_grad = value_and_grad or jax.value_and_grad(loss_fn)
 
     def init(position: PyTree) -> SGLDState:
         return SGLDState(position)

@@ -60,8 +60,11 @@ def dot_as_elementwise(lhs: jax.Array, rhs: jax.Array, dimension_numbers) -> jax
     return jnp.sum(left * right, axis=-1)
 
 
-def _evaluate(jaxpr, consts, args, limit: int) -> list:
-    """`jax.core.eval_jaxpr` with small dots rewritten and nested jits inlined."""
+def evaluate_rewritten(jaxpr, consts, args, rule: Callable) -> list:
+    """`jax.core.eval_jaxpr` with nested jits inlined and each equation first offered to `rule`.
+
+    `rule(eqn, values)` returns the equation's outputs (a list) to replace it, or None to bind it
+    unchanged. Shared by the rewrites of this module and `slt_superposition.long_sums`."""
     env: dict = {}
     read = lambda v: v.val if isinstance(v, Literal) else env[v]
     env.update(zip(jaxpr.constvars, consts))
@@ -69,12 +72,12 @@ def _evaluate(jaxpr, consts, args, limit: int) -> list:
     for eqn in jaxpr.eqns:
         values = [read(v) for v in eqn.invars]
         name, params = eqn.primitive.name, eqn.params
-        if (name == "dot_general" and params.get("preferred_element_type") in (None, eqn.invars[0].aval.dtype)
-                and _is_small(eqn.invars[0].aval, eqn.invars[1].aval, params["dimension_numbers"], limit)):
-            outs = [dot_as_elementwise(*values, params["dimension_numbers"])]
+        outs = rule(eqn, values)
+        if outs is not None:
+            pass
         elif name in ("pjit", "jit"):
             inner = params["jaxpr"]
-            outs = _evaluate(inner.jaxpr, inner.consts, values, limit)
+            outs = evaluate_rewritten(inner.jaxpr, inner.consts, values, rule)
         else:
             with eqn.ctx.manager:
                 outs = eqn.primitive.bind(*values, **eqn.primitive.get_bind_params(params))
@@ -84,16 +87,32 @@ def _evaluate(jaxpr, consts, args, limit: int) -> list:
     return [read(v) for v in jaxpr.outvars]
 
 
+def rewritten(fun: Callable, rule: Callable) -> Callable:
+    """`fun` (pytrees in, pytree out) evaluated through `evaluate_rewritten` with `rule`.
+
+    Traces `fun` at each call's shapes (inside an enclosing `jit`, once per compilation)."""
+
+    def call(*args: Any):
+        flat, tree = jax.tree_util.tree_flatten(args)
+        closed, out_shape = jax.make_jaxpr(lambda *xs: fun(*jax.tree_util.tree_unflatten(tree, xs)),
+                                           return_shape=True)(*flat)
+        outs = evaluate_rewritten(closed.jaxpr, closed.consts, flat, rule)
+        return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), outs)
+
+    return call
+
+
 def small_dots_as_elementwise(fun: Callable, limit: int = SMALL) -> Callable:
     """`fun` (pytrees in, pytree out) with its small matrix products computed elementwise.
 
     Traces `fun` at each call's shapes (inside an enclosing `jit`, once per compilation)."""
 
-    def rewritten(*args: Any):
-        flat, tree = jax.tree_util.tree_flatten(args)
-        closed, out_shape = jax.make_jaxpr(lambda *xs: fun(*jax.tree_util.tree_unflatten(tree, xs)),
-                                           return_shape=True)(*flat)
-        outs = _evaluate(closed.jaxpr, closed.consts, flat, limit)
-        return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), outs)
+    def rule(eqn, values):
+        params = eqn.params
+        if (eqn.primitive.name == "dot_general"
+                and params.get("preferred_element_type") in (None, eqn.invars[0].aval.dtype)
+                and _is_small(eqn.invars[0].aval, eqn.invars[1].aval, params["dimension_numbers"], limit)):
+            return [dot_as_elementwise(*values, params["dimension_numbers"])]
+        return None
 
-    return rewritten
+    return rewritten(fun, rule)
