@@ -37,11 +37,15 @@ def code_correlation(params: dict, h: np.ndarray, x: np.ndarray, k: int, feature
     return float(np.mean(values))
 
 
-def _r2(design: np.ndarray, target: np.ndarray) -> float:
+def _r2(design: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """R^2 of the least-squares fit (with intercept) of each column of `targets: (sample, target)`
+    from `design: (sample, regressor)`, all columns in one solve; NaN for a constant column."""
     design = np.column_stack([design, np.ones(len(design))])
-    coef, *_ = np.linalg.lstsq(design, target, rcond=None)
-    residual = target - design @ coef
-    return float(1 - residual.var() / target.var()) if target.var() > 0 else float("nan")
+    coef, *_ = np.linalg.lstsq(design, targets, rcond=None)
+    residual = targets - design @ coef
+    variance = targets.var(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(variance > 0, 1 - residual.var(axis=0) / variance, np.nan)
 
 
 def outside_topk_r2(params: dict, h: np.ndarray, x: np.ndarray, k: int, features) -> dict[str, float]:
@@ -58,7 +62,8 @@ def outside_topk_r2(params: dict, h: np.ndarray, x: np.ndarray, k: int, features
     z = codes_at(params, h, k)
     in_topk = np.asarray(_topk_codes(jnp.asarray(pre - pre.min() + 1.0), k)) > 0  # the k largest, whatever their sign
     parts = {"codes": z, "outside": np.where(in_topk, 0.0, pre), "negative": np.minimum(pre, 0.0)}
-    return {name: float(np.mean([_r2(design, x[:, i]) for i in features])) for name, design in parts.items()}
+    targets = np.asarray(x)[:, np.asarray(features)]
+    return {name: float(np.mean(_r2(design, targets))) for name, design in parts.items()}
 
 
 def order_correlation(latents, feature_values) -> float:

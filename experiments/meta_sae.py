@@ -37,8 +37,8 @@ from analysis.sae_meta import (
     train_meta_sae,
     trained_sae_params,
 )
+from experiments.registry import header
 from slt_superposition import markdown
-from slt_superposition.experiments import command_line
 from slt_superposition.io import save_dataset, write_text
 from slt_superposition.provenance import provenance_attrs
 from toy_models.data import sparse_uniform
@@ -79,9 +79,14 @@ def sweep(contributions, directions, codes, h, b_pre, widths, key, *, steps, res
     return np.array(kept), meta.fvu.values, np.array(act_fvu)
 
 
-def run(out_dir: Path, *, quick: bool = False) -> xr.Dataset:
+SIZES = {"quick": (40_000, 2000, 4), "default": (100_000, 4000, 8)}  # samples, steps, restarts
+
+
+def run(out_dir: Path, *, size: str = "default", progress: bool = True) -> xr.Dataset:
+    """Meta-SAE sweeps on the idealized and the trained SAE at `size` (`SIZES`); writes the dataset,
+    figure and report."""
     out_dir = Path(out_dir)
-    samples, steps, restarts = (40_000, 2000, 4) if quick else (100_000, 4000, 8)
+    samples, steps, restarts = SIZES[size]
     W, p = tms()
     x = np.asarray(sparse_uniform(jax.random.key(0), samples, N, p))
     h = x @ W.T
@@ -143,14 +148,14 @@ def run(out_dir: Path, *, quick: bool = False) -> xr.Dataset:
         },
         coords={"sae": ["idealized", "trained", "best subset of W"], "width": widths, "feature": np.arange(N),
                 "wide_latent": np.arange(2 * N)},
-        attrs=provenance_attrs("meta-sae", {"quick": quick, "samples": samples, "steps": steps,
+        attrs=provenance_attrs("meta-sae", {"size": size, "samples": samples, "steps": steps,
                                             "restarts": restarts}),
     )
     save_dataset(ds, out_dir / "meta_sae.nc")
     from slt_superposition import figure_style as fs
 
     figure_path = fs.save(figure(ds), out_dir / "meta_sae.png")
-    write_report(ds, out_dir, figure_path, quick, trained_fvu, trained_matched)
+    write_report(ds, out_dir, figure_path, size, trained_fvu, trained_matched)
     return ds
 
 
@@ -190,7 +195,7 @@ def figure(ds: xr.Dataset):
     return fig
 
 
-def write_report(ds, out_dir: Path, figure_path: Path, quick: bool, trained_fvu: float, trained_matched: float):
+def write_report(ds, out_dir: Path, figure_path: Path, size: str, trained_fvu: float, trained_matched: float):
     rows = []
     for sae in ds["sae"].values:
         order, rho, first = order_summary(ds, sae)
@@ -202,7 +207,7 @@ def write_report(ds, out_dir: Path, figure_path: Path, quick: bool, trained_fvu:
     finding = (f"On a TMS of 8 features in 2 dimensions with feature probabilities 0.2 to 0.002, meta-SAEs narrower "
                f"than the dictionary lose features in the order in the table (cost order, cheapest first: "
                f"{cost_order}).")
-    text = (markdown.opening(NAME, command_line(NAME, out_dir, quick), finding)
+    text = (header(NAME, NAME, out_dir, size, finding)
             + markdown.table(["SAE", "features in the order lost (first = lost at the widest meta-SAE)",
                               "Spearman(lost-at-width, cost)", "cheapest lost first alone",
                               f"activation FVU at widths {', '.join(str(w) for w in ds['width'].values)}"], rows)

@@ -31,8 +31,8 @@ from analysis.sae import train_sae
 from analysis.sae_codes import code_correlation, fvu_at, order_correlation, outside_topk_r2
 from analysis.sae_match import assignment, matched_cosine
 from analysis.sae_meta import trained_sae_params
+from experiments.registry import header
 from slt_superposition import markdown
-from slt_superposition.experiments import command_line
 from slt_superposition.io import save_dataset, write_text
 from slt_superposition.provenance import provenance_attrs
 from toy_models.data import sparse_uniform
@@ -43,9 +43,14 @@ KINDS = ("topk", "multi-topk", "matryoshka")
 N, M, P, DECAY = 20, 5, 0.05, 0.9
 
 
-def run(out_dir: Path, *, quick: bool = False) -> xr.Dataset:
+# train steps, SAE steps, samples, restarts
+SIZES = {"quick": (3000, 2000, 16_384, 4), "default": (10_000, 5000, 65_536, 8)}
+
+
+def run(out_dir: Path, *, size: str = "default", progress: bool = True) -> xr.Dataset:
+    """The three SAE kinds on the TMS at `size` (`SIZES`); writes the dataset, figure and report."""
     out_dir = Path(out_dir)
-    train_steps, sae_steps, samples, restarts = (3000, 2000, 16_384, 4) if quick else (10_000, 5000, 65_536, 8)
+    train_steps, sae_steps, samples, restarts = SIZES[size]
     train = train_grid(TrainConfig(n_features=N, n_hidden=M, feature_probabilities=(P,), importance_decays=(DECAY,),
                                    seeds=1, steps=train_steps, batch_size=1024), progress=False)
     W = train["W"].squeeze(drop=True).transpose("hidden", "feature").values
@@ -85,7 +90,7 @@ def run(out_dir: Path, *, quick: bool = False) -> xr.Dataset:
             "W": (("hidden", "feature"), W, {"long_name": "TMS columns", "units": "1"}),
         },
         coords={"kind": list(KINDS), "k_eval": k_values},
-        attrs=provenance_attrs("sae-progressive-codes", {"quick": quick, "train_steps": train_steps,
+        attrs=provenance_attrs("sae-progressive-codes", {"size": size, "train_steps": train_steps,
                                                          "sae_steps": sae_steps, "samples": samples,
                                                          "restarts": restarts, "n_represented": n_rep}),
     )
@@ -93,7 +98,7 @@ def run(out_dir: Path, *, quick: bool = False) -> xr.Dataset:
     from slt_superposition import figure_style as fs
 
     figure_path = fs.save(figure(ds), out_dir / "sae_progressive_codes.png")
-    write_report(ds, out_dir, figure_path, quick, n_rep)
+    write_report(ds, out_dir, figure_path, size, n_rep)
     return ds
 
 
@@ -114,7 +119,7 @@ def figure(ds: xr.Dataset):
     return fig
 
 
-def write_report(ds: xr.Dataset, out_dir: Path, figure_path: Path, quick: bool, n_rep: int) -> None:
+def write_report(ds: xr.Dataset, out_dir: Path, figure_path: Path, size: str, n_rep: int) -> None:
     k = ds["k_eval"].values
     rows = [[kind, f"{float(ds['matched_cosine'].sel(kind=kind)):.3f}",
              *[f"{v:.4f}" for v in ds["fvu_at_k"].sel(kind=kind).values[[0, 1, 3, -1]]],
@@ -126,7 +131,7 @@ def write_report(ds: xr.Dataset, out_dir: Path, figure_path: Path, quick: bool, 
                "Spearman(index, p E[x^2] ||W||^2)", "R^2 codes", "R^2 outside TopK", "R^2 negative pre-act."]
     finding = (f"TMS n = {N}, m = {M}, p = {P}, I_i = {DECAY}^i ({n_rep} represented features); SAEs with {n_rep} "
                "latents trained at k = 1 and encoded at k' = 1..10.")
-    text = (markdown.opening(NAME, command_line(NAME, out_dir, quick), finding) + markdown.table(headers, rows)
+    text = (header(NAME, NAME, out_dir, size, finding) + markdown.table(headers, rows)
             + f"\n\n![progressive codes]({figure_path.name})\n")
     write_text(out_dir / "report.md", text)
     print(text)

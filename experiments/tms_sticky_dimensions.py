@@ -9,16 +9,17 @@ uniform spread of D_i over the same range would give (`uniform_share`): about ha
 lies within 0.05 of some sticky value, so a share well below that means D_i avoids the sticky
 values, not that it is merely spread out.
 
-    python -m experiments.tms_sticky_dimensions --study --out DIR
+    slt-superposition reproduce tms-sticky-dimensions [--quick] --out DIR [--set chunks_only=True]
 
-runs `study`: the share near sticky values and the spread of D_i around D* at three feature
-probabilities under several training settings (length, learning-rate schedule, weight decay,
-n and m), to find what the clustering depends on.
+(default: 24 probabilities, 2 seeds, 20,000 steps; quick: 8, 1, 3000; `chunks_only`: only the
+per-probability table of the sweep chunks finished in DIR, `chunk_table`). `study(out_dir)`:
+the share near sticky values and the spread of D_i around D* at three feature probabilities
+under several training settings (length, learning-rate schedule, weight decay, n and m), to
+find what the clustering depends on.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from pathlib import Path
@@ -27,8 +28,8 @@ import numpy as np
 import xarray as xr
 
 from analysis.measures import STICKY_VALUES, dimensions_per_feature, feature_dimensionality, represented_features
+from experiments.registry import header
 from slt_superposition import markdown
-from slt_superposition.experiments import command_line
 from slt_superposition.io import save_dataset, write_text
 from slt_superposition.sweep import run_sweep
 from toy_models.train import TrainConfig, select_best_seed, train_grid
@@ -37,7 +38,9 @@ NAME = "tms-sticky-dimensions"
 STICKY_RANGE_LOW = 0.325  # 3/8 - 0.05: below this D* no represented feature can sit near a sticky value
 
 
-def settings(quick: bool) -> TrainConfig:
+def settings(size: str = "default") -> TrainConfig:
+    """The sweep of `size` ("quick" or "default", the full one: 24 probabilities, 2 seeds, 20,000 steps)."""
+    quick = size == "quick"
     k = 8 if quick else 24
     return TrainConfig(
         n_features=200, n_hidden=20, feature_probabilities=tuple(np.round(np.logspace(0, -2.5, k), 6)),
@@ -70,12 +73,19 @@ def sticky_summary(W: xr.DataArray) -> dict[str, float]:
             "represented": int(rep.sum())}
 
 
-def run(out_dir: Path, *, quick: bool = False) -> xr.Dataset:
-    config = settings(quick)
+def run(out_dir: Path, *, size: str = "default", progress: bool = True, chunks_only: bool = False) -> xr.Dataset:
+    """The sweep at `size` (`settings`), its shares and figure; `chunks_only`: print `chunk_table` of
+    the chunks finished in `out_dir` and return them, without computing any."""
+    out_dir = Path(out_dir)
+    if chunks_only:
+        chunk_table(out_dir)
+        return _finished_chunks(out_dir)
+    config = settings(size)
     chunks = [{"feature_probabilities": list(config.feature_probabilities[i:i + 4])}
               for i in range(0, len(config.feature_probabilities), 4)]
     compute = lambda c: train_grid(dataclasses.replace(config, feature_probabilities=tuple(c["feature_probabilities"])), progress=False)
-    ds = select_best_seed(run_sweep(NAME, config.to_dict(), chunks, compute, out_dir / "sweep")).squeeze("importance_decay")
+    ds = select_best_seed(run_sweep(NAME, config.to_dict(), chunks, compute, out_dir / "sweep",
+                                    progress=progress)).squeeze("importance_decay")
     ds["D_i"] = feature_dimensionality(ds["W"])
     ds["D_star"] = dimensions_per_feature(ds["W"])
     # nearest sticky value of each represented feature (||W_i|| >= 0.5; a weak column can have any D_i)
@@ -99,7 +109,7 @@ def run(out_dir: Path, *, quick: bool = False) -> xr.Dataset:
                "0.05 of one of Elhage et al.'s sticky values (1, 3/4, 2/3, 1/2, 2/5, 3/8); where D* >= 0.325 (a "
                f"sticky value is within reach), {share_in_range:.1%}.")
     write_text(out_dir / "report.md",
-        markdown.opening(NAME, command_line(NAME, out_dir, quick), finding)
+        header(NAME, NAME, out_dir, size, finding)
         + f"- share of represented features lying within 0.05 of a sticky value: **{share:.1%}** (a uniform "
         f"spread of D_i over [0.1, 1] would give {uniform_share(0.1, 1.0):.1%})\n"
         f"- the same where D* >= {STICKY_RANGE_LOW} ({int(in_range.sum())} features at "
@@ -152,12 +162,12 @@ STUDY = {  # name: TrainConfig changes from the quick setting
 }
 
 
-def study(out_dir: Path) -> list[dict]:
-    """Every STUDY setting at STUDY_PROBABILITIES (1 seed): share near a sticky value, against the
-    uniform-spread share, and the median |D_i - D*|; writes `study.md` and returns the rows."""
+def study(out_dir: Path, *, size: str = "default", progress: bool = True) -> list[dict]:
+    """Every STUDY setting at STUDY_PROBABILITIES (1 seed; one size): share near a sticky value, against
+    the uniform-spread share, and the median |D_i - D*|; writes `study.md` and returns the rows."""
     from slt_superposition.io import write_text
 
-    base = dataclasses.replace(settings(True), feature_probabilities=STUDY_PROBABILITIES)
+    base = dataclasses.replace(settings("quick"), feature_probabilities=STUDY_PROBABILITIES)
     rows = []
     for name, change in STUDY.items():
         ds = train_grid(dataclasses.replace(base, **change), progress=False).squeeze(("importance_decay", "seed"))
@@ -166,26 +176,35 @@ def study(out_dir: Path) -> list[dict]:
             row = {"setting": name, "p": p, "inverse_D_star": float(1 / dimensions_per_feature(W)),
                    **sticky_summary(W)}
             rows.append(row)
-            print(row, file=sys.stderr, flush=True)
+            if progress:
+                print(row, file=sys.stderr, flush=True)
     table = markdown.table(
         ["setting", "p", "1/D*", "represented", "share near sticky", "uniform-spread share", "median |D_i - D*|"],
         [[r["setting"], f"{r['p']:g}", f"{r['inverse_D_star']:.2f}", r["represented"], f"{r['share_near_sticky']:.1%}",
           f"{r['uniform_share']:.1%}", f"{r['median_abs_D_minus_D_star']:.3f}"] for r in rows])
     write_text(Path(out_dir) / "study.md", "# tms-sticky-dimensions: what the clustering depends on\n\n"
-               f"Command: `python -m experiments.tms_sticky_dimensions --study --out {out_dir}`\n\n" + table + "\n")
+               f"Made by `study` in experiments/tms_sticky_dimensions.py with out_dir {out_dir}.\n\n" + table + "\n")
     print(table)
     return rows
+
+
+def _finished_chunks(out_dir: Path) -> xr.Dataset:
+    """The sweep chunks finished in `out_dir/sweep`, best seed per probability (empty if none)."""
+    paths = sorted((Path(out_dir) / "sweep").glob("chunk-*.nc"))
+    if not paths:
+        return xr.Dataset()
+    return select_best_seed(xr.concat([xr.load_dataset(path) for path in paths], "feature_probability",
+                                      combine_attrs="override")).squeeze("importance_decay")
 
 
 def chunk_table(out_dir: Path) -> str:
     """Per feature probability (best seed), from the sweep chunks finished so far in `out_dir/sweep`
     (a run still going, or stopped): 1/D*, represented features, share near a sticky value, the
     uniform-spread share over their range, median |D_i - D*|. Returns (and prints) a markdown table."""
-    paths = sorted((Path(out_dir) / "sweep").glob("chunk-*.nc"))
-    if not paths:
+    ds = _finished_chunks(out_dir)
+    if not ds.data_vars:
+        print("no finished chunks")
         return "no finished chunks"
-    ds = select_best_seed(xr.concat([xr.load_dataset(path) for path in paths], "feature_probability",
-                                    combine_attrs="override")).squeeze("importance_decay")
     rows = []
     for p in ds["feature_probability"].values:
         W = ds["W"].sel(feature_probability=p)
@@ -197,23 +216,3 @@ def chunk_table(out_dir: Path) -> str:
                             "median |D_i - D*|"], rows)
     print(table)
     return table
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="tms_sticky_dimensions")
-    parser.add_argument("--study", action="store_true", help="run the study of training settings (see the docstring)")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--chunks", action="store_true", help="only print the per-probability table of the "
-                        "sweep chunks finished in --out (a run still going or stopped)")
-    parser.add_argument("--out", type=Path, default=Path("results/tms-sticky-dimensions"))
-    args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    if args.chunks:
-        chunk_table(args.out)
-    else:
-        study(args.out) if args.study else run(args.out, quick=args.quick)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

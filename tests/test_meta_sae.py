@@ -49,7 +49,7 @@ def test_meta_sae_quick_run(tmp_path):
     feature first, and the meta-SAEs' loss order correlates negatively with the cost of dropping."""
     from experiments.meta_sae import order_summary, run
 
-    ds = run(tmp_path, quick=True)
+    ds = run(tmp_path, size="quick", progress=False)
     for name in ("meta_sae.nc", "meta_sae.png", "report.md"):
         assert (tmp_path / name).exists()
     assert order_summary(ds, "best subset of W")[2]

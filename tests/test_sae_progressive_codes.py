@@ -8,7 +8,7 @@ import pytest
 def test_progressive_codes_quick_run(tmp_path):
     from experiments.sae_progressive_codes import run
 
-    ds = run(tmp_path, quick=True)
+    ds = run(tmp_path, size="quick", progress=False)
     for name in ("sae_progressive_codes.nc", "sae_progressive_codes.png", "report.md"):
         assert (tmp_path / name).exists()
     assert np.all(ds["matched_cosine"].values >= 0.95)

@@ -93,3 +93,19 @@ def test_resample_steps_scale_with_the_run():
     assert resample_steps(3000) == (600, 1200, 1800)
     assert resample_steps(800) == (160, 320, 480)
     assert resample_steps(20) == (10,)  # 4 and 8 round to 0 and are dropped; 12 rounds to 10
+
+
+def test_recovery_report_counts_the_target_per_model_and_overall(tmp_path):
+    from experiments.sae_recovery import target_met, write_report
+
+    row = lambda setting, model, got, posed: {"setting": setting, "model": model, "recovered": got,
+                                              "well_posed": posed, "dead": 0.0, "fvu": 0.03, "matched": 0.99}
+    rows = [row("a", "n4_m2", 14, 14), row("a", "n20_m5", 8, 12), row("b", "n4_m2", 13, 14), row("b", "n20_m5", 11, 12)]
+    met, total, per_model = target_met(rows, "a")
+    # 22 of 26 overall (85%) and n20_m5 at 67%: not met; b: 24 of 26 (92%), lowest model 92%: met
+    assert not met and total == pytest.approx(22 / 26) and per_model["n20_m5"] == pytest.approx(8 / 12)
+    assert target_met(rows, "b")[0]
+    text = write_report(rows, ["a", "b"], tmp_path, tmp_path / "sae_recovery.png").read_text()
+    assert "a 22 of 26 (85%; lowest model 67%): target not met" in text
+    assert "b 24 of 26 (92%; lowest model 92%): target met" in text
+    assert "| b | n20_m5 | 11 / 12 |" in text
