@@ -118,3 +118,23 @@ def training_response(retrained: xr.Dataset, W_original: xr.DataArray,
         drift = np.abs(norm_c - feature_norms_array(original.values)).max(-1)
         out["control_drift"] = (GRID_DIMS, drift, {"long_name": "max_i | ||W_i|| control - original |", "units": "1"})
     return out
+
+
+def control_check(train: xr.Dataset, seeds: Sequence[int] = (0,)) -> bool:
+    """Whether retraining the given seeds of a trained grid unperturbed (factor 1, the flagship's
+    row count for one perturbation) reproduces its W bit for bit."""
+    import dataclasses
+
+    from toy_models.train import config_from_dataset
+
+    config = dataclasses.replace(config_from_dataset(train), seeds=tuple(int(s) for s in seeds))
+    again = retrain_perturbed(config, (0,), 1.0)["W"].isel(perturbed_feature=0)
+    return bool(np.array_equal(again.values, train["W"].sel(seed=list(config.seeds)).values))
+
+
+if __name__ == "__main__":  # python -m analysis.retrain_response DIR/train_*.nc: the control check of a run
+    import sys
+
+    for path in sys.argv[1:]:
+        print(f"{path}: seed 0 retrained unperturbed equals the trained W bit for bit: "
+              f"{control_check(xr.open_dataset(path).load())}")
