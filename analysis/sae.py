@@ -389,21 +389,29 @@ def _train_program(activations, eval_activations, init_keys, step_keys, masks, p
         lambda x: x.reshape((n_steps // log_every, log_every) + x.shape[1:]), step_keys)
     if not resample_at:
         state, curve = jax.lax.scan(log_block, state, blocks)
-    else:  # train in segments, resampling dead and duplicate latents between them
-        bounds = [0, *[s // log_every for s in resample_at], n_steps // log_every]
-        curves = []
-        for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
-            state, c = jax.lax.scan(log_block, state, blocks[a:b])
-            curves.append(c)
-            if b < bounds[-1]:
-                keys = jax.random.split(jax.random.fold_in(resample_key, i), (n_inst, n_sizes))
-                resample = lambda st, acts, kk, k_inst: jax.vmap(
-                    lambda s1, mask, key1: _resample(s1, acts, mask, key1, k=k, k_inst=k_inst, kind=kind,
-                                                     n_samples=resample_samples,
-                                                     duplicate_cosine=duplicate_cosine,
-                                                     rare_fraction=rare_fraction))(st, masks, kk)
-                state = jax.vmap(resample)(state, activations, keys, k_mean)
-        curve = jnp.concatenate(curves, axis=0)
+    else:  # segments of equal length (their gcd) in one outer scan; resample after those in resample_at
+        n_blocks = n_steps // log_every
+        segment = math.gcd(n_blocks, *[step // log_every for step in resample_at])
+        ends = np.arange(1, n_blocks // segment + 1) * segment * log_every
+        flags = jnp.asarray(np.isin(ends, resample_at))
+        segments = jax.tree_util.tree_map(lambda x: x.reshape((n_blocks // segment, segment) + x.shape[1:]), blocks)
+
+        def resample_all(state, index):
+            keys = jax.random.split(jax.random.fold_in(resample_key, index), (n_inst, n_sizes))
+            one = lambda st, acts, kk, k_inst: jax.vmap(
+                lambda s1, mask, key1: _resample(s1, acts, mask, key1, k=k, k_inst=k_inst, kind=kind,
+                                                 n_samples=resample_samples, duplicate_cosine=duplicate_cosine,
+                                                 rare_fraction=rare_fraction))(st, masks, kk)
+            return jax.vmap(one)(state, activations, keys, k_mean)
+
+        def run_segment(state, xs):
+            keys, flag, index = xs
+            state, c = jax.lax.scan(log_block, state, keys)
+            state = jax.lax.cond(flag, resample_all, lambda st, _: st, state, index)
+            return state, c
+
+        state, curve = jax.lax.scan(run_segment, state, (segments, flags, jnp.arange(len(ends))))
+        curve = curve.reshape((n_blocks,) + curve.shape[2:])
     params = state[0]
 
     def threshold_of(params, acts, mask, k_inst):

@@ -127,7 +127,7 @@ def study_model(train: xr.Dataset, settings: SaeSettings, key, *, all_sizes: boo
 
 
 NAME = "sae-recovery"
-RECOMMENDED = "resample-represented-k"  # what the flagship's SAE stage should use (the docs' measurements)
+RECOMMENDED = "resample"  # what the flagship's SAE stage should use (docs/experiments/sae_recovery.md)
 TARGET = 0.9  # share of the well-posed instances recovered, overall and for every model
 
 
