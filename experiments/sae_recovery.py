@@ -172,7 +172,7 @@ def run(out_dir: Path, *, size: str = "default", progress: bool = True, train_di
     from slt_superposition import figure_style as fs
 
     figure_path = fs.save(figure(result), out_dir / "sae_recovery.png")
-    options = {key: value for key, value in (("train_dir", train_dir if train_dir != out_dir / "train" else None),
+    options = {key: value for key, value in (("train_dir", str(train_dir) if train_dir != out_dir / "train" else None),
                                              ("settings", settings), ("seeds", seeds if seeds != 1 else None),
                                              ("models", models), ("all_sizes", all_sizes or None)) if value is not None}
     write_report(rows, names, out_dir, figure_path, size, options)
