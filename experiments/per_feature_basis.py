@@ -67,6 +67,8 @@ def combine(parts: list[xr.Dataset]) -> xr.Dataset:
     out = xr.concat(parts, "model", join="outer", fill_value=np.nan, coords="different", compat="equals")
     out["feature_exists"] = out["feature_exists"].fillna(False).astype(bool)
     out["represented"] = out["represented"].fillna(False).astype(bool)
+    if "llc_weight_checked" in out:
+        out["llc_weight_checked"] = out["llc_weight_checked"].fillna(False).astype(bool)
     per_block = out["column_parameters"]
     out["column_parameters"] = per_block.max([d for d in per_block.dims if d != "model"])
     return out
@@ -134,9 +136,13 @@ def run(out_dir: Path, *, size: str = "default", progress: bool = True,
     minutes = (time.time() - start) / 60
     headers = ("model", "p", "represented", "median 2 llc_i/(m+1), represented", "same, not represented",
                "median D_i, represented", "LLC (whole model)", "sum of column LLCs", "median data-refined LLC, represented")
+    exists = ds["feature_exists"].broadcast_like(ds["llc_weight_checked"])
+    checked, total = int((ds["llc_weight_checked"] & exists).sum()), int(exists.sum())
     finding = (f"Per-feature weight-refined LLCs for {', '.join(map(str, ds['model'].values))} "
                f"({minutes:.1f} min). Each column's LLC is in units of its m + 1 parameters: 1 where every one is "
-               f"curved. Per instance, the sum of the column LLCs against the whole model's LLC shows they do not add.")
+               f"curved. Per instance, the sum of the column LLCs against the whole model's LLC shows they do not add. "
+               f"{checked} of {total} column estimates pass the checks a masked estimate carries (no divergent chain, "
+               f"R-hat <= 1.1; no paired step-size or batch check).")
     ranges = markdown.table(("model", "p", "2 llc_i / (m + 1), represented", "same, not represented",
                              "biases of the unrepresented", "data-refined |grad L_i(w*)|"), range_rows(ds))
     write_text(out_dir / "report.md", header(NAME, NAME, out_dir, size, finding)
