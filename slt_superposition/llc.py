@@ -332,8 +332,8 @@ def block_function(loss_fn: Callable, shape: ChainShape, data_batched: bool) -> 
 
 
 def sample_chains(loss_fn: Callable, params: PyTree, data: PyTree, keys: jax.Array, settings: ChainSettings,
-                  shape: ChainShape, *, data_batched: bool, mesh=None, progress: str | None = None
-                  ) -> dict[str, np.ndarray]:
+                  shape: ChainShape, *, data_batched: bool, mesh=None, progress: str | None = None,
+                  block_size: int | None = None) -> dict[str, np.ndarray]:
     """Run every instance's chains; the one place programs are launched.
 
     params: leaves `(instance, ...)`; data: `(instance, n, ...)` if `data_batched` else `(n, ...)`;
@@ -342,18 +342,19 @@ def sample_chains(loss_fn: Callable, params: PyTree, data: PyTree, keys: jax.Arr
     No input checks (callers validate). Instances run in blocks (`sharding.run_sharded`), so the
     bits do not depend on the device count. `progress`: a label for a progress bar on stderr
     (`sampling_progress`; the program then reports each chunk; the numbers are the same).
+    `block_size`: instances per block (None: `sharding.balanced_block`; calibration passes 1 on a CPU).
     """
     mesh = single_device_mesh() if mesh is None else mesh
     if progress:
         shape = shape._replace(progress=True)
     block = block_function(loss_fn, shape, data_batched)
-    run = lambda: (run_sharded(block, (params, data, keys, settings), mesh=mesh, compiler_options=compiler_options())
-                   if data_batched else
-                   run_sharded(block, (params, keys, settings), data, mesh=mesh, compiler_options=compiler_options()))
+    options = dict(mesh=mesh, block=block_size, compiler_options=compiler_options())
+    run = lambda: (run_sharded(block, (params, data, keys, settings), **options) if data_batched else
+                   run_sharded(block, (params, keys, settings), data, **options))
     if not progress:
         return run()
     n_inst, devices = int(np.shape(keys)[0]), int(mesh.devices.size)
-    size = balanced_block(n_inst)
+    size = block_size or balanced_block(n_inst)
     blocks = -(-n_inst // (size * devices)) * devices  # every block reports each of its chunks
     chunk = chunk_length(shape)
     chunks = -(-int(np.max(np.asarray(settings.num_steps))) // chunk)
