@@ -183,13 +183,32 @@ def pooled_conjecture(ds: xr.Dataset, measures: xr.Dataset, kind: str = "norm") 
             "p_greater": _mann_whitney_greater(inside, outside)}
 
 
+def resolution_line(ds: xr.Dataset) -> str:
+    """Per model, the fraction of response-matrix entries chi resolves from zero (|chi| > 2 SE,
+    the SE over the chains, itself rough with few chains)."""
+    parts = []
+    for model in ds["model"].values:
+        cells = []
+        for kind, what in KINDS:
+            chi = ds[f"susceptibility_{kind}"].sel(model=model).values
+            se = ds[f"susceptibility_{kind}_se"].sel(model=model).values
+            ok = np.isfinite(chi) & np.isfinite(se)
+            cells.append(f"{what} {np.mean(np.abs(chi[ok]) > 2 * se[ok]):.0%} of {int(ok.sum())}")
+        parts.append(f"{model}: " + ", ".join(cells))
+    return "Entries with |chi| > 2 SE (resolved from zero): " + "; ".join(parts) + "."
+
+
 def fragility_section(ds: xr.Dataset, figure: str | None = None) -> list[str]:
     """The flagship report's section: the prediction against retraining, and the conjecture,
     in numbers (whichever way they go)."""
     from slt_superposition import markdown
 
     measures = response_measures(ds)
-    factor = ds.attrs.get("susceptibility_factor", ds["susceptibility_norm"].attrs.get("factor", "f"))
+    factor = ds.attrs.get("susceptibility_factor")
+    if factor is None and "config" in ds.attrs:  # a saved flagship dataset: its config
+        import json
+
+        factor = json.loads(ds.attrs["config"]).get("susceptibility_factor")
     pooled = pooled_conjecture(ds, measures)
     pooled_dim = pooled_conjecture(ds, measures, "dimensionality")
     verdict = ("more susceptible" if pooled["p_greater"] < 0.05 else "not detectably more susceptible")
@@ -203,6 +222,8 @@ def fragility_section(ds: xr.Dataset, figure: str | None = None) -> list[str]:
         "perturbed_feature, feature)`): the first-order prediction of each feature's change. Retraining "
         "from the same initialisation and batch keys at q' (`retrain_delta_norm`, `retrain_delta_dimensionality`, "
         "`retrain_delta_k`) gives the actual change.",
+        "",
+        resolution_line(ds),
         "",
         "**Prediction against retraining** (sign agreement among entries that retraining moved by more than "
         f"{MOVED}, count in brackets; Spearman over all entries):",
@@ -228,3 +249,9 @@ def fragility_section(ds: xr.Dataset, figure: str | None = None) -> list[str]:
     if figure:
         lines += [f"![susceptibility and retraining]({figure})", ""]
     return lines
+
+
+if __name__ == "__main__":  # python -m analysis.fragility_test DIR/weights_vs_activations.nc: the section
+    import sys
+
+    print("\n".join(fragility_section(xr.open_dataset(sys.argv[1]).load())))

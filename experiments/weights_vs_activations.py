@@ -219,7 +219,7 @@ def _response(inputs, train: xr.Dataset, train_config: TrainConfig, chains: tupl
     response = training_response(retrained, train["W"])
     sus["feature_norm_trained"] = feature_norms(train["W"]).assign_attrs(
         long_name="||W_i|| of the trained weights", units="1")
-    return xr.merge([sus, response], join="outer", combine_attrs="drop")
+    return xr.merge([sus, response], join="outer", combine_attrs="override")
 
 
 def _sae(train: xr.Dataset, config: FlagshipConfig, key) -> xr.Dataset:
