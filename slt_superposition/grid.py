@@ -45,9 +45,9 @@ def grid_shape(ds, dims: Sequence[str] = GRID_DIMS) -> tuple[int, ...]:
 
 def flatten(da: xr.DataArray, dims: Sequence[str] = GRID_DIMS) -> np.ndarray:
     """`da`'s values with its grid dims stacked into one leading instance axis (C order over
-    `dims`), the other dims after it in their order: `(instance, *rest)`."""
+    `dims`), the other dims after it in their order: `(instance, *rest)`, a C-ordered array."""
     da = complete(da, dims)
-    return da.stack({INSTANCE: list(dims)}).transpose(INSTANCE, ...).values
+    return np.ascontiguousarray(da.stack({INSTANCE: list(dims)}).transpose(INSTANCE, ...).values)
 
 
 def instance_index(grid: Mapping[str, Sequence] | xr.Dataset | xr.DataArray,
@@ -78,5 +78,8 @@ def unflatten(values, grid: Mapping[str, Sequence] | xr.Dataset | xr.DataArray, 
     rest = values.shape[1:]
     dims = tuple(dims) or tuple(f"dim_{i + 1}" for i in range(len(rest)))
     require(len(dims) == len(rest), f"{len(rest)} trailing axes but {len(dims)} dim names")
-    da = xr.DataArray(values, dims=(INSTANCE,) + dims, coords=index, name=name)
-    return da.unstack(INSTANCE).transpose(*grid_dims, *dims)
+    da = xr.DataArray(values, dims=(INSTANCE,) + dims, coords=index, name=name).unstack(INSTANCE)
+    da = da.transpose(*grid_dims, *dims)
+    # C order, as a reshape gives: numpy's reductions sum in memory order, so a strided copy of the
+    # same values would change their last bits downstream
+    return da.copy(data=np.ascontiguousarray(da.values))
