@@ -325,7 +325,7 @@ def batch_topk_threshold(params, x, k: float, latent_mask=None) -> jax.Array:
 def _train_program(activations, eval_activations, init_keys, step_keys, masks, prefix_weights, k_mean, *, k, k_aux,
                    aux_coef, batch_size, dead_after_steps, learning_rate, log_every, kind, schedule, train_b_pre,
                    zero_b_pre=False, init_from_data=False, resample_at=(), resample_key=None, resample_samples=2048,
-                   duplicate_cosine=0.95, rare_fraction=0.0):
+                   duplicate_cosine=0.95, rare_fraction=0.0, init_decoder=None):
     """Train every (instance, dict size) in one scan; activations `(instance, sample, hidden)`.
     `resample_at`: steps (multiples of `log_every`) after which dead and duplicate latents are
     resampled (`_resample`); empty: one scan, no resampling."""
@@ -353,6 +353,12 @@ def _train_program(activations, eval_activations, init_keys, step_keys, masks, p
 
     state = jax.vmap(lambda keys, b, a: jax.vmap(lambda kk: init_one(kk, b, a))(keys))(init_keys, median,
                                                                                      activations)
+    if init_decoder is not None:  # (instance, hidden, latent): every restart of every size starts there
+        start = init_decoder / jnp.linalg.norm(init_decoder, axis=1, keepdims=True)
+        params0 = dict(state[0])
+        params0["W_dec"] = jnp.broadcast_to(start[:, None], params0["W_dec"].shape)
+        params0["W_enc"] = jnp.swapaxes(params0["W_dec"], -1, -2)
+        state = (params0, jax.vmap(jax.vmap(optimizer.init))(params0), state[2])
 
     def update_one(state, batch, mask, weights, var, k_inst):
         params, opt_state, since_fired = state
@@ -523,6 +529,7 @@ def train_sae(
     resample_at: Sequence[int] = (),
     duplicate_cosine: float = 0.95,
     rare_fraction: float = 0.0,
+    init_decoder=None,
 ) -> xr.Dataset:
     """Train SAEs of `kind` (topk, batch-topk, multi-topk, matryoshka; see the module docstring)
     of every size in `dict_sizes` on every instance's activations, in one program.
@@ -560,6 +567,9 @@ def train_sae(
     where two latents share one feature and a third covers two is left that way, which restarts
     alone escape only by chance (docs/experiments/sae_recovery.md). Empty: no resampling (and the
     same program as before it existed).
+    `init_decoder`: `(*instance, hidden, max(dict_sizes))` decoder columns every restart of every
+    size starts from (normalised; tied encoder), instead of random directions: e.g. the true
+    features, to see whether training stays there and at what FVU (docs/experiments/sae_recovery.md).
     `prefixes` (matryoshka only): the nested prefix lengths whose reconstructions are averaged
     (each dictionary also uses its own full size; lengths above a dictionary's size are dropped);
     None: every length 1..dict_size.
@@ -644,6 +654,8 @@ def train_sae(
         resample_key=jax.random.fold_in(key, 7) if resample_at else None,
         resample_samples=min(2048, n_samples), duplicate_cosine=float(duplicate_cosine),
         rare_fraction=float(rare_fraction),
+        init_decoder=None if init_decoder is None else jnp.asarray(
+            np.asarray(init_decoder, np.float32).reshape(n_inst, d_in, n_latents)),
     )
     # keep, per (instance, dict size), the restart with the lowest FVU on the training activations
     train_fvu = np.asarray(train_fvu).reshape(n_inst, len(sizes), restarts)
@@ -665,6 +677,7 @@ def train_sae(
                   aux_coef=aux_coef, k_aux=k_aux, dead_after_tokens=dead_after_tokens, log_every=log_every,
                   restarts=restarts, kind=kind, schedule=schedule, train_b_pre=bool(train_b_pre),
                   zero_b_pre=bool(zero_b_pre), init_from_data=bool(init_from_data),
+                  init_decoder=init_decoder is not None,
                   prefixes=None if prefixes is None else [int(j) for j in prefixes],
                   **({"resample_at": list(resample_at), "duplicate_cosine": float(duplicate_cosine),
                       "rare_fraction": float(rare_fraction)}

@@ -157,8 +157,8 @@ def grid_saes(train: xr.Dataset, *, n_samples: int, key, dict_sizes, kind: str =
             bar.update(1)
     sae = xr.concat(parts, "instance", combine_attrs="override").isel(instance=np.argsort(np.concatenate(order)))
     shape = k_grid.shape
-    sae = xr.Dataset({name: (grid_dims + v.dims[1:], v.values.reshape(shape + v.shape[1:]), v.attrs) if "instance" in v.dims
-                      else v for name, v in sae.data_vars.items()},
+    sae = xr.Dataset({name: (grid_dims + v.dims[1:], v.values.reshape(shape + v.shape[1:]), v.attrs)
+                      if "instance" in v.dims else v for name, v in sae.data_vars.items()},
                      coords={**{d: acts[d] for d in grid_dims}, **{c: sae[c] for c in sae.coords if c != "instance"}},
                      attrs=sae.attrs)
     sae["k"] = ks.assign_attrs(long_name="SAE k (codes per sample)", units="latents",

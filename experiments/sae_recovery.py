@@ -304,3 +304,63 @@ def diagnose(train_dir: Path, feature_probabilities=(0.233572, 0.143845, 0.08858
                      "true_dictionary_fvu": round(fvu(h, sae_decode(ideal, sae_encode(ideal, jnp.asarray(h), 1))), 3)})
         print(rows[-1])
     return rows
+
+
+def diagnose_misses(train_dir: Path, model: str = "n20_m5", inits: int = 8, steps: int = 3000) -> list[dict]:
+    """Why the flagship's setting (`fixed-b-pre`) misses some well-posed instances of `model` (seed
+    0 of the default grid in `train_dir`): per instance, `inits` single initialisations of the
+    n_rep-latent SAE (k = round(n p), b_pre fixed, decayed lr, no resampling), each with its FVU,
+    matched cosine, MMCS, latent frequencies and largest latent-latent cosine; the FVU of the
+    true dictionary (unit represented columns, tied encoder, no training); and the SAE started at
+    the true dictionary (`train_sae(init_decoder=...)`) after the same training. Prints and returns
+    one row per instance."""
+    import jax.numpy as jnp
+
+    from analysis.sae import fvu, mmcs, sae_decode, sae_encode, train_sae
+    from analysis.sae_match import matched_cosine
+    from analysis.sae_recovery import hidden_activations, k_for
+
+    train = trained_models(Path(train_dir), 1)[model]
+    posed = well_posed(train["W"]).squeeze(("importance_decay", "seed")).values
+    sub = train.isel(feature_probability=np.flatnonzero(posed))
+    acts = hidden_activations(sub, n_samples=8192, key=jax.random.key(3)).squeeze(("importance_decay", "seed"))
+    n, m = train.sizes["feature"], train.sizes["hidden"]
+    W = sub["W"].squeeze(("importance_decay", "seed")).transpose("feature_probability", "hidden", "feature").values
+    columns = [w[:, np.linalg.norm(w, axis=0) > 0.5] for w in W]  # represented columns per instance
+    fps = sub["feature_probability"].values
+    ks = np.array([k_for(n, m, p) for p in fps])
+    rows = []
+    for k in np.unique(ks):
+        index = np.flatnonzero(ks == k)
+        sizes = sorted({c.shape[1] for c in (columns[i] for i in index)})
+        a = np.repeat(acts.values[index][:, None], inits, axis=1)  # (instance, init, sample, hidden)
+        common = dict(dict_sizes=sizes, k=int(k), steps=steps, restarts=1, schedule="decay", train_b_pre=False,
+                      key=jax.random.key(5))
+        random = train_sae(a, instance_dims=("instance", "init"), **common)
+        truth = np.stack([np.resize(columns[i].T, (max(sizes), m)).T for i in index])  # pad by repeating columns
+        started = train_sae(acts.values[index], instance_dims=("instance",), init_decoder=truth, **common)
+        for j, i in enumerate(index):
+            cols, h = columns[i], acts.values[i]
+            size = cols.shape[1]
+            unit = cols / np.linalg.norm(cols, axis=0)
+            ideal = {"W_dec": jnp.asarray(unit), "W_enc": jnp.asarray(unit.T), "b_enc": jnp.zeros(size),
+                     "b_pre": jnp.zeros(m)}
+            one = random.isel(instance=j).sel(dict_size=size)
+            decoders = [one["decoder"].isel(init=r).values[:, :size] for r in range(inits)]
+            latent_cos = [np.max(d.T @ d - 2 * np.eye(size)) for d in decoders]
+            frequency = one["latent_frequency"].values[:, :size]
+            s = started.isel(instance=j).sel(dict_size=size)
+            row = {"p": float(fps[i]), "k": int(k), "n_rep": size,
+                   "true_dictionary_fvu": round(fvu(h, sae_decode(ideal, sae_encode(ideal, jnp.asarray(h),
+                                                                                       int(k)))), 3),
+                   "init_fvu": np.round(one["fvu"].values, 3).tolist(),
+                   "init_matched": [round(matched_cosine(cols, d), 3) for d in decoders],
+                   "init_mmcs": [round(float(mmcs(cols, d)), 3) for d in decoders],
+                   "init_min_frequency": np.round(frequency.min(axis=1), 3).tolist(),
+                   "init_median_frequency": np.round(np.median(frequency, axis=1), 3).tolist(),
+                   "init_max_latent_cosine": np.round(latent_cos, 2).tolist(),
+                   "truth_start_fvu": round(float(s["fvu"]), 3),
+                   "truth_start_matched": round(matched_cosine(cols, s["decoder"].values[:, :size]), 3)}
+            rows.append(row)
+            print(row, flush=True)
+    return rows
