@@ -81,6 +81,8 @@ EXPERIMENTS = {
                                         "and data-refined LLC, for n6_m2 and n20_m5"),
         Experiment("weights-vs-activations", "flagship: LLC (weight basis) against superposition (activation basis) "
                                              "on one grid", sizes=SIZES),
+        Experiment("sae-recovery", "TopK SAEs on the flagship grid where recovery is well posed: ground-truth "
+                                   "features recovered, counted per model and overall", sizes=SIZES),
         Experiment("sae-progressive-codes", "TopK, Multi-TopK and Matryoshka SAEs on TMS ground truth: codes at k' != k, "
                                             "latent order, information outside the TopK"),
         Experiment("meta-sae", "meta-SAEs on an idealized and a trained SAE of a TMS with rare features: what a "

@@ -14,7 +14,8 @@ from experiments.registry import EXPERIMENTS, load_runner
 
 NAMES = ("tms-pentagon", "tms-phase-diagram", "tms-sticky-dimensions", "tms-critical-points", "dln-validation",
          "kgon-llc", "kgon-bias-study", "llc-localization", "step-check-coupling", "tms-llc-vs-n", "normal-crossing",
-         "normal-crossing-study", "weights-vs-activations", "sae-progressive-codes", "meta-sae", "per-feature-basis")
+         "normal-crossing-study", "weights-vs-activations", "sae-recovery", "sae-progressive-codes", "meta-sae",
+         "per-feature-basis")
 
 
 def test_list_names_every_experiment(capsys):
@@ -153,7 +154,7 @@ def test_set_passes_an_option_and_the_report_names_it(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n not in (
-    "weights-vs-activations", "per-feature-basis", "sae-progressive-codes", "meta-sae", "tms-sticky-dimensions")])
+    "per-feature-basis", "sae-progressive-codes", "meta-sae", "tms-sticky-dimensions")])
 def test_every_run_has_the_one_shape(name):
     import inspect
 
@@ -166,7 +167,8 @@ def test_every_run_has_the_one_shape(name):
 
 def test_every_command_the_docs_give_exists():
     """Each `slt-superposition reproduce NAME` in README.md and docs/ names a registered experiment,
-    and each `python -m experiments.M` a module that still has a command line of its own."""
+    and each `python -m experiments.M` given as a command to run (an indented line) a module that
+    still has a command line of its own."""
     import importlib
     import re
     from pathlib import Path
@@ -175,5 +177,5 @@ def test_every_command_the_docs_give_exists():
     text = "\n".join(p.read_text() for p in [root / "README.md", *sorted((root / "docs").rglob("*.md"))])
     names = set(re.findall(r"slt-superposition reproduce ([a-z][a-z0-9-]+)", text))
     assert names and names <= set(EXPERIMENTS), sorted(names - set(EXPERIMENTS))
-    for module in set(re.findall(r"python -m (experiments\.[a-z_]+)", text)):
+    for module in set(re.findall(r"^    python -m (experiments\.[a-z_]+)", text, flags=re.MULTILINE)):
         assert callable(getattr(importlib.import_module(module), "main", None)), module
