@@ -59,7 +59,8 @@ from slt_superposition.chain import ChainShape
 from slt_superposition.curvature import curvature_batched, quadratic_llc, step_size_bound
 from slt_superposition.errors import check_batch_size, require
 from slt_superposition.diagnostics import batch_means_se, masked_rhat
-from slt_superposition.llc import (SGLDConfig, _check_inputs, _flatten_instances, _instance_dims, default_nbeta,
+from slt_superposition.instances import flatten_instances
+from slt_superposition.llc import (SGLDConfig, _check_inputs, default_nbeta,
                                    sample_chains)
 from slt_superposition.observers import ChainSettings
 from slt_superposition.progress import progress_bar
@@ -94,36 +95,36 @@ class Sampler(NamedTuple):
     n_instances: int
 
 
-def _bucket(count: int, n_inst: int) -> int:
-    """Instances per call for `count` active ones: a power of two up to 16, then a multiple of 16
-    (a few program shapes, so few compilations), at most the instance count."""
-    size = 1 << max(0, (count - 1).bit_length()) if count <= 16 else -(-count // 16) * 16
-    return min(size, n_inst)
-
-
 def _sampler(loss_fn, params, data, *, data_batched, n, d, nbeta, num_chains, burnin_fraction, mesh) -> Sampler:
-    """Runs the chains of the instances with `num_steps > 0` only (others get NaN): the active
-    instances are gathered, sorted by chain length (so each block of the program holds chains of
-    similar length: a block runs as long as its longest chain), and padded to `_bucket` size."""
+    """Runs the chains of the instances with `num_steps > 0` only (others get NaN). Every call
+    passes all instances, the active ones first, sorted by chain length, then the inactive ones
+    with no steps: the program runs in blocks of instances (`sharding.run_sharded`), a block as
+    long as its longest chain, so blocks of inactive instances cost next to nothing and each block
+    holds chains of similar length; and every call of a stage has the same shapes, so each batch
+    size compiles one program for the whole calibration (gathering only the active instances
+    compiled a program for every count of them). On a CPU a block is one instance: there a
+    program over many instances runs no more chain-steps per second than one instance
+    (`benchmarks/calibrate_batched.py` prints both), and a block of one never runs an inactive
+    instance's lanes; elsewhere blocks of `sharding.balanced_block` instances run side by side."""
     n_inst = int(np.shape(jax.tree_util.tree_leaves(params)[0])[0])
+    block_size = 1 if jax.default_backend() == "cpu" else None
 
     def run(key, step_size, num_steps, localization, batch_size) -> Runs:
         steps = np.broadcast_to(np.asarray(num_steps, np.int64), (n_inst,))
         active = np.flatnonzero(steps > 0)
         order = active[np.argsort(-steps[active], kind="stable")]
-        size = _bucket(len(order), n_inst)
-        pick = np.concatenate([order, np.full(size - len(order), order[-1] if len(order) else 0)])
+        pick = np.concatenate([order, np.flatnonzero(steps <= 0)])  # every instance, active ones first
         take = lambda tree: jax.tree_util.tree_map(lambda x: x[pick], tree)
         each = lambda value, dtype: np.broadcast_to(np.asarray(value, dtype), (n_inst,))[pick]
         burnin = (burnin_fraction * steps).astype(np.int64)
-        every = -(-steps // TRACE_BLOCKS)
+        every = np.maximum(1, -(-steps // TRACE_BLOCKS))  # inactive instances: 1, never used
         settings = ChainSettings(*(jnp.asarray(each(v, t)) for v, t in (
             (step_size, np.float32), (localization, np.float32), (nbeta, np.float32), (steps, np.int32),
             (burnin, np.int32), (every, np.int32))))
         shape = ChainShape(num_chains, TRACE_BLOCKS, batch_size, "replacement", n, d)
         keys = jax.random.split(key, n_inst)[pick]
         out = sample_chains(loss_fn, take(params), take(data) if data_batched else data, keys, settings, shape,
-                            data_batched=data_batched, mesh=mesh) if len(order) else None
+                            data_batched=data_batched, mesh=mesh, block_size=block_size) if len(order) else None
         C = num_chains
         per_chain = np.full((n_inst, C), np.nan)
         diverged = np.zeros((n_inst, C), bool)
@@ -482,11 +483,8 @@ def calibrate_batched(
     localizations = sorted({float(g) for g in np.atleast_1d(localization)})
     require(localizations[0] > 0 and math.isfinite(localizations[-1]),
             f"localization must be positive and finite, got {localization}")
-    dims = _instance_dims(params, instance_dims)
-    sizes = tuple(len(v) for v in dims.values())
-    params = _flatten_instances(params, sizes, "params")
-    if data_batched:
-        data = _flatten_instances(data, sizes, "data")
+    instances = flatten_instances(params, data, instance_dims, data_batched=data_batched)
+    dims, sizes, params, data = instances.dims, instances.sizes, instances.params, instances.data
     n = int(jax.tree_util.tree_leaves(data)[0].shape[1 if data_batched else 0])
     if batch_size is not None:
         batch_size = check_batch_size(batch_size, n)
