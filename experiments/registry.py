@@ -166,11 +166,7 @@ def reproduce(name: str, out_dir: str | Path, *, size: str = "default", progress
         raise InputError(f"cannot create output folder {out_dir}: {err.strerror}") from None
     if only:
         options["only"] = list(only)
-    if "size" in inspect.signature(run).parameters:
-        return run(out_dir, size=size, progress=progress, **options)
-    # an experiment still on the older run(out_dir, *, quick[, full]) shape
-    flags = {"quick": {"quick": True}, "full": {"quick": False, "full": True}}.get(size, {"quick": False})
-    return run(out_dir, **flags, **options)
+    return run(out_dir, size=size, progress=progress, **options)
 
 
 def command_line(name: str, out_dir: str | Path, size: str = "default", only: Sequence[str] | None = None,

@@ -153,8 +153,7 @@ def test_set_passes_an_option_and_the_report_names_it(tmp_path, monkeypatch):
     assert "reproduce normal-crossing --quick --only w01 --set estimate_chains=4 --out" in (out / "report.md").read_text()
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n not in (
-    "per-feature-basis", "sae-progressive-codes", "meta-sae", "tms-sticky-dimensions")])
+@pytest.mark.parametrize("name", NAMES)
 def test_every_run_has_the_one_shape(name):
     import inspect
 
