@@ -342,9 +342,13 @@ def sample_chains(loss_fn: Callable, params: PyTree, data: PyTree, keys: jax.Arr
     No input checks (callers validate). Instances run in blocks (`sharding.run_sharded`), so the
     bits do not depend on the device count. `progress`: a label for a progress bar on stderr
     (`sampling_progress`; the program then reports each chunk; the numbers are the same).
-    `block_size`: instances per block (None: `sharding.balanced_block`; calibration passes 1 on a CPU).
+    `block_size`: instances per block; None means 1 on a CPU (a vmapped block of many instances ran
+    fewer chain-steps per second there than one instance: docs/benchmarks.md; the bits are the same)
+    and `sharding.balanced_block` elsewhere. It depends on the backend only, never on the device count.
     """
     mesh = single_device_mesh() if mesh is None else mesh
+    if block_size is None and jax.default_backend() == "cpu":
+        block_size = 1
     if progress:
         shape = shape._replace(progress=True)
     block = block_function(loss_fn, shape, data_batched)
