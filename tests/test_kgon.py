@@ -31,6 +31,12 @@ def test_bias_study_table_on_stub_rows():
     assert len(lines) == 2 + len(BIAS_STUDY)
     assert lines[2] == "| 3.16e-05 | 500 | 8000 | 1 | 8.50 +- 0.10 | 8.60 |"
     assert lines[6].startswith(f"| 1e-05 | full ({N_SAMPLES}) | 10000 | 1 | 12.50 +- 0.10 |")
+    # the report's finding: the range of the estimates and how many lie within 2 SE of the prediction
+    from experiments.kgon_llc import bias_finding
+
+    text = bias_finding(ds)
+    assert f"{len(BIAS_STUDY)} settings" in text and "from 8.50 (eps 3.16e-05, batch 500)" in text
+    assert f"1 of {len(BIAS_STUDY)} lie within 2 SE" in text  # only 8.5 is within 0.2 of 8.6
 
 
 def test_quadratic_llc_limits():

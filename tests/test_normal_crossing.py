@@ -144,3 +144,16 @@ def test_calibrated_estimate_within_five_percent_of_the_quadrature():
     print({key: row[key] for key in ("llc_quadrature", "llc_mean", "llc_se", "step_size", "num_steps", "verdict")})
     assert row["n_diverged"] == 0
     assert abs(row["rel_error"]) <= TOLERANCE, row
+
+
+def test_study_finding_gives_each_case_its_range():
+    import xarray as xr
+
+    from experiments.normal_crossing import STUDY_VARIABLES, study_finding
+    from experiments.registry import row_variables
+
+    rows = [dict({name: 1.0 for name in STUDY_VARIABLES}, rel_error=e) for e in (0.01, -0.03, 0.2)]
+    ds = xr.Dataset(row_variables(rows, STUDY_VARIABLES, "row"), coords={"row": np.arange(3)})
+    ds["case"] = xr.Variable("row", np.array(["w11", "w11", "w22"], dtype=object))
+    text = study_finding(ds)
+    assert text.startswith("3 settings") and "w11 -3.0% to +1.0%; w22 +20.0% to +20.0%." in text
