@@ -81,6 +81,7 @@ class FlagshipConfig:
     sae_steps: int = 3000
     sae_restarts: int = 4  # initialisations per dictionary; the lowest training FVU is kept
     sae_train_b_pre: bool = False  # b_pre fixed at the activations' median (0): docs/experiments/sae_recovery.md
+    sae_resample: bool = True  # dead, rare and duplicate latents resampled at 20/40/60% of the SAE steps (same page)
     development_steps: int = 10_000  # plain SGD from a small initialisation (Chen et al.'s k-gon dynamics)
     development_learning_rate: float = 0.1
     development_init_scale: float = 0.01  # W starts near the origin saddle, so training steps through k-gons
@@ -105,7 +106,7 @@ QUICK = FlagshipConfig(models=((5, 2), (6, 2), (20, 5)), n_feature_probabilities
                        llc_samples=4096, llc_chains=2, calibration_chains=2,
                        calibration_step_sizes=HALF_DECADES, calibration_sweep_steps=300, calibration_min_steps=600,
                        calibration_max_steps=2400, calibration_long_check_steps=2400, hessian_samples=512,
-                       sae_samples=2048, sae_steps=800, sae_restarts=1, development_steps=3000, development_seeds=4,
+                       sae_samples=2048, sae_steps=800, sae_restarts=1, sae_resample=False, development_steps=3000, development_seeds=4,
                        development_snapshots=12)
 FULL = FlagshipConfig(n_feature_probabilities=40, seeds=16, train_steps=10_000, llc_samples=65_536, llc_chains=8,
                       calibration_chains=8, calibration_step_sizes=HALF_DECADES,
@@ -231,7 +232,8 @@ def _sae(train: xr.Dataset, config: FlagshipConfig, key) -> xr.Dataset:
     sizes = list(range(m, n + 2))  # k <= n, so n + 1 latents always suffice to show recovery
     # TopK with k = the expected number of active features (at least 1, at most m); one program per distinct k
     sae = grid_saes(sub, n_samples=config.sae_samples, key=key, dict_sizes=sizes, steps=config.sae_steps,
-                    restarts=config.sae_restarts, schedule="decay", train_b_pre=config.sae_train_b_pre)
+                    restarts=config.sae_restarts, schedule="decay", train_b_pre=config.sae_train_b_pre,
+                    resample=config.sae_resample)
     W = sub["W"]
     represented = represented_features(W)
     scores = recovery_scores(sae, W)
