@@ -39,7 +39,6 @@ from slt_superposition.observers import ChainSettings
 from slt_superposition.random import standard_normal, uniform_indices
 from slt_superposition.sgld import sgld
 from slt_superposition.sharding import run_sharded, single_device_mesh
-from slt_superposition.small_dots import small_dots_as_elementwise
 
 PyTree = Any
 CHUNK = 64  # coarse steps whose indices and noise are drawn in one call
@@ -55,11 +54,10 @@ def coupled_program(loss_fn: Callable, shape: ChainShape, substeps: int = 3) -> 
     k = int(substeps)
 
     def run_chain(key, w_star, unravel, data, init_loss, settings: ChainSettings):
-        flat_loss = lambda w, batch: loss_fn(unravel(w), batch)
-        if chain_module.ELEMENTWISE_DOTS and jax.default_backend() == "cpu":  # as the main chain computes its loss
-            flat_loss = small_dots_as_elementwise(flat_loss)
+        # the loss and gradient exactly as the main chain computes them (chain.loss_and_gradient)
+        flat_loss, value_and_grad = chain_module.loss_and_gradient(lambda w, batch: loss_fn(unravel(w), batch))
         kernel = lambda h: sgld(flat_loss, w_star, step_size=h, localization=settings.localization,
-                                nbeta=settings.nbeta)
+                                nbeta=settings.nbeta, value_and_grad=value_and_grad)
         coarse_kernel, fine_kernel = kernel(settings.step_size), kernel(settings.step_size / k)
         noise_key, data_key = jax.random.split(key)
 

@@ -81,9 +81,7 @@ from slt_superposition.coupled import sample_coupled
 from slt_superposition.diagnostics import DIVERGENCE_FACTOR, rhat_and_ess
 from slt_superposition.errors import InputError, require
 from slt_superposition.instances import coordinate as _coord
-from slt_superposition.instances import flatten as _flatten_instances  # noqa: F401 - calibration imports it here
 from slt_superposition.instances import flatten_instances, over_instances
-from slt_superposition.instances import instance_dims as _instance_dims  # noqa: F401 - calibration imports it here
 from slt_superposition.observers import ChainSettings
 from slt_superposition.provenance import provenance_attrs
 from slt_superposition.sampling_progress import sampling_bar
