@@ -37,6 +37,7 @@ from analysis.sae import mmcs, recovered_overcompleteness
 from analysis.sae_recovery import grid_saes, recovery_line, recovery_scores, well_posed
 from analysis.susceptibility_report import flagship_susceptibilities
 from analysis.weight_basis import rank_above_gradient_floor, weight_basis_measures
+from slt_superposition import grid
 from slt_superposition.calibration import calibrate_batched
 from experiments.registry import command_line
 from slt_superposition.io import save_dataset
@@ -122,7 +123,7 @@ def _model_label(n: int, m: int) -> str:
 def _grid_inputs(train: xr.Dataset, n_samples: int, key):
     """`llc_inputs` of every instance, with the grid dims (not one flat axis) leading each leaf."""
     loss_fn, params, data = llc_inputs(train, n_samples=n_samples, key=key)
-    grid_shape = tuple(train.sizes[d] for d in GRID_DIMS)
+    grid_shape = grid.grid_shape(train)
     unflat = lambda tree: jax.tree_util.tree_map(lambda x: x.reshape(grid_shape + x.shape[1:]), tree)
     return loss_fn, unflat(params), unflat(data)
 
@@ -138,7 +139,7 @@ def _refined_inputs(train: xr.Dataset, config: FlagshipConfig, key):
     full-batch gradient descent), grid dims leading every leaf; `refinement` holds the gradient
     norms before and after, `(grid...)`."""
     loss_fn, params, data = _grid_inputs(train, config.llc_samples, key)
-    grid_shape = tuple(train.sizes[d] for d in GRID_DIMS)
+    grid_shape = grid.grid_shape(train)
     flat = lambda tree: jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[len(grid_shape):]), tree)
     refined, before, after = refine_batched(loss_fn, flat(params), flat(data), steps=config.refine_steps)
     params = jax.tree_util.tree_map(lambda x: x.reshape(grid_shape + x.shape[1:]), refined)
@@ -155,7 +156,7 @@ def _calibrated_llc(inputs, train: xr.Dataset, config: FlagshipConfig, key, out_
     config and key (the susceptibilities replay those chains)."""
     cal_key, llc_key = jax.random.split(key)
     loss_fn, params, data, _ = inputs
-    dims = {d: train[d].values for d in GRID_DIMS}
+    dims = grid.grid_coords(train)
     label = _model_label(train.sizes["feature"], train.sizes["hidden"])
     sgld, sweep = _calibrate(loss_fn, params, data, cal_key, config, instance_dims=dims)
     save_dataset(sweep, out_dir / "calibration" / f"{label}.nc")
@@ -194,7 +195,7 @@ def _weight_basis(inputs, train: xr.Dataset, config: FlagshipConfig) -> xr.Datas
     data = jax.tree_util.tree_map(lambda x: x[..., : config.hessian_samples, :], data)
     basis = weight_basis_measures(loss_fn, tms_forward, params, data, inputs=data["x"],
                                   instance_dims=GRID_DIMS, data_batched=True)
-    basis = basis.assign_coords({d: train[d].values for d in GRID_DIMS})
+    basis = basis.assign_coords(grid.grid_coords(train))
     # trained weights are only approximately critical: curvature below |grad L| counts as flat
     basis["hessian_rank_rounding"] = basis["hessian_rank"].assign_attrs(
         long_name="rank of the loss Hessian above the float32 rounding tolerance only")
@@ -211,7 +212,7 @@ def _response(inputs, train: xr.Dataset, train_config: TrainConfig, chains: tupl
     loss_fn, params, data, _ = inputs
     sgld, key = chains
     sus = flagship_susceptibilities(loss_fn, params, data, config=sgld, key=key,
-                                    instance_dims={d: train[d].values for d in GRID_DIMS},
+                                    instance_dims=grid.grid_coords(train),
                                     features=config.susceptibility_features, factor=config.susceptibility_factor,
                                     eval_samples=config.susceptibility_eval_samples)
     seeds = tuple(int(s) for s in train["seed"].values[: config.retrain_seeds])
