@@ -119,6 +119,10 @@ def check_size(name: str, size: str) -> None:
         raise InputError(f"experiment '{name}' has no {flag} (its sizes: {', '.join(sizes)})")
 
 
+RESERVED = ("out_dir", "size", "progress", "only")  # set by `reproduce` itself
+PYTHON_ONLY = ("config", "settings")  # whole settings objects: overrides from Python, not `--set`
+
+
 def parse_options(pairs: Sequence[str]) -> dict[str, object]:
     """`reproduce --set NAME=VALUE` pairs as keyword options: VALUE a Python literal (number,
     string, list, ...), else the text itself."""
@@ -143,7 +147,7 @@ def check_request(name: str, size: str = "default", only: Sequence[str] | None =
         raise InputError(f"experiment '{name}' has no named cases; --only applies to "
                          + ", ".join(e.name for e in EXPERIMENTS.values() if e.cases))
     run = load_runner(name)
-    known = [p for p in inspect.signature(run).parameters if p not in ("out_dir", "size", "progress", "only")]
+    known = [p for p in inspect.signature(run).parameters if p not in RESERVED + PYTHON_ONLY]
     unknown = sorted(set(options or {}) - set(known))
     if unknown:
         raise InputError(f"experiment '{name}' has no option {', '.join(unknown)} (its options: "

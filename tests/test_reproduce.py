@@ -128,6 +128,8 @@ def test_bad_case_size_and_option_are_one_line_errors(tmp_path, monkeypatch, cap
             (["tms-pentagon", "--full"], "experiment 'tms-pentagon' has no --full"),
             (["tms-pentagon", "--quick", "--full"], "--quick and --full exclude each other"),
             (["tms-pentagon", "--set", "steps=3"], "experiment 'tms-pentagon' has no option steps"),
+            (["weights-vs-activations", "--set", "config=1"],  # a settings object: Python API only
+             "experiment 'weights-vs-activations' has no option config (its options: none)"),
             (["tms-pentagon", "--set", "steps"], "--set takes NAME=VALUE")):
         assert main(["reproduce", *argv, "--out", str(tmp_path / "x")]) == 2
         err = capsys.readouterr().err
