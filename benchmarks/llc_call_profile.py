@@ -1,0 +1,51 @@
+"""Where one repeated `estimate_llc` call spends its time: the compiled program against Python.
+
+    python benchmarks/llc_call_profile.py
+
+The benchmark's model and settings (benchmarks/llc_throughput.py: TMS 6-gon, n = 1000, batch
+500, 8 chains x 1000 steps). Prints the wall time of 10 repeated calls, then a cProfile of 5
+calls: the time spent waiting for the program (numpy.asarray on its outputs) and the rest.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import math
+import pstats
+import time
+
+import jax
+
+from llc_throughput import BATCH, BURNIN, CHAINS, EPS, GAMMA, N, N_FEATURES, STEPS, loss_fn, six_gon
+from slt_superposition import SGLDConfig, estimate_llc
+from toy_models.data import high_sparsity_limit
+
+
+def main() -> None:
+    params, x = six_gon(), high_sparsity_limit(jax.random.key(0), N, N_FEATURES)
+    config = SGLDConfig(step_size=EPS, localization=GAMMA, nbeta=N / math.log(N), num_chains=CHAINS,
+                        num_steps=STEPS, num_burnin=BURNIN, batch_size=BATCH)
+    call = lambda k: estimate_llc(loss_fn, params, x, config=config, key=jax.random.key(k), checks=False)
+    call(0)  # compile
+    times = []
+    for k in range(10):
+        start = time.perf_counter()
+        call(k)
+        times.append(time.perf_counter() - start)
+    print("repeated calls, ms:", " ".join(f"{1e3 * t:.1f}" for t in times))
+    profile = cProfile.Profile()
+    profile.enable()
+    for k in range(5):
+        call(k)
+    profile.disable()
+    stats = pstats.Stats(profile)
+    total = stats.total_tt / 5
+    waiting = sum(tt for (file, _, name), (_, _, tt, _, _) in stats.stats.items() if name == "<built-in method numpy.asarray>"
+                  or (file == "~" and "numpy.asarray" in name)) / 5
+    print(f"per call (cProfile): {1e3 * total:.1f} ms, of which {1e3 * waiting:.1f} ms waiting for the compiled "
+          f"program and {1e3 * (total - waiting):.1f} ms of Python")
+    stats.sort_stats("cumulative").print_stats(15)
+
+
+if __name__ == "__main__":
+    main()
