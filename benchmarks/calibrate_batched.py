@@ -23,7 +23,7 @@ import numpy as np
 
 from slt_superposition import SGLDConfig, estimate_llc_batched
 from slt_superposition.calibration import calibrate, calibrate_batched
-from toy_models.train import TrainConfig, llc_inputs, train_grid
+from tms_grid import trained_6x2_grid  # benchmarks/tms_grid.py
 
 STEP_SIZES = tuple(float(10.0 ** (e / 2)) for e in range(-12, -3))
 OPTIONS = dict(batch_size=512, num_chains=2, step_sizes=STEP_SIZES, sweep_steps=300, min_steps=600, max_steps=2400,
@@ -36,11 +36,7 @@ def main() -> None:
     parser.add_argument("--n-samples", type=int, default=4096)
     parser.add_argument("--raw-only", action="store_true", help="only the sampling throughput, no calibration")
     args = parser.parse_args()
-    probabilities = tuple(float(p) for p in np.geomspace(1.0, 0.01, args.instances // 8))
-    grid = train_grid(TrainConfig(n_features=6, n_hidden=2, feature_probabilities=probabilities, seeds=8,
-                                  steps=2000), progress=False)
-    loss_fn, params, data = llc_inputs(grid, n_samples=args.n_samples, key=jax.random.key(0))
-    n_inst = jax.tree_util.tree_leaves(params)[0].shape[0]
+    loss_fn, params, data, n_inst = trained_6x2_grid(args.instances, args.n_samples)
     print(f"{platform.processor() or platform.machine()}, jax {jax.__version__} on {jax.default_backend()}; "
           f"{n_inst} TMS 6x2 instances, n = {args.n_samples}")
 

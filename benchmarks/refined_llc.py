@@ -24,7 +24,7 @@ import numpy as np
 
 from slt_superposition.llc import SGLDConfig
 from slt_superposition.refined import estimate_refined_llc, estimate_refined_llc_batched, feature_masks
-from toy_models.train import TrainConfig, llc_inputs, train_grid
+from tms_grid import trained_6x2_grid  # benchmarks/tms_grid.py
 
 
 def main() -> None:
@@ -33,11 +33,7 @@ def main() -> None:
     parser.add_argument("--n-samples", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=1000)
     args = parser.parse_args()
-    probabilities = tuple(float(p) for p in np.geomspace(1.0, 0.01, args.instances // 8))
-    grid = train_grid(TrainConfig(n_features=6, n_hidden=2, feature_probabilities=probabilities, seeds=8,
-                                  steps=2000), progress=False)
-    loss_fn, params, data = llc_inputs(grid, n_samples=args.n_samples, key=jax.random.key(0))
-    n_inst = jax.tree_util.tree_leaves(params)[0].shape[0]
+    loss_fn, params, data, n_inst = trained_6x2_grid(args.instances, args.n_samples)
     config = SGLDConfig(step_size=1e-4, localization=1.0, num_chains=2, num_steps=args.steps,
                         num_burnin=args.steps // 4, batch_size=256)
     one = lambda i: jax.tree_util.tree_map(lambda x: x[i], (params, data))

@@ -2,7 +2,6 @@
 chain, and one Brownian path makes their difference far less noisy than either estimate."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -10,19 +9,12 @@ from slt_superposition import SGLDConfig
 from slt_superposition.coupled import sample_coupled
 from slt_superposition.curvature import hessian_eigenvalues, quadratic_llc
 from slt_superposition.llc import chain_settings, chain_shape
-
-
-def regression_loss(params, batch):
-    x, y = batch
-    return 0.5 * jnp.mean((y - x @ params["w"]) ** 2)
+from linear_regression import regression_loss, regression_problem  # tests/linear_regression.py
 
 
 @pytest.fixture(scope="module")
 def coupled_run():
-    kx, ky, kw = jax.random.split(jax.random.key(0), 3)
-    x = jax.random.normal(kx, (400, 3))
-    y = x @ jax.random.normal(kw, (3,)) + 0.5 * jax.random.normal(ky, (400,))
-    params = {"w": jnp.linalg.lstsq(x, y)[0]}
+    params, (x, y) = regression_problem()
     n = 400
     nbeta = n / np.log(n)
     eigs = np.asarray(hessian_eigenvalues(regression_loss, params, (x, y)))

@@ -8,20 +8,12 @@ import pytest
 from slt_superposition import SGLDConfig, estimate_llc, estimate_llc_batched
 from slt_superposition.curvature import hessian_eigenvalues, quadratic_llc, step_size_bound
 from slt_superposition.errors import InputError
-
-
-def regression_loss(params, batch):
-    x, y = batch
-    return 0.5 * jnp.mean((y - x @ params["w"]) ** 2)
+from linear_regression import regression_loss, regression_problem  # tests/linear_regression.py
 
 
 @pytest.fixture(scope="module")
 def problem():
-    kx, ky, kw = jax.random.split(jax.random.key(0), 3)
-    x = jax.random.normal(kx, (400, 3))
-    y = x @ jax.random.normal(kw, (3,)) + 0.5 * jax.random.normal(ky, (400,))
-    w = jnp.linalg.lstsq(x, y)[0]
-    return {"w": w}, (x, y)
+    return regression_problem()
 
 
 def test_per_instance_settings_equal_one_instance_calls(problem):

@@ -17,10 +17,10 @@ from analysis.sae import (
     train_sae,
 )
 from slt_superposition.errors import InputError
+from slt_superposition.theory import kgon_params
 from toy_models.data import sparse_uniform
 
-ANGLE = 2 * np.pi * np.arange(5) / 5
-PENTAGON = np.stack([np.cos(ANGLE), np.sin(ANGLE)]).astype(np.float32)  # W: (hidden 2, feature 5)
+PENTAGON = kgon_params(5, 1.0, 0.0, n_features=5)["W"]  # unit pentagon, W: (hidden 2, feature 5)
 SAE_ARGS = dict(dict_sizes=[3, 5, 8], k=1, steps=2000, batch_size=256, restarts=4)
 
 

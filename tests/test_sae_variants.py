@@ -18,9 +18,9 @@ from analysis.sae import (
 )
 from analysis.sae_match import assignment, matched_cosine, recovered
 from slt_superposition.errors import InputError
+from slt_superposition.theory import kgon_params
 
-ANGLE = 2 * np.pi * np.arange(5) / 5
-PENTAGON = np.stack([np.cos(ANGLE), np.sin(ANGLE)]).astype(np.float32)  # W: (hidden 2, feature 5)
+PENTAGON = kgon_params(5, 1.0, 0.0, n_features=5)["W"]  # unit pentagon, W: (hidden 2, feature 5)
 
 
 def test_idealized_dictionary_scores_one():
