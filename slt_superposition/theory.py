@@ -408,6 +408,30 @@ def derived_classes() -> list[TMSClass]:
     return [critical_point_class(*class_critical_point(k, p)) for k in DERIVED_K for p in range(KGON_N_FEATURES - k + 1)]
 
 
+def dead_features_active(W, b, dead, xp=np):
+    """Which dead features' parameters change the Chen-setting loss at (W, b): one flag per feature.
+
+    Dead feature i (a column that is zero at w*, with bias b_i <= 0 there) is in its flat region
+    while resetting (W_i, b_i) to (0, b_i*) leaves every output unchanged for every input
+    x = u e_k, u in (0, 1] (x = mu e_i data): its own output ReLU(u G_ik + b_i) stays off for every
+    k (G = W^T W), and every other output j on input e_i, ReLU(u G_ji + b_j), equals its value
+    ReLU(b_j) with column i removed (for b_j <= 0: G_ji + b_j <= 0; for b_j > 0: G_ji = 0). Outside
+    that region the chain is sampling a loss in which feature i takes part, and the estimate
+    counts some of its m + 1 parameters (docs/experiments/llc_localization.md).
+
+    W: (..., hidden, feature); b: (..., feature); dead: (feature,) booleans (which features were dead
+    at w*). Returns (..., feature) booleans, False where `dead` is False. Traceable with xp=jax.numpy.
+    """
+    G = xp.swapaxes(W, -1, -2) @ W  # (..., feature j, feature i)
+    pre = G + b[..., :, None]  # [j, i]: output j's pre-activation on input e_i at u = 1
+    own = xp.maximum(b, xp.max(pre, axis=-1)) > 0  # feature i's own output turns on for some input
+    bj = b[..., :, None]
+    changed = xp.where(bj <= 0, pre > 0, G != 0)  # output j on input e_i differs from ReLU(b_j)
+    n_features = W.shape[-1]
+    changed = changed & ~xp.eye(n_features, dtype=bool)
+    return (own | xp.any(changed, axis=-2)) & xp.asarray(dead, dtype=bool)
+
+
 __all__ = [
     "dln_learning_coefficient",
     "dln_parameter_count",
@@ -422,6 +446,7 @@ __all__ = [
     "class_critical_point",
     "derived_classes",
     "population_hessian",
+    "dead_features_active",
     "population_loss_is_smooth",
     "second_order_minimum",
 ]

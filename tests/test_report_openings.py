@@ -89,4 +89,8 @@ def test_localization_finding_per_class():
     assert "5-gon (lambda 7): 7.10 +- 0.10 at gamma 1, 5.50 +- 0.10 at gamma 100" in text
     near = sum(abs(m - q) <= 0.2 for m, q in zip(means, quad))
     assert f"{near} of 4 estimates lie within 2 SE of the quadratic prediction" in text
+    # the share of steps outside the dead feature's flat region, only for the class that has one
+    ds["share_outside_flat"] = ("case", [np.nan, np.nan, 0.4, 0.02])
+    text = finding(ds)
+    assert text.endswith("(outside its flat region): 5-gon: 40% at gamma 1, 2% at gamma 100.")
 

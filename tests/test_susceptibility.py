@@ -90,6 +90,16 @@ def test_result_layout(regression):
     assert "llc_mean" in ds and np.isfinite(float(ds["llc_mean"]))
 
 
+def test_the_chains_are_the_llc_chains(regression):
+    # same key, same chains: the LLC variables equal estimate_llc's (the observables ride along)
+    from slt_superposition.llc import estimate_llc
+
+    data, w_star, ds = regression
+    llc = estimate_llc(_mse, {"w": w_star}, data, config=LINEAR, key=jax.random.key(1), checks=False)
+    for name in ("llc_per_chain", "mala_acceptance", "loss_trace", "llc_mean", "llc_se"):
+        np.testing.assert_array_equal(ds[name].values, llc[name].values, err_msg=name)
+
+
 # ----------------------------------------------------------------------------- (b) TMS, finite differences
 
 TMS_N, TMS_FEATURES, TMS_P = 500, 5, 0.2

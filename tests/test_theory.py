@@ -198,3 +198,27 @@ def test_critical_point_class_bad_input():
         critical_point_class(np.zeros((3, 6)), np.zeros(6))
     with pytest.raises(InputError):
         critical_point_class(np.full((2, 6), np.nan), np.zeros(6))
+
+
+def test_dead_feature_flat_region_includes_the_cross_terms():
+    from slt_superposition.theory import dead_features_active
+
+    W, b = (np.asarray(a, np.float64) for a in class_critical_point(5, 0))  # the 5-gon, feature 5 dead, b_5 < 0
+    dead = np.arange(6) == 5
+    assert not dead_features_active(W, b, dead).any()  # at w*: flat
+    live = W[:, 0] / np.linalg.norm(W[:, 0])
+    for scale, active in [(0.2, False), (0.3, True)]:  # live column length 1.17, live bias -0.28: edge at 0.24
+        moved = W.copy()
+        moved[:, 5] = scale * live
+        assert (moved[:, 5] ** 2).sum() < -b[5]  # inside |W_5|^2 < -b_5 both times
+        assert dead_features_active(moved, b, dead)[5] == active  # output 0 on input e_5 turns on at 0.3
+    raised = b.copy()
+    raised[5] = 0.01  # a positive bias turns the dead feature's own output on for every input
+    assert dead_features_active(W, raised, dead)[5]
+    assert not dead_features_active(W, raised, np.zeros(6, bool)).any()  # only features flagged dead are reported
+    # batched and traceable
+    import jax.numpy as jnp
+
+    stack = np.stack([W, moved])
+    flags = dead_features_active(jnp.asarray(stack), jnp.asarray(np.stack([b, b])), dead, xp=jnp)
+    np.testing.assert_array_equal(np.asarray(flags)[:, 5], [False, True])
