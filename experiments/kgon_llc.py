@@ -135,12 +135,12 @@ def run_case(k: int, positive_dead: int = 0, *, seed: int = SEED, progress: bool
     t0 = time.perf_counter()
     config, sweep = calibrate(kgon_loss, params, x, key=k_cal, progress=progress, **calibration)
     t_cal = time.perf_counter() - t0
-    est = estimate_llc(kgon_loss, params, x, config=config, key=k_est)
+    est = estimate_llc(kgon_loss, params, x, config=config, key=k_est, checks=False)
     mean, se = llc_and_se(est)
     frozen, frozen_se = np.nan, np.nan
     if cls.nonpositive_dead and not cls.zero_dead:  # negative-bias dead features: estimate without them too
         loss_live, live = frozen_dead(params, k)
-        frozen, frozen_se = llc_and_se(estimate_llc(loss_live, live, x, config=config, key=k_est))
+        frozen, frozen_se = llc_and_se(estimate_llc(loss_live, live, x, config=config, key=k_est, checks=False))
     theory = np.nan if cls.llc is None else float(cls.llc)
     norms = np.linalg.norm(np.asarray(params["W"]), axis=0)
     dead_b = np.asarray(params["b"])[k:]
@@ -331,7 +331,7 @@ def bias_study(out_dir: Path, *, size: str = "default", progress: bool = True) -
         config = SGLDConfig(step_size=eps, localization=gamma, num_chains=BIAS_STUDY_CHAINS, num_steps=steps,
                             num_burnin=steps // 2, batch_size=batch, trace_every=max(1, steps // 200))
         t0 = time.perf_counter()
-        est = estimate_llc(kgon_loss, params, x, config=config, key=k_est)
+        est = estimate_llc(kgon_loss, params, x, config=config, key=k_est, checks=False)
         mean, se = llc_and_se(est)
         rows.append(dict(step_size=eps, batch_size=batch or N_SAMPLES, num_steps=steps, localization=gamma,
                          llc_mean=mean, llc_se=se, llc_quadratic=quadratic_llc(eig, step_size=eps, localization=gamma),

@@ -73,7 +73,8 @@ def run_class(k: int, positive: int, *, n: int, calibration: dict, progress: boo
         frozen, frozen_se = np.nan, np.nan
         if cls.nonpositive_dead and not cls.zero_dead:
             loss_live, live = kgon_llc.frozen_dead(params, k)
-            frozen, frozen_se = kgon_llc.llc_and_se(estimate_llc(loss_live, live, x, config=cfg, key=k_est))
+            frozen_est = estimate_llc(loss_live, live, x, config=cfg, key=k_est, checks=False)
+            frozen, frozen_se = kgon_llc.llc_and_se(frozen_est)
         quad = quadratic_llc_prediction(eig, nbeta=default_nbeta(n), step_size=float(cfg.step_size),
                                         localization=gamma, floor=kgon_llc.EIGEN_FLOOR)
         rows.append(dict(case=f"{cls.label} gamma={gamma:g}", label=cls.label, localization=gamma,
