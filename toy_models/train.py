@@ -543,8 +543,18 @@ def loss_fn_for(ds_or_config) -> Callable:
     data (one row per sample) so that one loss function serves every instance of a grid.
     """
     config = ds_or_config if isinstance(ds_or_config, TrainConfig) else config_from_dataset(ds_or_config)
-    loss = _loss(config)
-    return lambda params, batch: loss(params, batch["x"], batch["importance"])
+    return _instance_loss(config.model == "tms_relu_hidden")
+
+
+@functools.lru_cache(maxsize=None)
+def _instance_loss(relu_hidden: bool) -> Callable:
+    """One function object per model kind: the compiled LLC, calibration and refinement programs
+    are cached by the loss function's identity, so every grid of a kind shares them."""
+
+    def loss_fn(params, batch):
+        return tms_loss(params, batch["x"], batch["importance"], relu_hidden=relu_hidden)
+
+    return loss_fn
 
 
 def llc_inputs(ds: xr.Dataset, *, n_samples: int, key) -> tuple[Callable, dict, dict]:
