@@ -27,7 +27,7 @@ run: $(VENV)/.installed
 	$(BIN)/slt-superposition reproduce weights-vs-activations --quick --out $(OUT)
 
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -n 2 --durations=15 tests
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15 tests
 
 clean:
 	rm -rf $(VENV) results .pytest_cache
