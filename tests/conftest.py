@@ -1,8 +1,32 @@
-"""Shared fixtures: one tiny trained grid, reused by the train, CLI and plot tests."""
+"""Shared fixtures: one tiny trained grid, reused by the train, CLI and plot tests.
+
+One JAX compilation cache for the whole run: both xdist workers and every process a test
+starts (the CLI, `launch`, the 4-device checks) inherit `JAX_COMPILATION_CACHE_DIR`, so a program
+one of them compiled is loaded, not compiled again, by the others. A loaded program is the same
+executable, so no number changes; the folder is removed when the run ends. A cache the caller
+set already is left alone.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 import pytest
+
+
+def pytest_configure(config):
+    if hasattr(config, "workerinput") or "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return  # an xdist worker (it inherited the controller's), or the caller's own cache
+    config.jax_cache_dir = tempfile.mkdtemp(prefix="slt-superposition-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = config.jax_cache_dir
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # every program, not only slow ones
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "jax_cache_dir", None):
+        shutil.rmtree(config.jax_cache_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
