@@ -5,14 +5,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 from scipy.stats import special_ortho_group
 
-from analysis.measures import feature_dimensionality_array
+from analysis.measures import ZERO_NORM, feature_dimensionality_array, feature_norms_array
 from slt_superposition.cli import main
 from slt_superposition.sgld import sgld, tree_normal
 
-FAST = settings(max_examples=40, deadline=None)
+FAST = settings(max_examples=40, deadline=None, derandomize=True)  # the same examples on every run (CI)
 
 
 @st.composite
@@ -34,6 +34,7 @@ def test_feature_dimensionality_in_unit_interval_and_sum_at_most_m(W):
 
 @FAST
 @given(weights(), st.integers(0, 2**31 - 1), st.floats(1e-3, 1e3))
+@example(np.array([[1.92211462e-05]]), 0, 0.03125)  # scaling takes the column below ZERO_NORM
 def test_feature_dimensionality_invariances(W, seed, c):
     rng = np.random.default_rng(seed)
     D = feature_dimensionality_array(W)
@@ -41,7 +42,13 @@ def test_feature_dimensionality_invariances(W, seed, c):
     np.testing.assert_allclose(feature_dimensionality_array(W[:, perm]), D[perm], rtol=1e-9, atol=1e-12)
     Q = special_ortho_group.rvs(W.shape[0], random_state=rng) if W.shape[0] > 1 else np.array([[-1.0]])
     np.testing.assert_allclose(feature_dimensionality_array(Q @ W), D, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(feature_dimensionality_array(c * W), D, rtol=1e-9, atol=1e-12)
+    # scale invariance holds for the columns live (norm above ZERO_NORM) before and after scaling;
+    # a column that scaling takes below ZERO_NORM is dead there (D = 0)
+    scaled = feature_dimensionality_array(c * W)
+    live_before, live_after = feature_norms_array(W) > ZERO_NORM, feature_norms_array(c * W) > ZERO_NORM
+    both = live_before & live_after
+    np.testing.assert_allclose(scaled[both], D[both], rtol=1e-9, atol=1e-12)
+    assert np.all(scaled[~live_after] == 0)
 
 
 @FAST
@@ -75,7 +82,7 @@ def _quadratic_problem(seed):
     return loss_fn, anchor, data
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=15, deadline=None, derandomize=True)
 @given(st.integers(0, 2**31 - 1), st.floats(1e-4, 1e-1), st.floats(0.1, 100.0))
 def test_sgld_without_its_noise_is_gradient_descent(seed, step_size, nbeta):
     """With localization 0, w' + (its own noise removed) = w - (eps/2) nbeta grad L."""
@@ -92,7 +99,7 @@ def test_sgld_without_its_noise_is_gradient_descent(seed, step_size, nbeta):
     np.testing.assert_allclose(info.loss, loss_fn(w0, data), rtol=1e-6)
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=10, deadline=None, derandomize=True)
 @given(st.integers(0, 2**31 - 1), st.floats(4.0, 10.0))
 def test_sgld_infinite_localization_pins_w_at_anchor(seed, log10_gamma):
     """eps * gamma = 1: the chain is an AR(1) around w* with std ~ 1.15/sqrt(gamma)."""
@@ -118,7 +125,7 @@ TOKENS = ["--steps", "-1", "0", "abc", "1.5", "-0.1", "nan", "inf", "--feature-p
 
 
 # capsys is read (and so reset) after every example
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.sampled_from(["train", "llc", "plot", "reproduce", "nosuchcommand"]), st.lists(st.sampled_from(TOKENS), max_size=8))
 def test_fuzzed_cli_arguments_give_clean_errors(capsys, command, args):
     argv = [command, *args]
