@@ -293,8 +293,17 @@ def population_hessian(W, b) -> np.ndarray:
     m, c = W.shape
     theta = _flat_theta(W, np.asarray(b, np.float64))
     with jax.enable_x64(True):
-        loss = lambda th: _population_loss(*_unflatten(th, m, c), jnp)
-        return np.asarray(jax.hessian(loss)(jnp.asarray(theta)))
+        return np.asarray(_population_hessian_program(m, c)(jnp.asarray(theta)))
+
+
+@functools.lru_cache(maxsize=8)
+def _population_hessian_program(m: int, c: int):
+    """The jitted Hessian of the population loss over theta for W of shape (m, c) (op by op it
+    took seconds per point)."""
+    import jax
+    import jax.numpy as jnp
+
+    return jax.jit(jax.hessian(lambda th: _population_loss(*_unflatten(th, m, c), jnp)))
 
 
 def population_loss_is_smooth(W, b, tol: float = KINK_TOL) -> bool:
