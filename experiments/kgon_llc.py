@@ -49,7 +49,7 @@ TOLERANCE = 0.05  # the issue's target: each estimate within 5% of its class's l
 # raise it); step sizes from 1e-6 (its sweep picks the largest healthy, unbiased one)
 CALIBRATION = dict(localization=1.0, batch_size=500, num_chains=8, step_sizes=(1e-6, 3.16e-6, 1e-5, 3.16e-5, 1e-4),
                    sweep_steps=2000, min_steps=20_000, max_steps=160_000)
-QUICK = dict(CALIBRATION, num_chains=4, sweep_steps=1000, min_steps=10_000, max_steps=40_000)
+QUICK = dict(CALIBRATION, num_chains=4, sweep_steps=1000, min_steps=10_000, max_steps=40_000, batch_check_steps=500)
 EIGEN_FLOOR = 1e-3  # Hessian eigenvalues above this (loss / parameter^2) count as curved; nbeta h > 86
 # The bias study at the refined 6-gon: (step size, batch size or None for the full batch, steps, localization),
 # each with BIAS_STUDY_CHAINS chains and half burn-in. Rows vary one setting at a time against (1e-5, 500, gamma 1).

@@ -12,7 +12,7 @@ CI_CASES = [((3, 5), 2), ((8, 2, 8), 2)]
 @pytest.mark.slow
 def test_dln_subset_within_error_bounds():
     rows = [run_case(w, r, "singular", max_steps=20_000, step_sizes=(1e-8, 3.16e-8, 1e-7, 3.16e-7, 1e-6, 1e-5, 1e-4),
-                     sweep_steps=1000, min_steps=5000) for w, r in CI_CASES]
+                     sweep_steps=1000, min_steps=5000, batch_check_steps=500) for w, r in CI_CASES]
     for row in rows:
         print(row["case"], row["lambda_theory"], row["llc_mean"], row["step_size"], row["num_steps"])
     errors = np.array([abs(row["rel_error"]) for row in rows])
