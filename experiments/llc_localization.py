@@ -42,7 +42,6 @@ from slt_superposition.susceptibility import estimate_susceptibilities
 from slt_superposition.theory import critical_point_class, dead_features_active
 
 GAMMAS = (1.0, 10.0, 100.0, 1000.0)
-DEAD_NORM = 1e-3  # a column shorter than this at the refined point is a dead feature
 CASES = [(6, 0), (5, 0)]  # (k, positive dead): the 6-gon (no dead feature), the 5-gon (one, negative bias)
 SETTINGS = dict(n=100_000, calibration=kgon_llc.CALIBRATION)
 QUICK = dict(n=2**14, calibration=dict(kgon_llc.QUICK, max_steps=20_000))
@@ -55,7 +54,7 @@ def run_class(k: int, positive: int, *, n: int, calibration: dict, progress: boo
     k_cal, k_est = jax.random.split(key)
     config, _ = calibrate(kgon_llc.kgon_loss, params, x, key=k_cal, **calibration)
     eig = hessian_spectrum(kgon_llc.kgon_loss, params, x, method="exact").values
-    dead = np.linalg.norm(np.asarray(params["W"]), axis=0) < DEAD_NORM
+    dead = np.arange(np.shape(params["W"])[1]) >= k  # the class point's dead features, as `frozen_dead`
     outside = lambda p, _: jnp.any(dead_features_active(p["W"], p["b"], dead, xp=jnp)).astype(jnp.float32)
     rows = []
     for gamma in GAMMAS:

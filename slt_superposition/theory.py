@@ -432,9 +432,9 @@ def dead_features_active(W, b, dead, xp=np):
     at w*). Returns (..., feature) booleans, False where `dead` is False. Traceable with xp=jax.numpy.
     """
     G = xp.swapaxes(W, -1, -2) @ W  # (..., feature j, feature i)
-    pre = G + b[..., :, None]  # [j, i]: output j's pre-activation on input e_i at u = 1
-    own = xp.maximum(b, xp.max(pre, axis=-1)) > 0  # feature i's own output turns on for some input
     bj = b[..., :, None]
+    pre = G + bj  # [j, i]: output j's pre-activation on input e_i at u = 1
+    own = xp.maximum(b, xp.max(pre, axis=-1)) > 0  # feature i's own output turns on for some input
     changed = xp.where(bj <= 0, pre > 0, G != 0)  # output j on input e_i differs from ReLU(b_j)
     n_features = W.shape[-1]
     changed = changed & ~xp.eye(n_features, dtype=bool)
