@@ -55,16 +55,33 @@ def refine(loss_fn: Callable, params: PyTree, data: PyTree, *, steps: int = REFI
 
 
 @functools.lru_cache(maxsize=16)
-def _batched_program(loss_fn: Callable, steps: int) -> Callable:
-    """One jitted program per (loss_fn, steps): `jax.jit`'s cache then compiles it once per input
-    shape, so repeated calls with the same loss function and shapes share one compilation (a new
-    lambda per call compiled every time). Compiled with XLA's default options, as `refine` alone
-    is: L-BFGS amplifies rounding differences, and tests/test_refine.py compares the two."""
-    return jax.jit(jax.vmap(lambda p, d: refine(loss_fn, p, d, steps=steps)))
+def _batched_program(loss_fn: Callable, steps: int, one_at_a_time: bool) -> Callable:
+    """One jitted program per (loss_fn, steps, layout): `jax.jit`'s cache then compiles it once
+    per input shape, so repeated calls with the same loss function and shapes share one
+    compilation (a new lambda per call compiled every time). Compiled with XLA's default
+    options, as `refine` alone is: L-BFGS amplifies rounding differences, and
+    tests/test_refine.py compares the two.
+
+    `one_at_a_time`: instances in sequence (`jax.lax.map`) instead of side by side
+    (`jax.vmap`). Under `vmap` the line search's while loop runs every instance for as many
+    trial steps as the slowest one needs, and the batched arithmetic rounds differently, which
+    L-BFGS amplifies: an instance's result then depends on which other instances share its
+    batch. In sequence each instance runs exactly as `refine` alone does
+    (`benchmarks/refine_batched.py` times both)."""
+    one = lambda p, d: refine(loss_fn, p, d, steps=steps)
+    if one_at_a_time:
+        return jax.jit(lambda params, data: jax.lax.map(lambda pd: one(*pd), (params, data)))
+    return jax.jit(jax.vmap(one))
 
 
-def refine_batched(loss_fn: Callable, params: PyTree, data: PyTree, *, steps: int = REFINE_STEPS
-                   ) -> tuple[PyTree, jax.Array, jax.Array]:
+def refine_batched(loss_fn: Callable, params: PyTree, data: PyTree, *, steps: int = REFINE_STEPS,
+                   one_at_a_time: bool | None = None) -> tuple[PyTree, jax.Array, jax.Array]:
     """`refine` for every instance in one program: params and data leaves `(instance, ...)`.
-    Returns (params, grad norm before `(instance,)`, grad norm after `(instance,)`)."""
-    return _batched_program(loss_fn, int(steps))(params, data)
+    Returns (params, grad norm before `(instance,)`, grad norm after `(instance,)`).
+
+    `one_at_a_time` (default: on a CPU) runs the instances in sequence inside the program, each
+    bit for bit as `refine` would; otherwise they run side by side (`jax.vmap`), which a GPU
+    may prefer, at the cost described in `_batched_program`."""
+    if one_at_a_time is None:
+        one_at_a_time = jax.default_backend() == "cpu"
+    return _batched_program(loss_fn, int(steps), bool(one_at_a_time))(params, data)

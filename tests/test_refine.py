@@ -20,3 +20,21 @@ def test_refinement_reaches_a_critical_point_of_the_empirical_loss_for_every_ins
         single, b, a = refine(loss_fn, one(params), one(data), steps=200)
         np.testing.assert_allclose(np.asarray(single["W"]), np.asarray(refined["W"][i]), rtol=1e-4, atol=1e-5)
         assert float(a) < 1e-4 * float(b)
+
+
+def test_instances_in_sequence_match_one_instance_calls_bit_for_bit_and_do_not_depend_on_their_batch():
+    """On a CPU `refine_batched` runs instances one at a time: each instance's result is what a
+    jitted `refine` alone gives, whichever instances share the call."""
+    train = train_grid(TrainConfig(n_features=5, n_hidden=2, feature_probabilities=(0.05, 0.3, 1.0), seeds=(0,),
+                                   steps=300, batch_size=256), progress=False)
+    loss_fn, params, data = llc_inputs(train, n_samples=512, key=jax.random.key(1))
+    whole = refine_batched(loss_fn, params, data, steps=60, one_at_a_time=True)
+    alone = jax.jit(lambda p, d: refine(loss_fn, p, d, steps=60))
+    for i in range(3):
+        one = lambda tree: jax.tree_util.tree_map(lambda x: x[i], tree)
+        single = alone(one(params), one(data))
+        part = refine_batched(loss_fn, jax.tree_util.tree_map(lambda x: x[i:], params),
+                              jax.tree_util.tree_map(lambda x: x[i:], data), steps=60, one_at_a_time=True)
+        for got in (jax.tree_util.tree_map(lambda x: x[i], whole), jax.tree_util.tree_map(lambda x: x[0], part)):
+            for a, b in zip(jax.tree_util.tree_leaves(single), jax.tree_util.tree_leaves(got)):
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
