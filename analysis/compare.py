@@ -36,7 +36,7 @@ from analysis.measures import (
     represented_features,
 )
 from analysis.weight_basis import llc_bound_check
-from slt_superposition.checks import BATCH_TOL, STEP_TOL, within
+from slt_superposition.checks import BATCH_TOL, MAX_RHAT, STEP_TOL, within
 
 GEOMETRY_TOLERANCE = 0.05
 """Two instances have the same geometry when they represent the same number of features and
@@ -186,6 +186,26 @@ def out_of_range_cause(ds: xr.Dataset) -> xr.DataArray:
     return xr.DataArray(cause, dims=ds["llc_mean"].dims, coords=ds["llc_mean"].coords,
                         attrs={"long_name": "why the estimate is out of range: " + ", ".join(OUT_OF_RANGE_CAUSES)
                                + " (first that applies; '' in range)"})
+
+
+UNTRUSTED_REASONS = ("R-hat", "step size", "batch", "divergence", "calibration unsettled")
+
+
+def untrusted_reasons(ds: xr.Dataset) -> dict[str, int]:
+    """How many estimates fail each part of `llc_trusted` (`UNTRUSTED_REASONS`; an estimate may
+    fail several, so the counts can add up to more than the untrusted ones): R-hat above
+    `MAX_RHAT`, the step-size or batch check not passed (`checks.within`: unresolved counts as
+    failed), a divergent chain, the calibration's chain-length rule never settled. Needs the
+    flagship's `llc_rhat`, `llc_step_check_*`, `llc_batch_check_*`, `llc_n_diverged` and
+    `llc_calibration_converged`."""
+    fails = {
+        "R-hat": ds["llc_rhat"].values > MAX_RHAT,
+        "step size": ~within(ds["llc_step_check_rel_diff"].values, ds["llc_step_check_se"].values, STEP_TOL),
+        "batch": ~within(ds["llc_batch_check_rel_diff"].values, ds["llc_batch_check_se"].values, BATCH_TOL),
+        "divergence": ds["llc_n_diverged"].values > 0,
+        "calibration unsettled": ~ds["llc_calibration_converged"].values.astype(bool),
+    }
+    return {reason: int(np.sum(fails[reason])) for reason in UNTRUSTED_REASONS}
 
 
 def relations(ds: xr.Dataset) -> xr.Dataset:

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from analysis.compare import OUT_OF_RANGE_CAUSES  # noqa: E402
+from analysis.compare import OUT_OF_RANGE_CAUSES, untrusted_reasons  # noqa: E402
 from slt_superposition import figure_style as fs  # noqa: E402
 
 
@@ -454,7 +454,8 @@ def findings(ds: xr.Dataset, dev: xr.Dataset | None = None, kgon_llc: dict[int, 
                      f"stopped moving with chain length on {c['converged']:.0%} of instances")
             text += (" (elsewhere it may still be moving: short chains read low at singular points)"
                      if c["converged"] < 1 else "")
-            text += f"; the stored bias checks pass (`llc_trusted`) on {c['trusted']:.0%}."
+            text += f"; the stored bias checks pass (`llc_trusted`) on {c['trusted']:.0%}"
+            text += _untrusted_counts(one) + "."
         out.append(text)
     if dev is not None:
         out.append(_development_finding(dev, kgon_llc or {}))
@@ -489,6 +490,17 @@ def _attribution(one: xr.Dataset) -> str:
     causes = one["out_of_range_cause"].values.ravel()
     counts = [(c, int((causes == c).sum())) for c in OUT_OF_RANGE_CAUSES]
     return "; each attributed to the first failing of: " + ", ".join(f"{c} {k}" for c, k in counts)
+
+
+def _untrusted_counts(one: xr.Dataset) -> str:
+    """' (not trusted: R-hat 3, step size 0, ... of N; an estimate may fail several)'."""
+    needed = ("llc_trusted", "llc_rhat", "llc_step_check_rel_diff", "llc_batch_check_rel_diff", "llc_n_diverged",
+              "llc_calibration_converged")
+    if any(name not in one for name in needed) or bool(one["llc_trusted"].all()):
+        return ""
+    counts = untrusted_reasons(one)
+    return (f" (failed, of {int(one['llc_trusted'].size)}: " + ", ".join(f"{r} {k}" for r, k in counts.items())
+            + "; an estimate may fail several)")
 
 
 def _development_finding(dev: xr.Dataset, kgon_llc: dict[int, float]) -> str:

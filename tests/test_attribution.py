@@ -31,3 +31,13 @@ def test_a_saddle_is_not_a_minimum_and_an_unresolved_check_is_a_failed_one():
     assert out_of_range_cause(ds).values[3] == "not a minimum"
     ds = stub(llc_step_check_se=np.full(5, 0.2))  # SE above the 5% tolerance: the check saw nothing
     assert (out_of_range_cause(ds).values[:4] == "step size").all()
+
+
+def test_untrusted_reasons_count_each_failing_check():
+    from analysis.compare import untrusted_reasons
+
+    ds = stub(llc_rhat=np.array([1.0, 1.3, 1.0, 1.05, 1.2]), llc_n_diverged=np.array([0, 0, 1, 0, 0]),
+              llc_calibration_converged=np.array([True, True, True, False, True]))
+    counts = untrusted_reasons(ds)
+    # step check fails on 0 and 4, batch on 1; R-hat on 1 and 4; one divergence; one unsettled
+    assert counts == {"R-hat": 2, "step size": 2, "batch": 1, "divergence": 1, "calibration unsettled": 1}
