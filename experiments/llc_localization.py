@@ -153,7 +153,7 @@ def run_trained(model: str, p: float, *, n: int, train_steps: int, calibration: 
     loss_fn, params, data = llc_inputs(train, n_samples=n, key=key)
     one = lambda tree: jax.tree_util.tree_map(lambda x: x[0], tree)
     params, data = one(params), one(data)
-    params, _, grad_norm = refine(loss_fn, params, data)
+    params, _, grad_norm = refine(loss_fn, params, data, tol=tms_llc_vs_n.REFINE_TOL)
     k_cal, k_est = jax.random.split(jax.random.fold_in(key, 1))
     config, _ = calibrate(loss_fn, params, data, key=k_cal, **calibration)
     eig = hessian_spectrum(loss_fn, params, data, method="exact").values

@@ -76,7 +76,8 @@ class FlagshipConfig:
     calibration_long_check_steps: int = 7200  # calibrate's long-chain bias check (stage 3) at most this long
     check_steps: int = 300  # short paired runs of the minibatch check (calibration) and the stored bias checks
     hessian_samples: int = 2048
-    refine_steps: int = 300  # L-BFGS iterations on L_n before the LLC and the Hessian (analysis.refine)
+    refine_steps: int = 300  # at most this many L-BFGS iterations on L_n before the LLC and the Hessian (analysis.refine)
+    refine_tol: float = 1e-6  # ... stopping once ||grad L_n|| is at most this
     sae_seeds: int = 1  # SAEs are trained on the first `sae_seeds` seeds of every feature probability
     sae_samples: int = 8192
     sae_steps: int = 3000
@@ -141,7 +142,8 @@ def _refined_inputs(train: xr.Dataset, config: FlagshipConfig, key):
     loss_fn, params, data = _grid_inputs(train, config.llc_samples, key)
     grid_shape = grid.grid_shape(train)
     flat = lambda tree: jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[len(grid_shape):]), tree)
-    refined, before, after = refine_batched(loss_fn, flat(params), flat(data), steps=config.refine_steps)
+    refined, before, after = refine_batched(loss_fn, flat(params), flat(data), steps=config.refine_steps,
+                                            tol=config.refine_tol)
     params = jax.tree_util.tree_map(lambda x: x.reshape(grid_shape + x.shape[1:]), refined)
     return loss_fn, params, data, {"before": np.asarray(before).reshape(grid_shape),
                                    "after": np.asarray(after).reshape(grid_shape)}

@@ -38,3 +38,14 @@ def test_instances_in_sequence_match_one_instance_calls_bit_for_bit_and_do_not_d
         for got in (jax.tree_util.tree_map(lambda x: x[i], whole), jax.tree_util.tree_map(lambda x: x[0], part)):
             for a, b in zip(jax.tree_util.tree_leaves(single), jax.tree_util.tree_leaves(got)):
                 np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_refinement_stops_once_the_gradient_is_below_its_tolerance():
+    train = train_grid(TrainConfig(n_features=5, n_hidden=2, feature_probabilities=(0.3,), seeds=(0,),
+                                   steps=300, batch_size=256), progress=False)
+    loss_fn, params, data = llc_inputs(train, n_samples=512, key=jax.random.key(2))
+    one = lambda tree: jax.tree_util.tree_map(lambda x: x[0], tree)
+    loose, before, after_loose = refine(loss_fn, one(params), one(data), tol=1e-3)
+    tight, _, after_tight = refine(loss_fn, one(params), one(data), tol=0.0)
+    assert float(after_loose) <= 1e-3 < float(before)
+    assert float(after_tight) < 1e-2 * float(after_loose)  # the loose run stopped early, the tight one went on
