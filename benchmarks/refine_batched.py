@@ -3,7 +3,7 @@
     python benchmarks/refine_batched.py --features 4 --probabilities 2 --seeds 8 --n-samples 4096
 
 Trains the grid (500 steps), draws each instance's n samples as the flagship does, and times
-`refine_batched` at 300 L-BFGS iterations both ways, side by side: instances in sequence inside
+`refine_batched` at up to 300 L-BFGS iterations (stopping at `--tol`) both ways, side by side: instances in sequence inside
 the program (`one_at_a_time=True`, the CPU default) and side by side (`jax.vmap`), each twice
 (the first call includes compiling); then prints the largest gradient norm after each.
 """
@@ -16,7 +16,7 @@ import time
 import jax
 import numpy as np
 
-from analysis.refine import REFINE_STEPS, refine_batched
+from analysis.refine import REFINE_STEPS, REFINE_TOL, refine_batched
 from experiments.weights_vs_activations import _grid_inputs
 from slt_superposition import grid
 from toy_models.train import TrainConfig, train_grid
@@ -29,7 +29,9 @@ def main() -> None:
     parser.add_argument("--probabilities", type=int, default=2, help="feature probabilities, log-spaced over [0.01, 1]")
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--n-samples", type=int, default=4096)
-    parser.add_argument("--steps", type=int, default=REFINE_STEPS, help="L-BFGS iterations")
+    parser.add_argument("--steps", type=int, default=REFINE_STEPS, help="at most this many L-BFGS iterations")
+    parser.add_argument("--tol", type=float, default=REFINE_TOL,
+                        help="stop an instance once ||grad L_n|| <= tol (0: always all iterations)")
     args = parser.parse_args()
     probabilities = tuple(float(p) for p in np.geomspace(1.0, 0.01, args.probabilities))
     train = train_grid(TrainConfig(n_features=args.features, n_hidden=args.hidden, feature_probabilities=probabilities,
@@ -42,9 +44,10 @@ def main() -> None:
     for one_at_a_time, layout in ((True, "in sequence"), (False, "side by side (vmap)")):
         for label in ("first call (compiles)", "repeated call"):
             start = time.perf_counter()
-            _, _, after = jax.block_until_ready(refine_batched(loss_fn, params, data, steps=args.steps,
+            _, _, after = jax.block_until_ready(refine_batched(loss_fn, params, data, steps=args.steps, tol=args.tol,
                                                                one_at_a_time=one_at_a_time))
-            print(f"{n_inst} instances x n = {args.n_samples}, {args.steps} L-BFGS iterations, {layout}, {label}: "
+            print(f"{n_inst} instances x n = {args.n_samples}, {args.steps} L-BFGS iterations (tol {args.tol:g}), "
+                  f"{layout}, {label}: "
                   f"{time.perf_counter() - start:.1f} s; largest ||grad L_n|| after {float(np.max(after)):.2e}",
                   flush=True)
 
