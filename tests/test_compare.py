@@ -174,6 +174,19 @@ def test_flagship_tiny_grid_is_reproducible_and_self_describing(tmp_path):
     assert "## Susceptibilities and retraining" in report
     found = re.search(r"region (\d+) instances, median [-\d.na]+; outside (\d+)", report)
     assert found and int(found[1]) + int(found[2]) == 6  # every instance (3 p x 2 seeds) on one side
+    # what the run says so far, from its finished chunks: the report's per-model findings, then the checks' power
+    import contextlib
+    import io
+
+    from analysis.flagship_summary import main as summarize
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        summarize([str(tmp_path / "a" / "sweep")])
+    summary = printed.getvalue()
+    model_finding = next(line for line in report.splitlines() if line.startswith("- **n=5, m=2**"))
+    assert model_finding in summary.splitlines()
+    assert "Stored checks of 100 steps" in summary and "| n5_m2 | batch |" in summary
 
 
 def test_degeneracy_budget_adds_up():
