@@ -23,6 +23,8 @@ draws (common random numbers), so the difference isolates the change of the data
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import xarray as xr
 
@@ -296,3 +298,14 @@ def compare(train: xr.Dataset, llc: xr.Dataset, basis: xr.Dataset | None = None,
     if sae is not None:
         ds = ds.merge(sae, compat="override", join="left", combine_attrs="drop_conflicts")
     return ds
+
+
+def join_models(parts: list[xr.Dataset]) -> xr.Dataset:
+    """Stack the flagship's per-model datasets along `model` (per-model attrs go into a JSON attr)."""
+    per_model = {str(p["model"].values[0]): {k: v for k, v in p.attrs.items() if k in ("calibration",)} for p in parts}
+    # model labels as Python strings: concat kept the first part's fixed width ('<U5') and cut "n20_m5" to "n20_m"
+    parts = [p.assign_coords(model=p["model"].values.astype(object)) for p in parts]
+    stacked = xr.concat([p.drop_attrs(deep=False) for p in parts], "model", join="outer", fill_value=np.nan,
+                        coords="different", compat="equals")
+    stacked.attrs["per_model"] = json.dumps(per_model)
+    return stacked

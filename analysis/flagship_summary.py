@@ -18,17 +18,16 @@ from pathlib import Path
 import xarray as xr
 
 from analysis.check_power import check_power
+from analysis.compare import join_models
 from analysis.compare_plots import findings, headline
 
 
 def finished_models(sweep_dir: Path) -> xr.Dataset:
     """The finished chunks of a flagship sweep folder, joined along `model` as the run joins them."""
-    from experiments.weights_vs_activations import _combine
-
     paths = sorted(Path(sweep_dir).glob("chunk-*.nc"))
     if not paths:
         raise SystemExit(f"no finished model in {sweep_dir} (no chunk-*.nc)")
-    return _combine([xr.load_dataset(p) for p in paths])
+    return join_models([xr.load_dataset(p) for p in paths])
 
 
 def main(argv=None) -> None:

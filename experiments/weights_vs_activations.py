@@ -28,7 +28,7 @@ import jax
 import numpy as np
 import xarray as xr
 
-from analysis.compare import compare, out_of_range_cause
+from analysis.compare import compare, join_models, out_of_range_cause
 from analysis.development import development
 from analysis.measures import feature_norms, represented_features
 from analysis.refine import refine_batched
@@ -302,17 +302,6 @@ def compute_model(n: int, m: int, config: FlagshipConfig, out_dir: Path, progres
     return ds.expand_dims(model=[label]).assign_coords(n_features=("model", [n]), n_hidden=("model", [m]))
 
 
-def _combine(parts: list[xr.Dataset]) -> xr.Dataset:
-    """Stack per-model datasets along `model` (per-model attrs go into a JSON attr)."""
-    per_model = {str(p["model"].values[0]): {k: v for k, v in p.attrs.items() if k in ("calibration",)} for p in parts}
-    # model labels as Python strings: concat kept the first part's fixed width ('<U5') and cut "n20_m5" to "n20_m"
-    parts = [p.assign_coords(model=p["model"].values.astype(object)) for p in parts]
-    stacked = xr.concat([p.drop_attrs(deep=False) for p in parts], "model", join="outer", fill_value=np.nan,
-                        coords="different", compat="equals")
-    stacked.attrs["per_model"] = json.dumps(per_model)
-    return stacked
-
-
 SIZES = {"quick": QUICK, "default": FlagshipConfig(), "full": FULL}
 
 
@@ -329,7 +318,7 @@ def run(out_dir: Path, *, size: str = "default", progress: bool = True,
     ds = run_sweep(
         NAME, config_dict, chunks,
         lambda c: compute_model(c["n_features"], c["n_hidden"], config, out_dir, progress),
-        out_dir / "sweep", combine=_combine, progress=progress,
+        out_dir / "sweep", combine=join_models, progress=progress,
     )
     ds.attrs.update(provenance_attrs("compare", config_dict))
     save_dataset(ds, out_dir / "weights_vs_activations.nc")

@@ -117,7 +117,8 @@ def test_flagship_tiny_grid_is_reproducible_and_self_describing(tmp_path):
     import json
     import re
 
-    from experiments.weights_vs_activations import FlagshipConfig, _combine, compute_model, run
+    from analysis.compare import join_models
+    from experiments.weights_vs_activations import FlagshipConfig, compute_model, run
     from slt_superposition.io import save_dataset
 
     config = FlagshipConfig(
@@ -131,7 +132,7 @@ def test_flagship_tiny_grid_is_reproducible_and_self_describing(tmp_path):
     first = run(tmp_path / "a", config=config, progress=False)
     # reproducible: the model's chunk computed again (everything weights_vs_activations.nc holds;
     # the second pass skips the development part and the figures, which the file does not hold)
-    again = _combine([compute_model(5, 2, config, tmp_path / "b", progress=False)])
+    again = join_models([compute_model(5, 2, config, tmp_path / "b", progress=False)])
     save_dataset(again, tmp_path / "b" / "weights_vs_activations.nc")
     a = xr.open_dataset(tmp_path / "a" / "weights_vs_activations.nc").load()
     b = xr.open_dataset(tmp_path / "b" / "weights_vs_activations.nc").load()
