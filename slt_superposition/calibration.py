@@ -35,8 +35,10 @@ so step sizes are compared on common random numbers.
 4. **Minibatch bias.** At the chosen step size, a short run (at most `batch_check_steps`) with
    the minibatch and the same run with full batch, paired (same keys): the minibatch estimate
    must be within `batch_tol` (2%) of the full-batch one, allowing 2 SE of the paired
-   difference. If some instance fails, the next batch size of `batch_sizes` (x4, up to full
-   batch) is checked for every instance, and the first that passes everywhere is returned.
+   difference, and the check must resolve `batch_tol` (SE at most `batch_tol`): the rule of the
+   stored batch check (`checks.within`), so that a batch the calibration keeps is not one whose
+   stored check then fails as unresolved. If some instance fails, the next batch size (x4, up
+   to full batch) is checked for every instance, and the first that passes everywhere is returned.
 
 The returned dataset records every decision: per instance and step size the sweep estimate,
 acceptance, divergence, health and the bias check; per chain length the estimate; the long
@@ -56,6 +58,7 @@ import numpy as np
 import xarray as xr
 
 from slt_superposition.chain import ChainShape
+from slt_superposition.checks import within
 from slt_superposition.curvature import curvature_batched, quadratic_llc, step_size_bound
 from slt_superposition.errors import check_batch_size, require
 from slt_superposition.diagnostics import batch_means_se, masked_rhat
@@ -393,8 +396,9 @@ class BatchCheckStage(NamedTuple):
 def batch_check_stage(sampler: Sampler, key, eps, num_steps, localization, *, batch_size, n, nbeta, tol, check_steps,
                       progress) -> BatchCheckStage:
     """Paired short runs (same keys) with the minibatch and with full batch at each instance's
-    step size; if any instance differs by more than `tol` (allowing 2 SE of the paired
-    difference), the next batch size (x4) is tried, up to full batch."""
+    step size; unless every instance passes the stored check's rule (`checks.within`: the
+    paired difference resolved to SE <= `tol` and within `tol` + 2 SE), the next batch size (x4)
+    is tried, up to full batch."""
     n_inst = sampler.n_instances
     steps = np.minimum(num_steps, check_steps)
     candidates = []
@@ -421,7 +425,9 @@ def batch_check_stage(sampler: Sampler, key, eps, num_steps, localization, *, ba
                 diff_se = nbeta * batch_means_se(res.trace.astype(np.float64) - full.trace, res.post, healthy,
                                                  BATCH_MEANS)
                 rel = diff / np.abs(full.llc)
-            ok = np.abs(diff) <= tol * np.abs(full.llc) + 2 * np.nan_to_num(diff_se)
+            # the stored check's rule (`checks.within`): resolved (SE <= tol) and within tol + 2 SE;
+            # a check too short to resolve the tolerance has not shown that the batch is harmless
+            ok = np.isfinite(rel) & within(rel, diff_se / np.abs(full.llc), tol)
             for k, v in zip(("llc", "rel", "se", "ok"), (res.llc, rel, diff_se, ok)):
                 rows[k].append(v)
             if ok.all():
@@ -613,7 +619,8 @@ def calibration_dataset(dims, step_sizes, sweep: SweepStage, short: ShortBiasSta
         "llc_full_batch_check": var(B, batch.llc_full, "LLC of the same run (same keys) with full batch"),
         "batch_check_rel_diff": var(B, batch.rel_diff, "(minibatch - full batch) / |full batch| of the paired runs"),
         "batch_check_se": var(B, batch.diff_se, "standard error of the paired difference"),
-        "batch_check_passed": flag(B, batch.passed, "|difference| <= batch_tol |full batch| + 2 SE"),
+        "batch_check_passed": flag(B, batch.passed, "SE <= batch_tol |full batch| and |difference| <= "
+                                                    "batch_tol |full batch| + 2 SE"),
         "hessian_top_eigenvalue": var(inst, curvature["top"], "largest eigenvalue of the Hessian of L_n at w*"),
         "step_size_bound": var(inst, bound, "largest step size whose quadratic-approximation discretisation bias is "
                                             "at most curvature_tol"),
@@ -670,8 +677,9 @@ def calibration_dataset(dims, step_sizes, sweep: SweepStage, short: ShortBiasSta
             f"allowance)"),
         batch_rule=(
             f"paired short runs (at most {settings['batch_check_steps']} steps, same keys) with the minibatch and "
-            f"full batch: |difference| <= {settings['batch_tol']:.0%} of the full-batch estimate + 2 SE on every "
-            f"instance, else the next batch size (x4, up to full batch)"),
+            f"full batch: its SE at most {settings['batch_tol']:.0%} of the full-batch estimate and |difference| <= "
+            f"{settings['batch_tol']:.0%} of it + 2 SE on every instance, else the next batch size (x4, up to full "
+            f"batch)"),
     )
     return ds
 

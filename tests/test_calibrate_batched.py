@@ -101,3 +101,41 @@ def test_calibrate_is_the_one_instance_case(grid):
     assert single.step_size == float(np.asarray(batched.step_size)[0])
     assert single.num_steps == int(np.asarray(batched.num_steps)[0])
     np.testing.assert_array_equal(ds_single["llc_sweep"].values, ds_batched["llc_sweep"].values[0])
+
+
+def _fake_sampler(noise_of_batch):
+    """A `Sampler` whose minibatch runs equal full batch on average (llc 10, no bias) with a
+    paired per-block difference of standard deviation `noise_of_batch[batch]`; one instance."""
+    from slt_superposition.calibration import TRACE_BLOCKS, Runs, Sampler
+
+    def run(key, step_size, num_steps, localization, batch_size):
+        rng = np.random.default_rng(0)
+        chains = 4
+        trace = np.zeros((1, chains, TRACE_BLOCKS))
+        if batch_size is not None:  # a zero-mean paired difference of this size per block
+            noise = rng.normal(size=trace.shape)
+            trace = (noise - noise.mean()) * noise_of_batch[batch_size]
+        post = np.zeros((1, TRACE_BLOCKS), bool)
+        post[:, TRACE_BLOCKS // 2:] = True
+        per_chain = np.full((1, chains), 10.0)
+        one = np.ones(1)
+        return Runs(10 * one, 0.1 * one, 0.9 * one, 0 * one, one, per_chain, trace, post)
+
+    return Sampler(run, 1)
+
+
+def test_the_minibatch_check_keeps_a_batch_only_where_it_resolved_the_tolerance():
+    """The calibration's batch rule is the stored check's (`checks.within`): a batch whose paired
+    difference is zero but whose check cannot resolve 2% is not kept; the next batch size is
+    tried (here its check resolves, so it is kept)."""
+    from slt_superposition.calibration import batch_check_stage
+
+    nbeta = 1.0
+    noisy = {100: 50.0, 400: 0.001}  # per-block SD of the paired difference: unresolved, then resolved
+    stage = batch_check_stage(_fake_sampler(noisy), jax.random.key(0), np.array([1e-4]), np.array([1000]),
+                              np.array([1.0]), batch_size=100, n=3000, nbeta=nbeta, tol=0.02, check_steps=1000,
+                              progress=False)
+    assert stage.batch_sizes == [100, 400] and stage.chosen == 400
+    assert np.abs(stage.rel_diff[0, 0]) < 0.02  # agreed within the tolerance, yet was not kept
+    assert stage.diff_se[0, 0] / 10 > 0.02 and not stage.passed[0, 0]
+    assert stage.passed[0, 1] and stage.diff_se[0, 1] / 10 <= 0.02
