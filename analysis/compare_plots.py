@@ -300,7 +300,8 @@ def _development_limits(llc: np.ndarray, theory: np.ndarray, pad: float = 0.15) 
 def plot_development(dev: xr.Dataset, out_dir: Path, kgon_llc: dict[int, float] | None = None) -> list[Path]:
     """Loss, LLC and k/m of every snapshot along training. The LLC panel draws each seed's
     estimates (solid) with the theoretical lambda of each snapshot's critical-point class
-    (dashed, same colour; a gap where the class has no theory); its limits come from the
+    (dashed, same colour; a gap where the class has no theory), estimates whose stored bias
+    checks did not all pass (`llc_trusted`) as open circles; its limits come from the
     converged values (`_development_limits`) and estimates outside them are drawn as
     triangles on the edge. Without class variables (older datasets) the k-gon levels
     `kgon_llc` are drawn instead."""
@@ -310,6 +311,8 @@ def plot_development(dev: xr.Dataset, out_dir: Path, kgon_llc: dict[int, float] 
         steps = dev["snapshot"].values
         has_classes = "class_llc" in dev
         llc = dev["llc_mean"].transpose("seed", "snapshot").values
+        trusted = (dev["llc_trusted"].transpose("seed", "snapshot").values.astype(bool) if "llc_trusted" in dev
+                   else np.ones(llc.shape, bool))
         theory = dev["class_llc"].transpose("seed", "snapshot").values if has_classes else np.full_like(llc, np.nan)
         lo, hi = _development_limits(llc, theory if has_classes else np.array(list(kgon_llc.values()), float))
         fig, axes = fs.subplots(3, 1, width=fs.COLUMN * 1.5, panel_aspect=0.3, sharex=True)
@@ -321,7 +324,9 @@ def plot_development(dev: xr.Dataset, out_dir: Path, kgon_llc: dict[int, float] 
             color = line.get_color()
             axes[1].plot(steps, np.clip(llc[s], lo, hi), "-", lw=1, color=color)
             inside = (llc[s] >= lo) & (llc[s] <= hi)
-            axes[1].plot(steps[inside], llc[s][inside], "o", ms=2, color=color)
+            for shown, face in ((inside & trusted[s], color), (inside & ~trusted[s], "none")):
+                if shown.any():  # open circles: the estimate's stored bias checks did not all pass
+                    axes[1].plot(steps[shown], llc[s][shown], "o", ms=3, color=color, mfc=face)
             for edge, marker, off in ((lo, "v", llc[s] < lo), (hi, "^", llc[s] > hi)):
                 if off.any():  # an empty unclipped line would stretch the layout to the figure's origin
                     axes[1].plot(steps[off], np.full(off.sum(), edge), marker, ms=6, color=color, clip_on=False)
@@ -352,6 +357,8 @@ def plot_development(dev: xr.Dataset, out_dir: Path, kgon_llc: dict[int, float] 
         note = "dashed: lambda of the snapshot's class (gap: no theory)" if has_classes else "dashed: k-gon lambdas"
         if n_off:
             note += f"; {n_off} estimates off scale (triangles on the edge)"
+        if "llc_trusted" in dev:
+            note += "; open circles: not trusted"
         axes[1].set_title(note, fontsize=8)
         axes[2].set_ylabel("k / m")
         axes[2].set_xlabel("training step")

@@ -19,6 +19,7 @@ import numpy as np
 import xarray as xr
 
 from analysis.measures import n_represented, overcompleteness
+from slt_superposition.checks import CHECK_STEPS
 from slt_superposition.llc import SGLDConfig, estimate_llc_batched
 from slt_superposition.theory import KGON_N_FEATURES, KGON_N_HIDDEN, critical_point_class
 from slt_superposition.grid import GRID_DIMS, complete, grid_coords, unflatten
@@ -32,10 +33,12 @@ def snapshot_params(train: xr.Dataset) -> dict[str, jax.Array]:
     return {"W": jnp.asarray(W, jnp.float32), "b": jnp.asarray(b, jnp.float32)}
 
 
-def snapshot_llc(train: xr.Dataset, *, sgld: SGLDConfig, n_samples: int, key) -> xr.Dataset:
+def snapshot_llc(train: xr.Dataset, *, sgld: SGLDConfig, n_samples: int, key, check_steps: int = CHECK_STEPS
+                 ) -> xr.Dataset:
     """The LLC of every snapshot of every instance of `train`, in one program.
 
-    Each snapshot is sampled against its own instance's data (n_samples draws). Returns an
+    Each snapshot is sampled against its own instance's data (n_samples draws); its stored bias
+    checks are paired runs of at most `check_steps` steps. Returns an
     `llc` dataset with dims (feature_probability, importance_decay, seed, snapshot, chain, ...).
     """
     data_key, chain_key = jax.random.split(key)
@@ -49,7 +52,8 @@ def snapshot_llc(train: xr.Dataset, *, sgld: SGLDConfig, n_samples: int, key) ->
         data,
     )
     dims = grid_coords(train) | {"snapshot": train["snapshot"].values}
-    return estimate_llc_batched(loss_fn, params, data, config=sgld, key=chain_key, instance_dims=dims)
+    return estimate_llc_batched(loss_fn, params, data, config=sgld, key=chain_key, instance_dims=dims,
+                                check_steps=check_steps)
 
 
 def is_chen_setting(n_features: int, n_hidden: int, data: str) -> bool:
@@ -98,18 +102,20 @@ def snapshot_classes(W: xr.DataArray, b: xr.DataArray) -> xr.Dataset:
     return xr.Dataset(data)
 
 
-def development(config: TrainConfig, *, sgld: SGLDConfig, n_samples: int, key, progress: bool = True) -> xr.Dataset:
+def development(config: TrainConfig, *, sgld: SGLDConfig, n_samples: int, key, check_steps: int = CHECK_STEPS,
+                progress: bool = True) -> xr.Dataset:
     """Train `config` (which must ask for `snapshot_steps`) and measure every snapshot.
 
     Returns a dataset over (grid..., snapshot) with `llc_mean`, `llc_std`, `n_represented`,
     `overcompleteness`, `snapshot_loss` (the LLC's init loss: the loss at the snapshot on the
-    LLC data), `mala_acceptance`, the weights `W_snapshot` and `b_snapshot`, plus the final
+    LLC data), `mala_acceptance`, `llc_trusted` (the estimate's stored bias checks, of at most
+    `check_steps` steps, all passed: `slt_superposition.checks`), the weights `W_snapshot` and `b_snapshot`, plus the final
     training `loss_curve`; in the Chen et al. setting also the `snapshot_classes` variables.
     """
     if not config.snapshot_steps:
         config = dataclasses.replace(config, snapshot_steps=tuple(np.unique(np.geomspace(1, config.steps, 30).astype(int))))
     train = train_grid(config, progress=progress)
-    llc = snapshot_llc(train, sgld=sgld, n_samples=n_samples, key=key)
+    llc = snapshot_llc(train, sgld=sgld, n_samples=n_samples, key=key, check_steps=check_steps)
     W = train["W_snapshot"]
     k = n_represented(W)
     out = xr.Dataset(
@@ -118,6 +124,7 @@ def development(config: TrainConfig, *, sgld: SGLDConfig, n_samples: int, key, p
             "llc_std": llc["llc_std"],
             "mala_acceptance": llc["mala_acceptance"].mean("chain").assign_attrs(
                 long_name="MALA acceptance proxy, mean over chains", units="1"),
+            "llc_trusted": llc["trusted"],
             "snapshot_loss": llc["init_loss"].assign_attrs(long_name="loss at the snapshot (LLC data)", units="loss"),
             "n_represented": k,
             "overcompleteness": overcompleteness(W).assign_attrs(

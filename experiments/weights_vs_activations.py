@@ -332,7 +332,7 @@ def run(out_dir: Path, *, size: str = "default", progress: bool = True,
     )
     dev_sgld = _development_sgld(dev_config, config, out_dir)
     dev = development(dev_config, sgld=dev_sgld, n_samples=config.llc_samples,
-                      key=jax.random.key(config.seed + 1), progress=progress)
+                      key=jax.random.key(config.seed + 1), check_steps=config.check_steps, progress=progress)
     dev.attrs.update(provenance_attrs("development", {"train": dataclasses.asdict(dev_config),
                                                       "sgld": dev_sgld.to_dict()}))
     save_dataset(dev, out_dir / "development.nc")

@@ -159,6 +159,9 @@ def test_flagship_tiny_grid_is_reproducible_and_self_describing(tmp_path):
     assert "Of the 3 instances the SAE was trained on" in report
     assert xr.open_dataset(tmp_path / "a" / "calibration" / "development.nc").attrs["slt_superposition_kind"] == \
         "calibration"
+    # the development snapshots keep their stored checks' verdict (the figure draws untrusted ones open)
+    dev = xr.open_dataset(tmp_path / "a" / "development.nc").load()
+    assert dev["llc_trusted"].dtype == bool and dev["llc_trusted"].shape == dev["llc_mean"].shape
     for figure in ("sparsity_curves.png", "scatter.png", "fragility.png", "development.png",
                    "fragility_susceptibility.png"):
         assert (tmp_path / "a" / figure).stat().st_size > 0
