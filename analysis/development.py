@@ -109,8 +109,9 @@ def development(config: TrainConfig, *, sgld: SGLDConfig, n_samples: int, key, c
     Returns a dataset over (grid..., snapshot) with `llc_mean`, `llc_std`, `n_represented`,
     `overcompleteness`, `snapshot_loss` (the LLC's init loss: the loss at the snapshot on the
     LLC data), `mala_acceptance`, `llc_trusted` (the estimate's stored bias checks, of at most
-    `check_steps` steps, all passed: `slt_superposition.checks`), the weights `W_snapshot` and `b_snapshot`, plus the final
-    training `loss_curve`; in the Chen et al. setting also the `snapshot_classes` variables.
+    `check_steps` steps, all passed: `slt_superposition.checks`), the weights `W_snapshot` and
+    `b_snapshot`, plus the final training `loss_curve`; in the Chen et al. setting also the
+    `snapshot_classes` variables.
     """
     if not config.snapshot_steps:
         config = dataclasses.replace(config, snapshot_steps=tuple(np.unique(np.geomspace(1, config.steps, 30).astype(int))))
