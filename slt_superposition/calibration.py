@@ -686,6 +686,7 @@ def calibration_dataset(dims, step_sizes, sweep: SweepStage, short: ShortBiasSta
 
 def _verdicts(ds: xr.Dataset, settings: dict, batch: BatchCheckStage) -> list[str]:
     inst = [d for d in ds["chosen_step_size"].dims]
+    ds = ds.drop_dims("batch_check")  # unused here, and of size 0 when no minibatch was checked (full batch)
     flat = ds.stack(_i=inst) if inst else ds.expand_dims(_i=[0])
     out = []
     batch_text = ("full batch" if batch.chosen is None else f"batch {batch.chosen}")

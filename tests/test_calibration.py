@@ -128,6 +128,16 @@ def test_localization_escalates_only_when_the_length_rule_fails(problem):
     assert ds["localization"].values.tolist() == [1.0] and first.localization == 1.0 and ds.attrs["converged"] == 1
 
 
+def test_full_batch_calibration_checks_no_minibatch(problem, tmp_path):
+    params, data = problem
+    config, ds = calibrate(dln_loss, params, data, key=jax.random.key(2), batch_size=None, num_chains=2,
+                           step_sizes=STEP_SIZES, sweep_steps=200, min_steps=500, max_steps=2000)
+    assert config.batch_size is None and ds.attrs["chosen_batch_size"] == -1
+    assert ds.sizes["batch_check"] == 0 and "full batch" in ds.attrs["verdict"]
+    (path,) = plot_calibration(ds, tmp_path)
+    assert path.exists()
+
+
 def test_dataset_records_why(calibrated):
     _, ds = calibrated
     assert ds.attrs["slt_superposition_kind"] == "calibration"
