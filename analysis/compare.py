@@ -162,7 +162,7 @@ def degeneracy_budget(train: xr.Dataset, weights: xr.Dataset) -> xr.Dataset:
     })
 
 
-OUT_OF_RANGE_CAUSES = ("step size", "batch", "not a minimum", "none of these")
+OUT_OF_RANGE_CAUSES = ("step size", "batch", "not a minimum", "finite n", "none of these")
 MINIMUM_GRAD_TOL = 1e-3  # ||grad L_n|| above this at the LLC's w*: not a critical point
 NEGATIVE_CURVATURE_RTOL = 1e-3  # a Hessian eigenvalue below -rtol x the largest: a saddle
 
@@ -171,11 +171,13 @@ def out_of_range_cause(ds: xr.Dataset) -> xr.DataArray:
     """Why an out-of-range estimate (`budget_out_of_range`) is out of range, the first that
     applies of `OUT_OF_RANGE_CAUSES`: its stored step-size check failed ("step size"); its batch
     check failed ("batch"); w* is not a minimum of L_n (||grad L_n|| above `MINIMUM_GRAD_TOL`
-    or a Hessian eigenvalue below -`NEGATIVE_CURVATURE_RTOL` x the largest); else "none of
-    these" (what is left for the finite-n / ReLU-kink effect that `reproduce tms-llc-vs-n`
-    measures). "" for instances in range. Needs the flagship's check variables
-    (`llc_step_check_rel_diff`, `llc_step_check_se`, `llc_batch_check_*`), `grad_norm_refined`
-    and `hessian_eigenvalues`; returns an object array with the instance dims."""
+    or a Hessian eigenvalue below -`NEGATIVE_CURVATURE_RTOL` x the largest); above the symmetry
+    bound with all of those passed: "finite n", the excess of trained TMS at finite n that
+    `reproduce tms-llc-vs-n` measures shrinking with n (docs/experiments/tms_llc_vs_n.md), here
+    by elimination; else (below 0 with everything passed) "none of these". "" for instances in
+    range. Needs the flagship's check variables (`llc_step_check_rel_diff`, `llc_step_check_se`,
+    `llc_batch_check_*`), `grad_norm_refined`, `hessian_eigenvalues` and the budget
+    (`excess_degeneracy`, `excess_degeneracy_se`); returns an object array with the instance dims."""
     step_ok = within(ds["llc_step_check_rel_diff"].values, ds["llc_step_check_se"].values, STEP_TOL)
     batch_ok = within(ds["llc_batch_check_rel_diff"].values, ds["llc_batch_check_se"].values, BATCH_TOL)
     eig = ds["hessian_eigenvalues"]
@@ -183,7 +185,8 @@ def out_of_range_cause(ds: xr.Dataset) -> xr.DataArray:
     top = eig.max(eig_dim)
     saddle = (eig.min(eig_dim) < -NEGATIVE_CURVATURE_RTOL * top).values
     minimum = ~saddle & ~(ds["grad_norm_refined"].values > MINIMUM_GRAD_TOL)
-    cause = np.select([~step_ok, ~batch_ok, ~minimum], list(OUT_OF_RANGE_CAUSES[:3]), OUT_OF_RANGE_CAUSES[3])
+    above = (ds["excess_degeneracy"] < -2 * ds["excess_degeneracy_se"]).values
+    cause = np.select([~step_ok, ~batch_ok, ~minimum, above], list(OUT_OF_RANGE_CAUSES[:4]), OUT_OF_RANGE_CAUSES[4])
     cause = np.where(ds["budget_out_of_range"].values.astype(bool), cause, "").astype(object)
     return xr.DataArray(cause, dims=ds["llc_mean"].dims, coords=ds["llc_mean"].coords,
                         attrs={"long_name": "why the estimate is out of range: " + ", ".join(OUT_OF_RANGE_CAUSES)

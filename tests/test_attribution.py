@@ -7,12 +7,14 @@ from analysis.compare import out_of_range_cause
 
 
 def stub(**overrides):
-    n = 5
+    n = 6
     base = dict(
-        llc_mean=np.ones(n), budget_out_of_range=np.array([True, True, True, True, False]),
-        llc_step_check_rel_diff=np.array([0.2, 0.0, 0.0, 0.0, 0.2]), llc_step_check_se=np.full(n, 0.01),
-        llc_batch_check_rel_diff=np.array([0.0, 0.1, 0.0, 0.0, 0.0]), llc_batch_check_se=np.full(n, 0.005),
-        grad_norm_refined=np.array([0.0, 0.0, 0.1, 0.0, 0.0]))
+        llc_mean=np.ones(n), budget_out_of_range=np.array([True, True, True, True, True, False]),
+        # above the symmetry bound (excess < -2 SE) but for the fifth, out of range below 0
+        excess_degeneracy=np.array([-1.0, -1.0, -1.0, -1.0, 3.0, 0.0]), excess_degeneracy_se=np.full(n, 0.1),
+        llc_step_check_rel_diff=np.array([0.2, 0.0, 0.0, 0.0, 0.0, 0.2]), llc_step_check_se=np.full(n, 0.01),
+        llc_batch_check_rel_diff=np.array([0.0, 0.1, 0.0, 0.0, 0.0, 0.0]), llc_batch_check_se=np.full(n, 0.005),
+        grad_norm_refined=np.array([0.0, 0.0, 0.1, 0.0, 0.0, 0.0]))
     base.update(overrides)
     ds = xr.Dataset({k: ("instance", v) for k, v in base.items()})
     eig = np.tile(np.linspace(0.0, 2.0, 4), (n, 1))
@@ -22,22 +24,22 @@ def stub(**overrides):
 
 def test_first_failing_cause_in_order():
     causes = out_of_range_cause(stub()).values.tolist()
-    assert causes == ["step size", "batch", "not a minimum", "none of these", ""]
+    assert causes == ["step size", "batch", "not a minimum", "finite n", "none of these", ""]
 
 
 def test_a_saddle_is_not_a_minimum_and_an_unresolved_check_is_a_failed_one():
     ds = stub()
     ds["hessian_eigenvalues"][3, 0] = -0.5  # negative curvature: w* is a saddle of L_n
     assert out_of_range_cause(ds).values[3] == "not a minimum"
-    ds = stub(llc_step_check_se=np.full(5, 0.2))  # SE above the 5% tolerance: the check saw nothing
+    ds = stub(llc_step_check_se=np.full(6, 0.2))  # SE above the 5% tolerance: the check saw nothing
     assert (out_of_range_cause(ds).values[:4] == "step size").all()
 
 
 def test_untrusted_reasons_count_each_failing_check():
     from analysis.compare import untrusted_reasons
 
-    ds = stub(llc_rhat=np.array([1.0, 1.3, 1.0, 1.05, 1.2]), llc_n_diverged=np.array([0, 0, 1, 0, 0]),
-              llc_calibration_converged=np.array([True, True, True, False, True]))
+    ds = stub(llc_rhat=np.array([1.0, 1.3, 1.0, 1.05, 1.0, 1.2]), llc_n_diverged=np.array([0, 0, 1, 0, 0, 0]),
+              llc_calibration_converged=np.array([True, True, True, False, True, True]))
     counts = untrusted_reasons(ds)
-    # step check fails on 0 and 4, batch on 1; R-hat on 1 and 4; one divergence; one unsettled
+    # step check fails on 0 and 5, batch on 1; R-hat on 1 and 5; one divergence; one unsettled
     assert counts == {"R-hat": 2, "step size": 2, "batch": 1, "divergence": 1, "calibration unsettled": 1}
