@@ -23,7 +23,8 @@ from slt_superposition.checks import CHECK_STEPS
 from slt_superposition.llc import SGLDConfig, estimate_llc_batched
 from slt_superposition.theory import KGON_N_FEATURES, KGON_N_HIDDEN, critical_point_class
 from slt_superposition.grid import GRID_DIMS, complete, grid_coords, unflatten
-from toy_models.train import TrainConfig, llc_inputs, train_grid
+from toy_models.one_hot import one_hot_moments_batched, one_hot_tms_loss
+from toy_models.train import TrainConfig, config_from_dataset, llc_inputs, train_grid
 
 
 def snapshot_params(train: xr.Dataset) -> dict[str, jax.Array]:
@@ -38,7 +39,8 @@ def snapshot_llc(train: xr.Dataset, *, sgld: SGLDConfig, n_samples: int, key, ch
     """The LLC of every snapshot of every instance of `train`, in one program.
 
     Each snapshot is sampled against its own instance's data (n_samples draws); its stored bias
-    checks are paired runs of at most `check_steps` steps. Returns an
+    checks are paired runs of at most `check_steps` steps. At full batch (`sgld.batch_size` None)
+    in the Chen et al. setting the loss is the closed form of `full_batch_inputs`. Returns an
     `llc` dataset with dims (feature_probability, importance_decay, seed, snapshot, chain, ...).
     """
     data_key, chain_key = jax.random.split(key)
@@ -51,9 +53,23 @@ def snapshot_llc(train: xr.Dataset, *, sgld: SGLDConfig, n_samples: int, key, ch
                              axis=len(GRID_DIMS)),
         data,
     )
+    if sgld.batch_size is None:
+        loss_fn, data = full_batch_inputs(train, loss_fn, data)
     dims = grid_coords(train) | {"snapshot": train["snapshot"].values}
     return estimate_llc_batched(loss_fn, params, data, config=sgld, key=chain_key, instance_dims=dims,
                                 check_steps=check_steps)
+
+
+def full_batch_inputs(train: xr.Dataset, loss_fn, data):
+    """(loss_fn, data) for full-batch SGLD: in the Chen et al. setting (one-hot data, unit
+    importance, no hidden ReLU) the closed form of L_n on each instance's sorted moments
+    (`toy_models.one_hot`: the same L_n, at a cost independent of n); else the inputs unchanged.
+    `data` as `llc_inputs` gives it, leaves `(instance..., n, features)`."""
+    config = config_from_dataset(train)
+    if not (is_chen_setting(config.n_features, config.n_hidden, config.data) and config.model == "tms"
+            and bool(np.all(np.asarray(data["importance"]) == 1.0))):
+        return loss_fn, data
+    return one_hot_tms_loss, one_hot_moments_batched(data["x"])
 
 
 def is_chen_setting(n_features: int, n_hidden: int, data: str) -> bool:

@@ -29,7 +29,7 @@ import numpy as np
 import xarray as xr
 
 from analysis.compare import compare, join_models, out_of_range_cause
-from analysis.development import development
+from analysis.development import development, full_batch_inputs
 from analysis.measures import feature_norms, represented_features
 from analysis.refine import refine_batched
 from analysis.retrain_response import retrain_perturbed, training_response
@@ -348,10 +348,15 @@ def run(out_dir: Path, *, size: str = "default", progress: bool = True,
 
 
 def _development_sgld(dev_config: TrainConfig, config: FlagshipConfig, out_dir: Path) -> SGLDConfig:
-    """Calibrate once on a fully trained 6-feature TMS; used for every snapshot. The sweep is
-    saved as `calibration/development.nc`."""
+    """Calibrate once on a fully trained 6-feature TMS; used for every snapshot. In the Chen et al.
+    setting at full batch, through the closed form of L_n (`development.full_batch_inputs`: exact
+    L_n at about the cost of a minibatch, no minibatch check). The sweep is saved as
+    `calibration/development.nc`."""
     probe = train_grid(dataclasses.replace(dev_config, seeds=(0,), snapshot_steps=()), progress=False)
     loss_fn, params, data = llc_inputs(probe, n_samples=config.llc_samples, key=jax.random.key(config.seed + 2))
+    exact_loss, exact_data = full_batch_inputs(probe, loss_fn, data)
+    if exact_loss is not loss_fn:
+        loss_fn, data, config = exact_loss, exact_data, dataclasses.replace(config, llc_batch_size=None)
     sgld, sweep = _calibrate(loss_fn, params, data, jax.random.key(config.seed + 3), config)
     save_dataset(sweep, out_dir / "calibration" / "development.nc")
     scalar = {name: np.asarray(getattr(sgld, name)).reshape(-1)[0].item()

@@ -23,9 +23,10 @@ so step sizes are compared on common random numbers.
    |bias| <= max(`bias_tol` |lambda0|, 2 SE) is kept; the walk stops where eps_lo would need
    more than `max_steps` steps (`bias_consistent = 0` then).
 2. **Chain length.** At that step size, chains of `min_steps`, 2 `min_steps`, ... (burn-in
-   `burnin_fraction`) until the estimate moved by at most `rel_tol` over the last doubling and
-   over the last two, or by at most `noise_sd` (2) standard errors of the change (batch means pooled over
-   chains: the windows of a chain and its doubling do not overlap), with R-hat <= `max_rhat`.
+   `burnin_fraction`) until, over the last doubling and over the last two, the change of the
+   estimate is resolved (its standard error, batch means pooled over chains, at most `rel_tol`
+   of the estimate) and at most `rel_tol` of it plus `noise_sd` (2) standard errors, with R-hat
+   <= `max_rhat`: a change too noisy to show a drift of `rel_tol` does not count as settled.
    `localization` may be a sequence: instances whose estimate never settles move to the next
    (stronger) localization and start over.
 3. **Discretisation bias at the chosen sampler time.** Along long chains the walkers drift
@@ -272,14 +273,16 @@ class LengthStage(NamedTuple):
 
 def _stable(before: np.ndarray, before_se: np.ndarray, now: Runs, rel_tol: float, max_rhat: float,
             noise_sd: float) -> np.ndarray:
-    """The estimate moved by at most `rel_tol` of itself, or by at most `noise_sd` standard errors
-    of the change (the post-burn-in windows of a chain and its doubling do not overlap, so their errors
-    add in quadrature), with R-hat <= `max_rhat` and no divergence."""
+    """The change of the estimate is resolved (its standard error at most `rel_tol` of the estimate:
+    the post-burn-in windows of a chain and its doubling do not overlap, so their errors add in
+    quadrature) and at most `rel_tol` of the estimate plus `noise_sd` standard errors, with R-hat
+    <= `max_rhat` and no divergence. A change too noisy to show a drift of `rel_tol` has not shown
+    that the estimate settled (the rule of the stored checks, `checks.within`)."""
+    scale = rel_tol * np.abs(now.llc)
+    se = np.hypot(np.nan_to_num(before_se, nan=np.inf), np.nan_to_num(now.llc_se, nan=np.inf))
     change = np.abs(now.llc - before)
-    noise = noise_sd * np.hypot(np.nan_to_num(before_se, nan=np.inf), np.nan_to_num(now.llc_se, nan=np.inf))
     rhat_ok = ~(now.rhat > max_rhat)  # NaN does not block
-    return (change <= np.maximum(rel_tol * np.abs(now.llc), np.where(np.isfinite(noise), noise, 0.0))) & rhat_ok \
-        & (now.n_diverged == 0)
+    return (se <= scale) & (change <= scale + noise_sd * se) & rhat_ok & (now.n_diverged == 0)
 
 
 def length_stage(sampler: Sampler, key, eps, localizations, *, min_steps, max_steps, rel_tol, max_rhat, noise_sd,
@@ -669,8 +672,9 @@ def calibration_dataset(dims, step_sizes, sweep: SweepStage, short: ShortBiasSta
             f"{settings['max_steps']} steps"),
         length_rule=(
             f"double the chain length from {settings['min_steps']} (at most {settings['max_steps']}) until the "
-            f"estimate moved by <= max({settings['rel_tol']:.0%}, {settings['noise_sd']:g} SE of the change) over the "
-            f"last doubling and over the last two, with R-hat "
+            f"change of the estimate over the last doubling and over the last two is resolved (SE <= "
+            f"{settings['rel_tol']:.0%} of the estimate) and <= {settings['rel_tol']:.0%} of it + "
+            f"{settings['noise_sd']:g} SE, with R-hat "
             f"<= {settings['max_rhat']} and no divergence, trying the localizations {settings['localization']} in "
             f"turn; then, at that sampler time, step down while the next smaller step size (at most "
             f"{settings['long_check_max_steps']} steps) differs by more than {settings['bias_tol']:.0%} (no noise "

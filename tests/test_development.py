@@ -58,3 +58,23 @@ def test_llc_axis_limits_come_from_converged_values(tmp_path):
     lo, hi = _development_limits(llc, np.array([7.0, 8.5]))
     assert -5 < lo < 0 and 9.35 < hi < 12  # the saddle readings near -100 do not set the scale
     assert plot_development(_dev(llc), tmp_path)[0].stat().st_size > 0
+
+
+def test_full_batch_snapshots_in_the_chen_setting_use_the_closed_form_with_the_same_estimates(monkeypatch):
+    import jax
+
+    import analysis.development as development
+    from slt_superposition.llc import SGLDConfig
+    from toy_models.one_hot import one_hot_tms_loss
+    from toy_models.train import TrainConfig, train_grid
+
+    train = train_grid(TrainConfig(n_features=6, n_hidden=2, data="high_sparsity_limit", feature_probabilities=(1.0,),
+                                   seeds=(0,), steps=300, snapshot_steps=(100, 300)), progress=False)
+    sgld = SGLDConfig(step_size=1e-4, localization=1.0, num_chains=2, num_steps=200, num_burnin=100, batch_size=None)
+    loss_fn, _, data = development.llc_inputs(train, n_samples=1000, key=jax.random.key(0))
+    assert development.full_batch_inputs(train, loss_fn, data)[0] is one_hot_tms_loss
+    exact = development.snapshot_llc(train, sgld=sgld, n_samples=1000, key=jax.random.key(1), check_steps=50)
+    monkeypatch.setattr(development, "full_batch_inputs", lambda train, loss_fn, data: (loss_fn, data))
+    rows = development.snapshot_llc(train, sgld=sgld, n_samples=1000, key=jax.random.key(1), check_steps=50)
+    np.testing.assert_allclose(exact["llc_mean"].values, rows["llc_mean"].values, rtol=1e-3)
+    np.testing.assert_allclose(exact["init_loss"].values, rows["init_loss"].values, rtol=1e-5)

@@ -88,3 +88,13 @@ def one_hot_tms_loss(params, moments: OneHotMoments) -> jax.Array:
     active = jnp.where(jnp.eye(F, dtype=bool), diag, off)
     all_mu2 = over(moments.sum_mu2, start[:, 0], end[:, 0])  # (F,): each feature's sum of mu^2
     return (jnp.sum(active) + jnp.sum(all_mu2)) / n
+
+
+def one_hot_moments_batched(x) -> OneHotMoments:
+    """`x: (instances..., n, features)` -> `OneHotMoments` with leaves `(instances..., n)`: each
+    instance's own moments (`one_hot_moments`), for `estimate_llc_batched` at full batch."""
+    x = np.asarray(x)
+    lead = x.shape[:-2]
+    rows = [one_hot_moments(one) for one in x.reshape((-1,) + x.shape[-2:])]
+    return OneHotMoments(*(jnp.stack([getattr(r, f) for r in rows]).reshape(lead + (x.shape[-2],))
+                           for f in OneHotMoments._fields))
