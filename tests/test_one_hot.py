@@ -14,6 +14,8 @@ from toy_models.tms import tms_loss
 def rows():
     x = np.array(high_sparsity_limit(jax.random.key(0), 20_000, 6))
     x[:7] = 0.0  # rows of zeros are samples too (mu = 0)
+    x[7] = 0.0
+    x[7, 5] = np.nextafter(np.float32(1), np.float32(0))  # the last feature's largest mu: rounds to 6 in 5 + mu
     return jnp.asarray(x)
 
 

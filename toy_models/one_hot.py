@@ -30,7 +30,7 @@ class OneHotMoments(NamedTuple):
 
 
 def one_hot_moments(x) -> OneHotMoments:
-    """`x: (n, features)` with exactly one nonzero entry per row, in [0, 1) -> `OneHotMoments`.
+    """`x: (n, features)` with at most one nonzero entry per row, in [0, 1) -> `OneHotMoments`.
 
     A row of zeros is mu = 0 on feature 0: the same sample.
     """
@@ -43,7 +43,10 @@ def one_hot_moments(x) -> OneHotMoments:
         raise ValueError("one_hot_moments needs mu in [0, 1)")
     order = np.lexsort((mu, feature))
     feature, mu = feature[order], mu[order]
-    key = feature.astype(np.float32) + mu.astype(np.float32)  # monotone rounding keeps it sorted
+    # monotone rounding keeps the key sorted; a mu within rounding of 1 must not round up into
+    # the next feature's range
+    top = np.nextafter((feature + 1).astype(np.float32), np.float32(0))
+    key = np.minimum(feature.astype(np.float32) + mu.astype(np.float32), top)
     return OneHotMoments(jnp.asarray(key), jnp.asarray(np.cumsum(mu), jnp.float32),
                          jnp.asarray(np.cumsum(mu**2), jnp.float32))
 
