@@ -124,8 +124,21 @@ def test_localization_escalates_only_when_the_length_rule_fails(problem):
     assert ds["localization"].values.tolist() == [1.0, 100.0] and not ds["converged_localization"].values.any()
     assert never.localization == 100.0 == ds.attrs["chosen_localization"] and ds.attrs["converged"] == 0
     assert "did not settle at localization 1" in ds.attrs["verdict"]
-    first, ds = calibrate(dln_loss, params, data, rel_tol=10.0, max_rhat=np.inf, **common)
+    first, ds = calibrate(dln_loss, params, data, rel_tol=10.0, max_rhat=np.inf, min_relaxation=0.0, **common)
     assert ds["localization"].values.tolist() == [1.0] and first.localization == 1.0 and ds.attrs["converged"] == 1
+
+
+def test_the_length_rule_does_not_settle_before_its_sampler_time(problem):
+    params, data = problem
+    common = dict(key=jax.random.key(2), batch_size=100, num_chains=2, step_sizes=STEP_SIZES, sweep_steps=200,
+                  min_steps=500, max_steps=2000, rel_tol=10.0, max_rhat=np.inf)  # every change counts as settled
+    config, ds = calibrate(dln_loss, params, data, min_relaxation=0.0, **common)
+    assert ds.attrs["converged"] == 1 and config.num_steps == 2000  # settles at the first length it may
+    floor = 1.0001 * float(ds["sampler_time"][-1])  # just past what the chain reached
+    config, ds = calibrate(dln_loss, params, data, min_relaxation=floor, **common)
+    assert ds.attrs["converged"] == 0 and "short of the" in ds.attrs["verdict"]
+    with pytest.raises(InputError, match="min_relaxation"):
+        calibrate(dln_loss, params, data, min_relaxation=-1.0, **common)
 
 
 def test_full_batch_calibration_checks_no_minibatch(problem, tmp_path):
