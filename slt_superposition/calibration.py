@@ -632,7 +632,9 @@ def calibration_dataset(dims, step_sizes, sweep: SweepStage, short: ShortBiasSta
         "llc_batch_check": var(B, batch.llc_batch, "LLC of the short minibatch run of the batch check"),
         "llc_full_batch_check": var(B, batch.llc_full, "LLC of the same run (same keys) with full batch"),
         "batch_check_rel_diff": var(B, batch.rel_diff, "(minibatch - full batch) / |full batch| of the paired runs"),
-        "batch_check_se": var(B, batch.diff_se, "standard error of the paired difference"),
+        # relative, as the stored check's `batch_check_se` (slt_superposition.checks)
+        "batch_check_se": var(B, batch.diff_se / np.abs(batch.llc_full), "standard error of batch_check_rel_diff "
+                                                                           "(batch means of the paired difference)"),
         "batch_check_passed": flag(B, batch.passed, "SE <= batch_tol |full batch| and |difference| <= "
                                                     "batch_tol |full batch| + 2 SE"),
         "hessian_top_eigenvalue": var(inst, curvature["top"], "largest eigenvalue of the Hessian of L_n at w*"),

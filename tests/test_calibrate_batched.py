@@ -85,6 +85,11 @@ def test_minibatch_check_records_the_paired_runs(calibrated):
     assert ds["batch_check"].values[0] == 100
     assert np.isfinite(ds["batch_check_rel_diff"].values[:, 0]).all()
     passed = ds["batch_check_passed"].values
+    # the dataset's rel_diff and se (both relative to the full-batch estimate) reproduce its verdicts
+    from slt_superposition.checks import within
+    checked = np.isfinite(ds["batch_check_rel_diff"].values)
+    np.testing.assert_array_equal(passed[checked], within(ds["batch_check_rel_diff"].values[checked],
+                                                          ds["batch_check_se"].values[checked], 0.02))
     if config.batch_size == 100:  # the first batch size passed on every instance
         assert passed[:, 0].all()
     else:  # some instance failed it, and a larger batch (or full batch) was taken
