@@ -635,8 +635,8 @@ def calibration_dataset(dims, step_sizes, sweep: SweepStage, short: ShortBiasSta
         # relative, as the stored check's `batch_check_se` (slt_superposition.checks)
         "batch_check_se": var(B, batch.diff_se / np.abs(batch.llc_full), "standard error of batch_check_rel_diff "
                                                                            "(batch means of the paired difference)"),
-        "batch_check_passed": flag(B, batch.passed, "SE <= batch_tol |full batch| and |difference| <= "
-                                                    "batch_tol |full batch| + 2 SE"),
+        "batch_check_passed": flag(B, batch.passed, "batch_check_se <= batch_tol and |batch_check_rel_diff| <= "
+                                                    "batch_tol + 2 batch_check_se (checks.within)"),
         "hessian_top_eigenvalue": var(inst, curvature["top"], "largest eigenvalue of the Hessian of L_n at w*"),
         "step_size_bound": var(inst, bound, "largest step size whose quadratic-approximation discretisation bias is "
                                             "at most curvature_tol"),
