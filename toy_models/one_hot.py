@@ -84,11 +84,11 @@ def one_hot_tms_loss(params, moments: OneHotMoments) -> jax.Array:
 
     count = (hi - lo).astype(jnp.float32)
     m1, m2 = over(moments.sum_mu, lo, hi), over(moments.sum_mu2, lo, hi)
-    # active terms: off the diagonal (a mu + b)^2, on it (a mu + b - mu)^2 - mu^2 (inactive: mu^2)
-    slope = a - jnp.eye(F, dtype=a.dtype)
-    off = a**2 * m2 + 2 * a * bias * m1 + bias**2 * count
-    diag = slope**2 * m2 + 2 * slope * bias * m1 + bias**2 * count - m2
-    active = jnp.where(jnp.eye(F, dtype=bool), diag, off)
+    # active terms (s mu + b)^2 with s = a off the diagonal and a - 1 on it (the target mu), and on
+    # the diagonal minus the mu^2 that the all-samples sum below counts for inactive ones too
+    eye = jnp.eye(F, dtype=a.dtype)
+    slope = a - eye
+    active = slope**2 * m2 + 2 * slope * bias * m1 + bias**2 * count - eye * m2
     all_mu2 = over(moments.sum_mu2, start[:, 0], end[:, 0])  # (F,): each feature's sum of mu^2
     return (jnp.sum(active) + jnp.sum(all_mu2)) / n
 
