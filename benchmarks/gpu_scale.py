@@ -3,16 +3,21 @@
     python benchmarks/gpu_scale.py            # GPU: 4096-instance TMS grid; 2048 instances x 8 chains LLC
     python benchmarks/gpu_scale.py --cpu      # same code, small sizes, for a laptop check
 
-Prints device, sizes, compile time (first call minus a repeated call) and throughput.
+Each workload runs twice side by side in this one process: with blocks of 16 instances (the CPU
+rule, `SLT_BLOCK_BYTES=0`) and with the accelerator rule (`sharding.block_for`: as many instances
+per block as about 1 GiB of working set holds). Prints the device, sizes, the block, compile
+time (first call minus a repeated call), throughput, and for the LLC the arithmetic rate it
+implies (forward and backward of the TMS loss, counted by hand below).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 
@@ -23,20 +28,50 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def bench_training(n_seeds: int, steps: int) -> None:
+@contextlib.contextmanager
+def block_rule(block_bytes: int | None):
+    """SLT_BLOCK_BYTES set to `block_bytes` (None: the default rule) inside the block."""
+    old = os.environ.pop("SLT_BLOCK_BYTES", None)
+    if block_bytes is not None:
+        os.environ["SLT_BLOCK_BYTES"] = str(block_bytes)
+    try:
+        yield
+    finally:
+        os.environ.pop("SLT_BLOCK_BYTES", None)
+        if old is not None:
+            os.environ["SLT_BLOCK_BYTES"] = old
+
+
+def rule_name(block_bytes: int | None) -> str:
+    if jax.default_backend() == "cpu":
+        return "on a CPU"
+    return "blocks of 16 (CPU rule)" if block_bytes == 0 else "accelerator blocks"
+
+
+def bench_training(n_seeds: int, steps: int, block_bytes: int | None) -> None:
+    from slt_superposition.sharding import block_for
     from toy_models.train import TrainConfig, train_grid
 
     fps = tuple(np.round(np.logspace(0, -2, 16), 6))
     config = TrainConfig(n_features=20, n_hidden=5, feature_probabilities=fps, importance_decays=(0.7,), seeds=n_seeds,
                          steps=steps, batch_size=1024, chunk_steps=steps, loss_curve_points=10, eval_samples=1024)
-    _, first = timed(lambda: train_grid(config, progress=False)["W"].values)
-    _, again = timed(lambda: train_grid(config, progress=False)["W"].values)
+    with block_rule(block_bytes):
+        block = block_for(config.n_instances, config.batch_size * (2 * 20 + 5) * 4 * 8)
+        _, first = timed(lambda: train_grid(config, progress=False)["W"].values)
+        _, again = timed(lambda: train_grid(config, progress=False)["W"].values)
     n = config.n_instances
-    print(f"train  TMS n=20 m=5 batch 1024: {n} instances x {steps} steps: {again:.2f} s, "
-          f"{n * steps / again:,.0f} instance-steps/s; compile ~{max(first - again, 0):.1f} s")
+    print(f"train  TMS n=20 m=5 batch 1024, {rule_name(block_bytes)} ({block} instances): {n} instances x {steps} "
+          f"steps: {again:.2f} s, {n * steps / again:,.0f} instance-steps/s; compile ~{max(first - again, 0):.1f} s",
+          flush=True)
 
 
-def bench_llc(n_instances: int, chains: int, steps: int) -> None:
+def llc_flops_per_chain_step(batch: int, n_features: int = 6, n_hidden: int = 2) -> int:
+    """Multiply-adds of one TMS loss gradient on a minibatch, times 2 for FLOPs: forward
+    h = x W^T and out = h W (2 n m per row), backward about twice that; elementwise work ignored."""
+    return 2 * 3 * 2 * n_features * n_hidden * batch
+
+
+def bench_llc(n_instances: int, chains: int, steps: int, block_bytes: int | None) -> None:
     from slt_superposition.llc import SGLDConfig, estimate_llc_batched
     from toy_models.data import sparse_uniform
     from toy_models.tms import tms_init_params, tms_loss
@@ -47,11 +82,17 @@ def bench_llc(n_instances: int, chains: int, steps: int) -> None:
                         trace_every=max(steps // 10, 1))
     run = lambda: estimate_llc_batched(tms_loss, params, x, config=config, key=jax.random.key(2), data_batched=False,
                                        checks=False)["llc_mean"].values
-    _, first = timed(run)
-    _, again = timed(run)
+    with block_rule(block_bytes):
+        from slt_superposition.sharding import block_for
+        block = block_for(n_instances, chains * 500 * 6 * 4 * 8)
+        _, first = timed(run)
+        _, again = timed(run)
     total = n_instances * chains
-    print(f"llc    TMS 6x2 n=1000 batch 500: {n_instances} instances x {chains} chains = {total} chains x {steps} steps: "
-          f"{again:.2f} s, {total * steps / again:,.0f} chain-steps/s; compile ~{max(first - again, 0):.1f} s")
+    rate = total * steps / again
+    print(f"llc    TMS 6x2 n=1000 batch 500, {rule_name(block_bytes)} ({block} instances): {n_instances} instances x "
+          f"{chains} chains = {total} chains x {steps} steps: {again:.2f} s, {rate:,.0f} chain-steps/s "
+          f"(~{rate * llc_flops_per_chain_step(500) / 1e12:.2f} TFLOP/s of loss gradients); "
+          f"compile ~{max(first - again, 0):.1f} s", flush=True)
 
 
 def main() -> None:
@@ -59,13 +100,18 @@ def main() -> None:
     parser.add_argument("--cpu", action="store_true", help="small sizes (CPU check)")
     args = parser.parse_args()
     device = jax.devices()[0]
-    print(f"device: {device.device_kind} ({jax.default_backend()}, {jax.device_count()} device(s)); jax {jax.__version__}")
+    print(f"device: {device.device_kind} ({jax.default_backend()}, {jax.device_count()} device(s)); jax {jax.__version__}",
+          flush=True)
     if args.cpu:
-        bench_training(n_seeds=2, steps=200)
-        bench_llc(n_instances=16, chains=4, steps=200)
-    else:
-        bench_training(n_seeds=256, steps=2000)        # 4096 instances
-        bench_llc(n_instances=2048, chains=8, steps=1000)  # 16384 chains
+        bench_training(n_seeds=2, steps=200, block_bytes=None)
+        bench_llc(n_instances=16, chains=4, steps=200, block_bytes=None)
+        return
+    for block_bytes in (0, None):
+        bench_training(n_seeds=256, steps=2000, block_bytes=block_bytes)        # 4096 instances
+    for block_bytes in (0, None):
+        bench_llc(n_instances=2048, chains=8, steps=1000, block_bytes=block_bytes)  # 16384 chains
+    bench_llc(n_instances=8192, chains=8, steps=1000, block_bytes=None)  # 65536 chains
+    bench_llc(n_instances=8192, chains=8, steps=4000, block_bytes=None)
 
 
 if __name__ == "__main__":

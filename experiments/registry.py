@@ -76,7 +76,7 @@ EXPERIMENTS = {
                                             "batches against the quadrature (no calibration)", sizes=("default",),
                    cases=True, runner="experiments.normal_crossing:study"),
         Experiment("tms-llc-vs-n", "the LLC of trained TMS against the sample count n, next to the symmetry bound "
-                                   "and the quadratic prediction", sizes=SIZES),
+                                   "and the quadratic prediction", sizes=SIZES, cases=True),
         Experiment("per-feature-basis", "each feature's weight-refined LLC (its column) against its D_i, ||W_i|| "
                                         "and data-refined LLC, for n6_m2 and n20_m5"),
         Experiment("weights-vs-activations", "flagship: LLC (weight basis) against superposition (activation basis) "

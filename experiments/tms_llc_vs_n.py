@@ -37,7 +37,7 @@ from analysis.weight_basis import hessian_spectrum, quadratic_llc_prediction  # 
 from experiments.registry import header, run_cases  # noqa: E402
 from slt_superposition import figure_style as fs  # noqa: E402
 from slt_superposition.calibration import calibrate  # noqa: E402
-from slt_superposition.io import save_dataset  # noqa: E402
+from slt_superposition.io import open_result, save_dataset  # noqa: E402
 from slt_superposition.llc import default_nbeta, estimate_llc  # noqa: E402
 from slt_superposition.provenance import provenance_attrs  # noqa: E402
 from slt_superposition.theory import critical_point_class, population_hessian, population_loss_is_smooth  # noqa: E402
@@ -62,6 +62,19 @@ def _train(model: str, sparsities, steps: int) -> xr.Dataset:
     fps = (1.0,) if data == "high_sparsity_limit" else tuple(sparsities)
     return train_grid(TrainConfig(n_features=n_features, n_hidden=n_hidden, feature_probabilities=fps, seeds=1,
                                   steps=steps, data=data), progress=False)
+
+
+def _trained(model: str, sparsities, steps: int, train_from: str | None, out_dir: Path) -> xr.Dataset:
+    """The model's trained grid: loaded from `train_from`/train_{model}.nc when given (an
+    `InputError` names a missing file), else trained; saved as out_dir/train_{model}.nc either way."""
+    name = f"train_{model}.nc"
+    if train_from is not None:
+        train = open_result(Path(train_from) / name, kind="train")
+    else:
+        train = _train(model, sparsities, steps)
+    if not (out_dir / name).exists():
+        save_dataset(train, out_dir / name)
+    return train
 
 
 def measure_point(model: str, train: xr.Dataset, i: int, n: int, calibration: dict) -> dict:
@@ -128,13 +141,27 @@ VARIABLES = {
 }
 
 
-def run(out_dir: Path, *, size: str = "default", progress: bool = True) -> xr.Dataset:
+def run(out_dir: Path, *, size: str = "default", progress: bool = True, only: list[str] | None = None,
+        sparsities: tuple[float, ...] | None = None, log2_n: tuple[int, ...] | None = None,
+        train_from: str | None = None) -> xr.Dataset:
     """Measure every (model, sparsity, n) point, each model a chunk of a resumable sweep; write
-    tms_llc_vs_n.nc, llc_vs_n.png and report.md."""
+    tms_llc_vs_n.nc, llc_vs_n.png and report.md, and each model's trained grid as
+    train_{model}.nc.
+
+    only: these models (`--only n20_m5`); sparsities, log2_n: a subset or extension of the size's
+    (`--set 'log2_n=(17, 18, 19, 20)'`); train_from: a folder holding an earlier run's
+    train_{model}.nc, whose weights are measured instead of training again (so a GPU run can
+    extend a CPU run's instances to larger n)."""
     quick, full = size == "quick", size == "full"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    settings = QUICK if quick else FULL if full else SETTINGS
+    settings = dict(QUICK if quick else FULL if full else SETTINGS)
+    if sparsities is not None:
+        settings["sparsities"] = tuple(float(p) for p in sparsities)
+    if log2_n is not None:
+        settings["log2_n"] = tuple(int(e) for e in log2_n)
+    if train_from is not None:
+        settings["train_from"] = str(train_from)
     ns = [2**e for e in settings["log2_n"]]
     models, fps = list(settings["models"]), list(settings["sparsities"])
     dims = ("model", "feature_probability", "n")
@@ -144,9 +171,14 @@ def run(out_dir: Path, *, size: str = "default", progress: bool = True) -> xr.Da
     def compute(model: str) -> xr.Dataset:
         """Every (sparsity, n) point of one model: a chunk of the resumable sweep."""
         values = {name: np.full((1, len(fps), len(ns)), np.nan) for name in VARIABLES}
-        train = _train(model, fps, settings["train_steps"])
+        train = _trained(model, fps, settings["train_steps"], settings.get("train_from"), out_dir)
         for i, p in enumerate(train["feature_probability"].values):
-            j = fps.index(float(p)) if MODELS[model][2] != "high_sparsity_limit" else 0
+            if MODELS[model][2] == "high_sparsity_limit":
+                j = 0
+            elif np.isclose(fps, float(p)).any():
+                j = int(np.flatnonzero(np.isclose(fps, float(p)))[0])
+            else:
+                continue  # an instance of a loaded grid at a sparsity this run does not measure
             for c, n in enumerate(ns):
                 row = measure_point(model, train, i, n, settings["calibration"])
                 for name in VARIABLES:
@@ -155,19 +187,25 @@ def run(out_dir: Path, *, size: str = "default", progress: bool = True) -> xr.Da
                     print(f"{model} p={p:g} n=2^{int(math.log2(n))}: llc {row['llc']:.2f} +- {row['llc_se']:.2f}, "
                           f"2 llc / d {2 * row['llc'] / row['n_parameters']:.3f}, bound {row['symmetry_bound']:.1f}, "
                           f"quadratic {row['quadratic_prediction']:.2f} (eps {row['step_size']:.3g}, batch "
-                          f"{row['batch_size']})", flush=True)
+                          f"{row['batch_size']}, {row['num_steps']} steps; bias "
+                          f"{'ok' if row['bias_consistent'] else 'NOT ok'}, "
+                          f"{'converged' if row['converged'] else 'NOT converged'}; ||grad|| {row['grad_norm']:.1e}; "
+                          f"{row['seconds']:.0f} s)", flush=True)
         ds = xr.Dataset({name: (dims, values[name], {"long_name": ln, "units": u})
                          for name, (ln, u) in VARIABLES.items()},
                         coords={"model": [model], "feature_probability": fps, "n": ns})
         ds.attrs.update(provenance_attrs("tms_llc_vs_n", config))
         return ds
 
-    ds = run_cases("tms-llc-vs-n", out_dir, config, models, models, compute, dim="model", progress=progress)
+    ds = run_cases("tms-llc-vs-n", out_dir, config, models, models, compute, dim="model", progress=progress,
+                   only=only)
     ds["two_llc_over_d"] = (2 * ds["llc"] / ds["n_parameters"]).assign_attrs(long_name="2 llc / d", units="1")
     save_dataset(ds, out_dir / "tms_llc_vs_n.nc")
     plot(ds, out_dir)
+    given = {key: value for key, value in dict(sparsities=sparsities, log2_n=log2_n, train_from=train_from).items()
+             if value is not None}
     (out_dir / "report.md").write_text(header("The LLC of trained TMS against n", "tms-llc-vs-n", out_dir, size,
-                                              finding(ds))
+                                              finding(ds), only=only, **given)
                                        + table(ds) + "\n" + "".join(f"- {s}\n" for s in findings(ds)))
     return ds
 

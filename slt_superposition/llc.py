@@ -85,7 +85,7 @@ from slt_superposition.instances import flatten_instances, over_instances
 from slt_superposition.observers import ChainSettings
 from slt_superposition.provenance import provenance_attrs
 from slt_superposition.sampling_progress import sampling_bar
-from slt_superposition.sharding import balanced_block, run_sharded, single_device_mesh
+from slt_superposition.sharding import balanced_block, block_for, run_sharded, single_device_mesh
 
 PyTree = Any
 SAMPLING = ("replacement", "epoch")
@@ -329,6 +329,19 @@ def block_function(loss_fn: Callable, shape: ChainShape, data_batched: bool) -> 
     return over_instances(instance_program(loss_fn, shape), data_batched)
 
 
+WORKING_SET_FACTOR = 8  # activations and gradients per data element of a step's batch, a rough upper estimate
+
+
+def chain_working_set(shape: ChainShape, data: PyTree, data_batched: bool) -> int:
+    """Estimated bytes one instance's chains touch per step: chains x batch rows (n at full batch)
+    x bytes per data row x `WORKING_SET_FACTOR`. Sizes the blocks on an accelerator."""
+    skip = 2 if data_batched else 1  # (instance, n, ...) or (n, ...)
+    row = sum(int(np.prod(np.shape(leaf)[skip:])) * np.dtype(leaf.dtype).itemsize
+              for leaf in jax.tree_util.tree_leaves(data))
+    rows = shape.batch_size or shape.n
+    return shape.num_chains * rows * row * WORKING_SET_FACTOR
+
+
 def sample_chains(loss_fn: Callable, params: PyTree, data: PyTree, keys: jax.Array, settings: ChainSettings,
                   shape: ChainShape, *, data_batched: bool, mesh=None, progress: str | None = None,
                   block_size: int | None = None) -> dict[str, np.ndarray]:
@@ -342,11 +355,14 @@ def sample_chains(loss_fn: Callable, params: PyTree, data: PyTree, keys: jax.Arr
     (`sampling_progress`; the program then reports each chunk; the numbers are the same).
     `block_size`: instances per block; None means 1 on a CPU (a vmapped block of many instances ran
     fewer chain-steps per second there than one instance: docs/benchmarks.md; the bits are the same)
-    and `sharding.balanced_block` elsewhere. It depends on the backend only, never on the device count.
+    and `sharding.block_for` elsewhere (as many as about 1 GiB of `chain_working_set` holds). It
+    depends on the backend and the shapes only, never on the device count.
     """
     mesh = single_device_mesh() if mesh is None else mesh
     if block_size is None and jax.default_backend() == "cpu":
         block_size = 1
+    elif block_size is None:
+        block_size = block_for(int(np.shape(keys)[0]), chain_working_set(shape, data, data_batched))
     if progress:
         shape = shape._replace(progress=True)
     block = block_function(loss_fn, shape, data_batched)

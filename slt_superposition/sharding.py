@@ -64,6 +64,8 @@ from slt_superposition.errors import InputError
 
 AXIS = "instance"
 BLOCK = 16  # instances per compiled block in run_sharded; see module doc
+BLOCK_BYTES = 1 << 30  # on an accelerator: a block's estimated working set (`block_for`)
+MAX_BLOCK = 4096
 
 
 def maybe_initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
@@ -286,6 +288,22 @@ def balanced_block(n_instances: int, block: int = BLOCK) -> int:
     """
     n_blocks = -(-n_instances // block)
     return -(-n_instances // n_blocks)
+
+
+def block_for(n_instances: int, bytes_per_instance: int) -> int:
+    """Instances per block for a program whose working set is about `bytes_per_instance` each.
+
+    On a CPU: `balanced_block(n_instances)` (at most `BLOCK`), as `run_sharded` uses by default.
+    On an accelerator, small blocks leave it waiting on one serial step after another, so a block
+    holds as many instances as a working set of `BLOCK_BYTES` allows (at least `BLOCK`, at most
+    `MAX_BLOCK`), balanced the same way. The environment variable `SLT_BLOCK_BYTES` replaces
+    `BLOCK_BYTES` (0: the CPU rule everywhere). A function of the sizes and the backend only, never
+    of the device count, so the bits do not depend on it either.
+    """
+    budget = int(os.environ.get("SLT_BLOCK_BYTES", BLOCK_BYTES))
+    if jax.default_backend() == "cpu" or budget <= 0:
+        return balanced_block(n_instances)
+    return balanced_block(n_instances, int(min(MAX_BLOCK, max(BLOCK, budget // max(1, int(bytes_per_instance))))))
 
 
 def run_sharded(fn: Callable, instanced, *shared, mesh: Mesh | None = None, block: int | None = None,

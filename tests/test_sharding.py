@@ -76,3 +76,35 @@ def test_distributed_flags_are_checked_before_joining(monkeypatch):
     with pytest.raises(InputError, match="need --coordinator"):
         maybe_initialize_distributed(None, 2, 0)
     assert maybe_initialize_distributed("localhost:1234", 1, 0) is False  # one process: nothing to join
+
+
+def test_block_for_grows_blocks_on_an_accelerator_only(monkeypatch):
+    """On a CPU the block is `balanced_block`'s whatever the working set; on an accelerator as many
+    instances as BLOCK_BYTES holds, never fewer than BLOCK or more than MAX_BLOCK; SLT_BLOCK_BYTES=0
+    restores the CPU rule."""
+    from slt_superposition import sharding
+
+    monkeypatch.delenv("SLT_BLOCK_BYTES", raising=False)
+    assert sharding.block_for(2048, 1) == sharding.balanced_block(2048) == 16
+    monkeypatch.setattr(sharding.jax, "default_backend", lambda: "gpu")
+    assert sharding.block_for(2048, sharding.BLOCK_BYTES // 1024) == 1024
+    assert sharding.block_for(100, sharding.BLOCK_BYTES // 1024) == 100
+    assert sharding.block_for(100, sharding.BLOCK_BYTES * 4) == sharding.balanced_block(100) == 15
+    assert sharding.block_for(10**5, 1) <= sharding.MAX_BLOCK
+    monkeypatch.setenv("SLT_BLOCK_BYTES", "0")
+    assert sharding.block_for(2048, 1) == 16
+
+
+def test_chain_working_set_counts_chains_rows_and_row_bytes():
+    """Minibatch rows when batched, all n rows at full batch; per-instance data skips its instance axis."""
+    import jax.numpy as jnp
+
+    from slt_superposition.chain import ChainShape
+    from slt_superposition.llc import WORKING_SET_FACTOR, chain_working_set
+
+    shape = ChainShape(num_chains=8, n_blocks=4, batch_size=500, sampling="replacement", n=1000, n_parameters=18)
+    shared = jnp.zeros((1000, 6), jnp.float32)
+    assert chain_working_set(shape, shared, data_batched=False) == 8 * 500 * 24 * WORKING_SET_FACTOR
+    batched = jnp.zeros((3, 1000, 6), jnp.float32)
+    full = shape._replace(batch_size=None)
+    assert chain_working_set(full, batched, data_batched=True) == 8 * 1000 * 24 * WORKING_SET_FACTOR

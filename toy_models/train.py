@@ -343,19 +343,21 @@ def train_grid(config: TrainConfig, *, progress: bool = True, mesh=None) -> xr.D
 
     mesh: a `jax.sharding.Mesh` with axis "instance" (`slt_superposition.sharding.instance_mesh()`
     spans every device) to split the instances over; None means one device. Either way the
-    init and chunk programs run through `sharding.run_sharded`, in blocks of at most 16
-    instances whose size depends only on the grid size, so the weights are the same bit for
-    bit on one device or many (a plain vmap over the whole grid would round differently in
+    init and chunk programs run through `sharding.run_sharded`, in blocks (`sharding.block_for`:
+    at most 16 instances on a CPU, more on an accelerator) whose size depends only on the grid's
+    sizes and the backend, so the weights are the same bit for bit on one device or many (a plain vmap over the whole grid would round differently in
     the last bit: XLA vectorises a vmap of another size differently).
     """
     from slt_superposition.progress import progress_bar
-    from slt_superposition.sharding import run_sharded, single_device_mesh
+    from slt_superposition.sharding import block_for, run_sharded, single_device_mesh
 
     mesh = single_device_mesh() if mesh is None else mesh
     static = _static_key(config)
     init, _ = trainer_functions(config)
     inputs = instance_inputs(config)
-    params, opt_state = run_sharded(init, inputs["init_key"], mesh=mesh)
+    # bytes per instance and step: the batch's inputs, hidden and outputs, about 8 times over (activations, grads)
+    block = block_for(config.n_instances, config.batch_size * (2 * config.n_features + config.n_hidden) * 4 * 8)
+    params, opt_state = run_sharded(init, inputs["init_key"], mesh=mesh, block=block)
     per_instance = (inputs["data_key"], inputs["feature_probability"], inputs["importance"])
 
     n_instances, points = config.n_instances, config.loss_curve_points
@@ -371,7 +373,7 @@ def train_grid(config: TrainConfig, *, progress: bool = True, mesh=None) -> xr.D
         for start, stop in _segments(config):
             params, opt_state, losses = run_sharded(
                 _chunk_block(static, _chunk_length(config, stop - start)), (params, opt_state) + per_instance,
-                jnp.uint32(start), jnp.uint32(stop - start), mesh=mesh)
+                jnp.uint32(start), jnp.uint32(stop - start), mesh=mesh, block=block)
             step_bin = (np.arange(start, stop, dtype=np.int64) * points) // config.steps  # window of each step
             np.add.at(curve_sum, step_bin, np.asarray(losses, np.float64)[:, : stop - start].T)
             if stop in config.snapshot_steps:
