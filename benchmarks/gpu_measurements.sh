@@ -12,6 +12,7 @@
 #      symmetry bound at 2^17 (n6_m2 p = 0.05, n20_m5 p = 0.398 and p = 0.05), one process each, on
 #      the trained weights of the CPU run (TRAIN_FROM, default results/tms_llc_vs_n: its
 #      train_{model}.nc), so the points extend the same instances.
+# FINISH_BY (epoch seconds) shortens SECONDS so that everything is packed by then.
 # The flagship's time is therefore an upper bound on its time alone. Logs, reports and figures are
 # packed under OUT; the runs themselves write under WORK (default /tmp/gpu_measurements).
 # PYTHON (default python3) must import this package and its dependencies; GPU_SCALE_ARGS=--cpu
@@ -30,6 +31,10 @@ mkdir -p "$OUT" "$WORK"
 cat "$OUT/device.txt"
 "$PY" -u benchmarks/gpu_scale.py ${GPU_SCALE_ARGS:-} 2>&1 | tee "$OUT/gpu_scale.log"
 
+if [ -n "${FINISH_BY:-}" ]; then  # epoch seconds by which everything, packing included, must be done
+  LIMIT=$(( FINISH_BY - $(date +%s) - 20 ))
+fi
+echo "side-by-side runs: ${LIMIT} s each"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false TQDM_MININTERVAL=10
 run() {  # run NAME ARGS...: reproduce ARGS into $WORK/NAME, log in $OUT/NAME.log
   local name=$1; shift
