@@ -5,6 +5,7 @@ Public API (see docs/architecture.md):
     estimate_susceptibilities, calibrate, calibrate_batched, SGLDConfig, open_result, save_dataset
 """
 
+from slt_superposition import precision  # noqa: F401  (float32 matmuls unless the user chose otherwise)
 from slt_superposition.errors import InputError
 from slt_superposition.calibration import calibrate, calibrate_batched
 from slt_superposition.io import open_result, save_dataset

@@ -79,7 +79,8 @@ def provenance_attrs(kind: str, config: dict[str, Any]) -> dict[str, Any]:
         "config": json.dumps(_jsonable(config), sort_keys=True),
         "package_versions": json.dumps(package_versions(), sort_keys=True),
         "git_commit": git_commit(),
-        "platform": f"{platform.platform()} python {platform.python_version()} jax-backend {jax.default_backend()}",
+        "platform": f"{platform.platform()} python {platform.python_version()} jax-backend {jax.default_backend()} "
+                    f"matmul-precision {jax.config.jax_default_matmul_precision}",
     }
 
 

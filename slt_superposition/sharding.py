@@ -19,7 +19,8 @@ other code whose rounding differs in the last bit (seen on the CPU: 2e-7 on a lo
 on an LLC when the same instances were split 4 ways instead of 1). So an instance's bits
 can depend on how many instances share its compiled block. `run_sharded` therefore fixes
 the block: the instance axis is cut into blocks of `block` instances (default
-`balanced_block(n)`: at most `BLOCK` = 16, a function of the instance count only); each device loops (`lax.map`) over its own blocks inside `shard_map`, running
+`balanced_block(n)`: at most `BLOCK` = 16, a function of the instance count only; the chains and
+training pass `block_for(n, working set)`, larger blocks on an accelerator); each device loops (`lax.map`) over its own blocks inside `shard_map`, running
 the same compiled block body whatever the device count. One device is the same code with
 every block local: `train_grid(..., mesh=None)` and `estimate_llc_batched(..., mesh=None)`
 run on `single_device_mesh()`, so their bits equal those of any mesh. tests/test_sharding.py
