@@ -301,7 +301,10 @@ def block_for(n_instances: int, bytes_per_instance: int) -> int:
     `BLOCK_BYTES` (0: the CPU rule everywhere). A function of the sizes and the backend only, never
     of the device count, so the bits do not depend on it either.
     """
-    budget = int(os.environ.get("SLT_BLOCK_BYTES", BLOCK_BYTES))
+    text = os.environ.get("SLT_BLOCK_BYTES", str(BLOCK_BYTES))
+    if not text.strip().isdigit():
+        raise InputError(f"SLT_BLOCK_BYTES must be a whole number of bytes (0: blocks of {BLOCK}), got {text!r}")
+    budget = int(text)
     if jax.default_backend() == "cpu" or budget <= 0:
         return balanced_block(n_instances)
     return balanced_block(n_instances, int(min(MAX_BLOCK, max(BLOCK, budget // max(1, int(bytes_per_instance))))))

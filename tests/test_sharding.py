@@ -93,6 +93,9 @@ def test_block_for_grows_blocks_on_an_accelerator_only(monkeypatch):
     assert sharding.block_for(10**5, 1) <= sharding.MAX_BLOCK
     monkeypatch.setenv("SLT_BLOCK_BYTES", "0")
     assert sharding.block_for(2048, 1) == 16
+    monkeypatch.setenv("SLT_BLOCK_BYTES", "1GiB")
+    with pytest.raises(InputError, match="SLT_BLOCK_BYTES must be a whole number"):
+        sharding.block_for(2048, 1)
 
 
 def test_chain_working_set_counts_chains_rows_and_row_bytes():
