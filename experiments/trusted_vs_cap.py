@@ -1,0 +1,72 @@
+"""Study: the flagship's `trusted` share against the calibration's chain-length cap.
+
+`trusted` needs the calibration's chain-length rule to settle, and the rule does not settle before
+a sampler time eps x steps of 0.5 / gamma (`calibrate(min_relaxation=0.5)`). At the step sizes the
+calibration picks on trained TMS (3e-5 to 1e-3 on the quick grid) that takes 500 to 17,000 steps,
+while the quick grid caps chains at 2400 steps (the default grid at 4000). This runs the flagship's
+LLC stage (train, refine, `calibrate_batched`, `estimate_llc_batched` with the stored checks, as
+`experiments.weights_vs_activations` does) on the quick grid's models at several caps, the long
+check allowed 3.2 x the cap (one half-decade step down at equal sampler time), and prints per
+model and cap: the share trusted, the share whose length rule settled, whose stored step-size and
+batch checks passed, the median estimate and the wall time.
+
+    python -m experiments.trusted_vs_cap [--caps 2400 19200] [--models 5,2 6,2 20,5] [--chains 2 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from experiments.weights_vs_activations import QUICK, _calibrated_llc, _refined_inputs
+from slt_superposition.checks import BATCH_TOL, STEP_TOL, within
+from toy_models.train import TrainConfig, train_grid
+
+
+def measure(n: int, m: int, cap: int, chains: int = QUICK.calibration_chains, config=QUICK) -> dict:
+    """The quick grid's model (n, m) through the flagship's LLC stage with chain length cap `cap`
+    and `chains` calibration chains."""
+    config = dataclasses.replace(config, calibration_max_steps=cap, calibration_chains=chains,
+                                 calibration_long_check_steps=int(3.2 * cap))
+    key = jax.random.fold_in(jax.random.key(config.seed), n * 1000 + m)  # as compute_model
+    train = train_grid(TrainConfig(n_features=n, n_hidden=m, feature_probabilities=config.feature_probabilities,
+                                   seeds=config.seeds, steps=config.train_steps, batch_size=config.batch_size),
+                       progress=False)
+    inputs = _refined_inputs(train, config, jax.random.fold_in(key, 2))
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        llc, summary, _ = _calibrated_llc(inputs, train, config, jax.random.fold_in(key, 1), Path(tmp))
+    seconds = time.perf_counter() - start
+    step_ok = within(llc["step_check_rel_diff"].values, llc["step_check_se"].values, STEP_TOL)
+    batch_ok = within(llc["batch_check_rel_diff"].values, llc["batch_check_se"].values, BATCH_TOL)
+    return dict(trusted=float(llc["trusted"].mean()), converged=summary["converged"],
+                step_check=float(np.mean(step_ok)), batch_check=float(np.mean(batch_ok)), median_llc=float(np.nanmedian(llc["llc_mean"].values)),
+                num_steps=summary["num_steps_range"], seconds=seconds, instances=int(llc["trusted"].size))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--caps", type=int, nargs="+", default=[2400, 19200])
+    parser.add_argument("--models", nargs="+", default=["5,2", "6,2", "20,5"])
+    parser.add_argument("--chains", type=int, nargs="+", default=[QUICK.calibration_chains],
+                        help="calibration chains (the estimate keeps the quick grid's llc_chains)")
+    args = parser.parse_args()
+    for model in args.models:
+        n, m = (int(v) for v in model.split(","))
+        for cap, chains in ((cap, chains) for chains in args.chains for cap in args.caps):
+            r = measure(n, m, cap, chains)
+            print(f"n{n}_m{m} cap {cap}, {chains} calibration chains: trusted {r['trusted']:.0%} of {r['instances']}, length rule settled "
+                  f"{r['converged']:.0%}, step check passed {r['step_check']:.0%}, batch check passed "
+                  f"{r['batch_check']:.0%}; median llc "
+                  f"{r['median_llc']:.2f}; chains {r['num_steps'][0]}-{r['num_steps'][1]} steps; "
+                  f"{r['seconds']:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
