@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import xarray as xr
 
 from experiments.tms_llc_vs_n import VARIABLES, findings, plot, table
@@ -63,3 +64,41 @@ def test_run_is_a_resumable_sweep_over_models(tmp_path, monkeypatch):
     assert len(calls) == (1 + len(q["sparsities"])) * len(q["log2_n"])
     xr.testing.assert_identical(first, again)
     assert f"reproduce tms-llc-vs-n --quick --out {tmp_path}" in (tmp_path / "report.md").read_text()
+
+
+def test_run_extends_an_earlier_runs_instances(tmp_path, monkeypatch):
+    """only / sparsities / log2_n select the points; train_from measures the saved grid of an
+    earlier run (nothing trained again), the grid is saved beside the results, and the report's
+    command line carries the options."""
+    import experiments.tms_llc_vs_n as lvn
+    from slt_superposition.errors import InputError
+
+    calls, trained = [], []
+    real_train = lvn._train
+
+    def train(model, fps, steps):
+        trained.append(model)
+        return real_train(model, fps, 100)
+
+    def measure(model, train, i, n, calibration):
+        calls.append((model, float(train["feature_probability"].values[i]), n))
+        return dict({name: 1.0 for name in lvn.VARIABLES}, n_parameters=18.0, symmetry_bound=8.5, llc_se=0.1)
+
+    monkeypatch.setattr(lvn, "_train", train)
+    monkeypatch.setattr(lvn, "measure_point", measure)
+    monkeypatch.setattr(lvn, "plot", lambda ds, out_dir: None)
+    first = tmp_path / "first"
+    lvn.run(first, size="quick", progress=False, only=["n6_m2"])
+    assert trained == ["n6_m2"] and (first / "train_n6_m2.nc").exists()
+    calls.clear()
+    second = tmp_path / "second"
+    ds = lvn.run(second, size="full", progress=False, only=["n6_m2"], sparsities=(0.05,), log2_n=(18, 19),
+                 train_from=str(first))
+    assert trained == ["n6_m2"]  # loaded, not trained again
+    assert [(m, round(p, 6), n) for m, p, n in calls] == [("n6_m2", 0.05, 2**18), ("n6_m2", 0.05, 2**19)]
+    assert list(ds["n"].values) == [2**18, 2**19] and list(ds["model"].values) == ["n6_m2"]
+    assert (second / "train_n6_m2.nc").exists()
+    command = (second / "report.md").read_text().splitlines()[2]
+    assert "--only n6_m2" in command and "log2_n=(18, 19)" in command and "train_from=" in command
+    with pytest.raises(InputError, match="no such file"):
+        lvn.run(tmp_path / "third", size="full", progress=False, only=["n20_m5"], train_from=str(first))
