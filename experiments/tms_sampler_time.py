@@ -1,0 +1,76 @@
+"""How long in sampler time a trained TMS needs before its LLC estimate settles.
+
+`python -m experiments.trusted_vs_cap` found the quick flagship's estimates still rising between
+2400 and 19,200 steps, and the length rule settling almost nowhere. This study takes instances of
+the quick grid's model (trained and refined exactly as the flagship does, n = 4096,
+localization 1, batch 512, nbeta = n / log n) and estimates each at growing sampler times
+eps x steps, at two step sizes, holding the key fixed, so that a rise with sampler time at one
+step size, and agreement between step sizes at equal sampler time, can both be read off.
+
+    python -m experiments.tms_sampler_time                               # n6_m2, p = 1, 0.16, 0.01 (seed 0)
+    python -m experiments.tms_sampler_time --model 20,5 --times 0.25 1 4 --step-sizes 1e-4
+
+Prints one line per (step size, sampler time): the LLC of every instance (mean +- SE over 4
+chains) and the wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import jax
+import numpy as np
+
+from experiments.weights_vs_activations import QUICK, _refined_inputs
+from slt_superposition.llc import SGLDConfig, estimate_llc_batched
+from toy_models.train import TrainConfig, train_grid
+
+CHAINS = 4
+
+
+def inputs(n: int, m: int, probabilities: list[float]):
+    """(loss_fn, params, data, labels) of seed 0 at the quick grid's feature probabilities nearest
+    `probabilities`, trained and refined as `weights_vs_activations.compute_model` does."""
+    config = QUICK
+    key = jax.random.fold_in(jax.random.key(config.seed), n * 1000 + m)
+    train = train_grid(TrainConfig(n_features=n, n_hidden=m, feature_probabilities=config.feature_probabilities,
+                                   seeds=config.seeds, steps=config.train_steps, batch_size=config.batch_size),
+                       progress=False)
+    loss_fn, params, data, _ = _refined_inputs(train, config, jax.random.fold_in(key, 2))
+    fps = np.asarray(config.feature_probabilities)
+    rows = sorted({int(np.argmin(np.abs(np.log(fps) - math.log(p)))) for p in probabilities})
+    pick = lambda tree: jax.tree_util.tree_map(lambda x: x[np.asarray(rows), 0, 0], tree)  # (fp, decay, seed, ...)
+    return loss_fn, pick(params), pick(data), [f"p={fps[r]:.3g}" for r in rows]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="6,2", help="n,m of the quick grid's model (default %(default)s)")
+    parser.add_argument("--probabilities", type=float, nargs="+", default=[1.0, 0.16, 0.01])
+    parser.add_argument("--step-sizes", type=float, nargs="+", default=[1e-4, 3.16e-5])
+    parser.add_argument("--times", type=float, nargs="+", default=[0.25, 0.5, 1, 2, 4],
+                        help="sampler times eps x steps (localization 1, so also in units of 1 / gamma)")
+    args = parser.parse_args(argv)
+    n, m = (int(v) for v in args.model.split(","))
+    loss_fn, params, data, labels = inputs(n, m, args.probabilities)
+    print(f"n{n}_m{m}, quick grid, seed 0, {', '.join(labels)}; n = {QUICK.llc_samples}, batch "
+          f"{QUICK.llc_batch_size}, localization 1, {CHAINS} chains", flush=True)
+    for eps in args.step_sizes:
+        for t in args.times:
+            steps = max(2, int(round(t / eps)))
+            config = SGLDConfig(step_size=eps, localization=1.0, num_chains=CHAINS, num_steps=steps,
+                                batch_size=QUICK.llc_batch_size, trace_every=max(1, steps // 200))
+            start = time.perf_counter()
+            est = estimate_llc_batched(loss_fn, params, data, config=config, key=jax.random.key(7), checks=False)
+            per_chain = est["llc_per_chain"].values
+            se = per_chain.std(axis=-1, ddof=1) / math.sqrt(per_chain.shape[-1])
+            values = ", ".join(f"{label} {v:.2f} +- {s:.2f}" for label, v, s in
+                               zip(labels, est["llc_mean"].values, se))
+            print(f"eps {eps:.3g}, {steps} steps (sampler time {eps * steps:.3g}): {values}; "
+                  f"{time.perf_counter() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
