@@ -4,16 +4,17 @@
 #
 #   bash benchmarks/gpu_measurements.sh OUT [SECONDS]
 #
-# 1. benchmarks/gpu_scale.py, alone on the GPU (throughputs, blocks of 16 against accelerator blocks);
+# 1. benchmarks/gpu_scale.py, alone on the GPU (throughputs, blocks of 16 against accelerator blocks),
+#    then benchmarks/refine_batched.py on 64 instances at n = 65,536 (at most REFINE_SECONDS, 150);
 # 2. then side by side on the same GPU (each process allocating GPU memory as it goes), each
 #    stopped after SECONDS (default 420):
 #    - the flagship `reproduce weights-vs-activations --full`;
-#    - `reproduce tms-llc-vs-n` at n = 2^18, 2^19, 2^20 for the three points that still exceeded the
-#      symmetry bound at 2^17 (n6_m2 p = 0.05, n20_m5 p = 0.398 and p = 0.05), one process each, on
-#      the trained weights of the CPU run (TRAIN_FROM, default results/tms_llc_vs_n: its
-#      train_{model}.nc), so the points extend the same instances.
-# FINISH_BY (epoch seconds) shortens SECONDS so that everything is packed by then.
-# The flagship's time is therefore an upper bound on its time alone. Logs, reports and figures are
+#    - `reproduce tms-llc-vs-n` at n = 2^18, 2^19 (LOG2_N, a Python tuple) for the three points
+#      that still exceeded the symmetry bound at 2^17 (n6_m2 p = 0.05, n20_m5 p = 0.398 and
+#      p = 0.05), one process each, on the trained weights of the CPU run (TRAIN_FROM, default
+#      results/tms_llc_vs_n: its train_{model}.nc), so the points extend the same instances.
+# The flagship's time is therefore an upper bound on its time alone. FINISH_BY (epoch seconds)
+# shortens SECONDS so that everything is packed by then. Logs, reports and figures are
 # packed under OUT; the runs themselves write under WORK (default /tmp/gpu_measurements).
 # PYTHON (default python3) must import this package and its dependencies; GPU_SCALE_ARGS=--cpu
 # for a dry run of the plumbing on a CPU (with a small SECONDS).
@@ -30,6 +31,12 @@ mkdir -p "$OUT" "$WORK"
   || { echo "imports failed"; exit 3; }
 cat "$OUT/device.txt"
 "$PY" -u benchmarks/gpu_scale.py ${GPU_SCALE_ARGS:-} 2>&1 | tee "$OUT/gpu_scale.log"
+# the flagship --full's slowest GPU stage: L-BFGS refinement, in sequence against side by side
+# (64 n4_m2 instances at --full's n); skipped with REFINE_BENCH=0
+if [ "${REFINE_BENCH:-1}" != 0 ]; then
+  timeout "${REFINE_SECONDS:-150}" "$PY" -u benchmarks/refine_batched.py --features 4 --probabilities 8 --seeds 8 \
+    --n-samples 65536 2>&1 | tee -a "$OUT/gpu_scale.log"
+fi
 
 if [ -n "${FINISH_BY:-}" ]; then  # epoch seconds by which everything, packing included, must be done
   LIMIT=$(( FINISH_BY - $(date +%s) - 20 ))
@@ -45,7 +52,7 @@ run() {  # run NAME ARGS...: reproduce ARGS into $WORK/NAME, log in $OUT/NAME.lo
 run flagship_full weights-vs-activations --full
 for point in "n6_m2 0.05" "n20_m5 0.398" "n20_m5 0.05"; do
   set -- $point
-  run "llc_vs_n_$1_p$2" tms-llc-vs-n --full --only "$1" --set "sparsities=($2,)" --set "log2_n=(18, 19, 20)" \
+  run "llc_vs_n_$1_p$2" tms-llc-vs-n --full --only "$1" --set "sparsities=($2,)" --set "log2_n=${LOG2_N:-(18, 19)}" \
     --set "train_from=$TRAIN_FROM"
 done
 wait
