@@ -63,6 +63,11 @@ def llc(
         help="With --calibrate: the longest chain the length stage may choose (it starts at 10,000 or this, "
         "whichever is smaller; the long-chain bias check may run up to 4x this). Lower it for a quick look: "
         "the calibration then says where the estimate had not stopped moving."),
+    min_relaxation: float = typer.Option(
+        0.5, "--min-relaxation",
+        help="With --calibrate: the chain-length rule does not settle before a sampler time eps x steps of this / "
+             "gamma (the flat directions held only by the localization relax on a time scale 1 / gamma); 0 turns the "
+             "floor off."),
     coordinator: Optional[str] = dist.COORDINATOR,
     num_processes: Optional[int] = dist.NUM_PROCESSES,
     process_id: Optional[int] = dist.PROCESS_ID,
@@ -90,6 +95,8 @@ def llc(
         check_writable(side_file, inputs=[path])
     _check_options(chains=chains, steps=steps, burnin=burnin, trace_every=trace_every, seed=seed,
                    batch_size=batch_size, n_samples=n_samples, max_steps=max_steps)
+    if not (0 <= min_relaxation < math.inf):
+        raise InputError(f"--min-relaxation must be >= 0 and finite, got {min_relaxation}")
     ds = complete(open_result(path, kind="train"))
     _check_memory(ds, n_samples=n_samples, chains=chains, steps=steps, trace_every=trace_every,
                   batch_size=batch_size or n_samples)
@@ -112,7 +119,8 @@ def llc(
         found, sweep = calibrate_batched(loss_fn, params, data, key=calibration_key, localization=localization,
                                          nbeta=config.nbeta, batch_size=config.batch_size, num_chains=chains,
                                          instance_dims=grid_coords(ds), progress=True,
-                                         min_steps=min(10_000, max_steps), max_steps=max_steps)
+                                         min_steps=min(10_000, max_steps), max_steps=max_steps,
+                                         min_relaxation=min_relaxation)
         every = max(trace_every, int(np.max(found.num_steps)) // 1000)  # at most ~1000 trace blocks per chain
         config = SGLDConfig(**{**found.to_dict(), "trace_every": every, "sampling": sampling})
         print(f"calibrated: step sizes {np.min(config.step_size):.3g} .. {np.max(config.step_size):.3g}, "
@@ -125,6 +133,12 @@ def llc(
     # validates before it announces the sampling, so a bad input prints only its error line
     result = estimate_llc_batched(loss_fn, params, data, config=config, key=chain_key, instance_dims=dims,
                                   mesh=mesh, verbose=True)
+    if calibrate:  # an estimate whose calibration never saw it stop moving with chain length is not trusted either
+        converged = sweep["converged"].transpose(*result["trusted"].dims).values
+        result["calibration_converged"] = result["trusted"].copy(data=converged).assign_attrs(
+            long_name="calibration's chain-length rule settled for this instance", units="1")
+        result["trusted"] = (result["trusted"] & result["calibration_converged"]).assign_attrs(
+            long_name=result["trusted"].attrs["long_name"] + ", and the calibration's chain-length rule settled")
     result.attrs["source"] = str(path)
     result.attrs["data_seed"] = seed
     print(save_dataset(result, out, inputs=[path]))
