@@ -72,26 +72,8 @@ def test_plot_writes_next_to_the_dataset_by_default(tmp_path, tiny_grid, capsys,
 
 
 def test_llc_calibrate_max_steps_caps_the_chain_length(tmp_path, tiny_grid, capsys):
-    import json
-
-    from slt_superposition.io import open_result, save_dataset
-
-    path = save_dataset(tiny_grid, tmp_path / "tms.nc")
-    out = tmp_path / "llc.nc"
-    assert main(["llc", str(path), "--calibrate", "--max-steps", "400", "--localization", "1", "--chains", "2",
-                 "--n-samples", "256", "--batch-size", "64", "--out", str(out)]) == 0
-    calibration = open_result(tmp_path / "llc.calibration.nc", kind="calibration")
-    assert json.loads(calibration.attrs["config"])["max_steps"] == 400
-    assert int(calibration["num_steps"].max()) <= 400
-    capsys.readouterr()
-    assert main(["llc", str(path), "--calibrate", "--max-steps", "1", "--out", str(tmp_path / "x.nc")]) == 2
-    assert capsys.readouterr().err.strip() == "error: --max-steps must be at least 2 (a chain needs burn-in and " \
-                                              "samples), got 1"
-
-
-def test_llc_calibrate_trusts_only_settled_calibrations(tmp_path, tiny_grid, capsys):
-    """`llc --calibrate` stores whether each instance's chain-length rule settled, `trusted` implies it,
-    and --min-relaxation reaches the calibration (a bad value is a one-line error)."""
+    """--max-steps and --min-relaxation reach the calibration (bad values: one-line errors); the
+    result stores whether each instance's chain-length rule settled, and `trusted` implies it."""
     import json
 
     import numpy as np
@@ -100,10 +82,12 @@ def test_llc_calibrate_trusts_only_settled_calibrations(tmp_path, tiny_grid, cap
 
     path = save_dataset(tiny_grid, tmp_path / "tms.nc")
     out = tmp_path / "llc.nc"
-    assert main(["llc", str(path), "--calibrate", "--max-steps", "400", "--min-relaxation", "0", "--chains", "2",
-                 "--n-samples", "256", "--batch-size", "64", "--out", str(out)]) == 0
+    assert main(["llc", str(path), "--calibrate", "--max-steps", "400", "--min-relaxation", "0", "--localization",
+                 "1", "--chains", "2", "--n-samples", "256", "--batch-size", "64", "--out", str(out)]) == 0
     calibration = open_result(tmp_path / "llc.calibration.nc", kind="calibration")
+    assert json.loads(calibration.attrs["config"])["max_steps"] == 400
     assert json.loads(calibration.attrs["config"])["min_relaxation"] == 0
+    assert int(calibration["num_steps"].max()) <= 400
     result = open_result(out)
     converged = calibration["converged"].transpose(*result["trusted"].dims).values
     np.testing.assert_array_equal(result["calibration_converged"].values, converged)
@@ -111,3 +95,6 @@ def test_llc_calibrate_trusts_only_settled_calibrations(tmp_path, tiny_grid, cap
     capsys.readouterr()
     assert main(["llc", str(path), "--calibrate", "--min-relaxation", "-1", "--out", str(tmp_path / "x.nc")]) == 2
     assert capsys.readouterr().err.strip() == "error: --min-relaxation must be >= 0 and finite, got -1.0"
+    assert main(["llc", str(path), "--calibrate", "--max-steps", "1", "--out", str(tmp_path / "x.nc")]) == 2
+    assert capsys.readouterr().err.strip() == "error: --max-steps must be at least 2 (a chain needs burn-in and " \
+                                              "samples), got 1"
