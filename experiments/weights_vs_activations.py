@@ -38,7 +38,7 @@ from analysis.sae_recovery import grid_saes, recovery_line, recovery_scores, wel
 from analysis.susceptibility_report import flagship_susceptibilities
 from analysis.weight_basis import rank_above_gradient_floor, weight_basis_measures
 from slt_superposition import grid
-from slt_superposition.calibration import calibrate_batched
+from slt_superposition.calibration import calibrate_batched, require_settled
 from experiments.registry import command_line
 from slt_superposition.io import save_dataset
 from slt_superposition.llc import SGLDConfig, estimate_llc_batched
@@ -164,12 +164,7 @@ def _calibrated_llc(inputs, train: xr.Dataset, config: FlagshipConfig, key, out_
     save_dataset(sweep, out_dir / "calibration" / f"{label}.nc")
     llc = estimate_llc_batched(loss_fn, params, data, config=sgld, key=llc_key, instance_dims=dims,
                                check_steps=config.check_steps)
-    # an estimate whose calibration never saw it stop moving with chain length is not trusted either
-    converged = sweep["converged"].transpose(*GRID_DIMS).values
-    llc["calibration_converged"] = xr.Variable(GRID_DIMS, converged, {
-        "long_name": "calibration's chain-length rule settled for this instance"})
-    llc["trusted"] = (llc["trusted"] & llc["calibration_converged"]).assign_attrs(
-        long_name=llc["trusted"].attrs["long_name"] + ", and the calibration's chain-length rule settled")
+    llc = require_settled(llc, sweep)
     summary = {"converged": float(sweep["converged"].mean()), "batch_size": sgld.batch_size,
                "step_size_range": [float(np.min(sgld.step_size)), float(np.max(sgld.step_size))],
                "num_steps_range": [int(np.min(sgld.num_steps)), int(np.max(sgld.num_steps))],

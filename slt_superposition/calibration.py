@@ -737,6 +737,19 @@ def _verdicts(ds: xr.Dataset, settings: dict, batch: BatchCheckStage) -> list[st
 # ----------------------------------------------------------------------------- one instance
 
 
+def require_settled(llc: xr.Dataset, calibration: xr.Dataset) -> xr.Dataset:
+    """`llc` (estimated with a calibrated config) with `calibration_converged`, whether each
+    instance's chain-length rule settled in `calibration`, and `trusted` requiring it: an estimate
+    whose calibration never saw it stop moving with chain length is not trusted either."""
+    dims = llc["trusted"].dims
+    out = llc.copy()
+    out["calibration_converged"] = xr.Variable(dims, calibration["converged"].transpose(*dims).values, {
+        "long_name": "calibration's chain-length rule settled for this instance", "units": "1"})
+    out["trusted"] = (out["trusted"] & out["calibration_converged"]).assign_attrs(
+        long_name=out["trusted"].attrs["long_name"] + ", and the calibration's chain-length rule settled")
+    return out
+
+
 def calibrate(loss_fn: Callable, params: PyTree, data: PyTree, *, key, **options) -> tuple[SGLDConfig, xr.Dataset]:
     """Choose an `SGLDConfig` for `estimate_llc(loss_fn, params, data, ...)`: `calibrate_batched`
     on this one instance (same options, see there and the module docstring). Returns (config

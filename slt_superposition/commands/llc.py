@@ -133,12 +133,10 @@ def llc(
     # validates before it announces the sampling, so a bad input prints only its error line
     result = estimate_llc_batched(loss_fn, params, data, config=config, key=chain_key, instance_dims=dims,
                                   mesh=mesh, verbose=True)
-    if calibrate:  # an estimate whose calibration never saw it stop moving with chain length is not trusted either
-        converged = sweep["converged"].transpose(*result["trusted"].dims).values
-        result["calibration_converged"] = result["trusted"].copy(data=converged).assign_attrs(
-            long_name="calibration's chain-length rule settled for this instance", units="1")
-        result["trusted"] = (result["trusted"] & result["calibration_converged"]).assign_attrs(
-            long_name=result["trusted"].attrs["long_name"] + ", and the calibration's chain-length rule settled")
+    if calibrate:
+        from slt_superposition.calibration import require_settled
+
+        result = require_settled(result, sweep)
     result.attrs["source"] = str(path)
     result.attrs["data_seed"] = seed
     print(save_dataset(result, out, inputs=[path]))
