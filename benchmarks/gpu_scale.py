@@ -49,14 +49,13 @@ def rule_name(block_bytes: int | None) -> str:
 
 
 def bench_training(n_seeds: int, steps: int, block_bytes: int | None) -> None:
-    from slt_superposition.sharding import block_for
-    from toy_models.train import TrainConfig, train_grid
+    from toy_models.train import TrainConfig, train_grid, training_block
 
     fps = tuple(np.round(np.logspace(0, -2, 16), 6))
     config = TrainConfig(n_features=20, n_hidden=5, feature_probabilities=fps, importance_decays=(0.7,), seeds=n_seeds,
                          steps=steps, batch_size=1024, chunk_steps=steps, loss_curve_points=10, eval_samples=1024)
     with block_rule(block_bytes):
-        block = block_for(config.n_instances, config.batch_size * (2 * 20 + 5) * 4 * 8)
+        block = training_block(config)
         _, first = timed(lambda: train_grid(config, progress=False)["W"].values)
         _, again = timed(lambda: train_grid(config, progress=False)["W"].values)
     n = config.n_instances
@@ -72,7 +71,9 @@ def llc_flops_per_chain_step(batch: int, n_features: int = 6, n_hidden: int = 2)
 
 
 def bench_llc(n_instances: int, chains: int, steps: int, block_bytes: int | None) -> None:
-    from slt_superposition.llc import SGLDConfig, estimate_llc_batched
+    from slt_superposition.chain import ChainShape
+    from slt_superposition.llc import SGLDConfig, chain_working_set, estimate_llc_batched
+    from slt_superposition.sharding import block_for
     from toy_models.data import sparse_uniform
     from toy_models.tms import tms_init_params, tms_loss
 
@@ -82,9 +83,9 @@ def bench_llc(n_instances: int, chains: int, steps: int, block_bytes: int | None
                         trace_every=max(steps // 10, 1))
     run = lambda: estimate_llc_batched(tms_loss, params, x, config=config, key=jax.random.key(2), data_batched=False,
                                        checks=False)["llc_mean"].values
+    shape = ChainShape(chains, 0, config.batch_size, config.sampling, x.shape[0], 18)
     with block_rule(block_bytes):
-        from slt_superposition.sharding import block_for
-        block = block_for(n_instances, chains * 500 * 6 * 4 * 8)
+        block = block_for(n_instances, chain_working_set(shape, x, data_batched=False))
         _, first = timed(run)
         _, again = timed(run)
     total = n_instances * chains

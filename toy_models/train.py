@@ -333,6 +333,15 @@ def _chunk_block(static: TrainConfig, length: int) -> Callable:
     return block
 
 
+def training_block(config: TrainConfig) -> int:
+    """Instances per block of `train_grid`'s programs (`sharding.block_for`): the working set per
+    instance and step is the batch's inputs, hidden and outputs in float32, about 8 times over
+    (activations and gradients)."""
+    from slt_superposition.sharding import block_for
+
+    return block_for(config.n_instances, config.batch_size * (2 * config.n_features + config.n_hidden) * 4 * 8)
+
+
 def train_grid(config: TrainConfig, *, progress: bool = True, mesh=None) -> xr.Dataset:
     """Train every instance of the grid and return the 'train' dataset.
 
@@ -349,14 +358,13 @@ def train_grid(config: TrainConfig, *, progress: bool = True, mesh=None) -> xr.D
     the last bit: XLA vectorises a vmap of another size differently).
     """
     from slt_superposition.progress import progress_bar
-    from slt_superposition.sharding import block_for, run_sharded, single_device_mesh
+    from slt_superposition.sharding import run_sharded, single_device_mesh
 
     mesh = single_device_mesh() if mesh is None else mesh
     static = _static_key(config)
     init, _ = trainer_functions(config)
     inputs = instance_inputs(config)
-    # bytes per instance and step: the batch's inputs, hidden and outputs, about 8 times over (activations, grads)
-    block = block_for(config.n_instances, config.batch_size * (2 * config.n_features + config.n_hidden) * 4 * 8)
+    block = training_block(config)
     params, opt_state = run_sharded(init, inputs["init_key"], mesh=mesh, block=block)
     per_instance = (inputs["data_key"], inputs["feature_probability"], inputs["importance"])
 
