@@ -23,9 +23,9 @@ import time
 import jax
 import numpy as np
 
-from experiments.weights_vs_activations import QUICK, _refined_inputs
+from experiments.weights_vs_activations import QUICK, _refined_inputs, model_key, model_train_config
 from slt_superposition.llc import SGLDConfig, estimate_llc_batched
-from toy_models.train import TrainConfig, train_grid
+from toy_models.train import train_grid
 
 CHAINS = 4
 
@@ -34,11 +34,8 @@ def inputs(n: int, m: int, probabilities: list[float]):
     """(loss_fn, params, data, labels) of seed 0 at the quick grid's feature probabilities nearest
     `probabilities`, trained and refined as `weights_vs_activations.compute_model` does."""
     config = QUICK
-    key = jax.random.fold_in(jax.random.key(config.seed), n * 1000 + m)
-    train = train_grid(TrainConfig(n_features=n, n_hidden=m, feature_probabilities=config.feature_probabilities,
-                                   seeds=config.seeds, steps=config.train_steps, batch_size=config.batch_size),
-                       progress=False)
-    loss_fn, params, data, _ = _refined_inputs(train, config, jax.random.fold_in(key, 2))
+    train = train_grid(model_train_config(n, m, config), progress=False)
+    loss_fn, params, data, _ = _refined_inputs(train, config, jax.random.fold_in(model_key(n, m, config), 2))
     fps = np.asarray(config.feature_probabilities)
     rows = sorted({int(np.argmin(np.abs(np.log(fps) - math.log(p)))) for p in probabilities})
     pick = lambda tree: jax.tree_util.tree_map(lambda x: x[np.asarray(rows), 0, 0], tree)  # (fp, decay, seed, ...)

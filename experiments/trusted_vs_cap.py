@@ -24,9 +24,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from experiments.weights_vs_activations import QUICK, _calibrated_llc, _refined_inputs
+from experiments.weights_vs_activations import (QUICK, _calibrated_llc, _refined_inputs, model_key,
+                                                 model_train_config)
 from slt_superposition.checks import BATCH_TOL, STEP_TOL, within
-from toy_models.train import TrainConfig, train_grid
+from toy_models.train import train_grid
 
 
 def measure(n: int, m: int, cap: int, chains: int = QUICK.calibration_chains, config=QUICK) -> dict:
@@ -34,10 +35,8 @@ def measure(n: int, m: int, cap: int, chains: int = QUICK.calibration_chains, co
     and `chains` calibration chains."""
     config = dataclasses.replace(config, calibration_max_steps=cap, calibration_chains=chains,
                                  calibration_long_check_steps=int(3.2 * cap))
-    key = jax.random.fold_in(jax.random.key(config.seed), n * 1000 + m)  # as compute_model
-    train = train_grid(TrainConfig(n_features=n, n_hidden=m, feature_probabilities=config.feature_probabilities,
-                                   seeds=config.seeds, steps=config.train_steps, batch_size=config.batch_size),
-                       progress=False)
+    key = model_key(n, m, config)
+    train = train_grid(model_train_config(n, m, config), progress=False)
     inputs = _refined_inputs(train, config, jax.random.fold_in(key, 2))
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -260,14 +260,22 @@ def _stage(what: str, enabled: bool = True):
         print(f"{what}: done in {time.time() - start:.1f} s", file=sys.stderr, flush=True)
 
 
+def model_key(n: int, m: int, config: FlagshipConfig) -> jax.Array:
+    """The key of model (n features, m hidden): refinement, calibration and SAEs fold from it."""
+    return jax.random.fold_in(jax.random.key(config.seed), n * 1000 + m)
+
+
+def model_train_config(n: int, m: int, config: FlagshipConfig) -> TrainConfig:
+    """The training grid of model (n, m): every feature probability x seed of `config`."""
+    return TrainConfig(n_features=n, n_hidden=m, feature_probabilities=config.feature_probabilities,
+                       seeds=config.seeds, steps=config.train_steps, batch_size=config.batch_size)
+
+
 def compute_model(n: int, m: int, config: FlagshipConfig, out_dir: Path, progress: bool = True) -> xr.Dataset:
     """Train, measure and join one model's grid; also saves its `train_<label>.nc`."""
     label = _model_label(n, m)
-    key = jax.random.fold_in(jax.random.key(config.seed), n * 1000 + m)
-    train_config = TrainConfig(
-        n_features=n, n_hidden=m, feature_probabilities=config.feature_probabilities, seeds=config.seeds,
-        steps=config.train_steps, batch_size=config.batch_size,
-    )
+    key = model_key(n, m, config)
+    train_config = model_train_config(n, m, config)
     with _stage(f"{label}: train {train_config.n_instances} instances", progress):
         train = train_grid(train_config, progress=progress)
     save_dataset(train, out_dir / f"train_{label}.nc")
