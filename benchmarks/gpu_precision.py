@@ -52,8 +52,7 @@ def measure(precision: str, train, n: int, steps: int) -> dict:
     with jax.default_matmul_precision(other):
         loss_other = float(jax.jit(loss_fn)(refined, data))
     return dict(before=float(before), after=float(after), loss=loss, loss_other=loss_other, refine_s=refine_s,
-                llc=float(est["llc_mean"]), llc_se=float(est["llc_per_chain"].std(ddof=1) / 2), llc_s=llc_s,
-                refined=refined, data=data, loss_fn=loss_fn)
+                llc=float(est["llc_mean"]), llc_se=float(est["llc_per_chain"].std(ddof=1) / 2), llc_s=llc_s)
 
 
 def main() -> None:
@@ -68,9 +67,8 @@ def main() -> None:
     train = open_result(f"{args.train_from}/train_n6_m2.nc", kind="train")
     n = 2 ** args.log2_n
     nbeta = default_nbeta(n)
-    rows = {}
     for precision in PRECISIONS:
-        r = rows[precision] = measure(precision, train, n, args.steps)
+        r = measure(precision, train, n, args.steps)
         print(f"{precision:>13}: refine ||grad L_n|| {r['before']:.2e} -> {r['after']:.2e} ({r['refine_s']:.1f} s); "
               f"L_n {r['loss']:.9f}, in the other precision {r['loss_other']:.9f} (nbeta x difference "
               f"{nbeta * (r['loss_other'] - r['loss']):+.3f}); llc {r['llc']:.2f} +- {r['llc_se']:.2f} "

@@ -22,11 +22,9 @@ import jax
 import numpy as np
 
 import experiments.tms_llc_vs_n as study
-from analysis.refine import refine
 from slt_superposition.curvature import curvature_batched, step_size_bound
 from slt_superposition.io import open_result
 from slt_superposition.llc import SGLDConfig, default_nbeta, estimate_llc
-from toy_models.train import llc_inputs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,18 +38,14 @@ def main(argv: list[str] | None = None) -> None:
     train = open_result(f"{args.train_from}/train_{args.model}.nc", kind="train")
     i = int(np.argmin(np.abs(train["feature_probability"].values - args.p)))
     n = 2 ** args.log2_n
-    key = jax.random.fold_in(jax.random.key(study.SEED), n)  # as measure_point
-    loss_fn, params, data = llc_inputs(train, n_samples=n, key=key)
-    params = jax.tree_util.tree_map(lambda x: x[i], params)
-    data = jax.tree_util.tree_map(lambda x: x[i], data)
     start = time.perf_counter()
-    params, _, grad_norm = refine(loss_fn, params, data, tol=study.REFINE_TOL)
+    loss_fn, params, data, grad_norm, _ = study.refined_point(train, i, n)
     one = lambda tree: jax.tree_util.tree_map(lambda x: x[None], tree)
     curvature = curvature_batched(loss_fn, one(params), one(data), data_batched=True, key=jax.random.key(0))
     nbeta = default_nbeta(n)
     bound = float(np.ravel(step_size_bound(curvature["eigenvalues"], 1.0, nbeta, top=curvature["top"]))[0])
     print(f"{args.model} p={float(train['feature_probability'].values[i]):g} n=2^{args.log2_n} "
-          f"({jax.config.jax_default_matmul_precision} products): ||grad L_n|| {float(grad_norm):.1e}, top eigenvalue "
+          f"({jax.config.jax_default_matmul_precision} products): ||grad L_n|| {grad_norm:.1e}, top eigenvalue "
           f"{curvature['top'][0]:.3g}, nbeta {nbeta:.0f}, curvature step-size bound {bound:.3g} "
           f"({time.perf_counter() - start:.0f} s)", flush=True)
     for eps in args.step_sizes:

@@ -77,14 +77,20 @@ def _trained(model: str, sparsities, steps: int, train_from: str | None, out_dir
     return train
 
 
-def measure_point(model: str, train: xr.Dataset, i: int, n: int, calibration: dict) -> dict:
-    """One (instance i of `train`, n) point: refine, calibrate, estimate, bounds and predictions."""
+def refined_point(train: xr.Dataset, i: int, n: int):
+    """(loss_fn, params, data, ||grad L_n||, key) of instance i of `train` at n: its n samples (drawn
+    with the point's key) and its weights refined on them."""
     key = jax.random.fold_in(jax.random.key(SEED), n)
     loss_fn, params, data = llc_inputs(train, n_samples=n, key=key)
     params = jax.tree_util.tree_map(lambda x: x[i], params)  # instances are the leading axis
     data = jax.tree_util.tree_map(lambda x: x[i], data)
     params, _, grad_norm = refine(loss_fn, params, data, tol=REFINE_TOL)
-    grad_norm = float(grad_norm)
+    return loss_fn, params, data, float(grad_norm), key
+
+
+def measure_point(model: str, train: xr.Dataset, i: int, n: int, calibration: dict) -> dict:
+    """One (instance i of `train`, n) point: refine, calibrate, estimate, bounds and predictions."""
+    loss_fn, params, data, grad_norm, key = refined_point(train, i, n)
     k_cal, k_est = jax.random.split(jax.random.fold_in(key, 1))
     t0 = time.perf_counter()
     config, sweep = calibrate(loss_fn, params, data, key=k_cal, **calibration)
