@@ -85,7 +85,7 @@ from slt_superposition.instances import flatten_instances, over_instances
 from slt_superposition.observers import ChainSettings
 from slt_superposition.provenance import provenance_attrs
 from slt_superposition.sampling_progress import sampling_bar
-from slt_superposition.sharding import balanced_block, block_for, run_sharded, single_device_mesh
+from slt_superposition.sharding import block_for, run_sharded, single_device_mesh
 
 PyTree = Any
 SAMPLING = ("replacement", "epoch")
@@ -372,8 +372,7 @@ def sample_chains(loss_fn: Callable, params: PyTree, data: PyTree, keys: jax.Arr
     if not progress:
         return run()
     n_inst, devices = int(np.shape(keys)[0]), int(mesh.devices.size)
-    size = block_size or balanced_block(n_inst)
-    blocks = -(-n_inst // (size * devices)) * devices  # every block reports each of its chunks
+    blocks = -(-n_inst // (block_size * devices)) * devices  # every block reports each of its chunks
     chunk = chunk_length(shape)
     chunks = -(-int(np.max(np.asarray(settings.num_steps))) // chunk)
     with sampling_bar(blocks * chunks, steps_per_iteration=chunk, desc=progress):
