@@ -179,10 +179,11 @@ def run(out_dir: Path, *, size: str = "default", progress: bool = True, only: li
         values = {name: np.full((1, len(fps), len(ns)), np.nan) for name in VARIABLES}
         train = _trained(model, fps, settings["train_steps"], settings.get("train_from"), out_dir)
         for i, p in enumerate(train["feature_probability"].values):
+            match = np.flatnonzero(np.isclose(fps, float(p)))
             if MODELS[model][2] == "high_sparsity_limit":
                 j = 0
-            elif np.isclose(fps, float(p)).any():
-                j = int(np.flatnonzero(np.isclose(fps, float(p)))[0])
+            elif match.size:
+                j = int(match[0])
             else:
                 continue  # an instance of a loaded grid at a sparsity this run does not measure
             for c, n in enumerate(ns):
