@@ -13,6 +13,7 @@
 #      that still exceeded the symmetry bound at 2^17 (n6_m2 p = 0.05, n20_m5 p = 0.398 and
 #      p = 0.05), one process each, on the trained weights of the CPU run (TRAIN_FROM, default
 #      results/tms_llc_vs_n: its train_{model}.nc), so the points extend the same instances.
+# GPU_SCALE=0, REFINE_BENCH=0, FLAGSHIP=0 skip those parts (e.g. to give the n study the GPU alone).
 # The flagship's time is therefore an upper bound on its time alone. FINISH_BY (epoch seconds)
 # shortens SECONDS so that everything is packed by then. Logs, reports and figures are
 # packed under OUT; the runs themselves write under WORK (default /tmp/gpu_measurements).
@@ -30,7 +31,9 @@ mkdir -p "$OUT" "$WORK"
 "$PY" -c "import slt_superposition, experiments.weights_vs_activations, experiments.tms_llc_vs_n, blackjax, h5netcdf" \
   || { echo "imports failed"; exit 3; }
 cat "$OUT/device.txt"
-"$PY" -u benchmarks/gpu_scale.py ${GPU_SCALE_ARGS:-} 2>&1 | tee "$OUT/gpu_scale.log"
+if [ "${GPU_SCALE:-1}" != 0 ]; then  # skipped with GPU_SCALE=0
+  "$PY" -u benchmarks/gpu_scale.py ${GPU_SCALE_ARGS:-} 2>&1 | tee "$OUT/gpu_scale.log"
+fi
 # the flagship --full's slowest GPU stage: L-BFGS refinement, in sequence against side by side
 # (64 n4_m2 instances at --full's n); skipped with REFINE_BENCH=0
 if [ "${REFINE_BENCH:-1}" != 0 ]; then
@@ -49,7 +52,7 @@ run() {  # run NAME ARGS...: reproduce ARGS into $WORK/NAME, log in $OUT/NAME.lo
     timeout "$LIMIT" "$PY" -u -m slt_superposition.cli reproduce "$@" --out "$WORK/$name" > "$OUT/$name.log" 2>&1
     echo "exit $? after $(( $(date +%s) - start )) s" >> "$OUT/$name.log" ) &
 }
-run flagship_full weights-vs-activations --full
+[ "${FLAGSHIP:-1}" != 0 ] && run flagship_full weights-vs-activations --full  # skipped with FLAGSHIP=0
 for point in "n6_m2 0.05" "n20_m5 0.398" "n20_m5 0.05"; do
   set -- $point
   run "llc_vs_n_$1_p$2" tms-llc-vs-n --full --only "$1" --set "sparsities=($2,)" --set "log2_n=${LOG2_N:-(18, 19)}" \
