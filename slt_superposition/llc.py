@@ -353,12 +353,15 @@ def sample_chains(loss_fn: Callable, params: PyTree, data: PyTree, keys: jax.Arr
     No input checks (callers validate). Instances run in blocks (`sharding.run_sharded`), so the
     bits do not depend on the device count. `progress`: a label for a progress bar on stderr
     (`sampling_progress`; the program then reports each chunk; the numbers are the same).
-    `block_size`: instances per block; None means 1 on a CPU (a vmapped block of many instances ran
+    The program holds `trace_capacity(shape.n_blocks)` loss-trace blocks; `loss_trace` comes back
+    with `shape.n_blocks`. `block_size`: instances per block; None means 1 on a CPU (a vmapped block of many instances ran
     fewer chain-steps per second there than one instance: docs/benchmarks.md; the bits are the same)
     and `sharding.block_for` elsewhere (as many as about 1 GiB of `chain_working_set` holds). It
     depends on the backend and the shapes only, never on the device count.
     """
     mesh = single_device_mesh() if mesh is None else mesh
+    n_blocks = shape.n_blocks
+    shape = shape._replace(n_blocks=trace_capacity(n_blocks))
     if block_size is None and jax.default_backend() == "cpu":
         block_size = 1
     elif block_size is None:
@@ -367,8 +370,11 @@ def sample_chains(loss_fn: Callable, params: PyTree, data: PyTree, keys: jax.Arr
         shape = shape._replace(progress=True)
     block = block_function(loss_fn, shape, data_batched)
     options = dict(mesh=mesh, block=block_size, compiler_options=compiler_options())
-    run = lambda: (run_sharded(block, (params, data, keys, settings), **options) if data_batched else
-                   run_sharded(block, (params, keys, settings), data, **options))
+    def run():
+        out = (run_sharded(block, (params, data, keys, settings), **options) if data_batched else
+               run_sharded(block, (params, keys, settings), data, **options))
+        return {**out, "loss_trace": out["loss_trace"][..., :n_blocks]}
+
     if not progress:
         return run()
     n_inst, devices = int(np.shape(keys)[0]), int(mesh.devices.size)
@@ -377,6 +383,17 @@ def sample_chains(loss_fn: Callable, params: PyTree, data: PyTree, keys: jax.Arr
     chunks = -(-int(np.max(np.asarray(settings.num_steps))) // chunk)
     with sampling_bar(blocks * chunks, steps_per_iteration=chunk, desc=progress):
         return run()
+
+
+TRACE_CAPACITY = 256  # loss-trace blocks compiled at least; programs that differ only below it are one program
+
+
+def trace_capacity(n_blocks: int) -> int:
+    """Loss-trace blocks the compiled program holds for `n_blocks` requested: `TRACE_CAPACITY`, or the
+    next power of two above it. Calibration (128 blocks), the estimate (about 200) and its checks
+    (about 50) then share one program per batch size instead of compiling one each; the blocks
+    past the requested ones are never written, and `sample_chains` drops them."""
+    return max(TRACE_CAPACITY, 1 << max(0, int(n_blocks) - 1).bit_length())
 
 
 def chain_settings(config: SGLDConfig, nbeta, n_inst: int, sizes: tuple[int, ...] = ()) -> ChainSettings:
