@@ -38,7 +38,7 @@ from analysis.sae_recovery import grid_saes, recovery_line, recovery_scores, wel
 from analysis.susceptibility_report import flagship_susceptibilities
 from analysis.weight_basis import rank_above_gradient_floor, weight_basis_measures
 from slt_superposition import grid
-from slt_superposition.calibration import calibrate_batched, require_settled
+from slt_superposition.calibration import calibrate_batched
 from experiments.registry import command_line
 from slt_superposition.io import save_dataset
 from slt_superposition.llc import SGLDConfig, estimate_llc_batched
@@ -163,8 +163,7 @@ def _calibrated_llc(inputs, train: xr.Dataset, config: FlagshipConfig, key, out_
     sgld, sweep = _calibrate(loss_fn, params, data, cal_key, config, instance_dims=dims)
     save_dataset(sweep, out_dir / "calibration" / f"{label}.nc")
     llc = estimate_llc_batched(loss_fn, params, data, config=sgld, key=llc_key, instance_dims=dims,
-                               check_steps=config.check_steps)
-    llc = require_settled(llc, sweep)
+                               check_steps=config.check_steps, calibration=sweep)
     summary = {"converged": float(sweep["converged"].mean()), "batch_size": sgld.batch_size,
                "step_size_range": [float(np.min(sgld.step_size)), float(np.max(sgld.step_size))],
                "num_steps_range": [int(np.min(sgld.num_steps)), int(np.max(sgld.num_steps))],

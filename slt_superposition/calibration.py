@@ -740,10 +740,13 @@ def _verdicts(ds: xr.Dataset, settings: dict, batch: BatchCheckStage) -> list[st
 def require_settled(llc: xr.Dataset, calibration: xr.Dataset) -> xr.Dataset:
     """`llc` (estimated with a calibrated config) with `calibration_converged`, whether each
     instance's chain-length rule settled in `calibration`, and `trusted` requiring it: an estimate
-    whose calibration never saw it stop moving with chain length is not trusted either."""
+    whose calibration never saw it stop moving with chain length is not trusted either. `calibration`
+    from `calibrate_batched` (a `converged` variable) or `calibrate` (a `converged` attr)."""
     dims = llc["trusted"].dims
     out = llc.copy()
-    out["calibration_converged"] = xr.Variable(dims, calibration["converged"].transpose(*dims).values, {
+    converged = (calibration["converged"] if "converged" in calibration.data_vars
+                 else xr.DataArray(bool(calibration.attrs["converged"])))
+    out["calibration_converged"] = xr.Variable(dims, converged.transpose(*dims).values.astype(bool), {
         "long_name": "calibration's chain-length rule settled for this instance", "units": "1"})
     out["trusted"] = (out["trusted"] & out["calibration_converged"]).assign_attrs(
         long_name=out["trusted"].attrs["long_name"] + ", and the calibration's chain-length rule settled")

@@ -444,7 +444,8 @@ def _key_record(key) -> list[int]:
 
 
 def estimate_llc(loss_fn: Callable, params: PyTree, data: PyTree, *, config: SGLDConfig, key,
-                 checks: bool = True, check_steps: int = CHECK_STEPS, mask: PyTree | None = None) -> xr.Dataset:
+                 checks: bool = True, check_steps: int = CHECK_STEPS, mask: PyTree | None = None,
+                 calibration: xr.Dataset | None = None) -> xr.Dataset:
     """Estimate the local learning coefficient of `loss_fn` at `params` (= w*) by SGLD.
 
     loss_fn: `loss_fn(params, batch) -> scalar`, the mean loss over the batch.
@@ -461,11 +462,15 @@ def estimate_llc(loss_fn: Callable, params: PyTree, data: PyTree, *, config: SGL
     With `checks` (default), also the stored bias checks and `trusted` (`slt_superposition.checks`:
     paired runs of at most `check_steps` steps at eps / 3 and with full batch, the Hessian's top
     eigenvalue, `llc_quadratic`).
+    calibration: the dataset `calibrate` returned with `config`: then also `calibration_converged`,
+             and `trusted` requires it (an estimate whose chain length never settled in the
+             calibration is not trusted; `calibration.require_settled`). Needs `checks`.
     The one-instance case of `estimate_llc_batched` (the same program).
     mask: a pytree of booleans shaped like `params`: the weight-refined LLC of that block, the
              rest held at w* (`slt_superposition.refined.estimate_refined_llc`; no paired checks).
     Raises `InputError` for bad inputs, before compiling anything.
     """
+    _check_calibration(calibration, checks, (), mask is not None)
     if mask is not None:
         from slt_superposition.refined import estimate_refined_llc
         return estimate_refined_llc(loss_fn, params, data, mask=mask, config=config, key=key)
@@ -483,7 +488,28 @@ def estimate_llc(loss_fn: Callable, params: PyTree, data: PyTree, *, config: SGL
                            nbeta, n=n, check_steps=check_steps,
                            curvature_inputs=(loss_fn, one, data), data_batched=False, key=jax.random.fold_in(key, 1))
         ds = attach_checks(ds, {name: value[0] for name, value in found.items()})
-    return ds
+    return _with_calibration(ds, calibration)
+
+
+def _check_calibration(calibration, checks: bool, dims: Sequence[str], masked: bool) -> None:
+    """One-line errors for a `calibration` argument that `_with_calibration` could not use."""
+    if calibration is None:
+        return
+    require(isinstance(calibration, xr.Dataset) and ("converged" in calibration.data_vars
+                                                     or "converged" in calibration.attrs),
+            "calibration must be the dataset calibrate / calibrate_batched returned (it has 'converged')")
+    require(checks and not masked, "calibration needs checks=True (it joins the stored checks' trusted flag) "
+            "and no mask")
+    found = calibration["converged"].dims if "converged" in calibration.data_vars else ()
+    require(set(found) == set(dims), f"calibration has instance dims {tuple(found)}; this estimate has {tuple(dims)}")
+
+
+def _with_calibration(ds: xr.Dataset, calibration: xr.Dataset | None) -> xr.Dataset:
+    """`ds`, with `trusted` also requiring that `calibration`'s chain-length rule settled."""
+    if calibration is None:
+        return ds
+    from slt_superposition.calibration import require_settled  # calibration imports this module
+    return require_settled(ds, calibration)
 
 
 def _sampler(loss_fn, params, data, nbeta, *, n, d, sizes, data_batched, mesh) -> Callable:
@@ -518,6 +544,7 @@ def estimate_llc_batched(
     checks: bool = True,
     check_steps: int = CHECK_STEPS,
     masks: PyTree | None = None,
+    calibration: xr.Dataset | None = None,
 ) -> xr.Dataset:
     """Every instance's LLC in one compiled program (instances and chains vmapped).
 
@@ -545,14 +572,18 @@ def estimate_llc_batched(
     masks: a stack of masks (leaves `(mask, *one instance's leaf shape)` booleans): every mask's
             weight-refined LLC for every instance, in one program, with a `mask` dim after the
             instance dims (`slt_superposition.refined.estimate_refined_llc_batched`; no paired checks).
+    calibration: the dataset `calibrate_batched` returned with `config` (see `estimate_llc`).
     Returns the `llc` dataset of `estimate_llc` with the instance dims in front of every variable.
     """
     if masks is not None:
+        require(calibration is None, "calibration needs checks=True (it joins the stored checks' trusted flag) "
+                "and no masks")
         from slt_superposition.refined import estimate_refined_llc_batched
         return estimate_refined_llc_batched(loss_fn, params, data, masks=masks, config=config, key=key,
                                             instance_dims=instance_dims, data_batched=data_batched, mesh=mesh)
     flat = flatten_instances(params, data, instance_dims, data_batched=data_batched)
     params, data, dims, sizes, n_inst = flat.params, flat.data, flat.dims, flat.sizes, flat.count
+    _check_calibration(calibration, checks, tuple(dims), False)
     n, d = _check_inputs(loss_fn, params, data, config, instance_axes=1, data_axes=1 if data_batched else 0,
                          describe_instance=flat.describe)
     key = _check_key(key)
@@ -574,7 +605,7 @@ def estimate_llc_batched(
                            curvature_inputs=(loss_fn, params, data), data_batched=data_batched, key=check_key,
                            check_steps=check_steps)
         ds = attach_checks(ds, found)
-    return ds
+    return _with_calibration(ds, calibration)
 
 
 def _diagnostics(trace: np.ndarray, healthy: np.ndarray, steps: np.ndarray, burnin: np.ndarray):

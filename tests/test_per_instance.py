@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import xarray as xr
 
 from slt_superposition import SGLDConfig, estimate_llc, estimate_llc_batched
 from slt_superposition.curvature import hessian_eigenvalues, quadratic_llc, step_size_bound
@@ -128,3 +129,26 @@ def test_stored_checks_flag_a_biased_step_size(problem):
     coarse = SGLDConfig(**{**fine.to_dict(), "step_size": 3.6 / (nbeta * eigs.max() + 1.0)})
     ds = estimate_llc(regression_loss, params, data, config=coarse, key=jax.random.key(4), check_steps=2000)
     assert float(ds.step_check_rel_diff) > 0.3 and not bool(ds.trusted)
+
+
+def test_calibration_argument_joins_trusted(problem):
+    """`estimate_llc(..., calibration=...)`: `trusted` also requires that the calibration's
+    chain-length rule settled (what the CLI and the flagship store)."""
+    params, data = problem
+    fine = SGLDConfig(step_size=3e-4, localization=1.0, num_chains=64, num_steps=4000, num_burnin=1000,
+                      batch_size=200)
+    run = lambda converged: estimate_llc(regression_loss, params, data, config=fine, key=jax.random.key(4),
+                                         check_steps=2000, calibration=xr.Dataset(attrs={"converged": converged}))
+    settled, unsettled = run(1), run(0)
+    assert bool(settled.trusted) and bool(settled.calibration_converged)  # the checks pass here (test above)
+    assert not bool(unsettled.trusted) and not bool(unsettled.calibration_converged)
+    assert float(settled.llc_mean) == float(unsettled.llc_mean)
+    grid = {"w": jnp.stack([params["w"]] * 2)}
+    with pytest.raises(InputError, match="instance dims"):
+        estimate_llc_batched(regression_loss, grid, data, config=fine, key=jax.random.key(0), data_batched=False,
+                             calibration=xr.Dataset({"converged": (("seed",), [True, False])}))
+    with pytest.raises(InputError, match="checks=True"):
+        estimate_llc(regression_loss, params, data, config=fine, key=jax.random.key(0), checks=False,
+                     calibration=xr.Dataset(attrs={"converged": 1}))
+    with pytest.raises(InputError, match="calibrate"):
+        estimate_llc(regression_loss, params, data, config=fine, key=jax.random.key(0), calibration={"converged": 1})

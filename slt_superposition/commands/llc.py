@@ -132,11 +132,7 @@ def llc(
     mesh = instance_mesh() if all_devices else None
     # validates before it announces the sampling, so a bad input prints only its error line
     result = estimate_llc_batched(loss_fn, params, data, config=config, key=chain_key, instance_dims=dims,
-                                  mesh=mesh, verbose=True)
-    if calibrate:
-        from slt_superposition.calibration import require_settled
-
-        result = require_settled(result, sweep)
+                                  mesh=mesh, verbose=True, calibration=sweep if calibrate else None)
     result.attrs["source"] = str(path)
     result.attrs["data_seed"] = seed
     print(save_dataset(result, out, inputs=[path]))
