@@ -117,16 +117,17 @@ def _block_function(loss_fn: Callable, shape: ChainShape, substeps: int, data_ba
 
 def sample_coupled(loss_fn: Callable, params: PyTree, data: PyTree, keys: jax.Array, settings: ChainSettings,
                    shape: ChainShape, *, substeps: int = 3, data_batched: bool, mesh=None,
-                   compiler_options: dict | None = None) -> dict:
+                   compiler_options: dict | None = None, block_size: int | None = None) -> dict:
     """Every instance's coupled pairs (inputs as `llc.sample_chains`); numpy outputs with a
-    leading instance axis. Runs through `sharding.run_sharded`, so the bits do not depend on the
-    device count."""
+    leading instance axis. Runs through `sharding.run_sharded` in blocks of `block_size` instances
+    (None: `sharding.balanced_block`), so the bits do not depend on the device count."""
     mesh = single_device_mesh() if mesh is None else mesh
     block = _block_function(loss_fn, shape._replace(progress=False), int(substeps), data_batched)
+    options = dict(mesh=mesh, compiler_options=compiler_options, block=block_size)
     if data_batched:
-        raw = run_sharded(block, (params, data, keys, settings), mesh=mesh, compiler_options=compiler_options)
+        raw = run_sharded(block, (params, data, keys, settings), **options)
     else:
-        raw = run_sharded(block, (params, keys, settings), data, mesh=mesh, compiler_options=compiler_options)
+        raw = run_sharded(block, (params, keys, settings), data, **options)
     # the last arithmetic in float64 on the host: compiled reductions of the block sums rounded
     # differently on different meshes
     nbeta = np.asarray(settings.nbeta, np.float64)[:, None]

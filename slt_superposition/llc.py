@@ -342,6 +342,16 @@ def chain_working_set(shape: ChainShape, data: PyTree, data_batched: bool) -> in
     return shape.num_chains * rows * row * WORKING_SET_FACTOR
 
 
+def chain_block(n_instances: int, shape: ChainShape, data: PyTree, data_batched: bool, factor: int = 1) -> int:
+    """Instances per block of a chain program: 1 on a CPU (a vmapped block of many instances ran
+    fewer chain-steps per second there than one instance: docs/benchmarks.md; the bits are the
+    same), elsewhere `sharding.block_for` (as many as about 1 GiB of `chain_working_set` x `factor`
+    holds). Depends on the backend and the shapes only, never on the device count."""
+    if jax.default_backend() == "cpu":
+        return 1
+    return block_for(n_instances, factor * chain_working_set(shape, data, data_batched))
+
+
 def sample_chains(loss_fn: Callable, params: PyTree, data: PyTree, keys: jax.Array, settings: ChainSettings,
                   shape: ChainShape, *, data_batched: bool, mesh=None, progress: str | None = None,
                   block_size: int | None = None) -> dict[str, np.ndarray]:
@@ -354,18 +364,13 @@ def sample_chains(loss_fn: Callable, params: PyTree, data: PyTree, keys: jax.Arr
     bits do not depend on the device count. `progress`: a label for a progress bar on stderr
     (`sampling_progress`; the program then reports each chunk; the numbers are the same).
     The program holds `trace_capacity(shape.n_blocks)` loss-trace blocks; `loss_trace` comes back
-    with `shape.n_blocks`. `block_size`: instances per block; None means 1 on a CPU (a vmapped block of many instances ran
-    fewer chain-steps per second there than one instance: docs/benchmarks.md; the bits are the same)
-    and `sharding.block_for` elsewhere (as many as about 1 GiB of `chain_working_set` holds). It
-    depends on the backend and the shapes only, never on the device count.
+    with `shape.n_blocks`. `block_size`: instances per block; None means `chain_block`'s rule.
     """
     mesh = single_device_mesh() if mesh is None else mesh
     n_blocks = shape.n_blocks
     shape = shape._replace(n_blocks=trace_capacity(n_blocks))
-    if block_size is None and jax.default_backend() == "cpu":
-        block_size = 1
-    elif block_size is None:
-        block_size = block_for(int(np.shape(keys)[0]), chain_working_set(shape, data, data_batched))
+    if block_size is None:
+        block_size = chain_block(int(np.shape(keys)[0]), shape, data, data_batched)
     if progress:
         shape = shape._replace(progress=True)
     block = block_function(loss_fn, shape, data_batched)
@@ -522,9 +527,10 @@ def _sampler(loss_fn, params, data, nbeta, *, n, d, sizes, data_batched, mesh) -
 
     def sample_pair(config: SGLDConfig, keys) -> dict[str, np.ndarray]:
         """The coupled eps / (eps / 3) pairs of the step-size check (`slt_superposition.coupled`)."""
-        return sample_coupled(loss_fn, params, data, keys, chain_settings(config, nbeta, n_inst, sizes),
-                              chain_shape(config, n, d), data_batched=data_batched, mesh=mesh,
-                              compiler_options=compiler_options())
+        shape = chain_shape(config, n, d)
+        return sample_coupled(loss_fn, params, data, keys, chain_settings(config, nbeta, n_inst, sizes), shape,
+                              data_batched=data_batched, mesh=mesh, compiler_options=compiler_options(),
+                              block_size=chain_block(n_inst, shape, data, data_batched, factor=2))
 
     sample.pair = sample_pair
     return sample

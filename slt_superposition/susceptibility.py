@@ -107,8 +107,8 @@ def estimate_susceptibilities(loss_fn: Callable, params: PyTree, data: PyTree, *
     `delta_loss_mean (*inst, perturbation)`, `delta_loss_at_init`, and the raw per-chain moments
     (`observable_mean_per_chain`, `delta_loss_mean_per_chain`, `moment_per_chain`).
     """
-    from slt_superposition.llc import (_check_inputs, _check_key, chain_settings, chain_shape, compiler_options,
-                                       llc_dataset, resolve_nbeta)
+    from slt_superposition.llc import (_check_inputs, _check_key, chain_block, chain_settings, chain_shape,
+                                       compiler_options, llc_dataset, resolve_nbeta)
 
     obs_names, obs_fns = _functions(observables, "observables")
     delta_names, delta_fns = _functions(delta_loss_fns, "delta_loss_fns")
@@ -129,12 +129,14 @@ def estimate_susceptibilities(loss_fn: Callable, params: PyTree, data: PyTree, *
     nbeta = resolve_nbeta(config, n)
     settings = chain_settings(config, nbeta, n_inst, sizes)
     keys = key[None] if single else jax.random.split(key, n_inst)
-    block = _block_function(loss_fn, obs_fns, delta_fns, chain_shape(config, n, d), data_batched)
+    shape = chain_shape(config, n, d)
+    block = _block_function(loss_fn, obs_fns, delta_fns, shape, data_batched)
     mesh = single_device_mesh() if mesh is None else mesh
+    options = dict(mesh=mesh, compiler_options=compiler_options(), block=chain_block(n_inst, shape, data, data_batched))
     if data_batched:
-        out = run_sharded(block, (params, data, keys, settings), mesh=mesh, compiler_options=compiler_options())
+        out = run_sharded(block, (params, data, keys, settings), **options)
     else:
-        out = run_sharded(block, (params, keys, settings), data, mesh=mesh, compiler_options=compiler_options())
+        out = run_sharded(block, (params, keys, settings), data, **options)
     out = flat.unflatten(out)
     moments = {name: np.asarray(out.pop(name), np.float64) for name in MOMENTS}
     ds = llc_dataset(out, config, nbeta=nbeta, n=n, d=d, dims=dims, key=key)
