@@ -162,7 +162,7 @@ def degeneracy_budget(train: xr.Dataset, weights: xr.Dataset) -> xr.Dataset:
     })
 
 
-OUT_OF_RANGE_CAUSES = ("step size", "batch", "not a minimum", "finite n", "none of these")
+OUT_OF_RANGE_CAUSES = ("step size", "batch", "not a minimum", "finite n", "lower loss found")
 MINIMUM_GRAD_TOL = 1e-3  # ||grad L_n|| above this at the LLC's w*: not a critical point
 NEGATIVE_CURVATURE_RTOL = 1e-3  # a Hessian eigenvalue below -rtol x the largest: a saddle
 
@@ -174,8 +174,10 @@ def out_of_range_cause(ds: xr.Dataset) -> xr.DataArray:
     or a Hessian eigenvalue below -`NEGATIVE_CURVATURE_RTOL` x the largest); above the symmetry
     bound with all of those passed: "finite n", the excess of trained TMS at finite n that
     `reproduce tms-llc-vs-n` measures shrinking with n (docs/experiments/tms_llc_vs_n.md), here
-    by elimination; else (below 0 with everything passed) "none of these". "" for instances in
-    range. Needs the flagship's check variables (`llc_step_check_rel_diff`, `llc_step_check_se`,
+    by elimination; below 0 with all of those passed: "lower loss found", the chains' own
+    evidence that w* is not a minimum at the posterior's scale (their mean loss is below L_n(w*)
+    by more than 2 SE although the gradient is small and the Hessian has no negative curvature: a
+    degenerate saddle, e.g. a dead feature the chains revive). "" for instances in range. Needs the flagship's check variables (`llc_step_check_rel_diff`, `llc_step_check_se`,
     `llc_batch_check_*`), `grad_norm_refined`, `hessian_eigenvalues` and the budget
     (`excess_degeneracy`, `excess_degeneracy_se`); returns an object array with the instance dims."""
     step_ok = within(ds["llc_step_check_rel_diff"].values, ds["llc_step_check_se"].values, STEP_TOL)

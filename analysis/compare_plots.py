@@ -495,7 +495,8 @@ def _attribution(one: xr.Dataset) -> str:
     if "out_of_range_cause" not in one or not one["budget_out_of_range"].any():
         return ""
     causes = one["out_of_range_cause"].values.ravel()
-    counts = [(c, int((causes == c).sum())) for c in OUT_OF_RANGE_CAUSES]
+    older = sorted(set(causes) - set(OUT_OF_RANGE_CAUSES) - {""})  # labels of datasets written by older versions
+    counts = [(c, int((causes == c).sum())) for c in (*OUT_OF_RANGE_CAUSES, *older)]
     return "; each attributed to the first failing of: " + ", ".join(f"{c} {k}" for c, k in counts)
 
 

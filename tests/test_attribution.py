@@ -24,7 +24,7 @@ def stub(**overrides):
 
 def test_first_failing_cause_in_order():
     causes = out_of_range_cause(stub()).values.tolist()
-    assert causes == ["step size", "batch", "not a minimum", "finite n", "none of these", ""]
+    assert causes == ["step size", "batch", "not a minimum", "finite n", "lower loss found", ""]
 
 
 def test_a_saddle_is_not_a_minimum_and_an_unresolved_check_is_a_failed_one():
