@@ -217,7 +217,7 @@ def fragility_section(ds: xr.Dataset, figure: str | None = None) -> list[str]:
         "",
         f"Perturbations: feature j's probability x {factor} (j in "
         f"{', '.join(str(int(j)) for j in ds['perturbed_feature'].values)}; the LLC's samples read under q', "
-        "paired). chi = -nbeta Cov(phi, Delta L) of phi = ||W_i|| and D_i over the LLC's own chains, replayed "
+        "paired). chi = -nbeta Cov(phi, Delta L) of phi = ||W_i|| and D_i over the LLC's own chains, "
         "with the observables recorded (`susceptibility_norm`, `susceptibility_dimensionality`, `(model, p, seed, "
         "perturbed_feature, feature)`): the first-order prediction of each feature's change. Retraining "
         "from the same initialisation and batch keys at q' (`retrain_delta_norm`, `retrain_delta_dimensionality`, "

@@ -8,9 +8,10 @@ and the observables "feature i's reconstruction loss" and "||W_i||": chi(j, i) f
 report section: the own-feature responses (i = j) against the cross responses (i != j), per
 feature probability.
 
-The flagship's susceptibilities (`flagship_susceptibilities`) replay the LLC's own chains: the
-same refined w*, data, per-instance step size, chain length, localization, nbeta and key, so
-the same noise and minibatches, with the observables ||W_i|| and D_i of every feature and the
+The flagship's susceptibilities (`flagship_susceptibilities`) are read from the LLC's own chains:
+the same refined w*, data, per-instance step size, chain length, localization, nbeta and key, so
+the same noise and minibatches (the flagship samples them once, with `flagship_susceptibility_chains`,
+and passes them to `estimate_llc_batched(..., sampled=...)`), with the observables ||W_i|| and D_i of every feature and the
 loss differences of "feature j's probability x factor" (factor <= 1, paired exactly with the
 LLC's samples: `scaled_feature`) recorded at every step. `analysis.retrain_response` retrains at
 q' for comparison, and `analysis.fragility_test` joins both with the flagship's regions.
@@ -106,23 +107,43 @@ def flagship_susceptibilities(loss_fn, params, data, *, config, key, instance_di
     """chi of ||W_i|| and D_i (every feature i) under "feature j's probability x `factor`" (j in
     `features`) for every instance, from chains with the LLC's inputs and settings (pass the
     LLC's `loss_fn`, refined params, data {"x", "importance"} with instance dims leading, its
-    SGLDConfig and key: the chains are then the LLC's chains replayed). Delta L is evaluated on
-    each instance's first `eval_samples` samples (paired, `scaled_feature`).
+    SGLDConfig and key: the chains are then the LLC's chains). Delta L is evaluated on each
+    instance's first `eval_samples` samples (paired, `scaled_feature`).
 
-    Returns `susceptibility_norm`, `susceptibility_dimensionality` and their `_se`, `(grid...,
-    perturbed_feature, feature)`, `delta_loss_mean (grid..., perturbed_feature)`, and the replay's
-    `replay_llc (grid...)` (its LLC estimate, for comparison with the LLC's own)."""
-    require_factor = float(factor)
-    if not 0.0 < require_factor <= 1.0:
+    Returns `flagship_susceptibility_summary` of `flagship_susceptibility_chains`."""
+    chains = flagship_susceptibility_chains(loss_fn, params, data, config=config, key=key,
+                                            instance_dims=instance_dims, features=features, factor=factor,
+                                            eval_samples=eval_samples)
+    return flagship_susceptibility_summary(chains, instance_dims=instance_dims, features=features, factor=factor,
+                                           eval_samples=eval_samples)
+
+
+def flagship_susceptibility_chains(loss_fn, params, data, *, config, key, instance_dims: dict, features,
+                                   factor: float, eval_samples: int) -> xr.Dataset:
+    """The chains of `flagship_susceptibilities` with the observables ||W_i||, D_i and the loss
+    differences recorded: the `estimate_susceptibilities` dataset (an `llc` dataset plus
+    `susceptibility (grid..., perturbation, observable)` ...). With the LLC's inputs, config and
+    key these are the LLC's own chains, so `estimate_llc_batched(..., sampled=this)` gives the
+    LLC and its checks without sampling them again."""
+    if not 0.0 < float(factor) <= 1.0:
         raise ValueError(f"factor must be in (0, 1] (a lowered probability), got {factor}")
     n_features = int(np.shape(data["x"])[-1])
-    features = tuple(int(j) for j in features)
     observables = {**{f"norm_{i}": (lambda p, d, i=i: feature_norms_array(p["W"])[i]) for i in range(n_features)},
                    **{f"dim_{i}": (lambda p, d, i=i: feature_dimensionality_array(p["W"])[i])
                       for i in range(n_features)}}
-    deltas = {f"p{j}": _scaled_delta(loss_fn, j, factor, eval_samples) for j in features}
-    ds = estimate_susceptibilities(loss_fn, params, data, delta_loss_fns=deltas, observables=observables,
-                                   config=config, key=key, instance_dims=instance_dims)
+    deltas = {f"p{int(j)}": _scaled_delta(loss_fn, int(j), factor, eval_samples) for j in features}
+    return estimate_susceptibilities(loss_fn, params, data, delta_loss_fns=deltas, observables=observables,
+                                     config=config, key=key, instance_dims=instance_dims)
+
+
+def flagship_susceptibility_summary(ds: xr.Dataset, *, instance_dims: dict, features, factor: float,
+                                    eval_samples: int) -> xr.Dataset:
+    """`susceptibility_norm`, `susceptibility_dimensionality` and their `_se`, `(grid...,
+    perturbed_feature, feature)`, `delta_loss_mean (grid..., perturbed_feature)`, and `replay_llc
+    (grid...)` (the LLC estimate of the chains they were read from) of the
+    `flagship_susceptibility_chains` dataset `ds`."""
+    n_features = sum(1 for name in ds["observable"].values if str(name).startswith("norm_"))
+    features = tuple(int(j) for j in features)
     grid = tuple(instance_dims)
     coords = {**{d: np.asarray(v) for d, v in instance_dims.items()}, "perturbed_feature": np.asarray(features),
               "feature": np.arange(n_features)}
@@ -139,6 +160,7 @@ def flagship_susceptibilities(loss_fn, params, data, *, config, key, instance_di
     out["delta_loss_mean"] = (grid + ("perturbed_feature",), ds["delta_loss_mean"].values, {
         "long_name": "posterior mean of Delta L = L_q' - L_q (the perturbation's size)", "units": "1"})
     out["replay_llc"] = (grid, ds["llc_mean"].values, {
-        "long_name": "LLC estimate of the replayed chains (the LLC's chains with observables recorded)", "units": "1"})
+        "long_name": "LLC estimate of the chains the susceptibilities were read from (the LLC's own chains)",
+        "units": "1"})
     out.attrs.update(factor=float(factor), eval_samples=int(eval_samples))
     return out

@@ -35,7 +35,7 @@ from analysis.refine import refine_batched
 from analysis.retrain_response import retrain_perturbed, training_response
 from analysis.sae import mmcs, recovered_overcompleteness
 from analysis.sae_recovery import grid_saes, recovery_line, recovery_scores, well_posed
-from analysis.susceptibility_report import flagship_susceptibilities
+from analysis.susceptibility_report import flagship_susceptibility_chains, flagship_susceptibility_summary
 from analysis.weight_basis import rank_above_gradient_floor, weight_basis_measures
 from slt_superposition import grid
 from slt_superposition.calibration import calibrate_batched
@@ -90,7 +90,7 @@ class FlagshipConfig:
     development_batch_size: int = 256
     development_seeds: int = 4
     development_snapshots: int = 24
-    # fragility (analysis.fragility_test): susceptibilities on the LLC's chains replayed, and retraining at q'
+    # fragility (analysis.fragility_test): susceptibilities read from the LLC's own chains, and retraining at q'
     susceptibility_features: tuple[int, ...] = (0, 1)  # perturbations: feature j's probability x factor
     susceptibility_factor: float = 0.75
     susceptibility_eval_samples: int = 256  # Delta L on each instance's first samples of the LLC's n
@@ -150,25 +150,29 @@ def _refined_inputs(train: xr.Dataset, config: FlagshipConfig, key):
 
 
 def _calibrated_llc(inputs, train: xr.Dataset, config: FlagshipConfig, key, out_dir: Path
-                    ) -> tuple[xr.Dataset, dict, tuple[SGLDConfig, jax.Array]]:
+                    ) -> tuple[xr.Dataset, dict, xr.Dataset]:
     """LLC of every instance at its refined point: `calibrate_batched` calibrates every instance
-    (its own step size and chain length, no interpolation), then `estimate_llc_batched` samples
-    them all in one program with the bias checks stored per instance. The calibration is saved
-    as `calibration/<model>.nc` (plot it with `slt-superposition plot`). Also returns the chains'
-    config and key (the susceptibilities replay those chains)."""
+    (its own step size and chain length, no interpolation), then one program samples every
+    instance's chains with the susceptibilities' observables recorded
+    (`flagship_susceptibility_chains`), and `estimate_llc_batched` reads the LLC from those chains
+    and stores the bias checks per instance. The calibration is saved as `calibration/<model>.nc`
+    (plot it with `slt-superposition plot`). Returns (llc, calibration summary, susceptibilities)."""
     cal_key, llc_key = jax.random.split(key)
     loss_fn, params, data, _ = inputs
     dims = grid.grid_coords(train)
     label = _model_label(train.sizes["feature"], train.sizes["hidden"])
     sgld, sweep = _calibrate(loss_fn, params, data, cal_key, config, instance_dims=dims)
     save_dataset(sweep, out_dir / "calibration" / f"{label}.nc")
+    options = dict(instance_dims=dims, features=config.susceptibility_features, factor=config.susceptibility_factor,
+                   eval_samples=config.susceptibility_eval_samples)
+    chains = flagship_susceptibility_chains(loss_fn, params, data, config=sgld, key=llc_key, **options)
     llc = estimate_llc_batched(loss_fn, params, data, config=sgld, key=llc_key, instance_dims=dims,
-                               check_steps=config.check_steps, calibration=sweep)
+                               check_steps=config.check_steps, calibration=sweep, sampled=chains)
     summary = {"converged": float(sweep["converged"].mean()), "batch_size": sgld.batch_size,
                "step_size_range": [float(np.min(sgld.step_size)), float(np.max(sgld.step_size))],
                "num_steps_range": [int(np.min(sgld.num_steps)), int(np.max(sgld.num_steps))],
                "trusted": float(llc["trusted"].mean())}
-    return llc, summary, (sgld, llc_key)
+    return llc, summary, flagship_susceptibility_summary(chains, **options)
 
 
 def _calibrate(loss_fn, params, data, key, config: FlagshipConfig, *, instance_dims=None, data_batched=True):
@@ -200,21 +204,16 @@ def _weight_basis(inputs, train: xr.Dataset, config: FlagshipConfig) -> xr.Datas
     return basis
 
 
-def _response(inputs, train: xr.Dataset, train_config: TrainConfig, chains: tuple[SGLDConfig, jax.Array],
+def _response(train: xr.Dataset, train_config: TrainConfig, susceptibilities: xr.Dataset,
               config: FlagshipConfig) -> xr.Dataset:
     """Fragility two ways (`analysis.fragility_test`): the susceptibilities of ||W_i|| and D_i to
-    each perturbation from the LLC's own chains replayed (same inputs, settings and key), and the
-    weights retrained at q' from the same initialisation on the first `retrain_seeds` seeds."""
-    loss_fn, params, data, _ = inputs
-    sgld, key = chains
-    sus = flagship_susceptibilities(loss_fn, params, data, config=sgld, key=key,
-                                    instance_dims=grid.grid_coords(train),
-                                    features=config.susceptibility_features, factor=config.susceptibility_factor,
-                                    eval_samples=config.susceptibility_eval_samples)
+    each perturbation (read from the LLC's own chains, `_calibrated_llc`), and the weights
+    retrained at q' from the same initialisation on the first `retrain_seeds` seeds."""
     seeds = tuple(int(s) for s in train["seed"].values[: config.retrain_seeds])
     retrained = retrain_perturbed(dataclasses.replace(train_config, seeds=seeds), config.retrain_features,
                                   config.susceptibility_factor)
     response = training_response(retrained, train["W"])
+    sus = susceptibilities.copy()
     sus["feature_norm_trained"] = feature_norms(train["W"]).assign_attrs(
         long_name="||W_i|| of the trained weights", units="1")
     return xr.merge([sus, response], join="outer", combine_attrs="override")
@@ -280,14 +279,15 @@ def compute_model(n: int, m: int, config: FlagshipConfig, out_dir: Path, progres
     save_dataset(train, out_dir / f"train_{label}.nc")
     with _stage(f"{label}: refine every instance to a critical point of L_n", progress):
         inputs = _refined_inputs(train, config, jax.random.fold_in(key, 2))
-    with _stage(f"{label}: calibrate and estimate every LLC", progress):
-        llc, calibration, chains = _calibrated_llc(inputs, train, config, jax.random.fold_in(key, 1), out_dir)
+    with _stage(f"{label}: calibrate, then every LLC and susceptibility from one set of chains", progress):
+        llc, calibration, susceptibilities = _calibrated_llc(inputs, train, config, jax.random.fold_in(key, 1),
+                                                             out_dir)
     with _stage(f"{label}: Hessian and Gauss-Newton ranks", progress):
         basis = _weight_basis(inputs, train, config)
     with _stage(f"{label}: sparse autoencoders", progress):
         sae = _sae(train, config, jax.random.fold_in(key, 3))
-    with _stage(f"{label}: susceptibilities (the LLC's chains replayed) and retraining at q'", progress):
-        response = _response(inputs, train, train_config, chains, config)
+    with _stage(f"{label}: retraining at q'", progress):
+        response = _response(train, train_config, susceptibilities, config)
     ds = compare(train, llc, basis.drop_vars("hessian_eigenvalues"), sae)
     for name in CHECK_VARIABLES:
         ds[f"llc_{name}" if not name.startswith("llc_") else name] = llc[name]

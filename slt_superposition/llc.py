@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import sys
 import warnings
@@ -83,7 +84,7 @@ from slt_superposition.errors import InputError, require
 from slt_superposition.instances import coordinate as _coord
 from slt_superposition.instances import flatten_instances, over_instances
 from slt_superposition.observers import ChainSettings
-from slt_superposition.provenance import provenance_attrs
+from slt_superposition.provenance import jsonable, provenance_attrs
 from slt_superposition.sampling_progress import sampling_bar
 from slt_superposition.sharding import block_for, run_sharded, single_device_mesh
 
@@ -551,6 +552,7 @@ def estimate_llc_batched(
     check_steps: int = CHECK_STEPS,
     masks: PyTree | None = None,
     calibration: xr.Dataset | None = None,
+    sampled: xr.Dataset | None = None,
 ) -> xr.Dataset:
     """Every instance's LLC in one compiled program (instances and chains vmapped).
 
@@ -579,6 +581,10 @@ def estimate_llc_batched(
             weight-refined LLC for every instance, in one program, with a `mask` dim after the
             instance dims (`slt_superposition.refined.estimate_refined_llc_batched`; no paired checks).
     calibration: the dataset `calibrate_batched` returned with `config` (see `estimate_llc`).
+    sampled: these very chains, already sampled (an `llc` dataset from the same inputs, config
+            and key, e.g. `susceptibility.estimate_susceptibilities`, whose chains are the LLC's
+            with observables recorded): its `LLC_VARIABLES` are used and only the checks run.
+            A dataset from other settings or another key is an `InputError`.
     Returns the `llc` dataset of `estimate_llc` with the instance dims in front of every variable.
     """
     if masks is not None:
@@ -599,8 +605,11 @@ def estimate_llc_batched(
         devices = 1 if mesh is None else mesh.devices.size
         print(f"sampling {n_inst} instance(s) x {config.num_chains} chains x {_show(config.num_steps)} steps on "
               f"{devices} device(s) ...", file=sys.stderr)
-    out = sample(config, jax.random.split(key, n_inst), progress="sampling" if verbose else None)
-    ds = llc_dataset(flat.unflatten(out), config, nbeta=nbeta, n=n, d=d, dims=dims, key=key)
+    if sampled is None:
+        out = sample(config, jax.random.split(key, n_inst), progress="sampling" if verbose else None)
+        ds = llc_dataset(flat.unflatten(out), config, nbeta=nbeta, n=n, d=d, dims=dims, key=key)
+    else:
+        ds = _already_sampled(sampled, config, key, nbeta, n=n, d=d, dims=tuple(dims))
     if checks:
         if verbose:
             print("bias checks (short paired runs at step size / 3 and with full batch) ...", file=sys.stderr)
@@ -612,6 +621,23 @@ def estimate_llc_batched(
                            check_steps=check_steps)
         ds = attach_checks(ds, found)
     return _with_calibration(ds, calibration)
+
+
+def _already_sampled(sampled, config: SGLDConfig, key, nbeta, *, n: int, d: int, dims: tuple[str, ...]) -> xr.Dataset:
+    """`sampled`'s `LLC_VARIABLES`, after checking that its chains are the ones these inputs,
+    `config` and `key` give (the settings, key, n and d `llc_dataset` recorded)."""
+    require(isinstance(sampled, xr.Dataset) and all(name in sampled for name in LLC_VARIABLES),
+            "sampled must be an llc dataset (estimate_llc_batched's or estimate_susceptibilities')")
+    stored = json.loads(sampled.attrs.get("config", "{}"))
+    expected = json.loads(json.dumps(jsonable({**config.to_dict(), "key": _key_record(key), "n_samples": n,
+                                                "n_parameters": d,
+                                                "nbeta_resolved": nbeta.tolist() if isinstance(nbeta, np.ndarray)
+                                                else nbeta}), sort_keys=True))
+    differ = sorted(name for name in expected if stored.get(name) != expected[name])
+    require(not differ and tuple(sampled["llc_mean"].dims) == dims,
+            f"sampled holds other chains than these inputs, config and key would (differs in "
+            f"{', '.join(differ) or 'instance dims'})")
+    return sampled[list(LLC_VARIABLES)]
 
 
 def _diagnostics(trace: np.ndarray, healthy: np.ndarray, steps: np.ndarray, burnin: np.ndarray):
@@ -638,6 +664,11 @@ def _diagnostics(trace: np.ndarray, healthy: np.ndarray, steps: np.ndarray, burn
         r, e = rhat_and_ess(flat_trace[members][..., mask], flat_healthy[members])
         flat_rhat[members], flat_ess[members] = r, e
     return flat_rhat.reshape(burnin.shape), flat_ess.reshape(burnin.shape)
+
+
+LLC_VARIABLES = ("llc_mean", "llc_std", "llc_se", "llc_per_chain", "loss_trace", "init_loss", "mala_acceptance",
+                 "rhat", "ess", "frac_below_init", "diverged", "n_diverged", "step_size", "localization", "nbeta",
+                 "num_steps", "num_burnin")  # what llc_dataset writes
 
 
 def llc_dataset(out: dict, config: SGLDConfig, *, nbeta, n: int, d: int,
@@ -699,6 +730,7 @@ def llc_dataset(out: dict, config: SGLDConfig, *, nbeta, n: int, d: int,
         "num_steps": (ci, setting(config.num_steps, np.int64), "SGLD steps per chain (burn-in included)", "steps"),
         "num_burnin": (ci, burnin, "burn-in steps left out of the estimate", "steps"),
     }
+    assert tuple(dv) == LLC_VARIABLES
     data_vars = {}
     for name, (vdims, values, long_name, units) in dv.items():
         attrs = {"long_name": long_name}

@@ -54,11 +54,12 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """`value` with numpy arrays and scalars as lists and numbers, paths as strings (for JSON)."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if hasattr(value, "tolist"):
         return value.tolist()
     if isinstance(value, Path):
@@ -76,7 +77,7 @@ def provenance_attrs(kind: str, config: dict[str, Any]) -> dict[str, Any]:
     return {
         "slt_superposition_kind": kind,
         "schema_version": SCHEMA_VERSION,
-        "config": json.dumps(_jsonable(config), sort_keys=True),
+        "config": json.dumps(jsonable(config), sort_keys=True),
         "package_versions": json.dumps(package_versions(), sort_keys=True),
         "git_commit": git_commit(),
         "platform": f"{platform.platform()} python {platform.python_version()} jax-backend {jax.default_backend()} "

@@ -1,5 +1,5 @@
 """The flagship's fragility section: paired perturbed data, retraining at q' from the same
-initialisation, susceptibilities on the LLC's chains replayed, and the agreement / conjecture
+initialisation, susceptibilities on the LLC's own chains, and the agreement / conjecture
 numbers (analysis.retrain_response, analysis.susceptibility_report, analysis.fragility_test)."""
 
 from __future__ import annotations

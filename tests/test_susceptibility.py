@@ -100,6 +100,33 @@ def test_the_chains_are_the_llc_chains(regression):
         np.testing.assert_array_equal(ds[name].values, llc[name].values, err_msg=name)
 
 
+def test_sampled_chains_give_the_llc_and_its_checks_without_sampling_again():
+    """`estimate_llc_batched(..., sampled=chains)` with chains from `estimate_susceptibilities`
+    (same inputs, config, key) equals sampling them itself, checks included; other chains are
+    refused."""
+    from slt_superposition.llc import estimate_llc_batched
+
+    data = _regression()
+    w_star = jnp.linalg.lstsq(data["x"], data["y"])[0]
+    grid = {"w": jnp.stack([w_star, w_star + 0.01])}
+    config = SGLDConfig(step_size=EPS, localization=GAMMA, nbeta=NBETA, num_chains=4, num_steps=600, num_burnin=100,
+                        batch_size=100)
+    run = dict(config=config, key=jax.random.key(5), data_batched=False)
+    chains = estimate_susceptibilities(_mse, grid, data, delta_loss_fns={"shift": _delta}, observables=OBSERVABLES,
+                                       instance_dims=("instance",), **run)
+    direct = estimate_llc_batched(_mse, grid, data, check_steps=200, **run)
+    reused = estimate_llc_batched(_mse, grid, data, check_steps=200, sampled=chains, **run)
+    assert set(reused.data_vars) == set(direct.data_vars)
+    for name in direct.data_vars:
+        np.testing.assert_array_equal(reused[name].values, direct[name].values, err_msg=name)
+    with pytest.raises(InputError, match="key"):
+        estimate_llc_batched(_mse, grid, data, check_steps=200, sampled=chains,
+                             **{**run, "key": jax.random.key(6)})
+    with pytest.raises(InputError, match="step_size"):
+        estimate_llc_batched(_mse, grid, data, check_steps=200, sampled=chains,
+                             **{**run, "config": SGLDConfig(**{**config.to_dict(), "step_size": 2 * EPS})})
+
+
 # ----------------------------------------------------------------------------- (b) TMS, finite differences
 
 TMS_N, TMS_FEATURES, TMS_P = 500, 5, 0.2
