@@ -92,13 +92,12 @@ def _batched_program(loss_fn: Callable, steps: int, tol: float, one_at_a_time: b
 
 
 def refine_batched(loss_fn: Callable, params: PyTree, data: PyTree, *, steps: int = REFINE_STEPS,
-                   tol: float = REFINE_TOL, one_at_a_time: bool | None = None) -> tuple[PyTree, jax.Array, jax.Array]:
+                   tol: float = REFINE_TOL, one_at_a_time: bool = True) -> tuple[PyTree, jax.Array, jax.Array]:
     """`refine` for every instance in one program: params and data leaves `(instance, ...)`.
     Returns (params, grad norm before `(instance,)`, grad norm after `(instance,)`).
 
-    `one_at_a_time` (default: on a CPU) runs the instances in sequence inside the program, each
-    bit for bit as `refine` would; otherwise they run side by side (`jax.vmap`), which a GPU
-    may prefer, at the cost described in `_batched_program`."""
-    if one_at_a_time is None:
-        one_at_a_time = jax.default_backend() == "cpu"
+    `one_at_a_time` (default) runs the instances in sequence inside the program, each bit for
+    bit as `refine` would, on every backend; `False` runs them side by side (`jax.vmap`), at the
+    cost described in `_batched_program`. In sequence was the faster layout on a CPU and on a GPU
+    alike (`benchmarks/refine_batched.py`; docs/benchmarks.md)."""
     return _batched_program(loss_fn, int(steps), float(tol), bool(one_at_a_time))(params, data)

@@ -4,7 +4,7 @@
 
 Trains the grid (`--train-steps`, 500), draws each instance's n samples as the flagship does, and times
 `refine_batched` at up to 300 L-BFGS iterations (stopping at `--tol`) both ways, side by side: instances in sequence inside
-the program (`one_at_a_time=True`, the CPU default) and side by side (`jax.vmap`), each twice
+the program (`one_at_a_time=True`, the default) and side by side (`jax.vmap`), each twice
 (the first call includes compiling); then prints the largest gradient norm after each.
 """
 
