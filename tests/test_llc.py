@@ -218,9 +218,15 @@ def test_repeated_call_does_not_retrace():
     longer = SGLDConfig(**{**SMALL.to_dict(), "num_steps": 120, "num_burnin": 30, "trace_every": 2})
     estimate_llc(counted_loss, params, data, config=longer, key=jax.random.key(0))
     assert len(traces) == after_first
+    # the chain program holds llc.trace_capacity(blocks) trace blocks (at least 256): 70 blocks share
+    # the 60-block program (the checks' coupled chains are a program of their own: checks=False),
+    # 300 blocks need a new one
     more_blocks = SGLDConfig(**{**SMALL.to_dict(), "num_steps": 70})
-    estimate_llc(counted_loss, params, data, config=more_blocks, key=jax.random.key(0))
-    assert len(traces) > after_first  # a new number of trace blocks is a new program
+    ds = estimate_llc(counted_loss, params, data, config=more_blocks, key=jax.random.key(0), checks=False)
+    assert len(traces) == after_first and ds.sizes["step"] == 70
+    many_blocks = SGLDConfig(**{**SMALL.to_dict(), "num_steps": 300})
+    ds = estimate_llc(counted_loss, params, data, config=many_blocks, key=jax.random.key(0), checks=False)
+    assert len(traces) > after_first and ds.sizes["step"] == 300
 
 
 
