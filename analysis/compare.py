@@ -177,7 +177,8 @@ def out_of_range_cause(ds: xr.Dataset) -> xr.DataArray:
     by elimination; below 0 with all of those passed: "lower loss found", the chains' own
     evidence that w* is not a minimum at the posterior's scale (their mean loss is below L_n(w*)
     by more than 2 SE although the gradient is small and the Hessian has no negative curvature: a
-    degenerate saddle, e.g. a dead feature the chains revive). "" for instances in range. Needs the flagship's check variables (`llc_step_check_rel_diff`, `llc_step_check_se`,
+    degenerate saddle, e.g. a partly represented feature the chains grow). "" for instances in
+    range. Needs the flagship's check variables (`llc_step_check_rel_diff`, `llc_step_check_se`,
     `llc_batch_check_*`), `grad_norm_refined`, `hessian_eigenvalues` and the budget
     (`excess_degeneracy`, `excess_degeneracy_se`); returns an object array with the instance dims."""
     step_ok = within(ds["llc_step_check_rel_diff"].values, ds["llc_step_check_se"].values, STEP_TOL)

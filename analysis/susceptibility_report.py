@@ -10,9 +10,9 @@ feature probability.
 
 The flagship's susceptibilities (`flagship_susceptibilities`) are read from the LLC's own chains:
 the same refined w*, data, per-instance step size, chain length, localization, nbeta and key, so
-the same noise and minibatches (the flagship samples them once, with `flagship_susceptibility_chains`,
-and passes them to `estimate_llc_batched(..., sampled=...)`), with the observables ||W_i|| and D_i of every feature and the
-loss differences of "feature j's probability x factor" (factor <= 1, paired exactly with the
+the same noise and minibatches (the flagship samples them once, `flagship_susceptibility_chains`,
+and passes them to `estimate_llc_batched(..., sampled=...)`), with the observables ||W_i|| and
+D_i of every feature and the loss differences of "feature j's probability x factor" (factor <= 1, paired exactly with the
 LLC's samples: `scaled_feature`) recorded at every step. `analysis.retrain_response` retrains at
 q' for comparison, and `analysis.fragility_test` joins both with the flagship's regions.
 """

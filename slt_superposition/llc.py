@@ -588,8 +588,8 @@ def estimate_llc_batched(
     Returns the `llc` dataset of `estimate_llc` with the instance dims in front of every variable.
     """
     if masks is not None:
-        require(calibration is None, "calibration needs checks=True (it joins the stored checks' trusted flag) "
-                "and no masks")
+        require(calibration is None and sampled is None, "calibration and sampled apply to plain estimates, "
+                "not to masks")
         from slt_superposition.refined import estimate_refined_llc_batched
         return estimate_refined_llc_batched(loss_fn, params, data, masks=masks, config=config, key=key,
                                             instance_dims=instance_dims, data_batched=data_batched, mesh=mesh)
@@ -601,7 +601,7 @@ def estimate_llc_batched(
     key = _check_key(key)
     nbeta = resolve_nbeta(config, n)
     sample = _sampler(loss_fn, params, data, nbeta, n=n, d=d, sizes=sizes, data_batched=data_batched, mesh=mesh)
-    if verbose:
+    if verbose and sampled is None:
         devices = 1 if mesh is None else mesh.devices.size
         print(f"sampling {n_inst} instance(s) x {config.num_chains} chains x {_show(config.num_steps)} steps on "
               f"{devices} device(s) ...", file=sys.stderr)
