@@ -91,7 +91,7 @@ calibration_figure(sweep)
 
 # %% [markdown]
 # The same settings for every instance, in one compiled program (instances and chains are
-# vectorised). Each trace panel shows the excess loss L_B(w_t) - L_n(w*) along the chains: it
+# vectorised). Each trace panel shows the excess loss L_B(w_t) - L_B(w*) along the chains: it
 # should rise during burn-in (shaded) and then fluctuate around a level, lambda / (n beta).
 # A trace still drifting at the end means the chains were too short; a MALA acceptance far
 # below the calibration's threshold means the step size is too large for that instance.

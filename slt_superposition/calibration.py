@@ -42,8 +42,11 @@ so step sizes are compared on common random numbers.
    must be within `batch_tol` (2%) of the full-batch one, allowing 2 SE of the paired
    difference, and the check must resolve `batch_tol` (SE at most `batch_tol`): the rule of the
    stored batch check (`checks.within`), so that a batch the calibration keeps is not one whose
-   stored check then fails as unresolved. If some instance fails, the next batch size (x4, up
-   to full batch) is checked for every instance, and the first that passes everywhere is returned.
+   stored check then fails as unresolved. A check left unresolved but consistent with no bias
+   runs again for as long as its standard error says resolves the tolerance (at most
+   `checks.MAX_CHECK_EXTENSION` times longer, and at most the instance's chain length). If some
+   instance still fails, the next batch size (x4, up to full batch) is checked for every
+   instance, and the first that passes everywhere is returned.
 
 The returned dataset records every decision: per instance and step size the sweep estimate,
 acceptance, divergence, health and the bias check; per chain length the estimate; the long
@@ -63,7 +66,7 @@ import numpy as np
 import xarray as xr
 
 from slt_superposition.chain import ChainShape
-from slt_superposition.checks import within
+from slt_superposition.checks import MAX_CHECK_EXTENSION, resolving_steps, within
 from slt_superposition.curvature import curvature_batched, quadratic_llc, step_size_bound
 from slt_superposition.errors import check_batch_size, require
 from slt_superposition.diagnostics import batch_means_se, masked_rhat
@@ -402,52 +405,69 @@ class BatchCheckStage(NamedTuple):
     diff_se: np.ndarray
     passed: np.ndarray
     chosen: int | None
+    check_steps: np.ndarray  # chain length of each paired check (after `checks.resolving_steps`)
+
+
+def _paired_runs(sampler: Sampler, key, eps, steps, localization, b, nbeta, full=None):
+    """The batch check's paired runs (same keys) at batch `b` and at full batch (`full`: that run
+    if already done): (minibatch LLC, full-batch LLC, relative difference, its standard error)."""
+    full = full if full is not None else sampler.run(key, eps, steps, localization, None)
+    res = sampler.run(key, eps, steps, localization, b)
+    paired = res.per_chain - full.per_chain  # (instance, chain), same keys
+    healthy = np.isfinite(paired)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # instances given no steps: NaN, not read
+        diff = np.nanmean(paired, axis=1)
+        # batch means of the paired per-block difference (as the stored batch check)
+        diff_se = nbeta * batch_means_se(res.trace.astype(np.float64) - full.trace, res.post, healthy, BATCH_MEANS)
+        return res.llc, full.llc, diff / np.abs(full.llc), diff_se / np.abs(full.llc)
 
 
 def batch_check_stage(sampler: Sampler, key, eps, num_steps, localization, *, batch_size, n, nbeta, tol, check_steps,
                       progress) -> BatchCheckStage:
     """Paired short runs (same keys) with the minibatch and with full batch at each instance's
-    step size; unless every instance passes the stored check's rule (`checks.within`: the
-    paired difference resolved to SE <= `tol` and within `tol` + 2 SE), the next batch size (x4)
-    is tried, up to full batch."""
+    step size; a check left unresolved but consistent with no bias runs again for as long as its
+    standard error says resolves `tol` (`checks.resolving_steps`, at most `MAX_CHECK_EXTENSION` x
+    and the instance's chain length); unless every instance then passes the stored check's rule
+    (`checks.within`: the paired difference resolved to SE <= `tol` and within `tol` + 2 SE), the
+    next batch size (x4) is tried, up to full batch."""
     n_inst = sampler.n_instances
     steps = np.minimum(num_steps, check_steps)
+    cap = np.minimum(num_steps, MAX_CHECK_EXTENSION * steps)
     candidates = []
     b = batch_size
     while b is not None and b < n:
         candidates.append(int(b))
         b = b * 4
     if not candidates:
-        return BatchCheckStage([], np.zeros((n_inst, 0)), np.zeros((n_inst, 0)), np.zeros((n_inst, 0)),
-                               np.zeros((n_inst, 0)), np.zeros((n_inst, 0), bool), batch_size)
+        empty = np.zeros((n_inst, 0))
+        return BatchCheckStage([], empty, empty, empty, empty, np.zeros((n_inst, 0), bool), batch_size,
+                               np.zeros((n_inst, 0), np.int64))
     with progress_bar(len(candidates) + 1, "calibrate: minibatch check", progress) as bar:
         full = sampler.run(key, eps, steps, localization, None)
         bar.update()
-        rows = {k: [] for k in ("llc", "rel", "se", "ok")}
+        rows = {k: [] for k in ("llc", "full", "rel", "se", "ok", "steps")}
         chosen = None
         for b in candidates:
-            res = sampler.run(key, eps, steps, localization, b)
+            llc, llc_full, rel, se = _paired_runs(sampler, key, eps, steps, localization, b, nbeta, full)
+            longer = resolving_steps(steps, rel, se, tol, cap)
+            redo = longer > steps
+            if redo.any():  # only the instances to resolve run again (0 steps elsewhere)
+                again = _paired_runs(sampler, key, eps, np.where(redo, longer, 0), localization, b, nbeta)
+                llc, llc_full, rel, se = (np.where(redo, new, old) for old, new in zip((llc, llc_full, rel, se), again))
             bar.update()
-            paired = res.per_chain - full.per_chain  # (instance, chain), same keys
-            healthy = np.isfinite(paired)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                diff = np.nanmean(paired, axis=1)
-                # batch means of the paired per-block difference (as the stored batch check)
-                diff_se = nbeta * batch_means_se(res.trace.astype(np.float64) - full.trace, res.post, healthy,
-                                                 BATCH_MEANS)
-                rel = diff / np.abs(full.llc)
             # the stored check's rule (`checks.within`): resolved (SE <= tol) and within tol + 2 SE;
             # a check too short to resolve the tolerance has not shown that the batch is harmless
-            ok = np.isfinite(rel) & within(rel, diff_se / np.abs(full.llc), tol)
-            for k, v in zip(("llc", "rel", "se", "ok"), (res.llc, rel, diff_se, ok)):
+            ok = np.isfinite(rel) & within(rel, se, tol)
+            for k, v in zip(rows, (llc, llc_full, rel, se * np.abs(llc_full), ok, longer)):
                 rows[k].append(v)
             if ok.all():
                 chosen = b
                 break
     stack = lambda k: np.stack(rows[k], axis=1)
     tried = candidates[: len(rows["llc"])]
-    return BatchCheckStage(tried, stack("llc"), np.repeat(full.llc[:, None], len(tried), 1), stack("rel"),
-                           stack("se"), stack("ok"), chosen)
+    return BatchCheckStage(tried, stack("llc"), stack("full"), stack("rel"), stack("se"), stack("ok"), chosen,
+                           stack("steps"))
 
 
 # ----------------------------------------------------------------------------- the whole calibration
@@ -635,6 +655,8 @@ def calibration_dataset(dims, step_sizes, sweep: SweepStage, short: ShortBiasSta
         # relative, as the stored check's `batch_check_se` (slt_superposition.checks)
         "batch_check_se": var(B, batch.diff_se / np.abs(batch.llc_full), "standard error of batch_check_rel_diff "
                                                                            "(batch means of the paired difference)"),
+        "batch_check_steps": var(B, batch.check_steps.astype(np.float64), "chain length of the paired runs "
+                                 "(longer than batch_check_steps where the first run left the check unresolved)", "steps"),
         "batch_check_passed": flag(B, batch.passed, "batch_check_se <= batch_tol and |batch_check_rel_diff| <= "
                                                     "batch_tol + 2 batch_check_se (checks.within)"),
         "hessian_top_eigenvalue": var(inst, curvature["top"], "largest eigenvalue of the Hessian of L_n at w*"),
@@ -694,7 +716,8 @@ def calibration_dataset(dims, step_sizes, sweep: SweepStage, short: ShortBiasSta
             f"{settings['long_check_max_steps']} steps) differs by more than {settings['bias_tol']:.0%} (no noise "
             f"allowance)"),
         batch_rule=(
-            f"paired short runs (at most {settings['batch_check_steps']} steps, same keys) with the minibatch and "
+            f"paired short runs (at most {settings['batch_check_steps']} steps, same keys; up to "
+            f"{MAX_CHECK_EXTENSION}x longer where that left the check unresolved) with the minibatch and "
             f"full batch: its SE at most {settings['batch_tol']:.0%} of the full-batch estimate and |difference| <= "
             f"{settings['batch_tol']:.0%} of it + 2 SE on every instance, else the next batch size (x4, up to full "
             f"batch)"),

@@ -44,6 +44,10 @@ CHUNK_STEPS = 64  # steps whose minibatch indices (and noise) are drawn together
 NOISE_BUDGET = 2**18  # floats per chain: a chunk's SGLD noise is drawn at once below this size
 ELEMENTWISE_DOTS = True  # on a CPU, small matrix products in loss_fn as fused elementwise code (small_dots)
 LONG_SUMS = True  # on a CPU, the gradient's sums over the minibatch rows rewritten for XLA:CPU (long_sums)
+# a minibatch step's excess is L_B(w_t) - L_B(w*) (the same rows at w*, from per-row losses computed once),
+# not L_B(w_t) - L_n(w*): the same expectation, without the minibatch's sampling noise at w* (llc.py's docstring)
+PAIRED_EXCESS = True
+ANCHOR_ROWS = 4096  # rows per call when computing the per-row losses at w*
 # names of the program's parts in the compiled program's op metadata (jax.named_scope), so a profile
 # can say where the time goes (benchmarks/chain_profile.py); they change no number
 SCOPES = {"indices": "minibatch_indices", "noise": "sgld_noise", "gather": "minibatch_gather",
@@ -104,6 +108,29 @@ def loss_and_gradient(flat_loss: Callable) -> tuple[Callable, Callable]:
     return flat_loss, value_and_grad
 
 
+def anchor_row_losses(loss_fn: Callable, params: PyTree, data: PyTree) -> jax.Array | None:
+    """`(n,)` the loss of each data row alone at w* (`loss_fn(params, row)`), or None where
+    `PAIRED_EXCESS` is off. `loss_fn` is the mean loss over its batch (`estimate_llc`'s contract),
+    so the mean of a minibatch's rows is L_B(w*) exactly (to float32 rounding)."""
+    if not PAIRED_EXCESS:
+        return None
+    one_row = lambda row: loss_fn(params, jax.tree_util.tree_map(lambda a: a[None], row))
+    n = jax.tree_util.tree_leaves(data)[0].shape[0]
+    return jax.lax.map(one_row, data, batch_size=min(n, ANCHOR_ROWS))
+
+
+def minibatch_excess(loss: jax.Array, init_loss: jax.Array, row_losses: jax.Array | None,
+                     idx: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """(excess, loss as recorded) of a step whose loss on its batch (rows `idx`; None: full batch)
+    is `loss`. With per-row losses at w*: excess L_B(w_t) - L_B(w*), an unbiased estimate of
+    L_n(w_t) - L_n(w*) whose variance lacks the batch's sampling noise at w*, recorded as
+    L_n(w*) + excess; else L_B(w_t) - L_n(w*) and L_B(w_t)."""
+    if idx is None or row_losses is None:
+        return loss - init_loss, loss
+    excess = loss - jnp.mean(jnp.take(row_losses, idx, mode="clip"))
+    return excess, init_loss + excess
+
+
 def instance_program(loss_fn: Callable, shape: ChainShape, observers=None) -> Callable:
     """`run(params, data, key, settings) -> dict` for one instance: `init_loss` and, per chain
     (leading axis `chain`), every observer's outputs (`observers.default_observers` unless given)."""
@@ -111,7 +138,7 @@ def instance_program(loss_fn: Callable, shape: ChainShape, observers=None) -> Ca
     chunk = chunk_length(shape)
     pregenerate = chunk * shape.n_parameters <= NOISE_BUDGET
 
-    def run_chain(key, w_star, unravel, data, init_loss, settings: ChainSettings):
+    def run_chain(key, w_star, unravel, data, init_loss, row_losses, settings: ChainSettings):
         flat_loss, value_and_grad = loss_and_gradient(lambda w, batch: loss_fn(unravel(w), batch))
         kernel = sgld(flat_loss, w_star, step_size=settings.step_size, localization=settings.localization,
                       nbeta=settings.nbeta, value_and_grad=value_and_grad)
@@ -132,8 +159,8 @@ def instance_program(loss_fn: Callable, shape: ChainShape, observers=None) -> Ca
                 active = t < settings.num_steps
                 finite = (jnp.isfinite(info.loss) & jnp.isfinite(info.drift).all()
                           & jnp.isfinite(state.position).all())
-                ctx = StepContext(t, active, active & (t >= settings.num_burnin), info.loss, info.loss - init_loss,
-                                  finite)
+                excess, loss = minibatch_excess(info.loss, init_loss, row_losses, idx)
+                ctx = StepContext(t, active, active & (t >= settings.num_burnin), loss, excess, finite)
                 states = tuple(obs.update(s, ctx, info, settings) for obs, s in zip(observers, states))
                 position = jnp.where(active, state.position, position)
             return (position, states), None
@@ -163,10 +190,12 @@ def instance_program(loss_fn: Callable, shape: ChainShape, observers=None) -> Ca
 
     def run(params, data, key, settings: ChainSettings):
         init_loss = loss_fn(params, data)
+        row_losses = anchor_row_losses(loss_fn, params, data) if shape.batch_size is not None else None
         # chains move a flat parameter vector: one noise draw and a few vector ops per step
         w_star, unravel = ravel_pytree(params)
         chain_keys = jax.random.split(key, shape.num_chains)
-        per_chain = jax.vmap(lambda ck: run_chain(ck, w_star, unravel, data, init_loss, settings))(chain_keys)
+        per_chain = jax.vmap(lambda ck: run_chain(ck, w_star, unravel, data, init_loss, row_losses,
+                                                  settings))(chain_keys)
         return {"init_loss": init_loss, **per_chain}
 
     return run

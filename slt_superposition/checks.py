@@ -10,7 +10,10 @@ driven by common random numbers so that the difference is the setting's, not the
   isolates the Langevin discretisation; the batch check measures the minibatch part.
 - **batch check**: the same run at eps with full batch against the minibatch, with the same
   injected noise (skipped, NaN, for full-batch estimates). SGLD's minibatch gradient noise adds
-  to the injected noise and biases the estimate up at large n / batch.
+  to the injected noise and biases the estimate up at large n / batch. Where the first run
+  leaves the check unresolved but consistent with no bias, both arms run again for as many
+  steps as its standard error says resolve it (`resolving_steps`: at most `MAX_CHECK_EXTENSION`
+  times longer, and at most the estimate's own length); `batch_check_steps` records the length.
 - **curvature**: the top Hessian eigenvalue at w*, the quadratic-approximation LLC at the run's
   eps, localization and nbeta (`curvature.quadratic_llc`), and the curvature step-size bound.
 
@@ -47,6 +50,20 @@ MIN_CHECK_DRAWS = 100  # post-burn-in steps below which a check is not resolved 
 STEP_TOL = 0.05
 BATCH_TOL = 0.02
 MAX_RHAT = 1.1
+MAX_CHECK_EXTENSION = 8  # an unresolved batch check runs again at most this many times longer
+EXTENSION_MARGIN = 1.3  # ... for (SE / tol)^2 x this of its first length (SE falls as 1 / sqrt(steps))
+
+
+def resolving_steps(steps: np.ndarray, rel: np.ndarray, se: np.ndarray, tol: float, cap: np.ndarray) -> np.ndarray:
+    """`(instance,)` chain lengths for a second run of a paired check: where the first run of
+    `steps` was unresolved (SE > `tol`) yet agrees with no bias (|rel| <= tol + 2 SE), the length
+    at which its SE is expected to be `tol` / sqrt(`EXTENSION_MARGIN`) (SE ~ 1 / sqrt(steps)), at
+    most `cap`; elsewhere `steps` (a check that resolved, or that found a bias, is not rerun)."""
+    steps, rel, se = np.asarray(steps, np.int64), np.asarray(rel, np.float64), np.asarray(se, np.float64)
+    with np.errstate(invalid="ignore"):
+        extend = np.isfinite(rel) & np.isfinite(se) & (se > tol) & (np.abs(rel) <= tol + 2 * se)
+        want = np.ceil(steps * np.square(np.nan_to_num(se) / tol) * EXTENSION_MARGIN)
+    return np.where(extend, np.clip(want, steps, np.maximum(cap, steps)), steps).astype(np.int64)
 
 
 def relative_difference(a: np.ndarray, b: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -58,19 +75,56 @@ def relative_difference(a: np.ndarray, b: np.ndarray, ok: np.ndarray) -> tuple[n
     return (mean_a - mean_b) / np.abs(mean_b), mean_a, mean_b
 
 
+def _like(values: np.ndarray, setting) -> Any:
+    """`(instance,)` integer values in the shape of `SGLDConfig` setting `setting`: a scalar where
+    the setting is one and the values are all equal, else its instance shape (or one flat axis)."""
+    values = np.asarray(values, np.int64)
+    if np.ndim(setting) == 0 and np.all(values == values[0]):
+        return int(values[0])
+    return values.reshape(np.shape(setting)) if np.size(setting) == values.size else values
+
+
+def _paired_batch_check(sample: Callable, config, steps: np.ndarray, burnin_fraction: np.ndarray, nbeta: np.ndarray,
+                        key) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The batch check's paired runs (same keys) of `steps` `(instance,)` with the minibatch and with
+    full batch, burn-in `burnin_fraction` of them: (full-batch LLC, relative difference, its
+    standard error), `(instance,)`."""
+    steps = np.asarray(steps, np.int64)
+    burnin = (steps * burnin_fraction).astype(np.int64)
+    every = max(1, int(steps.max()) // 50)
+    short = dataclasses.replace(config, num_steps=_like(steps, config.num_steps),
+                                num_burnin=_like(burnin, config.num_burnin), trace_every=every)
+    base = sample(short, key)
+    full = sample(dataclasses.replace(short, batch_size=None), key)
+    ok = ~(np.asarray(base["diverged"], bool) | np.asarray(full["diverged"], bool))
+    rel, _, full_mean = relative_difference(np.asarray(base["llc_per_chain"], np.float64),
+                                            np.asarray(full["llc_per_chain"], np.float64), ok)
+    diff = np.asarray(base["loss_trace"], np.float64) - np.asarray(full["loss_trace"], np.float64)
+    starts = np.arange(diff.shape[-1])[None, :] * every
+    post = np.broadcast_to((starts >= burnin.reshape(-1, 1)) & (starts < steps.reshape(-1, 1)),
+                           diff.shape[::2])  # (instance, block)
+    se = nbeta * batch_means_se(diff, post, ok, DIFF_BLOCKS) / np.abs(full_mean)
+    return full_mean, rel, np.where((steps - burnin) < MIN_CHECK_DRAWS, np.nan, se)
+
+
 def run_checks(sample: Callable, sample_pair: Callable, config, nbeta, *, n: int, curvature_inputs: tuple,
-               data_batched: bool, key, check_steps: int = CHECK_STEPS) -> dict[str, np.ndarray]:
+               data_batched: bool, key, check_steps: int = CHECK_STEPS,
+               batch_tol: float = BATCH_TOL) -> dict[str, np.ndarray]:
     """The checks for every instance. `sample(config, key) -> program outputs (instance-leading)`
     runs chains for a (per-instance) `SGLDConfig`; `sample_pair(config, key)` the coupled eps /
     eps/3 pairs (`slt_superposition.coupled`). Returns `(instance,)` arrays."""
     steps = np.minimum(np.asarray(config.num_steps), check_steps)
-    burnin = (steps * (np.asarray(config.num_burnin) / np.asarray(config.num_steps))).astype(np.int64)
+    burnin_fraction = np.asarray(config.num_burnin) / np.asarray(config.num_steps)
+    burnin = (steps * burnin_fraction).astype(np.int64)
     every = max(1, int(steps.max()) // 50)
     short = dataclasses.replace(config, num_steps=steps, num_burnin=burnin, trace_every=every)
-    nb = np.broadcast_to(np.asarray(nbeta, np.float64).reshape(-1) if np.ndim(nbeta) else nbeta, np.shape(
-        steps.reshape(-1)))
-    too_short = (steps - burnin).reshape(-1) < MIN_CHECK_DRAWS
     pair = sample_pair(short, key)
+    n_inst = np.shape(pair["llc_coarse"])[0]
+    # settings are scalars or per-instance arrays, each on its own: every one as `(instance,)`
+    per_instance = lambda value: np.broadcast_to(np.asarray(value, np.float64).reshape(-1), (n_inst,))
+    steps, burnin = per_instance(steps).astype(np.int64), per_instance(burnin).astype(np.int64)
+    nb = per_instance(nbeta)
+    too_short = (steps - burnin) < MIN_CHECK_DRAWS
     pair_ok = ~np.asarray(pair["diverged"], bool)
     step_rel, coarse, fine = relative_difference(np.asarray(pair["llc_coarse"], np.float64),
                                        np.asarray(pair["llc_fine"], np.float64), pair_ok)
@@ -79,28 +133,22 @@ def run_checks(sample: Callable, sample_pair: Callable, config, nbeta, *, n: int
                                                          DIFF_BLOCKS) / np.abs(fine))
     out = {"llc_check": coarse, "llc_step_check": fine, "step_check_rel_diff": step_rel, "step_check_se": step_se}
     if config.batch_size is not None and config.batch_size < n:
-        base = sample(short, key)
-        full = sample(dataclasses.replace(short, batch_size=None), key)
-        ok = ~(np.asarray(base["diverged"], bool) | np.asarray(full["diverged"], bool))
-        batch_rel, base_mean, full_mean = relative_difference(np.asarray(base["llc_per_chain"], np.float64),
-                                                    np.asarray(full["llc_per_chain"], np.float64), ok)
-        diff = np.asarray(base["loss_trace"], np.float64) - np.asarray(full["loss_trace"], np.float64)
-        starts = np.arange(diff.shape[-1])[None, :] * every
-        post = np.broadcast_to((starts >= burnin.reshape(-1, 1)) & (starts < steps.reshape(-1, 1)),
-                               diff.shape[::2])  # (instance, block); scalar settings broadcast
-        se = nb * batch_means_se(diff, post, ok, DIFF_BLOCKS) / np.abs(full_mean)
-        out.update(llc_full_batch_check=full_mean, batch_check_rel_diff=batch_rel,
-                   batch_check_se=np.where(too_short, np.nan, se))
+        fraction = per_instance(burnin_fraction)
+        full_mean, rel, se = _paired_batch_check(sample, config, steps, fraction, nb, key)
+        cap = np.minimum(per_instance(config.num_steps), MAX_CHECK_EXTENSION * steps)
+        longer = resolving_steps(steps, rel, se, batch_tol, cap)
+        redo = longer > steps
+        if redo.any():  # instances not rerun repeat their first run's chains (same keys): only `redo` is read
+            again = _paired_batch_check(sample, config, longer, fraction, nb, key)
+            full_mean, rel, se = (np.where(redo, b, a) for a, b in zip((full_mean, rel, se), again))
+        out.update(llc_full_batch_check=full_mean, batch_check_rel_diff=rel,
+                   batch_check_se=se, batch_check_steps=longer.astype(np.float64))
     else:
         nan = np.full_like(step_rel, np.nan)
-        out.update(llc_full_batch_check=nan, batch_check_rel_diff=nan, batch_check_se=nan)
+        out.update(llc_full_batch_check=nan, batch_check_rel_diff=nan, batch_check_se=nan, batch_check_steps=nan)
     loss_fn, params, data = curvature_inputs
     curvature = curvature_batched(loss_fn, params, data, data_batched=data_batched, key=jax.random.fold_in(key, 7))
-    gamma = np.broadcast_to(np.asarray(config.localization, np.float64).reshape(-1) if np.ndim(config.localization)
-                            else config.localization, steps.reshape(-1).shape)
-    nb = np.broadcast_to(nb, gamma.shape)
-    eps = np.broadcast_to(np.asarray(config.step_size, np.float64).reshape(-1) if np.ndim(config.step_size)
-                          else config.step_size, gamma.shape)
+    gamma, eps = per_instance(config.localization), per_instance(config.step_size)
     out["hessian_top_eigenvalue"] = curvature["top"]
     out["step_size_bound"] = step_size_bound(curvature["eigenvalues"], gamma, nb, top=curvature["top"])
     out["llc_quadratic"] = (quadratic_llc(curvature["eigenvalues"], eps, gamma, nb)
@@ -130,6 +178,7 @@ def attach(ds: xr.Dataset, checks: dict[str, np.ndarray], *, step_tol: float = S
         "llc_full_batch_check": "LLC of the paired full-batch run at the estimate's step size (NaN: full batch)",
         "batch_check_rel_diff": "(llc_check - llc_full_batch_check) / |llc_full_batch_check|: minibatch bias check",
         "batch_check_se": "standard error of batch_check_rel_diff (batch means of the paired difference)",
+        "batch_check_steps": "chain length of the batch check's paired runs (NaN: full batch)",
         "hessian_top_eigenvalue": "largest eigenvalue of the Hessian of L_n at w*",
         "step_size_bound": "largest step size whose quadratic-approximation bias is at most 2%",
         "llc_quadratic": "quadratic-approximation LLC at the run's step size, localization and nbeta (curved "

@@ -15,8 +15,9 @@ discretisation; `checks`' batch check measures the minibatch part.
 `sample_coupled` runs every instance's pairs and returns, per instance and chain (leading axes
 `instance`, `chain`; numpy, the last arithmetic in float64 on the host):
 
-    llc_coarse, llc_fine:   nbeta * mean over post-burn-in coarse steps of (L_B(w_t) - L_n(w*)),
-                            the fine chain read at the coarse times (its positions w_{kt})
+    llc_coarse, llc_fine:   nbeta * mean over post-burn-in coarse steps of the excess loss
+                            (`chain.minibatch_excess`: L_B(w_t) - L_B(w*) with a minibatch), the fine
+                            chain read at the coarse times (its positions w_{kt})
     diff_blocks:            (blocks,) the mean of nbeta (L_B(coarse) - L_B(fine)) per block of
                             post-burn-in steps (batch means for the standard error; NaN: empty)
     diverged:               either chain produced a non-finite loss, gradient or position
@@ -48,12 +49,12 @@ DIFF_BLOCKS = 10  # batch-means blocks of the paired difference per chain
 def coupled_program(loss_fn: Callable, shape: ChainShape, substeps: int = 3) -> Callable:
     """`run(params, data, key, settings)` for one instance; `settings.step_size` is the coarse eps,
     `settings.num_steps` / `num_burnin` count coarse steps (the fine chain runs `substeps` x as many).
-    Per chain: `excess_sum` (sum of L_B(coarse) - L_n(w*) over post-burn-in steps), `diff_sums` and
+    Per chain: `excess_sum` (sum of the coarse chain's excess loss over post-burn-in steps), `diff_sums` and
     `diff_counts` (`DIFF_BLOCKS`,) (sums and counts of L_B(coarse) - L_B(fine) per block), `diverged`;
     `sample_coupled` turns them into estimates."""
     k = int(substeps)
 
-    def run_chain(key, w_star, unravel, data, init_loss, settings: ChainSettings):
+    def run_chain(key, w_star, unravel, data, init_loss, row_losses, settings: ChainSettings):
         # the loss and gradient exactly as the main chain computes them (chain.loss_and_gradient)
         flat_loss, value_and_grad = chain_module.loss_and_gradient(lambda w, batch: loss_fn(unravel(w), batch))
         kernel = lambda h: sgld(flat_loss, w_star, step_size=h, localization=settings.localization,
@@ -78,7 +79,8 @@ def coupled_program(loss_fn: Callable, shape: ChainShape, substeps: int = 3) -> 
             active = t < settings.num_steps
             post = active & (t >= settings.num_burnin)
             finite = ok_c & ok_f & jnp.isfinite(new_coarse).all() & jnp.isfinite(new_fine).all()
-            total = total + jnp.where(post, loss_c - init_loss, 0.0)
+            excess, _ = chain_module.minibatch_excess(loss_c, init_loss, row_losses, idx)
+            total = total + jnp.where(post, excess, 0.0)
             b = jnp.clip((t - settings.num_burnin) * DIFF_BLOCKS // jnp.maximum(settings.num_steps
                                                                                 - settings.num_burnin, 1),
                          0, DIFF_BLOCKS - 1)
@@ -103,9 +105,11 @@ def coupled_program(loss_fn: Callable, shape: ChainShape, substeps: int = 3) -> 
 
     def run(params, data, key, settings: ChainSettings):
         init_loss = loss_fn(params, data)
+        row_losses = (chain_module.anchor_row_losses(loss_fn, params, data) if shape.batch_size is not None
+                      else None)
         w_star, unravel = ravel_pytree(params)
         chain_keys = jax.random.split(key, shape.num_chains)
-        return jax.vmap(lambda ck: run_chain(ck, w_star, unravel, data, init_loss, settings))(chain_keys)
+        return jax.vmap(lambda ck: run_chain(ck, w_star, unravel, data, init_loss, row_losses, settings))(chain_keys)
 
     return run
 

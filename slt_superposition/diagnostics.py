@@ -16,7 +16,7 @@
 - R-hat and effective sample size of the post-burn-in loss trace across chains, from
   `blackjax.diagnostics` (not re-implemented here).
 - Divergence: a chain is flagged if any loss along it is non-finite, or if any sample
-  nbeta (L_B(w_t) - L_n(w*)) exceeds `DIVERGENCE_FACTOR * d` (d = number of parameters).
+  nbeta (L_B(w_t) - L_B(w*)) exceeds `DIVERGENCE_FACTOR * d` (d = number of parameters).
   A healthy chain has samples whose *mean* is lambda <= d / 2, with fluctuations of order
   d, so 100 d is far outside healthy behaviour yet reached at once by an exploding chain.
 """

@@ -44,7 +44,8 @@ class StepContext(NamedTuple):
     """What every observer sees of step t besides the kernel's info.
 
     t: int32 step index. active: t < num_steps. post: active and t >= num_burnin.
-    loss: L_B(w_t). excess: L_B(w_t) - L_n(w*). finite: loss, drift and new position finite.
+    loss: the loss recorded, L_n(w*) + excess. excess: L_B(w_t) - L_B(w*) (at full batch L_n(w_t) -
+    L_n(w*); `chain.minibatch_excess`). finite: loss, drift and new position finite.
     """
 
     t: jax.Array
@@ -69,7 +70,7 @@ def _draws(settings: ChainSettings) -> jax.Array:
 
 
 def llc_observer() -> Observer:
-    """`llc_per_chain` = nbeta * mean over post-burn-in steps of (L_B(w_t) - L_n(w*))."""
+    """`llc_per_chain` = nbeta * mean over post-burn-in steps of the excess L_B(w_t) - L_B(w*)."""
 
     def update(total, ctx, info, settings):
         return total + jnp.where(ctx.post, ctx.excess, 0.0)
@@ -113,7 +114,7 @@ def acceptance_observer() -> Observer:
 
 
 def below_init_observer() -> Observer:
-    """`n_below_init`: post-burn-in steps with L_B(w_t) < L_n(w*) (a count: the dataset divides it
+    """`n_below_init`: post-burn-in steps with L_B(w_t) < L_B(w*) (a count: the dataset divides it
     on the host, so the fraction has the same bits whatever devices ran the chain)."""
 
     def update(count, ctx, info, settings):
@@ -132,7 +133,7 @@ class _DivergenceState(NamedTuple):
 
 def divergence_observer(n_parameters: int) -> Observer:
     """`diverged`: a non-finite loss, drift (gradient) or position at any active step, or a
-    sample nbeta (L_B(w_t) - L_n(w*)) above `DIVERGENCE_FACTOR * d` (see diagnostics)."""
+    sample nbeta (L_B(w_t) - L_B(w*)) above `DIVERGENCE_FACTOR * d` (see diagnostics)."""
 
     def init(w_star, settings):
         return _DivergenceState(jnp.zeros((), bool), jnp.full((), -jnp.inf, jnp.float32))
@@ -149,7 +150,7 @@ def divergence_observer(n_parameters: int) -> Observer:
 
 
 def trace_observer(n_blocks: int) -> Observer:
-    """`loss_trace (n_blocks,)`: means of L_B(w_t) over blocks of `trace_every` steps; blocks
+    """`loss_trace (n_blocks,)`: means of the recorded loss L_n(w*) + excess over blocks of `trace_every` steps; blocks
     past the chain's end are NaN."""
 
     def update(trace, ctx, info, settings):

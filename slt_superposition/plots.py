@@ -59,7 +59,7 @@ def _title(ds: xr.Dataset, index: dict) -> str:
 def llc_traces_figure(ds: xr.Dataset):
     """Loss traces of every shown instance, summarised (one panel per instance, at most 16).
 
-    Each panel shows the excess loss L_B(w_t) - L_n(w*) in blocks of steps: the mean over the
+    Each panel shows the excess loss L_B(w_t) - L_B(w*) in blocks of steps: the mean over the
     non-divergent chains, the band between their lowest and highest block means, the first
     THIN_CHAINS chains as thin lines, divergent chains dashed, burn-in shaded, and the level
     llc_mean / nbeta that the post-burn-in mean sets. Rows are feature probabilities (or the
@@ -110,7 +110,7 @@ def llc_traces_figure(ds: xr.Dataset):
             title = _title(ds, cell)
             ax.set_title(f"{title}\n{stats}" if title else stats)
             if c == 0:
-                ax.set_ylabel("$L_B(w_t) - L_n(w^*)$")
+                ax.set_ylabel("$L_B(w_t) - L_B(w^*)$")
             if r == n_rows - 1 or (r + 1 < n_rows and c >= len(rows[r + 1])):
                 ax.set_xlabel(fs.label("step"))
                 ax.tick_params(labelbottom=True)

@@ -90,6 +90,12 @@ def test_minibatch_check_records_the_paired_runs(calibrated):
     checked = np.isfinite(ds["batch_check_rel_diff"].values)
     np.testing.assert_array_equal(passed[checked], within(ds["batch_check_rel_diff"].values[checked],
                                                           ds["batch_check_se"].values[checked], 0.02))
+    # each check ran min(chain length, 200) steps, or longer (at most 8x and the chain length) where
+    # that left it unresolved (`checks.resolving_steps`)
+    first = np.minimum(ds["chosen_num_steps"].values, 200)[:, None] * np.ones_like(passed, dtype=int)
+    steps = ds["batch_check_steps"].values
+    assert (steps[checked] >= first[checked]).all()
+    assert (steps[checked] <= np.minimum(ds["chosen_num_steps"].values[:, None], 8 * first)[checked]).all()
     if config.batch_size == 100:  # the first batch size passed on every instance
         assert passed[:, 0].all()
     else:  # some instance failed it, and a larger batch (or full batch) was taken
