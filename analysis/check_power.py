@@ -31,14 +31,19 @@ CHECKS = {"step size": ("llc_step_check_rel_diff", "llc_step_check_se", STEP_TOL
 def check_power(one: xr.Dataset, check_steps: int) -> list[dict]:
     """Rows (one per check) for one model's instances: `estimates`, `failed`, `unresolved`
     (se above the tolerance, or NaN where the check ran), `resolved_too_large`, and the steps
-    `check_steps (se / tol)^2` that would resolve the unresolved ones (median, 90th percentile)."""
+    `T (se / tol)^2` that would resolve the unresolved ones (median, 90th percentile), T the
+    check's length: `llc_batch_check_steps` where the dataset has it, else `check_steps`."""
     rows = []
     for name, (rel_name, se_name, tol) in CHECKS.items():
         rel, se = one[rel_name].values.ravel(), one[se_name].values.ravel()
         ran = ~np.isnan(rel)  # a full-batch estimate has no batch check
         failed = ~within(rel, se, tol) & ran
         unresolved = ran & ~(np.isfinite(se) & (se <= tol))
-        needed = check_steps * (se[unresolved & np.isfinite(se)] / tol) ** 2
+        # the batch check's own length where the dataset records it (a rerun check ran longer)
+        length = one.get("llc_batch_check_steps") if name == "batch" else None
+        length = np.full(se.shape, float(check_steps)) if length is None else length.values.ravel()
+        selected = unresolved & np.isfinite(se)
+        needed = length[selected] * (se[selected] / tol) ** 2
         quantile = lambda q: float(np.quantile(needed, q)) if needed.size else float("nan")
         rows.append(dict(check=name, tolerance=tol, estimates=int(ran.sum()), failed=int(failed.sum()),
                          unresolved=int(unresolved.sum()), resolved_too_large=int((failed & ~unresolved).sum()),

@@ -130,7 +130,7 @@ def _grid_inputs(train: xr.Dataset, n_samples: int, key):
 
 
 CHECK_VARIABLES = ("step_size", "num_steps", "trusted", "calibration_converged", "step_check_rel_diff",
-                   "step_check_se", "batch_check_rel_diff", "batch_check_se", "llc_quadratic",
+                   "step_check_se", "batch_check_rel_diff", "batch_check_se", "batch_check_steps", "llc_quadratic",
                    "hessian_top_eigenvalue", "step_size_bound", "rhat")
 
 

@@ -33,3 +33,10 @@ def test_command_prints_one_row_per_model_and_check(tmp_path, capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| n6_m2")]
     assert rows == ["| n6_m2 | step size | 5% | 4 | 2 | 1 | 1 | 1,200, 1,200 |",
                     "| n6_m2 | batch | 2% | 3 | 2 | 1 | 1 | 1,200, 1,200 |"]
+
+
+def test_a_rerun_batch_check_is_extrapolated_from_its_own_length():
+    ds = stub().assign(llc_batch_check_steps=("instance", np.array([2400.0, 300.0, np.nan, 300.0])))
+    _, batch = check_power(ds, check_steps=300)
+    # instance 0 already ran 2400 steps (a rerun) with se 4%: 2400 (0.04/0.02)^2 = 9600
+    assert batch["steps_to_resolve_median"] == 9600
