@@ -655,8 +655,9 @@ def calibration_dataset(dims, step_sizes, sweep: SweepStage, short: ShortBiasSta
         # relative, as the stored check's `batch_check_se` (slt_superposition.checks)
         "batch_check_se": var(B, batch.diff_se / np.abs(batch.llc_full), "standard error of batch_check_rel_diff "
                                                                            "(batch means of the paired difference)"),
-        "batch_check_steps": var(B, batch.check_steps.astype(np.float64), "chain length of the paired runs "
-                                 "(longer than batch_check_steps where the first run left the check unresolved)", "steps"),
+        "batch_check_steps": var(B, batch.check_steps.astype(np.float64),
+                                 "chain length of the paired runs (longer than batch_check_steps where the first "
+                                 "run left the check unresolved)", "steps"),
         "batch_check_passed": flag(B, batch.passed, "batch_check_se <= batch_tol and |batch_check_rel_diff| <= "
                                                     "batch_tol + 2 batch_check_se (checks.within)"),
         "hessian_top_eigenvalue": var(inst, curvature["top"], "largest eigenvalue of the Hessian of L_n at w*"),

@@ -16,7 +16,8 @@ with E_w over the SGLD chain localized at w* after burn-in. Which losses enter:
   losses at w*, read from per-row losses computed once (`chain.minibatch_excess`). Both are
   unbiased estimates (of L_n(w_t) - L_n(w*)); devinterp's L_B(w_t) - L_n(w*) carries besides
   the batch's sampling noise at w*, which dominates short runs (the paired batch check of 300
-  steps: standard error 10% of the LLC against 1.2% on trained TMS, docs/calibration.md). With
+  steps at batch 512 on trained n4_m2: median standard error 7.3% of the LLC against 0.84%,
+  docs/calibration.md). With
   `batch_size=None` the excess is L_n(w_t) - L_n(w*) exactly.
 
 Minibatches: `sampling="replacement"` (default) draws each step's minibatch as
@@ -714,8 +715,8 @@ def llc_dataset(out: dict, config: SGLDConfig, *, nbeta, n: int, d: int,
         "llc_std": (inst, llc_std, "standard deviation of the LLC over non-divergent chains (ddof=1)", "1"),
         "llc_se": (inst, llc_se, "standard error of llc_mean: llc_std / sqrt(non-divergent chains)", "1"),
         "llc_per_chain": (cc, per_chain, "LLC estimate of each chain", "1"),
-        "loss_trace": (cs, trace, f"loss along the chain, L_n(w*) + the excess L_B(w_t) - L_B(w*) (mean of blocks of {k} steps; NaN past the "
-                                  f"chain's end)", "loss"),
+        "loss_trace": (cs, trace, f"loss along the chain, L_n(w*) + the excess L_B(w_t) - L_B(w*) (mean of blocks "
+                                  f"of {k} steps; NaN past the chain's end)", "loss"),
         "init_loss": (ci, np.asarray(out["init_loss"], np.float64), "full-data loss at w* (L_n(w*))", "loss"),
         "mala_acceptance": (cc, np.asarray(out["mala_acceptance"], np.float64),
                             "mean MALA acceptance proxy over post-burn-in transitions", "1"),
