@@ -45,16 +45,17 @@ def snapshot_llc(train: xr.Dataset, *, sgld: SGLDConfig, n_samples: int, key, ch
     """
     data_key, chain_key = jax.random.split(key)
     loss_fn, _, data = llc_inputs(train, n_samples=n_samples, key=data_key)
+    if sgld.batch_size is None:  # per instance, before the snapshot copies: the moments sort n rows each
+        loss_fn, data = full_batch_inputs(train, loss_fn, data)
     params = snapshot_params(train)
     n_snap = train.sizes["snapshot"]
-    # the same data for every snapshot of an instance: repeat along a new snapshot axis
-    data = jax.tree_util.tree_map(
-        lambda x: jnp.repeat(jnp.asarray(unflatten(x, train, ("sample", "feature")).values)[..., None, :, :], n_snap,
-                             axis=len(GRID_DIMS)),
-        data,
-    )
-    if sgld.batch_size is None:
-        loss_fn, data = full_batch_inputs(train, loss_fn, data)
+
+    def per_snapshot(x):
+        """(instance, *rest) -> (grid..., snapshot, *rest): the same data for every snapshot of an instance."""
+        grid_values = unflatten(x, train, [f"axis_{i}" for i in range(1, np.ndim(x))]).values
+        return jnp.repeat(jnp.expand_dims(jnp.asarray(grid_values), len(GRID_DIMS)), n_snap, axis=len(GRID_DIMS))
+
+    data = jax.tree_util.tree_map(per_snapshot, data)
     dims = grid_coords(train) | {"snapshot": train["snapshot"].values}
     return estimate_llc_batched(loss_fn, params, data, config=sgld, key=chain_key, instance_dims=dims,
                                 check_steps=check_steps)

@@ -2,15 +2,19 @@
 
 The flagship's development part (Chen et al.'s 6-feature, 2-neuron TMS trained by SGD from a
 small initialisation) calibrates once, on seed 0's final weights, and uses that step size and
-chain length for every snapshot of every seed, at n = `llc_samples`. On the default grid
-(n = 16,384) its final snapshots, all in the class 5-gon with one positive dead bias
-(lambda 8.5), read 9.58, 10.42, 9.34, 8.75: median |relative error| 11%, all above. This trains
+chain length for every snapshot of every seed. At the grid's n = 16,384 (its setting until this
+study) its final snapshots, all in the class 5-gon with one positive dead bias (lambda 8.5),
+read 9.58, 10.42, 9.34, 8.75: median |relative error| 11%, all above. This trains
 the same development grid (the flagship's settings; `--size`), and for each n estimates every
 seed's final weights with its *own* calibration (`calibrate_batched` on the flagship's budget,
 full batch through the closed form of L_n, so the cost does not grow with n), and prints each
 estimate against its class's lambda.
 
     python -m experiments.development_final_vs_n [--size default] [--log2-n 14 16 18]
+
+With `--flagship OUT` it instead runs the flagship's own development part at `--size`
+(`weights_vs_activations.run_development`: one calibration for every snapshot, n =
+`development_samples`) into OUT and prints the report's development finding.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -43,7 +48,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="default", help="the flagship size to follow")
     parser.add_argument("--log2-n", type=int, nargs="+", default=[14, 16, 18], help="sample counts n = 2^k")
+    parser.add_argument("--flagship", metavar="OUT", help="run the flagship's development part into OUT instead")
     args = parser.parse_args(argv)
+    if args.flagship:
+        from analysis.compare_plots import _development_finding
+        from experiments.weights_vs_activations import KGON_LLC, run_development
+
+        start = time.perf_counter()
+        dev = run_development(SIZES[args.size], Path(args.flagship), progress=False)
+        print(f"{time.perf_counter() - start:.0f} s, n = {SIZES[args.size].development_samples}")
+        print(_development_finding(dev, KGON_LLC))
+        return
     if not all(8 <= k <= 24 for k in args.log2_n):
         parser.error("--log2-n values must be in 8..24")
     train_config, config = development_config(args.size)

@@ -90,6 +90,10 @@ class FlagshipConfig:
     development_batch_size: int = 256
     development_seeds: int = 4
     development_snapshots: int = 24
+    # n of the development's LLC data: its estimates are compared with the classes' asymptotic lambda,
+    # so it runs where the finite-n excess is small (experiments/development_final_vs_n.py); the
+    # closed form of L_n makes its cost independent of n
+    development_samples: int = 65_536
     # fragility (analysis.fragility_test): susceptibilities read from the LLC's own chains, and retraining at q'
     susceptibility_features: tuple[int, ...] = (0, 1)  # perturbations: feature j's probability x factor
     susceptibility_factor: float = 0.75
@@ -325,19 +329,7 @@ def run(out_dir: Path, *, size: str = "default", progress: bool = True,
     ds.attrs.update(provenance_attrs("compare", config_dict))
     save_dataset(ds, out_dir / "weights_vs_activations.nc")
 
-    dev_config = TrainConfig(
-        n_features=6, n_hidden=2, feature_probabilities=(1.0,), seeds=config.development_seeds,
-        steps=config.development_steps, batch_size=config.development_batch_size, data="high_sparsity_limit",
-        optimizer="sgd", learning_rate=config.development_learning_rate, init_scale=config.development_init_scale,
-        snapshot_steps=tuple(np.unique(np.geomspace(10, config.development_steps, config.development_snapshots)
-                                       .astype(int)).tolist()),
-    )
-    dev_sgld = _development_sgld(dev_config, config, out_dir)
-    dev = development(dev_config, sgld=dev_sgld, n_samples=config.llc_samples,
-                      key=jax.random.key(config.seed + 1), check_steps=config.check_steps, progress=progress)
-    dev.attrs.update(provenance_attrs("development", {"train": dataclasses.asdict(dev_config),
-                                                      "sgld": dev_sgld.to_dict()}))
-    save_dataset(dev, out_dir / "development.nc")
+    dev = run_development(config, out_dir, progress)
 
     from analysis.compare_plots import plot_comparison, plot_development
 
@@ -349,13 +341,34 @@ def run(out_dir: Path, *, size: str = "default", progress: bool = True,
     return ds
 
 
+def run_development(config: FlagshipConfig, out_dir: Path, progress: bool = True) -> xr.Dataset:
+    """The development part: Chen et al.'s TMS trained by SGD with weight snapshots, every snapshot's
+    LLC (n = `development_samples`, one calibration for all) and class; saved as `development.nc`."""
+    dev_config = TrainConfig(
+        n_features=6, n_hidden=2, feature_probabilities=(1.0,), seeds=config.development_seeds,
+        steps=config.development_steps, batch_size=config.development_batch_size, data="high_sparsity_limit",
+        optimizer="sgd", learning_rate=config.development_learning_rate, init_scale=config.development_init_scale,
+        snapshot_steps=tuple(np.unique(np.geomspace(10, config.development_steps, config.development_snapshots)
+                                       .astype(int)).tolist()),
+    )
+    dev_sgld = _development_sgld(dev_config, config, out_dir)
+    dev = development(dev_config, sgld=dev_sgld, n_samples=config.development_samples,
+                      key=jax.random.key(config.seed + 1), check_steps=config.check_steps, progress=progress)
+    dev.attrs.update(provenance_attrs("development", {"train": dataclasses.asdict(dev_config),
+                                                      "sgld": dev_sgld.to_dict(),
+                                                      "n_samples": config.development_samples}))
+    save_dataset(dev, out_dir / "development.nc")
+    return dev
+
+
 def _development_sgld(dev_config: TrainConfig, config: FlagshipConfig, out_dir: Path) -> SGLDConfig:
     """Calibrate once on a fully trained 6-feature TMS; used for every snapshot. In the Chen et al.
     setting at full batch, through the closed form of L_n (`development.full_batch_inputs`: exact
     L_n at about the cost of a minibatch, no minibatch check). The sweep is saved as
     `calibration/development.nc`."""
     probe = train_grid(dataclasses.replace(dev_config, seeds=(0,), snapshot_steps=()), progress=False)
-    loss_fn, params, data = llc_inputs(probe, n_samples=config.llc_samples, key=jax.random.key(config.seed + 2))
+    loss_fn, params, data = llc_inputs(probe, n_samples=config.development_samples,
+                                       key=jax.random.key(config.seed + 2))
     exact_loss, exact_data = full_batch_inputs(probe, loss_fn, data)
     if exact_loss is not loss_fn:
         loss_fn, data, config = exact_loss, exact_data, dataclasses.replace(config, llc_batch_size=None)
@@ -391,7 +404,10 @@ def write_report(ds: xr.Dataset, dev: xr.Dataset, out_dir: Path, figures: list[P
         f"`calibrate_batched` ({config.calibration_chains} chains) chose every instance's own step size and chain "
         "length (`llc_step_size`, `llc_num_steps` in the dataset); every estimate carries its bias checks "
         f"({config.check_steps}-step paired runs at step size / 3 and with full batch) and a `trusted` flag "
-        "(`llc_trusted`).",
+        "(`llc_trusted`). The development part's LLC data has n = "
+        f"{config.development_samples} samples, at full batch through the closed form of L_n: its estimates are "
+        "compared with the asymptotic lambda of their classes, so it runs at an n where the finite-n excess is "
+        "small (`experiments/development_final_vs_n.py`).",
         "",
         "## What the data says",
         "",
