@@ -14,7 +14,9 @@ estimate against its class's lambda.
 
 With `--flagship OUT` it instead runs the flagship's own development part at `--size`
 (`weights_vs_activations.run_development`: one calibration for every snapshot, n =
-`development_samples`) into OUT and prints the report's development finding.
+`development_samples`, chains of at most `development_max_steps`; `--n`, `--max-steps` and
+`--long-check-steps` override them) into OUT and prints the chosen settings and the report's
+development finding. Without it, `--max-steps` sets the per-seed calibrations' cap.
 """
 
 from __future__ import annotations
@@ -49,19 +51,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", choices=sorted(SIZES), default="default", help="the flagship size to follow")
     parser.add_argument("--log2-n", type=int, nargs="+", default=[14, 16, 18], help="sample counts n = 2^k")
     parser.add_argument("--flagship", metavar="OUT", help="run the flagship's development part into OUT instead")
+    parser.add_argument("--n", type=int, help="with --flagship: development_samples")
+    parser.add_argument("--max-steps", type=int,
+                        help="the calibration's chain-length cap (with --flagship: development_max_steps)")
+    parser.add_argument("--long-check-steps", type=int, help="with --max-steps: the long check's cap (default twice)")
     args = parser.parse_args(argv)
+    if args.n is not None and not args.flagship:
+        parser.error("--n goes with --flagship (the per-seed study takes --log2-n)")
+    if args.long_check_steps is not None and args.max_steps is None:
+        parser.error("--long-check-steps goes with --max-steps")
+    caps = {}
+    if args.max_steps is not None:
+        caps = {"max_steps": args.max_steps, "long_check_steps": args.long_check_steps or 2 * args.max_steps}
     if args.flagship:
-        from analysis.compare_plots import _development_finding
-        from experiments.weights_vs_activations import KGON_LLC, run_development
-
-        start = time.perf_counter()
-        dev = run_development(SIZES[args.size], Path(args.flagship), progress=False)
-        print(f"{time.perf_counter() - start:.0f} s, n = {SIZES[args.size].development_samples}")
-        print(_development_finding(dev, KGON_LLC))
+        flagship_development(args.size, Path(args.flagship), args.n, **caps)
         return
     if not all(8 <= k <= 24 for k in args.log2_n):
         parser.error("--log2-n values must be in 8..24")
     train_config, config = development_config(args.size)
+    if caps:
+        config = dataclasses.replace(config, calibration_max_steps=caps["max_steps"],
+                                     calibration_long_check_steps=caps["long_check_steps"])
     train = train_grid(train_config, progress=False)
     W = train["W"].transpose(*grid.GRID_DIMS, "hidden", "feature").values.reshape(-1, 2, 6)
     b = train["b"].transpose(*grid.GRID_DIMS, "feature").values.reshape(-1, 6)
@@ -88,6 +98,31 @@ def main(argv: list[str] | None = None) -> None:
                   f" ({err:+.0%}); eps {eps[i]:.2g}, {int(steps[i])} steps, settled "
                   f"{bool(sweep['converged'].values.ravel()[i])}", flush=True)
         print(f"    median |relative error| {np.nanmedian(rel):.0%}", flush=True)
+
+
+def flagship_development(size: str, out: Path, n: int | None = None, max_steps: int | None = None,
+                         long_check_steps: int | None = None) -> None:
+    """The flagship's development part at `size` (overrides: n, the chain caps) into `out`;
+    prints the calibration's choice and the report's development finding."""
+    import xarray as xr
+
+    from analysis.compare_plots import _development_finding
+    from experiments.weights_vs_activations import KGON_LLC, run_development
+
+    config = SIZES[size]
+    if n is not None:
+        config = dataclasses.replace(config, development_samples=n)
+    if max_steps is not None:
+        config = dataclasses.replace(config, development_max_steps=max_steps,
+                                     development_long_check_steps=long_check_steps or 2 * max_steps)
+    start = time.perf_counter()
+    dev = run_development(config, out, progress=False)
+    calibration = xr.open_dataset(out / "calibration" / "development.nc")
+    choice = {name: calibration[name].values.item() for name in ("chosen_step_size", "chosen_num_steps", "converged")}
+    print(f"{time.perf_counter() - start:.0f} s; n = {config.development_samples}, at most "
+          f"{config.development_max_steps} steps: eps {choice['chosen_step_size']:.2g}, "
+          f"{choice['chosen_num_steps']} steps, settled {bool(choice['converged'])}")
+    print(_development_finding(dev, KGON_LLC))
 
 
 if __name__ == "__main__":

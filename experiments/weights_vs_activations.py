@@ -94,6 +94,10 @@ class FlagshipConfig:
     # so it runs where the finite-n excess is small (experiments/development_final_vs_n.py); the
     # closed form of L_n makes its cost independent of n
     development_samples: int = 65_536
+    # its calibration's chain-length cap: the closed form is cheap, so the chains can reach the
+    # calibration's sampler-time floor, which the grid's cap (`calibration_max_steps`) cannot
+    development_max_steps: int = 32_000
+    development_long_check_steps: int = 64_000
     # fragility (analysis.fragility_test): susceptibilities read from the LLC's own chains, and retraining at q'
     susceptibility_features: tuple[int, ...] = (0, 1)  # perturbations: feature j's probability x factor
     susceptibility_factor: float = 0.75
@@ -113,7 +117,7 @@ QUICK = FlagshipConfig(models=((5, 2), (6, 2), (20, 5)), n_feature_probabilities
                        calibration_step_sizes=HALF_DECADES, calibration_sweep_steps=300, calibration_min_steps=600,
                        calibration_max_steps=2400, calibration_long_check_steps=2400, hessian_samples=512,
                        sae_samples=2048, sae_steps=800, sae_restarts=1, sae_resample=False, development_steps=3000, development_seeds=4,
-                       development_snapshots=12)
+                       development_snapshots=12, development_max_steps=2400, development_long_check_steps=2400)
 FULL = FlagshipConfig(n_feature_probabilities=40, seeds=16, train_steps=10_000, llc_samples=65_536, llc_chains=8,
                       calibration_chains=8, calibration_step_sizes=HALF_DECADES,
                       calibration_sweep_steps=1000, calibration_min_steps=2000, calibration_max_steps=8000,
@@ -364,14 +368,16 @@ def run_development(config: FlagshipConfig, out_dir: Path, progress: bool = True
 def _development_sgld(dev_config: TrainConfig, config: FlagshipConfig, out_dir: Path) -> SGLDConfig:
     """Calibrate once on a fully trained 6-feature TMS; used for every snapshot. In the Chen et al.
     setting at full batch, through the closed form of L_n (`development.full_batch_inputs`: exact
-    L_n at about the cost of a minibatch, no minibatch check). The sweep is saved as
-    `calibration/development.nc`."""
+    L_n at about the cost of a minibatch, no minibatch check), with chains of at most
+    `development_max_steps`. The sweep is saved as `calibration/development.nc`."""
     probe = train_grid(dataclasses.replace(dev_config, seeds=(0,), snapshot_steps=()), progress=False)
     loss_fn, params, data = llc_inputs(probe, n_samples=config.development_samples,
                                        key=jax.random.key(config.seed + 2))
     exact_loss, exact_data = full_batch_inputs(probe, loss_fn, data)
     if exact_loss is not loss_fn:
         loss_fn, data, config = exact_loss, exact_data, dataclasses.replace(config, llc_batch_size=None)
+    config = dataclasses.replace(config, calibration_max_steps=config.development_max_steps,
+                                 calibration_long_check_steps=config.development_long_check_steps)
     sgld, sweep = _calibrate(loss_fn, params, data, jax.random.key(config.seed + 3), config)
     save_dataset(sweep, out_dir / "calibration" / "development.nc")
     scalar = {name: np.asarray(getattr(sgld, name)).reshape(-1)[0].item()
@@ -407,7 +413,7 @@ def write_report(ds: xr.Dataset, dev: xr.Dataset, out_dir: Path, figures: list[P
         "(`llc_trusted`). The development part's LLC data has n = "
         f"{config.development_samples} samples, at full batch through the closed form of L_n: its estimates are "
         "compared with the asymptotic lambda of their classes, so it runs at an n where the finite-n excess is "
-        "small (`experiments/development_final_vs_n.py`).",
+        f"small, with chains of at most {config.development_max_steps} steps (`experiments/development_final_vs_n.py`).",
         "",
         "## What the data says",
         "",
