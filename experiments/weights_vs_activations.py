@@ -413,7 +413,8 @@ def write_report(ds: xr.Dataset, dev: xr.Dataset, out_dir: Path, figures: list[P
         "(`llc_trusted`). The development part's LLC data has n = "
         f"{config.development_samples} samples, at full batch through the closed form of L_n: its estimates are "
         "compared with the asymptotic lambda of their classes, so it runs at an n where the finite-n excess is "
-        f"small, with chains of at most {config.development_max_steps} steps (`experiments/development_final_vs_n.py`).",
+        f"small, with chains of at most {config.development_max_steps} steps "
+        "(`experiments/development_final_vs_n.py`).",
         "",
         "## What the data says",
         "",

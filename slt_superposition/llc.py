@@ -80,6 +80,7 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from slt_superposition import chain as chain_module
 from slt_superposition.chain import ChainShape, chunk_length, instance_program
 from slt_superposition.checks import attach as attach_checks
 from slt_superposition.checks import CHECK_STEPS, run_checks
@@ -302,8 +303,30 @@ def _check_inputs(loss_fn, params, data, config, *, instance_axes: int, data_axe
     require(isinstance(out, jax.ShapeDtypeStruct) and out.shape == ()
             and jnp.issubdtype(out.dtype, jnp.floating),
             f"loss_fn must return a floating scalar (mean loss over the batch), got {_describe(out)}")
+    if config.batch_size is not None:
+        _check_row_mean(loss_fn, params, data, instance_axes=instance_axes, data_axes=data_axes,
+                        rows=min(n, config.batch_size, chain_module.ROW_MEAN_ROWS))
     d = sum(int(np.prod(leaf.shape[instance_axes:])) for leaf in p_leaves)
     return n, d
+
+
+def _check_row_mean(loss_fn, params, data, *, instance_axes: int, data_axes: int, rows: int) -> None:
+    """Minibatch chains need `loss_fn` to be a mean over its rows (`chain.row_mean_gap`): checked
+    on the first instance's first `rows` rows, before anything is compiled for the chains."""
+    if not chain_module.PAIRED_EXCESS:
+        return
+    one_params = jax.tree_util.tree_map(lambda x: x[(0,) * instance_axes], params)
+    one_rows = jax.tree_util.tree_map(lambda x: x[(0,) * data_axes][:rows], data)
+    try:
+        gap = chain_module.row_mean_gap(loss_fn, one_params, one_rows)
+    except Exception as err:  # noqa: BLE001 - the user's function failing on one row, on one line
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise InputError(f"loss_fn(params, batch) failed on a one-row batch (minibatch chains evaluate rows "
+                         f"alone at w*): {type(err).__name__}: {first_line}") from None
+    require(gap is None, "" if gap is None else
+            f"loss_fn must be the mean of its rows' losses for minibatch chains (each step's batch is paired "
+            f"with the same rows at w*): on the first {rows} rows it gives {gap[0]:.6g}, their one-row losses "
+            f"average {gap[1]:.6g}; pass a mean loss, or batch_size=None")
 
 
 def _describe(out) -> str:
@@ -459,7 +482,8 @@ def estimate_llc(loss_fn: Callable, params: PyTree, data: PyTree, *, config: SGL
                  calibration: xr.Dataset | None = None) -> xr.Dataset:
     """Estimate the local learning coefficient of `loss_fn` at `params` (= w*) by SGLD.
 
-    loss_fn: `loss_fn(params, batch) -> scalar`, the mean loss over the batch.
+    loss_fn: `loss_fn(params, batch) -> scalar`, the mean loss over the batch (with a minibatch this is checked
+    on its first rows: a sum or a batch normalisation is refused).
     params:  any pytree of float arrays (w*).
     data:    a pytree of arrays whose leading axis is the sample axis (size n).
     config:  `SGLDConfig` (scalar settings); key: a jax.random key (chain c uses

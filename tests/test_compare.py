@@ -127,7 +127,8 @@ def test_flagship_tiny_grid_is_reproducible_and_self_describing(tmp_path):
         calibration_step_sizes=(1e-5, 1e-4, 1e-3), calibration_sweep_steps=100, calibration_min_steps=200,
         calibration_max_steps=200, calibration_long_check_steps=400, hessian_samples=256, sae_samples=512,
         sae_steps=50, sae_restarts=1, development_steps=200, development_seeds=1, development_snapshots=2,
-        development_samples=700, susceptibility_eval_samples=64,
+        development_samples=700, development_max_steps=200, development_long_check_steps=400,
+        susceptibility_eval_samples=64,
     )
     first = run(tmp_path / "a", config=config, progress=False)
     # reproducible: the model's chunk computed again (everything weights_vs_activations.nc holds;

@@ -202,6 +202,25 @@ def test_minibatch_excess_is_paired_with_the_same_rows_at_w_star():
         np.testing.assert_allclose(ds.loss_trace, 99.5, rtol=1e-6)
 
 
+def test_minibatch_chains_refuse_a_loss_that_is_not_a_mean_over_rows():
+    """The paired excess reads L_B(w*) as the mean of one-row losses: a summed loss would bias
+    every minibatch estimate, so it is refused (one line, before compiling); a mean plus a penalty
+    on the params is a mean over rows and passes; full batch needs no rows alone."""
+    params, data = regression_problem(3, 200, seed=0)
+    summed = lambda p, batch: regression_loss(p, batch) * batch[1].shape[0]  # a sum over the rows
+    penalised = lambda p, batch: regression_loss(p, batch) + 0.1 * jnp.sum(p["w"] ** 2)
+    config = SGLDConfig(step_size=1e-4, localization=1.0, num_chains=2, num_steps=20, batch_size=50)
+    with pytest.raises(InputError, match="mean of its rows' losses") as err:
+        estimate_llc(summed, params, data, config=config, key=jax.random.key(0), checks=False)
+    assert "\n" not in str(err.value)
+    for loss in (penalised, regression_loss):
+        assert np.isfinite(float(estimate_llc(loss, params, data, config=config, key=jax.random.key(0),
+                                              checks=False)["llc_mean"]))
+    full = SGLDConfig(step_size=1e-4, localization=1.0, num_chains=2, num_steps=20, batch_size=None)
+    assert np.isfinite(float(estimate_llc(summed, params, data, config=full, key=jax.random.key(0),
+                                          checks=False)["llc_mean"]))
+
+
 def test_nbeta_conventions():
     assert default_nbeta(1000) == pytest.approx(1000 / np.log(1000))
     assert default_nbeta(1000, 100, "batch") == pytest.approx(100 / np.log(100))
