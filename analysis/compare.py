@@ -162,7 +162,7 @@ def degeneracy_budget(train: xr.Dataset, weights: xr.Dataset) -> xr.Dataset:
     })
 
 
-OUT_OF_RANGE_CAUSES = ("step size", "batch", "not a minimum", "finite n", "lower loss found")
+OUT_OF_RANGE_CAUSES = ("step size", "batch", "not a minimum", "unsettled", "finite n", "lower loss found")
 MINIMUM_GRAD_TOL = 1e-3  # ||grad L_n|| above this at the LLC's w*: not a critical point
 NEGATIVE_CURVATURE_RTOL = 1e-3  # a Hessian eigenvalue below -rtol x the largest: a saddle
 
@@ -172,9 +172,14 @@ def out_of_range_cause(ds: xr.Dataset) -> xr.DataArray:
     applies of `OUT_OF_RANGE_CAUSES`: its stored step-size check failed ("step size"); its batch
     check failed ("batch"); w* is not a minimum of L_n (||grad L_n|| above `MINIMUM_GRAD_TOL`
     or a Hessian eigenvalue below -`NEGATIVE_CURVATURE_RTOL` x the largest); above the symmetry
-    bound with all of those passed: "finite n", the excess of trained TMS at finite n that
-    `reproduce tms-llc-vs-n` measures shrinking with n (docs/experiments/tms_llc_vs_n.md), here
-    by elimination; below 0 with all of those passed: "lower loss found", the chains' own
+    bound with all of those passed but a calibration whose chain-length rule did not settle
+    (`llc_calibration_converged`, where the dataset has it): "unsettled", since chains too short
+    for the sampler-time floor can read above their settled value (the development part at
+    n = 16,384: 9.58-10.42 at 4000 steps against 8.61-9.44 settled, docs/experiments/
+    weights_vs_activations.md); above with all of those passed and settled: "finite n", the excess
+    of trained TMS at finite n that `reproduce tms-llc-vs-n` measures shrinking with n
+    (docs/experiments/tms_llc_vs_n.md), here by elimination; below 0 with all of those passed
+    (settled or not): "lower loss found", the chains' own
     evidence that w* is not a minimum at the posterior's scale (their mean loss is below L_n(w*)
     by more than 2 SE although the gradient is small and the Hessian has no negative curvature: a
     degenerate saddle, e.g. a partly represented feature the chains grow). "" for instances in
@@ -189,7 +194,10 @@ def out_of_range_cause(ds: xr.Dataset) -> xr.DataArray:
     saddle = (eig.min(eig_dim) < -NEGATIVE_CURVATURE_RTOL * top).values
     minimum = ~saddle & ~(ds["grad_norm_refined"].values > MINIMUM_GRAD_TOL)
     above = (ds["excess_degeneracy"] < -2 * ds["excess_degeneracy_se"]).values
-    cause = np.select([~step_ok, ~batch_ok, ~minimum, above], list(OUT_OF_RANGE_CAUSES[:4]), OUT_OF_RANGE_CAUSES[4])
+    settled = (ds["llc_calibration_converged"].values.astype(bool) if "llc_calibration_converged" in ds
+               else np.ones(above.shape, bool))
+    cause = np.select([~step_ok, ~batch_ok, ~minimum, above & ~settled, above], list(OUT_OF_RANGE_CAUSES[:5]),
+                      OUT_OF_RANGE_CAUSES[5])
     cause = np.where(ds["budget_out_of_range"].values.astype(bool), cause, "").astype(object)
     return xr.DataArray(cause, dims=ds["llc_mean"].dims, coords=ds["llc_mean"].coords,
                         attrs={"long_name": "why the estimate is out of range: " + ", ".join(OUT_OF_RANGE_CAUSES)

@@ -4,7 +4,9 @@ The flagship (`reproduce weights-vs-activations`) writes each model as a chunk o
 sweep (`<out>/sweep/chunk-*.nc`) and the report only once every model is done. For a run that
 is still going, or was stopped, this prints the headline and the per-model findings of the
 finished models (the same sentences the report would hold for them; the development part is
-not in the chunks), then the stored checks' power (`analysis.check_power`).
+not in the chunks), then the stored checks' power (`analysis.check_power`). Each out-of-range
+estimate's attribution is recomputed from the stored variables by the current
+`analysis.compare.out_of_range_cause`.
 
     python -m analysis.flagship_summary results/default/sweep
 """
@@ -18,7 +20,7 @@ from pathlib import Path
 import xarray as xr
 
 from analysis.check_power import check_power
-from analysis.compare import join_models
+from analysis.compare import join_models, out_of_range_cause
 from analysis.compare_plots import findings, headline
 
 
@@ -35,6 +37,8 @@ def main(argv=None) -> None:
     parser.add_argument("sweep_dir", type=Path, help="the flagship run's sweep folder (<out>/sweep)")
     args = parser.parse_args(argv)
     ds = finished_models(args.sweep_dir)
+    if "out_of_range_cause" in ds:  # chunks written before a change of the rule keep their own labels otherwise
+        ds["out_of_range_cause"] = out_of_range_cause(ds.drop_vars("out_of_range_cause"))
     manifest = args.sweep_dir / "manifest.json"
     steps = json.loads(manifest.read_text()).get("config", {}).get("check_steps", 300) if manifest.exists() else 300
     print(headline(ds))

@@ -138,8 +138,8 @@ def run_checks(sample: Callable, sample_pair: Callable, config, nbeta, *, n: int
         cap = np.minimum(per_instance(config.num_steps), MAX_CHECK_EXTENSION * steps)
         longer = resolving_steps(steps, rel, se, batch_tol, cap)
         redo = longer > steps
-        if redo.any():  # instances not rerun repeat their first run's chains (same keys): only `redo` is read
-            again = _paired_batch_check(sample, config, longer, fraction, nb, key)
+        if redo.any():  # the others run one step (a config needs >= 1) and are not read
+            again = _paired_batch_check(sample, config, np.where(redo, longer, 1), fraction, nb, key)
             full_mean, rel, se = (np.where(redo, b, a) for a, b in zip((full_mean, rel, se), again))
         out.update(llc_full_batch_check=full_mean, batch_check_rel_diff=rel,
                    batch_check_se=se, batch_check_steps=longer.astype(np.float64))

@@ -27,6 +27,13 @@ def test_first_failing_cause_in_order():
     assert causes == ["step size", "batch", "not a minimum", "finite n", "lower loss found", ""]
 
 
+def test_an_excess_from_an_unsettled_calibration_is_not_put_on_finite_n():
+    settled = np.array([True, True, True, False, False, True])
+    causes = out_of_range_cause(stub(llc_calibration_converged=settled)).values.tolist()
+    # the fourth (above the bound, every check passed) is unsettled; below 0 stays "lower loss found"
+    assert causes == ["step size", "batch", "not a minimum", "unsettled", "lower loss found", ""]
+
+
 def test_a_saddle_is_not_a_minimum_and_an_unresolved_check_is_a_failed_one():
     ds = stub()
     ds["hessian_eigenvalues"][3, 0] = -0.5  # negative curvature: w* is a saddle of L_n
