@@ -26,7 +26,6 @@ run those sums far slower. The program's parts carry `jax.named_scope` names (`S
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -125,19 +124,14 @@ ROW_MEAN_ROWS = 16  # rows of the first instance on which `row_mean_gap` checks 
 ROW_MEAN_RTOL = 1e-3  # float32 rounding of a mean over a few rows is ~1e-6 of it
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _whole_and_rows(loss_fn: Callable, params: PyTree, rows: PyTree) -> tuple[jax.Array, jax.Array]:
-    each = jax.vmap(lambda row: loss_fn(params, jax.tree_util.tree_map(lambda a: a[None], row)))(rows)
-    return loss_fn(params, rows), jnp.mean(each)
-
-
 def row_mean_gap(loss_fn: Callable, params: PyTree, rows: PyTree) -> tuple[float, float] | None:
     """(loss_fn on `rows`, the mean of its one-row losses) where they differ by more than
     `ROW_MEAN_RTOL`, else None. The paired excess (`PAIRED_EXCESS`) reads L_B(w*) as the mean of
     per-row losses, exact only when `loss_fn` is the mean of its rows' losses (plus any term of the
     params alone, such as a penalty); a sum, or a normalisation over the batch, breaks it.
     `params`: one instance; `rows`: a few data rows `(k, ...)`."""
-    whole, mean = (float(v) for v in _whole_and_rows(loss_fn, params, rows))
+    each = jax.vmap(lambda row: loss_fn(params, jax.tree_util.tree_map(lambda a: a[None], row)))(rows)
+    whole, mean = float(loss_fn(params, rows)), float(jnp.mean(each))
     scale = max(abs(whole), abs(mean), np.finfo(np.float32).tiny)
     return None if abs(whole - mean) <= ROW_MEAN_RTOL * scale else (whole, mean)
 

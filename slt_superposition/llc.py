@@ -323,10 +323,10 @@ def _check_row_mean(loss_fn, params, data, *, instance_axes: int, data_axes: int
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise InputError(f"loss_fn(params, batch) failed on a one-row batch (minibatch chains evaluate rows "
                          f"alone at w*): {type(err).__name__}: {first_line}") from None
-    require(gap is None, "" if gap is None else
-            f"loss_fn must be the mean of its rows' losses for minibatch chains (each step's batch is paired "
-            f"with the same rows at w*): on the first {rows} rows it gives {gap[0]:.6g}, their one-row losses "
-            f"average {gap[1]:.6g}; pass a mean loss, or batch_size=None")
+    if gap is not None:
+        raise InputError(f"loss_fn must be the mean of its rows' losses for minibatch chains (each step's batch is "
+                         f"paired with the same rows at w*): on the first {rows} rows it gives {gap[0]:.6g}, their "
+                         f"one-row losses average {gap[1]:.6g}; pass a mean loss, or batch_size=None")
 
 
 def _describe(out) -> str:
