@@ -4,8 +4,8 @@ The calibration's chain-length rule doubles the *step count* and stops when the 
 moving. On a DLN with a narrow rank-1 bottleneck the curvature bound forces step sizes of
 1e-8 to 3e-8, and there the rule stopped at 10k-40k steps, a sampler time eps x steps of
 0.0013, reading 25-44% low (docs/experiments/dln_validation.md). This study holds the case's
-data, w* and key fixed (as `dln_validation.run_case`: localization 1, batch 500, nbeta = n / log n,
-4 chains, burn-in half) and estimates the LLC at growing sampler times, each at two step sizes
+data, w* and key fixed (as `dln_validation.run_case` had them when this study was made: localization 1,
+batch 500 of the n rows, nbeta = n / log n, 4 chains, burn-in half) and estimates the LLC at growing sampler times, each at two step sizes
 where affordable, so that a rise with sampler time at equal step size, and agreement between
 step sizes at equal sampler time, can both be read off.
 
@@ -22,11 +22,12 @@ import time
 
 import jax
 
-from experiments.dln_validation import BATCH_SIZE, LOCALIZATION, N_SAMPLES, NUM_CHAINS, SEED
+from experiments.dln_validation import LOCALIZATION, N_SAMPLES, NUM_CHAINS, SEED
 from slt_superposition.llc import SGLDConfig, estimate_llc
 from slt_superposition.theory import dln_learning_coefficient
 from toy_models.dln import dln_data, dln_loss, dln_true_params
 
+BATCH_SIZE = 500  # minibatches of the n rows (the panel now runs full batch on compressed rows)
 # (step size, steps): sampler times 0.0013 (where calibration stopped), 0.005, 0.04 (two step
 # sizes), 0.16 (two step sizes) and 0.64
 DEFAULT_RUNS = ("3.2e-8:40000", "3.2e-8:160000", "3.2e-8:1280000", "1e-7:400000", "3.2e-8:5120000",

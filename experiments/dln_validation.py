@@ -2,7 +2,11 @@
 
 Furman & Lau data (x ~ U[-10, 10], y = f(x; w*), n = 1e5, MSE over batch and outputs).
 Each case: a true parameter w*, `calibrate` chooses step size and chain length (no
-hand-tuned step size per case), then `estimate_llc` with a fresh key gives lambda_hat.
+hand-tuned step size per case), then `estimate_llc` with a fresh key gives lambda_hat. The
+chains run at full batch on the data's exact compression (`toy_models.dln.dln_compressed_data`:
+H_0 + H_L rows with the same L_n at every w), with nbeta = n / log n of the n = 1e5 samples:
+exact L_n at a cost independent of n, so the chains can reach the calibration's sampler-time
+floor (at the curvature-bounded step sizes of the narrow cases, 1e7 steps and more).
 
 - "singular" w* (every layer of rank r): the local coefficient equals Aoyagi's lambda;
   target median |relative error| <= 10%, none above 20%.
@@ -19,6 +23,7 @@ same folder (e.g. one per machine) that a later run without it completes.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Sequence
@@ -33,11 +38,13 @@ from slt_superposition.io import save_dataset
 from slt_superposition.llc import estimate_llc
 from slt_superposition.provenance import provenance_attrs
 from slt_superposition.theory import dln_learning_coefficient, dln_parameter_count
-from toy_models.dln import dln_data, dln_loss, dln_true_params
+from toy_models.dln import dln_compressed_data, dln_data, dln_loss, dln_true_params
 
 N_SAMPLES = 100_000
-BATCH_SIZE = 500
+NBETA = N_SAMPLES / math.log(N_SAMPLES)  # of the n samples (the chains see their H_0 + H_L compressed rows)
 NUM_CHAINS = 4
+# the chain-length cap: 10,000 x 2^11, past the floor's 1.6e7 steps at the narrow cases' eps 3.2e-8
+MAX_STEPS = 20_480_000
 LOCALIZATION = 1.0  # as Furman & Lau; a ladder up to 100 read -25% on (4,6,6,6,4) (docs/experiments/dln_validation.md)
 SEED = 0
 # (widths, rank, kind): the public panel of docs/references.md, then our own choices
@@ -61,15 +68,15 @@ def all_cases(quick: bool) -> list[tuple]:
             + [(w, r, "less_singular") for w, r in LESS_SINGULAR])
 
 
-def run_case(widths, rank, kind, *, seed: int = SEED, max_steps: int = 320_000, calibration_dir: Path | None = None,
+def run_case(widths, rank, kind, *, seed: int = SEED, max_steps: int = MAX_STEPS, calibration_dir: Path | None = None,
              progress: bool = False, **calibrate_options) -> dict:
     """Calibrate and estimate one case; returns a row of the results table."""
     key = jax.random.key(seed)
     k_true, k_data, k_cal, k_est = jax.random.split(key, 4)
     params = dln_true_params(k_true, widths, rank, kind)
-    data = dln_data(k_data, params, N_SAMPLES)
+    data = dln_compressed_data(*dln_data(k_data, params, N_SAMPLES))
     t0 = time.perf_counter()
-    config, cal = calibrate(dln_loss, params, data, key=k_cal, batch_size=BATCH_SIZE, num_chains=NUM_CHAINS,
+    config, cal = calibrate(dln_loss, params, data, key=k_cal, batch_size=None, nbeta=NBETA, num_chains=NUM_CHAINS,
                             max_steps=max_steps, localization=LOCALIZATION, progress=progress, **calibrate_options)
     est = estimate_llc(dln_loss, params, data, config=config, key=k_est, checks=False)
     seconds = time.perf_counter() - t0
@@ -224,8 +231,9 @@ def run(out_dir: Path, *, size: str = "default", progress: bool = True, only: Se
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cases = all_cases(quick)
-    max_steps = 40_000 if quick else 320_000
-    config = dict(quick=quick, cases=[case_name(*c) for c in cases], n=N_SAMPLES, batch_size=BATCH_SIZE,
+    max_steps = 40_000 if quick else MAX_STEPS
+    config = dict(quick=quick, cases=[case_name(*c) for c in cases], n=N_SAMPLES, batch_size=None,
+                  data="dln_compressed_data",
                   num_chains=NUM_CHAINS, seed=SEED, max_steps=max_steps, localization=LOCALIZATION, nbeta="n/log n",
                   max_acceptance_drop=max_acceptance_drop)
 

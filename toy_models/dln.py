@@ -118,6 +118,25 @@ def dln_data(key, params, n: int, *, input_range: float = 10.0) -> tuple[jax.Arr
     return x, dln_forward(params, x)
 
 
+def dln_compressed_data(x, y) -> tuple[jax.Array, jax.Array]:
+    """The n rows `(x (n, H_0), y (n, H_L))` as k = H_0 + H_L rows with the same `dln_loss` at
+    every parameter: full batch at the cost of k rows.
+
+    The loss is the mean over rows and outputs of (x A^T - y)^2 with A the end-to-end matrix, so
+    n out L = ||[x y] [A^T; -I]||_F^2, which depends on the data only through [x y]^T [x y]. With
+    [x y] = Q U (thin QR in float64, U: (k, k)) that is ||U [A^T; -I]||_F^2, so the rows of
+    U sqrt(k / n), split into their first H_0 and last H_L columns, give the same mean (exact in
+    float64; float32 rounding as for the n rows). Needs n >= k. Biases are not covered (weights-only
+    parameters, as `dln_true_params` gives).
+    """
+    x64, y64 = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    require(x64.ndim == 2 and y64.ndim == 2 and len(x64) == len(y64), "dln_compressed_data needs x (n, H_0), y (n, H_L)")
+    n, k = len(x64), x64.shape[1] + y64.shape[1]
+    require(n >= k, f"dln_compressed_data needs n >= H_0 + H_L = {k} rows, got {n}")
+    rows = np.linalg.qr(np.concatenate([x64, y64], axis=1), mode="r") * np.sqrt(k / n)
+    return jnp.asarray(rows[:, : x64.shape[1]], jnp.float32), jnp.asarray(rows[:, x64.shape[1]:], jnp.float32)
+
+
 def matrix_ranks(params, tol: float = 1e-4) -> list[int]:
     """Numerical rank of each layer (singular values above `tol` x the largest)."""
     ranks = []
