@@ -9,6 +9,7 @@ from flax import nnx
 from slt_superposition.errors import InputError
 from toy_models.dln import (
     DeepLinearNetwork,
+    dln_compressed_data,
     dln_data,
     dln_end_to_end,
     dln_forward,
@@ -76,3 +77,22 @@ def test_bad_input():
         dln_true_params(jax.random.key(0), (4, 3, 4), 4)
     with pytest.raises(InputError):
         dln_true_params(jax.random.key(0), (4, 3, 4), 1, "weird")
+
+
+def test_compressed_data_has_the_same_loss_and_gradient_at_every_w():
+    """H_0 + H_L rows stand for the n samples exactly: the full-batch loss and its gradient agree
+    (float32 rounding) near w*, where the LLC's chains go, and far from it."""
+    k_true, k_data, k_w = jax.random.split(jax.random.key(0), 3)
+    params = dln_true_params(k_true, (4, 4, 2, 4), 1)
+    x, y = dln_data(k_data, params, 20_000)
+    y = y + 0.1 * jax.random.normal(jax.random.key(5), y.shape)  # noise: L_n(w*) > 0 is covered too
+    rows = dln_compressed_data(x, y)
+    assert rows[0].shape == (8, 4) and rows[1].shape == (8, 4)
+    for scale in (1e-3, 1e-1, 1.0):
+        noise = jax.random.split(k_w, len(params))
+        w = [p + scale * jax.random.normal(k, p.shape) for p, k in zip(params, noise)]
+        np.testing.assert_allclose(float(dln_loss(w, rows)), float(dln_loss(w, (x, y))), rtol=1e-4)
+        for g_rows, g_all in zip(jax.grad(dln_loss)(w, rows), jax.grad(dln_loss)(w, (x, y))):
+            np.testing.assert_allclose(g_rows, g_all, rtol=1e-3, atol=1e-5 * float(jnp.max(jnp.abs(g_all))))
+    with pytest.raises(InputError, match="n >= H_0 \\+ H_L"):
+        dln_compressed_data(x[:5], y[:5])
