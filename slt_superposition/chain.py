@@ -124,14 +124,22 @@ ROW_MEAN_ROWS = 16  # rows of the first instance on which `row_mean_gap` checks 
 ROW_MEAN_RTOL = 1e-3  # float32 rounding of a mean over a few rows is ~1e-6 of it
 
 
+def _whole_and_mean(loss_fn: Callable, params: PyTree, rows: PyTree) -> tuple[jax.Array, jax.Array]:
+    """(loss_fn on `rows`, the mean of its one-row losses)."""
+    each = jax.vmap(lambda row: loss_fn(params, jax.tree_util.tree_map(lambda a: a[None], row)))(rows)
+    return loss_fn(params, rows), jnp.mean(each)
+
+
+_whole_and_mean_compiled = jax.jit(_whole_and_mean, static_argnums=0)  # traced once per loss_fn and shapes
+
+
 def row_mean_gap(loss_fn: Callable, params: PyTree, rows: PyTree) -> tuple[float, float] | None:
     """(loss_fn on `rows`, the mean of its one-row losses) where they differ by more than
     `ROW_MEAN_RTOL`, else None. The paired excess (`PAIRED_EXCESS`) reads L_B(w*) as the mean of
     per-row losses, exact only when `loss_fn` is the mean of its rows' losses (plus any term of the
     params alone, such as a penalty); a sum, or a normalisation over the batch, breaks it.
     `params`: one instance; `rows`: a few data rows `(k, ...)`."""
-    each = jax.vmap(lambda row: loss_fn(params, jax.tree_util.tree_map(lambda a: a[None], row)))(rows)
-    whole, mean = float(loss_fn(params, rows)), float(jnp.mean(each))
+    whole, mean = (float(v) for v in _whole_and_mean_compiled(loss_fn, params, rows))
     scale = max(abs(whole), abs(mean), np.finfo(np.float32).tiny)
     return None if abs(whole - mean) <= ROW_MEAN_RTOL * scale else (whole, mean)
 

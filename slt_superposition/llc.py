@@ -273,6 +273,11 @@ def _check_inputs(loss_fn, params, data, config, *, instance_axes: int, data_axe
     `data_axes` of data. `describe_instance(i)` names flattened instance i in messages.
     """
     require(callable(loss_fn), "loss_fn must be callable: loss_fn(params, batch) -> scalar")
+    try:
+        hash(loss_fn)
+    except TypeError:
+        raise InputError(f"loss_fn must be hashable (compiled chain programs are cached by it); a "
+                         f"{type(loss_fn).__name__} defining __eq__ without __hash__ is not") from None
     p_leaves = _leaves(params, "params")
     d_leaves = _leaves(data, "data")
     for leaf in p_leaves:

@@ -304,6 +304,19 @@ def test_non_finite_batched_params_name_the_instance():
                              instance_dims={"fp": [0.1, 0.5], "seed": [5, 6, 7]})
 
 
+def test_an_unhashable_loss_fn_is_a_one_line_error():
+    class Unhashable:  # defines __eq__ only: compiled programs cannot be cached by it
+        def __eq__(self, other):
+            return self is other
+
+        def __call__(self, p, batch):
+            return regression_loss(p, batch)
+
+    params, data = regression_problem(3, 200, seed=0)
+    with pytest.raises(InputError, match="loss_fn must be hashable"):
+        estimate_llc(Unhashable(), params, data, config=SMALL, key=jax.random.key(0))
+
+
 def test_loss_fn_must_return_a_scalar():
     params, data = regression_problem(3, 200, seed=0)
     per_sample = lambda p, batch: (batch[1] - batch[0] @ p["w"]) ** 2
