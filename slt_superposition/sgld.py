@@ -3,7 +3,7 @@
 One step, at position w with minibatch B:
 
     drift = nbeta * grad L_B(w) + localization * (w - w*)
-    w'    = w - (step_size / 2) * drift + N(0, step_size)
+    w'    = w + (N(0, step_size) - (step_size / 2) * drift)      (the increment summed first)
 
 `w*` (the `anchor`) is the point whose local learning coefficient is estimated. The kernel
 is a pair of pure functions over pytrees:
@@ -108,8 +108,11 @@ def sgld(
         drift = jax.tree_util.tree_map(lambda g, o: nbeta * g + localization * o, grad, offset)
         potential = nbeta * loss + 0.5 * localization * tree_sq_norm(offset)
         scale = jnp.sqrt(step_size)
+        # the increment is summed first: at small step sizes the drift alone is below half a float32
+        # unit of w and `w - drift` would round it away every step (a localization-only chain at
+        # eps 1e-8 and |w| ~ 1 then random-walks instead of relaxing: tests/test_sgld.py)
         new_w = jax.tree_util.tree_map(
-            lambda x, d, z: (x - 0.5 * step_size * d + scale * z).astype(jnp.result_type(x)),
+            lambda x, d, z: (x + (scale * z - 0.5 * step_size * d)).astype(jnp.result_type(x)),
             w, drift, noise,
         )
         return SGLDState(new_w), SGLDInfo(loss, potential, drift, w)
