@@ -34,6 +34,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from slt_superposition import chain as chain_module
+from slt_superposition import compensated
 from slt_superposition.chain import ChainShape
 from slt_superposition.instances import over_instances
 from slt_superposition.observers import ChainSettings
@@ -80,12 +81,12 @@ def coupled_program(loss_fn: Callable, shape: ChainShape, substeps: int = 3) -> 
             post = active & (t >= settings.num_burnin)
             finite = ok_c & ok_f & jnp.isfinite(new_coarse).all() & jnp.isfinite(new_fine).all()
             excess, _ = chain_module.minibatch_excess(loss_c, init_loss, row_losses, idx)
-            total = total + jnp.where(post, excess, 0.0)
+            total = compensated.add(total, jnp.where(post, excess, 0.0))
             b = jnp.clip((t - settings.num_burnin) * DIFF_BLOCKS // jnp.maximum(settings.num_steps
                                                                                 - settings.num_burnin, 1),
                          0, DIFF_BLOCKS - 1)
-            blocks = blocks.at[b].add(jnp.where(post, loss_c - loss_f, 0.0))
-            counts = counts.at[b].add(jnp.where(post, 1.0, 0.0))
+            blocks = compensated.add_at(blocks, b, jnp.where(post, loss_c - loss_f, 0.0))
+            counts = counts.at[b].add(post.astype(jnp.int32))
             ok = ok & jnp.where(active, finite, True)
             return (jnp.where(active, new_coarse, coarse), jnp.where(active, new_fine, fine), total, blocks, counts, ok), None
 
@@ -98,10 +99,12 @@ def coupled_program(loss_fn: Callable, shape: ChainShape, substeps: int = 3) -> 
             return carry
 
         n_chunks = (settings.num_steps + CHUNK - 1) // CHUNK
-        zeros = jnp.zeros(DIFF_BLOCKS, jnp.float32)
-        init = (w_star, w_star, jnp.zeros((), jnp.float32), zeros, zeros, jnp.array(True))
+        init = (w_star, w_star, compensated.zeros(), compensated.zeros((DIFF_BLOCKS,)),
+                jnp.zeros(DIFF_BLOCKS, jnp.int32), jnp.array(True))
         _, _, total, blocks, counts, ok = jax.lax.fori_loop(0, n_chunks, run_chunk, init)
-        return {"excess_sum": total, "diff_sums": blocks, "diff_counts": counts, "diverged": ~ok}
+        # compensated sums over the post-burn-in steps (slt_superposition.compensated); integer counts
+        return {"excess_sum": compensated.value(total), "diff_sums": compensated.value(blocks),
+                "diff_counts": counts, "diverged": ~ok}
 
     def run(params, data, key, settings: ChainSettings):
         init_loss = loss_fn(params, data)

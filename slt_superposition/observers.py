@@ -20,6 +20,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from slt_superposition import compensated
 from slt_superposition.diagnostics import DIVERGENCE_FACTOR, mala_acceptance_probability, mala_log_acceptance
 from slt_superposition.sgld import SGLDInfo
 
@@ -70,22 +71,23 @@ def _draws(settings: ChainSettings) -> jax.Array:
 
 
 def llc_observer() -> Observer:
-    """`llc_per_chain` = nbeta * mean over post-burn-in steps of the excess L_B(w_t) - L_B(w*)."""
+    """`llc_per_chain` = nbeta * mean over post-burn-in steps of the excess L_B(w_t) - L_B(w*)
+    (a compensated sum: `slt_superposition.compensated`)."""
 
     def update(total, ctx, info, settings):
-        return total + jnp.where(ctx.post, ctx.excess, 0.0)
+        return compensated.add(total, jnp.where(ctx.post, ctx.excess, 0.0))
 
     def finalize(total, settings):
-        return {"llc_per_chain": settings.nbeta * total / _draws(settings)}
+        return {"llc_per_chain": settings.nbeta * compensated.value(total) / _draws(settings)}
 
-    return Observer(lambda w, s: jnp.zeros((), jnp.float32), update, finalize)
+    return Observer(lambda w, s: compensated.zeros(), update, finalize)
 
 
 class _AcceptanceState(NamedTuple):
     prev_position: jax.Array
     prev_drift: jax.Array
     prev_potential: jax.Array
-    total: jax.Array
+    total: compensated.CompensatedSum
 
 
 def acceptance_observer() -> Observer:
@@ -93,8 +95,7 @@ def acceptance_observer() -> Observer:
     w_{t-1} -> w_t with t > num_burnin (NaN with fewer than two draws)."""
 
     def init(w_star, settings):
-        zero = jnp.zeros((), jnp.float32)
-        return _AcceptanceState(w_star, jnp.zeros_like(w_star), zero, zero)
+        return _AcceptanceState(w_star, jnp.zeros_like(w_star), jnp.zeros((), jnp.float32), compensated.zeros())
 
     def update(state, ctx, info, settings):
         accept = mala_acceptance_probability(mala_log_acceptance(
@@ -104,11 +105,12 @@ def acceptance_observer() -> Observer:
         keep = lambda new, old: jnp.where(ctx.active, new, old)
         return _AcceptanceState(keep(info.position, state.prev_position), keep(info.drift, state.prev_drift),
                                 keep(info.potential, state.prev_potential),
-                                state.total + jnp.where(counted, accept, 0.0))
+                                compensated.add(state.total, jnp.where(counted, accept, 0.0)))
 
     def finalize(state, settings):
         transitions = _draws(settings) - 1
-        return {"mala_acceptance": jnp.where(transitions > 0, state.total / jnp.maximum(transitions, 1), jnp.nan)}
+        total = compensated.value(state.total)
+        return {"mala_acceptance": jnp.where(transitions > 0, total / jnp.maximum(transitions, 1), jnp.nan)}
 
     return Observer(init, update, finalize)
 
@@ -150,20 +152,21 @@ def divergence_observer(n_parameters: int) -> Observer:
 
 
 def trace_observer(n_blocks: int) -> Observer:
-    """`loss_trace (n_blocks,)`: means of the recorded loss L_n(w*) + excess over blocks of `trace_every` steps; blocks
-    past the chain's end are NaN."""
+    """`loss_trace (n_blocks,)`: means of the recorded loss L_n(w*) + excess over blocks of `trace_every` steps
+    (compensated sums); blocks past the chain's end are NaN."""
 
     def update(trace, ctx, info, settings):
         k = settings.trace_every
         block = ctx.t // k
         length = jnp.clip(settings.num_steps - block * k, 1, k).astype(jnp.float32)
-        return trace.at[jnp.minimum(block, n_blocks - 1)].add(jnp.where(ctx.active, ctx.loss / length, 0.0))
+        value = jnp.where(ctx.active, ctx.loss / length, 0.0)
+        return compensated.add_at(trace, jnp.minimum(block, n_blocks - 1), value)
 
     def finalize(trace, settings):
         started = jnp.arange(n_blocks) * settings.trace_every < settings.num_steps
-        return {"loss_trace": jnp.where(started, trace, jnp.nan)}
+        return {"loss_trace": jnp.where(started, compensated.value(trace), jnp.nan)}
 
-    return Observer(lambda w, s: jnp.zeros((n_blocks,), jnp.float32), update, finalize)
+    return Observer(lambda w, s: compensated.zeros((n_blocks,)), update, finalize)
 
 
 def default_observers(n_parameters: int, n_blocks: int) -> tuple[Observer, ...]:
@@ -175,9 +178,9 @@ def default_observers(n_parameters: int, n_blocks: int) -> tuple[Observer, ...]:
 class _MomentsState(NamedTuple):
     ref_phi: jax.Array
     ref_delta: jax.Array
-    sum_phi: jax.Array
-    sum_delta: jax.Array
-    sum_cross: jax.Array
+    sum_phi: compensated.CompensatedSum
+    sum_delta: compensated.CompensatedSum
+    sum_cross: compensated.CompensatedSum
 
 
 def moments_observer(evaluate: Callable[[jax.Array], tuple[jax.Array, jax.Array]]) -> Observer:
@@ -188,25 +191,26 @@ def moments_observer(evaluate: Callable[[jax.Array], tuple[jax.Array, jax.Array]
     phi(w*), delta* = delta(w*)) so float32 sums keep the fluctuations' digits. Outputs, means
     over the post-burn-in steps at the pre-step position w_t: `observable_offset (K,)` of
     phi - phi*, `delta_offset (J,)` of delta - delta*, `cross_moment (K, J)` of
-    (phi - phi*)(delta - delta*); the chain's covariance is cross_moment - outer(offsets).
+    (phi - phi*)(delta - delta*); the chain's covariance is cross_moment - outer(offsets). Compensated sums.
     """
 
     def init(w_star, settings):
         phi, delta = evaluate(w_star)
-        return _MomentsState(phi, delta, jnp.zeros_like(phi), jnp.zeros_like(delta),
-                             jnp.zeros(phi.shape + delta.shape, phi.dtype))
+        zeros = lambda shape: compensated.zeros(shape, phi.dtype)
+        return _MomentsState(phi, delta, zeros(phi.shape), zeros(delta.shape), zeros(phi.shape + delta.shape))
 
     def update(state, ctx, info, settings):
         phi, delta = evaluate(info.position)
         a, c = phi - state.ref_phi, delta - state.ref_delta
-        keep = lambda total, value: total + jnp.where(ctx.post, value, 0.0)
+        keep = lambda total, value: compensated.add(total, jnp.where(ctx.post, value, 0.0))
         return state._replace(sum_phi=keep(state.sum_phi, a), sum_delta=keep(state.sum_delta, c),
                               sum_cross=keep(state.sum_cross, a[:, None] * c[None, :]))
 
     def finalize(state, settings):
         draws = _draws(settings)
-        return {"observable_offset": state.sum_phi / draws, "delta_offset": state.sum_delta / draws,
-                "cross_moment": state.sum_cross / draws, "observable_at_init": state.ref_phi,
+        mean = lambda total: compensated.value(total) / draws
+        return {"observable_offset": mean(state.sum_phi), "delta_offset": mean(state.sum_delta),
+                "cross_moment": mean(state.sum_cross), "observable_at_init": state.ref_phi,
                 "delta_at_init": state.ref_delta}
 
     return Observer(init, update, finalize)
