@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def flagship_development(size: str, out: Path, n: int | None = None, max_steps: int | None = None,
                          long_check_steps: int | None = None) -> None:
-    """The flagship's development part at `size` (overrides: n, the chain caps) into `out`;
-    prints the calibration's choice and the report's development finding."""
+    """The flagship's development part at `size` (overrides: n, and the chain caps, both or neither)
+    into `out`; prints the calibration's choice and the report's development finding."""
     import xarray as xr
 
     from analysis.compare_plots import _development_finding
@@ -113,8 +113,10 @@ def flagship_development(size: str, out: Path, n: int | None = None, max_steps: 
     if n is not None:
         config = dataclasses.replace(config, development_samples=n)
     if max_steps is not None:
+        if long_check_steps is None:
+            raise ValueError("max_steps needs long_check_steps (main() defaults it to twice max_steps)")
         config = dataclasses.replace(config, development_max_steps=max_steps,
-                                     development_long_check_steps=long_check_steps or 2 * max_steps)
+                                     development_long_check_steps=long_check_steps)
     start = time.perf_counter()
     dev = run_development(config, out, progress=False)
     calibration = xr.open_dataset(out / "calibration" / "development.nc")

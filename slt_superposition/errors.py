@@ -16,6 +16,13 @@ def require(condition: bool, message: str) -> None:
         raise InputError(message)
 
 
+def describe_failure(err: BaseException) -> str:
+    """'TypeName: first line of the message' (or just the type name): a user's function failing,
+    reported on one line."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
 # One rule for seeds and batch sizes, everywhere (train, llc, calibrate, the library):
 
 MAX_SEED = 2**32 - 1  # seeds become uint32 PRNG seeds; larger ones would wrap around

@@ -86,7 +86,7 @@ from slt_superposition.checks import attach as attach_checks
 from slt_superposition.checks import CHECK_STEPS, run_checks
 from slt_superposition.coupled import sample_coupled
 from slt_superposition.diagnostics import DIVERGENCE_FACTOR, rhat_and_ess
-from slt_superposition.errors import InputError, require
+from slt_superposition.errors import InputError, describe_failure, require
 from slt_superposition.instances import coordinate as _coord
 from slt_superposition.instances import flatten_instances, over_instances
 from slt_superposition.observers import ChainSettings
@@ -303,8 +303,7 @@ def _check_inputs(loss_fn, params, data, config, *, instance_axes: int, data_axe
     except InputError:
         raise
     except Exception as err:  # noqa: BLE001 - report the user's function failing, on one line
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise InputError(f"loss_fn(params, batch) failed: {type(err).__name__}: {first}") from None
+        raise InputError(f"loss_fn(params, batch) failed: {describe_failure(err)}") from None
     require(isinstance(out, jax.ShapeDtypeStruct) and out.shape == ()
             and jnp.issubdtype(out.dtype, jnp.floating),
             f"loss_fn must return a floating scalar (mean loss over the batch), got {_describe(out)}")
@@ -325,9 +324,8 @@ def _check_row_mean(loss_fn, params, data, *, instance_axes: int, data_axes: int
     try:
         gap = chain_module.row_mean_gap(loss_fn, one_params, one_rows)
     except Exception as err:  # noqa: BLE001 - the user's function failing on one row, on one line
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise InputError(f"loss_fn(params, batch) failed on a one-row batch (minibatch chains evaluate rows "
-                         f"alone at w*): {type(err).__name__}: {first_line}") from None
+                         f"alone at w*): {describe_failure(err)}") from None
     if gap is not None:
         raise InputError(f"loss_fn must be the mean of its rows' losses for minibatch chains (each step's batch is "
                          f"paired with the same rows at w*): on the first {rows} rows it gives {gap[0]:.6g}, their "

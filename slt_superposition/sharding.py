@@ -61,7 +61,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from slt_superposition.errors import InputError
+from slt_superposition.errors import InputError, describe_failure
 
 AXIS = "instance"
 BLOCK = 16  # instances per compiled block in run_sharded; see module doc
@@ -100,8 +100,8 @@ def maybe_initialize_distributed(coordinator: str | None = None, num_processes: 
         try:
             jax.distributed.initialize(address, num_processes=count, process_id=index)
         except Exception as err:  # noqa: BLE001 - connection failures come in many types
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise InputError(f"jax.distributed.initialize({address}, process {index} of {count}) failed: {first}") from None
+            raise InputError(f"jax.distributed.initialize({address}, process {index} of {count}) failed: "
+                             f"{describe_failure(err)}") from None
         return True
     if num_processes is not None or process_id is not None:
         raise InputError("--num-processes and --process-id need --coordinator (or JAX_COORDINATOR_ADDRESS)")

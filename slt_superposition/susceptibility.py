@@ -40,7 +40,7 @@ import xarray as xr
 from jax.flatten_util import ravel_pytree
 
 from slt_superposition.chain import instance_program
-from slt_superposition.errors import InputError, require
+from slt_superposition.errors import InputError, describe_failure, require
 from slt_superposition.instances import Instances, flatten_instances, over_instances
 from slt_superposition.observers import default_observers, moments_observer
 from slt_superposition.sharding import run_sharded, single_device_mesh
@@ -81,8 +81,7 @@ def _check_scalar_functions(fns: tuple, names: list[str], what: str, params_one,
         try:
             out = jax.eval_shape(fn, params_one, data_one)
         except Exception as err:  # noqa: BLE001 - the user's function failing, on one line
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            raise InputError(f"{what}['{name}'](params, data) failed: {type(err).__name__}: {first}") from None
+            raise InputError(f"{what}['{name}'](params, data) failed: {describe_failure(err)}") from None
         require(getattr(out, "shape", None) == (), f"{what}['{name}'] must return a scalar, got {out}")
 
 
