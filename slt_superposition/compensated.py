@@ -12,7 +12,9 @@ term. XLA does not reassociate floating-point arithmetic (no fast-math), so the 
 survives compilation (tests/test_compensated.py checks it through `jax.jit`).
 
 `CompensatedSum` is a pytree of two arrays of the same shape (a scalar, or one entry per block),
-so it can sit in a `lax.scan` carry or an observer's state.
+so it can sit in a `lax.scan` carry or an observer's state. `ENABLED = False` (read when a program
+is traced) turns every sum back into a plain float32 sum, for the ablation in
+`experiments/long_chain_sums.py`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+ENABLED = True
 
 
 class CompensatedSum(NamedTuple):
@@ -38,6 +42,8 @@ def zeros(shape: tuple[int, ...] = (), dtype=jnp.float32) -> CompensatedSum:
 def add(state: CompensatedSum, value: jax.Array) -> CompensatedSum:
     """state + value (elementwise; `value` broadcasts to the state's shape)."""
     total = state.total + value
+    if not ENABLED:
+        return CompensatedSum(total, state.compensation)
     # the rounding error of total = state.total + value, exactly (Neumaier's branch on the larger term)
     error = jnp.where(jnp.abs(state.total) >= jnp.abs(value), (state.total - total) + value,
                       (value - total) + state.total)
