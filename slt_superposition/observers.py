@@ -151,22 +151,32 @@ def divergence_observer(n_parameters: int) -> Observer:
     return Observer(init, update, finalize)
 
 
-def trace_observer(n_blocks: int) -> Observer:
-    """`loss_trace (n_blocks,)`: means of the recorded loss L_n(w*) + excess over blocks of `trace_every` steps
-    (compensated sums); blocks past the chain's end are NaN."""
+class _TraceState(NamedTuple):
+    trace: jax.Array
+    block_sum: compensated.CompensatedSum
 
-    def update(trace, ctx, info, settings):
+
+def trace_observer(n_blocks: int) -> Observer:
+    """`loss_trace (n_blocks,)`: means of the recorded loss L_n(w*) + excess over blocks of `trace_every` steps;
+    blocks past the chain's end are NaN. The current block's sum is a compensated scalar, written into its
+    block every step (one update of the trace per step, as a plain sum would need)."""
+
+    def update(state, ctx, info, settings):
         k = settings.trace_every
         block = ctx.t // k
         length = jnp.clip(settings.num_steps - block * k, 1, k).astype(jnp.float32)
-        value = jnp.where(ctx.active, ctx.loss / length, 0.0)
-        return compensated.add_at(trace, jnp.minimum(block, n_blocks - 1), value)
+        restart = lambda x: jnp.where(ctx.t % k == 0, 0.0, x)  # a block's first step starts a new sum
+        block_sum = compensated.add(compensated.CompensatedSum(*map(restart, state.block_sum)),
+                                    jnp.where(ctx.active, ctx.loss / length, 0.0))
+        index = jnp.minimum(block, n_blocks - 1)
+        trace = state.trace.at[index].set(jnp.where(ctx.active, compensated.value(block_sum), state.trace[index]))
+        return _TraceState(trace, block_sum)
 
-    def finalize(trace, settings):
+    def finalize(state, settings):
         started = jnp.arange(n_blocks) * settings.trace_every < settings.num_steps
-        return {"loss_trace": jnp.where(started, compensated.value(trace), jnp.nan)}
+        return {"loss_trace": jnp.where(started, state.trace, jnp.nan)}
 
-    return Observer(lambda w, s: compensated.zeros((n_blocks,)), update, finalize)
+    return Observer(lambda w, s: _TraceState(jnp.zeros((n_blocks,), jnp.float32), compensated.zeros()), update, finalize)
 
 
 def default_observers(n_parameters: int, n_blocks: int) -> tuple[Observer, ...]:

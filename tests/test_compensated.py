@@ -48,12 +48,13 @@ def test_add_at_touches_one_entry():
     np.testing.assert_array_equal(np.asarray(compensated.value(state)), [0.0, 2.0**24 + 4, 0.0])
 
 
-def _run_observer(observer, excess, position=None, start=None):
+def _run_observer(observer, excess, position=None, start=None, trace_every=None):
     """Drive one observer over the steps t = 0 .. len(excess) - 1 (all post-burn-in), as the chain
     program does, from `start(state)` of its initial state; returns (final state, outputs)."""
     steps = len(excess)
     settings = ChainSettings(step_size=jnp.float32(1e-3), localization=jnp.float32(1.0), nbeta=jnp.float32(1.0),
-                             num_steps=jnp.int32(steps), num_burnin=jnp.int32(0), trace_every=jnp.int32(steps))
+                             num_steps=jnp.int32(steps), num_burnin=jnp.int32(0),
+                             trace_every=jnp.int32(trace_every or steps))
     position = jnp.zeros((steps, 2), jnp.float32) if position is None else position
     init = observer.init(jnp.zeros((2,), jnp.float32), settings)
 
@@ -78,6 +79,16 @@ def test_chain_observers_keep_small_terms_after_a_large_one():
     llc, trace = run(excess)
     np.testing.assert_allclose(float(llc), expected, rtol=1e-6)
     np.testing.assert_allclose(np.asarray(trace), [expected], rtol=1e-6)
+
+
+def test_trace_blocks_restart_and_keep_small_terms():
+    # 4 blocks of 1024 steps: block j holds the value j + 1, except that block 2 starts with 2^20
+    excess = np.repeat(np.float32([1.0, 2.0, 3.0, 4.0]), 1024) * np.float32(0.03)
+    excess[2048] = 2.0**20
+    _, out = jax.jit(lambda e: _run_observer(trace_observer(4), e, trace_every=1024))(excess)
+    expected = np.float64(np.float32([0.03, 0.06, 0.09, 0.12]))
+    expected[2] = (2.0**20 + 1023 * np.float64(np.float32(0.09))) / 1024
+    np.testing.assert_allclose(np.asarray(out["loss_trace"]), expected, rtol=1e-6)
 
 
 def test_moments_observer_keeps_small_terms():
