@@ -5,7 +5,7 @@
 1. Ablations, side by side: the compiled one-instance program (8 chains x 1000 steps of the
    llc_throughput TMS) against copies with one part removed or swapped (no minibatch index draw,
    no noise draw, no gather, only the LLC observer, library GEMMs for the small products, the
-   gradient's sums over rows as XLA emits them), timed
+   gradient's sums over rows as XLA emits them, plain float32 running sums), timed
    in interleaved rounds (best CPU time of the process and best wall time of each). A part's
    cost is the full program's time minus the ablated copy's.
 2. The XLA profiler (`jax.profiler` trace with XLA:CPU's per-operation trace events): each
@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slt_superposition import chain, llc as llc_module
+from slt_superposition import chain, compensated, llc as llc_module
 from slt_superposition.observers import llc_observer
 
 
@@ -80,6 +80,8 @@ def variants(loss_fn, params, data, config) -> dict:
         out["library GEMMs for the small products"] = build()
     with patched(chain, LONG_SUMS=False):
         out["sums over rows as XLA emits them"] = build()
+    with patched(compensated, ENABLED=False):
+        out["plain float32 running sums (not compensated)"] = build()
     return out
 
 

@@ -4,7 +4,10 @@
 for H_0 + H_L rows with the same L_n (docs/experiments/dln_validation.md). This times
 `estimate_llc` on 4-4-2-4 (rank 1, the panel's data and w*) with 4 chains x `--steps` at
 eps 1e-7, both after a compiling call, in interleaved rounds (best of `--rounds`), and prints
-chain-steps per second, the ratio and both estimates.
+chain-steps per second, the ratio and both estimates. Then the compressed side's chain program
+with the running sums compensated (as shipped) against plain float32 sums (`compensated.ENABLED`),
+compiled programs timed in interleaved rounds (best CPU time): the cost of the compensation on
+the package's smallest chain step.
 
     python benchmarks/dln_compressed.py [--steps 20000] [--rounds 3]
 """
@@ -16,8 +19,9 @@ import time
 
 import jax
 
+import chain_profile  # benchmarks/chain_profile.py
 from experiments.dln_validation import LOCALIZATION, N_SAMPLES, NBETA, NUM_CHAINS, SEED
-from slt_superposition import SGLDConfig, estimate_llc
+from slt_superposition import SGLDConfig, compensated, estimate_llc
 from toy_models.dln import dln_compressed_data, dln_data, dln_loss, dln_true_params
 
 
@@ -47,6 +51,18 @@ def main(argv: list[str] | None = None) -> None:
               f"llc {llc[name]:.3f}")
     a, b = sides
     print(f"ratio (compressed / batch 500): {best[a] / best[b]:.1f}x")
+    config = SGLDConfig(step_size=1e-7, localization=LOCALIZATION, nbeta=NBETA, num_chains=NUM_CHAINS,
+                        num_steps=10 * args.steps, num_burnin=5 * args.steps, batch_size=None,
+                        trace_every=max(1, args.steps // 100))
+    programs = {"compensated sums (as shipped)": chain_profile.one_instance_program(dln_loss, params, sides[b][0],
+                                                                                    config)}
+    with chain_profile.patched(compensated, ENABLED=False):
+        programs["plain float32 sums"] = chain_profile.one_instance_program(dln_loss, params, sides[b][0], config)
+    times = chain_profile.time_side_by_side(programs, rounds=2 * args.rounds + 1)
+    for name, (cpu, _) in times.items():
+        print(f"{name}: {cpu:.3f} s CPU for {NUM_CHAINS} x {10 * args.steps} steps")
+    cost = times["compensated sums (as shipped)"][0] / times["plain float32 sums"][0]
+    print(f"CPU time, compensated / plain: {cost:.2f}")
 
 
 if __name__ == "__main__":
