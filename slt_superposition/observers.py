@@ -176,7 +176,8 @@ def trace_observer(n_blocks: int) -> Observer:
         started = jnp.arange(n_blocks) * settings.trace_every < settings.num_steps
         return {"loss_trace": jnp.where(started, state.trace, jnp.nan)}
 
-    return Observer(lambda w, s: _TraceState(jnp.zeros((n_blocks,), jnp.float32), compensated.zeros()), update, finalize)
+    init = lambda w, s: _TraceState(jnp.zeros((n_blocks,), jnp.float32), compensated.zeros())
+    return Observer(init, update, finalize)
 
 
 def default_observers(n_parameters: int, n_blocks: int) -> tuple[Observer, ...]:
