@@ -169,7 +169,8 @@ NEGATIVE_CURVATURE_RTOL = 1e-3  # a Hessian eigenvalue below -rtol x the largest
 
 def out_of_range_cause(ds: xr.Dataset) -> xr.DataArray:
     """Why an out-of-range estimate (`budget_out_of_range`) is out of range, the first that
-    applies of `OUT_OF_RANGE_CAUSES`: its stored step-size check failed ("step size"); its batch
+    applies of `OUT_OF_RANGE_CAUSES`: its stored step-size check failed, or the bias predicted
+    where its chains ended is above the tolerance (`llc_step_bias_end`, where stored): "step size"; its batch
     check failed ("batch"); w* is not a minimum of L_n (||grad L_n|| above `MINIMUM_GRAD_TOL`
     or a Hessian eigenvalue below -`NEGATIVE_CURVATURE_RTOL` x the largest); above the symmetry
     bound with all of those passed but a calibration whose chain-length rule did not settle
@@ -186,7 +187,7 @@ def out_of_range_cause(ds: xr.Dataset) -> xr.DataArray:
     range. Needs the flagship's check variables (`llc_step_check_rel_diff`, `llc_step_check_se`,
     `llc_batch_check_*`), `grad_norm_refined`, `hessian_eigenvalues` and the budget
     (`excess_degeneracy`, `excess_degeneracy_se`); returns an object array with the instance dims."""
-    step_ok = within(ds["llc_step_check_rel_diff"].values, ds["llc_step_check_se"].values, STEP_TOL)
+    step_ok = within(ds["llc_step_check_rel_diff"].values, ds["llc_step_check_se"].values, STEP_TOL) & ~_end_biased(ds)
     batch_ok = within(ds["llc_batch_check_rel_diff"].values, ds["llc_batch_check_se"].values, BATCH_TOL)
     eig = ds["hessian_eigenvalues"]
     eig_dim = [d for d in eig.dims if d not in ds["llc_mean"].dims]
@@ -204,19 +205,30 @@ def out_of_range_cause(ds: xr.Dataset) -> xr.DataArray:
                                + " (first that applies; '' in range)"})
 
 
-UNTRUSTED_REASONS = ("R-hat", "step size", "batch", "divergence", "calibration unsettled")
+def _end_biased(ds: xr.Dataset) -> np.ndarray:
+    """The bias predicted at the chains' ends is above `STEP_TOL` (`llc_step_bias_end`; False for
+    datasets written before it was stored)."""
+    if "llc_step_bias_end" not in ds:
+        return np.zeros(ds["llc_mean"].shape, bool)
+    return ds["llc_step_bias_end"].values > STEP_TOL
+
+
+UNTRUSTED_REASONS = ("R-hat", "step size", "curvature at the chains' ends", "batch", "divergence",
+                     "calibration unsettled")
 
 
 def untrusted_reasons(ds: xr.Dataset) -> dict[str, int]:
     """How many estimates fail each part of `llc_trusted` (`UNTRUSTED_REASONS`; an estimate may
     fail several, so the counts can add up to more than the untrusted ones): R-hat above
     `MAX_RHAT`, the step-size or batch check not passed (`checks.within`: unresolved counts as
-    failed), a divergent chain, the calibration's chain-length rule never settled. Needs the
-    flagship's `llc_rhat`, `llc_step_check_*`, `llc_batch_check_*`, `llc_n_diverged` and
-    `llc_calibration_converged`."""
+    failed), a discretisation bias above `STEP_TOL` predicted where the chains ended, a divergent
+    chain, the calibration's chain-length rule never settled. Needs the flagship's `llc_rhat`,
+    `llc_step_check_*`, `llc_batch_check_*`, `llc_n_diverged` and `llc_calibration_converged`
+    (and `llc_step_bias_end` where stored)."""
     fails = {
         "R-hat": ds["llc_rhat"].values > MAX_RHAT,
         "step size": ~within(ds["llc_step_check_rel_diff"].values, ds["llc_step_check_se"].values, STEP_TOL),
+        "curvature at the chains' ends": _end_biased(ds),
         "batch": ~within(ds["llc_batch_check_rel_diff"].values, ds["llc_batch_check_se"].values, BATCH_TOL),
         "divergence": ds["llc_n_diverged"].values > 0,
         "calibration unsettled": ~ds["llc_calibration_converged"].values.astype(bool),

@@ -9,7 +9,7 @@ exact L_n at a cost independent of n, so the chains can reach the calibration's 
 floor (at the curvature-bounded step sizes of the narrow cases, 1e7 steps and more).
 
 - "singular" w* (every layer of rank r): the local coefficient equals Aoyagi's lambda;
-  target median |relative error| <= 10%, none above 20%.
+  target median |relative error| <= 5%, none above 10% (issue 10; issue 3 asked for 10% and 20%).
 - "less_singular" w* (one rank-r layer, the rest generic): reported separately; the local
   coefficient can exceed lambda.
 
@@ -131,10 +131,24 @@ def to_dataset(rows: list[dict], config: dict) -> xr.Dataset:
 
 
 def summary(ds: xr.Dataset) -> dict:
+    """Over the singular cases: their count, the median and max |relative error| (and the case of the
+    max), how many the calibration's length rule did not settle, and the max over the settled ones."""
     sing = ds.where(ds["kind"] == "singular", drop=True)
     err = np.abs(sing["rel_error"].values.astype(float))
+    settled = sing["converged"].values.astype(float) == 1
+    worst = str(sing["widths"].values[int(np.argmax(err))]) if err.size else ""
     return dict(n_singular=int(err.size), median_abs_rel_error=float(np.median(err)) if err.size else float("nan"),
-                max_abs_rel_error=float(np.max(err)) if err.size else float("nan"))
+                max_abs_rel_error=float(np.max(err)) if err.size else float("nan"), worst=worst,
+                n_unsettled=int((~settled).sum()),
+                max_abs_rel_error_settled=float(np.max(err[settled])) if settled.any() else float("nan"))
+
+
+def _summary_line(s: dict) -> str:
+    """The panel's numbers against issue 10's targets (median <= 5%, max <= 10%)."""
+    return (f"median |relative error| {100 * s['median_abs_rel_error']:.1f}% (target <= 5%), max "
+            f"{100 * s['max_abs_rel_error']:.1f}% ({s['worst']}; target <= 10%); {s['n_unsettled']} not settled by the "
+            f"calibration's length rule (converged: no), max {100 * s['max_abs_rel_error_settled']:.1f}% over the "
+            f"settled ones")
 
 
 def markdown_table(ds: xr.Dataset) -> str:
@@ -158,29 +172,31 @@ def markdown_table(ds: xr.Dataset) -> str:
                 f"{float(v['mala_acceptance']):.3f} | {float(v['rhat']):.3f} |")
         lines.append("")
     s = summary(ds)
-    lines.append(f"Singular cases: {s['n_singular']}; median |relative error| {100 * s['median_abs_rel_error']:.1f}% "
-                 f"(target <= 10%); max {100 * s['max_abs_rel_error']:.1f}% (target <= 20%).")
+    lines.append(f"Singular cases: {s['n_singular']}; {_summary_line(s)}.")
     return "\n".join(lines) + "\n"
 
 
 def scatter_figure(ds: xr.Dataset):
-    """Estimated against exact learning coefficient, +- 1 sd over chains, the identity and a +-20% band."""
+    """Estimated against exact learning coefficient, +- 1 sd over chains, the identity and the +-10% band
+    of issue 10's target; cases the calibration's length rule did not settle drawn open."""
     from slt_superposition import figure_style as fs
 
     with fs.style():
         fig, axes = fs.subplots(1, 1, width=fs.COLUMN, panel_aspect=0.9)
         ax = axes[0, 0]
         lam = ds["lambda_theory"].values.astype(float)
+        settled = ds["converged"].values.astype(float) == 1
         for kind, style in (("singular", dict(fmt="o", color=fs.PALETTE[0])),
                             ("less_singular", dict(fmt="s", color=fs.PALETTE[1]))):
-            m = ds["kind"].values == kind
-            if m.any():
-                ax.errorbar(lam[m], ds["llc_mean"].values[m], yerr=ds["llc_std"].values[m], ms=3.5,
-                            label=kind.replace("_", " ") + " true parameter", **style)
+            for ok, face, suffix in ((True, style["color"], ""), (False, "white", ", not settled")):
+                m = (ds["kind"].values == kind) & (settled == ok)
+                if m.any():
+                    ax.errorbar(lam[m], ds["llc_mean"].values[m], yerr=ds["llc_std"].values[m], ms=3.5, mfc=face,
+                                label=kind.replace("_", " ") + " true parameter" + suffix, **style)
         top = max(lam.max(), np.nanmax(ds["llc_mean"].values)) * 1.1
         xs = np.array([0, top])
         ax.plot(xs, xs, "-", color=fs.REFERENCE, lw=0.8, label="$\\hat\\lambda = \\lambda$")
-        ax.fill_between(xs, 0.8 * xs, 1.2 * xs, color="0.88", lw=0, label="$\\pm$20% of $\\lambda$")
+        ax.fill_between(xs, 0.9 * xs, 1.1 * xs, color="0.88", lw=0, label="$\\pm$10% of $\\lambda$")
         ax.set_xlabel("Aoyagi's exact learning coefficient $\\lambda$")
         ax.set_ylabel("$\\hat\\lambda$ (calibrated SGLD, $\\pm$ 1 sd over chains)")
         ax.set_title("Deep linear networks: estimated against exact")
@@ -210,8 +226,7 @@ def finding(ds: xr.Dataset) -> str:
     """One paragraph: how far the calibrated estimates are from Aoyagi's lambda."""
     s = summary(ds)
     text = (f"On {s['n_singular']} deep linear networks whose true parameter is as singular as its rank allows, the "
-            f"calibrated SGLD estimate is {100 * s['median_abs_rel_error']:.1f}% from Aoyagi's exact learning "
-            f"coefficient at the median and {100 * s['max_abs_rel_error']:.1f}% at most (targets 10% and 20%).")
+            f"calibrated SGLD estimate against Aoyagi's exact learning coefficient: {_summary_line(s)}.")
     less = ds.where(ds["kind"] == "less_singular", drop=True)
     if less.sizes.get("case", 0):
         above = int((less["llc_mean"].values >= less["lambda_theory"].values).sum())

@@ -158,7 +158,8 @@ def minibatch_excess(loss: jax.Array, init_loss: jax.Array, row_losses: jax.Arra
 
 def instance_program(loss_fn: Callable, shape: ChainShape, observers=None) -> Callable:
     """`run(params, data, key, settings) -> dict` for one instance: `init_loss` and, per chain
-    (leading axis `chain`), every observer's outputs (`observers.default_observers` unless given)."""
+    (leading axis `chain`), `final_position` (the flat parameter vector after the chain's last step,
+    `ravel_pytree` order) and every observer's outputs (`observers.default_observers` unless given)."""
     observers = observers or default_observers(shape.n_parameters, shape.n_blocks)
     chunk = chunk_length(shape)
     pregenerate = chunk * shape.n_parameters <= NOISE_BUDGET
@@ -205,8 +206,8 @@ def instance_program(loss_fn: Callable, shape: ChainShape, observers=None) -> Ca
 
         n_chunks = (settings.num_steps + chunk - 1) // chunk
         states = tuple(obs.init(w_star, settings) for obs in observers)
-        _, states = jax.lax.fori_loop(0, n_chunks, run_chunk, (w_star, states))
-        out = {}
+        position, states = jax.lax.fori_loop(0, n_chunks, run_chunk, (w_star, states))
+        out = {"final_position": position}
         for obs, s in zip(observers, states):
             out.update(obs.finalize(s, settings))
         if "diverged" in out and "llc_per_chain" in out:

@@ -16,18 +16,25 @@ driven by common random numbers so that the difference is the setting's, not the
   times longer, and at most the estimate's own length); `batch_check_steps` records the length.
 - **curvature**: the top Hessian eigenvalue at w*, the quadratic-approximation LLC at the run's
   eps, localization and nbeta (`curvature.quadratic_llc`), and the curvature step-size bound.
+- **curvature where the chains ended**: the Hessian at each chain's final position and the
+  discretisation bias the quadratic approximation predicts there at the run's eps
+  (`curvature.curvature_at_positions`; the largest over chains). No chain is run: it sees the
+  estimate's own chains, however long, e.g. chains that drifted along flat directions to where
+  the curvature across them is larger than at w* and eps too large for it.
 
 The standard error of each paired difference comes from batch means of the per-step difference
 (`DIFF_BLOCKS` post-burn-in blocks per chain, pooled over chains). A check with fewer than
 `MIN_CHECK_DRAWS` post-burn-in steps is not resolved (its chains have barely left w*).
 
-`trusted` is true when no chain diverged, R-hat <= `max_rhat`, and both checks passed: each
-resolved its tolerance (`step_tol` 5%, `batch_tol` 2%: standard error at most the tolerance)
-and agrees within it plus 2 standard errors. An unresolved check is a failed one: it has not
+`trusted` is true when no chain diverged, R-hat <= `max_rhat`, both checks passed (each
+resolved its tolerance, `step_tol` 5%, `batch_tol` 2%: standard error at most the tolerance,
+and agrees within it plus 2 standard errors), and the bias predicted at the chains' ends is at
+most `step_tol`. An unresolved check is a failed one: it has not
 shown that there is no bias. A disagreement between the estimate and `llc_quadratic` is
 information about the model (singular or kinked directions), not a failed check. The checks
 are short: they see the bias of the stiff (curved) directions, which settles within a few
-relaxation times; drift along flat directions over a long chain is the calibration's long check.
+relaxation times; drift along flat directions over a long chain is the calibration's long check,
+and what that drift did to the curvature the check at the chains' ends.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ import numpy as np
 import xarray as xr
 
 from slt_superposition.coupled import DIFF_BLOCKS
-from slt_superposition.curvature import curvature_batched, quadratic_llc, step_size_bound
+from slt_superposition.curvature import curvature_at_positions, curvature_batched, quadratic_llc, step_size_bound
 from slt_superposition.diagnostics import batch_means_se
 
 PyTree = Any
@@ -108,11 +115,12 @@ def _paired_batch_check(sample: Callable, config, steps: np.ndarray, burnin_frac
 
 
 def run_checks(sample: Callable, sample_pair: Callable, config, nbeta, *, n: int, curvature_inputs: tuple,
-               data_batched: bool, key, check_steps: int = CHECK_STEPS,
+               data_batched: bool, key, final_positions: np.ndarray, check_steps: int = CHECK_STEPS,
                batch_tol: float = BATCH_TOL) -> dict[str, np.ndarray]:
     """The checks for every instance. `sample(config, key) -> program outputs (instance-leading)`
     runs chains for a (per-instance) `SGLDConfig`; `sample_pair(config, key)` the coupled eps /
-    eps/3 pairs (`slt_superposition.coupled`). Returns `(instance,)` arrays."""
+    eps/3 pairs (`slt_superposition.coupled`); `final_positions (instance, chain, d)`: where the
+    estimate's chains ended (NaN for a divergent chain). Returns `(instance,)` arrays."""
     steps = np.minimum(np.asarray(config.num_steps), check_steps)
     burnin_fraction = np.asarray(config.num_burnin) / np.asarray(config.num_steps)
     burnin = (steps * burnin_fraction).astype(np.int64)
@@ -153,6 +161,12 @@ def run_checks(sample: Callable, sample_pair: Callable, config, nbeta, *, n: int
     out["step_size_bound"] = step_size_bound(curvature["eigenvalues"], gamma, nb, top=curvature["top"])
     out["llc_quadratic"] = (quadratic_llc(curvature["eigenvalues"], eps, gamma, nb)
                             if curvature["eigenvalues"] is not None else np.full(gamma.shape, np.nan))
+    end = curvature_at_positions(loss_fn, params, data, final_positions, data_batched=data_batched, step_size=eps,
+                                 localization=gamma, nbeta=nb, key=jax.random.fold_in(key, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # every chain divergent: NaN
+        out["hessian_top_eigenvalue_end"] = np.nanmax(end["top"], axis=1)
+        out["step_bias_end"] = np.nanmax(end["bias"], axis=1)
     return out
 
 
@@ -183,6 +197,10 @@ def attach(ds: xr.Dataset, checks: dict[str, np.ndarray], *, step_tol: float = S
         "step_size_bound": "largest step size whose quadratic-approximation bias is at most 2%",
         "llc_quadratic": "quadratic-approximation LLC at the run's step size, localization and nbeta (curved "
                          "directions only; NaN: Hessian too large for a dense spectrum)",
+        "hessian_top_eigenvalue_end": "largest eigenvalue of the Hessian of L_n where the estimate's chains ended "
+                                      "(the largest over non-divergent chains)",
+        "step_bias_end": "relative discretisation bias the quadratic approximation predicts at the run's step size "
+                         "where the chains ended (the largest over non-divergent chains; inf: unstable there)",
     }
     out = ds.copy()
     for name, long_name in described.items():
@@ -190,10 +208,12 @@ def attach(ds: xr.Dataset, checks: dict[str, np.ndarray], *, step_tol: float = S
     step_ok = within(out["step_check_rel_diff"].values, out["step_check_se"].values, step_tol)
     batch_ok = within(out["batch_check_rel_diff"].values, out["batch_check_se"].values, batch_tol)
     rhat_ok = ~(out["rhat"].values > max_rhat)
+    end_ok = ~(out["step_bias_end"].values > step_tol)
     finite = np.isfinite(out["llc_mean"].values)
-    trusted = step_ok & batch_ok & rhat_ok & (out["n_diverged"].values == 0) & finite
+    trusted = step_ok & batch_ok & rhat_ok & end_ok & (out["n_diverged"].values == 0) & finite
     out["trusted"] = xr.Variable(inst, trusted, {
         "long_name": f"no divergent chain, R-hat <= {max_rhat}, step-size check within {step_tol:.0%} and batch check "
-                     f"within {batch_tol:.0%} (each resolved: SE <= tolerance; + 2 SE)"})
+                     f"within {batch_tol:.0%} (each resolved: SE <= tolerance; + 2 SE), predicted bias at the chains' "
+                     f"ends at most {step_tol:.0%}"})
     out.attrs.update(step_check_tol=step_tol, batch_check_tol=batch_tol, trusted_max_rhat=max_rhat)
     return out

@@ -1,4 +1,4 @@
-"""Curvature at w*: the Hessian spectrum, the quadratic-approximation LLC and a step-size bound.
+"""Curvature at w* and where chains end: the Hessian spectrum, the quadratic-approximation LLC and a step-size bound.
 
 Near a minimum, L_n(w) ~ L_n(w*) + (1/2) sum_j h_j v_j^2 in the Hessian's eigenbasis. SGLD's
 Euler chain on a direction of curvature a = nbeta h + gamma (localization gamma) is an AR(1)
@@ -17,6 +17,13 @@ the LLC exceeds it by what the higher-order directions add, so a measured estima
 The Hessian is dense (`jax.hessian` of the flattened loss on the full data) up to
 `MAX_DENSE_PARAMETERS` parameters; beyond, only its top eigenvalue, by power iteration with
 Hessian-vector products, and the bound uses that alone (each direction no more curved).
+
+A bound computed at w* holds where the chain stays near w*. Along flat directions (a deep
+network's rescaling symmetries, for one) a long chain can travel to where the loss is more curved
+across them, and a step size unbiased at w* is biased there (docs/experiments/dln_validation.md).
+`curvature_at_positions` evaluates the spectrum at the chains' final positions and
+`predicted_step_bias` the bias it predicts at the run's step size: a check that costs a Hessian per
+chain, no chain.
 """
 
 from __future__ import annotations
@@ -139,3 +146,48 @@ def _step_size_bound(eigenvalues, localization, nbeta, tol, top) -> np.ndarray:
         ok = np.where(base > 0, ok, mid * a_top / 4 <= tol / (1 + tol))
         lo, hi = np.where(ok, mid, lo), np.where(ok, hi, mid)
     return lo
+
+
+def predicted_step_bias(eigenvalues, step_size, localization, nbeta, *, top=None) -> np.ndarray:
+    """The relative discretisation bias `quadratic_llc(eps) / quadratic_llc(0) - 1` that a spectrum
+    `(..., d)` predicts at `step_size`; with eigenvalues None, the top eigenvalue `top (...)` alone:
+    its own direction's bias eps a / (4 - eps a), a = nbeta top + gamma (no direction is more curved,
+    so the whole estimate's bias is at most that). Returns `(...)`: inf where a direction is
+    unstable (eps a >= 4), 0 without curved directions, NaN for a NaN spectrum."""
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        eps = np.asarray(step_size, np.float64)
+        if eigenvalues is None:
+            top = np.asarray(top, np.float64)
+            x = eps * (np.asarray(nbeta, np.float64) * np.clip(top, 0, None) + localization)
+            return np.where(np.isnan(top), np.nan, np.where(x < 4, x / (4 - x), np.inf))
+        h = np.asarray(eigenvalues, np.float64)
+        base = quadratic_llc(h, 0.0, localization, nbeta)
+        value = quadratic_llc(h, eps, localization, nbeta)
+        bad = np.isnan(h).any(axis=-1)
+        return np.where(bad, np.nan, np.where(base > 0, np.where(np.isnan(value), np.inf, value / base - 1), 0.0))
+
+
+def curvature_at_positions(loss_fn: Callable, params: PyTree, data: PyTree, positions, *, data_batched: bool,
+                           step_size, localization, nbeta, key) -> dict:
+    """The curvature where chains ended: per instance and chain, the Hessian's top eigenvalue at each
+    position and the discretisation bias `predicted_step_bias` gives there at the run's settings.
+
+    params: leaves `(instance, ...)` (only their structure is used); positions: `(instance, chain, d)`
+    flat parameter vectors (`ravel_pytree` order of one instance); step_size, localization, nbeta:
+    scalars or `(instance,)`. Returns `top`, `bias`: `(instance, chain)` (NaN at a non-finite position).
+    """
+    positions = np.asarray(positions)
+    n_inst, n_chains = positions.shape[:2]
+    _, unravel = ravel_pytree(jax.tree_util.tree_map(lambda x: x[0], params))
+    settings = [np.broadcast_to(np.asarray(v, np.float64).reshape(-1), (n_inst,)) for v in (step_size, localization,
+                                                                                             nbeta)]
+    top, bias = np.full((n_inst, n_chains), np.nan), np.full((n_inst, n_chains), np.nan)
+    for c in range(n_chains):
+        finite = np.isfinite(positions[:, c]).all(axis=1)
+        where = np.where(finite[:, None], positions[:, c], 0.0).astype(positions.dtype)
+        at = curvature_batched(loss_fn, jax.vmap(unravel)(jnp.asarray(where)), data, data_batched=data_batched,
+                               key=jax.random.fold_in(key, c))
+        top[:, c] = np.where(finite, at["top"], np.nan)
+        eigenvalues = None if at["eigenvalues"] is None else np.where(finite[:, None], at["eigenvalues"], np.nan)
+        bias[:, c] = predicted_step_bias(eigenvalues, *settings, top=top[:, c])
+    return {"top": top, "bias": bias}

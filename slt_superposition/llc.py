@@ -499,7 +499,7 @@ def estimate_llc(loss_fn: Callable, params: PyTree, data: PyTree, *, config: SGL
     from llc_mean and llc_std, counted in n_diverged, and named in a warning.
     With `checks` (default), also the stored bias checks and `trusted` (`slt_superposition.checks`:
     paired runs of at most `check_steps` steps at eps / 3 and with full batch, the Hessian's top
-    eigenvalue, `llc_quadratic`).
+    eigenvalue, `llc_quadratic`, and the discretisation bias predicted where the chains ended).
     calibration: the dataset `calibrate` returned with `config`: then also `calibration_converged`,
              and `trusted` requires it (an estimate whose chain length never settled in the
              calibration is not trusted; `calibration.require_settled`). Needs `checks`.
@@ -523,10 +523,17 @@ def estimate_llc(loss_fn: Callable, params: PyTree, data: PyTree, *, config: SGL
     ds = llc_dataset(out, config, nbeta=nbeta, n=n, d=d, dims={}, key=key)
     if checks:
         found = run_checks(lambda cfg, k: sample(cfg, k[None]), lambda cfg, k: sample.pair(cfg, k[None]), config,
-                           nbeta, n=n, check_steps=check_steps,
+                           nbeta, n=n, check_steps=check_steps, final_positions=_healthy_positions(ds, 1),
                            curvature_inputs=(loss_fn, one, data), data_batched=False, key=jax.random.fold_in(key, 1))
         ds = attach_checks(ds, {name: value[0] for name, value in found.items()})
     return _with_calibration(ds, calibration)
+
+
+def _healthy_positions(ds: xr.Dataset, n_inst: int) -> np.ndarray:
+    """`ds`'s final chain positions as `(instance, chain, d)` (instances flattened), NaN for divergent chains."""
+    positions = ds["final_position"].values.astype(np.float64)
+    positions = np.where(ds["diverged"].values[..., None], np.nan, positions)
+    return positions.reshape(n_inst, *positions.shape[-2:])
 
 
 def _check_calibration(calibration, checks: bool, dims: Sequence[str], masked: bool) -> None:
@@ -650,7 +657,7 @@ def estimate_llc_batched(
                                                  progress="bias checks" if verbose else None),
                            lambda cfg, k: sample.pair(cfg, jax.random.split(k, n_inst)), config, nbeta, n=n,
                            curvature_inputs=(loss_fn, params, data), data_batched=data_batched, key=check_key,
-                           check_steps=check_steps)
+                           check_steps=check_steps, final_positions=_healthy_positions(ds, n_inst))
         ds = attach_checks(ds, found)
     return _with_calibration(ds, calibration)
 
@@ -700,7 +707,7 @@ def _diagnostics(trace: np.ndarray, healthy: np.ndarray, steps: np.ndarray, burn
 
 LLC_VARIABLES = ("llc_mean", "llc_std", "llc_se", "llc_per_chain", "loss_trace", "init_loss", "mala_acceptance",
                  "rhat", "ess", "frac_below_init", "diverged", "n_diverged", "step_size", "localization", "nbeta",
-                 "num_steps", "num_burnin")  # what llc_dataset writes
+                 "num_steps", "num_burnin", "final_position")  # what llc_dataset writes
 
 
 def llc_dataset(out: dict, config: SGLDConfig, *, nbeta, n: int, d: int,
@@ -708,8 +715,8 @@ def llc_dataset(out: dict, config: SGLDConfig, *, nbeta, n: int, d: int,
     """Assemble the `llc` dataset from the program's output (numpy arrays).
 
     `out` holds `init_loss (*inst)`, `llc_per_chain`, `mala_acceptance`, `n_below_init`,
-    `diverged (*inst, chain)` and `loss_trace (*inst, chain, block)`, with the instance axes
-    already shaped as `dims` (name -> coordinates; empty for a single model).
+    `diverged (*inst, chain)`, `loss_trace (*inst, chain, block)` and `final_position (*inst, chain, d)`,
+    with the instance axes already shaped as `dims` (name -> coordinates; empty for a single model).
     """
     inst = tuple(dims)
     inst_shape = tuple(len(v) for v in dims.values())
@@ -761,6 +768,9 @@ def llc_dataset(out: dict, config: SGLDConfig, *, nbeta, n: int, d: int,
         "nbeta": (ci, setting(nbeta, np.float64), "inverse temperature nbeta", "1"),
         "num_steps": (ci, setting(config.num_steps, np.int64), "SGLD steps per chain (burn-in included)", "steps"),
         "num_burnin": (ci, burnin, "burn-in steps left out of the estimate", "steps"),
+        "final_position": (cc + ("parameter",), np.asarray(out["final_position"], np.float32),
+                           "position after the chain's last step (one instance's parameters flattened in "
+                           "jax.flatten_util.ravel_pytree order)", ""),
     }
     assert tuple(dv) == LLC_VARIABLES
     data_vars = {}

@@ -48,5 +48,16 @@ def test_untrusted_reasons_count_each_failing_check():
     ds = stub(llc_rhat=np.array([1.0, 1.3, 1.0, 1.05, 1.0, 1.2]), llc_n_diverged=np.array([0, 0, 1, 0, 0, 0]),
               llc_calibration_converged=np.array([True, True, True, False, True, True]))
     counts = untrusted_reasons(ds)
-    # step check fails on 0 and 5, batch on 1; R-hat on 1 and 5; one divergence; one unsettled
-    assert counts == {"R-hat": 2, "step size": 2, "batch": 1, "divergence": 1, "calibration unsettled": 1}
+    # step check fails on 0 and 5, batch on 1; R-hat on 1 and 5; one divergence; one unsettled; a dataset
+    # written before the bias at the chains' ends was stored counts none for it
+    assert counts == {"R-hat": 2, "step size": 2, "curvature at the chains' ends": 0, "batch": 1, "divergence": 1,
+                      "calibration unsettled": 1}
+    ds["llc_step_bias_end"] = ("instance", np.array([0.0, 0.01, 0.2, np.inf, 0.04, np.nan]))
+    assert untrusted_reasons(ds)["curvature at the chains' ends"] == 2  # above 5%, or unstable there
+
+
+def test_a_bias_at_the_chains_ends_is_a_step_size_cause():
+    ds = stub(llc_step_bias_end=np.array([0.0, 0.0, 0.0, 0.3, 0.0, 0.0]))
+    # the fourth passed every other check: its chains ended where the step size is biased by 30%
+    assert out_of_range_cause(ds).values.tolist() == ["step size", "batch", "not a minimum", "step size",
+                                                      "lower loss found", ""]

@@ -1,0 +1,156 @@
+"""Where the chains of a wide deep linear network go at long sampler times, and what it does to the LLC.
+
+In the DLN panel the wide cases (3-10-10-3 rank 2, 2-20-2 rank 1) read near lambda at short sampler
+times and then rise with the chain length at a fixed step size, and a smaller step size at equal
+sampler time reads lower (docs/experiments/dln_validation.md). Two explanations predict different
+things along the chain:
+
+- drift along the layers' rescaling symmetry (W_l -> W_l A, W_{l-1} -> A^-1 W_{l-1} leaves the
+  function unchanged, so the chain diffuses along these flat directions, held only by the weak
+  localization): the layer norms spread, the Hessian's top eigenvalue grows, and with it the
+  step size's discretisation bias (the quadratic prediction at the chain's position, not at w*);
+- drift to less singular points of the set of true parameters (a layer gaining rank beyond r while
+  the product keeps rank r), whose local coefficient is larger: the (r+1)-th singular values grow,
+  and the rise does not shrink with the step size.
+
+This study runs the panel's setting (compressed full-batch data, nbeta = n / log n of n = 1e5,
+localization 1, 4 chains from w*) with the package's SGLD kernel, at each step size up to a common
+sampler time, and prints at doubling sampler times: the estimate over the second half of the chain
+so far (burn-in half, as `calibrate`'s length stage), and at the chains' current positions the
+Hessian's top eigenvalue, the quadratic bias predicted at the step size (`curvature.predicted_step_bias`
+on the position's spectrum, as the estimator's check at the chains' ends; here the mean over chains), the layer norms, the largest (r+1)-th / 1st singular value ratio over
+the layers, and the distance from w*.
+
+    python -m experiments.dln_wide_drift                                   # 3-10-10-3 rank 2
+    python -m experiments.dln_wide_drift --widths 2-20-2 --rank 1 --sampler-time 0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+from functools import partial
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from experiments.dln_validation import LOCALIZATION, N_SAMPLES, NBETA, NUM_CHAINS, SEED
+from slt_superposition.curvature import hessian_eigenvalues, predicted_step_bias
+from slt_superposition.sgld import sgld
+from slt_superposition.theory import dln_learning_coefficient
+from toy_models.dln import dln_compressed_data, dln_data, dln_loss, dln_true_params
+
+BLOCK = 4096  # steps per compiled block; a block's float32 sum of excess losses is added in float64
+FIRST_TIME = 0.004  # the first checkpoint's sampler time; then doubling
+
+
+def chain_blocks(params, data, step_size: float, localization: float):
+    """`run(positions, keys, start, n_blocks) -> (positions, sums (n_blocks, chains))`: BLOCK-step
+    blocks of every chain (vmapped), each block's summed excess loss L(w_t) - L(w*) per chain.
+    Block b of a chain draws its noise from `fold_in(key, start + b)` in one call."""
+    w_star, unravel = ravel_pytree(params)
+    flat_loss = lambda w, batch: dln_loss(unravel(w), batch)
+    kernel = sgld(flat_loss, w_star, step_size=step_size, localization=localization, nbeta=NBETA)
+    init_loss = flat_loss(w_star, data)
+
+    def one_chain(key, start):
+        def step(w, z):
+            state, info = kernel.step_with_noise(kernel.init(w), data, z)
+            return state.position, info.loss - init_loss
+
+        def block(w, b):
+            noise = jax.random.normal(jax.random.fold_in(key, start + b), (BLOCK, w.size), w.dtype)
+            w, excess = jax.lax.scan(step, w, noise)
+            return w, jnp.sum(excess)
+
+        return block
+
+    @partial(jax.jit, static_argnames="n_blocks")
+    def run(positions, keys, start, n_blocks: int):
+        def chain(position, key):
+            return jax.lax.scan(one_chain(key, start), position, jnp.arange(n_blocks))
+
+        return jax.vmap(chain, out_axes=(0, 1))(positions, keys)
+
+    return run, unravel
+
+
+def describe_positions(positions, params, data, rank: int, step_size: float, localization: float) -> dict:
+    """Curvature, layer norms and rank drift at each chain's position (`positions`: one layer
+    list per chain); lists over chains."""
+    out = {"top": [], "bias": [], "norms": [], "rank_ratio": [], "distance": []}
+    for w in positions:
+        h = np.asarray(hessian_eigenvalues(dln_loss, w, data), np.float64)
+        out["top"].append(h.max())
+        out["bias"].append(float(predicted_step_bias(h, step_size, localization, NBETA)))
+        out["norms"].append([float(jnp.linalg.norm(W)) for W in w])
+        ratios = []
+        for W in w:
+            s = np.linalg.svd(np.asarray(W, np.float64), compute_uv=False)
+            if len(s) > rank:
+                ratios.append(s[rank] / s[0])
+        out["rank_ratio"].append(max(ratios) if ratios else 0.0)
+        out["distance"].append(float(np.sqrt(sum(np.sum((np.asarray(a) - np.asarray(b)) ** 2)
+                                                 for a, b in zip(w, params)))))
+    return out
+
+
+def run_step_size(params, data, rank: int, step_size: float, sampler_time: float, localization: float, key) -> None:
+    run, unravel = chain_blocks(params, data, step_size, localization)
+    keys = jax.random.split(key, NUM_CHAINS)
+    flat = jnp.broadcast_to(ravel_pytree(params)[0], (NUM_CHAINS, sum(W.size for W in params)))
+    sums = np.zeros((0, NUM_CHAINS))  # per block, float64
+    done = 0
+    checkpoints, t = [], FIRST_TIME
+    while t <= sampler_time * (1 + 1e-9):
+        checkpoints.append(t)
+        t *= 2
+    start = time.perf_counter()
+    for t in checkpoints:
+        n_blocks = max(1, round(t / step_size / BLOCK)) - done
+        if n_blocks > 0:
+            flat, block_sums = run(flat, keys, done, n_blocks)
+            sums = np.concatenate([sums, np.asarray(block_sums, np.float64)])
+            done += n_blocks
+        half = done // 2
+        per_chain = NBETA * sums[half:].sum(axis=0) / ((done - half) * BLOCK)
+        at = describe_positions([unravel(w) for w in flat], params, data, rank, step_size, localization)
+        norms = np.mean(at["norms"], axis=0)
+        print(f"gamma {localization:g} eps {step_size:.3g}  t {done * BLOCK * step_size:7.3f} ({done * BLOCK:>9} steps): "
+              f"LLC {per_chain.mean():5.2f} (chains {' '.join(f'{v:.2f}' for v in per_chain)})  "
+              f"top h {np.mean(at['top']):8.2f}  predicted bias {np.mean(at['bias']):+7.1%}  "
+              f"|W_l| {'/'.join(f'{v:.2f}' for v in norms)}  s_r+1/s_1 {np.max(at['rank_ratio']):.3f}  "
+              f"|w-w*| {np.mean(at['distance']):.2f}  [{time.perf_counter() - start:.0f} s]", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--widths", default="3-10-10-3", help="layer widths, dash-separated (default %(default)s)")
+    parser.add_argument("--rank", type=int, default=2, help="rank of every layer of w* (default %(default)s)")
+    parser.add_argument("--step-sizes", nargs="+", type=float, default=[1e-7, 3.16e-8],
+                        help="step sizes, each run to the same sampler time (default %(default)s)")
+    parser.add_argument("--sampler-time", type=float, default=2.048,
+                        help="last checkpoint's step size x steps (default %(default)s, the panel's cap at 1e-7)")
+    parser.add_argument("--localization", type=float, default=LOCALIZATION,
+                        help="localization gamma (default %(default)s, the panel's)")
+    args = parser.parse_args(argv)
+    try:
+        widths = tuple(int(w) for w in args.widths.split("-"))
+    except ValueError:
+        parser.error(f"--widths must be dash-separated integers, got {args.widths!r}")
+    if not all(eps > 0 for eps in args.step_sizes) or not args.sampler_time >= FIRST_TIME or not args.localization > 0:
+        parser.error(f"step sizes and --localization must be positive and --sampler-time at least {FIRST_TIME}")
+    k_true, k_data, _, k_est = jax.random.split(jax.random.key(SEED), 4)
+    params = dln_true_params(k_true, widths, args.rank, "singular")
+    data = dln_compressed_data(*dln_data(k_data, params, N_SAMPLES))
+    h = np.asarray(hessian_eigenvalues(dln_loss, params, data), np.float64)
+    print(f"{args.widths} rank {args.rank}: lambda = {dln_learning_coefficient(widths, args.rank):g}; at w*: top h "
+          f"{h.max():.2f}, |W_l| {'/'.join(f'{float(jnp.linalg.norm(W)):.2f}' for W in params)}", flush=True)
+    for eps in args.step_sizes:
+        run_step_size(params, data, args.rank, eps, args.sampler_time, args.localization, k_est)
+
+
+if __name__ == "__main__":
+    main()
