@@ -22,7 +22,7 @@ import time
 
 import jax
 
-from experiments.dln_validation import LOCALIZATION, N_SAMPLES, NUM_CHAINS, SEED
+from experiments.dln_validation import LOCALIZATION, N_SAMPLES, NUM_CHAINS, SEED, parse_widths
 from slt_superposition.llc import SGLDConfig, estimate_llc
 from slt_superposition.theory import dln_learning_coefficient
 from toy_models.dln import dln_data, dln_loss, dln_true_params
@@ -48,19 +48,17 @@ def parse_run(text: str) -> tuple[float, int]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--widths", default="4-4-2-4", help="layer widths, dash-separated (default %(default)s)")
+    parser.add_argument("--widths", type=parse_widths, default="4-4-2-4",
+                        help="layer widths, dash-separated (default %(default)s)")
     parser.add_argument("--rank", type=int, default=1, help="rank of every layer of w* (default %(default)s)")
     parser.add_argument("--runs", nargs="+", type=parse_run, default=[parse_run(r) for r in DEFAULT_RUNS],
                         help="STEP_SIZE:STEPS pairs (default: sampler times 0.0013 to 0.64)")
     args = parser.parse_args(argv)
-    try:
-        widths = tuple(int(w) for w in args.widths.split("-"))
-    except ValueError:
-        parser.error(f"--widths must be dash-separated integers, got {args.widths!r}")
+    widths = args.widths
     k_true, k_data, _, k_est = jax.random.split(jax.random.key(SEED), 4)
     params = dln_true_params(k_true, widths, args.rank, "singular")
     data = dln_data(k_data, params, N_SAMPLES)
-    print(f"{args.widths} rank {args.rank}: lambda = {dln_learning_coefficient(widths, args.rank):g}", flush=True)
+    print(f"{'-'.join(map(str, widths))} rank {args.rank}: lambda = {dln_learning_coefficient(widths, args.rank):g}", flush=True)
     for eps, steps in args.runs:
         config = SGLDConfig(step_size=eps, localization=LOCALIZATION, num_chains=NUM_CHAINS, num_steps=steps,
                             num_burnin=steps // 2, batch_size=BATCH_SIZE, trace_every=max(1, steps // 100))

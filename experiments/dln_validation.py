@@ -23,6 +23,7 @@ same folder (e.g. one per machine) that a later run without it completes.
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
 from pathlib import Path
@@ -55,6 +56,14 @@ OWN_CASES = [((3, 5), 2), ((6, 4, 6), 0), ((5, 8, 5), 5), ((4, 6, 6, 6, 4), 2), 
 NARROW_CASES = [((5, 5, 2, 5, 5), 1), ((6, 3, 6, 6), 1), ((4, 4, 2, 4), 1)]
 LESS_SINGULAR = [((7, 3, 3, 7), 1), ((4, 3, 4), 1)]
 QUICK_CASES = [((3, 5), 2, "singular"), ((4, 3, 4), 1, "singular")]
+
+
+def parse_widths(text: str) -> tuple[int, ...]:
+    """'4-3-4' -> (4, 3, 4); an argparse `type` for the studies' --widths."""
+    try:
+        return tuple(int(w) for w in text.split("-"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"widths are dash-separated integers, e.g. 4-3-4, got {text!r}") from None
 
 
 def case_name(widths, rank, kind) -> str:

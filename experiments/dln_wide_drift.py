@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from experiments.dln_validation import LOCALIZATION, N_SAMPLES, NBETA, NUM_CHAINS, SEED
+from experiments.dln_validation import LOCALIZATION, N_SAMPLES, NBETA, NUM_CHAINS, SEED, parse_widths
 from slt_superposition.curvature import hessian_eigenvalues, predicted_step_bias
 from slt_superposition.sgld import sgld
 from slt_superposition.theory import dln_learning_coefficient
@@ -127,7 +127,8 @@ def run_step_size(params, data, rank: int, step_size: float, sampler_time: float
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--widths", default="3-10-10-3", help="layer widths, dash-separated (default %(default)s)")
+    parser.add_argument("--widths", type=parse_widths, default="3-10-10-3",
+                        help="layer widths, dash-separated (default %(default)s)")
     parser.add_argument("--rank", type=int, default=2, help="rank of every layer of w* (default %(default)s)")
     parser.add_argument("--step-sizes", nargs="+", type=float, default=[1e-7, 3.16e-8],
                         help="step sizes, each run to the same sampler time (default %(default)s)")
@@ -136,17 +137,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--localization", type=float, default=LOCALIZATION,
                         help="localization gamma (default %(default)s, the panel's)")
     args = parser.parse_args(argv)
-    try:
-        widths = tuple(int(w) for w in args.widths.split("-"))
-    except ValueError:
-        parser.error(f"--widths must be dash-separated integers, got {args.widths!r}")
+    widths = args.widths
     if not all(eps > 0 for eps in args.step_sizes) or not args.sampler_time >= FIRST_TIME or not args.localization > 0:
         parser.error(f"step sizes and --localization must be positive and --sampler-time at least {FIRST_TIME}")
     k_true, k_data, _, k_est = jax.random.split(jax.random.key(SEED), 4)
     params = dln_true_params(k_true, widths, args.rank, "singular")
     data = dln_compressed_data(*dln_data(k_data, params, N_SAMPLES))
     h = np.asarray(hessian_eigenvalues(dln_loss, params, data), np.float64)
-    print(f"{args.widths} rank {args.rank}: lambda = {dln_learning_coefficient(widths, args.rank):g}; at w*: top h "
+    print(f"{'-'.join(map(str, widths))} rank {args.rank}: lambda = {dln_learning_coefficient(widths, args.rank):g}; at w*: top h "
           f"{h.max():.2f}, |W_l| {'/'.join(f'{float(jnp.linalg.norm(W)):.2f}' for W in params)}", flush=True)
     for eps in args.step_sizes:
         run_step_size(params, data, args.rank, eps, args.sampler_time, args.localization, k_est)
