@@ -37,7 +37,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from experiments.dln_validation import LOCALIZATION, N_SAMPLES, NBETA, NUM_CHAINS, SEED, parse_widths
-from slt_superposition.curvature import hessian_eigenvalues, predicted_step_bias
+from slt_superposition.curvature import curvature_at_positions, hessian_eigenvalues
 from slt_superposition.sgld import sgld
 from slt_superposition.theory import dln_learning_coefficient
 from toy_models.dln import dln_compressed_data, dln_data, dln_loss, dln_true_params
@@ -77,23 +77,20 @@ def chain_blocks(params, data, step_size: float, localization: float):
     return run, unravel
 
 
-def describe_positions(positions, params, data, rank: int, step_size: float, localization: float) -> dict:
-    """Curvature, layer norms and rank drift at each chain's position (`positions`: one layer
-    list per chain); lists over chains."""
-    out = {"top": [], "bias": [], "norms": [], "rank_ratio": [], "distance": []}
-    for w in positions:
-        h = np.asarray(hessian_eigenvalues(dln_loss, w, data), np.float64)
-        out["top"].append(h.max())
-        out["bias"].append(float(predicted_step_bias(h, step_size, localization, NBETA)))
+def describe_positions(flat, unravel, params, data, rank: int, step_size: float, localization: float, key) -> dict:
+    """At each chain's position (`flat (chain, d)`): the Hessian's top eigenvalue and the bias predicted
+    there (`curvature.curvature_at_positions`, the estimator's check at the chains' ends), layer norms,
+    rank drift and distance from w*; arrays over chains."""
+    end = curvature_at_positions(dln_loss, [W[None] for W in params], data, np.asarray(flat)[None],
+                                 data_batched=False, step_size=step_size, localization=localization, nbeta=NBETA,
+                                 key=key)
+    out = {"top": end["top"][0], "bias": end["bias"][0], "norms": [], "rank_ratio": []}
+    for w in map(unravel, flat):
         out["norms"].append([float(jnp.linalg.norm(W)) for W in w])
-        ratios = []
-        for W in w:
-            s = np.linalg.svd(np.asarray(W, np.float64), compute_uv=False)
-            if len(s) > rank:
-                ratios.append(s[rank] / s[0])
+        ratios = [s[rank] / s[0] for s in (np.linalg.svd(np.asarray(W, np.float64), compute_uv=False) for W in w)
+                  if len(s) > rank]
         out["rank_ratio"].append(max(ratios) if ratios else 0.0)
-        out["distance"].append(float(np.sqrt(sum(np.sum((np.asarray(a) - np.asarray(b)) ** 2)
-                                                 for a, b in zip(w, params)))))
+    out["distance"] = np.linalg.norm(np.asarray(flat, np.float64) - np.asarray(ravel_pytree(params)[0]), axis=1)
     return out
 
 
@@ -116,7 +113,7 @@ def run_step_size(params, data, rank: int, step_size: float, sampler_time: float
             done += n_blocks
         half = done // 2
         per_chain = NBETA * sums[half:].sum(axis=0) / ((done - half) * BLOCK)
-        at = describe_positions([unravel(w) for w in flat], params, data, rank, step_size, localization)
+        at = describe_positions(flat, unravel, params, data, rank, step_size, localization, key)
         norms = np.mean(at["norms"], axis=0)
         print(f"gamma {localization:g} eps {step_size:.3g}  t {done * BLOCK * step_size:7.3f} ({done * BLOCK:>9} steps): "
               f"LLC {per_chain.mean():5.2f} (chains {' '.join(f'{v:.2f}' for v in per_chain)})  "
