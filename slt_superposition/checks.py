@@ -79,7 +79,8 @@ def relative_difference(a: np.ndarray, b: np.ndarray, ok: np.ndarray) -> tuple[n
         warnings.simplefilter("ignore", RuntimeWarning)
         mean_a = np.nanmean(np.where(ok, a, np.nan), axis=1)
         mean_b = np.nanmean(np.where(ok, b, np.nan), axis=1)
-    return (mean_a - mean_b) / np.abs(mean_b), mean_a, mean_b
+        # mean b = 0 (e.g. an instance whose loss is constant near w*): inf, or NaN when both are 0
+        return (mean_a - mean_b) / np.abs(mean_b), mean_a, mean_b
 
 
 def _like(values: np.ndarray, setting) -> Any:

@@ -1,5 +1,7 @@
 """The batch check runs again, longer, where its first run could not resolve its tolerance."""
 
+import warnings
+
 import jax
 import numpy as np
 import pytest
@@ -51,3 +53,15 @@ def test_an_unresolved_batch_check_runs_again_as_long_as_it_needs(problem, monke
         np.testing.assert_array_equal(extended[name].values, direct[name].values)
     # the LLC itself is untouched by the checks
     np.testing.assert_array_equal(first.llc_per_chain.values, extended.llc_per_chain.values)
+
+
+def test_relative_difference_against_a_zero_check_warns_nothing():
+    """An instance whose check LLC is exactly 0 (a loss constant near w*) gives inf, or NaN ("no
+    difference", which `within` passes) when both arms are 0, without a RuntimeWarning."""
+    a = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 4.0]])
+    b = np.array([[0.0, 0.0], [0.0, 0.0], [2.0, 2.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rel, mean_a, mean_b = checks.relative_difference(a, b, np.ones_like(a, bool))
+    assert np.isnan(rel[0]) and np.isinf(rel[1]) and rel[2] == 0.5
+    np.testing.assert_array_equal(mean_b, [0.0, 0.0, 2.0])
