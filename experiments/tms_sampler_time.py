@@ -9,6 +9,7 @@ step size, and agreement between step sizes at equal sampler time, can both be r
 
     python -m experiments.tms_sampler_time                               # n6_m2, p = 1, 0.16, 0.01 (seed 0)
     python -m experiments.tms_sampler_time --model 20,5 --times 0.25 1 4 --step-sizes 1e-4
+    python -m experiments.tms_sampler_time --batch-size full --step-sizes 1e-4 --times 1 4 16   # no minibatch noise
 
 Prints one line per (step size, sampler time): the LLC of every instance (mean +- SE over 4
 chains) and the wall time.
@@ -49,16 +50,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--step-sizes", type=float, nargs="+", default=[1e-4, 3.16e-5])
     parser.add_argument("--times", type=float, nargs="+", default=[0.25, 0.5, 1, 2, 4],
                         help="sampler times eps x steps (localization 1, so also in units of 1 / gamma)")
+    parser.add_argument("--batch-size", default=str(QUICK.llc_batch_size),
+                        help="minibatch size of the chains, or 'full' for full batch (default %(default)s, the quick grid's)")
     args = parser.parse_args(argv)
     n, m = (int(v) for v in args.model.split(","))
+    batch_size = None if args.batch_size == "full" else int(args.batch_size)
     loss_fn, params, data, labels = inputs(n, m, args.probabilities)
     print(f"n{n}_m{m}, quick grid, seed 0, {', '.join(labels)}; n = {QUICK.llc_samples}, batch "
-          f"{QUICK.llc_batch_size}, localization 1, {CHAINS} chains", flush=True)
+          f"{batch_size or 'full'}, localization 1, {CHAINS} chains", flush=True)
     for eps in args.step_sizes:
         for t in args.times:
             steps = max(2, int(round(t / eps)))
             config = SGLDConfig(step_size=eps, localization=1.0, num_chains=CHAINS, num_steps=steps,
-                                batch_size=QUICK.llc_batch_size, trace_every=max(1, steps // 200))
+                                batch_size=batch_size, trace_every=max(1, steps // 200))
             start = time.perf_counter()
             est = estimate_llc_batched(loss_fn, params, data, config=config, key=jax.random.key(7), checks=False)
             per_chain = est["llc_per_chain"].values
