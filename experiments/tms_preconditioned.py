@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         a = nbeta * np.maximum(np.asarray(h), 0.0) + LOCALIZATION
         print(f"{label}: d = {w_star.shape[0]}, nbeta h + gamma from {a.min():.3g} to {a.max():.3g}; "
               f"{int(np.sum(np.asarray(h) < 0))} negative Hessian eigenvalues (min {float(h.min()):.2e})", flush=True)
+        at_start = end_stiffness(loss_fn, np.asarray(w_star)[None], unravel, data_i, S, nbeta, LOCALIZATION)
         estimates = {}
         for eps in args.step_sizes:
             steps = int(round(times[-1] / eps))
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
             stiffness = end_stiffness(loss_fn, final, unravel, data_i, S, nbeta, LOCALIZATION)
             print(f"  eps {eps:g}: {steps} steps, {time.perf_counter() - start:.0f} s, {bad} non-finite chains; "
                   f"at the end: top curvature of the chain's coordinates {stiffness} (eps x it < 4 for stability; "
-                  f"1 at w*), {describe_offset(final, w_star, unravel)}", flush=True)
+                  f"{at_start} at w*), {describe_offset(final, w_star, unravel)}", flush=True)
         print_table(times, estimates)
 
 

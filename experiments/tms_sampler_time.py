@@ -10,6 +10,7 @@ step size, and agreement between step sizes at equal sampler time, can both be r
     python -m experiments.tms_sampler_time                               # n6_m2, p = 1, 0.16, 0.01 (seed 0)
     python -m experiments.tms_sampler_time --model 20,5 --times 0.25 1 4 --step-sizes 1e-4
     python -m experiments.tms_sampler_time --batch-size full --step-sizes 1e-4 --times 1 4 16   # no minibatch noise
+    python -m experiments.tms_sampler_time --burn-in-fraction 0.5 --step-sizes 1e-4 --times 1 2 4 8 16
 
 Prints one line per (step size, sampler time): the LLC of every instance (mean +- SE over 4
 chains) and the wall time.
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--step-sizes", type=float, nargs="+", default=[1e-4, 3.16e-5])
     parser.add_argument("--times", type=float, nargs="+", default=[0.25, 0.5, 1, 2, 4],
                         help="sampler times eps x steps (localization 1, so also in units of 1 / gamma)")
+    parser.add_argument("--burn-in-fraction", type=float, default=0.0,
+                        help="leading fraction of each chain left out of the estimate (default %(default)s: none; "
+                             "0.5 is calibrate's length stage)")
     parser.add_argument("--batch-size", default=str(QUICK.llc_batch_size),
                         help="minibatch size of the chains, or 'full' for full batch (default %(default)s, the quick grid's)")
     args = parser.parse_args(argv)
@@ -62,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         for t in args.times:
             steps = max(2, int(round(t / eps)))
             config = SGLDConfig(step_size=eps, localization=1.0, num_chains=CHAINS, num_steps=steps,
+                                num_burnin=int(steps * args.burn_in_fraction),
                                 batch_size=batch_size, trace_every=max(1, steps // 200))
             start = time.perf_counter()
             est = estimate_llc_batched(loss_fn, params, data, config=config, key=jax.random.key(7), checks=False)
