@@ -181,6 +181,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="M from the Hessian averaged over plain SGLD chains (eps 1e-4) run for this sampler "
                              "time from w*, instead of the Hessian at w* (default %(default)s: at w*)")
     args = parser.parse_args(argv)
+    if len(args.step_sizes) > 2 or sorted(args.step_sizes, reverse=True) != args.step_sizes:
+        parser.error("--step-sizes takes one or two step sizes, larger first")
+    if min(args.step_sizes) <= 0 or not 0 < args.min_time <= args.max_time or args.pilot_time < 0:
+        parser.error("step sizes and times must be positive, --min-time at most --max-time, --pilot-time >= 0")
     n, m = (int(v) for v in args.model.split(","))
     loss_fn, params, data, labels = inputs(n, m, args.probabilities)
     n_samples = jax.tree_util.tree_leaves(data)[0].shape[1]
@@ -190,8 +194,6 @@ def main(argv: list[str] | None = None) -> None:
     print(f"n{n}_m{m}, quick grid, seed 0; n = {n_samples}, full batch, nbeta {nbeta:.1f}, gamma {LOCALIZATION:g}, "
           f"{CHAINS} chains; {'plain SGLD' if args.plain else 'preconditioned by (nbeta H_+ + gamma)^-1, H ' + where}",
           flush=True)
-    if len(args.step_sizes) > 2 or sorted(args.step_sizes, reverse=True) != args.step_sizes:
-        parser.error("--step-sizes takes one or two step sizes, larger first")
     for i, label in enumerate(labels):
         pick = lambda tree: jax.tree_util.tree_map(lambda x: x[i], tree)
         w_star, unravel = ravel_pytree(pick(params))

@@ -58,6 +58,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="minibatch size of the chains, or 'full' for full batch (default %(default)s, the quick grid's)")
     args = parser.parse_args(argv)
     n, m = (int(v) for v in args.model.split(","))
+    if not (args.batch_size == "full" or args.batch_size.isdigit()):
+        parser.error(f"--batch-size must be a positive integer or 'full', got {args.batch_size!r}")
+    if not 0 <= args.burn_in_fraction < 1:
+        parser.error(f"--burn-in-fraction must be in [0, 1), got {args.burn_in_fraction}")
     batch_size = None if args.batch_size == "full" else int(args.batch_size)
     loss_fn, params, data, labels = inputs(n, m, args.probabilities)
     print(f"n{n}_m{m}, quick grid, seed 0, {', '.join(labels)}; n = {QUICK.llc_samples}, batch "
