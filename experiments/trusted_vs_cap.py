@@ -10,7 +10,7 @@ check allowed 3.2 x the cap (one half-decade step down at equal sampler time), a
 model and cap: the share trusted, the share whose length rule settled, whose stored step-size and
 batch checks passed, the median estimate and the wall time.
 
-    python -m experiments.trusted_vs_cap [--caps 2400 19200] [--models 5,2 6,2 20,5] [--chains 2 8]
+    python -m experiments.trusted_vs_cap [--caps 2400 19200] [--models 5,2 6,2 20,5] [--chains 2 8] [--details]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import xarray as xr
 
 from experiments.weights_vs_activations import (QUICK, _calibrated_llc, _refined_inputs, model_key,
                                                  model_train_config)
@@ -30,9 +31,26 @@ from slt_superposition.checks import BATCH_TOL, STEP_TOL, within
 from toy_models.train import train_grid
 
 
-def measure(n: int, m: int, cap: int, chains: int = QUICK.calibration_chains, config=QUICK) -> dict:
+def print_length_stage(calibration: xr.Dataset) -> None:
+    """Per instance: the length stage's step size, and at its last two lengths the sampler time, the
+    estimate +- SE, the change from the previous length and R-hat; whether the rule settled."""
+    flat = calibration.stack(instance=[d for d in calibration["converged"].dims])
+    for i in range(flat.sizes["instance"]):
+        row = flat.isel(instance=i)
+        ran = np.flatnonzero(np.isfinite(row["llc_length"].values))[-2:]
+        lengths = "; ".join(
+            f"t {float(row['sampler_time'][j]):.3g}: {float(row['llc_length'][j]):.2f} +- "
+            f"{float(row['llc_se_length'][j]):.2f}, change {float(row['change_length'][j]):.2f}, "
+            f"R-hat {float(row['rhat_length'][j]):.2f}" for j in ran)
+        coords = ", ".join(f"{name} {float(row[name]):.3g}" for name in ("feature_probability", "seed"))
+        print(f"  {coords}: eps {float(row['length_step_size']):.2g}; {lengths}; settled "
+              f"{bool(row['converged'])}", flush=True)
+
+
+def measure(n: int, m: int, cap: int, chains: int = QUICK.calibration_chains, config=QUICK,
+            details: bool = False) -> dict:
     """The quick grid's model (n, m) through the flagship's LLC stage with chain length cap `cap`
-    and `chains` calibration chains."""
+    and `chains` calibration chains (`details`: print each instance's length stage)."""
     config = dataclasses.replace(config, calibration_max_steps=cap, calibration_chains=chains,
                                  calibration_long_check_steps=int(3.2 * cap))
     key = model_key(n, m, config)
@@ -41,7 +59,9 @@ def measure(n: int, m: int, cap: int, chains: int = QUICK.calibration_chains, co
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         llc, summary, _ = _calibrated_llc(inputs, train, config, jax.random.fold_in(key, 1), Path(tmp))
-    seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        if details:
+            print_length_stage(xr.open_dataset(Path(tmp) / "calibration" / f"n{n}_m{m}.nc").load())
     step_ok = within(llc["step_check_rel_diff"].values, llc["step_check_se"].values, STEP_TOL)
     batch_ok = within(llc["batch_check_rel_diff"].values, llc["batch_check_se"].values, BATCH_TOL)
     return dict(trusted=float(llc["trusted"].mean()), converged=summary["converged"],
@@ -55,11 +75,13 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["5,2", "6,2", "20,5"])
     parser.add_argument("--chains", type=int, nargs="+", default=[QUICK.calibration_chains],
                         help="calibration chains (the estimate keeps the quick grid's llc_chains)")
+    parser.add_argument("--details", action="store_true",
+                        help="print each instance's chain-length stage (last two lengths: estimate, change, R-hat)")
     args = parser.parse_args()
     for model in args.models:
         n, m = (int(v) for v in model.split(","))
         for cap, chains in ((cap, chains) for chains in args.chains for cap in args.caps):
-            r = measure(n, m, cap, chains)
+            r = measure(n, m, cap, chains, details=args.details)
             print(f"n{n}_m{m} cap {cap}, {chains} calibration chains: trusted {r['trusted']:.0%} of {r['instances']}, length rule settled "
                   f"{r['converged']:.0%}, step check passed {r['step_check']:.0%}, batch check passed "
                   f"{r['batch_check']:.0%}; median llc "
