@@ -52,23 +52,27 @@ PILOT_STEP_SIZE = 1e-4  # plain SGLD's step size on these instances (experiments
 PILOT_SEGMENTS = 16
 
 
+def flat_hessian(loss_fn, unravel, data):
+    """w `(d,)` -> the Hessian `(d, d)` of L_n (`loss_fn` on the whole `data`) at the flat parameters w."""
+    return jax.hessian(lambda w: loss_fn(unravel(w), data))
+
+
 def coordinates(loss_fn, w_star, unravel, data, nbeta: float, gamma: float, plain: bool, H=None):
     """(S, h): w = w* + S u with S = V diag((nbeta h_+ + gamma)^-1/2) `(d, d)`, and the eigenvalues h
     `(d,)` of `H` `(d, d)` (default: the Hessian of L_n at w*); S = I for plain SGLD."""
     if H is None:
-        H = jax.hessian(lambda w: loss_fn(unravel(w), data))(w_star)
+        H = flat_hessian(loss_fn, unravel, data)(w_star)
     h, V = jnp.linalg.eigh(0.5 * (H + H.T))
     if plain:
         return jnp.eye(w_star.shape[0], dtype=w_star.dtype), h
     return V * (nbeta * jnp.maximum(h, 0.0) + gamma) ** -0.5, h
 
 
-def pilot_hessian(loss_fn, w_star, unravel, data, *, nbeta: float, gamma: float, sampler_time: float,
+def pilot_hessian(loss_fn, w_star, unravel, data, hessian, *, nbeta: float, gamma: float, sampler_time: float,
                   key, step_size: float = PILOT_STEP_SIZE, segments: int = PILOT_SEGMENTS):
-    """The Hessian of L_n `(d, d)` averaged over where plain SGLD chains from w* go: 4 chains at
-    `step_size` for `sampler_time`, run in `segments` pieces; the positions at the ends of the second
-    half's pieces are averaged over (segments / 2 per chain)."""
-    hessian = jax.jit(jax.hessian(lambda w: loss_fn(unravel(w), data)))
+    """The Hessian of L_n `(d, d)` (`hessian`, w -> its value) averaged over where plain SGLD chains
+    from w* go: 4 chains at `step_size` for `sampler_time`, run in `segments` pieces; the positions at
+    the ends of the second half's pieces are averaged over (segments / 2 per chain)."""
     identity = jnp.eye(w_star.shape[0], dtype=w_star.dtype)
     steps = max(1, int(round(sampler_time / step_size / segments)))
     start, total, count = None, 0.0, 0
@@ -113,10 +117,10 @@ def run_chains(loss_fn, w_star, unravel, data, S, *, nbeta: float, gamma: float,
     return np.asarray(samples), np.asarray(final)
 
 
-def end_stiffness(loss_fn, final: np.ndarray, unravel, data, S, nbeta: float, gamma: float) -> str:
-    """The top eigenvalue of S^T (nbeta H(w) + gamma I) S at each finite final position `(chains, d)`:
-    the curvature the chain sees on its own coordinates u there (1 at w* for the preconditioned chain)."""
-    hessian = jax.jit(jax.hessian(lambda w: loss_fn(unravel(w), data)))
+def end_stiffness(hessian, final: np.ndarray, S, nbeta: float, gamma: float) -> str:
+    """The top eigenvalue of S^T (nbeta H(w) + gamma I) S at each finite final position `(chains, d)`
+    (`hessian`: w -> H(w)): the curvature the chain sees on its own coordinates u there (1 at w* for
+    the preconditioned chain)."""
     tops = []
     for w in final:
         if not np.all(np.isfinite(w)):
@@ -198,15 +202,16 @@ def main(argv: list[str] | None = None) -> None:
         pick = lambda tree: jax.tree_util.tree_map(lambda x: x[i], tree)
         w_star, unravel = ravel_pytree(pick(params))
         data_i = pick(data)
+        hessian = jax.jit(flat_hessian(loss_fn, unravel, data_i))  # compiled once per instance
         H = None
         if args.pilot_time and not args.plain:
-            H = pilot_hessian(loss_fn, w_star, unravel, data_i, nbeta=nbeta, gamma=LOCALIZATION,
+            H = pilot_hessian(loss_fn, w_star, unravel, data_i, hessian, nbeta=nbeta, gamma=LOCALIZATION,
                               sampler_time=args.pilot_time, key=jax.random.key(11))
         S, h = coordinates(loss_fn, w_star, unravel, data_i, nbeta, LOCALIZATION, args.plain, H)
         a = nbeta * np.maximum(np.asarray(h), 0.0) + LOCALIZATION
         print(f"{label}: d = {w_star.shape[0]}, nbeta h + gamma from {a.min():.3g} to {a.max():.3g}; "
               f"{int(np.sum(np.asarray(h) < 0))} negative Hessian eigenvalues (min {float(h.min()):.2e})", flush=True)
-        at_start = end_stiffness(loss_fn, np.asarray(w_star)[None], unravel, data_i, S, nbeta, LOCALIZATION)
+        at_start = end_stiffness(hessian, np.asarray(w_star)[None], S, nbeta, LOCALIZATION)
         estimates = {}
         for eps in args.step_sizes:
             steps = int(round(times[-1] / eps))
@@ -215,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
                                         step_size=eps, steps=steps, key=jax.random.key(7))
             bad = int(np.sum(~np.all(np.isfinite(samples), axis=1)))
             estimates[eps] = second_half_estimates(samples, [max(2, int(round(t / eps))) for t in times])
-            stiffness = end_stiffness(loss_fn, final, unravel, data_i, S, nbeta, LOCALIZATION)
+            stiffness = end_stiffness(hessian, final, S, nbeta, LOCALIZATION)
             print(f"  eps {eps:g}: {steps} steps, {time.perf_counter() - start:.0f} s, {bad} non-finite chains; "
                   f"at the end: top curvature of the chain's coordinates {stiffness} (eps x it < 4 for stability; "
                   f"{at_start} at w*), {describe_offset(final, w_star, unravel)}", flush=True)
