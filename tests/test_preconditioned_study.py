@@ -8,7 +8,6 @@ E[nbeta (L(w) - L(w*))] = sum_j nbeta h_j / (2 a_j) / (1 - eps / 4), a_j = nbeta
 At eps = 1 a preconditioner off by a^0.05 (curvature a^0.1, up to 2, on a direction) reads 30% high.
 Plain SGLD at the same step size is unstable on the stiffest direction (eps a > 4)."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
