@@ -24,6 +24,10 @@ before its rename: by construction it is incomplete and no chunk of ours points 
 It is reported on stderr and removed, and its chunk is recomputed; that is what makes a
 SIGKILL at any moment resumable.
 
+With `workers=2` (one process), two chunks are computed at once, each in its own thread, the
+costliest first where `cost` says which; each chunk is saved as it finishes, so a killed run
+resumes the same way.
+
 While a sweep runs it holds the folder's lock (`io.output_lock`): a second run into the
 same folder is refused at once instead of computing the same chunks again.
 
@@ -148,6 +152,22 @@ def default_combine(datasets: list[xr.Dataset]) -> xr.Dataset:
                                 combine_attrs="override")
 
 
+def _in_threads(fn: Callable[[int], None], items: Sequence[int], workers: int) -> None:
+    """`fn(i)` for every item, `workers` at a time in threads; the first error is raised once the
+    running calls have ended (their results kept), and the items not yet started are dropped."""
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(fn, i) for i in items]
+        finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in futures if f in finished and f.exception() is not None]
+        if failed:
+            for f in futures:
+                f.cancel()
+    if failed:
+        raise failed[0].exception()
+
+
 def run_sweep(
     name: str,
     config: dict[str, Any],
@@ -158,6 +178,8 @@ def run_sweep(
     combine: Callable[[list[xr.Dataset]], xr.Dataset] = default_combine,
     progress: bool = True,
     only: Collection[int] | None = None,
+    workers: int = 1,
+    cost: Callable[[Any], float] | None = None,
 ) -> xr.Dataset:
     """Compute every chunk not yet on disk, then return all chunks combined.
 
@@ -169,11 +191,19 @@ def run_sweep(
     only: indices of the chunks to compute in this call (None: all). The result then combines
     the finished chunks on disk (those and any earlier runs'), a part of the sweep until a run
     without `only` completes the rest; the folder and its hash are the whole sweep's either way.
+
+    workers: chunks computed at once, each in its own thread (one process only; several
+    processes compute every chunk together, one at a time). A chunk's numbers must not depend
+    on what runs beside it (no shared mutable state in `compute_chunk`); each finished chunk is
+    saved as it finishes, and when one fails, the chunks not yet started are not started.
+    cost: `cost(chunk)`, a guess of a chunk's time: with several workers the costliest start
+    first (ties in chunk order), so a long chunk does not run alone at the end.
     """
     from slt_superposition.progress import make_bar
     from slt_superposition.sharding import broadcast_bytes, broadcast_json, is_multiprocess
 
     require(len(chunks) > 0, f"sweep '{name}' has no chunks")
+    require(isinstance(workers, int) and workers >= 1, f"workers must be a whole number >= 1, got {workers!r}")
     if only is not None:
         require(all(0 <= int(i) < len(chunks) for i in only), f"sweep '{name}' has no chunk {sorted(only)}")
     run_dir = Path(run_dir)
@@ -195,11 +225,19 @@ def run_sweep(
         todo = [i for i in range(len(chunks)) if i not in done and (only is None or i in set(only))]
         kept = sorted(done | set(todo))
         bar = make_bar(len(done) + len(todo), name, progress, initial=len(done), unit="chunk")
-        for i in todo:
+
+        def compute_and_save(i: int) -> None:
             ds = compute_chunk(chunks[i])
             ds = ds.assign_attrs(sweep_name=name, sweep_hash=digest, sweep_chunk=i)
             save_dataset(ds, chunk_path(run_dir, i))  # process 0 only
             bar.update(1)
+
+        if workers == 1 or several or len(todo) < 2:
+            for i in todo:
+                compute_and_save(i)
+        else:
+            first = sorted(todo, key=lambda i: -cost(chunks[i])) if cost is not None else todo
+            _in_threads(compute_and_save, first, workers)
         bar.close()
 
         # every process combines the bytes on process 0's disk (one process: read directly)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -155,3 +156,43 @@ def test_folder_with_unknown_files_is_refused(tmp_path):
     with pytest.raises(InputError, match="no sweep manifest"):
         run_sweep("toy", {"a": 1}, CHUNKS, _toy_compute, tmp_path, progress=False)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+FOUR = [{"p": [1.0]}, {"p": [2.0]}, {"p": [3.0]}, {"p": [4.0]}]
+
+
+def test_workers_run_chunks_side_by_side_costliest_first_same_result(tmp_path):
+    started = []
+    pair = threading.Barrier(2, timeout=30)  # passes only when two chunks run at the same time
+
+    def compute(chunk):
+        started.append(chunk["p"][0])
+        pair.wait()
+        return _toy_compute(chunk)
+
+    side_by_side = run_sweep("toy", {"a": 1}, FOUR, compute, tmp_path / "a", progress=False, workers=2,
+                             cost=lambda c: {2.0: 5.0, 4.0: 9.0}.get(c["p"][0], 1.0))
+    assert set(started[:2]) == {2.0, 4.0} and set(started[2:]) == {1.0, 3.0}
+    one_at_a_time = run_sweep("toy", {"a": 1}, FOUR, _toy_compute, tmp_path / "b", progress=False)
+    xr.testing.assert_identical(side_by_side, one_at_a_time)
+    with pytest.raises(InputError, match="workers"):
+        run_sweep("toy", {"a": 1}, FOUR, _toy_compute, tmp_path / "c", progress=False, workers=0)
+
+
+def test_workers_a_failing_chunk_raises_and_the_running_one_is_kept(tmp_path):
+    failed = threading.Event()
+
+    def compute(chunk):
+        if chunk["p"][0] == 1.0:
+            failed.set()
+            raise RuntimeError("chunk 0 broke")
+        if chunk["p"][0] == 2.0:
+            assert failed.wait(30)  # still running when chunk 0 fails
+        return _toy_compute(chunk)
+
+    with pytest.raises(RuntimeError, match="chunk 0 broke"):
+        run_sweep("toy", {"a": 1}, FOUR, compute, tmp_path / "a", progress=False, workers=2)
+    assert chunk_path(tmp_path / "a", 1).exists() and not chunk_path(tmp_path / "a", 0).exists()
+    resumed = run_sweep("toy", {"a": 1}, FOUR, _toy_compute, tmp_path / "a", progress=False, workers=2)
+    clean = run_sweep("toy", {"a": 1}, FOUR, _toy_compute, tmp_path / "b", progress=False)
+    xr.testing.assert_identical(resumed, clean)
