@@ -45,7 +45,7 @@ from slt_superposition.io import save_dataset
 from slt_superposition.llc import SGLDConfig, estimate_llc_batched
 from slt_superposition.provenance import provenance_attrs
 from slt_superposition.sharding import is_multiprocess
-from slt_superposition.sweep import run_sweep
+from slt_superposition.sweep import check_sweep_folder, run_sweep
 from toy_models.tms import tms_forward
 from toy_models.train import GRID_DIMS, TrainConfig, llc_inputs, train_grid
 
@@ -279,15 +279,13 @@ def model_train_config(n: int, m: int, config: FlagshipConfig) -> TrainConfig:
                        seeds=config.seeds, steps=config.train_steps, batch_size=config.batch_size)
 
 
-def compute_model(n: int, m: int, config: FlagshipConfig, out_dir: Path, progress: bool = True,
-                  bars: bool | None = None) -> xr.Dataset:
-    """Train, measure and join one model's grid; also saves its `train_<label>.nc`. `progress`:
-    a line per stage on stderr; `bars`: progress bars within stages too (default: `progress`)."""
+def compute_model(n: int, m: int, config: FlagshipConfig, out_dir: Path, progress: bool = True) -> xr.Dataset:
+    """Train, measure and join one model's grid; also saves its `train_<label>.nc`."""
     label = _model_label(n, m)
     key = model_key(n, m, config)
     train_config = model_train_config(n, m, config)
     with _stage(f"{label}: train {train_config.n_instances} instances", progress):
-        train = train_grid(train_config, progress=progress if bars is None else bars)
+        train = train_grid(train_config, progress=progress)
     save_dataset(train, out_dir / f"train_{label}.nc")
     with _stage(f"{label}: refine every instance to a critical point of L_n", progress):
         inputs = _refined_inputs(train, config, jax.random.fold_in(key, 2))
@@ -334,14 +332,16 @@ def run(out_dir: Path, *, size: str = "default", progress: bool = True,
     config_dict = dataclasses.asdict(config) | {"feature_probabilities": config.feature_probabilities}
     chunks = [{"n_features": n, "n_hidden": m} for n, m in config.models]
     workers = 1 if is_multiprocess() else WORKERS  # several processes compute every chunk together
-    bars = progress and workers == 1  # concurrent bars would share one terminal line: stage lines only
     with ThreadPoolExecutor(max_workers=1) as beside:
-        # the development part runs beside the models (on several processes: after them, as they do)
-        development_part = lambda: run_development(config, out_dir, progress, bars=bars)
+        # the development part runs beside the models (on several processes: after them, as they do),
+        # once the sweep's folder is known to be ours; a model's error is raised when it has ended
+        development_part = lambda: run_development(config, out_dir, progress)
+        if workers > 1:
+            check_sweep_folder(NAME, config_dict, chunks, out_dir / "sweep")
         dev_future = beside.submit(development_part) if workers > 1 else None
         ds = run_sweep(
             NAME, config_dict, chunks,
-            lambda c: compute_model(c["n_features"], c["n_hidden"], config, out_dir, progress, bars=bars),
+            lambda c: compute_model(c["n_features"], c["n_hidden"], config, out_dir, progress),
             out_dir / "sweep", combine=join_models, progress=progress, workers=workers,
             cost=lambda c: c["n_features"] * c["n_hidden"],  # the largest model first
         )
@@ -359,11 +359,9 @@ def run(out_dir: Path, *, size: str = "default", progress: bool = True,
     return ds
 
 
-def run_development(config: FlagshipConfig, out_dir: Path, progress: bool = True,
-                    bars: bool | None = None) -> xr.Dataset:
+def run_development(config: FlagshipConfig, out_dir: Path, progress: bool = True) -> xr.Dataset:
     """The development part: Chen et al.'s TMS trained by SGD with weight snapshots, every snapshot's
-    LLC (n = `development_samples`, one calibration for all) and class; saved as `development.nc`.
-    `progress`: a line per stage; `bars`: progress bars within them too (default: `progress`)."""
+    LLC (n = `development_samples`, one calibration for all) and class; saved as `development.nc`."""
     dev_config = TrainConfig(
         n_features=6, n_hidden=2, feature_probabilities=(1.0,), seeds=config.development_seeds,
         steps=config.development_steps, batch_size=config.development_batch_size, data="high_sparsity_limit",
@@ -376,7 +374,7 @@ def run_development(config: FlagshipConfig, out_dir: Path, progress: bool = True
     with _stage(f"development: train {config.development_seeds} seeds by SGD, every snapshot's LLC", progress):
         dev = development(dev_config, sgld=dev_sgld, n_samples=config.development_samples,
                           key=jax.random.key(config.seed + 1), check_steps=config.check_steps,
-                          progress=progress if bars is None else bars)
+                          progress=progress)
     dev.attrs.update(provenance_attrs("development", {"train": dataclasses.asdict(dev_config),
                                                       "sgld": dev_sgld.to_dict(),
                                                       "n_samples": config.development_samples}))

@@ -76,8 +76,8 @@ def _write_json_atomic(obj: Any, path: Path) -> None:
     write_text(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
-def _check_folder(run_dir: Path, digest: str, n_chunks: int) -> None:
-    """Validate the run folder against this sweep; clean our own killed temp files."""
+def _check_folder(run_dir: Path, digest: str, n_chunks: int, clean: bool = True) -> None:
+    """Validate the run folder against this sweep; clean our own killed temp files (`clean`)."""
     names = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME)
     manifest = run_dir / MANIFEST
     if not manifest.exists():
@@ -103,11 +103,23 @@ def _check_folder(run_dir: Path, digest: str, n_chunks: int) -> None:
         chunk = _CHUNK.fullmatch(name)
         if chunk:
             require(int(chunk.group(1)) < n_chunks, f"{run_dir / name} is not a chunk of this sweep ({n_chunks} chunks)")
+        elif (_CHUNK_TMP.fullmatch(name) or _MANIFEST_TMP.fullmatch(name)) and not clean:
+            continue
         elif _CHUNK_TMP.fullmatch(name) or _MANIFEST_TMP.fullmatch(name):
             print(f"note: removing {run_dir / name}, a half-written file left by an interrupted run", file=sys.stderr)
             (run_dir / name).unlink()
         else:
             raise InputError(f"{run_dir / name} was not written by this sweep; move it out of the run folder")
+
+
+def check_sweep_folder(name: str, config: dict[str, Any], chunks: Sequence[Any], run_dir: str | os.PathLike) -> None:
+    """The `InputError` that `run_sweep` with these arguments would raise for its folder (another
+    sweep's, or files not ours), raised now, changing nothing: for work that should start only once
+    the sweep is known to run (the flagship's development part, run beside the sweep)."""
+    run_dir = Path(run_dir)
+    if run_dir.exists():
+        require(run_dir.is_dir(), f"sweep folder {run_dir} is a file")
+        _check_folder(run_dir, sweep_hash(name, config, chunks), len(chunks), clean=False)
 
 
 def _load_chunk(path: Path, digest: str, index: int, content: bytes | None = None) -> xr.Dataset:

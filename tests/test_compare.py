@@ -7,6 +7,7 @@ import pytest
 import xarray as xr
 
 from analysis.compare import activation_side, compare, fragility, relations, weight_side
+from slt_superposition.errors import InputError
 
 GRID = ("feature_probability", "importance_decay", "seed")
 
@@ -110,6 +111,17 @@ def test_relations_reads_the_budget_or_falls_back_to_d_eff():
     ds = xr.Dataset({"d_eff": ("i", [10.0, 14.0, 10.0]), "llc_standard_error": ("i", [0.5, 0.5, 2.0]),
                      "n_parameters": 15, "n_represented": ("i", [5, 5, 5])}, attrs={"n_hidden": 2})
     np.testing.assert_array_equal(relations(ds)["weights_undercomplete"].values, [True, False, False])
+
+
+def test_flagship_refuses_a_foreign_sweep_folder_before_anything_runs(tmp_path):
+    # the development part runs beside the models, so the sweep's folder is checked before it starts
+    from experiments.weights_vs_activations import QUICK, run
+
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="no sweep manifest"):
+        run(tmp_path, config=QUICK, progress=False)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["notes.txt", "sweep"]
 
 
 @pytest.mark.slow

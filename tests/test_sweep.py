@@ -16,7 +16,7 @@ import pytest
 import xarray as xr
 
 from slt_superposition.errors import InputError
-from slt_superposition.sweep import chunk_path, run_sweep
+from slt_superposition.sweep import check_sweep_folder, chunk_path, run_sweep
 
 N_CHUNKS = 6
 
@@ -196,3 +196,16 @@ def test_workers_a_failing_chunk_raises_and_the_running_one_is_kept(tmp_path):
     resumed = run_sweep("toy", {"a": 1}, FOUR, _toy_compute, tmp_path / "a", progress=False, workers=2)
     clean = run_sweep("toy", {"a": 1}, FOUR, _toy_compute, tmp_path / "b", progress=False)
     xr.testing.assert_identical(resumed, clean)
+
+
+def test_check_sweep_folder_raises_what_run_sweep_would_and_changes_nothing(tmp_path):
+    check_sweep_folder("toy", {"a": 1}, CHUNKS, tmp_path / "new")  # no folder yet: nothing to say
+    assert not (tmp_path / "new").exists()
+    run_sweep("toy", {"a": 1}, CHUNKS, _toy_compute, tmp_path / "run", progress=False)
+    check_sweep_folder("toy", {"a": 1}, CHUNKS, tmp_path / "run")  # ours: fine
+    (tmp_path / "run" / "chunk-0001.nc.abc.tmp").write_bytes(b"half")
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+    with pytest.raises(InputError, match="another configuration"):
+        check_sweep_folder("toy", {"a": 2}, CHUNKS, tmp_path / "run")
+    check_sweep_folder("toy", {"a": 1}, CHUNKS, tmp_path / "run")  # a killed write's temp file: left for run_sweep
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before
