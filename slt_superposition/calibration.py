@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
@@ -70,6 +69,7 @@ from slt_superposition.checks import MAX_CHECK_EXTENSION, resolving_steps, withi
 from slt_superposition.curvature import curvature_batched, quadratic_llc, step_size_bound
 from slt_superposition.errors import check_batch_size, require
 from slt_superposition.diagnostics import batch_means_se, masked_rhat
+from slt_superposition.nan_rows import nan_max, nan_mean, nan_std
 from slt_superposition.instances import flatten_instances
 from slt_superposition.llc import (SGLDConfig, _check_inputs, default_nbeta,
                                    sample_chains)
@@ -149,12 +149,11 @@ def _sampler(loss_fn, params, data, *, data_batched, n, d, nbeta, num_chains, bu
             trace[order] = np.asarray(out["loss_trace"], np.float32)[:k]
         healthy = ~diverged
         n_ok = healthy.sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # instances whose chains all diverged, or not run
+        with np.errstate(invalid="ignore", divide="ignore"):  # instances whose chains all diverged, or not run
             masked = np.where(healthy, per_chain, np.nan)
-            llc = np.where(n_ok > 0, np.nanmean(masked, axis=1), np.nan)
-            se = np.where(n_ok > 1, np.nanstd(masked, axis=1, ddof=1) / np.sqrt(n_ok), np.nan)
-            acc = np.where(n_ok > 0, np.nanmean(np.where(healthy, accept, np.nan), axis=1), np.nan)
+            llc = np.where(n_ok > 0, nan_mean(masked), np.nan)
+            se = np.where(n_ok > 1, nan_std(masked, ddof=1) / np.sqrt(n_ok), np.nan)
+            acc = np.where(n_ok > 0, nan_mean(np.where(healthy, accept, np.nan)), np.nan)
         block_starts = np.arange(TRACE_BLOCKS)[None, :] * every[:, None]
         post = (block_starts >= burnin[:, None]) & np.isfinite(trace).all(axis=1, where=healthy[:, :, None])
         rhat = masked_rhat(trace, post, healthy & (steps > 0)[:, None])
@@ -195,9 +194,7 @@ def sweep_stage(sampler: Sampler, key, step_sizes, *, steps, localization, batch
     llc, se, acc, div, rhat = (stack(f) for f in ("llc", "llc_se", "acceptance", "n_diverged", "rhat"))
     diverged = (div > 0) | ~np.isfinite(llc)
     usable = np.where(~diverged & np.isfinite(acc), acc, np.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: every step size diverged
-        plateau = np.nanmax(usable[:, :2], axis=1)
+    plateau = nan_max(usable[:, :2])  # NaN where both step sizes diverged
     threshold = np.minimum(target_acceptance, plateau - max_acceptance_drop)
     within = np.asarray(step_sizes)[None, :] <= bound[:, None]
     healthy = ~diverged & (np.nan_to_num(acc, nan=-1) >= threshold[:, None]) & within
@@ -415,9 +412,8 @@ def _paired_runs(sampler: Sampler, key, eps, steps, localization, b, nbeta, full
     res = sampler.run(key, eps, steps, localization, b)
     paired = res.per_chain - full.per_chain  # (instance, chain), same keys
     healthy = np.isfinite(paired)
-    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # instances given no steps: NaN, not read
-        diff = np.nanmean(paired, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):  # instances given no steps: NaN, not read
+        diff = nan_mean(paired)
         # batch means of the paired per-block difference (as the stored batch check)
         diff_se = nbeta * batch_means_se(res.trace.astype(np.float64) - full.trace, res.post, healthy, BATCH_MEANS)
         return res.llc, full.llc, diff / np.abs(full.llc), diff_se / np.abs(full.llc)

@@ -40,7 +40,6 @@ and what that drift did to the curvature the check at the chains' ends.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from typing import Any, Callable
 
 import jax
@@ -50,6 +49,7 @@ import xarray as xr
 from slt_superposition.coupled import DIFF_BLOCKS
 from slt_superposition.curvature import curvature_at_positions, curvature_batched, quadratic_llc, step_size_bound
 from slt_superposition.diagnostics import batch_means_se
+from slt_superposition.nan_rows import nan_max, nan_mean
 
 PyTree = Any
 CHECK_STEPS = 500  # chain length of the short paired runs (at most the estimate's own)
@@ -75,10 +75,8 @@ def resolving_steps(steps: np.ndarray, rel: np.ndarray, se: np.ndarray, tol: flo
 
 def relative_difference(a: np.ndarray, b: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean a - mean b) / |mean b| over healthy chains, and the means of a and b, `(instance,)`."""
-    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        mean_a = np.nanmean(np.where(ok, a, np.nan), axis=1)
-        mean_b = np.nanmean(np.where(ok, b, np.nan), axis=1)
+    mean_a, mean_b = nan_mean(np.where(ok, a, np.nan)), nan_mean(np.where(ok, b, np.nan))
+    with np.errstate(invalid="ignore", divide="ignore"):
         # mean b = 0 (e.g. an instance whose loss is constant near w*): inf, or NaN when both are 0
         return (mean_a - mean_b) / np.abs(mean_b), mean_a, mean_b
 
@@ -164,10 +162,8 @@ def run_checks(sample: Callable, sample_pair: Callable, config, nbeta, *, n: int
                             if curvature["eigenvalues"] is not None else np.full(gamma.shape, np.nan))
     end = curvature_at_positions(loss_fn, params, data, final_positions, data_batched=data_batched, step_size=eps,
                                  localization=gamma, nbeta=nb, key=jax.random.fold_in(key, 8))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # every chain divergent: NaN
-        out["hessian_top_eigenvalue_end"] = np.nanmax(end["top"], axis=1)
-        out["step_bias_end"] = np.nanmax(end["bias"], axis=1)
+    out["hessian_top_eigenvalue_end"] = nan_max(end["top"])  # NaN where every chain diverged
+    out["step_bias_end"] = nan_max(end["bias"])
     return out
 
 
