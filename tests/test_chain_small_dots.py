@@ -60,6 +60,20 @@ def test_wider_tms_keeps_library_products():
     assert text.count("dot_general") == jax.jit(jax.grad(tms_loss)).lower(params, x).as_text().count("dot_general") > 0
 
 
+def test_tiny_products_are_rewritten_whatever_their_widths():
+    # a deep linear network on its 6 compressed rows: (6, 3) @ (3, 10), (6, 10) @ (10, 10), ...;
+    # two sizes multiply to more than SMALL, but M N K <= TINY, where a GEMM call costs ~3x
+    from toy_models.dln import dln_compressed_data, dln_data, dln_loss, dln_true_params
+
+    params = dln_true_params(jax.random.key(7), (3, 10, 10, 3), 2, "singular")
+    data = dln_compressed_data(*dln_data(jax.random.key(8), params, 1000))
+    assert data[0].shape[0] == 6
+    fast = small_dots_as_elementwise(dln_loss)
+    assert "dot_general" not in jax.jit(jax.grad(fast)).lower(params, data).as_text()
+    moved = jax.tree_util.tree_map(lambda w: w + 0.1, params)  # away from w*, where the loss is rounding
+    np.testing.assert_allclose(fast(moved, data), dln_loss(moved, data), rtol=1e-5)
+
+
 def test_nested_jit_custom_jvp_and_closed_over_tracers_under_vmap():
     params, x = _tms_inputs()
 
