@@ -14,9 +14,8 @@ the chain step with and without this rewrite, side by side.
 How: `loss_fn` is traced to a jaxpr at the shapes it is called with; the jaxpr is evaluated
 again with each small `dot_general` (the two smallest of its per-batch-element sizes M, N, K
 multiplied at most `limit`, or M N K at most `TINY`; floating point, no preferred type other
-than its inputs') replaced by multiply-and-sum. Larger products stay library GEMMs: written
-elementwise, TMS 20x5's chain step ran 2.2x slower than with GEMMs, while 6x2's runs 1.6-2x
-faster, and so do a deep linear network's on its few compressed rows (3x).
+than its inputs') replaced by multiply-and-sum. Larger products stay library GEMMs, which are
+faster there (TMS 20x5 and wider; docs/benchmarks.md, "Which products to write elementwise").
 Nested `jit`s are inlined the same way; every other primitive (custom derivatives, control
 flow) is bound unchanged, so differentiation and `vmap` of the result work as for `loss_fn`.
 The sums run in another order than the GEMM's, so results differ from `loss_fn`'s in the last
