@@ -33,10 +33,10 @@ from jax.extend.core import Literal
 
 # a dot is "small" when the two smallest of M, N, K (per batch element) multiply to at most this:
 # TMS 6x2 (x @ W.T: M = batch, N = 2, K = 6 -> 12) is rewritten, 20x5 (5 x 20 = 100) is not;
-# `python benchmarks/small_dots_rule.py` prints both forms side by side on several TMS shapes
+# `python benchmarks/small_dots_rule.py` prints the forms side by side on TMS and DLN shapes
 SMALL = 16
 # ... or when it is tiny: M N K at most this (a deep linear network's products on its few compressed
-# rows, e.g. (6, 3) @ (3, 10), where a GEMM call costs 3x the fused code)
+# rows, e.g. (6, 3) @ (3, 10), where the GEMM call costs more than the arithmetic)
 TINY = 4096
 
 
