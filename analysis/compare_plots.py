@@ -535,9 +535,14 @@ def _development_finding(dev: xr.Dataset, kgon_llc: dict[int, float]) -> str:
     with_theory = np.isfinite(final_theory)
     finals = "; ".join(f"{lab} {v:.2f} vs " + (f"{t:g}" if np.isfinite(t) else "no theory")
                        for lab, v, t in zip(final_labels, final, final_theory))
+    negative = [label for label in dict.fromkeys(labels.ravel()) if np.nanmedian(llc[labels == label]) < 0]
+    below = (f" A negative median ({', '.join(negative)}) marks snapshots that are not minima of L_n (a saddle, "
+             "or weights still moving): the chains slide downhill from them, and no LLC is defined there."
+             if negative else "")
     text = (f"- **Development** (n=6, m=2, x = mu e_i, SGD from a small initialisation): critical-point classes "
             f"along training, per seed ('+j': j dead features with positive bias): {'; '.join(paths)}. "
-            f"Estimates per class: {'; '.join(per_class)}. Final snapshots (estimate vs its class's lambda): {finals}.")
+            f"Estimates per class: {'; '.join(per_class)}.{below} Final snapshots (estimate vs its class's lambda): "
+            f"{finals}.")
     if with_theory.any():
         rel = (final[with_theory] - final_theory[with_theory]) / final_theory[with_theory]
         text += (f" Median |relative error| over the {int(with_theory.sum())} seeds with a theory: "

@@ -51,6 +51,8 @@ def test_finding_compares_final_snapshots_with_their_own_class():
     text = _development_finding(_dev(llc), {})
     assert "5-gon -> 5-gon+1" in text and "no theory" in text
     assert "Median |relative error| over the 2 seeds with a theory: 10% (from -10% to +10%)" in text
+    assert "A negative median (3 live (not a polygon)) marks snapshots that are not minima" in text
+    assert "negative median" not in _development_finding(_dev(np.abs(llc)), {})
 
 
 def test_llc_axis_limits_come_from_converged_values(tmp_path):
