@@ -22,9 +22,9 @@ compression (6 and 10 rows, as the panel runs) and minibatches of 500 of the n =
 from __future__ import annotations
 
 import argparse
-import math
 
 import jax
+import jax.numpy as jnp
 
 import chain_profile  # benchmarks/chain_profile.py, next to this script
 from slt_superposition import chain, small_dots
@@ -36,11 +36,8 @@ from toy_models.tms import tms_init_params, tms_loss
 
 def one_of_three_small(lhs, rhs, dimension_numbers, limit: int) -> bool:
     """The rule before 2026-12-05: a product is small when one of M, N, K is at most 16."""
-    (lc, rc), (lb, rb) = dimension_numbers
-    m = math.prod(s for d, s in enumerate(lhs.shape) if d not in lc and d not in lb)
-    n = math.prod(s for d, s in enumerate(rhs.shape) if d not in rc and d not in rb)
-    k = math.prod(lhs.shape[d] for d in lc)
-    return lhs.dtype == rhs.dtype and min(m, n, k) <= 16
+    return (jnp.issubdtype(lhs.dtype, jnp.floating) and lhs.dtype == rhs.dtype
+            and min(small_dots.product_sizes(lhs, rhs, dimension_numbers)) <= 16)
 
 
 def tms_programs(n_features: int, n_hidden: int, steps: int) -> dict:

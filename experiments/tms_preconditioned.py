@@ -203,10 +203,11 @@ def main(argv: list[str] | None = None) -> None:
         w_star, unravel = ravel_pytree(pick(params))
         data_i = pick(data)
         hessian = jax.jit(flat_hessian(loss_fn, unravel, data_i))  # compiled once per instance
-        H = None
         if args.pilot_time and not args.plain:
             H = pilot_hessian(loss_fn, w_star, unravel, data_i, hessian, nbeta=nbeta, gamma=LOCALIZATION,
                               sampler_time=args.pilot_time, key=jax.random.key(11))
+        else:
+            H = hessian(w_star)
         S, h = coordinates(loss_fn, w_star, unravel, data_i, nbeta, LOCALIZATION, args.plain, H)
         a = nbeta * np.maximum(np.asarray(h), 0.0) + LOCALIZATION
         print(f"{label}: d = {w_star.shape[0]}, nbeta h + gamma from {a.min():.3g} to {a.max():.3g}; "

@@ -34,7 +34,7 @@ from toy_models.train import train_grid
 def print_length_stage(calibration: xr.Dataset) -> None:
     """Per instance: the length stage's step size, and at its last two lengths the sampler time, the
     estimate +- SE, the change from the previous length and R-hat; whether the rule settled."""
-    flat = calibration.stack(instance=[d for d in calibration["converged"].dims])
+    flat = calibration.stack(instance=list(calibration["converged"].dims))
     for i in range(flat.sizes["instance"]):
         row = flat.isel(instance=i)
         ran = np.flatnonzero(np.isfinite(row["llc_length"].values))[-2:]

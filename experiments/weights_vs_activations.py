@@ -336,9 +336,10 @@ def run(out_dir: Path, *, size: str = "default", progress: bool = True,
         # the development part runs beside the models (on several processes: after them, as they do),
         # once the sweep's folder is known to be ours; a model's error is raised when it has ended
         development_part = lambda: run_development(config, out_dir, progress)
+        dev_future = None
         if workers > 1:
             check_sweep_folder(NAME, config_dict, chunks, out_dir / "sweep")
-        dev_future = beside.submit(development_part) if workers > 1 else None
+            dev_future = beside.submit(development_part)
         ds = run_sweep(
             NAME, config_dict, chunks,
             lambda c: compute_model(c["n_features"], c["n_hidden"], config, out_dir, progress),

@@ -40,14 +40,19 @@ SMALL = 16
 TINY = 4096
 
 
-def _is_small(lhs, rhs, dimension_numbers, limit: int) -> bool:
-    if not (jnp.issubdtype(lhs.dtype, jnp.floating) and lhs.dtype == rhs.dtype):
-        return False
+def product_sizes(lhs, rhs, dimension_numbers) -> tuple[int, int, int]:
+    """(M, N, K) of `lax.dot_general(lhs, rhs, dimension_numbers)` per batch element: lhs's free
+    sizes, rhs's free sizes and the contracted sizes, each multiplied out."""
     (lc, rc), (lb, rb) = dimension_numbers
     m = math.prod(s for d, s in enumerate(lhs.shape) if d not in lc and d not in lb)
     n = math.prod(s for d, s in enumerate(rhs.shape) if d not in rc and d not in rb)
-    k = math.prod(lhs.shape[d] for d in lc)
-    smallest, second, largest = sorted((m, n, k))
+    return m, n, math.prod(lhs.shape[d] for d in lc)
+
+
+def _is_small(lhs, rhs, dimension_numbers, limit: int) -> bool:
+    if not (jnp.issubdtype(lhs.dtype, jnp.floating) and lhs.dtype == rhs.dtype):
+        return False
+    smallest, second, largest = sorted(product_sizes(lhs, rhs, dimension_numbers))
     return smallest * second <= limit or smallest * second * largest <= TINY
 
 

@@ -103,11 +103,11 @@ def _check_folder(run_dir: Path, digest: str, n_chunks: int, clean: bool = True)
         chunk = _CHUNK.fullmatch(name)
         if chunk:
             require(int(chunk.group(1)) < n_chunks, f"{run_dir / name} is not a chunk of this sweep ({n_chunks} chunks)")
-        elif (_CHUNK_TMP.fullmatch(name) or _MANIFEST_TMP.fullmatch(name)) and not clean:
-            continue
         elif _CHUNK_TMP.fullmatch(name) or _MANIFEST_TMP.fullmatch(name):
-            print(f"note: removing {run_dir / name}, a half-written file left by an interrupted run", file=sys.stderr)
-            (run_dir / name).unlink()
+            if clean:
+                print(f"note: removing {run_dir / name}, a half-written file left by an interrupted run",
+                      file=sys.stderr)
+                (run_dir / name).unlink()
         else:
             raise InputError(f"{run_dir / name} was not written by this sweep; move it out of the run folder")
 
