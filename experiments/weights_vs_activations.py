@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import json
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -332,20 +333,28 @@ def run(out_dir: Path, *, size: str = "default", progress: bool = True,
     config_dict = dataclasses.asdict(config) | {"feature_probabilities": config.feature_probabilities}
     chunks = [{"n_features": n, "n_hidden": m} for n, m in config.models]
     workers = 1 if is_multiprocess() else WORKERS  # several processes compute every chunk together
+    stop = threading.Event()  # set when the models fail: the development part ends at its next stage
     with ThreadPoolExecutor(max_workers=1) as beside:
         # the development part runs beside the models (on several processes: after them, as they do),
-        # once the sweep's folder is known to be ours; a model's error is raised when it has ended
-        development_part = lambda: run_development(config, out_dir, progress)
+        # once the sweep's folder is known to be ours
+        development_part = lambda: run_development(config, out_dir, progress, stop=stop)
         dev_future = None
         if workers > 1:
             check_sweep_folder(NAME, config_dict, chunks, out_dir / "sweep")
             dev_future = beside.submit(development_part)
-        ds = run_sweep(
-            NAME, config_dict, chunks,
-            lambda c: compute_model(c["n_features"], c["n_hidden"], config, out_dir, progress),
-            out_dir / "sweep", combine=join_models, progress=progress, workers=workers,
-            cost=lambda c: c["n_features"] * c["n_hidden"],  # the largest model first
-        )
+        try:
+            ds = run_sweep(
+                NAME, config_dict, chunks,
+                lambda c: compute_model(c["n_features"], c["n_hidden"], config, out_dir, progress),
+                out_dir / "sweep", combine=join_models, progress=progress, workers=workers,
+                cost=lambda c: c["n_features"] * c["n_hidden"],  # the largest model first
+            )
+        except BaseException as err:  # a model's error (or Ctrl-C): said now, raised once the development part stops
+            stop.set()
+            if dev_future is not None and not dev_future.done():
+                print(f"{NAME}: {type(err).__name__}: {err}; stopping the development part at the end of its "
+                      "current stage", file=sys.stderr, flush=True)
+            raise
         ds.attrs.update(provenance_attrs("compare", config_dict))
         save_dataset(ds, out_dir / "weights_vs_activations.nc")
         dev = dev_future.result() if dev_future is not None else development_part()
@@ -360,9 +369,15 @@ def run(out_dir: Path, *, size: str = "default", progress: bool = True,
     return ds
 
 
-def run_development(config: FlagshipConfig, out_dir: Path, progress: bool = True) -> xr.Dataset:
+class DevelopmentStopped(Exception):
+    """The development part ended early: the models it runs beside had failed (`run`'s `stop`)."""
+
+
+def run_development(config: FlagshipConfig, out_dir: Path, progress: bool = True,
+                    stop: threading.Event | None = None) -> xr.Dataset:
     """The development part: Chen et al.'s TMS trained by SGD with weight snapshots, every snapshot's
-    LLC (n = `development_samples`, one calibration for all) and class; saved as `development.nc`."""
+    LLC (n = `development_samples`, one calibration for all) and class; saved as `development.nc`.
+    `stop`: when set, `DevelopmentStopped` is raised before the next stage (nothing is saved)."""
     dev_config = TrainConfig(
         n_features=6, n_hidden=2, feature_probabilities=(1.0,), seeds=config.development_seeds,
         steps=config.development_steps, batch_size=config.development_batch_size, data="high_sparsity_limit",
@@ -370,8 +385,14 @@ def run_development(config: FlagshipConfig, out_dir: Path, progress: bool = True
         snapshot_steps=tuple(np.unique(np.geomspace(10, config.development_steps, config.development_snapshots)
                                        .astype(int)).tolist()),
     )
+    def check_stop():
+        if stop is not None and stop.is_set():
+            raise DevelopmentStopped("the development part stopped: the models it ran beside had failed")
+
+    check_stop()
     with _stage("development: calibrate on a trained 6-feature TMS", progress):
         dev_sgld = _development_sgld(dev_config, config, out_dir)
+    check_stop()
     with _stage(f"development: train {config.development_seeds} seeds by SGD, every snapshot's LLC", progress):
         dev = development(dev_config, sgld=dev_sgld, n_samples=config.development_samples,
                           key=jax.random.key(config.seed + 1), check_steps=config.check_steps,

@@ -124,6 +124,40 @@ def test_flagship_refuses_a_foreign_sweep_folder_before_anything_runs(tmp_path):
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["notes.txt", "sweep"]
 
 
+def test_flagship_stops_its_development_part_when_a_model_fails(tmp_path, monkeypatch, capsys):
+    # the development part runs in a thread beside the models: a model's error is said at once and the
+    # development part is told to stop, instead of the error waiting minutes for it to finish
+    from experiments import weights_vs_activations as flagship
+
+    saw_stop = []
+
+    def development(config, out_dir, progress=True, stop=None):
+        saw_stop.append(stop.wait(120))
+        raise flagship.DevelopmentStopped("stopped")
+
+    def broken_model(*args, **kwargs):
+        raise RuntimeError("model broke")
+
+    monkeypatch.setattr(flagship, "run_development", development)
+    monkeypatch.setattr(flagship, "compute_model", broken_model)
+    with pytest.raises(RuntimeError, match="model broke"):
+        flagship.run(tmp_path, config=flagship.QUICK, progress=False)
+    assert saw_stop == [True]
+    assert "model broke; stopping the development part" in capsys.readouterr().err
+
+
+def test_development_part_told_to_stop_ends_before_its_next_stage(tmp_path):
+    import threading
+
+    from experiments.weights_vs_activations import QUICK, DevelopmentStopped, run_development
+
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(DevelopmentStopped):
+        run_development(QUICK, tmp_path, progress=False, stop=stop)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_flagship_tiny_grid_is_reproducible_and_self_describing(tmp_path):
     import json
