@@ -11,6 +11,12 @@ model and cap: the share trusted, the share whose length rule settled, whose sto
 batch checks passed, the median estimate and the wall time.
 
     python -m experiments.trusted_vs_cap [--caps 2400 19200] [--models 5,2 6,2 20,5] [--chains 2 8] [--details]
+    python -m experiments.trusted_vs_cap --size default --probabilities 4 --seeds 2 --models 20,5 --caps 4000 --chains 4
+
+`--size default` runs the default grid's settings (n = 16,384, its training and calibration budget)
+instead of the quick grid's, `--probabilities` and `--seeds` shrink the grid (the feature
+probabilities stay log-spaced from 1 to 0.01): the second line is 8 instances of the default
+flagship's largest model at its cap, about two minutes of its LLC stage on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import jax
 import numpy as np
 import xarray as xr
 
-from experiments.weights_vs_activations import (QUICK, _calibrated_llc, _refined_inputs, model_key,
+from experiments.weights_vs_activations import (QUICK, SIZES, _calibrated_llc, _refined_inputs, model_key,
                                                  model_train_config)
 from slt_superposition.checks import BATCH_TOL, STEP_TOL, within
 from toy_models.train import train_grid
@@ -77,11 +83,22 @@ def main() -> None:
                         help="calibration chains (the estimate keeps the quick grid's llc_chains)")
     parser.add_argument("--details", action="store_true",
                         help="print each instance's chain-length stage (last two lengths: estimate, change, R-hat)")
+    parser.add_argument("--size", choices=("quick", "default"), default="quick",
+                        help="the flagship grid whose settings are used (default: quick)")
+    parser.add_argument("--probabilities", type=int, default=None,
+                        help="feature probabilities (log-spaced from 1 to 0.01; default: the grid's own)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per feature probability (default: the grid's own)")
     args = parser.parse_args()
+    config = SIZES[args.size]
+    for name, value in (("n_feature_probabilities", args.probabilities), ("seeds", args.seeds)):
+        if value is not None:
+            if value < 1:
+                parser.error(f"--{'probabilities' if name.startswith('n_') else 'seeds'} must be at least 1")
+            config = dataclasses.replace(config, **{name: value})
     for model in args.models:
         n, m = (int(v) for v in model.split(","))
         for cap, chains in ((cap, chains) for chains in args.chains for cap in args.caps):
-            r = measure(n, m, cap, chains, details=args.details)
+            r = measure(n, m, cap, chains, config=config, details=args.details)
             print(f"n{n}_m{m} cap {cap}, {chains} calibration chains: trusted {r['trusted']:.0%} of {r['instances']}, length rule settled "
                   f"{r['converged']:.0%}, step check passed {r['step_check']:.0%}, batch check passed "
                   f"{r['batch_check']:.0%}; median llc "

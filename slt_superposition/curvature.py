@@ -14,7 +14,7 @@ Flat directions (h = 0) contribute nothing to the quadratic prediction; at singu
 the LLC exceeds it by what the higher-order directions add, so a measured estimate above
 `llc_quadratic` is information about the model, not an error.
 
-The Hessian is dense (`jax.hessian` of the flattened loss on the full data) up to
+The Hessian is dense (`dense_hessian` of the flattened loss on the full data) up to
 `MAX_DENSE_PARAMETERS` parameters; beyond, only its top eigenvalue, by power iteration with
 Hessian-vector products, and the bound uses that alone (each direction no more curved).
 
@@ -39,6 +39,10 @@ from jax.flatten_util import ravel_pytree
 PyTree = Any
 MAX_DENSE_PARAMETERS = 2048
 POWER_ITERATIONS = 100
+# `dense_hessian` on a CPU computes together as many Hessian columns as keep their number times the
+# data's bytes within this: the fastest column count or within 15% of it on every shape that
+# `benchmarks/hessian_columns.py` measures (TMS 5x2 to 20x5 on 2048 to 16,384 rows, a DLN's compressed rows)
+HESSIAN_CACHE_BYTES = 2**21
 
 
 def _flat_loss(loss_fn: Callable, params: PyTree) -> tuple[Callable, jax.Array]:
@@ -46,11 +50,36 @@ def _flat_loss(loss_fn: Callable, params: PyTree) -> tuple[Callable, jax.Array]:
     return lambda w, data: loss_fn(unravel(w), data), w_star
 
 
+def hessian_columns(d: int, data: PyTree) -> int:
+    """How many Hessian columns `dense_hessian` computes together: on a CPU as many as keep their
+    number times the data's bytes within `HESSIAN_CACHE_BYTES` (at least 1, at most d); on an
+    accelerator all d."""
+    if jax.default_backend() != "cpu":
+        return d
+    data_bytes = sum(np.size(x) * np.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(data))
+    return int(max(1, min(d, HESSIAN_CACHE_BYTES // max(data_bytes, 1))))
+
+
+def dense_hessian(f: Callable, w: jax.Array, data: PyTree, columns: int | None = None) -> jax.Array:
+    """The Hessian `(d, d)` in w of `f(w, data)` at `w: (d,)`, symmetrised, a few columns at a time.
+
+    Each column is a Hessian-vector product with a basis vector (forward over reverse), `columns`
+    of them vectorised together (`lax.map`; None: `hessian_columns`). `jax.hessian` pushes all d basis
+    vectors through at once, and its intermediates (d copies of every activation of the forward
+    pass over the whole data) outgrow a CPU's caches on the flagship's TMS 20x5 at n = 16,384: there
+    a few at a time is several times faster, and the memory no longer grows with d
+    (`python benchmarks/hessian_columns.py`; docs/benchmarks.md). Same values up to float32 rounding.
+    """
+    grad = jax.grad(lambda v: f(v, data))
+    H = jax.lax.map(lambda v: jax.jvp(grad, (w,), (v,))[1], jnp.eye(w.size, dtype=w.dtype),
+                    batch_size=columns or hessian_columns(w.size, data))
+    return 0.5 * (H + H.T)
+
+
 def hessian_eigenvalues(loss_fn: Callable, params: PyTree, data: PyTree) -> jax.Array:
     """Eigenvalues `(d,)` (ascending) of the Hessian of `loss_fn(., data)` at `params`."""
     flat, w = _flat_loss(loss_fn, params)
-    H = jax.hessian(flat)(w, data)
-    return jnp.linalg.eigvalsh(0.5 * (H + H.T))
+    return jnp.linalg.eigvalsh(dense_hessian(flat, w, data))
 
 
 def top_hessian_eigenvalue(loss_fn: Callable, params: PyTree, data: PyTree, key,
