@@ -117,8 +117,8 @@ def check_sweep_folder(name: str, config: dict[str, Any], chunks: Sequence[Any],
     sweep's, or files not ours), raised now, changing nothing: for work that should start only once
     the sweep is known to run (the flagship's development part, run beside the sweep)."""
     run_dir = Path(run_dir)
+    _require_not_a_file(run_dir)
     if run_dir.exists():
-        require(run_dir.is_dir(), f"sweep folder {run_dir} is a file")
         _check_folder(run_dir, sweep_hash(name, config, chunks), len(chunks), clean=False)
 
 
@@ -138,9 +138,12 @@ def _load_chunk(path: Path, digest: str, index: int, content: bytes | None = Non
     return ds
 
 
+def _require_not_a_file(run_dir: Path) -> None:
+    require(not run_dir.exists() or run_dir.is_dir(), f"sweep folder {run_dir} is a file")
+
+
 def _make_folder(run_dir: Path) -> None:
-    if run_dir.exists() and not run_dir.is_dir():
-        raise InputError(f"sweep folder {run_dir} is a file")
+    _require_not_a_file(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
