@@ -209,3 +209,9 @@ def test_check_sweep_folder_raises_what_run_sweep_would_and_changes_nothing(tmp_
         check_sweep_folder("toy", {"a": 2}, CHUNKS, tmp_path / "run")
     check_sweep_folder("toy", {"a": 1}, CHUNKS, tmp_path / "run")  # a killed write's temp file: left for run_sweep
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before
+    (tmp_path / "file").write_text("mine")
+    for check in (lambda: check_sweep_folder("toy", {"a": 1}, CHUNKS, tmp_path / "file"),
+                  lambda: run_sweep("toy", {"a": 1}, CHUNKS, _toy_compute, tmp_path / "file", progress=False)):
+        with pytest.raises(InputError, match="sweep folder .*file is a file"):
+            check()
+    assert (tmp_path / "file").read_text() == "mine"
