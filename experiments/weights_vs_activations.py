@@ -352,8 +352,9 @@ def run(out_dir: Path, *, size: str = "default", progress: bool = True,
         except BaseException as err:  # a model's error (or Ctrl-C): said now, raised once the development part stops
             stop.set()
             if dev_future is not None and not dev_future.done():
-                print(f"{NAME}: {type(err).__name__}: {err}; stopping the development part at the end of its "
-                      "current stage", file=sys.stderr, flush=True)
+                said = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+                print(f"{NAME}: {said}; stopping the development part at the end of its current stage",
+                      file=sys.stderr, flush=True)
             raise
         ds.attrs.update(provenance_attrs("compare", config_dict))
         save_dataset(ds, out_dir / "weights_vs_activations.nc")
@@ -385,6 +386,7 @@ def run_development(config: FlagshipConfig, out_dir: Path, progress: bool = True
         snapshot_steps=tuple(np.unique(np.geomspace(10, config.development_steps, config.development_snapshots)
                                        .astype(int)).tolist()),
     )
+
     def check_stop():
         if stop is not None and stop.is_set():
             raise DevelopmentStopped("the development part stopped: the models it ran beside had failed")
