@@ -12,7 +12,8 @@
 #    - `reproduce tms-llc-vs-n` at n = 2^18, 2^19 (LOG2_N, a Python tuple) for the three points
 #      that still exceeded the symmetry bound at 2^17 (n6_m2 p = 0.05, n20_m5 p = 0.398 and
 #      p = 0.05), one process each, on the trained weights of the CPU run (TRAIN_FROM, default
-#      results/tms_llc_vs_n: its train_{model}.nc), so the points extend the same instances.
+#      results/tms_llc_vs_n: its train_{model}.nc), so the points extend the same instances (skipped,
+#      with a line saying so, where that folder does not exist, as in a fresh checkout).
 # GPU_SCALE=0, REFINE_BENCH=0, FLAGSHIP=0 skip those parts (e.g. to give the n study the GPU alone).
 # The flagship's time is therefore an upper bound on its time alone. FINISH_BY (epoch seconds)
 # shortens SECONDS so that everything is packed by then. Logs, reports and figures are
@@ -53,11 +54,15 @@ run() {  # run NAME ARGS...: reproduce ARGS into $WORK/NAME, log in $OUT/NAME.lo
     echo "exit $? after $(( $(date +%s) - start )) s" >> "$OUT/$name.log" ) &
 }
 [ "${FLAGSHIP:-1}" != 0 ] && run flagship_full weights-vs-activations --full  # skipped with FLAGSHIP=0
-for point in "n6_m2 0.05" "n20_m5 0.398" "n20_m5 0.05"; do
-  set -- $point
-  run "llc_vs_n_$1_p$2" tms-llc-vs-n --full --only "$1" --set "sparsities=($2,)" --set "log2_n=${LOG2_N:-(18, 19)}" \
-    --set "train_from=$TRAIN_FROM"
-done
+if [ -d "$TRAIN_FROM" ]; then
+  for point in "n6_m2 0.05" "n20_m5 0.398" "n20_m5 0.05"; do
+    set -- $point
+    run "llc_vs_n_$1_p$2" tms-llc-vs-n --full --only "$1" --set "sparsities=($2,)" --set "log2_n=${LOG2_N:-(18, 19)}" \
+      --set "train_from=$TRAIN_FROM"
+  done
+else  # a fresh checkout has no CPU run to extend: the n study needs its trained weights
+  echo "tms-llc-vs-n skipped: no $TRAIN_FROM (the CPU run's train_{model}.nc; set TRAIN_FROM)" | tee "$OUT/llc_vs_n_skipped.log"
+fi
 wait
 for log in "$OUT"/*.log; do echo "== $log"; grep -v "it/s\]\|s/it\]" "$log" | tail -25; done
 # reports, figures and the small datasets in one archive; the flagship's datasets in another
