@@ -48,7 +48,7 @@ import numpy as np
 import xarray as xr
 from jax.flatten_util import ravel_pytree
 
-from slt_superposition.curvature import dense_hessian, quadratic_llc
+from slt_superposition.curvature import hessian_matrix, quadratic_llc
 from slt_superposition.errors import require
 
 EXACT_MAX_D = 2000
@@ -125,12 +125,6 @@ def _rank_core(values: np.ndarray, rtol: float) -> np.ndarray:
 def _flat_loss(loss_fn, params, data):
     flat, unravel = ravel_pytree(params)
     return (lambda w: loss_fn(unravel(w), data)), flat
-
-
-def hessian_matrix(loss_fn: Callable, params: Any, data: Any) -> jax.Array:
-    """The dense Hessian `(d, d)` of `loss_fn(params, data)` in the flattened parameters."""
-    flat, unravel = ravel_pytree(params)
-    return dense_hessian(lambda w, x: loss_fn(unravel(w), x), flat, data)
 
 
 def hvp(loss_fn: Callable, params: Any, data: Any) -> tuple[Callable, int]:
@@ -263,7 +257,7 @@ def hessian_spectrum(
 ) -> xr.DataArray:
     """Eigenvalues of the Hessian of `loss_fn(params, data)`, dim `eigen`, descending.
 
-    `method`: 'exact' (dense `curvature.dense_hessian`, then `eigvalsh`), 'lanczos' (Hessian-vector
+    `method`: 'exact' (dense `curvature.hessian_matrix`, then `eigvalsh`), 'lanczos' (Hessian-vector
     products, `lanczos_eigenvalues`), or 'auto' = exact for d <= `EXACT_MAX_D`, else Lanczos.
     Lanczos returns the `num_eigs` (default min(d, 100)) eigenvalues largest in magnitude from
     `num_steps` (default min(d, max(2 num_eigs, num_eigs + 20))) steps started from `key`

@@ -76,10 +76,16 @@ def dense_hessian(f: Callable, w: jax.Array, data: PyTree, columns: int | None =
     return 0.5 * (H + H.T)
 
 
+def hessian_matrix(loss_fn: Callable, params: PyTree, data: PyTree) -> jax.Array:
+    """The dense Hessian `(d, d)` of `loss_fn(params, data)` in the flattened parameters
+    (`jax.flatten_util.ravel_pytree` order), by `dense_hessian`."""
+    flat, w = _flat_loss(loss_fn, params)
+    return dense_hessian(flat, w, data)
+
+
 def hessian_eigenvalues(loss_fn: Callable, params: PyTree, data: PyTree) -> jax.Array:
     """Eigenvalues `(d,)` (ascending) of the Hessian of `loss_fn(., data)` at `params`."""
-    flat, w = _flat_loss(loss_fn, params)
-    return jnp.linalg.eigvalsh(dense_hessian(flat, w, data))
+    return jnp.linalg.eigvalsh(hessian_matrix(loss_fn, params, data))
 
 
 def top_hessian_eigenvalue(loss_fn: Callable, params: PyTree, data: PyTree, key,

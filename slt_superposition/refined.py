@@ -46,7 +46,7 @@ import xarray as xr
 from jax.flatten_util import ravel_pytree
 
 from slt_superposition.chain import instance_program
-from slt_superposition.curvature import MAX_DENSE_PARAMETERS, dense_hessian, quadratic_llc
+from slt_superposition.curvature import MAX_DENSE_PARAMETERS, hessian_matrix, quadratic_llc
 from slt_superposition.errors import InputError, require
 from slt_superposition.instances import flatten_instances
 from slt_superposition.sharding import run_sharded, single_device_mesh
@@ -139,10 +139,7 @@ def sample_masked(loss_fn: Callable, params: PyTree, data: PyTree, masks: PyTree
 
 @functools.lru_cache(maxsize=32)
 def _hessians(loss_fn: Callable, data_batched: bool) -> Callable:
-    def one(p, x):
-        w, unravel = ravel_pytree(p)
-        return dense_hessian(lambda v, x: loss_fn(unravel(v), x), w, x)
-
+    one = lambda p, x: hessian_matrix(loss_fn, p, x)
     if data_batched:
         return jax.jit(lambda p, x: jax.lax.map(lambda a: one(*a), (p, x)))
     return jax.jit(lambda p, x: jax.lax.map(lambda a: one(a, x), p))
