@@ -525,17 +525,18 @@ def _development_finding(dev: xr.Dataset, kgon_llc: dict[int, float]) -> str:
     for row in labels:
         path = [row[0]] + [b for a, b in zip(row[:-1], row[1:]) if b != a]
         paths.append(" -> ".join(path))
-    per_class = []
+    per_class, negative = [], []
     for label in dict.fromkeys(labels.ravel()):
         at = labels == label
-        lam = theory[at][0]
-        per_class.append(f"{label}: median {np.nanmedian(llc[at]):.2f} over {int(at.sum())} snapshots vs "
+        lam, median = theory[at][0], np.nanmedian(llc[at])
+        per_class.append(f"{label}: median {median:.2f} over {int(at.sum())} snapshots vs "
                          + (f"lambda {lam:g}" if np.isfinite(lam) else "no theory"))
+        if median < 0:
+            negative.append(label)
     final, final_theory, final_labels = llc[:, -1], theory[:, -1], labels[:, -1]
     with_theory = np.isfinite(final_theory)
     finals = "; ".join(f"{lab} {v:.2f} vs " + (f"{t:g}" if np.isfinite(t) else "no theory")
                        for lab, v, t in zip(final_labels, final, final_theory))
-    negative = [label for label in dict.fromkeys(labels.ravel()) if np.nanmedian(llc[labels == label]) < 0]
     below = (f" A negative median ({', '.join(negative)}) marks snapshots that are not minima of L_n (a saddle, "
              "or weights still moving): the chains slide downhill from them, and no LLC is defined there."
              if negative else "")
