@@ -14,6 +14,10 @@ floor (at the curvature-bounded step sizes of the narrow cases, 1e7 steps and mo
   coefficient can exceed lambda.
 
     slt-superposition reproduce dln-validation --out results/dln_validation [--quick] [--only CASE ...]
+    slt-superposition reproduce dln-validation --set metropolis=True --out results/dln_validation_mala
+
+`metropolis=True` runs every chain Metropolis-adjusted (`SGLDConfig.metropolis`: exact at any step
+size; the calibration's step size is then limited by the acceptance rate, not the curvature bound).
 
 Writes dln_validation.nc, dln_validation.md (table), report.md, dln_validation.png
 (lambda_hat vs lambda) and calibration/<case>.nc + .png (why each config was chosen). Each case is
@@ -35,6 +39,7 @@ import xarray as xr
 
 from experiments.registry import header, row_variables, run_cases
 from slt_superposition.calibration import calibrate
+from slt_superposition.errors import require
 from slt_superposition.io import save_dataset
 from slt_superposition.llc import estimate_llc
 from slt_superposition.provenance import provenance_attrs
@@ -120,7 +125,7 @@ VARIABLES = {
     "converged": ("calibrate found the estimate stopped rising under doubling the chain (1) or not (0)", "1"),
     "bias_consistent": ("calibrate found the chosen step size consistent with the next smaller one (1) or not (0)",
                         "1"),
-    "mala_acceptance": ("mean MALA acceptance proxy", "1"),
+    "mala_acceptance": ("mean MALA acceptance proxy (Metropolis-adjusted chains: the realised acceptance rate)", "1"),
     "rhat": ("R-hat of the post-burn-in loss traces", "1"),
     "n_diverged": ("divergent chains", "chains"),
     "n_parameters": ("number of parameters d", "1"),
@@ -245,12 +250,14 @@ def finding(ds: xr.Dataset) -> str:
 
 
 def run(out_dir: Path, *, size: str = "default", progress: bool = True, only: Sequence[str] | None = None,
-        max_acceptance_drop: float = 0.12) -> xr.Dataset:
+        max_acceptance_drop: float = 0.12, metropolis: bool = False) -> xr.Dataset:
     """Run the DLN panel (quick: a small subset; `only`: the cases of these names) and write outputs.
 
     Every case is a chunk of a resumable sweep under out_dir/cases (`registry.run_cases`).
-    `max_acceptance_drop` is passed to `calibrate` (the one calibration setting studied here).
+    `max_acceptance_drop` is passed to `calibrate` (the one calibration setting studied here);
+    `metropolis`: Metropolis-adjusted chains (calibrated and estimated so).
     """
+    require(isinstance(metropolis, bool), f"metropolis must be True or False, got {metropolis!r}")
     quick = size == "quick"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -259,11 +266,13 @@ def run(out_dir: Path, *, size: str = "default", progress: bool = True, only: Se
     config = dict(quick=quick, cases=[case_name(*c) for c in cases], n=N_SAMPLES, batch_size=None,
                   data="dln_compressed_data",
                   num_chains=NUM_CHAINS, seed=SEED, max_steps=max_steps, localization=LOCALIZATION, nbeta="n/log n",
-                  max_acceptance_drop=max_acceptance_drop)
+                  max_acceptance_drop=max_acceptance_drop,
+                  # recorded only when set, so that folders of the plain-SGLD panel still resume
+                  **({"metropolis": True} if metropolis else {}))
 
     def compute(case) -> xr.Dataset:
         row = run_case(*case, max_steps=max_steps, calibration_dir=out_dir / "calibration", progress=progress,
-                       max_acceptance_drop=max_acceptance_drop)
+                       max_acceptance_drop=max_acceptance_drop, metropolis=metropolis)
         if progress:
             print(f"{row['case']}: lambda {row['lambda_theory']:.2f} lambda_hat {row['llc_mean']:.2f} "
                   f"({100 * row['rel_error']:+.1f}%) eps {row['step_size']:.2g} steps {row['num_steps']} "

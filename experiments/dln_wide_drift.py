@@ -23,6 +23,13 @@ the layers, and the distance from w*.
 
     python -m experiments.dln_wide_drift                                   # 3-10-10-3 rank 2
     python -m experiments.dln_wide_drift --widths 2-20-2 --rank 1 --sampler-time 0.5
+    python -m experiments.dln_wide_drift --metropolis --sampler-time 0.512  # the same chains, Metropolis-adjusted
+
+`--metropolis` adds a Metropolis-Hastings accept/reject to every step (MALA: the SGLD step is the
+proposal; full batch, so the potential is exact), which leaves the localized tempered posterior
+exactly invariant at any step size: whatever step-size bias the plain chains show, these chains do
+not have, at the price of rejected steps (the acceptance rate is printed). Where plain SGLD and MALA
+at the same step size and sampler time differ, the difference is SGLD's discretisation bias.
 """
 
 from __future__ import annotations
@@ -46,24 +53,53 @@ BLOCK = 4096  # steps per compiled block; a block's float32 sum of excess losses
 FIRST_TIME = 0.004  # the first checkpoint's sampler time; then doubling
 
 
-def chain_blocks(params, data, step_size: float, localization: float):
-    """`run(positions, keys, start, n_blocks) -> (positions, sums (n_blocks, chains))`: BLOCK-step
-    blocks of every chain (vmapped), each block's summed excess loss L(w_t) - L(w*) per chain.
-    Block b of a chain draws its noise from `fold_in(key, start + b)` in one call."""
+def chain_blocks(params, data, step_size: float, localization: float, metropolis: bool = False):
+    """`run(positions, keys, start, n_blocks) -> (positions, sums (n_blocks, chains), accepted
+    (n_blocks, chains))`: BLOCK-step blocks of every chain (vmapped), each block's summed excess loss
+    L(w_t) - L(w*) per chain and its number of accepted steps (every step for plain SGLD). Block b of
+    a chain draws its noise (and, with `metropolis`, its uniforms) from `fold_in(key, start + b)`."""
     w_star, unravel = ravel_pytree(params)
     flat_loss = lambda w, batch: dln_loss(unravel(w), batch)
     kernel = sgld(flat_loss, w_star, step_size=step_size, localization=localization, nbeta=NBETA)
     init_loss = flat_loss(w_star, data)
+    value_and_grad = jax.value_and_grad(flat_loss)
+
+    def potential_and_drift(w):
+        """(L(w), U(w) = nbeta L + gamma |w - w*|^2 / 2, grad U(w))."""
+        loss, grad = value_and_grad(w, data)
+        offset = w - w_star
+        return loss, NBETA * loss + 0.5 * localization * jnp.sum(offset**2), NBETA * grad + localization * offset
+
+    def sgld_step(w, z):
+        state, info = kernel.step_with_noise(kernel.init(w), data, z)
+        return state.position, (info.loss - init_loss, jnp.float32(1))
+
+    def mala_step(carry, xs):
+        """The SGLD step as a proposal, accepted with the MALA probability. The log ratio is written
+        so that nothing large cancels: with delta = w' - w, log q(w | w') - log q(w' | w) =
+        delta . (g + g') / 2 - eps (|g'|^2 - |g|^2) / 8 for the Gaussian proposal q(. | w) =
+        N(w - eps g / 2, eps)."""
+        (w, loss, potential, drift), (z, u) = carry, xs
+        proposal = w + (jnp.sqrt(step_size) * z - 0.5 * step_size * drift)
+        loss_p, potential_p, drift_p = potential_and_drift(proposal)
+        delta = proposal - w
+        log_ratio = (potential - potential_p + 0.5 * jnp.dot(delta, drift + drift_p)
+                     - 0.125 * step_size * (jnp.sum(drift_p**2) - jnp.sum(drift**2)))
+        accept = jnp.log(u) < log_ratio  # NaN (a non-finite proposal) rejects
+        new = jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), (proposal, loss_p, potential_p, drift_p),
+                                     (w, loss, potential, drift))
+        return new, (loss - init_loss, accept.astype(jnp.float32))
 
     def one_chain(key, start):
-        def step(w, z):
-            state, info = kernel.step_with_noise(kernel.init(w), data, z)
-            return state.position, info.loss - init_loss
-
         def block(w, b):
-            noise = jax.random.normal(jax.random.fold_in(key, start + b), (BLOCK, w.size), w.dtype)
-            w, excess = jax.lax.scan(step, w, noise)
-            return w, jnp.sum(excess)
+            block_key = jax.random.fold_in(key, start + b)
+            noise = jax.random.normal(block_key, (BLOCK, w.size), w.dtype)
+            if not metropolis:
+                w, (excess, accepted) = jax.lax.scan(sgld_step, w, noise)
+            else:
+                uniforms = jax.random.uniform(jax.random.fold_in(block_key, 1), (BLOCK,), w.dtype)
+                (w, *_), (excess, accepted) = jax.lax.scan(mala_step, (w, *potential_and_drift(w)), (noise, uniforms))
+            return w, (jnp.sum(excess), jnp.sum(accepted))
 
         return block
 
@@ -94,11 +130,13 @@ def describe_positions(flat, unravel, params, data, rank: int, step_size: float,
     return out
 
 
-def run_step_size(params, data, rank: int, step_size: float, sampler_time: float, localization: float, key) -> None:
-    run, unravel = chain_blocks(params, data, step_size, localization)
+def run_step_size(params, data, rank: int, step_size: float, sampler_time: float, localization: float, key,
+                  metropolis: bool = False) -> None:
+    run, unravel = chain_blocks(params, data, step_size, localization, metropolis)
     keys = jax.random.split(key, NUM_CHAINS)
     flat = jnp.broadcast_to(ravel_pytree(params)[0], (NUM_CHAINS, sum(W.size for W in params)))
     sums = np.zeros((0, NUM_CHAINS))  # per block, float64
+    accepted = np.zeros((0, NUM_CHAINS))
     done = 0
     checkpoints, t = [], FIRST_TIME
     while t <= sampler_time * (1 + 1e-9):
@@ -108,18 +146,20 @@ def run_step_size(params, data, rank: int, step_size: float, sampler_time: float
     for t in checkpoints:
         n_blocks = max(1, round(t / step_size / BLOCK)) - done
         if n_blocks > 0:
-            flat, block_sums = run(flat, keys, done, n_blocks)
+            flat, (block_sums, block_accepted) = run(flat, keys, done, n_blocks)
             sums = np.concatenate([sums, np.asarray(block_sums, np.float64)])
+            accepted = np.concatenate([accepted, np.asarray(block_accepted, np.float64)])
             done += n_blocks
         half = done // 2
         per_chain = NBETA * sums[half:].sum(axis=0) / ((done - half) * BLOCK)
         at = describe_positions(flat, unravel, params, data, rank, step_size, localization, key)
         norms = np.mean(at["norms"], axis=0)
-        print(f"gamma {localization:g} eps {step_size:.3g}  t {done * BLOCK * step_size:7.3f} ({done * BLOCK:>9} steps): "
+        acceptance = f"  accepted {accepted[half:].sum() / ((done - half) * BLOCK * NUM_CHAINS):.3f}" if metropolis else ""
+        print(f"{'MALA ' if metropolis else ''}gamma {localization:g} eps {step_size:.3g}  t {done * BLOCK * step_size:7.3f} ({done * BLOCK:>9} steps): "
               f"LLC {per_chain.mean():5.2f} (chains {' '.join(f'{v:.2f}' for v in per_chain)})  "
               f"top h {np.mean(at['top']):8.2f}  predicted bias {np.mean(at['bias']):+7.1%}  "
               f"|W_l| {'/'.join(f'{v:.2f}' for v in norms)}  s_r+1/s_1 {np.max(at['rank_ratio']):.3f}  "
-              f"|w-w*| {np.mean(at['distance']):.2f}  [{time.perf_counter() - start:.0f} s]", flush=True)
+              f"|w-w*| {np.mean(at['distance']):.2f}{acceptance}  [{time.perf_counter() - start:.0f} s]", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -133,6 +173,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="last checkpoint's step size x steps (default %(default)s, the panel's cap at 1e-7)")
     parser.add_argument("--localization", type=float, default=LOCALIZATION,
                         help="localization gamma (default %(default)s, the panel's)")
+    parser.add_argument("--metropolis", action="store_true",
+                        help="accept or reject every step (MALA, exact at any step size) instead of plain SGLD")
     args = parser.parse_args(argv)
     widths = args.widths
     if not all(eps > 0 for eps in args.step_sizes) or not args.sampler_time >= FIRST_TIME or not args.localization > 0:
@@ -144,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'-'.join(map(str, widths))} rank {args.rank}: lambda = {dln_learning_coefficient(widths, args.rank):g}; at w*: top h "
           f"{h.max():.2f}, |W_l| {'/'.join(f'{float(jnp.linalg.norm(W)):.2f}' for W in params)}", flush=True)
     for eps in args.step_sizes:
-        run_step_size(params, data, args.rank, eps, args.sampler_time, args.localization, k_est)
+        run_step_size(params, data, args.rank, eps, args.sampler_time, args.localization, k_est, args.metropolis)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,12 @@ are over the second half of a pilot run of sampler time T instead.
     python -m experiments.tms_preconditioned                               # eps 0.03 and 0.01, times up to 256
     python -m experiments.tms_preconditioned --plain --step-sizes 1e-4 --max-time 4
     python -m experiments.tms_preconditioned --pilot-time 1                # M from a plain pilot's curvature
+    python -m experiments.tms_preconditioned --plain --metropolis --step-sizes 1e-3 3e-4   # plain MALA
+
+`--metropolis` makes every step a proposal accepted with the Metropolis-adjusted Langevin (MALA)
+probability: full batch, so the potential is exact and the chain leaves the localized posterior
+exactly invariant at any step size (no discretisation bias; the price is rejected steps, whose rate
+is printed).
 """
 
 from __future__ import annotations
@@ -77,7 +83,7 @@ def pilot_hessian(loss_fn, w_star, unravel, data, hessian, *, nbeta: float, gamm
     steps = max(1, int(round(sampler_time / step_size / segments)))
     start, total, count = None, 0.0, 0
     for segment in range(segments):
-        _, final = run_chains(loss_fn, w_star, unravel, data, identity, nbeta=nbeta, gamma=gamma, step_size=step_size,
+        _, final, _ = run_chains(loss_fn, w_star, unravel, data, identity, nbeta=nbeta, gamma=gamma, step_size=step_size,
                               steps=steps, key=jax.random.fold_in(key, segment), start=start)
         if not np.all(np.isfinite(final)):
             raise SystemExit("a pilot chain diverged; use a smaller pilot step size")
@@ -89,9 +95,11 @@ def pilot_hessian(loss_fn, w_star, unravel, data, hessian, *, nbeta: float, gamm
 
 
 def run_chains(loss_fn, w_star, unravel, data, S, *, nbeta: float, gamma: float, step_size: float,
-               steps: int, key, start=None) -> tuple[np.ndarray, np.ndarray]:
+               steps: int, key, start=None, metropolis: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`(chains, steps)` samples of nbeta (L_n(w_t) - L_n(w*)) along Langevin chains in u from u = 0
-    (or from `start` `(chains, d)`), and the chains' final positions w `(chains, d)`."""
+    (or from `start` `(chains, d)`), the chains' final positions w `(chains, d)` and their acceptance
+    rates `(chains,)` (1 for plain Langevin). `metropolis`: every step is a proposal accepted with the
+    MALA probability (the chain then leaves the posterior exactly invariant at any step size)."""
     flat = lambda w: loss_fn(unravel(w), data)
     loss_star = flat(w_star)
 
@@ -100,21 +108,40 @@ def run_chains(loss_fn, w_star, unravel, data, S, *, nbeta: float, gamma: float,
         loss = flat(w)
         return nbeta * loss + 0.5 * gamma * jnp.sum(jnp.square(S @ u)), loss
 
-    grad = jax.grad(potential, has_aux=True)
+    value_and_grad = jax.value_and_grad(potential, has_aux=True)
 
     def step(u, z):
-        g, loss = grad(u)
+        g, loss = jax.grad(potential, has_aux=True)(u)
         u = u + (math.sqrt(step_size) * z - 0.5 * step_size * g)
-        return u, nbeta * (loss - loss_star)
+        return u, (nbeta * (loss - loss_star), jnp.float32(1))
+
+    def mala_step(carry, xs):
+        # log q(u | u') - log q(u' | u) for q(. | u) = N(u - eps g / 2, eps), written so that nothing
+        # large cancels: delta . (g + g') / 2 - eps (|g'|^2 - |g|^2) / 8, delta = u' - u
+        (u, value, loss, g), (z, uniform) = carry, xs
+        proposal = u + (math.sqrt(step_size) * z - 0.5 * step_size * g)
+        (value_p, loss_p), g_p = value_and_grad(proposal)
+        delta = proposal - u
+        log_ratio = (value - value_p + 0.5 * jnp.dot(delta, g + g_p)
+                     - 0.125 * step_size * (jnp.sum(g_p**2) - jnp.sum(g**2)))
+        accept = jnp.log(uniform) < log_ratio  # NaN (a non-finite proposal) rejects
+        new = jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), (proposal, value_p, loss_p, g_p),
+                                     (u, value, loss, g))
+        return new, (nbeta * (loss - loss_star), accept.astype(jnp.float32))
 
     def chain(k, u0):
         noise = jax.random.normal(k, (steps, w_star.shape[0]), w_star.dtype)
-        u, samples = jax.lax.scan(step, u0, noise)
-        return samples, w_star + S @ u
+        if metropolis:
+            uniforms = jax.random.uniform(jax.random.fold_in(k, 1), (steps,), w_star.dtype)
+            (value, loss), g = value_and_grad(u0)
+            (u, *_), (samples, accepted) = jax.lax.scan(mala_step, (u0, value, loss, g), (noise, uniforms))
+        else:
+            u, (samples, accepted) = jax.lax.scan(step, u0, noise)
+        return samples, w_star + S @ u, accepted.mean()
 
     u0 = jnp.zeros((CHAINS,) + w_star.shape, w_star.dtype) if start is None else jnp.asarray(start, w_star.dtype)
-    samples, final = jax.jit(jax.vmap(chain))(jax.random.split(key, CHAINS), u0)
-    return np.asarray(samples), np.asarray(final)
+    samples, final, rate = jax.jit(jax.vmap(chain))(jax.random.split(key, CHAINS), u0)
+    return np.asarray(samples), np.asarray(final), np.asarray(rate)
 
 
 def end_stiffness(hessian, final: np.ndarray, S, nbeta: float, gamma: float) -> str:
@@ -181,6 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--min-time", type=float, default=0.25, help="first printed time (default %(default)s)")
     parser.add_argument("--max-time", type=float, default=256.0, help="last printed time (default %(default)s)")
     parser.add_argument("--plain", action="store_true", help="M = I: plain full-batch SGLD")
+    parser.add_argument("--metropolis", action="store_true",
+                        help="accept or reject every step (MALA: exact at any step size; with --plain, plain MALA)")
     parser.add_argument("--pilot-time", type=float, default=0.0,
                         help="M from the Hessian averaged over plain SGLD chains (eps 1e-4) run for this sampler "
                              "time from w*, instead of the Hessian at w* (default %(default)s: at w*)")
@@ -196,7 +225,8 @@ def main(argv: list[str] | None = None) -> None:
     times = [args.min_time * 2 ** i for i in range(int(round(math.log2(args.max_time / args.min_time))) + 1)]
     where = f"averaged over a plain pilot of sampler time {args.pilot_time:g}" if args.pilot_time else "at w*"
     print(f"n{n}_m{m}, quick grid, seed 0; n = {n_samples}, full batch, nbeta {nbeta:.1f}, gamma {LOCALIZATION:g}, "
-          f"{CHAINS} chains; {'plain SGLD' if args.plain else 'preconditioned by (nbeta H_+ + gamma)^-1, H ' + where}",
+          f"{CHAINS} chains; {'plain' if args.plain else 'preconditioned by (nbeta H_+ + gamma)^-1, H ' + where}"
+          f"{', Metropolis-adjusted (MALA)' if args.metropolis else ' Langevin (no accept/reject)'}",
           flush=True)
     for i, label in enumerate(labels):
         pick = lambda tree: jax.tree_util.tree_map(lambda x: x[i], tree)
@@ -217,12 +247,14 @@ def main(argv: list[str] | None = None) -> None:
         for eps in args.step_sizes:
             steps = int(round(times[-1] / eps))
             start = time.perf_counter()
-            samples, final = run_chains(loss_fn, w_star, unravel, data_i, S, nbeta=nbeta, gamma=LOCALIZATION,
-                                        step_size=eps, steps=steps, key=jax.random.key(7))
+            samples, final, rate = run_chains(loss_fn, w_star, unravel, data_i, S, nbeta=nbeta, gamma=LOCALIZATION,
+                                              step_size=eps, steps=steps, key=jax.random.key(7),
+                                              metropolis=args.metropolis)
             bad = int(np.sum(~np.all(np.isfinite(samples), axis=1)))
             estimates[eps] = second_half_estimates(samples, [max(2, int(round(t / eps))) for t in times])
             stiffness = end_stiffness(hessian, final, S, nbeta, LOCALIZATION)
-            print(f"  eps {eps:g}: {steps} steps, {time.perf_counter() - start:.0f} s, {bad} non-finite chains; "
+            accepted = f", accepted {np.array2string(rate, precision=3)}" if args.metropolis else ""
+            print(f"  eps {eps:g}: {steps} steps, {time.perf_counter() - start:.0f} s, {bad} non-finite chains{accepted}; "
                   f"at the end: top curvature of the chain's coordinates {stiffness} (eps x it < 4 for stability; "
                   f"{at_start} at w*), {describe_offset(final, w_star, unravel)}", flush=True)
         print_table(times, estimates)

@@ -48,6 +48,11 @@ so step sizes are compared on common random numbers.
    instance still fails, the next batch size (x4, up to full batch) is checked for every
    instance, and the first that passes everywhere is returned.
 
+With `metropolis=True` the chains are Metropolis-adjusted (`slt_superposition.mala`, full batch):
+exact at every step size, so stage 0's bound is recorded but not applied, stage 1's acceptance rule
+reads the realised acceptance rate and alone limits the step size, and stages 1b and 3 (which
+measure a discretisation bias) run nothing.
+
 The returned dataset records every decision: per instance and step size the sweep estimate,
 acceptance, divergence, health and the bias check; per chain length the estimate; the long
 check; the batch check; the curvature; the chosen settings and a verdict.
@@ -106,7 +111,8 @@ class Sampler(NamedTuple):
     n_instances: int
 
 
-def _sampler(loss_fn, params, data, *, data_batched, n, d, nbeta, num_chains, burnin_fraction, mesh) -> Sampler:
+def _sampler(loss_fn, params, data, *, data_batched, n, d, nbeta, num_chains, burnin_fraction, mesh,
+             metropolis=False) -> Sampler:
     """Runs the chains of the instances with `num_steps > 0` only (others get NaN). Every call
     passes all instances, the active ones first, sorted by chain length, then the inactive ones
     with no steps: the program runs in blocks of instances (`sharding.run_sharded`), a block as
@@ -132,7 +138,7 @@ def _sampler(loss_fn, params, data, *, data_batched, n, d, nbeta, num_chains, bu
         settings = ChainSettings(*(jnp.asarray(each(v, t)) for v, t in (
             (step_size, np.float32), (localization, np.float32), (nbeta, np.float32), (steps, np.int32),
             (burnin, np.int32), (every, np.int32))))
-        shape = ChainShape(num_chains, TRACE_BLOCKS, batch_size, "replacement", n, d)
+        shape = ChainShape(num_chains, TRACE_BLOCKS, batch_size, "replacement", n, d, metropolis=bool(metropolis))
         keys = jax.random.split(key, n_inst)[pick]
         out = sample_chains(loss_fn, take(params), take(data) if data_batched else data, keys, settings, shape,
                             data_batched=data_batched, mesh=mesh, block_size=block_size) if len(order) else None
@@ -498,6 +504,7 @@ def calibrate_batched(
     curvature_tol: float = 0.02,
     batch_tol: float = 0.02,
     batch_check_steps: int = 2000,
+    metropolis: bool = False,
     mesh=None,
     progress: bool = False,
 ) -> tuple[SGLDConfig, xr.Dataset]:
@@ -508,6 +515,10 @@ def calibrate_batched(
     whose `step_size`, `localization`, `num_steps` and `num_burnin` are arrays with the instance
     shape (for `estimate_llc_batched`), `num_chains` chains and the batch size that passed the
     minibatch check; the dataset has the instance dims in front of every variable.
+    `metropolis`: calibrate Metropolis-adjusted chains (`SGLDConfig.metropolis`; needs `batch_size`
+    None): they have no discretisation bias, so the curvature bound does not limit the step size
+    (it is still recorded), the sweep's acceptance rule, now on the realised acceptance rate, is
+    what does, and the bias stages (1b, 3) run nothing; the chain-length stage is unchanged.
     """
     step_sizes = sorted(float(e) for e in step_sizes)
     require(len(step_sizes) >= 2 and all(e > 0 and math.isfinite(e) for e in step_sizes),
@@ -523,27 +534,35 @@ def calibrate_batched(
     n = int(jax.tree_util.tree_leaves(data)[0].shape[1 if data_batched else 0])
     if batch_size is not None:
         batch_size = check_batch_size(batch_size, n)
+    require(not metropolis or batch_size is None,
+            f"metropolis=True needs full batch (batch_size None): the accept/reject step needs the exact potential, "
+            f"got batch_size {batch_size} of n={n}")
     probe = SGLDConfig(step_size=step_sizes[0], localization=localizations[0], nbeta=nbeta, num_chains=num_chains,
-                       num_steps=max(2, min_steps), num_burnin=1, batch_size=batch_size)
+                       num_steps=max(2, min_steps), num_burnin=1, batch_size=batch_size, metropolis=bool(metropolis))
     n, d = _check_inputs(loss_fn, params, data, probe, instance_axes=1, data_axes=1 if data_batched else 0)
     nbeta_value = (default_nbeta(n, batch_size, nbeta) if isinstance(nbeta, str) else
                    default_nbeta(n) if nbeta is None else float(nbeta))
     long_check_max_steps = int(long_check_max_steps or 4 * max_steps)
     curv_key, sweep_key, length_key, batch_key = jax.random.split(key, 4)
     sampler = _sampler(loss_fn, params, data, data_batched=data_batched, n=n, d=d, nbeta=nbeta_value,
-                       num_chains=num_chains, burnin_fraction=burnin_fraction, mesh=mesh)
+                       num_chains=num_chains, burnin_fraction=burnin_fraction, mesh=mesh, metropolis=metropolis)
 
     curvature = curvature_batched(loss_fn, params, data, data_batched=data_batched, key=curv_key)
     bound = step_size_bound(curvature["eigenvalues"], localizations[0], nbeta_value, tol=curvature_tol,
                             top=curvature["top"])
+    # Metropolis-adjusted chains are exact at every step size: the bias bound does not limit them
+    limit = np.full_like(bound, np.inf) if metropolis else bound
     sweep = sweep_stage(sampler, sweep_key, step_sizes, steps=sweep_steps, localization=localizations[0],
-                        batch_size=batch_size, bound=bound, target_acceptance=target_acceptance,
+                        batch_size=batch_size, bound=limit, target_acceptance=target_acceptance,
                         max_acceptance_drop=max_acceptance_drop, progress=progress)
     bad = np.flatnonzero(sweep.n_ok == 0)
     require(bad.size == 0, f"calibration failed at {bad.size} instance(s) (first: {_describe(dims, sizes, bad[0]) if bad.size else ''}): "
                            f"the smallest step size {step_sizes[0]:g} is already unhealthy; try smaller step_sizes")
+    # the bias stages (1b, 3) measure a discretisation bias that Metropolis-adjusted chains do not
+    # have: there they run nothing (no step size is affordable to them) and keep the sweep's step size
     short = short_bias_stage(sampler, jax.random.fold_in(sweep_key, 1), step_sizes, sweep.n_ok,
-                             sweep_steps=sweep_steps, bias_check_steps=bias_check_steps, max_steps=max_steps,
+                             sweep_steps=sweep_steps, bias_check_steps=bias_check_steps,
+                             max_steps=0 if metropolis else max_steps,
                              localization=localizations[0], batch_size=batch_size, bias_tol=bias_tol,
                              progress=progress)
     eps_grid = np.asarray(step_sizes)
@@ -554,7 +573,8 @@ def calibrate_batched(
     last_of = lambda rows: np.array([row[np.isfinite(row)][-1] if np.isfinite(row).any() else np.nan for row in rows])
     last, last_se = last_of(length.llc), last_of(length.llc_se)
     long = long_check_stage(sampler, length_key, step_sizes, short.index, length.final_steps, last, last_se,
-                            length.localization, long_check_max_steps=long_check_max_steps, bias_tol=bias_tol,
+                            length.localization, long_check_max_steps=0 if metropolis else long_check_max_steps,
+                            bias_tol=bias_tol,
                             noise_sd=noise_sd,
                             batch_size=batch_size, progress=progress)
     final_eps = eps_grid[long.final_index]
@@ -568,8 +588,10 @@ def calibrate_batched(
     config = SGLDConfig(step_size=shape(final_eps), localization=shape(length.localization), nbeta=nbeta,
                         num_chains=num_chains, num_steps=shape(final_steps),
                         num_burnin=shape((burnin_fraction * final_steps).astype(np.int64)),
-                        batch_size=batch.chosen, trace_every=max(1, int(final_steps.max()) // 200))
+                        batch_size=batch.chosen, trace_every=max(1, int(final_steps.max()) // 200),
+                        metropolis=bool(metropolis))
     settings = dict(localization=localizations, nbeta=nbeta, batch_size=batch_size, num_chains=num_chains,
+                    metropolis=bool(metropolis),
                     step_sizes=step_sizes, sweep_steps=sweep_steps, target_acceptance=target_acceptance,
                     max_acceptance_drop=max_acceptance_drop, min_steps=min_steps, max_steps=max_steps,
                     burnin_fraction=burnin_fraction, rel_tol=rel_tol, min_relaxation=min_relaxation, max_rhat=max_rhat,
@@ -615,11 +637,12 @@ def calibration_dataset(dims, step_sizes, sweep: SweepStage, short: ShortBiasSta
     data_vars = {
         "llc_sweep": var(S, sweep.llc, "LLC estimate of the short sweep chains"),
         "llc_se_sweep": var(S, sweep.llc_se, "standard error of llc_sweep over chains"),
-        "acceptance": var(S, sweep.acceptance, "mean MALA acceptance proxy (non-divergent chains)"),
+        "acceptance": var(S, sweep.acceptance, "mean acceptance rate of the Metropolis-adjusted chains" if
+                          settings["metropolis"] else "mean MALA acceptance proxy (non-divergent chains)"),
         "n_diverged": var(S, sweep.n_diverged, "divergent chains", "chains"),
         "rhat_sweep": var(S, sweep.rhat, "R-hat of the sweep loss traces"),
-        "healthy": flag(S, sweep.healthy, "no divergence, acceptance >= acceptance_threshold, and step size <= "
-                                          "step_size_bound"),
+        "healthy": flag(S, sweep.healthy, "no divergence and acceptance >= acceptance_threshold" +
+                        ("" if settings["metropolis"] else ", and step size <= step_size_bound")),
         "chosen": flag(S, chosen, "the chosen step size (after the long-chain bias check)"),
         "length_stage": flag(S, at_length, "the step size of the chain-length stage (after the short bias check)"),
         "llc_bias_check": var(S, short.llc, "LLC estimate of the bias check (equal sampler time eps x steps as "
@@ -697,8 +720,11 @@ def calibration_dataset(dims, step_sizes, sweep: SweepStage, short: ShortBiasSta
         step_size_rule=(
             f"largest step size such that it and every smaller one has no divergent chain, MALA acceptance >= "
             f"min(target {settings['target_acceptance']}, plateau - {settings['max_acceptance_drop']}) "
-            f"({settings['sweep_steps']}-step chains) and is within the curvature bound (quadratic-approximation "
-            f"bias <= {settings['curvature_tol']:.0%}); then walk down from it until its bias, from the linear fit "
+            f"({settings['sweep_steps']}-step chains) and " + (
+                "(Metropolis-adjusted chains: realised acceptance; no curvature bound, the chains are exact)"
+                if settings["metropolis"] else
+                f"is within the curvature bound (quadratic-approximation bias <= {settings['curvature_tol']:.0%})") +
+            f"; then walk down from it until its bias, from the linear fit "
             f"lambda(eps) = lambda0 + c eps through it and the next smaller step size at one sampler time, is <= "
             f"max({settings['bias_tol']:.0%} of lambda0, 2 SE); not below a step size needing more than "
             f"{settings['max_steps']} steps"),
@@ -733,13 +759,18 @@ def _verdicts(ds: xr.Dataset, settings: dict, batch: BatchCheckStage) -> list[st
         eps, steps = float(one["chosen_step_size"]), int(one["chosen_num_steps"])
         gamma = float(one["chosen_localization"])
         text = (f"chose step_size {eps:g}, localization {gamma:g}, num_steps {steps} (sampler time {eps * steps:.3g}), "
-                f"{batch_text}; step-size bound from the curvature {float(one['step_size_bound']):.3g}; ")
+                f"{batch_text}; " + (f"Metropolis-adjusted chains (no step-size bias; the curvature bound "
+                                     f"{float(one['step_size_bound']):.3g} is SGLD's, not applied); "
+                                     if settings.get("metropolis") else
+                                     f"step-size bound from the curvature {float(one['step_size_bound']):.3g}; "))
         tried = one["num_steps_localization"].values > 0
         unsettled = [f"{g:g}" for g, t, c in zip(one["localization"].values, tried, one["converged_localization"].values)
                      if t and not c and g < gamma]
         if unsettled:
             text += f"the estimate did not settle at localization {', '.join(unsettled)} (chains drifting); "
-        if not bool(one["bias_consistent_short"]):
+        if settings.get("metropolis"):
+            text += "bias checks not run (no discretisation bias to measure); "
+        elif not bool(one["bias_consistent_short"]):
             text += "short-chain discretisation bias NOT confirmed small (no smaller step size affordable); "
         long_eps = one["long_check_step_size"].values
         if np.isfinite(long_eps).sum() > 1:

@@ -36,7 +36,8 @@ from jax.flatten_util import ravel_pytree
 from slt_superposition.observers import ChainSettings, StepContext, default_observers
 from slt_superposition.random import random_permutations, standard_normal, uniform_indices
 from slt_superposition.sampling_progress import chunk_tick
-from slt_superposition.sgld import sgld
+from slt_superposition.mala import mala
+from slt_superposition.sgld import sgld, tree_normal
 from slt_superposition.long_sums import long_sums_rewritten
 from slt_superposition.small_dots import small_dots_as_elementwise
 
@@ -66,6 +67,7 @@ class ChainShape(NamedTuple):
     n: int
     n_parameters: int
     progress: bool = False  # one host call per chunk for the progress bar (slt_superposition.sampling_progress)
+    metropolis: bool = False  # accept or reject every step (slt_superposition.mala; full batch only)
 
 
 def chunk_length(shape: ChainShape) -> int:
@@ -160,36 +162,51 @@ def instance_program(loss_fn: Callable, shape: ChainShape, observers=None) -> Ca
     """`run(params, data, key, settings) -> dict` for one instance: `init_loss` and, per chain
     (leading axis `chain`), `final_position` (the flat parameter vector after the chain's last step,
     `ravel_pytree` order) and every observer's outputs (`observers.default_observers` unless given)."""
-    observers = observers or default_observers(shape.n_parameters, shape.n_blocks)
+    observers = observers or default_observers(shape.n_parameters, shape.n_blocks, shape.metropolis)
     chunk = chunk_length(shape)
     pregenerate = chunk * shape.n_parameters <= NOISE_BUDGET
 
     def run_chain(key, w_star, unravel, data, init_loss, row_losses, settings: ChainSettings):
         flat_loss, value_and_grad = loss_and_gradient(lambda w, batch: loss_fn(unravel(w), batch))
-        kernel = sgld(flat_loss, w_star, step_size=settings.step_size, localization=settings.localization,
-                      nbeta=settings.nbeta, value_and_grad=value_and_grad)
+        kernel_settings = dict(step_size=settings.step_size, localization=settings.localization, nbeta=settings.nbeta,
+                               value_and_grad=value_and_grad)
+        kernel = (mala if shape.metropolis else sgld)(flat_loss, w_star, **kernel_settings)
         noise_key, data_key = jax.random.split(key)
+        uniform_key = jax.random.fold_in(key, 1)  # Metropolis chains: the accept/reject draws
+
+        def sgld_step(position, minibatch, t, noise):
+            state = kernel.init(position)
+            if noise is None:
+                state, info = kernel.step(jax.random.fold_in(noise_key, t), state, minibatch)
+            else:
+                state, info = kernel.step_with_noise(state, minibatch, noise)
+            return state.position, state.position, info, True
+
+        def mala_step(state, minibatch, t, noise, uniform):
+            if noise is None:  # the draw SGLD's kernel.step makes
+                noise = tree_normal(jax.random.fold_in(noise_key, t), state.position)
+            new, info, accepted = kernel.step_with_noise(state, minibatch, noise, uniform)
+            return new, new.position, info, accepted
 
         def step(carry, xs):
-            position, states = carry
-            t, idx, noise = xs
+            current, states = carry  # current: the position (SGLD) or the kernel's state (MALA)
+            t, idx, noise, uniform = xs
             with jax.named_scope(SCOPES["gather"]):
                 minibatch = data if idx is None else _take(data, idx)
             with jax.named_scope(SCOPES["step"]):
-                state = kernel.init(position)
-                if noise is None:
-                    state, info = kernel.step(jax.random.fold_in(noise_key, t), state, minibatch)
+                if shape.metropolis:
+                    new, position, info, accepted = mala_step(current, minibatch, t, noise, uniform)
                 else:
-                    state, info = kernel.step_with_noise(state, minibatch, noise)
+                    new, position, info, accepted = sgld_step(current, minibatch, t, noise)
             with jax.named_scope(SCOPES["observers"]):
                 active = t < settings.num_steps
                 finite = (jnp.isfinite(info.loss) & jnp.isfinite(info.drift).all()
-                          & jnp.isfinite(state.position).all())
+                          & jnp.isfinite(position).all())
                 excess, loss = minibatch_excess(info.loss, init_loss, row_losses, idx)
-                ctx = StepContext(t, active, active & (t >= settings.num_burnin), loss, excess, finite)
+                ctx = StepContext(t, active, active & (t >= settings.num_burnin), loss, excess, finite, accepted)
                 states = tuple(obs.update(s, ctx, info, settings) for obs, s in zip(observers, states))
-                position = jnp.where(active, state.position, position)
-            return (position, states), None
+                current = jax.tree_util.tree_map(lambda a, b: jnp.where(active, a, b), new, current)
+            return (current, states), None
 
         def run_chunk(c, carry):
             ts = c * chunk + jnp.arange(chunk)
@@ -201,13 +218,16 @@ def instance_program(loss_fn: Callable, shape: ChainShape, observers=None) -> Ca
                     noise = standard_normal(jax.random.fold_in(noise_key, c), (chunk,) + w_star.shape, w_star.dtype)
             with jax.named_scope(SCOPES["indices"]):
                 batches = _chunk_batches(shape, chunk, data_key, c)
-            carry, _ = jax.lax.scan(step, carry, (ts, batches, noise))
+            uniforms = (jax.random.uniform(jax.random.fold_in(uniform_key, c), (chunk,), w_star.dtype)
+                        if shape.metropolis else None)
+            carry, _ = jax.lax.scan(step, carry, (ts, batches, noise, uniforms))
             return carry
 
         n_chunks = (settings.num_steps + chunk - 1) // chunk
         states = tuple(obs.init(w_star, settings) for obs in observers)
-        position, states = jax.lax.fori_loop(0, n_chunks, run_chunk, (w_star, states))
-        out = {"final_position": position}
+        start = kernel.init(w_star, data) if shape.metropolis else w_star
+        current, states = jax.lax.fori_loop(0, n_chunks, run_chunk, (start, states))
+        out = {"final_position": current.position if shape.metropolis else current}
         for obs, s in zip(observers, states):
             out.update(obs.finalize(s, settings))
         if "diverged" in out and "llc_per_chain" in out:

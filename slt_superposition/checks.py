@@ -22,6 +22,11 @@ driven by common random numbers so that the difference is the setting's, not the
   estimate's own chains, however long, e.g. chains that drifted along flat directions to where
   the curvature across them is larger than at w* and eps too large for it.
 
+A Metropolis-adjusted estimate (`SGLDConfig(metropolis=True)`) has no discretisation bias: its
+step-size check is not run (NaN, which passes), `llc_quadratic` is the quadratic approximation's
+value of the exact posterior (eps -> 0) and `step_bias_end` is NaN (not applicable); the
+curvature at w* and at the chains' ends is still recorded.
+
 The standard error of each paired difference comes from batch means of the per-step difference
 (`DIFF_BLOCKS` post-burn-in blocks per chain, pooled over chains). A check with fewer than
 `MIN_CHECK_DRAWS` post-burn-in steps is not resolved (its chains have barely left w*).
@@ -125,20 +130,16 @@ def run_checks(sample: Callable, sample_pair: Callable, config, nbeta, *, n: int
     burnin = (steps * burnin_fraction).astype(np.int64)
     every = max(1, int(steps.max()) // 50)
     short = dataclasses.replace(config, num_steps=steps, num_burnin=burnin, trace_every=every)
-    pair = sample_pair(short, key)
-    n_inst = np.shape(pair["llc_coarse"])[0]
+    n_inst = final_positions.shape[0]
     # settings are scalars or per-instance arrays, each on its own: every one as `(instance,)`
     per_instance = lambda value: np.broadcast_to(np.asarray(value, np.float64).reshape(-1), (n_inst,))
     steps, burnin = per_instance(steps).astype(np.int64), per_instance(burnin).astype(np.int64)
     nb = per_instance(nbeta)
-    too_short = (steps - burnin) < MIN_CHECK_DRAWS
-    pair_ok = ~np.asarray(pair["diverged"], bool)
-    step_rel, coarse, fine = relative_difference(np.asarray(pair["llc_coarse"], np.float64),
-                                       np.asarray(pair["llc_fine"], np.float64), pair_ok)
-    blocks = np.asarray(pair["diff_blocks"], np.float64)  # already one value per batch
-    step_se = np.where(too_short, np.nan, batch_means_se(blocks, np.ones(blocks.shape[::2], bool), pair_ok,
-                                                         DIFF_BLOCKS) / np.abs(fine))
-    out = {"llc_check": coarse, "llc_step_check": fine, "step_check_rel_diff": step_rel, "step_check_se": step_se}
+    if config.metropolis:  # exact at every step size: nothing for a step-size check to measure
+        nan = np.full(n_inst, np.nan)
+        out = {"llc_check": nan, "llc_step_check": nan, "step_check_rel_diff": nan, "step_check_se": nan}
+    else:
+        out = _step_size_check(sample_pair(short, key), steps - burnin)
     if config.batch_size is not None and config.batch_size < n:
         fraction = per_instance(burnin_fraction)
         full_mean, rel, se = _paired_batch_check(sample, config, steps, fraction, nb, key)
@@ -151,11 +152,13 @@ def run_checks(sample: Callable, sample_pair: Callable, config, nbeta, *, n: int
         out.update(llc_full_batch_check=full_mean, batch_check_rel_diff=rel,
                    batch_check_se=se, batch_check_steps=longer.astype(np.float64))
     else:
-        nan = np.full_like(step_rel, np.nan)
+        nan = np.full(n_inst, np.nan)
         out.update(llc_full_batch_check=nan, batch_check_rel_diff=nan, batch_check_se=nan, batch_check_steps=nan)
     loss_fn, params, data = curvature_inputs
     curvature = curvature_batched(loss_fn, params, data, data_batched=data_batched, key=jax.random.fold_in(key, 7))
     gamma, eps = per_instance(config.localization), per_instance(config.step_size)
+    if config.metropolis:  # the exact posterior's quadratic approximation; no Euler bias anywhere
+        eps = np.zeros_like(eps)
     out["hessian_top_eigenvalue"] = curvature["top"]
     out["step_size_bound"] = step_size_bound(curvature["eigenvalues"], gamma, nb, top=curvature["top"])
     out["llc_quadratic"] = (quadratic_llc(curvature["eigenvalues"], eps, gamma, nb)
@@ -163,8 +166,21 @@ def run_checks(sample: Callable, sample_pair: Callable, config, nbeta, *, n: int
     end = curvature_at_positions(loss_fn, params, data, final_positions, data_batched=data_batched, step_size=eps,
                                  localization=gamma, nbeta=nb, key=jax.random.fold_in(key, 8))
     out["hessian_top_eigenvalue_end"] = nan_max(end["top"])  # NaN where every chain diverged
-    out["step_bias_end"] = nan_max(end["bias"])
+    out["step_bias_end"] = np.full(n_inst, np.nan) if config.metropolis else nan_max(end["bias"])
     return out
+
+
+def _step_size_check(pair: dict, draws: np.ndarray) -> dict[str, np.ndarray]:
+    """The step-size check's values from the coupled eps / (eps / 3) runs `pair` (`coupled`), `(instance,)`;
+    `draws`: each instance's post-burn-in steps."""
+    too_short = draws < MIN_CHECK_DRAWS
+    pair_ok = ~np.asarray(pair["diverged"], bool)
+    step_rel, coarse, fine = relative_difference(np.asarray(pair["llc_coarse"], np.float64),
+                                                 np.asarray(pair["llc_fine"], np.float64), pair_ok)
+    blocks = np.asarray(pair["diff_blocks"], np.float64)  # already one value per batch
+    step_se = np.where(too_short, np.nan, batch_means_se(blocks, np.ones(blocks.shape[::2], bool), pair_ok,
+                                                         DIFF_BLOCKS) / np.abs(fine))
+    return {"llc_check": coarse, "llc_step_check": fine, "step_check_rel_diff": step_rel, "step_check_se": step_se}
 
 
 def within(rel: np.ndarray, se: np.ndarray, tol: float) -> np.ndarray:

@@ -115,6 +115,10 @@ class SGLDConfig:
     trace_every:  the stored loss trace holds means of blocks of this many steps (1 = every step).
     sampling:     "replacement" (i.i.d. minibatch indices) or "epoch" (without replacement,
                   reshuffled every epoch, like a shuffled DataLoader).
+    metropolis:   accept or reject every step (MALA, `slt_superposition.mala`): the chain then
+                  samples the localized posterior exactly at any step size, with no
+                  discretisation bias; `mala_acceptance` is the realised acceptance rate.
+                  Full batch only (batch_size None): the test needs the exact potential.
 
     `step_size`, `localization`, `nbeta` (a number), `num_steps` and `num_burnin` may be arrays
     with the instance shape of an `estimate_llc_batched` call (per-instance settings, one
@@ -130,6 +134,7 @@ class SGLDConfig:
     batch_size: int | None = None
     trace_every: int = 1
     sampling: str = "replacement"
+    metropolis: bool = False
 
     def __post_init__(self):
         for name in PER_INSTANCE:
@@ -221,6 +226,11 @@ def validate_config(config: SGLDConfig, n: int) -> None:
     require(n_blocks <= 1_000_000, f"the loss trace would hold {n_blocks} blocks per chain; raise trace_every "
                                    f"(at most 10^6 blocks)")
     require(config.sampling in SAMPLING, f"sampling must be one of {SAMPLING}, got {config.sampling!r}")
+    require(isinstance(config.metropolis, (bool, np.bool_)), f"metropolis must be True or False, got "
+                                                            f"{config.metropolis!r}")
+    require(not (config.metropolis and config.batch_size is not None),
+            f"metropolis=True needs full batch (batch_size None): the accept/reject step needs the exact potential, "
+            f"and minibatches of {config.batch_size} of n={n} samples give a noisy one")
     if config.batch_size is not None:
         require(_is_int(config.batch_size) and config.batch_size >= 1,
                 f"batch_size must be None or an integer >= 1, got {config.batch_size!r}")
@@ -458,7 +468,8 @@ def chain_settings(config: SGLDConfig, nbeta, n_inst: int, sizes: tuple[int, ...
 def chain_shape(config: SGLDConfig, n: int, d: int) -> ChainShape:
     """The compiled program's shape for `config` with n samples and d parameters."""
     n_blocks = -(-int(np.max(config.num_steps)) // config.trace_every)
-    return ChainShape(config.num_chains, n_blocks, config.batch_size, config.sampling, n, d)
+    return ChainShape(config.num_chains, n_blocks, config.batch_size, config.sampling, n, d,
+                      metropolis=bool(config.metropolis))
 
 
 def _check_key(key) -> jax.Array:
@@ -753,6 +764,7 @@ def llc_dataset(out: dict, config: SGLDConfig, *, nbeta, n: int, d: int,
                                   f"of {k} steps; NaN past the chain's end)", "loss"),
         "init_loss": (ci, np.asarray(out["init_loss"], np.float64), "full-data loss at w* (L_n(w*))", "loss"),
         "mala_acceptance": (cc, np.asarray(out["mala_acceptance"], np.float64),
+                            "share of post-burn-in Metropolis proposals accepted" if config.metropolis else
                             "mean MALA acceptance proxy over post-burn-in transitions", "1"),
         "rhat": (ci, rhat, "R-hat of the post-burn-in loss trace across non-divergent chains", "1"),
         "ess": (ci, ess, "effective sample size of the post-burn-in loss trace (all non-divergent chains)",

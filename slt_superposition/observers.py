@@ -47,6 +47,7 @@ class StepContext(NamedTuple):
     t: int32 step index. active: t < num_steps. post: active and t >= num_burnin.
     loss: the loss recorded, L_n(w*) + excess. excess: L_B(w_t) - L_B(w*) (at full batch L_n(w_t) -
     L_n(w*); `chain.minibatch_excess`). finite: loss, drift and new position finite.
+    accepted: whether the step's move was accepted (always for SGLD; `slt_superposition.mala`).
     """
 
     t: jax.Array
@@ -55,6 +56,7 @@ class StepContext(NamedTuple):
     loss: jax.Array
     excess: jax.Array
     finite: jax.Array
+    accepted: jax.Array | bool = True
 
 
 class Observer(NamedTuple):
@@ -113,6 +115,21 @@ def acceptance_observer() -> Observer:
         return {"mala_acceptance": jnp.where(transitions > 0, total / jnp.maximum(transitions, 1), jnp.nan)}
 
     return Observer(init, update, finalize)
+
+
+def metropolis_acceptance_observer() -> Observer:
+    """`mala_acceptance` of a Metropolis-adjusted chain (`SGLDConfig(metropolis=True)`): the share of
+    post-burn-in steps whose proposal was accepted (NaN without draws), the realised rate rather
+    than the proxy of `acceptance_observer`."""
+
+    def update(count, ctx, info, settings):
+        return count + (ctx.post & ctx.accepted).astype(jnp.int32)
+
+    def finalize(count, settings):
+        draws = _draws(settings)
+        return {"mala_acceptance": jnp.where(draws > 0, count / jnp.maximum(draws, 1), jnp.nan)}
+
+    return Observer(lambda w, s: jnp.zeros((), jnp.int32), update, finalize)
 
 
 def below_init_observer() -> Observer:
@@ -180,9 +197,11 @@ def trace_observer(n_blocks: int) -> Observer:
     return Observer(init, update, finalize)
 
 
-def default_observers(n_parameters: int, n_blocks: int) -> tuple[Observer, ...]:
-    """The observers behind every `llc` dataset."""
-    return (llc_observer(), acceptance_observer(), below_init_observer(), divergence_observer(n_parameters),
+def default_observers(n_parameters: int, n_blocks: int, metropolis: bool = False) -> tuple[Observer, ...]:
+    """The observers behind every `llc` dataset (`metropolis`: the realised acceptance rate instead
+    of the MALA proxy)."""
+    acceptance = metropolis_acceptance_observer() if metropolis else acceptance_observer()
+    return (llc_observer(), acceptance, below_init_observer(), divergence_observer(n_parameters),
             trace_observer(n_blocks))
 
 

@@ -63,7 +63,7 @@ def _block_function(loss_fn: Callable, observables: tuple, deltas: tuple, shape,
             delta = jnp.stack([jnp.asarray(g(p, data), jnp.float32) for g in deltas])
             return phi, delta
 
-        observers = default_observers(shape.n_parameters, shape.n_blocks) + (moments_observer(evaluate),)
+        observers = default_observers(shape.n_parameters, shape.n_blocks, shape.metropolis) + (moments_observer(evaluate),)
         return instance_program(loss_fn, shape, observers)(params, data, key, settings)
 
     return over_instances(one, data_batched)

@@ -46,6 +46,11 @@ def llc(
         "replacement", "--sampling",
         help="Minibatches: 'replacement' (i.i.d. indices, fastest) or 'epoch' (without replacement, reshuffled "
         "every epoch, as devinterp's shuffled DataLoader)."),
+    metropolis: bool = typer.Option(
+        False, "--metropolis",
+        help="Accept or reject every step (MALA): exact at any step size, no discretisation bias; needs full batch "
+             "(--batch-size 0). With --calibrate the step size is then limited by the acceptance rate, not by the "
+             "curvature bound."),
     trace_every: int = typer.Option(1, "--trace-every", help="Store the loss trace as means of blocks of this many steps."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data draw and of the chains."),
     all_devices: bool = typer.Option(
@@ -105,7 +110,7 @@ def llc(
     config = SGLDConfig(
         step_size=step_size, localization=localization, nbeta=_nbeta(nbeta), num_chains=chains,
         num_steps=steps, num_burnin=burnin, batch_size=batch_size or None, trace_every=trace_every,
-        sampling=sampling,
+        sampling=sampling, metropolis=metropolis,
     )
     validate_config(config, n_samples)  # before any calibration or sampling work
     # held until the command returns: a second run into --out is refused at once
@@ -120,7 +125,7 @@ def llc(
                                          nbeta=config.nbeta, batch_size=config.batch_size, num_chains=chains,
                                          instance_dims=grid_coords(ds), progress=True,
                                          min_steps=min(10_000, max_steps), max_steps=max_steps,
-                                         min_relaxation=min_relaxation)
+                                         min_relaxation=min_relaxation, metropolis=metropolis)
         every = max(trace_every, int(np.max(found.num_steps)) // 1000)  # at most ~1000 trace blocks per chain
         config = SGLDConfig(**{**found.to_dict(), "trace_every": every, "sampling": sampling})
         print(f"calibrated: step sizes {np.min(config.step_size):.3g} .. {np.max(config.step_size):.3g}, "
