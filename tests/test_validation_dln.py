@@ -19,3 +19,20 @@ def test_dln_subset_within_error_bounds():
     assert all(row["n_diverged"] == 0 for row in rows)
     assert np.median(errors) <= 0.10, rows
     assert errors.max() <= 0.20, rows
+
+
+@pytest.mark.slow
+def test_dln_subset_with_metropolis_adjusted_chains():
+    """The same cases and budget through calibrate(metropolis=True): step sizes limited by the
+    acceptance rate, not the curvature bound (at least the SGLD calibration's), and estimates within
+    the same bounds."""
+    options = dict(max_steps=20_000, step_sizes=(1e-8, 3.16e-8, 1e-7, 3.16e-7, 1e-6, 1e-5, 1e-4), sweep_steps=1000,
+                   min_steps=5000)
+    rows = [run_case(w, r, "singular", metropolis=True, **options) for w, r in CI_CASES]
+    for row in rows:
+        print(row["case"], row["lambda_theory"], row["llc_mean"], row["step_size"], row["num_steps"],
+              row["mala_acceptance"])
+    errors = np.array([abs(row["rel_error"]) for row in rows])
+    assert all(row["n_diverged"] == 0 and 0.5 < row["mala_acceptance"] < 1 for row in rows)
+    assert np.median(errors) <= 0.10, rows
+    assert errors.max() <= 0.20, rows
