@@ -28,6 +28,7 @@ same folder (e.g. one per machine) that a later run without it completes.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from pathlib import Path
@@ -135,6 +136,11 @@ VARIABLES = {
 }
 
 
+def sampler_name(ds: xr.Dataset) -> str:
+    """'SGLD', or 'MALA' where the panel ran Metropolis-adjusted chains (its config's `metropolis`)."""
+    return "MALA" if json.loads(ds.attrs.get("config", "{}")).get("metropolis", False) else "SGLD"
+
+
 def to_dataset(rows: list[dict], config: dict) -> xr.Dataset:
     data_vars = row_variables(rows, VARIABLES, "case")
     for name, long_name in (("widths", "layer widths H_0-...-H_L"), ("kind", "true parameter: singular | less_singular")):
@@ -166,6 +172,7 @@ def _summary_line(s: dict) -> str:
 
 
 def markdown_table(ds: xr.Dataset) -> str:
+    mala = sampler_name(ds) == "MALA"  # no bias check is run; the acceptance column is the realised rate
     lines = []
     for kind, title in (("singular", "Every layer of rank r (validation: local = Aoyagi lambda)"),
                         ("less_singular", "Less singular true parameters (one rank-r layer; expected >= lambda)")):
@@ -174,7 +181,7 @@ def markdown_table(ds: xr.Dataset) -> str:
             continue
         lines += [f"### {title}", "",
                   "| widths | r | d | lambda | lambda_hat +- std | rel. error | eps | gamma | steps | eps x steps | "
-                  "bias check | converged | MALA | R-hat |",
+                  f"bias check | converged | {'accepted' if mala else 'MALA'} | R-hat |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for i in sub:
             v = {k: ds[k].values[i] for k in ds.data_vars}
@@ -182,7 +189,8 @@ def markdown_table(ds: xr.Dataset) -> str:
                 f"| {v['widths']} | {int(v['rank'])} | {int(v['n_parameters'])} | {float(v['lambda_theory']):.2f} | "
                 f"{float(v['llc_mean']):.2f} +- {float(v['llc_std']):.2f} | {100 * float(v['rel_error']):+.1f}% | "
                 f"{float(v['step_size']):.2g} | {float(v.get('localization', 1.0)):g} | {int(v['num_steps'])} | {float(v['step_size']) * int(v['num_steps']):.3g} | "
-                f"{'ok' if int(v.get('bias_consistent', 0)) else 'not confirmed'} | {'yes' if int(v['converged']) else 'no'} | "
+                f"{'not run (MALA)' if mala else 'ok' if int(v.get('bias_consistent', 0)) else 'not confirmed'} | "
+                f"{'yes' if int(v['converged']) else 'no'} | "
                 f"{float(v['mala_acceptance']):.3f} | {float(v['rhat']):.3f} |")
         lines.append("")
     s = summary(ds)
@@ -212,7 +220,7 @@ def scatter_figure(ds: xr.Dataset):
         ax.plot(xs, xs, "-", color=fs.REFERENCE, lw=0.8, label="$\\hat\\lambda = \\lambda$")
         ax.fill_between(xs, 0.9 * xs, 1.1 * xs, color="0.88", lw=0, label="$\\pm$10% of $\\lambda$")
         ax.set_xlabel("Aoyagi's exact learning coefficient $\\lambda$")
-        ax.set_ylabel("$\\hat\\lambda$ (calibrated SGLD, $\\pm$ 1 sd over chains)")
+        ax.set_ylabel(f"$\\hat\\lambda$ (calibrated {sampler_name(ds)}, $\\pm$ 1 sd over chains)")
         ax.set_title("Deep linear networks: estimated against exact")
         ax.legend(loc="upper left")
     return fig
@@ -231,8 +239,8 @@ def write_outputs(ds: xr.Dataset, out_dir: Path, size: str, only=None) -> None:
     (out_dir / "dln_validation.md").write_text(table)
     scatter(ds, out_dir / "dln_validation.png")
     (out_dir / "report.md").write_text(
-        header("DLN validation: calibrated SGLD LLC vs Aoyagi's lambda", "dln-validation", out_dir, size, finding(ds),
-               only)
+        header(f"DLN validation: calibrated {sampler_name(ds)} LLC vs Aoyagi's lambda", "dln-validation", out_dir, size,
+               finding(ds), only, **({"metropolis": True} if sampler_name(ds) == "MALA" else {}))
         + f"{table}\n![estimated against exact](dln_validation.png)\n\nPer-case calibration sweeps in calibration/.\n")
 
 
@@ -240,7 +248,7 @@ def finding(ds: xr.Dataset) -> str:
     """One paragraph: how far the calibrated estimates are from Aoyagi's lambda."""
     s = summary(ds)
     text = (f"On {s['n_singular']} deep linear networks whose true parameter is as singular as its rank allows, the "
-            f"calibrated SGLD estimate against Aoyagi's exact learning coefficient: {_summary_line(s)}.")
+            f"calibrated {sampler_name(ds)} estimate against Aoyagi's exact learning coefficient: {_summary_line(s)}.")
     less = ds.where(ds["kind"] == "less_singular", drop=True)
     if less.sizes.get("case", 0):
         above = int((less["llc_mean"].values >= less["lambda_theory"].values).sum())

@@ -24,6 +24,7 @@ the layers, and the distance from w*.
     python -m experiments.dln_wide_drift                                   # 3-10-10-3 rank 2
     python -m experiments.dln_wide_drift --widths 2-20-2 --rank 1 --sampler-time 0.5
     python -m experiments.dln_wide_drift --metropolis --sampler-time 0.512  # the same chains, Metropolis-adjusted
+    python -m experiments.dln_wide_drift --metropolis --widths 6-6-6-6 --rank 3 --n 1000000 --step-sizes 1e-7
 
 `--metropolis` adds a Metropolis-Hastings accept/reject to every step (MALA: the SGLD step is the
 proposal; full batch, so the potential is exact), which leaves the localized tempered posterior
@@ -43,7 +44,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from experiments.dln_validation import LOCALIZATION, N_SAMPLES, NBETA, NUM_CHAINS, SEED, parse_widths
+import math
+
+from experiments.dln_validation import LOCALIZATION, N_SAMPLES, NUM_CHAINS, SEED, parse_widths
 from slt_superposition.curvature import curvature_at_positions, hessian_eigenvalues
 from slt_superposition.sgld import sgld
 from slt_superposition.theory import dln_learning_coefficient
@@ -53,14 +56,15 @@ BLOCK = 4096  # steps per compiled block; a block's float32 sum of excess losses
 FIRST_TIME = 0.004  # the first checkpoint's sampler time; then doubling
 
 
-def chain_blocks(params, data, step_size: float, localization: float, metropolis: bool = False):
+def chain_blocks(params, data, step_size: float, localization: float, metropolis: bool = False,
+                 nbeta: float = N_SAMPLES / math.log(N_SAMPLES)):
     """`run(positions, keys, start, n_blocks) -> (positions, sums (n_blocks, chains), accepted
     (n_blocks, chains))`: BLOCK-step blocks of every chain (vmapped), each block's summed excess loss
     L(w_t) - L(w*) per chain and its number of accepted steps (every step for plain SGLD). Block b of
     a chain draws its noise (and, with `metropolis`, its uniforms) from `fold_in(key, start + b)`."""
     w_star, unravel = ravel_pytree(params)
     flat_loss = lambda w, batch: dln_loss(unravel(w), batch)
-    kernel = sgld(flat_loss, w_star, step_size=step_size, localization=localization, nbeta=NBETA)
+    kernel = sgld(flat_loss, w_star, step_size=step_size, localization=localization, nbeta=nbeta)
     init_loss = flat_loss(w_star, data)
     value_and_grad = jax.value_and_grad(flat_loss)
 
@@ -68,7 +72,7 @@ def chain_blocks(params, data, step_size: float, localization: float, metropolis
         """(L(w), U(w) = nbeta L + gamma |w - w*|^2 / 2, grad U(w))."""
         loss, grad = value_and_grad(w, data)
         offset = w - w_star
-        return loss, NBETA * loss + 0.5 * localization * jnp.sum(offset**2), NBETA * grad + localization * offset
+        return loss, nbeta * loss + 0.5 * localization * jnp.sum(offset**2), nbeta * grad + localization * offset
 
     def sgld_step(w, z):
         state, info = kernel.step_with_noise(kernel.init(w), data, z)
@@ -113,12 +117,13 @@ def chain_blocks(params, data, step_size: float, localization: float, metropolis
     return run, unravel
 
 
-def describe_positions(flat, unravel, params, data, rank: int, step_size: float, localization: float, key) -> dict:
+def describe_positions(flat, unravel, params, data, rank: int, step_size: float, localization: float, key,
+                       nbeta: float) -> dict:
     """At each chain's position (`flat (chain, d)`): the Hessian's top eigenvalue and the bias predicted
     there (`curvature.curvature_at_positions`, the estimator's check at the chains' ends), layer norms,
     rank drift and distance from w*; arrays over chains."""
     end = curvature_at_positions(dln_loss, [W[None] for W in params], data, np.asarray(flat)[None],
-                                 data_batched=False, step_size=step_size, localization=localization, nbeta=NBETA,
+                                 data_batched=False, step_size=step_size, localization=localization, nbeta=nbeta,
                                  key=key)
     out = {"top": end["top"][0], "bias": end["bias"][0], "norms": [], "rank_ratio": []}
     for w in map(unravel, flat):
@@ -131,8 +136,9 @@ def describe_positions(flat, unravel, params, data, rank: int, step_size: float,
 
 
 def run_step_size(params, data, rank: int, step_size: float, sampler_time: float, localization: float, key,
-                  metropolis: bool = False) -> None:
-    run, unravel = chain_blocks(params, data, step_size, localization, metropolis)
+                  metropolis: bool = False, n: int = N_SAMPLES) -> None:
+    nbeta = n / math.log(n)
+    run, unravel = chain_blocks(params, data, step_size, localization, metropolis, nbeta)
     keys = jax.random.split(key, NUM_CHAINS)
     flat = jnp.broadcast_to(ravel_pytree(params)[0], (NUM_CHAINS, sum(W.size for W in params)))
     sums = np.zeros((0, NUM_CHAINS))  # per block, float64
@@ -151,8 +157,8 @@ def run_step_size(params, data, rank: int, step_size: float, sampler_time: float
             accepted = np.concatenate([accepted, np.asarray(block_accepted, np.float64)])
             done += n_blocks
         half = done // 2
-        per_chain = NBETA * sums[half:].sum(axis=0) / ((done - half) * BLOCK)
-        at = describe_positions(flat, unravel, params, data, rank, step_size, localization, key)
+        per_chain = nbeta * sums[half:].sum(axis=0) / ((done - half) * BLOCK)
+        at = describe_positions(flat, unravel, params, data, rank, step_size, localization, key, nbeta)
         norms = np.mean(at["norms"], axis=0)
         acceptance = f"  accepted {accepted[half:].sum() / ((done - half) * BLOCK * NUM_CHAINS):.3f}" if metropolis else ""
         print(f"{'MALA ' if metropolis else ''}gamma {localization:g} eps {step_size:.3g}  t {done * BLOCK * step_size:7.3f} ({done * BLOCK:>9} steps): "
@@ -175,18 +181,23 @@ def main(argv: list[str] | None = None) -> None:
                         help="localization gamma (default %(default)s, the panel's)")
     parser.add_argument("--metropolis", action="store_true",
                         help="accept or reject every step (MALA, exact at any step size) instead of plain SGLD")
+    parser.add_argument("--n", type=int, default=N_SAMPLES,
+                        help="samples n of the data (nbeta = n / log n; default %(default)s, the panel's)")
     args = parser.parse_args(argv)
     widths = args.widths
     if not all(eps > 0 for eps in args.step_sizes) or not args.sampler_time >= FIRST_TIME or not args.localization > 0:
         parser.error(f"step sizes and --localization must be positive and --sampler-time at least {FIRST_TIME}")
+    if args.n < sum(args.widths[:1] + args.widths[-1:]):
+        parser.error("--n must be at least H_0 + H_L (the compressed rows)")
     k_true, k_data, _, k_est = jax.random.split(jax.random.key(SEED), 4)
     params = dln_true_params(k_true, widths, args.rank, "singular")
-    data = dln_compressed_data(*dln_data(k_data, params, N_SAMPLES))
+    data = dln_compressed_data(*dln_data(k_data, params, args.n))
     h = np.asarray(hessian_eigenvalues(dln_loss, params, data), np.float64)
-    print(f"{'-'.join(map(str, widths))} rank {args.rank}: lambda = {dln_learning_coefficient(widths, args.rank):g}; at w*: top h "
+    print(f"{'-'.join(map(str, widths))} rank {args.rank}, n = {args.n}: lambda = "
+          f"{dln_learning_coefficient(widths, args.rank):g}; at w*: top h "
           f"{h.max():.2f}, |W_l| {'/'.join(f'{float(jnp.linalg.norm(W)):.2f}' for W in params)}", flush=True)
     for eps in args.step_sizes:
-        run_step_size(params, data, args.rank, eps, args.sampler_time, args.localization, k_est, args.metropolis)
+        run_step_size(params, data, args.rank, eps, args.sampler_time, args.localization, k_est, args.metropolis, args.n)
 
 
 if __name__ == "__main__":
