@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import xarray as xr
 
 from slt_superposition import SGLDConfig, calibrate, estimate_llc
 from slt_superposition.curvature import quadratic_llc
@@ -91,3 +92,22 @@ def test_calibration_of_metropolis_chains_is_not_held_by_the_curvature_bound():
     assert config.metropolis and not plain.metropolis
     assert float(ds["acceptance"].sel(step_size=config.step_size)) >= ds.attrs["acceptance_threshold"]
     assert "not applied" in ds.attrs["verdict"] and "bias checks not run" in ds.attrs["verdict"]
+
+
+def test_llc_command_runs_metropolis_chains_and_refuses_a_minibatch(tmp_path, capsys):
+    from slt_superposition.cli import main
+    from test_robustness import _train_like  # tests/test_robustness.py
+
+    path = _train_like(tmp_path / "t.nc")
+    out = tmp_path / "l.nc"
+    assert main(["llc", str(path), "--out", str(out), "--metropolis"]) == 2  # default --batch-size 500
+    err = capsys.readouterr().err
+    assert "error: --metropolis needs full batch (--batch-size 0)" in err and "Traceback" not in err
+    assert not out.exists()
+    code = main(["llc", str(path), "--out", str(out), "--metropolis", "--batch-size", "0", "--n-samples", "200",
+                 "--steps", "400", "--burnin", "100", "--chains", "2", "--step-size", "1e-3"])
+    assert code == 0, capsys.readouterr().err[-500:]
+    ds = xr.open_dataset(out, engine="h5netcdf")
+    assert json.loads(ds.attrs["config"])["metropolis"] is True
+    assert "accepted" in ds["mala_acceptance"].attrs["long_name"]
+    assert np.all((ds["mala_acceptance"].values > 0) & (ds["mala_acceptance"].values <= 1))

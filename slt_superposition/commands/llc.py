@@ -100,6 +100,9 @@ def llc(
         check_writable(side_file, inputs=[path])
     _check_options(chains=chains, steps=steps, burnin=burnin, trace_every=trace_every, seed=seed,
                    batch_size=batch_size, n_samples=n_samples, max_steps=max_steps)
+    if metropolis and batch_size:
+        raise InputError(f"--metropolis needs full batch (--batch-size 0): the accept/reject step needs the exact "
+                         f"loss, and --batch-size {batch_size} gives a noisy one")
     if not (0 <= min_relaxation < math.inf):
         raise InputError(f"--min-relaxation must be >= 0 and finite, got {min_relaxation}")
     ds = complete(open_result(path, kind="train"))
