@@ -48,6 +48,7 @@ import math
 
 from experiments.dln_validation import LOCALIZATION, N_SAMPLES, NUM_CHAINS, SEED, parse_widths
 from slt_superposition.curvature import curvature_at_positions, hessian_eigenvalues
+from slt_superposition.diagnostics import mala_log_acceptance
 from slt_superposition.sgld import sgld
 from slt_superposition.theory import dln_learning_coefficient
 from toy_models.dln import dln_compressed_data, dln_data, dln_loss, dln_true_params
@@ -79,16 +80,12 @@ def chain_blocks(params, data, step_size: float, localization: float, metropolis
         return state.position, (info.loss - init_loss, jnp.float32(1))
 
     def mala_step(carry, xs):
-        """The SGLD step as a proposal, accepted with the MALA probability. The log ratio is written
-        so that nothing large cancels: with delta = w' - w, log q(w | w') - log q(w' | w) =
-        delta . (g + g') / 2 - eps (|g'|^2 - |g|^2) / 8 for the Gaussian proposal q(. | w) =
-        N(w - eps g / 2, eps)."""
+        """The SGLD step as a proposal, accepted with the MALA probability
+        (`diagnostics.mala_log_acceptance`, as the package's kernel)."""
         (w, loss, potential, drift), (z, u) = carry, xs
         proposal = w + (jnp.sqrt(step_size) * z - 0.5 * step_size * drift)
         loss_p, potential_p, drift_p = potential_and_drift(proposal)
-        delta = proposal - w
-        log_ratio = (potential - potential_p + 0.5 * jnp.dot(delta, drift + drift_p)
-                     - 0.125 * step_size * (jnp.sum(drift_p**2) - jnp.sum(drift**2)))
+        log_ratio = mala_log_acceptance(w, drift, potential, proposal, drift_p, potential_p, step_size)
         accept = jnp.log(u) < log_ratio  # NaN (a non-finite proposal) rejects
         new = jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), (proposal, loss_p, potential_p, drift_p),
                                      (w, loss, potential, drift))

@@ -51,6 +51,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from experiments.tms_sampler_time import CHAINS, inputs
+from slt_superposition.diagnostics import mala_log_acceptance
 from slt_superposition.llc import default_nbeta
 
 LOCALIZATION = 1.0
@@ -115,15 +116,11 @@ def run_chains(loss_fn, w_star, unravel, data, S, *, nbeta: float, gamma: float,
         u = u + (math.sqrt(step_size) * z - 0.5 * step_size * g)
         return u, (nbeta * (loss - loss_star), jnp.float32(1))
 
-    def mala_step(carry, xs):
-        # log q(u | u') - log q(u' | u) for q(. | u) = N(u - eps g / 2, eps), written so that nothing
-        # large cancels: delta . (g + g') / 2 - eps (|g'|^2 - |g|^2) / 8, delta = u' - u
+    def mala_step(carry, xs):  # the MALA probability as the package's kernel (diagnostics.mala_log_acceptance)
         (u, value, loss, g), (z, uniform) = carry, xs
         proposal = u + (math.sqrt(step_size) * z - 0.5 * step_size * g)
         (value_p, loss_p), g_p = value_and_grad(proposal)
-        delta = proposal - u
-        log_ratio = (value - value_p + 0.5 * jnp.dot(delta, g + g_p)
-                     - 0.125 * step_size * (jnp.sum(g_p**2) - jnp.sum(g**2)))
+        log_ratio = mala_log_acceptance(u, g, value, proposal, g_p, value_p, step_size)
         accept = jnp.log(uniform) < log_ratio  # NaN (a non-finite proposal) rejects
         new = jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), (proposal, value_p, loss_p, g_p),
                                      (u, value, loss, g))

@@ -8,12 +8,9 @@ potential), the proposal is the SGLD step of `slt_superposition.sgld`,
 accepted with probability min(1, exp(U(w) - U(w') + log q(w | w') - log q(w' | w))), q(. | w) the
 proposal's Gaussian density; a rejected step stays at w. The chain then leaves the localized tempered
 posterior exp(-U) exactly invariant at every step size: no discretisation bias, whatever the curvature
-where the chain goes (the price is rejected steps; the acceptance rate says how many). With delta =
-w' - w and g, g' the drifts at both ends, the log ratio of the proposal densities is written as
-
-    log q(w | w') - log q(w' | w) = delta . (g + g') / 2 - step_size (|g'|^2 - |g|^2) / 8,
-
-in which no large terms cancel (the textbook form subtracts two squared norms of size |z|^2 / 2).
+where the chain goes (the price is rejected steps; the acceptance rate says how many). The log ratio
+is `diagnostics.mala_log_acceptance`, the one the SGLD chains' acceptance proxy reads; the move and
+the potential are `sgld`'s (`langevin_move`, `potential_and_drift`).
 
 The state carries the loss, potential and drift at the current position, so a step evaluates the
 loss and its gradient once (at the proposal), as an SGLD step does. `SGLDInfo` describes the pre-step
@@ -31,7 +28,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from slt_superposition.sgld import SGLDInfo, tree_sq_norm
+from slt_superposition.diagnostics import mala_log_acceptance
+from slt_superposition.sgld import SGLDInfo, langevin_move, potential_and_drift
 
 PyTree = Any
 
@@ -50,10 +48,6 @@ class MALAKernel(NamedTuple):
     step_with_noise: Callable[[MALAState, PyTree, PyTree, jax.Array], tuple[MALAState, SGLDInfo, jax.Array]]
 
 
-def _dot(a: PyTree, b: PyTree) -> jax.Array:
-    return sum(jnp.sum(x * y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
-
-
 def mala(
     loss_fn: Callable[[PyTree, PyTree], jax.Array],
     anchor: PyTree,
@@ -70,25 +64,16 @@ def mala(
     (`SGLDInfo`), `accepted` a boolean scalar. A proposal whose loss, drift or position is not
     finite is rejected. Settings may be traced scalars, as for `sgld`.
     """
-    value_and_grad = value_and_grad or jax.value_and_grad(loss_fn)
+    potential = potential_and_drift(loss_fn, anchor, localization=localization, nbeta=nbeta,
+                                    value_and_grad=value_and_grad)
 
     def evaluate(w: PyTree, data: PyTree) -> MALAState:
-        loss, grad = value_and_grad(w, data)
-        offset = jax.tree_util.tree_map(jnp.subtract, w, anchor)
-        drift = jax.tree_util.tree_map(lambda g, o: nbeta * g + localization * o, grad, offset)
-        return MALAState(w, loss, nbeta * loss + 0.5 * localization * tree_sq_norm(offset), drift)
+        return MALAState(w, *potential(w, data))
 
     def step_with_noise(state: MALAState, data: PyTree, noise: PyTree, uniform: jax.Array):
-        scale = jnp.sqrt(step_size)
-        # the increment summed first, as in sgld: the drift alone can be below half a float32 unit of w
-        proposal = jax.tree_util.tree_map(
-            lambda x, d, z: (x + (scale * z - 0.5 * step_size * d)).astype(jnp.result_type(x)),
-            state.position, state.drift, noise)
-        new = evaluate(proposal, data)
-        delta = jax.tree_util.tree_map(jnp.subtract, new.position, state.position)
-        log_ratio = (state.potential - new.potential
-                     + 0.5 * _dot(delta, jax.tree_util.tree_map(jnp.add, state.drift, new.drift))
-                     - 0.125 * step_size * (tree_sq_norm(new.drift) - tree_sq_norm(state.drift)))
+        new = evaluate(langevin_move(state.position, state.drift, noise, step_size), data)
+        log_ratio = mala_log_acceptance(state.position, state.drift, state.potential, new.position, new.drift,
+                                        new.potential, step_size)
         finite = (jnp.isfinite(new.loss) & jnp.isfinite(log_ratio)
                   & jnp.all(jnp.asarray([jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(new)])))
         accepted = finite & (jnp.log(uniform) < log_ratio)

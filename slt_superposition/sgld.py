@@ -92,7 +92,8 @@ def sgld(
     Returns `SGLDKernel(init, step)`; `step(key, state, minibatch) -> (state, SGLDInfo)`.
     `value_and_grad(params, minibatch) -> (loss, grad)`: defaults to `jax.value_and_grad(loss_fn)`.
     """
-    value_and_grad = value_and_grad or jax.value_and_grad(loss_fn)
+    evaluate = potential_and_drift(loss_fn, anchor, localization=localization, nbeta=nbeta,
+                                   value_and_grad=value_and_grad)
 
     def init(position: PyTree) -> SGLDState:
         return SGLDState(position)
@@ -103,18 +104,32 @@ def sgld(
     def step_with_noise(state: SGLDState, minibatch: PyTree, noise: PyTree) -> tuple[SGLDState, SGLDInfo]:
         """The same step with the standard normal draw `noise` (shaped like the position) given."""
         w = state.position
-        loss, grad = value_and_grad(w, minibatch)
-        offset = jax.tree_util.tree_map(jnp.subtract, w, anchor)
-        drift = jax.tree_util.tree_map(lambda g, o: nbeta * g + localization * o, grad, offset)
-        potential = nbeta * loss + 0.5 * localization * tree_sq_norm(offset)
-        scale = jnp.sqrt(step_size)
-        # the increment is summed first: at small step sizes the drift alone is below half a float32
-        # unit of w and `w - drift` would round it away every step (a localization-only chain at
-        # eps 1e-8 and |w| ~ 1 then random-walks instead of relaxing: tests/test_sgld.py)
-        new_w = jax.tree_util.tree_map(
-            lambda x, d, z: (x + (scale * z - 0.5 * step_size * d)).astype(jnp.result_type(x)),
-            w, drift, noise,
-        )
-        return SGLDState(new_w), SGLDInfo(loss, potential, drift, w)
+        loss, potential, drift = evaluate(w, minibatch)
+        return SGLDState(langevin_move(w, drift, noise, step_size)), SGLDInfo(loss, potential, drift, w)
 
     return SGLDKernel(init, step, step_with_noise)
+
+
+def potential_and_drift(loss_fn, anchor: PyTree, *, localization, nbeta, value_and_grad=None) -> Callable:
+    """`(w, batch) -> (L_B(w), U(w), grad U(w))` with U = nbeta L_B + (localization / 2) ||w - w*||^2,
+    from one evaluation of `value_and_grad` (default `jax.value_and_grad(loss_fn)`); the potential
+    and drift of both kernels (`sgld`, `slt_superposition.mala`)."""
+    value_and_grad = value_and_grad or jax.value_and_grad(loss_fn)
+
+    def evaluate(w: PyTree, batch: PyTree) -> tuple[jax.Array, jax.Array, PyTree]:
+        loss, grad = value_and_grad(w, batch)
+        offset = jax.tree_util.tree_map(jnp.subtract, w, anchor)
+        drift = jax.tree_util.tree_map(lambda g, o: nbeta * g + localization * o, grad, offset)
+        return loss, nbeta * loss + 0.5 * localization * tree_sq_norm(offset), drift
+
+    return evaluate
+
+
+def langevin_move(w: PyTree, drift: PyTree, noise: PyTree, step_size) -> PyTree:
+    """The Langevin step w + (sqrt(eps) z - (eps / 2) drift), in w's dtype: SGLD's move and MALA's
+    proposal. The increment is summed first: at small step sizes the drift alone is below half a
+    float32 unit of w and `w - drift` would round it away every step (a localization-only chain at
+    eps 1e-8 and |w| ~ 1 then random-walks instead of relaxing: tests/test_sgld.py)."""
+    scale = jnp.sqrt(step_size)
+    return jax.tree_util.tree_map(lambda x, d, z: (x + (scale * z - 0.5 * step_size * d)).astype(jnp.result_type(x)),
+                                  w, drift, noise)
