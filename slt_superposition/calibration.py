@@ -534,11 +534,9 @@ def calibrate_batched(
     n = int(jax.tree_util.tree_leaves(data)[0].shape[1 if data_batched else 0])
     if batch_size is not None:
         batch_size = check_batch_size(batch_size, n)
-    require(not metropolis or batch_size is None,
-            f"metropolis=True needs full batch (batch_size None): the accept/reject step needs the exact potential, "
-            f"got batch_size {batch_size} of n={n}")
+    # validates every setting the chains will run with, `metropolis` with full batch included
     probe = SGLDConfig(step_size=step_sizes[0], localization=localizations[0], nbeta=nbeta, num_chains=num_chains,
-                       num_steps=max(2, min_steps), num_burnin=1, batch_size=batch_size, metropolis=bool(metropolis))
+                       num_steps=max(2, min_steps), num_burnin=1, batch_size=batch_size, metropolis=metropolis)
     n, d = _check_inputs(loss_fn, params, data, probe, instance_axes=1, data_axes=1 if data_batched else 0)
     nbeta_value = (default_nbeta(n, batch_size, nbeta) if isinstance(nbeta, str) else
                    default_nbeta(n) if nbeta is None else float(nbeta))
