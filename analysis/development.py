@@ -141,7 +141,7 @@ def development(config: TrainConfig, *, sgld: SGLDConfig, n_samples: int, key, c
             "llc_mean": llc["llc_mean"],
             "llc_std": llc["llc_std"],
             "mala_acceptance": llc["mala_acceptance"].mean("chain").assign_attrs(
-                long_name="MALA acceptance proxy, mean over chains", units="1"),
+                long_name=f"{llc['mala_acceptance'].attrs['long_name']}, mean over chains", units="1"),
             "llc_trusted": llc["trusted"],
             "snapshot_loss": llc["init_loss"].assign_attrs(long_name="loss at the snapshot (LLC data)", units="loss"),
             "n_represented": k,

@@ -10,13 +10,15 @@ seed's final weights with its *own* calibration (`calibrate_batched` on the flag
 full batch through the closed form of L_n, so the cost does not grow with n), and prints each
 estimate against its class's lambda.
 
-    python -m experiments.development_final_vs_n [--size default] [--log2-n 14 16 18]
+    python -m experiments.development_final_vs_n [--size default] [--log2-n 14 16 18] [--sampler sgld]
 
 With `--flagship OUT` it instead runs the flagship's own development part at `--size`
 (`weights_vs_activations.run_development`: one calibration for every snapshot, n =
 `development_samples`, chains of at most `development_max_steps`; `--n`, `--max-steps` and
 `--long-check-steps` override them) into OUT and prints the chosen settings and the report's
-development finding. Without it, `--max-steps` sets the per-seed calibrations' cap.
+development finding. Without it, `--max-steps` sets the per-seed calibrations' cap. `--sampler`:
+Metropolis-adjusted chains (`mala`, the flagship's `development_metropolis` default) or plain SGLD
+(`sgld`, the flagship's development sampler until 2026-12-05, which printed the numbers above).
 """
 
 from __future__ import annotations
@@ -55,7 +57,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-steps", type=int,
                         help="the calibration's chain-length cap (with --flagship: development_max_steps)")
     parser.add_argument("--long-check-steps", type=int, help="with --max-steps: the long check's cap (default twice)")
+    parser.add_argument("--sampler", choices=("mala", "sgld"), default="mala",
+                        help="Metropolis-adjusted chains (the flagship's development default) or plain SGLD")
     args = parser.parse_args(argv)
+    metropolis = args.sampler == "mala"
     if args.n is not None and not args.flagship:
         parser.error("--n goes with --flagship (the per-seed study takes --log2-n)")
     if args.long_check_steps is not None and args.max_steps is None:
@@ -64,11 +69,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.max_steps is not None:
         caps = {"max_steps": args.max_steps, "long_check_steps": args.long_check_steps or 2 * args.max_steps}
     if args.flagship:
-        flagship_development(args.size, Path(args.flagship), args.n, **caps)
+        flagship_development(args.size, Path(args.flagship), args.n, metropolis=metropolis, **caps)
         return
     if not all(8 <= k <= 24 for k in args.log2_n):
         parser.error("--log2-n values must be in 8..24")
     train_config, config = development_config(args.size)
+    print(f"sampler: {'Metropolis-adjusted (MALA)' if metropolis else 'plain SGLD'}", flush=True)
     if caps:
         config = dataclasses.replace(config, calibration_max_steps=caps["max_steps"],
                                      calibration_long_check_steps=caps["long_check_steps"])
@@ -83,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
         loss_fn, data = full_batch_inputs(train, loss_fn, data)
         dims = grid.grid_coords(train)
         sgld, sweep = _calibrate(loss_fn, params, data, jax.random.fold_in(key, 1),
-                                 dataclasses.replace(config, llc_batch_size=None), instance_dims=dims)
+                                 dataclasses.replace(config, llc_batch_size=None), instance_dims=dims,
+                                 metropolis=metropolis)
         llc = estimate_llc_batched(loss_fn, params, data, config=sgld, key=jax.random.fold_in(key, 2),
                                    instance_dims=dims, check_steps=config.check_steps, calibration=sweep)
         mean, se = llc["llc_mean"].values.ravel(), llc["llc_se"].values.ravel()
@@ -101,15 +108,16 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def flagship_development(size: str, out: Path, n: int | None = None, max_steps: int | None = None,
-                         long_check_steps: int | None = None) -> None:
-    """The flagship's development part at `size` (overrides: n, and the chain caps, both or neither)
-    into `out`; prints the calibration's choice and the report's development finding."""
+                         long_check_steps: int | None = None, metropolis: bool = True) -> None:
+    """The flagship's development part at `size` (overrides: n, and the chain caps, both or neither;
+    `metropolis`: its sampler) into `out`; prints the calibration's choice and the report's
+    development finding."""
     import xarray as xr
 
     from analysis.compare_plots import _development_finding
     from experiments.weights_vs_activations import KGON_LLC, run_development
 
-    config = SIZES[size]
+    config = dataclasses.replace(SIZES[size], development_metropolis=metropolis)
     if n is not None:
         config = dataclasses.replace(config, development_samples=n)
     if max_steps is not None:
@@ -122,8 +130,9 @@ def flagship_development(size: str, out: Path, n: int | None = None, max_steps: 
     calibration = xr.open_dataset(out / "calibration" / "development.nc")
     choice = {name: calibration[name].values.item() for name in ("chosen_step_size", "chosen_num_steps", "converged")}
     print(f"{time.perf_counter() - start:.0f} s; n = {config.development_samples}, at most "
-          f"{config.development_max_steps} steps: eps {choice['chosen_step_size']:.2g}, "
-          f"{choice['chosen_num_steps']} steps, settled {bool(choice['converged'])}")
+          f"{config.development_max_steps} steps, {'MALA' if metropolis else 'SGLD'}: eps "
+          f"{choice['chosen_step_size']:.2g}, {choice['chosen_num_steps']} steps, settled {bool(choice['converged'])}; "
+          f"snapshots trusted {int(dev['llc_trusted'].sum())} of {dev['llc_trusted'].size}")
     print(_development_finding(dev, KGON_LLC))
 
 

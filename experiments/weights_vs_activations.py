@@ -10,7 +10,8 @@ chooses every instance's own step size and chain length; every estimate carries 
 and a `trusted` flag), its Hessian and Gauss-Newton ranks computed at the same point, TopK SAEs of several
 dictionary sizes trained on its hidden activations, and both sides joined by
 `analysis.compare.compare`. A second part follows Chen et al.'s 6-feature, 2-neuron TMS along
-training (LLC and k/m of every snapshot). Each model is one chunk of a resumable sweep.
+training (LLC and k/m of every snapshot, Metropolis-adjusted chains on the closed form of L_n).
+Each model is one chunk of a resumable sweep.
 Writes `weights_vs_activations.nc`, `development.nc`, the per-model `train_*.nc`, figures and
 `report.md` into the output folder.
 """
@@ -101,6 +102,9 @@ class FlagshipConfig:
     # calibration's sampler-time floor, which the grid's cap (`calibration_max_steps`) cannot
     development_max_steps: int = 32_000
     development_long_check_steps: int = 64_000
+    # Metropolis-adjusted chains (SGLDConfig.metropolis) for the development's full-batch closed form:
+    # no discretisation bias, and step sizes about 3x SGLD's (docs/experiments/weights_vs_activations.md)
+    development_metropolis: bool = True
     # fragility (analysis.fragility_test): susceptibilities read from the LLC's own chains, and retraining at q'
     susceptibility_features: tuple[int, ...] = (0, 1)  # perturbations: feature j's probability x factor
     susceptibility_factor: float = 0.75
@@ -186,15 +190,17 @@ def _calibrated_llc(inputs, train: xr.Dataset, config: FlagshipConfig, key, out_
     return llc, summary, flagship_susceptibility_summary(chains, **options)
 
 
-def _calibrate(loss_fn, params, data, key, config: FlagshipConfig, *, instance_dims=None, data_batched=True):
+def _calibrate(loss_fn, params, data, key, config: FlagshipConfig, *, instance_dims=None, data_batched=True,
+               metropolis: bool = False):
     """`calibrate_batched` (with `calibration_chains` chains) on the flagship's budget; the chosen
-    config gets `llc_chains` chains."""
+    config gets `llc_chains` chains. `metropolis`: Metropolis-adjusted chains (full batch only)."""
     sgld, sweep = calibrate_batched(
         loss_fn, params, data, key=key, instance_dims=instance_dims, data_batched=data_batched,
         batch_size=config.llc_batch_size, num_chains=config.calibration_chains,
         step_sizes=config.calibration_step_sizes, sweep_steps=config.calibration_sweep_steps,
         min_steps=config.calibration_min_steps, max_steps=config.calibration_max_steps,
         long_check_max_steps=config.calibration_long_check_steps, batch_check_steps=config.check_steps,
+        metropolis=metropolis,
     )
     return dataclasses.replace(sgld, num_chains=config.llc_chains), sweep
 
@@ -410,7 +416,8 @@ def _development_sgld(dev_config: TrainConfig, config: FlagshipConfig, out_dir: 
     """Calibrate once on a fully trained 6-feature TMS; used for every snapshot. In the Chen et al.
     setting at full batch, through the closed form of L_n (`development.full_batch_inputs`: exact
     L_n at about the cost of a minibatch, no minibatch check), with chains of at most
-    `development_max_steps`. The sweep is saved as `calibration/development.nc`."""
+    `development_max_steps`, Metropolis-adjusted where `development_metropolis` (the exact potential
+    is what the accept/reject step needs). The sweep is saved as `calibration/development.nc`."""
     probe = train_grid(dataclasses.replace(dev_config, seeds=(0,), snapshot_steps=()), progress=False)
     loss_fn, params, data = llc_inputs(probe, n_samples=config.development_samples,
                                        key=jax.random.key(config.seed + 2))
@@ -419,7 +426,8 @@ def _development_sgld(dev_config: TrainConfig, config: FlagshipConfig, out_dir: 
         loss_fn, data, config = exact_loss, exact_data, dataclasses.replace(config, llc_batch_size=None)
     config = dataclasses.replace(config, calibration_max_steps=config.development_max_steps,
                                  calibration_long_check_steps=config.development_long_check_steps)
-    sgld, sweep = _calibrate(loss_fn, params, data, jax.random.key(config.seed + 3), config)
+    metropolis = config.development_metropolis and config.llc_batch_size is None
+    sgld, sweep = _calibrate(loss_fn, params, data, jax.random.key(config.seed + 3), config, metropolis=metropolis)
     save_dataset(sweep, out_dir / "calibration" / "development.nc")
     scalar = {name: np.asarray(getattr(sgld, name)).reshape(-1)[0].item()
               for name in ("step_size", "localization", "num_steps", "num_burnin")}
@@ -452,9 +460,10 @@ def write_report(ds: xr.Dataset, dev: xr.Dataset, out_dir: Path, figures: list[P
         "length (`llc_step_size`, `llc_num_steps` in the dataset); every estimate carries its bias checks "
         f"({config.check_steps}-step paired runs at step size / 3 and with full batch) and a `trusted` flag "
         "(`llc_trusted`). The development part's LLC data has n = "
-        f"{config.development_samples} samples, at full batch through the closed form of L_n: its estimates are "
-        "compared with the asymptotic lambda of their classes, so it runs at an n where the finite-n excess is "
-        f"small, with chains of at most {config.development_max_steps} steps "
+        f"{config.development_samples} samples, at full batch through the closed form of L_n"
+        f"{', with Metropolis-adjusted chains (no step-size bias)' if config.development_metropolis else ''}: "
+        "its estimates are compared with the asymptotic lambda of their classes, so it runs at an n where the "
+        f"finite-n excess is small, with chains of at most {config.development_max_steps} steps "
         "(`experiments/development_final_vs_n.py`).",
         "",
         "## What the data says",

@@ -210,6 +210,12 @@ def test_flagship_tiny_grid_is_reproducible_and_self_describing(tmp_path):
     dev = xr.open_dataset(tmp_path / "a" / "development.nc").load()
     assert dev["llc_trusted"].dtype == bool and dev["llc_trusted"].shape == dev["llc_mean"].shape
     assert json.loads(dev.attrs["config"])["n_samples"] == 700  # development_samples, not llc_samples
+    # the development's closed-form full batch runs Metropolis-adjusted chains: realised acceptance rates
+    assert json.loads(dev.attrs["config"])["sgld"]["metropolis"] is True
+    assert "Metropolis proposals accepted" in dev["mala_acceptance"].attrs["long_name"]
+    assert ((dev["mala_acceptance"] >= 0) & (dev["mala_acceptance"] <= 1)).all()
+    assert "Metropolis-adjusted" in str(xr.open_dataset(tmp_path / "a" / "calibration" / "development.nc")["verdict"].values)
+    assert "with Metropolis-adjusted chains" in report
     for figure in ("sparsity_curves.png", "scatter.png", "fragility.png", "development.png",
                    "fragility_susceptibility.png"):
         assert (tmp_path / "a" / figure).stat().st_size > 0
