@@ -550,6 +550,31 @@ def _development_finding(dev: xr.Dataset, kgon_llc: dict[int, float]) -> str:
                  f"{np.median(np.abs(rel)):.0%} (from {rel.min():+.0%} to {rel.max():+.0%}).")
     else:
         text += " No final snapshot is in a class with a theory."
+    if "llc_final_refined" in one and "final_refined_class_llc" in one:
+        text += " " + _refined_final_finding(one)
+    return text
+
+
+def _refined_final_finding(one: xr.Dataset) -> str:
+    """The final weights refined to a critical point of L_n (`development.final_refined_llc`)
+    against their class's lambda: trained on fresh batches, the final snapshots sit near, not
+    at, a critical point of the LLC's L_n, and the snapshot estimates read low by about nbeta
+    times the loss gap."""
+    value = one["llc_final_refined"].transpose("seed").values
+    theory = one["final_refined_class_llc"].transpose("seed").values
+    labels = one["final_refined_class_label"].transpose("seed").values.astype(str)
+    before = one["grad_norm_final"].transpose("seed").values
+    after = one["grad_norm_final_refined"].transpose("seed").values
+    trusted = int(one["llc_final_refined_trusted"].sum())
+    each = "; ".join(f"{lab} {v:.2f} vs " + (f"{t:g}" if np.isfinite(t) else "no theory")
+                     for lab, v, t in zip(labels, value, theory))
+    text = (f"At a critical point of L_n (the final weights refined, ||grad L_n|| {np.min(before):.1e}-"
+            f"{np.max(before):.1e} -> at most {np.max(after):.1e}): {each}; {trusted} of {value.size} trusted.")
+    with_theory = np.isfinite(theory)
+    if with_theory.any():
+        rel = (value[with_theory] - theory[with_theory]) / theory[with_theory]
+        text += (f" Median |relative error| {np.median(np.abs(rel)):.0%} (from {rel.min():+.0%} to "
+                 f"{rel.max():+.0%}).")
     return text
 
 

@@ -61,6 +61,52 @@ def snapshot_llc(train: xr.Dataset, *, sgld: SGLDConfig, n_samples: int, key, ch
                                 check_steps=check_steps)
 
 
+def final_refined_llc(train: xr.Dataset, *, sgld: SGLDConfig, n_samples: int, key,
+                      check_steps: int = CHECK_STEPS) -> xr.Dataset:
+    """The LLC of every instance's final weights refined to a critical point of L_n.
+
+    The snapshots are estimated where training left them; the final weights, trained on fresh
+    batches, sit near a critical point of the population loss, not of the L_n of the LLC's n
+    samples, and chains from there find lower loss: the estimate reads low by about nbeta times
+    the loss gap, which grows with n (docs/experiments/weights_vs_activations.md). This refines
+    them to a critical point of the same L_n (`analysis.refine.refine_batched`, as the flagship's
+    grid does) on the snapshots' data (`key` as for `snapshot_llc`) and estimates there with
+    `sgld`. Returns over the grid dims: `llc_final_refined`, `llc_final_refined_std`,
+    `llc_final_refined_trusted`, `grad_norm_final` and `grad_norm_final_refined` (||grad L_n||
+    before and after), and in the Chen et al. setting `final_refined_class_label` and
+    `final_refined_class_llc` (the refined point's class and lambda).
+    """
+    from analysis.refine import refine_batched
+
+    data_key, chain_key = jax.random.split(key)
+    loss_fn, params, data = llc_inputs(train, n_samples=n_samples, key=data_key)  # leaves (instance, ...)
+    if sgld.batch_size is None:
+        loss_fn, data = full_batch_inputs(train, loss_fn, data)
+    params, before, after = refine_batched(loss_fn, params, data)
+    dims = grid_coords(train)
+    llc = estimate_llc_batched(loss_fn, params, data, config=sgld, key=jax.random.fold_in(chain_key, 1),
+                               instance_dims=dims, check_steps=check_steps)
+    norm = lambda values, long_name: unflatten(np.asarray(values), train).assign_attrs(long_name=long_name, units="1")
+    out = xr.Dataset({
+        "llc_final_refined": llc["llc_mean"].assign_attrs(
+            long_name="LLC at the final weights refined to a critical point of L_n (the snapshots' data)"),
+        "llc_final_refined_std": llc["llc_std"].assign_attrs(long_name="std over chains of llc_final_refined"),
+        "llc_final_refined_trusted": llc["trusted"].assign_attrs(
+            long_name="llc_final_refined's stored bias checks all passed"),
+        "grad_norm_final": norm(before, "||grad L_n|| at the final trained weights"),
+        "grad_norm_final_refined": norm(after, "||grad L_n|| at the refined point, where llc_final_refined is measured"),
+    })
+    config = config_from_dataset(train)
+    if is_chen_setting(config.n_features, config.n_hidden, config.data):
+        classes = snapshot_classes(unflatten(params["W"], train, ["hidden", "feature"]),
+                                   unflatten(params["b"], train, ["feature"]))
+        out["final_refined_class_label"] = classes["class_label"].assign_attrs(
+            long_name="critical-point class of the refined final weights")
+        out["final_refined_class_llc"] = classes["class_llc"].assign_attrs(
+            long_name="theoretical lambda of the refined final weights' class (NaN: no theory)")
+    return out
+
+
 def full_batch_inputs(train: xr.Dataset, loss_fn, data):
     """(loss_fn, data) for full-batch SGLD: in the Chen et al. setting (one-hot data, unit
     importance, no hidden ReLU) the closed form of L_n on each instance's sorted moments
@@ -127,13 +173,15 @@ def development(config: TrainConfig, *, sgld: SGLDConfig, n_samples: int, key, c
     `overcompleteness`, `snapshot_loss` (the LLC's init loss: the loss at the snapshot on the
     LLC data), `mala_acceptance`, `llc_trusted` (the estimate's stored bias checks, of at most
     `check_steps` steps, all passed: `slt_superposition.checks`), the weights `W_snapshot` and
-    `b_snapshot`, plus the final training `loss_curve`; in the Chen et al. setting also the
-    `snapshot_classes` variables.
+    `b_snapshot`, plus the final training `loss_curve` and the final weights' LLC at a critical
+    point of L_n (`final_refined_llc`); in the Chen et al. setting also the `snapshot_classes`
+    variables.
     """
     if not config.snapshot_steps:
         config = dataclasses.replace(config, snapshot_steps=tuple(np.unique(np.geomspace(1, config.steps, 30).astype(int))))
     train = train_grid(config, progress=progress)
     llc = snapshot_llc(train, sgld=sgld, n_samples=n_samples, key=key, check_steps=check_steps)
+    final = final_refined_llc(train, sgld=sgld, n_samples=n_samples, key=key, check_steps=check_steps)
     W = train["W_snapshot"]
     k = n_represented(W)
     out = xr.Dataset(
@@ -153,6 +201,7 @@ def development(config: TrainConfig, *, sgld: SGLDConfig, n_samples: int, key, c
         },
         attrs={"n_features": config.n_features, "n_hidden": config.n_hidden, "data": config.data},
     )
+    out = out.merge(final)
     if is_chen_setting(config.n_features, config.n_hidden, config.data):
         out = out.merge(snapshot_classes(W, train["b_snapshot"]))
     return out

@@ -148,11 +148,12 @@ def run_step_size(params, data, rank: int, step_size: float, sampler_time: float
     start = time.perf_counter()
     for t in checkpoints:
         n_blocks = max(1, round(t / step_size / BLOCK)) - done
-        if n_blocks > 0:
-            flat, (block_sums, block_accepted) = run(flat, keys, done, n_blocks)
-            sums = np.concatenate([sums, np.asarray(block_sums, np.float64)])
-            accepted = np.concatenate([accepted, np.asarray(block_accepted, np.float64)])
-            done += n_blocks
+        if n_blocks <= 0:  # a checkpoint shorter than the blocks already run (large step sizes): nothing new
+            continue
+        flat, (block_sums, block_accepted) = run(flat, keys, done, n_blocks)
+        sums = np.concatenate([sums, np.asarray(block_sums, np.float64)])
+        accepted = np.concatenate([accepted, np.asarray(block_accepted, np.float64)])
+        done += n_blocks
         half = done // 2
         per_chain = nbeta * sums[half:].sum(axis=0) / ((done - half) * BLOCK)
         at = describe_positions(flat, unravel, params, data, rank, step_size, localization, key, nbeta)

@@ -216,6 +216,10 @@ def test_flagship_tiny_grid_is_reproducible_and_self_describing(tmp_path):
     assert ((dev["mala_acceptance"] >= 0) & (dev["mala_acceptance"] <= 1)).all()
     assert "Metropolis-adjusted" in str(xr.open_dataset(tmp_path / "a" / "calibration" / "development.nc")["verdict"].values)
     assert "with Metropolis-adjusted chains" in report
+    # the final weights also estimated at a critical point of L_n, and the report says so
+    assert (dev["grad_norm_final_refined"] < dev["grad_norm_final"]).all()
+    assert np.isfinite(dev["llc_final_refined"]).all() and dev["llc_final_refined"].attrs["long_name"]
+    assert "At a critical point of L_n (the final weights refined" in report
     for figure in ("sparsity_curves.png", "scatter.png", "fragility.png", "development.png",
                    "fragility_susceptibility.png"):
         assert (tmp_path / "a" / figure).stat().st_size > 0

@@ -55,6 +55,21 @@ def test_finding_compares_final_snapshots_with_their_own_class():
     assert "negative median" not in _development_finding(_dev(np.abs(llc)), {})
 
 
+def test_finding_adds_the_refined_final_weights_against_their_class():
+    llc = np.array([[-100.0, 7.0, 9.35], [-50.0, 8.0, 7.65]])
+    dev = _dev(llc)
+    seed = ("feature_probability", "importance_decay", "seed")
+    dev = dev.assign({"llc_final_refined": (seed, [[[8.67, 7.0]]]), "final_refined_class_llc": (seed, [[[8.5, 7.0]]]),
+                      "final_refined_class_label": (seed, [[["5-gon+1", "5-gon"]]]),
+                      "grad_norm_final": (seed, [[[7e-3, 9e-3]]]), "grad_norm_final_refined": (seed, [[[8e-7, 6e-7]]]),
+                      "llc_final_refined_trusted": (seed, [[[True, False]]])})
+    text = _development_finding(dev, {})
+    assert ("At a critical point of L_n (the final weights refined, ||grad L_n|| 7.0e-03-9.0e-03 -> at most "
+            "8.0e-07): 5-gon+1 8.67 vs 8.5; 5-gon 7.00 vs 7; 1 of 2 trusted. Median |relative error| 1% "
+            "(from +0% to +2%).") in text
+    assert "At a critical point" not in _development_finding(_dev(llc), {})  # older datasets: no sentence
+
+
 def test_llc_axis_limits_come_from_converged_values(tmp_path):
     llc = np.array([[-100.0, 7.0, 9.35], [-50.0, 8.0, 7.65]])
     lo, hi = _development_limits(llc, np.array([7.0, 8.5]))
