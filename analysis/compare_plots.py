@@ -303,8 +303,9 @@ def plot_development(dev: xr.Dataset, out_dir: Path, kgon_llc: dict[int, float] 
     (dashed, same colour; a gap where the class has no theory), estimates whose stored bias
     checks did not all pass (`llc_trusted`) as open circles; its limits come from the
     converged values (`_development_limits`) and estimates outside them are drawn as
-    triangles on the edge. Without class variables (older datasets) the k-gon levels
-    `kgon_llc` are drawn instead."""
+    triangles on the edge; a star at the last step marks each seed's final weights refined to a
+    critical point of L_n (`llc_final_refined`). Without class variables (older datasets) the
+    k-gon levels `kgon_llc` are drawn instead."""
     with fs.style():
         kgon_llc = kgon_llc or {5: 7.0, 6: 8.5}
         dev = dev.isel(feature_probability=0, importance_decay=0)
@@ -333,6 +334,10 @@ def plot_development(dev: xr.Dataset, out_dir: Path, kgon_llc: dict[int, float] 
                     n_off += int(off.sum())
             if has_classes:
                 axes[1].plot(steps, theory[s], "--", lw=1, color=color, drawstyle="steps-post")
+            if "llc_final_refined" in one:  # the final weights at a critical point of L_n
+                refined = float(one["llc_final_refined"])
+                axes[1].plot([steps[-1]], [np.clip(refined, lo, hi)], "*", ms=7, color=color,
+                             mec="black", mew=0.4, clip_on=False)
             axes[2].plot(steps, one["overcompleteness"], "o-", ms=2, color=color)
         m = int(dev.attrs.get("n_hidden", 2))
         if has_classes:
@@ -354,12 +359,12 @@ def plot_development(dev: xr.Dataset, out_dir: Path, kgon_llc: dict[int, float] 
             axes[0].set_title("dotted: population loss of each class point", fontsize=8)
         axes[0].set_yscale("log")
         axes[1].set_ylabel("llc")
-        note = "dashed: lambda of the snapshot's class (gap: no theory)" if has_classes else "dashed: k-gon lambdas"
+        note = ["dashed: lambda of the snapshot's class (gap: no theory)" if has_classes else "dashed: k-gon lambdas"]
         if n_off:
-            note += f"; {n_off} estimates off scale (triangles on the edge)"
-        if "llc_trusted" in dev:
-            note += "; open circles: not trusted"
-        axes[1].set_title(note, fontsize=8)
+            note.append(f"{n_off} estimates off scale (triangles on the edge)")
+        keys = (["open circles: not trusted"] if "llc_trusted" in dev else []) + (
+            ["stars: final weights at a critical point of L_n"] if "llc_final_refined" in dev else [])
+        axes[1].set_title("; ".join(note) + ("\n" + "; ".join(keys) if keys else ""), fontsize=8)
         axes[2].set_ylabel("k / m")
         axes[2].set_xlabel("training step")
         axes[2].set_xscale("log")
