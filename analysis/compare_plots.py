@@ -561,7 +561,7 @@ def _development_finding(dev: xr.Dataset, kgon_llc: dict[int, float]) -> str:
 
 
 def _refined_final_finding(one: xr.Dataset) -> str:
-    """The final weights refined to a critical point of L_n (`development.final_refined_llc`)
+    """The final weights refined to a critical point of L_n (`development.snapshot_llc(..., refine_final=True)`)
     against their class's lambda: trained on fresh batches, the final snapshots sit near, not
     at, a critical point of the LLC's L_n, and the snapshot estimates read low by about nbeta
     times the loss gap."""

@@ -34,76 +34,68 @@ def snapshot_params(train: xr.Dataset) -> dict[str, jax.Array]:
     return {"W": jnp.asarray(W, jnp.float32), "b": jnp.asarray(b, jnp.float32)}
 
 
-def snapshot_llc(train: xr.Dataset, *, sgld: SGLDConfig, n_samples: int, key, check_steps: int = CHECK_STEPS
-                 ) -> xr.Dataset:
+def snapshot_llc(train: xr.Dataset, *, sgld: SGLDConfig, n_samples: int, key, check_steps: int = CHECK_STEPS,
+                 refine_final: bool = False) -> xr.Dataset:
     """The LLC of every snapshot of every instance of `train`, in one program.
 
     Each snapshot is sampled against its own instance's data (n_samples draws); its stored bias
     checks are paired runs of at most `check_steps` steps. At full batch (`sgld.batch_size` None)
     in the Chen et al. setting the loss is the closed form of `full_batch_inputs`. Returns an
     `llc` dataset with dims (feature_probability, importance_decay, seed, snapshot, chain, ...).
+
+    `refine_final`: also every instance's final weights refined to a critical point of the same
+    L_n (`analysis.refine.refine_batched`, as the flagship's grid refines before its LLCs),
+    estimated in the same program as one more point after the snapshots. The snapshots are
+    estimated where training left them; the final weights, trained on fresh batches, sit near a
+    critical point of the population loss, not of this L_n, and chains from there find lower
+    loss: the estimate reads low by about nbeta times the loss gap, which grows with n
+    (docs/experiments/weights_vs_activations.md). Adds, over the grid dims:
+    `llc_final_refined`, `llc_final_refined_std`, `llc_final_refined_trusted`, `grad_norm_final`
+    and `grad_norm_final_refined` (||grad L_n|| before and after), `W_final_refined` and
+    `b_final_refined`.
     """
     data_key, chain_key = jax.random.split(key)
-    loss_fn, _, data = llc_inputs(train, n_samples=n_samples, key=data_key)
+    loss_fn, final, data = llc_inputs(train, n_samples=n_samples, key=data_key)  # leaves (instance, ...)
     if sgld.batch_size is None:  # per instance, before the snapshot copies: the moments sort n rows each
         loss_fn, data = full_batch_inputs(train, loss_fn, data)
     params = snapshot_params(train)
     n_snap = train.sizes["snapshot"]
+    grid = lambda x, rest: unflatten(x, train, [f"axis_{i}" for i in range(1, np.ndim(x))]).values if rest is None \
+        else unflatten(x, train, rest)
+    if refine_final:
+        from analysis.refine import refine_batched
+
+        refined, before, after = refine_batched(loss_fn, final, data)
+        params = jax.tree_util.tree_map(  # (grid..., snapshot + 1, ...): the refined point last
+            lambda p, r: jnp.concatenate([p, jnp.expand_dims(jnp.asarray(grid(r, None)), len(GRID_DIMS))],
+                                         axis=len(GRID_DIMS)), params, refined)
+    points = n_snap + int(refine_final)
 
     def per_snapshot(x):
-        """(instance, *rest) -> (grid..., snapshot, *rest): the same data for every snapshot of an instance."""
-        grid_values = unflatten(x, train, [f"axis_{i}" for i in range(1, np.ndim(x))]).values
-        return jnp.repeat(jnp.expand_dims(jnp.asarray(grid_values), len(GRID_DIMS)), n_snap, axis=len(GRID_DIMS))
+        """(instance, *rest) -> (grid..., point, *rest): the same data for every point of an instance."""
+        return jnp.repeat(jnp.expand_dims(jnp.asarray(grid(x, None)), len(GRID_DIMS)), points, axis=len(GRID_DIMS))
 
     data = jax.tree_util.tree_map(per_snapshot, data)
-    dims = grid_coords(train) | {"snapshot": train["snapshot"].values}
-    return estimate_llc_batched(loss_fn, params, data, config=sgld, key=chain_key, instance_dims=dims,
-                                check_steps=check_steps)
-
-
-def final_refined_llc(train: xr.Dataset, *, sgld: SGLDConfig, n_samples: int, key,
-                      check_steps: int = CHECK_STEPS) -> xr.Dataset:
-    """The LLC of every instance's final weights refined to a critical point of L_n.
-
-    The snapshots are estimated where training left them; the final weights, trained on fresh
-    batches, sit near a critical point of the population loss, not of the L_n of the LLC's n
-    samples, and chains from there find lower loss: the estimate reads low by about nbeta times
-    the loss gap, which grows with n (docs/experiments/weights_vs_activations.md). This refines
-    them to a critical point of the same L_n (`analysis.refine.refine_batched`, as the flagship's
-    grid does) on the snapshots' data (`key` as for `snapshot_llc`) and estimates there with
-    `sgld`. Returns over the grid dims: `llc_final_refined`, `llc_final_refined_std`,
-    `llc_final_refined_trusted`, `grad_norm_final` and `grad_norm_final_refined` (||grad L_n||
-    before and after), and in the Chen et al. setting `final_refined_class_label` and
-    `final_refined_class_llc` (the refined point's class and lambda).
-    """
-    from analysis.refine import refine_batched
-
-    data_key, chain_key = jax.random.split(key)
-    loss_fn, params, data = llc_inputs(train, n_samples=n_samples, key=data_key)  # leaves (instance, ...)
-    if sgld.batch_size is None:
-        loss_fn, data = full_batch_inputs(train, loss_fn, data)
-    params, before, after = refine_batched(loss_fn, params, data)
-    dims = grid_coords(train)
-    llc = estimate_llc_batched(loss_fn, params, data, config=sgld, key=jax.random.fold_in(chain_key, 1),
-                               instance_dims=dims, check_steps=check_steps)
-    norm = lambda values, long_name: unflatten(np.asarray(values), train).assign_attrs(long_name=long_name, units="1")
-    out = xr.Dataset({
-        "llc_final_refined": llc["llc_mean"].assign_attrs(
-            long_name="LLC at the final weights refined to a critical point of L_n (the snapshots' data)"),
-        "llc_final_refined_std": llc["llc_std"].assign_attrs(long_name="std over chains of llc_final_refined"),
-        "llc_final_refined_trusted": llc["trusted"].assign_attrs(
-            long_name="llc_final_refined's stored bias checks all passed"),
-        "grad_norm_final": norm(before, "||grad L_n|| at the final trained weights"),
-        "grad_norm_final_refined": norm(after, "||grad L_n|| at the refined point, where llc_final_refined is measured"),
-    })
-    config = config_from_dataset(train)
-    if is_chen_setting(config.n_features, config.n_hidden, config.data):
-        classes = snapshot_classes(unflatten(params["W"], train, ["hidden", "feature"]),
-                                   unflatten(params["b"], train, ["feature"]))
-        out["final_refined_class_label"] = classes["class_label"].assign_attrs(
-            long_name="critical-point class of the refined final weights")
-        out["final_refined_class_llc"] = classes["class_llc"].assign_attrs(
-            long_name="theoretical lambda of the refined final weights' class (NaN: no theory)")
+    steps = train["snapshot"].values
+    dims = grid_coords(train) | {"snapshot": np.append(steps, -1) if refine_final else steps}
+    llc = estimate_llc_batched(loss_fn, params, data, config=sgld, key=chain_key, instance_dims=dims,
+                               check_steps=check_steps)
+    if not refine_final:
+        return llc
+    at = llc.isel(snapshot=-1, drop=True)
+    norm = lambda values, long_name: grid(np.asarray(values), []).assign_attrs(long_name=long_name, units="1")
+    out = llc.isel(snapshot=slice(0, n_snap))
+    out["llc_final_refined"] = at["llc_mean"].assign_attrs(
+        long_name="LLC at the final weights refined to a critical point of L_n (the snapshots' data)")
+    out["llc_final_refined_std"] = at["llc_std"].assign_attrs(long_name="std over chains of llc_final_refined")
+    out["llc_final_refined_trusted"] = at["trusted"].assign_attrs(
+        long_name="llc_final_refined's stored bias checks all passed")
+    out["grad_norm_final"] = norm(before, "||grad L_n|| at the final trained weights")
+    out["grad_norm_final_refined"] = norm(after, "||grad L_n|| at the refined point, where llc_final_refined is measured")
+    out["W_final_refined"] = grid(refined["W"], ["hidden", "feature"]).assign_attrs(
+        long_name="final weights refined to a critical point of L_n", units="1")
+    out["b_final_refined"] = grid(refined["b"], ["feature"]).assign_attrs(
+        long_name="final biases refined to a critical point of L_n", units="1")
     return out
 
 
@@ -165,6 +157,10 @@ def snapshot_classes(W: xr.DataArray, b: xr.DataArray) -> xr.Dataset:
     return xr.Dataset(data)
 
 
+FINAL_REFINED = ("llc_final_refined", "llc_final_refined_std", "llc_final_refined_trusted", "grad_norm_final",
+                 "grad_norm_final_refined", "W_final_refined", "b_final_refined")
+
+
 def development(config: TrainConfig, *, sgld: SGLDConfig, n_samples: int, key, check_steps: int = CHECK_STEPS,
                 progress: bool = True) -> xr.Dataset:
     """Train `config` (which must ask for `snapshot_steps`) and measure every snapshot.
@@ -174,14 +170,14 @@ def development(config: TrainConfig, *, sgld: SGLDConfig, n_samples: int, key, c
     LLC data), `mala_acceptance`, `llc_trusted` (the estimate's stored bias checks, of at most
     `check_steps` steps, all passed: `slt_superposition.checks`), the weights `W_snapshot` and
     `b_snapshot`, plus the final training `loss_curve` and the final weights' LLC at a critical
-    point of L_n (`final_refined_llc`); in the Chen et al. setting also the `snapshot_classes`
-    variables.
+    point of L_n (`FINAL_REFINED`, from `snapshot_llc(..., refine_final=True)`); in the Chen et al.
+    setting also the `snapshot_classes` variables and the refined point's class
+    (`final_refined_class_label`, `final_refined_class_llc`).
     """
     if not config.snapshot_steps:
         config = dataclasses.replace(config, snapshot_steps=tuple(np.unique(np.geomspace(1, config.steps, 30).astype(int))))
     train = train_grid(config, progress=progress)
-    llc = snapshot_llc(train, sgld=sgld, n_samples=n_samples, key=key, check_steps=check_steps)
-    final = final_refined_llc(train, sgld=sgld, n_samples=n_samples, key=key, check_steps=check_steps)
+    llc = snapshot_llc(train, sgld=sgld, n_samples=n_samples, key=key, check_steps=check_steps, refine_final=True)
     W = train["W_snapshot"]
     k = n_represented(W)
     out = xr.Dataset(
@@ -201,7 +197,13 @@ def development(config: TrainConfig, *, sgld: SGLDConfig, n_samples: int, key, c
         },
         attrs={"n_features": config.n_features, "n_hidden": config.n_hidden, "data": config.data},
     )
-    out = out.merge(final)
+    for name in FINAL_REFINED:
+        out[name] = llc[name]
     if is_chen_setting(config.n_features, config.n_hidden, config.data):
         out = out.merge(snapshot_classes(W, train["b_snapshot"]))
+        classes = snapshot_classes(llc["W_final_refined"], llc["b_final_refined"])
+        out["final_refined_class_label"] = classes["class_label"].assign_attrs(
+            long_name="critical-point class of the refined final weights")
+        out["final_refined_class_llc"] = classes["class_llc"].assign_attrs(
+            long_name="theoretical lambda of the refined final weights' class (NaN: no theory)")
     return out
