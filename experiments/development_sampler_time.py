@@ -22,7 +22,10 @@ critical point of the L_n of the LLC's n samples; `--refine` first moves them to
 before and after.
 
 Prints one line per (n, step size, sampler time): every seed's LLC (mean +- SE over 4 chains),
-its relative error against lambda where its class has one, the acceptance rate and the wall time.
+its relative error against lambda where its class has one, the acceptance rate, the effective
+sample size of the post-burn-in loss trace per 1000 chain-steps (the sampler's efficiency at that
+step size; `trace_every` thins the trace to about 200 blocks, so it is a lower bound where the
+trace is far from independent block to block) and the wall time.
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log2-n", type=int, nargs="+", default=[16, 18], help="sample counts n = 2^k")
     parser.add_argument("--times", type=float, nargs="+", default=[0.5, 1, 2, 4, 8],
                         help="sampler times eps x steps (localization 1, so also in units of 1 / gamma)")
+    parser.add_argument("--steps", type=int, nargs="+",
+                        help="chain lengths instead of --times (the same length at every step size: compares "
+                             "the step sizes' efficiency per step)")
     parser.add_argument("--scales", type=float, nargs="+", default=[0.33],
                         help="step sizes as s / nbeta (0.33: about the calibration's choice at 2^16 and 2^18)")
     parser.add_argument("--sampler", choices=("mala", "sgld"), default="mala",
@@ -63,6 +69,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--log2-n values must be in 8..24")
     if not all(t > 0 and math.isfinite(t) for t in args.times + args.scales):
         parser.error("--times and --scales must be positive")
+    if args.steps is not None and not all(v >= 4 for v in args.steps):
+        parser.error("--steps must be at least 4")
     metropolis = args.sampler == "mala"
     train_config, config = development_config(args.size)
     train = train_grid(train_config, progress=False)
@@ -85,8 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         nbeta = default_nbeta(n)
         for scale in args.scales:
             eps = scale / nbeta
-            for t in args.times:
-                steps = max(4, int(round(t / eps)))
+            for steps in (args.steps or [max(4, int(round(t / eps))) for t in args.times]):
                 sgld = SGLDConfig(step_size=eps, localization=1.0, num_chains=CHAINS, num_steps=steps,
                                   num_burnin=steps // 2, batch_size=None, metropolis=metropolis,
                                   trace_every=max(1, steps // 200))
@@ -95,12 +102,14 @@ def main(argv: list[str] | None = None) -> None:
                 per_chain = est["llc_per_chain"].values.reshape(len(classes), -1)
                 mean, se = per_chain.mean(-1), per_chain.std(-1, ddof=1) / math.sqrt(per_chain.shape[-1])
                 acceptance = est["mala_acceptance"].values.reshape(len(classes), -1).mean(-1)
+                ess = est["ess"].values.ravel() / (CHAINS * (steps - steps // 2)) * 1000  # per 1000 kept chain-steps
                 cells = []
                 for c, v, s in zip(classes, mean, se):
                     rel = f" ({(v - c.llc) / c.llc:+.1%})" if c.llc else ""
                     cells.append(f"{v:.2f} +- {s:.2f}{rel}")
                 print(f"n = 2^{k}, eps {eps:.3g} ({scale:g} / nbeta), {steps} steps (sampler time {eps * steps:.3g}): "
                       f"{'; '.join(cells)}; acceptance {acceptance.min():.2f}-{acceptance.max():.2f}; "
+                      f"loss-trace ESS per 1000 chain-steps {ess.min():.2f}-{ess.max():.2f}; "
                       f"{time.perf_counter() - start:.0f} s", flush=True)
 
 
