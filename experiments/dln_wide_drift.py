@@ -44,11 +44,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-import math
-
-from experiments.dln_validation import LOCALIZATION, N_SAMPLES, NUM_CHAINS, SEED, parse_widths
+from experiments.dln_validation import LOCALIZATION, N_SAMPLES, NBETA, NUM_CHAINS, SEED, parse_widths
 from slt_superposition.curvature import curvature_at_positions, hessian_eigenvalues
-from slt_superposition.diagnostics import mala_log_acceptance
+from slt_superposition.llc import default_nbeta
+from slt_superposition.mala import mala
 from slt_superposition.sgld import sgld
 from slt_superposition.theory import dln_learning_coefficient
 from toy_models.dln import dln_compressed_data, dln_data, dln_loss, dln_true_params
@@ -58,38 +57,25 @@ FIRST_TIME = 0.004  # the first checkpoint's sampler time; then doubling
 
 
 def chain_blocks(params, data, step_size: float, localization: float, metropolis: bool = False,
-                 nbeta: float = N_SAMPLES / math.log(N_SAMPLES)):
+                 nbeta: float = NBETA):
     """`run(positions, keys, start, n_blocks) -> (positions, sums (n_blocks, chains), accepted
     (n_blocks, chains))`: BLOCK-step blocks of every chain (vmapped), each block's summed excess loss
     L(w_t) - L(w*) per chain and its number of accepted steps (every step for plain SGLD). Block b of
     a chain draws its noise (and, with `metropolis`, its uniforms) from `fold_in(key, start + b)`."""
     w_star, unravel = ravel_pytree(params)
     flat_loss = lambda w, batch: dln_loss(unravel(w), batch)
-    kernel = sgld(flat_loss, w_star, step_size=step_size, localization=localization, nbeta=nbeta)
+    settings = dict(step_size=step_size, localization=localization, nbeta=nbeta)
+    kernel = sgld(flat_loss, w_star, **settings)
+    exact = mala(flat_loss, w_star, **settings)  # the package's Metropolis-adjusted kernel
     init_loss = flat_loss(w_star, data)
-    value_and_grad = jax.value_and_grad(flat_loss)
-
-    def potential_and_drift(w):
-        """(L(w), U(w) = nbeta L + gamma |w - w*|^2 / 2, grad U(w))."""
-        loss, grad = value_and_grad(w, data)
-        offset = w - w_star
-        return loss, nbeta * loss + 0.5 * localization * jnp.sum(offset**2), nbeta * grad + localization * offset
 
     def sgld_step(w, z):
         state, info = kernel.step_with_noise(kernel.init(w), data, z)
         return state.position, (info.loss - init_loss, jnp.float32(1))
 
-    def mala_step(carry, xs):
-        """The SGLD step as a proposal, accepted with the MALA probability
-        (`diagnostics.mala_log_acceptance`, as the package's kernel)."""
-        (w, loss, potential, drift), (z, u) = carry, xs
-        proposal = w + (jnp.sqrt(step_size) * z - 0.5 * step_size * drift)
-        loss_p, potential_p, drift_p = potential_and_drift(proposal)
-        log_ratio = mala_log_acceptance(w, drift, potential, proposal, drift_p, potential_p, step_size)
-        accept = jnp.log(u) < log_ratio  # NaN (a non-finite proposal) rejects
-        new = jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), (proposal, loss_p, potential_p, drift_p),
-                                     (w, loss, potential, drift))
-        return new, (loss - init_loss, accept.astype(jnp.float32))
+    def mala_step(state, xs):
+        state, info, accepted = exact.step_with_noise(state, data, *xs)
+        return state, (info.loss - init_loss, accepted.astype(jnp.float32))
 
     def one_chain(key, start):
         def block(w, b):
@@ -99,7 +85,8 @@ def chain_blocks(params, data, step_size: float, localization: float, metropolis
                 w, (excess, accepted) = jax.lax.scan(sgld_step, w, noise)
             else:
                 uniforms = jax.random.uniform(jax.random.fold_in(block_key, 1), (BLOCK,), w.dtype)
-                (w, *_), (excess, accepted) = jax.lax.scan(mala_step, (w, *potential_and_drift(w)), (noise, uniforms))
+                state, (excess, accepted) = jax.lax.scan(mala_step, exact.init(w, data), (noise, uniforms))
+                w = state.position
             return w, (jnp.sum(excess), jnp.sum(accepted))
 
         return block
@@ -134,7 +121,7 @@ def describe_positions(flat, unravel, params, data, rank: int, step_size: float,
 
 def run_step_size(params, data, rank: int, step_size: float, sampler_time: float, localization: float, key,
                   metropolis: bool = False, n: int = N_SAMPLES) -> None:
-    nbeta = n / math.log(n)
+    nbeta = default_nbeta(n)
     run, unravel = chain_blocks(params, data, step_size, localization, metropolis, nbeta)
     keys = jax.random.split(key, NUM_CHAINS)
     flat = jnp.broadcast_to(ravel_pytree(params)[0], (NUM_CHAINS, sum(W.size for W in params)))
