@@ -60,22 +60,20 @@ def snapshot_llc(train: xr.Dataset, *, sgld: SGLDConfig, n_samples: int, key, ch
         loss_fn, data = full_batch_inputs(train, loss_fn, data)
     params = snapshot_params(train)
     n_snap = train.sizes["snapshot"]
-    grid = lambda x, rest: unflatten(x, train, [f"axis_{i}" for i in range(1, np.ndim(x))]).values if rest is None \
-        else unflatten(x, train, rest)
+    def on_grid(x, copies: int = 1):
+        """(instance, *rest) -> (grid..., copies, *rest)."""
+        values = unflatten(x, train, [f"axis_{i}" for i in range(1, np.ndim(x))]).values
+        return jnp.repeat(jnp.expand_dims(jnp.asarray(values), len(GRID_DIMS)), copies, axis=len(GRID_DIMS))
+
     if refine_final:
         from analysis.refine import refine_batched
 
         refined, before, after = refine_batched(loss_fn, final, data)
         params = jax.tree_util.tree_map(  # (grid..., snapshot + 1, ...): the refined point last
-            lambda p, r: jnp.concatenate([p, jnp.expand_dims(jnp.asarray(grid(r, None)), len(GRID_DIMS))],
-                                         axis=len(GRID_DIMS)), params, refined)
+            lambda p, r: jnp.concatenate([p, on_grid(r)], axis=len(GRID_DIMS)), params, refined)
     points = n_snap + int(refine_final)
 
-    def per_snapshot(x):
-        """(instance, *rest) -> (grid..., point, *rest): the same data for every point of an instance."""
-        return jnp.repeat(jnp.expand_dims(jnp.asarray(grid(x, None)), len(GRID_DIMS)), points, axis=len(GRID_DIMS))
-
-    data = jax.tree_util.tree_map(per_snapshot, data)
+    data = jax.tree_util.tree_map(lambda x: on_grid(x, points), data)  # the same data for every point
     steps = train["snapshot"].values
     dims = grid_coords(train) | {"snapshot": np.append(steps, -1) if refine_final else steps}
     llc = estimate_llc_batched(loss_fn, params, data, config=sgld, key=chain_key, instance_dims=dims,
@@ -83,7 +81,7 @@ def snapshot_llc(train: xr.Dataset, *, sgld: SGLDConfig, n_samples: int, key, ch
     if not refine_final:
         return llc
     at = llc.isel(snapshot=-1, drop=True)
-    norm = lambda values, long_name: grid(np.asarray(values), []).assign_attrs(long_name=long_name, units="1")
+    norm = lambda values, long_name: unflatten(np.asarray(values), train).assign_attrs(long_name=long_name, units="1")
     out = llc.isel(snapshot=slice(0, n_snap))
     out["llc_final_refined"] = at["llc_mean"].assign_attrs(
         long_name="LLC at the final weights refined to a critical point of L_n (the snapshots' data)")
@@ -92,9 +90,9 @@ def snapshot_llc(train: xr.Dataset, *, sgld: SGLDConfig, n_samples: int, key, ch
         long_name="llc_final_refined's stored bias checks all passed")
     out["grad_norm_final"] = norm(before, "||grad L_n|| at the final trained weights")
     out["grad_norm_final_refined"] = norm(after, "||grad L_n|| at the refined point, where llc_final_refined is measured")
-    out["W_final_refined"] = grid(refined["W"], ["hidden", "feature"]).assign_attrs(
+    out["W_final_refined"] = unflatten(refined["W"], train, ["hidden", "feature"]).assign_attrs(
         long_name="final weights refined to a critical point of L_n", units="1")
-    out["b_final_refined"] = grid(refined["b"], ["feature"]).assign_attrs(
+    out["b_final_refined"] = unflatten(refined["b"], train, ["feature"]).assign_attrs(
         long_name="final biases refined to a critical point of L_n", units="1")
     return out
 
