@@ -28,7 +28,9 @@ import numpy as np
 
 from slt_superposition import SGLDConfig, estimate_llc, estimate_llc_batched
 from slt_superposition import llc as llc_module
+from slt_superposition.cpu_devices import split_cpu_into_cores
 import chain_profile  # benchmarks/chain_profile.py, next to this script
+import machine
 from toy_models.data import high_sparsity_limit
 from toy_models.tms import tms_loss
 
@@ -136,6 +138,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 devinterp chains instead of 8")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
+    split_cpu_into_cores()  # as the console script does; one instance runs on one device, 64 on all
 
     params = six_gon()
     x = high_sparsity_limit(jax.random.key(0), N, N_FEATURES)
@@ -143,7 +146,8 @@ def main() -> None:
     config = SGLDConfig(step_size=EPS, localization=GAMMA, nbeta=nbeta, num_chains=CHAINS, num_steps=STEPS,
                         num_burnin=BURNIN, batch_size=BATCH)
     chain_steps = CHAINS * STEPS
-    print(f"jax {jax.__version__} on {jax.default_backend()}; TMS 6x2, n={N}, batch {BATCH}, "
+    print(f"machine: {machine.describe()}")
+    print(f"TMS 6x2, n={N}, batch {BATCH}, "
           f"{CHAINS} chains x {STEPS} steps, eps {EPS}, gamma {GAMMA}, nbeta {nbeta:.2f}")
 
     ours, first, repeat, repeat_cpu = run_ours(params, x, config)

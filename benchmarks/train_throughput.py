@@ -6,8 +6,10 @@ Anthropic-notebook-style batched PyTorch trainer, same grid, same steps, one pro
 Grid: TMS n=20, m=5, 20 instances (feature probabilities spread over [0.01, 1]),
 importance 0.7**i, batch 1024, AdamW lr 1e-3 (weight decay 0.01 on both sides, the
 torch default), constant schedule. Prints instance-steps per second for both and the
-ratio; JAX compile time is measured separately and left out of the steady-state figure
-(a first call compiles, later identical calls are timed). The sides alternate for
+ratio. JAX splits the CPU into one device per core, as the console script does
+(`slt_superposition.cpu_devices`; ``JAX_NUM_CPU_DEVICES=1`` keeps one), so the grid's two
+blocks of 10 instances run side by side. JAX compile time is measured separately and left
+out of the steady-state figure (a first call compiles, later identical calls are timed). The sides alternate for
 `--rounds` rounds and each reports its best round, which damps the noise of a shared CPU.
 Also prints the cost of the random numbers (the bulk of the work) under both threefry
 layouts, which is why `toy_models.data` draws with the classic one.
@@ -16,8 +18,6 @@ layouts, which is why `toy_models.data` draws with the classic one.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 import numpy as np
@@ -106,12 +106,15 @@ def main() -> None:
     parser.add_argument("--torch-threads", type=int, nargs="+", default=None,
                         help="torch thread counts to try (default: 1 and the torch default); the fastest is compared")
     args = parser.parse_args()
-    import jax
+    from slt_superposition.cpu_devices import split_cpu_into_cores
+
+    split_cpu_into_cores()  # as the console script does: one JAX device per core (JAX_NUM_CPU_DEVICES=1: one)
     import torch
 
+    import machine  # benchmarks/machine.py, next to this script
+
     thread_options = args.torch_threads or sorted({1, torch.get_num_threads()})
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, "
-          f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__}")
+    print(f"machine: {machine.describe()}, torch {torch.__version__}")
     print(f"grid: n={N_FEATURES}, m={N_HIDDEN}, {N_INSTANCES} instances, batch {BATCH}, AdamW, "
           f"{args.steps} steps; best of {args.rounds} alternating rounds")
     total = N_INSTANCES * args.steps

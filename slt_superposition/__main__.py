@@ -1,5 +1,5 @@
 import sys
 
-from slt_superposition.cli import main
+from slt_superposition.entry import main
 
 sys.exit(main())

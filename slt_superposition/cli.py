@@ -1,4 +1,5 @@
-"""The `slt-superposition` console script (also `python -m slt_superposition`).
+"""The `slt-superposition` command line (the console script and `python -m slt_superposition`
+enter through `slt_superposition.entry`, which first splits the CPU into one device per core).
 
 Each subcommand lives in `slt_superposition/commands/<name>.py` and exposes
 `register(app)`. Errors the user can fix (`InputError`) print one line and exit 2.
@@ -38,7 +39,9 @@ def _print_version(value: bool) -> None:
         ours = version("slt-superposition")
     except PackageNotFoundError:
         ours = "not installed"
-    print(f"slt-superposition {ours} (git {git_commit()[:12]}); jax {jax.__version__} on {jax.default_backend()}")
+    devices = jax.local_device_count()
+    print(f"slt-superposition {ours} (git {git_commit()[:12]}); jax {jax.__version__} on {jax.default_backend()} "
+          f"({devices} device{'s' if devices > 1 else ''})")
     raise typer.Exit()
 
 

@@ -40,7 +40,7 @@ from slt_superposition.instances import over_instances
 from slt_superposition.observers import ChainSettings
 from slt_superposition.random import standard_normal, uniform_indices
 from slt_superposition.sgld import sgld
-from slt_superposition.sharding import run_sharded, single_device_mesh
+from slt_superposition.sharding import default_mesh, run_sharded
 
 PyTree = Any
 CHUNK = 64  # coarse steps whose indices and noise are drawn in one call
@@ -128,7 +128,7 @@ def sample_coupled(loss_fn: Callable, params: PyTree, data: PyTree, keys: jax.Ar
     """Every instance's coupled pairs (inputs as `llc.sample_chains`); numpy outputs with a
     leading instance axis. Runs through `sharding.run_sharded` in blocks of `block_size` instances
     (None: `sharding.balanced_block`), so the bits do not depend on the device count."""
-    mesh = single_device_mesh() if mesh is None else mesh
+    mesh = default_mesh() if mesh is None else mesh
     block = _block_function(loss_fn, shape._replace(progress=False), int(substeps), data_batched)
     options = dict(mesh=mesh, compiler_options=compiler_options, block=block_size)
     if data_batched:

@@ -26,11 +26,25 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from blackjax.diagnostics import effective_sample_size, potential_scale_reduction
 
 from slt_superposition.sgld import tree_sq_norm
 
 DIVERGENCE_FACTOR = 100.0
+
+
+def potential_scale_reduction(trace, **axes):
+    """blackjax's R-hat, imported on first use: importing blackjax computes (it starts JAX's
+    backend), which must wait until the console script has split the CPU (`cpu_devices`)."""
+    from blackjax.diagnostics import potential_scale_reduction as rhat
+
+    return rhat(trace, **axes)
+
+
+def effective_sample_size(trace, **axes):
+    """blackjax's effective sample size, imported on first use (as `potential_scale_reduction`)."""
+    from blackjax.diagnostics import effective_sample_size as ess
+
+    return ess(trace, **axes)
 
 
 def mala_log_acceptance(prev_position, prev_drift, prev_potential, position, drift, potential, step_size):

@@ -92,7 +92,7 @@ from slt_superposition.instances import flatten_instances, over_instances
 from slt_superposition.observers import ChainSettings
 from slt_superposition.provenance import jsonable, provenance_attrs
 from slt_superposition.sampling_progress import sampling_bar
-from slt_superposition.sharding import block_for, run_sharded, single_device_mesh
+from slt_superposition.sharding import block_for, default_mesh, padded_blocks, run_sharded
 
 PyTree = Any
 SAMPLING = ("replacement", "epoch")
@@ -408,7 +408,7 @@ def sample_chains(loss_fn: Callable, params: PyTree, data: PyTree, keys: jax.Arr
     The program holds `trace_capacity(shape.n_blocks)` loss-trace blocks; `loss_trace` comes back
     with `shape.n_blocks`. `block_size`: instances per block; None means `chain_block`'s rule.
     """
-    mesh = single_device_mesh() if mesh is None else mesh
+    mesh = default_mesh() if mesh is None else mesh
     n_blocks = shape.n_blocks
     shape = shape._replace(n_blocks=trace_capacity(n_blocks))
     if block_size is None:
@@ -424,8 +424,7 @@ def sample_chains(loss_fn: Callable, params: PyTree, data: PyTree, keys: jax.Arr
 
     if not progress:
         return run()
-    n_inst, devices = int(np.shape(keys)[0]), int(mesh.devices.size)
-    blocks = -(-n_inst // (block_size * devices)) * devices  # every block reports each of its chunks
+    blocks = padded_blocks(int(np.shape(keys)[0]), block_size, mesh)  # every block reports each of its chunks
     chunk = chunk_length(shape)
     chunks = -(-int(np.max(np.asarray(settings.num_steps))) // chunk)
     with sampling_bar(blocks * chunks, steps_per_iteration=chunk, desc=progress):
@@ -652,7 +651,7 @@ def estimate_llc_batched(
     nbeta = resolve_nbeta(config, n)
     sample = _sampler(loss_fn, params, data, nbeta, n=n, d=d, sizes=sizes, data_batched=data_batched, mesh=mesh)
     if verbose and sampled is None:
-        devices = 1 if mesh is None else mesh.devices.size
+        devices = (default_mesh() if mesh is None else mesh).devices.size
         print(f"sampling {n_inst} instance(s) x {config.num_chains} chains x {_show(config.num_steps)} steps on "
               f"{devices} device(s) ...", file=sys.stderr)
     if sampled is None:

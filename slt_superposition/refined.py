@@ -49,7 +49,7 @@ from slt_superposition.chain import instance_program
 from slt_superposition.curvature import MAX_DENSE_PARAMETERS, hessian_matrix, quadratic_llc
 from slt_superposition.errors import InputError, require
 from slt_superposition.instances import flatten_instances
-from slt_superposition.sharding import run_sharded, single_device_mesh
+from slt_superposition.sharding import default_mesh, run_sharded
 
 PyTree = Any
 #: Eigenvalues of a block's restricted Hessian above this fraction of the full Hessian's largest
@@ -126,7 +126,7 @@ def sample_masked(loss_fn: Callable, params: PyTree, data: PyTree, masks: PyTree
     arrays with leading `(instance, mask)` axes. No input checks (callers validate)."""
     from slt_superposition.llc import compiler_options
 
-    mesh = single_device_mesh() if mesh is None else mesh
+    mesh = default_mesh() if mesh is None else mesh
     block = masked_block_function(loss_fn, shape, data_batched)
     if data_batched:
         return run_sharded(block, (params, data, masks, keys, settings), mesh=mesh,

@@ -23,8 +23,10 @@ the block: the instance axis is cut into blocks of `block` instances (default
 training pass `block_for(n, working set)`, larger blocks on an accelerator); each device loops (`lax.map`) over its own blocks inside `shard_map`, running
 the same compiled block body whatever the device count. One device is the same code with
 every block local: `train_grid(..., mesh=None)` and `estimate_llc_batched(..., mesh=None)`
-run on `single_device_mesh()`, so their bits equal those of any mesh. tests/test_sharding.py
-checks 4 devices against 1 for a toy function, `train_grid` and `estimate_llc_batched`.
+run on `default_mesh()` (the CPU's devices, one per core where the console script split it,
+`cpu_devices`; else the default device), and their bits equal those of any mesh.
+tests/test_sharding.py checks 4 devices against 1 for a toy function, `train_grid` and
+`estimate_llc_batched`.
 
 Padding: the instance axis is padded to a multiple of block x device count by repeating
 the last instance (never zeros, which could make a loss or an SVD degenerate) and
@@ -43,7 +45,7 @@ for it:
 
 Then ``jax.devices()`` lists every process's devices, `instance_mesh()` spans them, and
 every process must call the same functions with the same (full) inputs; `unshard` gathers
-the result onto every process. `mesh=None` (`single_device_mesh`) means the mesh of every
+the result onto every process. `mesh=None` (`default_mesh`) means the mesh of every
 process's first device there, since a program on one process's device alone cannot run
 under several controllers; the block construction keeps the bits those of one device.
 Process 0 writes the results (`io.is_writer`); `broadcast_json` and `broadcast_bytes`
@@ -266,9 +268,12 @@ def _block_program(fn: Callable, mesh: Mesh, n_shared: int, compiler_options: tu
     return jax.jit(program, compiler_options=dict(compiler_options) or None)
 
 
-def single_device_mesh() -> Mesh:
-    """The 1-device mesh (default device) that `mesh=None` means in `train_grid` and
-    `estimate_llc_batched`: the same blocked program as on many devices, so the same bits.
+def default_mesh() -> Mesh:
+    """The mesh that `mesh=None` means in `train_grid`, `estimate_llc_batched` and the other grid
+    programs: every device of this process where they are CPU devices (the cores of this machine,
+    split by `cpu_devices`; one device unless split), else the default device alone (several
+    accelerators are opted into with an explicit mesh, the commands' ``--all-devices``). The
+    blocked program gives the same bits on any of these meshes.
 
     In a multi-process run: the mesh of every process's first local device (each process
     must own a part of the mesh), which the block construction keeps bit-identical."""
@@ -277,7 +282,24 @@ def single_device_mesh() -> Mesh:
         for device in jax.devices():
             firsts.setdefault(device.process_index, device)
         return instance_mesh([firsts[p] for p in sorted(firsts)])
-    return instance_mesh(jax.devices()[:1])
+    devices = jax.local_devices()
+    return instance_mesh(devices if devices[0].platform == "cpu" else devices[:1])
+
+
+def working_mesh(mesh: Mesh, n_blocks: int) -> Mesh:
+    """`mesh` cut to its first `n_blocks` devices in a single process (a device with no block of
+    its own would compute padding copies); unchanged when every device gets a block, and in a
+    multi-process run, where every process must take part."""
+    if is_multiprocess() or mesh.devices.size <= n_blocks:
+        return mesh
+    return instance_mesh(list(mesh.devices.flat)[:max(1, n_blocks)])
+
+
+def padded_blocks(n_instances: int, block: int, mesh: Mesh) -> int:
+    """How many blocks of `block` instances `run_sharded` computes on `mesh`, padding included."""
+    n_blocks = -(-n_instances // block)
+    devices = working_mesh(mesh, n_blocks).devices.size
+    return -(-n_blocks // devices) * devices
 
 
 def balanced_block(n_instances: int, block: int = BLOCK) -> int:
@@ -317,8 +339,8 @@ def run_sharded(fn: Callable, instanced, *shared, mesh: Mesh | None = None, bloc
     `fn(instanced_block, *shared)` maps a pytree whose leaves carry a leading instance
     axis (of size `block`) to outputs that all carry it too (a vmapped function; jitted or
     not). `shared` arguments (data, step counters, scalars) are replicated on every device.
-    `mesh=None` means every device (`instance_mesh()`); `block=None` means
-    `balanced_block(n_instances)`. `compiler_options` are XLA options for this program.
+    `mesh=None` means every device (`instance_mesh()`), cut to as many devices as there are
+    blocks (`working_mesh`); `block=None` means `balanced_block(n_instances)`. `compiler_options` are XLA options for this program.
     Returns numpy arrays with the padding removed, the same bits for any device count
     (see module doc). The compiled program is cached per (fn, mesh): pass the same
     function object to reuse it.
@@ -328,6 +350,7 @@ def run_sharded(fn: Callable, instanced, *shared, mesh: Mesh | None = None, bloc
     block = balanced_block(n_instances) if block is None else block
     if not (isinstance(block, int) and block > 0):
         raise InputError(f"block must be a positive integer, got {block!r}")
+    mesh = working_mesh(mesh, -(-n_instances // block))
     padded, n = pad_instances(instanced, block * mesh.devices.size)
     sharded = jax.tree_util.tree_map(lambda leaf: _put(leaf, instance_sharding(mesh)), _blocked(padded, block))
     options = tuple(sorted((compiler_options or {}).items()))

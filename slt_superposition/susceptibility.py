@@ -43,7 +43,7 @@ from slt_superposition.chain import instance_program
 from slt_superposition.errors import InputError, describe_failure, require
 from slt_superposition.instances import Instances, flatten_instances, over_instances
 from slt_superposition.observers import default_observers, moments_observer
-from slt_superposition.sharding import run_sharded, single_device_mesh
+from slt_superposition.sharding import default_mesh, run_sharded
 
 PyTree = Any
 MOMENTS = ("observable_offset", "delta_offset", "cross_moment", "observable_at_init", "delta_at_init")
@@ -130,7 +130,7 @@ def estimate_susceptibilities(loss_fn: Callable, params: PyTree, data: PyTree, *
     keys = key[None] if single else jax.random.split(key, n_inst)
     shape = chain_shape(config, n, d)
     block = _block_function(loss_fn, obs_fns, delta_fns, shape, data_batched)
-    mesh = single_device_mesh() if mesh is None else mesh
+    mesh = default_mesh() if mesh is None else mesh
     options = dict(mesh=mesh, compiler_options=compiler_options(), block=chain_block(n_inst, shape, data, data_batched))
     if data_batched:
         out = run_sharded(block, (params, data, keys, settings), **options)

@@ -358,9 +358,9 @@ def train_grid(config: TrainConfig, *, progress: bool = True, mesh=None) -> xr.D
     the last bit: XLA vectorises a vmap of another size differently).
     """
     from slt_superposition.progress import progress_bar
-    from slt_superposition.sharding import run_sharded, single_device_mesh
+    from slt_superposition.sharding import default_mesh, run_sharded
 
-    mesh = single_device_mesh() if mesh is None else mesh
+    mesh = default_mesh() if mesh is None else mesh
     static = _static_key(config)
     init, _ = trainer_functions(config)
     inputs = instance_inputs(config)

@@ -55,8 +55,9 @@ def llc(
     seed: int = typer.Option(0, "--seed", help="Seed of the data draw and of the chains."),
     all_devices: bool = typer.Option(
         False, "--all-devices",
-        help="Split the instances over every local device (jax.devices()); the numbers are the same bit for bit "
-        "as on one device."),
+        help="Split the instances over every device (jax.devices()), accelerators included; the numbers are the "
+        "same bit for bit as on one device. On a CPU every core is already used (one device per core; "
+        "JAX_NUM_CPU_DEVICES=1 turns that off)."),
     calibrate: bool = typer.Option(
         False, "--calibrate",
         help="Calibrate every instance (`calibrate_batched`, at the given --localization, --nbeta, --batch-size, "

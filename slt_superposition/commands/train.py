@@ -68,8 +68,9 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     all_devices: bool = typer.Option(
         False, "--all-devices",
-        help="Split the instances over every device (jax.devices(), all processes); the weights are the same bit "
-        "for bit as on one device."),
+        help="Split the instances over every device (jax.devices(), all processes), accelerators included; the "
+        "weights are the same bit for bit as on one device. On a CPU every core is already used (one device per "
+        "core; JAX_NUM_CPU_DEVICES=1 turns that off)."),
     coordinator: Optional[str] = dist.COORDINATOR,
     num_processes: Optional[int] = dist.NUM_PROCESSES,
     process_id: Optional[int] = dist.PROCESS_ID,

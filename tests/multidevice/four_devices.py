@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from slt_superposition.sharding import balanced_block, instance_mesh, run_sharded, shard_instances
+from slt_superposition.sharding import (balanced_block, default_mesh, instance_mesh, padded_blocks, run_sharded,
+                                        shard_instances, working_mesh)
 
 if jax.device_count() != 4:
     pytest.skip("needs 4 devices: run with XLA_FLAGS=--xla_force_host_platform_device_count=4 "
@@ -77,14 +78,28 @@ def test_shard_instances_splits_over_the_4_devices():
     assert len(sharded_in[0].sharding.device_set) == 4
 
 
+def test_default_mesh_spans_the_cpu_devices():
+    # mesh=None: every CPU device (the cores, where the console script split the CPU)
+    assert default_mesh().devices.size == 4
+
+
+def test_a_device_without_a_block_is_left_out(toy):
+    # 2 blocks on 4 devices: 2 devices, no padding copies; 5 blocks: 2 per device, 8 in all
+    assert working_mesh(instance_mesh(), 2).devices.size == 2 and working_mesh(instance_mesh(), 9).devices.size == 4
+    assert padded_blocks(20, 10, instance_mesh()) == 2 and padded_blocks(50, 10, instance_mesh()) == 8
+    _, w, keys, x, g, sharded = toy
+    few = run_sharded(g, (w[:3], keys[:3]), x, mesh=instance_mesh(), block=3)  # one block, one device
+    assert_bitwise(few, run_sharded(g, (w[:3], keys[:3]), x, mesh=instance_mesh(jax.devices()[:1]), block=3))
+
+
 def test_balanced_block():
     assert balanced_block(20) == 10 and balanced_block(1) == 1 and balanced_block(33) == 11
 
 
 @pytest.fixture(scope="module")
 def grids():
-    """The same grid trained on a 4-device mesh, a 1-device mesh and without a mesh. 20
-    instances run as 2 blocks of 10: 1 device runs both, 4 devices one each (two are padding)."""
+    """The same grid trained on a 4-device mesh, a 1-device mesh and without a mesh (every CPU
+    device). 20 instances run as 2 blocks of 10: 1 device runs both, 2 of the 4 devices one each."""
     from toy_models.train import TrainConfig, train_grid
 
     config = TrainConfig(n_features=5, n_hidden=2, feature_probabilities=(0.05, 0.1, 0.3, 0.6, 1.0),

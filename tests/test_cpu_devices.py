@@ -1,0 +1,63 @@
+"""The console script splits the CPU into one JAX device per core (slt_superposition.cpu_devices),
+unless the user chose a count or the process joins a multi-process run; importing the package
+must not start JAX's backend, or the split would come too late."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from slt_superposition.cpu_devices import MAX_DEVICES, chosen_by_user, core_count, split_cpu_into_cores
+from slt_superposition.entry import joins_multiprocess_run
+
+
+def _clean_env(**extra) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("JAX_NUM_CPU_DEVICES", "XLA_FLAGS", "JAX_COORDINATOR_ADDRESS", "SLT_DISTRIBUTED")}
+    return dict(env, JAX_PLATFORMS="cpu", **extra)
+
+
+def _version_line(**extra) -> str:
+    proc = subprocess.run([sys.executable, "-m", "slt_superposition", "--version"], capture_output=True, text=True,
+                          timeout=300, env=_clean_env(**extra))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.strip()
+
+
+def test_the_console_script_makes_one_device_per_core():
+    cores = min(core_count(), MAX_DEVICES)
+    assert _version_line().endswith(f"on cpu ({cores} device{'s' if cores > 1 else ''})")
+
+
+def test_the_users_count_and_a_multiprocess_run_are_left_alone():
+    assert _version_line(JAX_NUM_CPU_DEVICES="1").endswith("on cpu (1 device)")
+    assert _version_line(XLA_FLAGS="--xla_force_host_platform_device_count=3").endswith("on cpu (3 devices)")
+    # one process of a jax.distributed run keeps the one device `launch` gives it
+    assert _version_line(JAX_COORDINATOR_ADDRESS="127.0.0.1:1").endswith("on cpu (1 device)")
+
+
+def test_importing_the_package_does_not_start_jax():
+    code = ("from jax._src import xla_bridge\n"
+            "import slt_superposition, slt_superposition.cli, toy_models.train, analysis, experiments\n"
+            "print(xla_bridge.backends_are_initialized())")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=_clean_env(), cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "False"
+
+
+def test_split_is_a_no_op_once_jax_has_computed():
+    import jax.numpy as jnp
+
+    jnp.zeros(1).block_until_ready()
+    assert split_cpu_into_cores() is None  # too late: the devices stay as they are
+
+
+def test_who_chose_and_who_joins():
+    assert chosen_by_user({"JAX_NUM_CPU_DEVICES": "2"}) and not chosen_by_user({"XLA_FLAGS": "--xla_cpu_ftz"})
+    assert chosen_by_user({"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    assert joins_multiprocess_run(["train", "--coordinator", "h:1"], {})
+    assert joins_multiprocess_run(["llc", "--coordinator=h:1"], {})
+    assert joins_multiprocess_run([], {"SLT_DISTRIBUTED": "1"}) and not joins_multiprocess_run([], {"SLT_DISTRIBUTED": "0"})
+    assert not joins_multiprocess_run(["train", "--out", "x.nc"], {})
