@@ -15,7 +15,6 @@ instances in one call (the raw ratio that bounds what batching can gain on this 
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import jax
@@ -23,6 +22,8 @@ import numpy as np
 
 from slt_superposition import SGLDConfig, estimate_llc_batched
 from slt_superposition.calibration import calibrate, calibrate_batched
+from slt_superposition.cpu_devices import split_cpu_into_cores
+import machine  # benchmarks/machine.py
 from tms_grid import trained_6x2_grid  # benchmarks/tms_grid.py
 
 STEP_SIZES = tuple(float(10.0 ** (e / 2)) for e in range(-12, -3))
@@ -36,9 +37,9 @@ def main() -> None:
     parser.add_argument("--n-samples", type=int, default=4096)
     parser.add_argument("--raw-only", action="store_true", help="only the sampling throughput, no calibration")
     args = parser.parse_args()
+    split_cpu_into_cores()  # as the console script does: the batched side's instances on every core
     loss_fn, params, data, n_inst = trained_6x2_grid(args.instances, args.n_samples)
-    print(f"{platform.processor() or platform.machine()}, jax {jax.__version__} on {jax.default_backend()}; "
-          f"{n_inst} TMS 6x2 instances, n = {args.n_samples}")
+    print(f"{machine.describe()}; {n_inst} TMS 6x2 instances, n = {args.n_samples}")
 
     if args.raw_only:
         raw_throughput(loss_fn, params, data, n_inst)
