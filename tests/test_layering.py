@@ -6,7 +6,7 @@ Layers, lowest first (a module may import its own layer and the ones below, neve
    the application modules listed in `APPLICATION`;
 1. models: `toy_models` (data, models, training);
 2. analysis: `analysis` (measures, comparison, SAEs, plots);
-3. application: the CLI (`slt_superposition.cli`, `slt_superposition.commands`), the
+3. application: the CLI (`slt_superposition.cli`, `.entry`, `slt_superposition.commands`), the
    `reproduce` registry (`experiments.registry`) and the rest of `experiments`, whose job is to
    import everything.
 
@@ -27,7 +27,7 @@ PACKAGES = ("slt_superposition", "toy_models", "analysis", "experiments")
 LAYERS = ("core", "models", "analysis", "application")
 
 # application modules inside slt_superposition/ (a name covers its submodules)
-APPLICATION = ("slt_superposition.cli", "slt_superposition.__main__", "slt_superposition.commands")
+APPLICATION = ("slt_superposition.cli", "slt_superposition.entry", "slt_superposition.__main__", "slt_superposition.commands")
 
 # (importing module, imported module) -> why it is there for now
 ALLOWED: dict[tuple[str, str], str] = {}
