@@ -14,7 +14,12 @@ from their per-chain estimates (second half of each chain, as `calibrate`'s leng
 - the mean and its standard error over chains (every step size targets the same value),
 - the chain-to-chain standard deviation s, and the efficiency at equal steps relative to the step
   size the calibration's rule would choose, (s_rule / s)^2: how many times fewer steps the same
-  precision would take.
+  precision would take, once the chains have settled;
+- the root mean square error of one chain's estimate against a reference value (`--reference`,
+  default the asymptotic lambda; give the finite-n value where it differs), sqrt(bias^2 + s^2),
+  which also counts chains that have not yet relaxed from w* (at a small step size a chain of a
+  given length covers a short sampler time), and its efficiency against the rule's, (RMSE_rule /
+  RMSE)^2.
 
     python -m experiments.mala_step_efficiency                                  # 3-10-10-3 rank 2
     python -m experiments.mala_step_efficiency --widths 6-6-6-6 --rank 3
@@ -80,6 +85,8 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"steps per chain at every step size, a multiple of {BLOCK} (default %(default)s)")
     parser.add_argument("--chains", type=int, default=16, help="chains per step size (default %(default)s)")
     parser.add_argument("--localization", type=float, default=LOCALIZATION, help="gamma (default %(default)s)")
+    parser.add_argument("--reference", type=float, default=None,
+                        help="the value the chains should read (default: the asymptotic lambda)")
     args = parser.parse_args(argv)
     if args.steps < 2 * BLOCK or args.chains < 2 or not all(eps > 0 for eps in args.step_sizes):
         parser.error(f"--steps must be at least {2 * BLOCK}, --chains at least 2, step sizes positive")
@@ -87,8 +94,10 @@ def main(argv: list[str] | None = None) -> None:
     params = dln_true_params(k_true, args.widths, args.rank, "singular")
     data = dln_compressed_data(*dln_data(k_data, params, args.n))
     nbeta = default_nbeta(args.n)
+    lam = dln_learning_coefficient(args.widths, args.rank)
+    reference = lam if args.reference is None else args.reference
     print(f"{'-'.join(map(str, args.widths))} rank {args.rank}, n = {args.n}, nbeta {nbeta:.1f}, gamma "
-          f"{args.localization:g}: lambda = {dln_learning_coefficient(args.widths, args.rank):g}; "
+          f"{args.localization:g}: lambda = {lam:g}, reference {reference:g}; "
           f"{args.chains} chains x {args.steps} steps per step size (second half kept)", flush=True)
     rows = []
     start = time.perf_counter()
@@ -103,13 +112,15 @@ def main(argv: list[str] | None = None) -> None:
     if chosen is None:
         print(f"no step size reached acceptance {RULE_ACCEPTANCE}: no reference for the efficiency")
         return
-    print(f"efficiency at equal steps, (s_rule / s)^2, against eps {chosen['step_size']:.3g} (the largest with "
-          f"acceptance >= {RULE_ACCEPTANCE}, the calibration's rule):")
+    rmse = lambda row: float(np.sqrt(np.mean((row["per_chain"] - reference) ** 2)))
+    print(f"at equal steps, against eps {chosen['step_size']:.3g} (the largest with acceptance >= "
+          f"{RULE_ACCEPTANCE}, the calibration's rule): variance efficiency (s_rule / s)^2, one chain's RMSE "
+          f"against {reference:g} and its efficiency (RMSE_rule / RMSE)^2")
     for row in rows:
         print(f"  eps {row['step_size']:.3g}  accepted {row['acceptance']:.3f}  "
-              f"efficiency {(chosen['std'] / row['std']) ** 2:6.2f}x  "
-              f"mean - rule's mean {row['mean'] - chosen['mean']:+.3f} "
-              f"({(row['mean'] - chosen['mean']) / np.hypot(row['se'], chosen['se']):+.1f} s.e.)")
+              f"variance {(chosen['std'] / row['std']) ** 2:6.2f}x  "
+              f"mean - reference {row['mean'] - reference:+.3f} ({(row['mean'] - reference) / row['se']:+.1f} s.e.)  "
+              f"RMSE {rmse(row):.3f}, efficiency {(rmse(chosen) / rmse(row)) ** 2:6.2f}x")
 
 
 if __name__ == "__main__":
