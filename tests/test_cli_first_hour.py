@@ -83,9 +83,11 @@ def test_llc_calibrate_max_steps_caps_the_chain_length(tmp_path, tiny_grid, caps
     path = save_dataset(tiny_grid, tmp_path / "tms.nc")
     out = tmp_path / "llc.nc"
     assert main(["llc", str(path), "--calibrate", "--max-steps", "400", "--min-relaxation", "0", "--localization",
-                 "1", "--chains", "2", "--n-samples", "256", "--batch-size", "64", "--out", str(out)]) == 0
+                 "1", "--chains", "2", "--n-samples", "256", "--batch-size", "64", "--target-acceptance", "0.8",
+                 "--out", str(out)]) == 0
     calibration = open_result(tmp_path / "llc.calibration.nc", kind="calibration")
     assert json.loads(calibration.attrs["config"])["max_steps"] == 400
+    assert json.loads(calibration.attrs["config"])["target_acceptance"] == 0.8
     assert json.loads(calibration.attrs["config"])["min_relaxation"] == 0
     assert int(calibration["num_steps"].max()) <= 400
     result = open_result(out)
@@ -95,6 +97,10 @@ def test_llc_calibrate_max_steps_caps_the_chain_length(tmp_path, tiny_grid, caps
     capsys.readouterr()
     assert main(["llc", str(path), "--calibrate", "--min-relaxation", "-1", "--out", str(tmp_path / "x.nc")]) == 2
     assert capsys.readouterr().err.strip() == "error: --min-relaxation must be >= 0 and finite, got -1.0"
+    assert main(["llc", str(path), "--calibrate", "--target-acceptance", "0", "--out", str(tmp_path / "x.nc")]) == 2
+    assert capsys.readouterr().err.strip() == "error: --target-acceptance must be in (0, 1], got 0.0"
+    assert main(["llc", str(path), "--target-acceptance", "0.5", "--out", str(tmp_path / "x.nc")]) == 2
+    assert capsys.readouterr().err.strip() == "error: --target-acceptance is a calibration setting: give --calibrate too"
     assert main(["llc", str(path), "--calibrate", "--max-steps", "1", "--out", str(tmp_path / "x.nc")]) == 2
     assert capsys.readouterr().err.strip() == "error: --max-steps must be at least 2 (a chain needs burn-in and " \
                                               "samples), got 1"

@@ -69,6 +69,12 @@ def llc(
         help="With --calibrate: the longest chain the length stage may choose (it starts at 10,000 or this, "
         "whichever is smaller; the long-chain bias check may run up to 4x this). Lower it for a quick look: "
         "the calibration then says where the estimate had not stopped moving."),
+    target_acceptance: Optional[float] = typer.Option(
+        None, "--target-acceptance",
+        help="With --calibrate: the acceptance rate the step-size sweep keeps at least, in (0, 1] (default 0.9). "
+             "With --metropolis the chains are exact at any rate, and a rate near 0.5-0.7 needed 2x to 30x fewer "
+             "steps for the same error (docs/calibration.md); for plain SGLD the rate is a proxy of the step-size "
+             "bias: keep it high."),
     min_relaxation: float = typer.Option(
         0.5, "--min-relaxation",
         help="With --calibrate: the chain-length rule does not settle before a sampler time eps x steps of this / "
@@ -106,6 +112,10 @@ def llc(
                          f"loss, and --batch-size {batch_size} gives a noisy one")
     if not (0 <= min_relaxation < math.inf):
         raise InputError(f"--min-relaxation must be >= 0 and finite, got {min_relaxation}")
+    if target_acceptance is not None and not calibrate:
+        raise InputError("--target-acceptance is a calibration setting: give --calibrate too")
+    if target_acceptance is not None and not (0 < target_acceptance <= 1):
+        raise InputError(f"--target-acceptance must be in (0, 1], got {target_acceptance}")
     ds = complete(open_result(path, kind="train"))
     _check_memory(ds, n_samples=n_samples, chains=chains, steps=steps, trace_every=trace_every,
                   batch_size=batch_size or n_samples)
@@ -129,7 +139,8 @@ def llc(
                                          nbeta=config.nbeta, batch_size=config.batch_size, num_chains=chains,
                                          instance_dims=grid_coords(ds), progress=True,
                                          min_steps=min(10_000, max_steps), max_steps=max_steps,
-                                         min_relaxation=min_relaxation, metropolis=metropolis)
+                                         min_relaxation=min_relaxation, metropolis=metropolis,
+                                         target_acceptance=0.9 if target_acceptance is None else target_acceptance)
         every = max(trace_every, int(np.max(found.num_steps)) // 1000)  # at most ~1000 trace blocks per chain
         config = SGLDConfig(**{**found.to_dict(), "trace_every": every, "sampling": sampling})
         print(f"calibrated: step sizes {np.min(config.step_size):.3g} .. {np.max(config.step_size):.3g}, "
