@@ -59,28 +59,23 @@ def worker() -> None:
     sys.path.insert(0, str(HERE))
     import jax
 
-    from slt_superposition import estimate_llc_batched
+    from slt_superposition import SGLDConfig, estimate_llc_batched
     from slt_superposition.calibration import calibrate_batched
+    from toy_models.train import train_grid
     import calibrate_batched as calibration_benchmark
     import llc_throughput as llc_benchmark
     from tms_grid import trained_6x2_grid
     import train_throughput as train_benchmark
 
     results = {"devices": jax.local_device_count()}
-    seconds, ds = best_of(lambda: train_benchmark_grid(train_benchmark))
+    config = train_benchmark.grid_config(1000)
+    seconds, ds = best_of(lambda: train_grid(config, progress=False))
     results["train"] = (seconds, digest(ds["W"].values, ds["b"].values))
 
-    params = llc_benchmark.six_gon()
-    n_inst = 64
-    noise = 0.01 * jax.random.normal(jax.random.key(2), (n_inst, llc_benchmark.N_HIDDEN, llc_benchmark.N_FEATURES))
-    grid = {"W": params["W"][None] + noise,
-            "b": jax.numpy.broadcast_to(params["b"], (n_inst, llc_benchmark.N_FEATURES))}
-    data = jax.numpy.stack([llc_benchmark.high_sparsity_limit(jax.random.key(10 + i), llc_benchmark.N,
-                                                              llc_benchmark.N_FEATURES) for i in range(n_inst)])
-    config = llc_benchmark.SGLDConfig(step_size=llc_benchmark.EPS, localization=llc_benchmark.GAMMA,
-                                      num_chains=llc_benchmark.CHAINS, num_steps=llc_benchmark.STEPS,
-                                      num_burnin=llc_benchmark.BURNIN, batch_size=llc_benchmark.BATCH)
-    seconds, ds = best_of(lambda: estimate_llc_batched(llc_benchmark.loss_fn, grid, data, config=config,
+    grid, data = llc_benchmark.perturbed_grid(llc_benchmark.six_gon(), 64)
+    sgld = SGLDConfig(step_size=llc_benchmark.EPS, localization=llc_benchmark.GAMMA, num_chains=llc_benchmark.CHAINS,
+                      num_steps=llc_benchmark.STEPS, num_burnin=llc_benchmark.BURNIN, batch_size=llc_benchmark.BATCH)
+    seconds, ds = best_of(lambda: estimate_llc_batched(llc_benchmark.loss_fn, grid, data, config=sgld,
                                                        key=jax.random.key(1), checks=False))
     results["llc"] = (seconds, digest(ds["llc_per_chain"].values))
 
@@ -89,17 +84,6 @@ def worker() -> None:
                                                           **calibration_benchmark.OPTIONS), repeats=1)
     results["calibrate"] = (seconds, digest(cal.step_size, cal.num_steps))
     print(json.dumps(results))
-
-
-def train_benchmark_grid(train_benchmark):
-    from toy_models.train import TrainConfig, train_grid
-
-    config = TrainConfig(
-        n_features=train_benchmark.N_FEATURES, n_hidden=train_benchmark.N_HIDDEN,
-        feature_probabilities=train_benchmark.FEATURE_PROBABILITIES, importance_decays=(train_benchmark.DECAY,),
-        seeds=1, steps=1000, batch_size=train_benchmark.BATCH, learning_rate=train_benchmark.LR,
-        weight_decay=train_benchmark.WD, chunk_steps=1000, eval_samples=1024)
-    return train_grid(config, progress=False)
 
 
 def run_side(devices: int) -> dict:

@@ -45,6 +45,15 @@ def six_gon():
     return {"W": jnp.asarray(W), "b": jnp.full((N_FEATURES,), B_STAR, jnp.float32)}
 
 
+def perturbed_grid(params, n_inst: int):
+    """(params with a leading instance axis, data (instance, N, features)): `n_inst` copies of the
+    6-gon with small noise on W, each with its own data draw (also benchmarks/cpu_devices.py's LLC work)."""
+    noise = 0.01 * jax.random.normal(jax.random.key(2), (n_inst, N_HIDDEN, N_FEATURES))
+    grid = {"W": params["W"][None] + noise, "b": jnp.broadcast_to(params["b"], (n_inst, N_FEATURES))}
+    data = jnp.stack([high_sparsity_limit(jax.random.key(10 + i), N, N_FEATURES) for i in range(n_inst)])
+    return grid, data
+
+
 def loss_fn(params, batch):
     return tms_loss(params, batch)
 
@@ -180,9 +189,7 @@ def main() -> None:
     print(f"estimate difference: {abs(float(ours.llc_mean) - theirs['llc/mean']) / se:.2f} combined standard errors")
 
     n_inst = 64
-    noise = 0.01 * jax.random.normal(jax.random.key(2), (n_inst, N_HIDDEN, N_FEATURES))
-    grid = {"W": params["W"][None] + noise, "b": jnp.broadcast_to(params["b"], (n_inst, N_FEATURES))}
-    data = jnp.stack([high_sparsity_limit(jax.random.key(10 + i), N, N_FEATURES) for i in range(n_inst)])
+    grid, data = perturbed_grid(params, n_inst)
     call = lambda key: estimate_llc_batched(loss_fn, grid, data, config=config, key=jax.random.key(key), checks=False)
     _, first64 = timed(lambda: call(0))
     batched, t64, cpu64 = cpu_timed(lambda: call(1))

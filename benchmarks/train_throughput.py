@@ -26,15 +26,22 @@ N_FEATURES, N_HIDDEN, N_INSTANCES, BATCH, LR, WD, DECAY = 20, 5, 20, 1024, 1e-3,
 FEATURE_PROBABILITIES = tuple(float(p) for p in np.geomspace(0.01, 1.0, N_INSTANCES))
 
 
-def jax_trainer(steps: int):
-    """Returns (compile_seconds, run) where run() -> (seconds, last-window loss)."""
-    from toy_models.train import TrainConfig, train_grid
+def grid_config(steps: int):
+    """The benchmark's grid as a `TrainConfig` (also benchmarks/cpu_devices.py's training work)."""
+    from toy_models.train import TrainConfig
 
-    config = TrainConfig(
+    return TrainConfig(
         n_features=N_FEATURES, n_hidden=N_HIDDEN, feature_probabilities=FEATURE_PROBABILITIES,
         importance_decays=(DECAY,), seeds=1, steps=steps, batch_size=BATCH, learning_rate=LR,
         weight_decay=WD, chunk_steps=min(steps, 1000), eval_samples=1024,
     )
+
+
+def jax_trainer(steps: int):
+    """Returns (compile_seconds, run) where run() -> (seconds, last-window loss)."""
+    from toy_models.train import train_grid
+
+    config = grid_config(steps)
 
     def run():
         t0, c0 = time.perf_counter(), time.process_time()
