@@ -1,4 +1,4 @@
-"""The console script splits the CPU into one JAX device per core (slt_superposition.cpu_devices),
+"""On request (SLT_SPLIT_CPU=1) the console script splits the CPU into one JAX device per core (cpu_devices),
 unless the user chose a count or the process joins a multi-process run; importing the package
 must not start JAX's backend, or the split would come too late."""
 
@@ -14,7 +14,7 @@ from slt_superposition.entry import joins_multiprocess_run
 
 def _clean_env(**extra) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("JAX_NUM_CPU_DEVICES", "XLA_FLAGS", "JAX_COORDINATOR_ADDRESS", "SLT_DISTRIBUTED")}
+           if k not in ("JAX_NUM_CPU_DEVICES", "XLA_FLAGS", "JAX_COORDINATOR_ADDRESS", "SLT_DISTRIBUTED", "SLT_SPLIT_CPU")}
     return dict(env, JAX_PLATFORMS="cpu", **extra)
 
 
@@ -25,15 +25,16 @@ def _version_line(**extra) -> str:
     return proc.stdout.strip()
 
 
-def test_the_console_script_makes_one_device_per_core():
+def test_the_console_script_makes_one_device_per_core_on_request():
     cores = min(core_count(), MAX_DEVICES)
-    assert _version_line().endswith(f"on cpu ({cores} device{'s' if cores > 1 else ''})")
+    assert _version_line(SLT_SPLIT_CPU="1").endswith(f"on cpu ({cores} device{'s' if cores > 1 else ''})")
+    assert _version_line().endswith("on cpu (1 device)")  # off by default
 
 
 def test_the_users_count_and_a_multiprocess_run_are_left_alone():
-    assert _version_line(JAX_NUM_CPU_DEVICES="1").endswith("on cpu (1 device)")
+    assert _version_line(SLT_SPLIT_CPU="1", JAX_NUM_CPU_DEVICES="1").endswith("on cpu (1 device)")
     # one process of a jax.distributed run keeps the one device `launch` gives it
-    assert _version_line(JAX_COORDINATOR_ADDRESS="127.0.0.1:1").endswith("on cpu (1 device)")
+    assert _version_line(SLT_SPLIT_CPU="1", JAX_COORDINATOR_ADDRESS="127.0.0.1:1").endswith("on cpu (1 device)")
 
 
 def test_importing_the_package_does_not_start_jax():

@@ -56,8 +56,8 @@ def llc(
     all_devices: bool = typer.Option(
         False, "--all-devices",
         help="Split the instances over every device (jax.devices()), accelerators included; the numbers are the "
-        "same bit for bit as on one device. On a CPU every core is already used (one device per core; "
-        "JAX_NUM_CPU_DEVICES=1 turns that off)."),
+        "same bit for bit as on one device. On a CPU: with SLT_SPLIT_CPU=1 (or JAX_NUM_CPU_DEVICES=N) every "
+        "core is a device."),
     calibrate: bool = typer.Option(
         False, "--calibrate",
         help="Calibrate every instance (`calibrate_batched`, at the given --localization, --nbeta, --batch-size, "
