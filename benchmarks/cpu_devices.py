@@ -5,7 +5,8 @@
 The console script splits the CPU into one JAX device per core (`slt_superposition.cpu_devices`),
 and the grid programs run their blocks of instances on every device with the same bits. The
 device count is fixed when JAX starts, so each side runs in a process of its own
-(``JAX_NUM_CPU_DEVICES=1`` against ``=N``, default one per core), alternating for `--rounds`
+(`split_cpu_into_cores(1)` against `(N)`, default one per core, as the console script splits:
+with N > 1 computations are dispatched inline, docs/scaling.md), alternating for `--rounds`
 rounds; each process compiles first (untimed) and then times:
 
 - training: the training benchmark's grid (TMS 20x5, 20 instances = 2 blocks of 10, batch 1024,
@@ -59,6 +60,10 @@ def worker() -> None:
     sys.path.insert(0, str(HERE))
     import jax
 
+    from slt_superposition.cpu_devices import split_cpu_into_cores
+
+    split_cpu_into_cores(int(os.environ["SLT_BENCHMARK_DEVICES"]))  # as the console script does
+
     from slt_superposition import SGLDConfig, estimate_llc_batched
     from slt_superposition.calibration import calibrate_batched
     from toy_models.train import train_grid
@@ -87,8 +92,8 @@ def worker() -> None:
 
 
 def run_side(devices: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["JAX_NUM_CPU_DEVICES"] = str(devices)
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    env["SLT_BENCHMARK_DEVICES"] = str(devices)
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker"], capture_output=True, text=True,
                           env=env, cwd=HERE.parent)
     if proc.returncode != 0:

@@ -1,6 +1,6 @@
 """The `slt-superposition` command line (the console script and `python -m slt_superposition`
-enter through `slt_superposition.entry`, which with SLT_SPLIT_CPU=1 first splits the CPU into one
-device per core).
+enter through `slt_superposition.entry`, which first splits the CPU into one device per core;
+SLT_SPLIT_CPU=0 keeps one).
 
 Each subcommand lives in `slt_superposition/commands/<name>.py` and exposes
 `register(app)`. Errors the user can fix (`InputError`) print one line and exit 2.

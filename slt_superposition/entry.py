@@ -1,10 +1,11 @@
 """The console script `slt-superposition` (and ``python -m slt_superposition``).
 
-With ``SLT_SPLIT_CPU=1`` (opt-in, experimental) splits the CPU into one JAX device per core
-(`cpu_devices`) before anything starts JAX's backend, unless this is one process of a
-multi-process run; then hands over to `slt_superposition.cli.main`. Off by default: one quick
-flagship run of four with two CPU devices hung (its models run in two threads, each launching
-programs over both devices; not yet understood). `cli.main` itself does not touch the devices, so calling it
+Splits the CPU into one JAX device per core (`cpu_devices`) before anything starts JAX's
+backend, unless ``SLT_SPLIT_CPU=0``, the user chose a device count, or this is one process of
+a multi-process run; wherever the process will have several CPU devices (its own split or the
+user's count) computations are dispatched inline, which keeps threads that launch programs over
+several devices from waiting on each other for good (`cpu_devices` module doc). Then hands over
+to `slt_superposition.cli.main`. `cli.main` itself does not touch the devices, so calling it
 from a program that already computed (a notebook, the tests) changes nothing.
 """
 
@@ -24,10 +25,12 @@ def joins_multiprocess_run(argv: list[str], environ=os.environ) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI with every CPU core as a device; returns the exit status."""
     arguments = sys.argv[1:] if argv is None else list(argv)
-    if os.environ.get("SLT_SPLIT_CPU") == "1" and not joins_multiprocess_run(arguments):
-        from slt_superposition.cpu_devices import split_cpu_into_cores
+    if not joins_multiprocess_run(arguments):
+        from slt_superposition.cpu_devices import dispatch_inline_with_several_devices, split_cpu_into_cores
 
-        split_cpu_into_cores()
+        if os.environ.get("SLT_SPLIT_CPU", "1") != "0":
+            split_cpu_into_cores()
+        dispatch_inline_with_several_devices()  # also for the user's own JAX_NUM_CPU_DEVICES
     from slt_superposition.cli import main as cli_main
 
     return cli_main(argv)

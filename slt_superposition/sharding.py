@@ -234,9 +234,10 @@ def replicate(tree, mesh: Mesh):
     return jax.tree_util.tree_map(lambda leaf: _put(leaf, sharding), tree)
 
 
-def unshard(tree, n_instances: int):
+def unshard(tree, n_instances: int, *, blocked: bool = False):
     """Bring a sharded result back to host numpy arrays and drop the padding instances.
 
+    `blocked`: the leaves are (blocks, block, ...), joined into (instances, ...) on the host.
     Leaves without a leading axis of the padded size are returned whole.
     """
     if jax.process_count() > 1:
@@ -244,6 +245,8 @@ def unshard(tree, n_instances: int):
 
         tree = multihost_utils.process_allgather(tree, tiled=True)
     tree = jax.tree_util.tree_map(np.asarray, tree)
+    if blocked:
+        tree = _unblocked(tree)
     return jax.tree_util.tree_map(lambda leaf: leaf[:n_instances] if leaf.ndim else leaf, tree)
 
 
@@ -352,7 +355,8 @@ def run_sharded(fn: Callable, instanced, *shared, mesh: Mesh | None = None, bloc
         raise InputError(f"block must be a positive integer, got {block!r}")
     mesh = working_mesh(mesh, -(-n_instances // block))
     padded, n = pad_instances(instanced, block * mesh.devices.size)
+    # the blocks are joined on the host (unshard): the program stays the one computation over several devices
     sharded = jax.tree_util.tree_map(lambda leaf: _put(leaf, instance_sharding(mesh)), _blocked(padded, block))
     options = tuple(sorted((compiler_options or {}).items()))
     out = _block_program(fn, mesh, len(shared), options)(sharded, *replicate(shared, mesh))
-    return unshard(_unblocked(out), n)
+    return unshard(out, n, blocked=True)

@@ -56,8 +56,8 @@ def llc(
     all_devices: bool = typer.Option(
         False, "--all-devices",
         help="Split the instances over every device (jax.devices()), accelerators included; the numbers are the "
-        "same bit for bit as on one device. On a CPU: with SLT_SPLIT_CPU=1 (or JAX_NUM_CPU_DEVICES=N) every "
-        "core is a device."),
+        "same bit for bit as on one device. On a CPU every core is already a device (SLT_SPLIT_CPU=0: one; "
+        "JAX_NUM_CPU_DEVICES=N: N)."),
     calibrate: bool = typer.Option(
         False, "--calibrate",
         help="Calibrate every instance (`calibrate_batched`, at the given --localization, --nbeta, --batch-size, "

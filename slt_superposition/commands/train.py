@@ -69,8 +69,8 @@ def train(
     all_devices: bool = typer.Option(
         False, "--all-devices",
         help="Split the instances over every device (jax.devices(), all processes), accelerators included; the "
-        "weights are the same bit for bit as on one device. On a CPU: with SLT_SPLIT_CPU=1 (or "
-        "JAX_NUM_CPU_DEVICES=N) every core is a device."),
+        "weights are the same bit for bit as on one device. On a CPU every core is already a device "
+        "(SLT_SPLIT_CPU=0: one; JAX_NUM_CPU_DEVICES=N: N)."),
     coordinator: Optional[str] = dist.COORDINATOR,
     num_processes: Optional[int] = dist.NUM_PROCESSES,
     process_id: Optional[int] = dist.PROCESS_ID,
