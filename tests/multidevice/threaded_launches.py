@@ -9,7 +9,7 @@ dispatches inline), then runs for SECONDS: two threads call `sharding.run_sharde
 two blocks (so both devices), a third queues 64 chained one-device computations and waits for
 them, over and over. Prints "rounds a b c" and exits 0 when every thread kept finishing rounds;
 prints "STALL ..." and exits 3 when no thread finished one for STALL_S seconds. With JAX's
-asynchronous dispatch left on, it stalled within 2 seconds in three runs of three (2-core CPU).
+asynchronous dispatch left on, it stalled within 2 seconds in each of six runs (2-core CPU).
 """
 
 from __future__ import annotations
