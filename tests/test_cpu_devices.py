@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-
 from pathlib import Path
 
 from slt_superposition.cpu_devices import MAX_DEVICES, chosen_by_user, core_count, split_cpu_into_cores
