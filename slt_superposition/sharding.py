@@ -23,7 +23,7 @@ the block: the instance axis is cut into blocks of `block` instances (default
 training pass `block_for(n, working set)`, larger blocks on an accelerator); each device loops (`lax.map`) over its own blocks inside `shard_map`, running
 the same compiled block body whatever the device count. One device is the same code with
 every block local: `train_grid(..., mesh=None)` and `estimate_llc_batched(..., mesh=None)`
-run on `default_mesh()` (the CPU's devices, one per core where the console script split it on request,
+run on `default_mesh()` (the CPU's devices, one per core where the console script split it,
 `cpu_devices`; else the default device), and their bits equal those of any mesh.
 tests/test_sharding.py checks 4 devices against 1 for a toy function, `train_grid` and
 `estimate_llc_batched`.
