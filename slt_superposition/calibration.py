@@ -86,6 +86,7 @@ PyTree = Any
 DEFAULT_STEP_SIZES = tuple(float(10.0 ** (e / 2)) for e in range(-16, -7))  # 1e-8 .. 1e-4
 TRACE_BLOCKS = 128  # loss-trace blocks per calibration chain (R-hat reads the post-burn-in ones)
 BATCH_MEANS = 8  # batches per chain for the batch-means standard error (`diagnostics.batch_means_se`)
+TARGET_ACCEPTANCE = 0.9  # the step-size sweep's default acceptance target (`target_acceptance`)
 
 
 class Runs(NamedTuple):
@@ -489,7 +490,7 @@ def calibrate_batched(
     num_chains: int = 4,
     step_sizes: Sequence[float] = DEFAULT_STEP_SIZES,
     sweep_steps: int = 2000,
-    target_acceptance: float = 0.9,
+    target_acceptance: float = TARGET_ACCEPTANCE,
     max_acceptance_drop: float = 0.12,
     min_steps: int = 10_000,
     max_steps: int = 320_000,

@@ -131,7 +131,7 @@ def llc(
     if context is not None:
         context.with_resource(output_lock(out))
     if calibrate:
-        from slt_superposition.calibration import calibrate_batched
+        from slt_superposition.calibration import TARGET_ACCEPTANCE, calibrate_batched
 
         n_inst = int(np.prod(grid_shape(ds)))
         print(f"calibrating every instance ({n_inst}) ...", file=sys.stderr)
@@ -140,7 +140,8 @@ def llc(
                                          instance_dims=grid_coords(ds), progress=True,
                                          min_steps=min(10_000, max_steps), max_steps=max_steps,
                                          min_relaxation=min_relaxation, metropolis=metropolis,
-                                         target_acceptance=0.9 if target_acceptance is None else target_acceptance)
+                                         target_acceptance=(TARGET_ACCEPTANCE if target_acceptance is None
+                                                            else target_acceptance))
         every = max(trace_every, int(np.max(found.num_steps)) // 1000)  # at most ~1000 trace blocks per chain
         config = SGLDConfig(**{**found.to_dict(), "trace_every": every, "sampling": sampling})
         print(f"calibrated: step sizes {np.min(config.step_size):.3g} .. {np.max(config.step_size):.3g}, "
