@@ -8,17 +8,21 @@ which writes its dataset, figures and `report.md` under `out_dir`. `size` is one
 "quick" (minutes on a laptop CPU; `reproduce --quick`), "default", or "full" (a larger grid,
 sized for a GPU; `reproduce --full`) where the experiment lists it in `Experiment.sizes`.
 `options` come only from the `reproduce` command: `only` (`--only CASE`: just these named cases of a
-multi-case experiment) and the experiment's own keyword options (`--set NAME=VALUE`). Every report opens with `header` (title, the command that made it, one
-paragraph of what it found). Modules are imported only when run, so a broken one does not stop
+multi-case experiment) and the experiment's own keyword options (`--set NAME=VALUE`). An experiment
+whose settings are one dataclass takes it as `config` and its fields as `**fields` (`config_type`,
+`replace_fields`), so `--set FIELD=VALUE` reaches every field. Every report opens with `header`
+(title, the command that made it, one paragraph of what it found). Modules are imported only when run, so a broken one does not stop
 the others.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
 import inspect
 import shlex
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -138,6 +142,46 @@ def parse_options(pairs: Sequence[str]) -> dict[str, object]:
     return options
 
 
+def config_type(run: Callable) -> type | None:
+    """The settings dataclass of `run`'s `config` parameter when `run` also takes its fields as
+    keyword options (a `**fields` parameter: `reproduce --set FIELD=VALUE`); else None."""
+    parameters = inspect.signature(run).parameters
+    if "config" not in parameters or not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return None
+    hint = typing.get_type_hints(run).get("config")
+    return next((t for t in typing.get_args(hint) or (hint,) if dataclasses.is_dataclass(t)), None)
+
+
+def _tuples(value):
+    """`value` with every list, at any depth, a tuple (settings dataclasses hold tuples)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def replace_fields(base, fields: dict):
+    """`base` (a dataclass instance) with `fields` replaced; each value must be of its default's
+    kind (lists become tuples; an int may replace a float), else `InputError` names the field."""
+    names = {f.name for f in dataclasses.fields(base)}
+    changes = {}
+    for name, value in fields.items():
+        if name not in names:
+            raise InputError(f"{type(base).__name__} has no field {name}")
+        default, value = getattr(base, name), _tuples(value)
+        same_kind = (isinstance(value, bool) == isinstance(default, bool)
+                     and (isinstance(value, type(default)) or isinstance(default, float) and isinstance(value, int)
+                          or default is None or value is None))
+        if not same_kind:
+            raise InputError(f"--set {name}: expected {type(default).__name__} (like {default!r}), got {value!r}")
+        changes[name] = float(value) if isinstance(default, float) and isinstance(value, int) else value
+    return dataclasses.replace(base, **changes)
+
+
+def changed_fields(config, base) -> dict:
+    """The fields of dataclass `config` that differ from `base`'s, in field order (what a
+    `reproduce` command line needs as `--set` to remake `config` from `base`)."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+            if getattr(config, f.name) != getattr(base, f.name)}
+
+
 def check_request(name: str, size: str = "default", only: Sequence[str] | None = None,
                   options: dict | None = None):
     """`InputError` for an unknown experiment, size or option, or `only` on an experiment without
@@ -147,7 +191,14 @@ def check_request(name: str, size: str = "default", only: Sequence[str] | None =
         raise InputError(f"experiment '{name}' has no named cases; --only applies to "
                          + ", ".join(e.name for e in EXPERIMENTS.values() if e.cases))
     run = load_runner(name)
-    known = [p for p in inspect.signature(run).parameters if p not in RESERVED + PYTHON_ONLY]
+    parameters = inspect.signature(run).parameters
+    known = [p for p, spec in parameters.items()
+             if p not in RESERVED + PYTHON_ONLY and spec.kind is not spec.VAR_KEYWORD]
+    settings = config_type(run)
+    if settings is not None:
+        fields = [f.name for f in dataclasses.fields(settings)]
+        known += fields
+        replace_fields(settings(), {k: v for k, v in (options or {}).items() if k in fields})  # kinds and ranges, now
     unknown = sorted(set(options or {}) - set(known))
     if unknown:
         raise InputError(f"experiment '{name}' has no option {', '.join(unknown)} (its options: "

@@ -1,7 +1,10 @@
 """The flagship: the weight basis (LLC, Hessian and Gauss-Newton rank) against the activation
 basis (represented features, features per dimension, SAE recovery) on the same trained TMS.
 
-    slt-superposition reproduce weights-vs-activations [--quick|--full] --out DIR
+    slt-superposition reproduce weights-vs-activations [--quick|--full] [--set FIELD=VALUE ...] --out DIR
+
+(`--set` replaces one field of `FlagshipConfig`, e.g. `--set calibration_max_steps=19200` for longer
+chains; the report's command line names every field that differs from the size's settings.)
 
 For every model (n features, m hidden) in the grid, every (feature probability, seed) instance
 is trained in one program, refined to a critical point of L_n on the LLC's n samples
@@ -42,7 +45,8 @@ from analysis.susceptibility_report import flagship_susceptibility_chains, flags
 from analysis.weight_basis import rank_above_gradient_floor, weight_basis_measures
 from slt_superposition import grid
 from slt_superposition.calibration import calibrate_batched
-from experiments.registry import command_line
+from slt_superposition.errors import InputError
+from experiments.registry import changed_fields, command_line, replace_fields
 from slt_superposition.io import save_dataset
 from slt_superposition.llc import SGLDConfig, estimate_llc_batched
 from slt_superposition.provenance import provenance_attrs
@@ -57,6 +61,9 @@ KGON_LLC = {5: 7.0, 6: 8.5}  # Chen et al. 2023, theoretical LLC of the 5- and 6
 
 HALF_DECADES = tuple(float(10.0 ** (e / 2)) for e in range(-12, -3))  # 1e-6 .. 1e-2
 QUARTER_DECADES = tuple(float(10.0 ** (e / 4)) for e in range(-24, -7))  # 1e-6 .. 1e-2
+
+
+CHAINS = ("llc_chains", "calibration_chains")  # at least 2: R-hat compares chains
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +119,24 @@ class FlagshipConfig:
     retrain_features: tuple[int, ...] = (0,)  # retrained at q' from the same initialisation
     retrain_seeds: int = 1  # on the first seeds of every feature probability
     seed: int = 0
+
+    def __post_init__(self):
+        """One-line `InputError` for a field no run could use (one field at a time; settings that
+        only fail together, such as a batch larger than n, fail where they are used)."""
+        if not self.models or not all(isinstance(nm, tuple) and len(nm) == 2
+                                      and all(type(v) is int and v >= 1 for v in nm) for nm in self.models):
+            raise InputError(f"models must be (n_features, n_hidden) pairs of positive ints, got {self.models!r}")
+        if not 0 < self.min_feature_probability <= 1:
+            raise InputError(f"min_feature_probability must be in (0, 1], got {self.min_feature_probability}")
+        if self.n_feature_probabilities > 1 and self.min_feature_probability == 1:
+            raise InputError("min_feature_probability must be below 1 when n_feature_probabilities > 1")
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if type(value) is not int:
+                continue
+            least = 0 if field.name == "seed" else 2 if field.name in CHAINS else 1
+            if value < least:
+                raise InputError(f"{field.name} must be at least {least}, got {value}")
 
     @property
     def feature_probabilities(self) -> tuple[float, ...]:
@@ -329,10 +354,11 @@ WORKERS = 2
 
 
 def run(out_dir: Path, *, size: str = "default", progress: bool = True,
-        config: FlagshipConfig | None = None) -> xr.Dataset:
-    """Run the flagship at `size` ("quick", "default", "full"; `config` overrides) into `out_dir`;
-    returns the joined dataset (also saved there)."""
-    config = config or SIZES[size]
+        config: FlagshipConfig | None = None, **fields) -> xr.Dataset:
+    """Run the flagship at `size` ("quick", "default", "full"; `config` replaces that size's
+    settings, and `fields` replace single fields of them: `reproduce --set FIELD=VALUE`) into
+    `out_dir`; returns the joined dataset (also saved there)."""
+    config = replace_fields(config or SIZES[size], fields)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
@@ -440,7 +466,7 @@ def write_report(ds: xr.Dataset, dev: xr.Dataset, out_dir: Path, figures: list[P
     from analysis.compare_plots import findings, headline, summary_table
     from analysis.fragility_test import fragility_section
 
-    command = command_line(NAME, out_dir, size)
+    command = command_line(NAME, out_dir, size, **changed_fields(config, SIZES[size]))
     lines = [
         "# Weights vs activations",
         "",

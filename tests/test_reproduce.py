@@ -129,11 +129,45 @@ def test_bad_case_size_and_option_are_one_line_errors(tmp_path, monkeypatch, cap
             (["tms-pentagon", "--quick", "--full"], "--quick and --full exclude each other"),
             (["tms-pentagon", "--set", "steps=3"], "experiment 'tms-pentagon' has no option steps"),
             (["weights-vs-activations", "--set", "config=1"],  # a settings object: Python API only
-             "experiment 'weights-vs-activations' has no option config (its options: none)"),
+             "experiment 'weights-vs-activations' has no option config (its options: models, "),
+            (["weights-vs-activations", "--set", "seeds='x'"], "--set seeds: expected int (like 8), got 'x'"),
+            (["weights-vs-activations", "--set", "llc_chains=1"], "llc_chains must be at least 2, got 1"),
+            (["weights-vs-activations", "--set", "models=((6, 0),)"], "models must be (n_features, n_hidden) pairs"),
             (["tms-pentagon", "--set", "steps"], "--set takes NAME=VALUE")):
-        assert main(["reproduce", *argv, "--out", str(tmp_path / "x")]) == 2
+        out = tmp_path / str(len(list(tmp_path.iterdir())))
+        assert main(["reproduce", *argv, "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+        if "--set" in argv:  # options are refused before anything is written
+            assert not out.exists(), argv
+
+
+def test_set_replaces_fields_of_the_flagship_size_and_the_report_names_them(tmp_path, monkeypatch):
+    import experiments.weights_vs_activations as wva
+    from experiments.registry import changed_fields, command_line, reproduce
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def sweep(name, config, *args, **kwargs):
+        seen.update(config)
+        raise Stop
+
+    monkeypatch.setattr(wva, "run_sweep", sweep)
+    monkeypatch.setattr(wva, "run_development", lambda *args, **kwargs: None)
+    monkeypatch.setattr(wva, "check_sweep_folder", lambda *args, **kwargs: None)
+    options = {"calibration_max_steps": 19200, "models": [[6, 2]], "min_feature_probability": 1 / 20}
+    with pytest.raises(Stop):
+        reproduce("weights-vs-activations", tmp_path, size="quick", progress=False, options=options)
+    assert seen["calibration_max_steps"] == 19200 and seen["models"] == ((6, 2),)
+    assert seen["min_feature_probability"] == 0.05 and seen["seeds"] == wva.QUICK.seeds  # the rest is the size's
+    changed = changed_fields(wva.replace_fields(wva.QUICK, options), wva.QUICK)
+    assert changed == {"models": ((6, 2),), "min_feature_probability": 0.05, "calibration_max_steps": 19200}
+    assert command_line("weights-vs-activations", "out", "quick", **changed) == (
+        "slt-superposition reproduce weights-vs-activations --quick --set 'models=((6, 2),)' "
+        "--set min_feature_probability=0.05 --set calibration_max_steps=19200 --out out")
 
 
 def test_set_passes_an_option_and_the_report_names_it(tmp_path, monkeypatch):
