@@ -28,9 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     if not joins_multiprocess_run(arguments):
         from slt_superposition.cpu_devices import dispatch_inline_with_several_devices, split_cpu_into_cores
 
-        if os.environ.get("SLT_SPLIT_CPU", "1") != "0":
-            split_cpu_into_cores()
-        dispatch_inline_with_several_devices()  # also for the user's own JAX_NUM_CPU_DEVICES
+        split = os.environ.get("SLT_SPLIT_CPU", "1") != "0" and split_cpu_into_cores() is not None
+        if not split:  # the user's own JAX_NUM_CPU_DEVICES or XLA_FLAGS count (the split sets the mode itself)
+            dispatch_inline_with_several_devices()
     from slt_superposition.cli import main as cli_main
 
     return cli_main(argv)
