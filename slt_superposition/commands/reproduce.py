@@ -23,7 +23,9 @@ def reproduce(
                              "same --out adds cases, and a run without --only completes the rest."),
     set_: Optional[List[str]] = typer.Option(
         None, "--set", help="NAME=VALUE: one of the experiment's own options (repeatable; VALUE a Python literal), "
-                            "e.g. --set estimate_chains=4 for normal-crossing."),
+                            "e.g. --set estimate_chains=4 for normal-crossing; for weights-vs-activations any "
+                            "field of its FlagshipConfig, e.g. --set calibration_max_steps=19200. A wrong NAME "
+                            "lists the experiment's options."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars and per-case lines on stderr/stdout."),
     list_: bool = typer.Option(False, "--list", help="List the experiments and exit."),
     coordinator: Optional[str] = dist.COORDINATOR,
