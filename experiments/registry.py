@@ -11,8 +11,8 @@ sized for a GPU; `reproduce --full`) where the experiment lists it in `Experimen
 multi-case experiment) and the experiment's own keyword options (`--set NAME=VALUE`). An experiment
 whose settings are one dataclass takes it as `config` and its fields as `**fields` (`config_type`,
 `replace_fields`), so `--set FIELD=VALUE` reaches every field. Every report opens with `header`
-(title, the command that made it, one paragraph of what it found). Modules are imported only when run, so a broken one does not stop
-the others.
+(title, the command that made it, one paragraph of what it found). Modules are imported only
+when run, so a broken one does not stop the others.
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ HALF_DECADES = tuple(float(10.0 ** (e / 2)) for e in range(-12, -3))  # 1e-6 .. 
 QUARTER_DECADES = tuple(float(10.0 ** (e / 4)) for e in range(-24, -7))  # 1e-6 .. 1e-2
 
 
-CHAINS = ("llc_chains", "calibration_chains")  # at least 2: R-hat compares chains
+CHAIN_COUNT_FIELDS = ("llc_chains", "calibration_chains")  # at least 2: R-hat compares chains
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +134,7 @@ class FlagshipConfig:
             value = getattr(self, field.name)
             if type(value) is not int:
                 continue
-            least = 0 if field.name == "seed" else 2 if field.name in CHAINS else 1
+            least = 0 if field.name == "seed" else 2 if field.name in CHAIN_COUNT_FIELDS else 1
             if value < least:
                 raise InputError(f"{field.name} must be at least {least}, got {value}")
 
