@@ -55,6 +55,7 @@ def reproduce(
     if out is None:
         out = Path("results") / ("quick" if quick else "full") / name
     dist.initialize(coordinator, num_processes, process_id)
+    import contextlib
     import shutil
     import tempfile
 
@@ -64,8 +65,15 @@ def reproduce(
 
     matplotlib.use("Agg")
     if is_writer():
-        with output_lock(out, folder=True):
-            run_experiment(name, out, size=size, progress=progress, only=only, options=options)
+        existed = out.exists()
+        try:
+            with output_lock(out, folder=True):
+                run_experiment(name, out, size=size, progress=progress, only=only, options=options)
+        except InputError:  # refused (e.g. --only naming no case): a folder made for it goes if still empty
+            if not existed:
+                with contextlib.suppress(OSError):
+                    out.rmdir()
+            raise
         print(f"{name}: dataset, figures and report.md in {out}")
         return
     scratch = Path(tempfile.mkdtemp(prefix=f"slt-superposition-{name}-"))
