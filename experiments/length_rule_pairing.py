@@ -82,13 +82,14 @@ def chains_at_lengths(n: int, m: int, lengths, chains: int, config=QUICK) -> dic
             # L/64 steps, are the previous chain's blocks 64..127 of L/128 steps, two by two)
             again = 0.5 * (previous[..., TRACE_BLOCKS // 2::2] + previous[..., TRACE_BLOCKS // 2 + 1::2])
             shared = trace[..., TRACE_BLOCKS // 4: TRACE_BLOCKS // 2]
-            if not np.allclose(shared[healthy], again[healthy], rtol=1e-4, atol=0):
+            both = healthy & was_healthy
+            if not np.allclose(shared[both], again[both], rtol=1e-4, atol=0):
                 raise AssertionError(f"chains of {length} steps do not continue those of {length // 2}")
             every = np.ones(paired.shape[::2], bool)
-            out["bm_diff_se"].append(nbeta * batch_means_se(paired, every, healthy, BATCH_MEANS))
+            out["bm_diff_se"].append(nbeta * batch_means_se(paired, every, both, BATCH_MEANS))
         else:
             out["bm_diff_se"].append(np.full(per_chain.shape[0], np.nan))
-        previous = trace
+        previous, was_healthy = trace, healthy
     return out
 
 
