@@ -130,8 +130,13 @@ class FlagshipConfig:
             raise InputError(f"min_feature_probability must be in (0, 1], got {self.min_feature_probability}")
         if self.n_feature_probabilities > 1 and self.min_feature_probability == 1:
             raise InputError("min_feature_probability must be below 1 when n_feature_probabilities > 1")
+        steps = self.calibration_step_sizes
+        if not steps or not all(isinstance(e, (int, float)) and 0 < e < np.inf for e in steps):
+            raise InputError(f"calibration_step_sizes must be positive numbers, got {steps!r}")
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
+            if type(value) is float and not 0 < value < np.inf:
+                raise InputError(f"{field.name} must be positive and finite, got {value}")
             if type(value) is not int:
                 continue
             least = 0 if field.name == "seed" else 2 if field.name in CHAIN_COUNT_FIELDS else 1

@@ -133,6 +133,8 @@ def test_bad_case_size_and_option_are_one_line_errors(tmp_path, monkeypatch, cap
             (["weights-vs-activations", "--set", "seeds='x'"], "--set seeds: expected int (like 8), got 'x'"),
             (["weights-vs-activations", "--set", "llc_chains=1"], "llc_chains must be at least 2, got 1"),
             (["weights-vs-activations", "--set", "models=((6, 0),)"], "models must be (n_features, n_hidden) pairs"),
+            (["weights-vs-activations", "--set", "calibration_step_sizes=()"], "calibration_step_sizes must be positive"),
+            (["weights-vs-activations", "--set", "susceptibility_factor=-1"], "susceptibility_factor must be positive"),
             (["tms-pentagon", "--set", "steps"], "--set takes NAME=VALUE")):
         out = tmp_path / "x"
         assert main(["reproduce", *argv, "--out", str(out)]) == 2
