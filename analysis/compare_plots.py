@@ -468,6 +468,12 @@ def findings(ds: xr.Dataset, dev: xr.Dataset | None = None, kgon_llc: dict[int, 
                      if c["converged"] < 1 else "")
             text += f"; the stored bias checks pass (`llc_trusted`) on {c['trusted']:.0%}"
             text += _untrusted_counts(one) + "."
+        if "llc_chains_left" in one:
+            left = one["llc_chains_left"] > 0
+            text += (f" On {float(left.mean()):.0%} of instances at least one chain ended with other features live "
+                     f"than at w* (`llc_chains_left`), and the chains ended up to "
+                     f"{float(one['llc_chain_distance_max'].median()):.2f} |w*| from w* (median over instances of "
+                     "the largest distance, rotation removed): such an estimate is not local.")
         out.append(text)
     if dev is not None:
         out.append(_development_finding(dev, kgon_llc or {}))

@@ -15,7 +15,8 @@ position (W, b), the distance from w* relative to |w*|:
   another critical point of the same class that the data's exchangeable features make (nearly)
   equal in loss;
 
-and whether the set of live features changed (a column norm above half of w*'s median column norm).
+and whether the set of live features changed (a column norm above half of w*'s median column norm);
+the first distance and the live set are `analysis.chain_excursions`', which the flagship stores.
 Printed per (p, n): the estimate +- SE over chains, the medians of both distances, the share of chains
 whose live set changed, and the mean estimate of the chains that changed it against those that did not.
 
@@ -26,13 +27,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import math
 import time
 
 import jax
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from analysis.chain_excursions import live_features, rotation_aligned_distance
 from experiments.tms_llc_vs_n import _train, refined_point
 from slt_superposition.llc import SGLDConfig, default_nbeta, estimate_llc
 
@@ -40,27 +41,13 @@ SPARSITIES = (1.0, 0.398, 0.05)  # tms_llc_vs_n's instances
 TRAIN_STEPS = 3000  # ... and its training
 BATCH_SIZE = 500
 LOCALIZATION = 1.0
-LIVE_FRACTION = 0.5  # a feature is live when its column norm is above this share of w*'s median column norm
 
 
-def aligned_distance(W: np.ndarray, b: np.ndarray, W0: np.ndarray, b0: np.ndarray, permute: bool) -> float:
-    """|(R W P, b P) - (W0, b0)| / |(W0, b0)| minimised over orthogonal R `(hidden, hidden)` and, with
-    `permute`, over permutations P of the features (W: `(hidden, feature)`, b: `(feature,)`)."""
-    scale = math.sqrt(float(np.sum(W0 ** 2) + np.sum(b0 ** 2)))
-    orders = itertools.permutations(range(W.shape[1])) if permute else [tuple(range(W.shape[1]))]
-    best = math.inf
-    for order in orders:
-        Wp, bp = W[:, order], b[list(order)]
-        u, _, vt = np.linalg.svd(W0 @ Wp.T)  # Procrustes: R = u vt maximises trace(W0^T R Wp)
-        R = u @ vt
-        best = min(best, float(np.sum((R @ Wp - W0) ** 2) + np.sum((bp - b0) ** 2)))
-    return math.sqrt(best) / scale
-
-
-def live_set(W: np.ndarray, reference: np.ndarray) -> frozenset:
-    """Features whose column norm is above `LIVE_FRACTION` of the median column norm of `reference`."""
-    threshold = LIVE_FRACTION * float(np.median(np.linalg.norm(reference, axis=0)))
-    return frozenset(np.flatnonzero(np.linalg.norm(W, axis=0) > threshold).tolist())
+def relabelled_distance(W: np.ndarray, b: np.ndarray, W0: np.ndarray, b0: np.ndarray) -> float:
+    """`rotation_aligned_distance` of (W, b) `((hidden, feature), (feature,))` to (W0, b0), minimised
+    also over the permutations of the features."""
+    orders = np.array(list(itertools.permutations(range(W.shape[-1]))))
+    return float(rotation_aligned_distance(W[:, orders].transpose(1, 0, 2), b[orders], W0, b0).min())
 
 
 def excursions(train, i: int, n: int, *, chains: int, sampler_time: float, scale: float, key) -> dict:
@@ -74,13 +61,15 @@ def excursions(train, i: int, n: int, *, chains: int, sampler_time: float, scale
     est = estimate_llc(loss_fn, params, data, config=config, key=key, checks=False)
     W0, b0 = np.asarray(params["W"], np.float64), np.asarray(params["b"], np.float64)
     unravel = ravel_pytree(params)[1]
-    live0 = live_set(W0, W0)
+    live0 = live_features(W0, W0)
     rows = []
     for c in range(chains):
         end = unravel(jax.numpy.asarray(est["final_position"].values[c]))  # the dataset's flattening
         W, b = np.asarray(end["W"], np.float64), np.asarray(end["b"], np.float64)
-        rows.append(dict(llc=float(est["llc_per_chain"].values[c]), rotation=aligned_distance(W, b, W0, b0, False),
-                         permutation=aligned_distance(W, b, W0, b0, True), changed=live_set(W, W0) != live0))
+        rows.append(dict(llc=float(est["llc_per_chain"].values[c]),
+                         rotation=float(rotation_aligned_distance(W, b, W0, b0)),
+                         permutation=relabelled_distance(W, b, W0, b0),
+                         changed=bool((live_features(W, W0) != live0).any())))
     return dict(rows=rows, llc=float(est["llc_mean"]), se=float(est["llc_se"]), eps=eps, steps=steps,
                 grad_norm=grad_norm, diverged=int(est["n_diverged"]))
 

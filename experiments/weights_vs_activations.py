@@ -34,6 +34,7 @@ import jax
 import numpy as np
 import xarray as xr
 
+from analysis.chain_excursions import chain_excursions
 from analysis.compare import compare, join_models, out_of_range_cause
 from analysis.development import development, full_batch_inputs
 from analysis.measures import feature_norms, represented_features
@@ -336,6 +337,7 @@ def compute_model(n: int, m: int, config: FlagshipConfig, out_dir: Path, progres
     with _stage(f"{label}: retraining at q'", progress):
         response = _response(train, train_config, susceptibilities, config)
     ds = compare(train, llc, basis.drop_vars("hessian_eigenvalues"), sae)
+    ds = ds.merge(chain_excursions(llc, np.asarray(inputs[1]["W"]), np.asarray(inputs[1]["b"])))  # local or not
     for name in CHECK_VARIABLES:
         ds[f"llc_{name}" if not name.startswith("llc_") else name] = llc[name]
     ds["hessian_eigenvalues"] = basis["hessian_eigenvalues"]

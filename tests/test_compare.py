@@ -192,6 +192,10 @@ def test_flagship_tiny_grid_is_reproducible_and_self_describing(tmp_path):
         assert a[name].attrs.get("long_name"), name
         assert "units" in a[name].attrs, name
     assert a.attrs["slt_superposition_kind"] == "compare"
+    # where every instance's chains ended (analysis.chain_excursions), from the estimate's own final positions
+    left, far = a["llc_chains_left"].values, a["llc_chain_distance_max"].values
+    assert left.shape == far.shape == a["llc_mean"].shape
+    assert ((left >= 0) & (left <= config.llc_chains)).all() and (np.isfinite(far) & (far >= 0)).all()
     # every instance calibrated (no interpolation): per-instance settings and stored checks
     calibration = xr.open_dataset(tmp_path / "a" / "calibration" / "n5_m2.nc")
     np.testing.assert_array_equal(a["llc_step_size"].values.ravel(),
