@@ -3,8 +3,10 @@
 At localization 1 the chains on some trained TMS leave w*'s neighbourhood: they end 0.4 to 1 times
 |w*| away (the flat rotation orbit removed) with other features live than at w*, and those chains
 read other values than the ones that stayed (docs/experiments/tms_llc_vs_n.md, "Where the chains
-go"). Such an estimate is not the LLC of w*'s neighbourhood. These measures read every chain's
-final position (the `final_position` of an `llc` dataset) and say so per instance.
+go"). Such an estimate averages over more than w*'s configuration. These measures read every
+chain's final position (the `final_position` of an `llc` dataset) and say so per instance. The
+live set is the sharper sign: a distance of order |w*| can also be the localized posterior's own
+spread, about 1 / sqrt(gamma) along each direction that the localization alone holds.
 
 Distances are relative to |w*| = |(W*, b*)| and minimised over the orthogonal maps R of the hidden
 space (W -> R W leaves the TMS loss unchanged); a feature is live when its column norm is above

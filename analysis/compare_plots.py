@@ -471,9 +471,10 @@ def findings(ds: xr.Dataset, dev: xr.Dataset | None = None, kgon_llc: dict[int, 
         if "llc_chains_left" in one:
             left = one["llc_chains_left"] > 0
             text += (f" On {float(left.mean()):.0%} of instances at least one chain ended with other features live "
-                     f"than at w* (`llc_chains_left`), and the chains ended up to "
-                     f"{float(one['llc_chain_distance_max'].median()):.2f} |w*| from w* (median over instances of "
-                     "the largest distance, rotation removed): such an estimate is not local.")
+                     "than at w* (`llc_chains_left`): those estimates average over more than w*'s configuration "
+                     "(at localization 1 a dead feature's flat directions are open to the chains); the largest "
+                     "distance of a chain's end from w* (rotation removed) has median "
+                     f"{float(one['llc_chain_distance_max'].median()):.2f} |w*| over instances.")
         out.append(text)
     if dev is not None:
         out.append(_development_finding(dev, kgon_llc or {}))
