@@ -587,6 +587,11 @@ def _refined_final_finding(one: xr.Dataset) -> str:
         rel = (value[with_theory] - theory[with_theory]) / theory[with_theory]
         text += (f" Median |relative error| {np.median(np.abs(rel)):.0%} (from {rel.min():+.0%} to "
                  f"{rel.max():+.0%}).")
+    if "llc_final_refined_chains_left" in one:
+        left = int((one["llc_final_refined_chains_left"] > 0).sum())
+        far = float(one["llc_final_refined_chain_distance_max"].max())
+        text += (f" On {left} of {value.size} a chain ended with other features live than at the refined point "
+                 f"(chains ended at most {far:.2f} |w*| from it, rotation removed).")
     return text
 
 

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from analysis.chain_excursions import chain_excursions
 from analysis.measures import n_represented, overcompleteness
 from slt_superposition.checks import CHECK_STEPS
 from slt_superposition.llc import SGLDConfig, estimate_llc_batched
@@ -51,8 +52,9 @@ def snapshot_llc(train: xr.Dataset, *, sgld: SGLDConfig, n_samples: int, key, ch
     loss: the estimate reads low by about nbeta times the loss gap, which grows with n
     (docs/experiments/weights_vs_activations.md). Adds, over the grid dims:
     `llc_final_refined`, `llc_final_refined_std`, `llc_final_refined_trusted`, `grad_norm_final`
-    and `grad_norm_final_refined` (||grad L_n|| before and after), `W_final_refined` and
-    `b_final_refined`.
+    and `grad_norm_final_refined` (||grad L_n|| before and after), `W_final_refined`,
+    `b_final_refined`, and where that estimate's chains ended (`analysis.chain_excursions`):
+    `llc_final_refined_chains_left`, `llc_final_refined_chain_distance_max`.
     """
     data_key, chain_key = jax.random.split(key)
     loss_fn, final, data = llc_inputs(train, n_samples=n_samples, key=data_key)  # leaves (instance, ...)
@@ -94,6 +96,11 @@ def snapshot_llc(train: xr.Dataset, *, sgld: SGLDConfig, n_samples: int, key, ch
         long_name="final weights refined to a critical point of L_n", units="1")
     out["b_final_refined"] = unflatten(refined["b"], train, ["feature"]).assign_attrs(
         long_name="final biases refined to a critical point of L_n", units="1")
+    inst = at["llc_mean"].dims
+    ends = chain_excursions(at, out["W_final_refined"].transpose(*inst, "hidden", "feature").values,
+                            out["b_final_refined"].transpose(*inst, "feature").values)
+    out["llc_final_refined_chains_left"] = ends["llc_chains_left"]
+    out["llc_final_refined_chain_distance_max"] = ends["llc_chain_distance_max"]
     return out
 
 
@@ -156,7 +163,8 @@ def snapshot_classes(W: xr.DataArray, b: xr.DataArray) -> xr.Dataset:
 
 
 FINAL_REFINED = ("llc_final_refined", "llc_final_refined_std", "llc_final_refined_trusted", "grad_norm_final",
-                 "grad_norm_final_refined", "W_final_refined", "b_final_refined")
+                 "grad_norm_final_refined", "W_final_refined", "b_final_refined", "llc_final_refined_chains_left",
+                 "llc_final_refined_chain_distance_max")
 
 
 def development(config: TrainConfig, *, sgld: SGLDConfig, n_samples: int, key, check_steps: int = CHECK_STEPS,

@@ -68,6 +68,10 @@ def test_finding_adds_the_refined_final_weights_against_their_class():
             "8.0e-07): 5-gon+1 8.67 vs 8.5; 5-gon 7.00 vs 7; 1 of 2 trusted. Median |relative error| 1% "
             "(from +0% to +2%).") in text
     assert "At a critical point" not in _development_finding(_dev(llc), {})  # older datasets: no sentence
+    ends = dev.assign({"llc_final_refined_chains_left": (seed, [[[0, 2]]]),
+                       "llc_final_refined_chain_distance_max": (seed, [[[0.12, 0.85]]])})
+    assert text + (" On 1 of 2 a chain ended with other features live than at the refined point (chains ended at "
+                   "most 0.85 |w*| from it, rotation removed).") == _development_finding(ends, {})
 
 
 def test_llc_axis_limits_come_from_converged_values(tmp_path):
