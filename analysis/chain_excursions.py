@@ -41,18 +41,24 @@ def live_features(W: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return np.linalg.norm(np.asarray(W), axis=-2) > threshold[..., None]
 
 
-def chain_excursions(llc: xr.Dataset, W_star: np.ndarray, b_star: np.ndarray) -> xr.Dataset:
-    """Per instance of `llc` (an `llc` dataset of a TMS with parameters {"W", "b"}, whose
+def chain_ends(llc: xr.Dataset, hidden: int, features: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every chain's final (W, b) from an `llc` dataset of a TMS with parameters {"W", "b"}, whose
     `final_position (inst..., chain, parameter)` is flattened as `jax.flatten_util.ravel_pytree`
-    flattens them: W row-major, then b), at w* = (`W_star (inst..., hidden, feature)`,
+    flattens them (W row-major, then b): `(inst..., chain, hidden, feature)` and `(inst..., chain, feature)`,
+    the instance dims in `llc_mean`'s order."""
+    inst = llc["llc_mean"].dims
+    ends = np.asarray(llc["final_position"].transpose(*inst, "chain", "parameter").values, np.float64)
+    W = ends[..., : hidden * features].reshape(ends.shape[:-1] + (hidden, features))
+    return W, ends[..., hidden * features:]
+
+
+def chain_excursions(llc: xr.Dataset, W_star: np.ndarray, b_star: np.ndarray) -> xr.Dataset:
+    """Per instance of `llc` (see `chain_ends`), at w* = (`W_star (inst..., hidden, feature)`,
     `b_star (inst..., feature)`): the largest chain distance from w* and the count of chains that
     ended with another set of live features. Divergent chains are left out."""
     W_star, b_star = np.asarray(W_star, np.float64), np.asarray(b_star, np.float64)
-    hidden, features = W_star.shape[-2:]
-    inst = tuple(d for d in llc["llc_mean"].dims)
-    ends = np.asarray(llc["final_position"].transpose(*inst, "chain", "parameter").values, np.float64)
-    W = ends[..., : hidden * features].reshape(ends.shape[:-1] + (hidden, features))
-    b = ends[..., hidden * features:]
+    inst = llc["llc_mean"].dims
+    W, b = chain_ends(llc, *W_star.shape[-2:])
     healthy = ~llc["diverged"].transpose(*inst, "chain").values
     distance = rotation_aligned_distance(W, b, W_star[..., None, :, :], b_star[..., None, :])
     changed = (live_features(W, W_star[..., None, :, :]) != live_features(W_star, W_star)[..., None, :]).any(-1)
@@ -63,6 +69,6 @@ def chain_excursions(llc: xr.Dataset, W_star: np.ndarray, b_star: np.ndarray) ->
         "llc_chain_distance_max": xr.DataArray(largest, dims=inst, coords=coords, attrs={
             "long_name": "largest distance of a chain's end from w*, rotation removed, relative to |w*|", "units": "1"}),
         "llc_chains_left": xr.DataArray((changed & healthy).sum(-1), dims=inst, coords=coords, attrs={
-            "long_name": "chains that ended with another set of live features than w* (the estimate is then not "
-                         "local)", "units": "chains"}),
+            "long_name": "chains that ended with another set of live features than w* (the estimate then "
+                         "averages over more than w*'s configuration)", "units": "chains"}),
     })

@@ -31,9 +31,8 @@ import time
 
 import jax
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
-from analysis.chain_excursions import live_features, rotation_aligned_distance
+from analysis.chain_excursions import chain_ends, live_features, rotation_aligned_distance
 from experiments.tms_llc_vs_n import _train, refined_point
 from slt_superposition.llc import SGLDConfig, default_nbeta, estimate_llc
 
@@ -60,16 +59,12 @@ def excursions(train, i: int, n: int, *, chains: int, sampler_time: float, scale
                         num_burnin=steps // 2, batch_size=BATCH_SIZE, trace_every=max(1, steps // 256))
     est = estimate_llc(loss_fn, params, data, config=config, key=key, checks=False)
     W0, b0 = np.asarray(params["W"], np.float64), np.asarray(params["b"], np.float64)
-    unravel = ravel_pytree(params)[1]
-    live0 = live_features(W0, W0)
-    rows = []
-    for c in range(chains):
-        end = unravel(jax.numpy.asarray(est["final_position"].values[c]))  # the dataset's flattening
-        W, b = np.asarray(end["W"], np.float64), np.asarray(end["b"], np.float64)
-        rows.append(dict(llc=float(est["llc_per_chain"].values[c]),
-                         rotation=float(rotation_aligned_distance(W, b, W0, b0)),
-                         permutation=relabelled_distance(W, b, W0, b0),
-                         changed=bool((live_features(W, W0) != live0).any())))
+    W, b = chain_ends(est, *W0.shape)  # (chain, hidden, feature), (chain, feature)
+    rotation = rotation_aligned_distance(W, b, W0, b0)
+    changed = (live_features(W, W0) != live_features(W0, W0)).any(-1)
+    rows = [dict(llc=float(est["llc_per_chain"].values[c]), rotation=float(rotation[c]),
+                 permutation=relabelled_distance(W[c], b[c], W0, b0), changed=bool(changed[c]))
+            for c in range(chains)]
     return dict(rows=rows, llc=float(est["llc_mean"]), se=float(est["llc_se"]), eps=eps, steps=steps,
                 grad_norm=grad_norm, diverged=int(est["n_diverged"]))
 

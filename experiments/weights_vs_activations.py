@@ -337,7 +337,7 @@ def compute_model(n: int, m: int, config: FlagshipConfig, out_dir: Path, progres
     with _stage(f"{label}: retraining at q'", progress):
         response = _response(train, train_config, susceptibilities, config)
     ds = compare(train, llc, basis.drop_vars("hessian_eigenvalues"), sae)
-    ds = ds.merge(chain_excursions(llc, np.asarray(inputs[1]["W"]), np.asarray(inputs[1]["b"])))  # local or not
+    ds = ds.merge(chain_excursions(llc, np.asarray(inputs[1]["W"]), np.asarray(inputs[1]["b"])))  # where chains ended
     for name in CHECK_VARIABLES:
         ds[f"llc_{name}" if not name.startswith("llc_") else name] = llc[name]
     ds["hessian_eigenvalues"] = basis["hessian_eigenvalues"]
