@@ -40,11 +40,11 @@ import numpy as np
 from experiments.weights_vs_activations import QUICK, _calibrate, _refined_inputs, model_key, model_train_config
 from slt_superposition import estimate_llc_batched, grid
 from slt_superposition.calibration import BATCH_MEANS, TRACE_BLOCKS
+from slt_superposition.checks import within
 from slt_superposition.diagnostics import batch_means_se
 from toy_models.train import train_grid
 
-REL_TOL = 0.05  # the rule's tolerance (`calibrate(rel_tol=...)`)
-NOISE_SD = 2.0  # ... and its allowance in standard errors (`noise_sd`)
+REL_TOL = 0.05  # the rule's tolerance (`calibrate(rel_tol=...)`; its 2 SE allowance is `checks.within`'s)
 
 
 def chains_at_lengths(n: int, m: int, lengths, chains: int, config=QUICK) -> dict:
@@ -113,7 +113,7 @@ def compare(out: dict, lengths, details: bool = False) -> list[str]:
         added, paired = change_errors(before, now, out["bm_se"][r - 1], out["bm_se"][r], out["bm_diff_se"][r])
         change = np.abs(est_now - est_before)
         scale = REL_TOL * np.abs(est_now)
-        verdict = lambda se: (se <= scale) & (change <= scale + NOISE_SD * se)
+        verdict = lambda se: within(change / np.abs(est_now), se / np.abs(est_now), REL_TOL)  # the rule's test
         ratio = paired / added
         lines.append(
             f"  {lengths[r - 1]} -> {lengths[r]} steps: paired SE / added SE median {np.median(ratio):.2f} "
