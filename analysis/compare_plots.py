@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
 from analysis.compare import OUT_OF_RANGE_CAUSES, untrusted_reasons  # noqa: E402
+from analysis.excursion_table import NEEDS, excursion_sides  # noqa: E402
 from slt_superposition import figure_style as fs  # noqa: E402
 
 
@@ -475,6 +476,12 @@ def findings(ds: xr.Dataset, dev: xr.Dataset | None = None, kgon_llc: dict[int, 
                      "(at localization 1 a dead feature's flat directions are open to the chains); the largest "
                      "distance of a chain's end from w* (rotation removed) has median "
                      f"{float(one['llc_chain_distance_max'].median()):.2f} |w*| over instances.")
+            if all(name in one for name in NEEDS) and 0 < int(left.sum()) < left.size:
+                sides = excursion_sides(one)
+                text += (f" Median 2 llc / d {sides['left']['d_eff_fraction']:.2f} on those, "
+                         f"{sides['stayed']['d_eff_fraction']:.2f} where every chain stayed; above the symmetry "
+                         f"bound {sides['left']['above_bound']:.0%} and {sides['stayed']['above_bound']:.0%} "
+                         "(`python -m analysis.excursion_table`).")
         out.append(text)
     if dev is not None:
         out.append(_development_finding(dev, kgon_llc or {}))
@@ -562,9 +569,22 @@ def _development_finding(dev: xr.Dataset, kgon_llc: dict[int, float]) -> str:
                  f"{np.median(np.abs(rel)):.0%} (from {rel.min():+.0%} to {rel.max():+.0%}).")
     else:
         text += " No final snapshot is in a class with a theory."
+    if "llc_chains_left" in one:
+        text += " " + _snapshot_excursions(one, labels)
     if "llc_final_refined" in one and "final_refined_class_llc" in one:
         text += " " + _refined_final_finding(one)
     return text
+
+
+def _snapshot_excursions(one: xr.Dataset, labels: np.ndarray) -> str:
+    """Per class, on how many snapshots a chain ended with other features live than at the
+    snapshot (`llc_chains_left`, development datasets since 2026-12-06): a snapshot that is
+    not a critical point sends its chains away from it. `labels`: (seed, snapshot)."""
+    left = one["llc_chains_left"].transpose("seed", "snapshot").values > 0
+    each = "; ".join(f"{label} {int(left[labels == label].sum())} of {int((labels == label).sum())}"
+                     for label in dict.fromkeys(labels.ravel()))
+    return (f"Snapshots on which a chain ended with other features live than at the snapshot, per class: {each} "
+            f"(final snapshots: {int(left[:, -1].sum())} of {left.shape[0]}).")
 
 
 def _refined_final_finding(one: xr.Dataset) -> str:

@@ -175,7 +175,9 @@ def development(config: TrainConfig, *, sgld: SGLDConfig, n_samples: int, key, c
     `overcompleteness`, `snapshot_loss` (the LLC's init loss: the loss at the snapshot on the
     LLC data), `mala_acceptance`, `llc_trusted` (the estimate's stored bias checks, of at most
     `check_steps` steps, all passed: `slt_superposition.checks`), the weights `W_snapshot` and
-    `b_snapshot`, plus the final training `loss_curve` and the final weights' LLC at a critical
+    `b_snapshot`, where each snapshot's chains ended against it (`llc_chains_left`,
+    `llc_chain_distance_max`: `analysis.chain_excursions`; a snapshot that is not a critical point
+    sends its chains downhill, away from it), plus the final training `loss_curve` and the final weights' LLC at a critical
     point of L_n (`FINAL_REFINED`, from `snapshot_llc(..., refine_final=True)`); in the Chen et al.
     setting also the `snapshot_classes` variables and the refined point's class
     (`final_refined_class_label`, `final_refined_class_llc`).
@@ -203,6 +205,9 @@ def development(config: TrainConfig, *, sgld: SGLDConfig, n_samples: int, key, c
         },
         attrs={"n_features": config.n_features, "n_hidden": config.n_hidden, "data": config.data},
     )
+    inst = llc["llc_mean"].dims  # where each snapshot's chains ended, against the snapshot
+    out = out.merge(chain_excursions(llc, W.transpose(*inst, "hidden", "feature").values,
+                                     train["b_snapshot"].transpose(*inst, "feature").values))
     for name in FINAL_REFINED:
         out[name] = llc[name]
     if is_chen_setting(config.n_features, config.n_hidden, config.data):

@@ -288,12 +288,14 @@ def _stable(before: np.ndarray, before_se: np.ndarray, now: Runs, rel_tol: float
     the post-burn-in windows of a chain and its doubling do not overlap, so their errors add in
     quadrature) and at most `rel_tol` of the estimate plus `noise_sd` standard errors, with R-hat
     <= `max_rhat` and no divergence. A change too noisy to show a drift of `rel_tol` has not shown
-    that the estimate settled (the rule of the stored checks, `checks.within`)."""
-    scale = rel_tol * np.abs(now.llc)
+    that the estimate settled (the rule of the stored checks, `checks.within`, on the relative change)."""
+    size = np.abs(now.llc)
     se = np.hypot(np.nan_to_num(before_se, nan=np.inf), np.nan_to_num(now.llc_se, nan=np.inf))
-    change = np.abs(now.llc - before)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel_change, rel_se = (now.llc - before) / size, se / size
+    settled = np.isfinite(rel_change) & within(rel_change, rel_se, rel_tol, noise_sd)
     rhat_ok = ~(now.rhat > max_rhat)  # NaN does not block
-    return (se <= scale) & (change <= scale + noise_sd * se) & rhat_ok & (now.n_diverged == 0)
+    return settled & rhat_ok & (now.n_diverged == 0)
 
 
 def length_stage(sampler: Sampler, key, eps, localizations, *, min_steps, max_steps, rel_tol, max_rhat, noise_sd,

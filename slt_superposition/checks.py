@@ -183,13 +183,14 @@ def _step_size_check(pair: dict, draws: np.ndarray) -> dict[str, np.ndarray]:
     return {"llc_check": coarse, "llc_step_check": fine, "step_check_rel_diff": step_rel, "step_check_se": step_se}
 
 
-def within(rel: np.ndarray, se: np.ndarray, tol: float) -> np.ndarray:
+def within(rel: np.ndarray, se: np.ndarray, tol: float, noise_sd: float = 2.0) -> np.ndarray:
     """The check passed: it resolved the tolerance (se <= tol, so a bias of a few tol would
-    show) and |rel| <= tol + 2 se. A check not run (NaN rel) passes; an unresolved one fails:
-    a short check run that cannot see a bias has not shown there is none."""
+    show) and |rel| <= tol + `noise_sd` se. A check not run (NaN rel) passes; an unresolved one
+    fails: a short check run that cannot see a bias has not shown there is none. (The
+    calibration's chain-length rule is this rule on the change between two lengths.)"""
     rel, se = np.asarray(rel), np.asarray(se)
     resolved = np.isfinite(se) & (se <= tol)
-    return np.where(np.isnan(rel), True, resolved & (np.abs(rel) <= tol + 2 * np.nan_to_num(se)))
+    return np.where(np.isnan(rel), True, resolved & (np.abs(rel) <= tol + noise_sd * np.nan_to_num(se)))
 
 
 def attach(ds: xr.Dataset, checks: dict[str, np.ndarray], *, step_tol: float = STEP_TOL,

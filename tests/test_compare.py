@@ -213,6 +213,11 @@ def test_flagship_tiny_grid_is_reproducible_and_self_describing(tmp_path):
     # the development snapshots keep their stored checks' verdict (the figure draws untrusted ones open)
     dev = xr.open_dataset(tmp_path / "a" / "development.nc").load()
     assert dev["llc_trusted"].dtype == bool and dev["llc_trusted"].shape == dev["llc_mean"].shape
+    # and where each snapshot's chains ended, against the snapshot
+    assert dev["llc_chains_left"].shape == dev["llc_chain_distance_max"].shape == dev["llc_mean"].shape
+    chains = json.loads(dev.attrs["config"])["sgld"]["num_chains"]
+    assert ((dev["llc_chains_left"] >= 0) & (dev["llc_chains_left"] <= chains)).all()
+    assert "other features live than at the snapshot, per class" in report
     assert json.loads(dev.attrs["config"])["n_samples"] == 700  # development_samples, not llc_samples
     # the development's closed-form full batch runs Metropolis-adjusted chains: realised acceptance rates
     assert json.loads(dev.attrs["config"])["sgld"]["metropolis"] is True
@@ -305,3 +310,11 @@ def test_findings_show_the_budget():
     assert "d = 18 = orbit 1 + dead-flat 1.5 + 2 llc 13.00 + excess 2.50" in text
     assert "excess > 2 SE) in 50% of instances, in most seeds at p = 0.01" in text
     assert "out of range in 0%" in text
+    # where the chains ended: the report splits the estimates by whether a chain left w*'s live set
+    ends = ds.assign(llc_chains_left=(GRID, np.array([2, 0])[:, None, None]),
+                     llc_chain_distance_max=(GRID, np.array([0.8, 0.1])[:, None, None]),
+                     llc_trusted=(GRID, np.zeros((2, 1, 1), bool)))
+    text = findings(ends)[0]
+    assert "On 50% of instances at least one chain ended with other features live than at w*" in text
+    assert ("Median 2 llc / d 0.78 on those, 0.67 where every chain stayed; above the symmetry bound 0% and 0% "
+            "(`python -m analysis.excursion_table`).") in text

@@ -53,6 +53,12 @@ def test_finding_compares_final_snapshots_with_their_own_class():
     assert "Median |relative error| over the 2 seeds with a theory: 10% (from -10% to +10%)" in text
     assert "A negative median (3 live (not a polygon)) marks snapshots that are not minima" in text
     assert "negative median" not in _development_finding(_dev(np.abs(llc)), {})
+    assert "other features live than at the snapshot" not in text  # older datasets: no sentence
+    left = _dev(llc).assign(llc_chains_left=(("feature_probability", "importance_decay", "seed", "snapshot"),
+                                             [[[[3, 0, 0], [2, 1, 0]]]]))
+    assert text + (" Snapshots on which a chain ended with other features live than at the snapshot, per class: "
+                   "3 live (not a polygon) 2 of 2; 5-gon 0 of 1; 5-gon+1 1 of 2; 6-gon 0 of 1 (final snapshots: "
+                   "0 of 2).") == _development_finding(left, {})
 
 
 def test_finding_adds_the_refined_final_weights_against_their_class():
