@@ -176,11 +176,12 @@ def development(config: TrainConfig, *, sgld: SGLDConfig, n_samples: int, key, c
     LLC data), `mala_acceptance`, `llc_trusted` (the estimate's stored bias checks, of at most
     `check_steps` steps, all passed: `slt_superposition.checks`), the weights `W_snapshot` and
     `b_snapshot`, where each snapshot's chains ended against it (`llc_chains_left`,
-    `llc_chain_distance_max`: `analysis.chain_excursions`; a snapshot that is not a critical point
-    sends its chains downhill, away from it), plus the final training `loss_curve` and the final weights' LLC at a critical
-    point of L_n (`FINAL_REFINED`, from `snapshot_llc(..., refine_final=True)`); in the Chen et al.
-    setting also the `snapshot_classes` variables and the refined point's class
-    (`final_refined_class_label`, `final_refined_class_llc`).
+    `llc_chain_distance_max`: `analysis.chain_excursions`; a snapshot that is not a critical
+    point sends its chains downhill, away from it), plus the final training `loss_curve` and
+    the final weights' LLC at a critical point of L_n (`FINAL_REFINED`, from
+    `snapshot_llc(..., refine_final=True)`); in the Chen et al. setting also the
+    `snapshot_classes` variables and the refined point's class (`final_refined_class_label`,
+    `final_refined_class_llc`).
     """
     if not config.snapshot_steps:
         config = dataclasses.replace(config, snapshot_steps=tuple(np.unique(np.geomspace(1, config.steps, 30).astype(int))))
