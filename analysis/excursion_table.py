@@ -6,7 +6,7 @@ the others, the median 2 llc / d, the share above the symmetry bound (`budget_ou
 above the bound) and the share trusted. It answers whether the out-of-range estimates are the ones
 whose chains left (`analysis.chain_excursions`; docs/experiments/tms_llc_vs_n.md, "Where the chains go").
 
-    python -m analysis.excursion_table results/default/weights_vs_activations.nc
+    python -m analysis.excursion_table results/default/weights_vs_activations.nc [--by-probability]
 """
 
 from __future__ import annotations
@@ -47,6 +47,21 @@ def excursion_rows(ds: xr.Dataset) -> list[dict]:
             for side, row in excursion_sides(ds.sel(model=model)).items()]
 
 
+def by_probability(ds: xr.Dataset) -> list[str]:
+    """Per model, over the feature probabilities: the share of seeds on which a chain left w*'s live
+    set, and the share above the symmetry bound (two lines of numbers per model)."""
+    lines, width = [], max(len(str(model)) for model in ds["model"].values)
+    for model in ds["model"].values:
+        one = ds.sel(model=model)
+        seeds = [d for d in one["llc_chains_left"].dims if d != "feature_probability"]
+        left = (one["llc_chains_left"] > 0).mean(seeds).values
+        above = (one["budget_out_of_range"] & (2 * one["llc_mean"] > one["symmetry_bound"])).mean(seeds).values
+        for label, values, form in (("p", one["feature_probability"].values, "6.3g"), ("left", left, "6.2f"),
+                                    ("above", above, "6.2f")):
+            lines.append(f"{str(model):<{width}} {label + ':':<6}" + "".join(f" {x:{form}}" for x in values))
+    return lines
+
+
 def format_rows(rows: list[dict]) -> list[str]:
     """The rows as a markdown table."""
     lines = ["| model | chains | instances | median 2 llc / d | above the symmetry bound | trusted | "
@@ -63,6 +78,9 @@ def format_rows(rows: list[dict]) -> list[str]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset", help="a flagship weights_vs_activations.nc (or a joined sweep's chunks)")
+    parser.add_argument("--by-probability", action="store_true",
+                        help="also print, per model and feature probability, the share of seeds on which a chain "
+                             "left and the share above the symmetry bound")
     args = parser.parse_args(argv)
     ds = xr.load_dataset(args.dataset)
     missing = [name for name in NEEDS if name not in ds]
@@ -70,6 +88,9 @@ def main(argv=None) -> None:
         raise SystemExit(f"{args.dataset} has no {', '.join(missing)} (flagship runs since 2026-12-06 store "
                          "llc_chains_left)")
     print("\n".join(format_rows(excursion_rows(ds))))
+    if args.by_probability:
+        print()
+        print("\n".join(by_probability(ds)))
 
 
 if __name__ == "__main__":

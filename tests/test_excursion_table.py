@@ -47,5 +47,9 @@ def test_command_refuses_a_dataset_without_the_measure(tmp_path, capsys):
     else:
         raise AssertionError("an old dataset must be refused")
     _grid().to_netcdf(tmp_path / "new.nc")
-    main([str(tmp_path / "new.nc")])
-    assert "| a | every chain stayed | 2 of 4 |" in capsys.readouterr().out
+    main([str(tmp_path / "new.nc"), "--by-probability"])
+    printed = capsys.readouterr().out
+    assert "| a | every chain stayed | 2 of 4 |" in printed
+    # per feature probability (1, 0.1): the share of seeds with a chain left, the share above the bound
+    assert "a left:    0.50   0.50\na above:   0.50   0.00" in printed
+    assert "b left:    0.00   0.00" in printed
