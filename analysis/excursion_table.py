@@ -49,7 +49,7 @@ def excursion_rows(ds: xr.Dataset) -> list[dict]:
 
 def by_probability(ds: xr.Dataset) -> list[str]:
     """Per model, over the feature probabilities: the share of seeds on which a chain left w*'s live
-    set, and the share above the symmetry bound (two lines of numbers per model)."""
+    set and the share above the symmetry bound (three lines per model: p, left, above)."""
     lines, width = [], max(len(str(model)) for model in ds["model"].values)
     for model in ds["model"].values:
         one = ds.sel(model=model)
