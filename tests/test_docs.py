@@ -30,3 +30,31 @@ def test_no_page_cites_files_outside_the_repository():
     for page in PAGES:
         assert "../shared" not in page.read_text(), page
     assert (ROOT / "docs" / "design.md").exists() and (ROOT / "docs" / "references.md").exists()
+
+
+def test_readme_python_snippet_imports_and_calls_what_exists():
+    """The README's Python snippet (run as written by docs/run_tour.sh; too slow for the suite) imports
+    names that exist and calls them with keywords their signatures take."""
+    import ast
+    import importlib
+    import inspect
+
+    text = (ROOT / "README.md").read_text()
+    snippet = text.split("```python\n", 1)[1].split("```", 1)[0]
+    tree = ast.parse(snippet)
+    names = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                names[alias.asname or alias.name] = getattr(module, alias.name)
+    assert {"calibrate_batched", "estimate_llc_batched", "train_grid"} <= set(names)
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+             and node.func.id in names]
+    assert len(calls) >= 5
+    for call in calls:
+        parameters = inspect.signature(names[call.func.id]).parameters
+        if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+            continue
+        for keyword in call.keywords:
+            assert keyword.arg in parameters, f"{call.func.id} takes no keyword {keyword.arg}"
