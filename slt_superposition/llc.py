@@ -243,6 +243,13 @@ def _show(value) -> str:
     return repr(value.tolist() if isinstance(value, np.ndarray) else value)
 
 
+def _step_range(num_steps) -> str:
+    """"5000" for one chain length (a number, or per-instance lengths all equal), "5000 to 15811" for several."""
+    steps = np.asarray(num_steps)
+    low, high = int(steps.min()), int(steps.max())
+    return f"{low}" if low == high else f"{low} to {high}"
+
+
 def _leaves(tree: PyTree, what: str) -> list[np.ndarray]:
     leaves = jax.tree_util.tree_leaves(tree)
     require(len(leaves) > 0, f"{what} has no arrays")
@@ -652,7 +659,7 @@ def estimate_llc_batched(
     sample = _sampler(loss_fn, params, data, nbeta, n=n, d=d, sizes=sizes, data_batched=data_batched, mesh=mesh)
     if verbose and sampled is None:
         devices = (default_mesh() if mesh is None else mesh).devices.size
-        print(f"sampling {n_inst} instance(s) x {config.num_chains} chains x {_show(config.num_steps)} steps on "
+        print(f"sampling {n_inst} instance(s) x {config.num_chains} chains x {_step_range(config.num_steps)} steps on "
               f"{devices} device(s) ...", file=sys.stderr)
     if sampled is None:
         out = sample(config, jax.random.split(key, n_inst), progress="sampling" if verbose else None)

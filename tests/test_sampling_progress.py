@@ -42,6 +42,12 @@ def test_bar_ends_at_its_total_and_changes_no_number(capfd):
     # (llc.sample_chains), elsewhere the 3 instances run as one block
     blocks = 3 if jax.default_backend() == "cpu" else 1
     assert done == total == 5 * blocks
+    assert "sampling 3 instance(s) x 2 chains x 300 steps on" in err
+    # per-instance chain lengths: the range, not an array's repr
+    config = SGLDConfig(step_size=1e-4, localization=10.0, num_chains=2, num_steps=np.array([300, 100, 200]),
+                        num_burnin=np.array([100, 50, 50]), batch_size=50)
+    estimate_llc_batched(loss, params, data, config=config, key=jax.random.key(1), checks=False, verbose=True)
+    assert "sampling 3 instance(s) x 2 chains x 100 to 300 steps on" in capfd.readouterr().err
 
 
 def test_line_file_turns_redraws_into_lines():
