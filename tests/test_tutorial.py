@@ -20,6 +20,7 @@ def test_tutorial_runs_as_a_script(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
     assert "chose step_size" in out  # the calibration verdict
+    assert "||grad L_n|| at the trained weights" in out and "refined: at most" in out  # the LLC at a critical point
     assert "llc_mean" in out and "rhat" in out and "mala" in out  # the diagnostics table
     assert "overcompleteness" in out and "d_eff_fraction" in out  # the comparison
     assert not list(tmp_path.iterdir())  # it writes nothing
