@@ -162,6 +162,12 @@ def degeneracy_budget(train: xr.Dataset, weights: xr.Dataset) -> xr.Dataset:
     })
 
 
+def above_symmetry_bound(ds: xr.Dataset) -> xr.DataArray:
+    """2 llc above the symmetry bound by more than 2 SE (`excess_degeneracy` below -2 of its SEs):
+    the upper half of `budget_out_of_range`."""
+    return ds["excess_degeneracy"] < -2 * ds["excess_degeneracy_se"]
+
+
 OUT_OF_RANGE_CAUSES = ("step size", "batch", "not a minimum", "unsettled", "finite n", "lower loss found")
 MINIMUM_GRAD_TOL = 1e-3  # ||grad L_n|| above this at the LLC's w*: not a critical point
 NEGATIVE_CURVATURE_RTOL = 1e-3  # a Hessian eigenvalue below -rtol x the largest: a saddle
@@ -194,7 +200,7 @@ def out_of_range_cause(ds: xr.Dataset) -> xr.DataArray:
     top = eig.max(eig_dim)
     saddle = (eig.min(eig_dim) < -NEGATIVE_CURVATURE_RTOL * top).values
     minimum = ~saddle & ~(ds["grad_norm_refined"].values > MINIMUM_GRAD_TOL)
-    above = (ds["excess_degeneracy"] < -2 * ds["excess_degeneracy_se"]).values
+    above = above_symmetry_bound(ds).values
     settled = (ds["llc_calibration_converged"].values.astype(bool) if "llc_calibration_converged" in ds
                else np.ones(above.shape, bool))
     cause = np.select([~step_ok, ~batch_ok, ~minimum, above & ~settled, above], list(OUT_OF_RANGE_CAUSES[:5]),

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from analysis.compare import OUT_OF_RANGE_CAUSES, untrusted_reasons  # noqa: E402
+from analysis.compare import OUT_OF_RANGE_CAUSES, above_symmetry_bound, untrusted_reasons  # noqa: E402
 from analysis.excursion_table import NEEDS, excursion_sides  # noqa: E402
 from slt_superposition import figure_style as fs  # noqa: E402
 
@@ -496,7 +496,7 @@ def _budget_finding(one: xr.Dataset) -> str:
     under = one["weights_undercomplete"]
     by_p = under.mean([dim for dim in under.dims if dim != "feature_probability"])
     majority = [f"{p:.3g}" for p, v in zip(by_p["feature_probability"].values, by_p.values) if v > 0.5]
-    above = (one["excess_degeneracy"] < -2 * one["excess_degeneracy_se"])
+    above = above_symmetry_bound(one)
     below = (2 * one["llc_mean"] < -2 * one["excess_degeneracy_se"])
     rank = f", Hessian rank {med('hessian_rank'):.1f}" if "hessian_rank" in one else ""
     return (f"Degeneracy budget (medians over instances): d = {d} = orbit {med('orbit_dimension'):g} + dead-flat "

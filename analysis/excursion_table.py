@@ -2,8 +2,8 @@
 
 Per model of a `compare` dataset (the flagship's grid, with `llc_chains_left` since 2026-12-06):
 how many instances had a chain end with other features live than at w*, and, for those and for
-the others, the median 2 llc / d, the share above the symmetry bound (`budget_out_of_range` with 2 llc
-above the bound) and the share trusted. It answers whether the out-of-range estimates are the ones
+the others, the median 2 llc / d, the share above the symmetry bound by more than 2 SE
+(`analysis.compare.above_symmetry_bound`) and the share trusted. It answers whether the out-of-range estimates are the ones
 whose chains left (`analysis.chain_excursions`; docs/experiments/tms_llc_vs_n.md, "Where the chains go").
 
     python -m analysis.excursion_table results/default/weights_vs_activations.nc [--by-probability]
@@ -16,9 +16,11 @@ import argparse
 import numpy as np
 import xarray as xr
 
+from analysis.compare import above_symmetry_bound
 
-NEEDS = ("llc_chains_left", "llc_chain_distance_max", "llc_mean", "symmetry_bound", "budget_out_of_range",
-         "d_eff_fraction", "llc_trusted")
+
+NEEDS = ("llc_chains_left", "llc_chain_distance_max", "excess_degeneracy", "excess_degeneracy_se", "d_eff_fraction",
+         "llc_trusted")
 
 
 def excursion_sides(one: xr.Dataset) -> dict[str, dict]:
@@ -27,7 +29,7 @@ def excursion_sides(one: xr.Dataset) -> dict[str, dict]:
     median 2 llc / d, share above the symmetry bound, share trusted, median largest chain distance
     (NaN where a side has no instance)."""
     left = (one["llc_chains_left"] > 0).values.ravel()
-    above = (one["budget_out_of_range"] & (2 * one["llc_mean"] > one["symmetry_bound"])).values.ravel()
+    above = above_symmetry_bound(one).values.ravel()
     trusted = one["llc_trusted"].values.ravel().astype(bool)
     fraction = one["d_eff_fraction"].values.ravel()
     distance = one["llc_chain_distance_max"].values.ravel()
@@ -55,7 +57,7 @@ def by_probability(ds: xr.Dataset) -> list[str]:
         one = ds.sel(model=model)
         seeds = [d for d in one["llc_chains_left"].dims if d != "feature_probability"]
         left = (one["llc_chains_left"] > 0).mean(seeds).values
-        above = (one["budget_out_of_range"] & (2 * one["llc_mean"] > one["symmetry_bound"])).mean(seeds).values
+        above = above_symmetry_bound(one).mean(seeds).values
         for label, values, form in (("p", one["feature_probability"].values, "6.3g"), ("left", left, "6.2f"),
                                     ("above", above, "6.2f")):
             lines.append(f"{str(model):<{width}} {label + ':':<6}" + "".join(f" {x:{form}}" for x in values))

@@ -14,8 +14,8 @@ def _grid() -> xr.Dataset:
     llc = np.array([[[5.0, 9.0], [4.0, 6.0]], [[1.0, 2.0], [3.0, 4.0]]])
     return xr.Dataset({
         "llc_mean": (dims, llc),
-        "symmetry_bound": (dims, np.full(llc.shape, 16.0)),  # 2 llc above 16: 9 only
-        "budget_out_of_range": (dims, 2 * llc > 16.0),
+        "excess_degeneracy": (dims, 16.0 - 2 * llc),  # symmetry bound 16: only 9 is above it by more than 2 SE
+        "excess_degeneracy_se": (dims, np.full(llc.shape, 0.2)),
         "d_eff_fraction": (dims, 2 * llc / 20),
         "llc_trusted": (dims, np.array([[[True, False], [True, True]], [[False, False], [False, True]]])),
         "llc_chains_left": (dims, np.array([[[0, 2], [1, 0]], [[0, 0], [0, 0]]])),
