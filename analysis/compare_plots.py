@@ -413,6 +413,9 @@ def headline(ds: xr.Dataset) -> str:
     return text + " Per model, in numbers:"
 
 
+FAR_MOVE = 0.1  # a refinement that moved the weights by more than this fraction of their norm is reported
+
+
 def findings(ds: xr.Dataset, dev: xr.Dataset | None = None, kgon_llc: dict[int, float] | None = None) -> list[str]:
     """Sentences with the numbers the data gives (nothing here is hard-coded)."""
     import json
@@ -437,6 +440,17 @@ def findings(ds: xr.Dataset, dev: xr.Dataset | None = None, kgon_llc: dict[int, 
                 f"correlation of 2 llc / d with k/m is {corr:+.2f}. The geometry changes between "
                 f"neighbouring sparsities in {float(change.mean()):.0%} of cases, where |d llc / d log p| "
                 f"averages {at_change:.2f} against {elsewhere:.2f} elsewhere.")
+        if "n_represented_trained" in one:
+            moved = one["n_represented_trained"] != one["n_represented"]
+            text += (" Both bases are read at the trained weights refined to a critical point of L_n; refinement "
+                     f"changed k on {int(moved.sum())} of {moved.size} instances (`n_represented_trained`)")
+            if "refinement_move" in one:
+                move = one["refinement_move"]
+                text += (f" and moved the weights by more than {FAR_MOVE:.0%} of their norm on "
+                         f"{int((move > FAR_MOVE).sum())} (median move {float(move.median()):.1%}, largest "
+                         f"{float(move.max()):.0%}; `refinement_move`): there the LLC describes a critical point the "
+                         "training had not reached")
+            text += "."
         fraction = one["d_eff_fraction"]
         negative, above = float((fraction < 0).mean()), float((fraction > 1).mean())
         text += (f" 2 llc / d is negative in {negative:.0%} of instances (the chains found lower loss than w*, "

@@ -101,3 +101,16 @@ def refine_batched(loss_fn: Callable, params: PyTree, data: PyTree, *, steps: in
     cost described in `_batched_program`. In sequence was the faster layout on a CPU and on a GPU
     alike (`benchmarks/refine_batched.py`; docs/benchmarks.md)."""
     return _batched_program(loss_fn, int(steps), float(tol), bool(one_at_a_time))(params, data)
+
+
+def relative_move(before: PyTree, after: PyTree) -> jax.Array:
+    """How far refinement moved each instance, relative to where it started:
+    ||after - before|| / ||before|| over every parameter. Leaves `(instance, ...)`; returns
+    `(instance,)`. A trained TMS is usually close to its critical point (a few percent), but
+    where training had not finished a move (a feature still growing, a shallow dense-data
+    valley) L-BFGS can travel to a critical point of another configuration: the LLC then
+    describes that point, not the trained weights."""
+    sq = lambda tree: sum(jnp.sum(jnp.reshape(x, (x.shape[0], -1)) ** 2, axis=1) for x in jax.tree_util.tree_leaves(tree))
+    diff = jax.tree_util.tree_map(lambda a, b: b - a, before, after)
+    return jnp.sqrt(sq(diff) / sq(before))
+

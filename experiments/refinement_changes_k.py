@@ -1,11 +1,12 @@
 """Does refining the trained weights to a critical point of L_n change k, the represented features?
 
 The flagship estimates the LLC at each instance's trained weights refined to a critical point of
-L_n (`analysis.refine`, full-batch L-BFGS on the LLC's n samples), while its activation side (k/m,
-D*, the SAEs) reads the trained weights. Where refinement moves a feature's norm across the
-represented threshold (||W_i|| > 0.5), the two bases describe different points. This recomputes the
+L_n (`analysis.refine`, full-batch L-BFGS on the LLC's n samples). Until 2026-12-06 its activation
+side (k/m, D*, the SAEs) read the trained weights; where refinement moves a feature's norm across the
+represented threshold (||W_i|| > 0.5), the two bases described different points. This recomputes the
 refinement of a finished flagship run (the same keys, so the same refined points) and counts, per
-model, the instances whose k differs.
+model, the instances whose k differs: the size of that mismatch in runs made before then. (Runs made
+since read both bases at the refined point and store `n_represented_trained` beside `n_represented`.)
 
     python -m experiments.refinement_changes_k results/quick --size quick
     python -m experiments.refinement_changes_k results/wva --size default

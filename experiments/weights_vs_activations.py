@@ -11,8 +11,8 @@ is trained in one program, refined to a critical point of L_n on the LLC's n sam
 (`analysis.refine`), its LLC estimated there with one compiled program (`calibrate_batched`
 chooses every instance's own step size and chain length; every estimate carries its bias checks
 and a `trusted` flag), its Hessian and Gauss-Newton ranks computed at the same point, TopK SAEs of several
-dictionary sizes trained on its hidden activations, and both sides joined by
-`analysis.compare.compare`. A second part follows Chen et al.'s 6-feature, 2-neuron TMS along
+dictionary sizes trained on the hidden activations of the same point, and both sides (k/m, D* and
+the SAEs read the refined weights too) joined by `analysis.compare.compare`. A second part follows Chen et al.'s 6-feature, 2-neuron TMS along
 training (LLC and k/m of every snapshot, Metropolis-adjusted chains on the closed form of L_n).
 Each model is one chunk of a resumable sweep.
 Writes `weights_vs_activations.nc`, `development.nc`, the per-model `train_*.nc`, figures and
@@ -37,8 +37,8 @@ import xarray as xr
 from analysis.chain_excursions import chain_excursions
 from analysis.compare import compare, join_models, out_of_range_cause
 from analysis.development import development, full_batch_inputs
-from analysis.measures import feature_norms, represented_features
-from analysis.refine import refine_batched
+from analysis.measures import feature_norms, n_represented, represented_features
+from analysis.refine import refine_batched, relative_move
 from analysis.retrain_response import retrain_perturbed, training_response
 from analysis.sae import mmcs, recovered_overcompleteness
 from analysis.sae_recovery import grid_saes, recovery_line, recovery_scores, well_posed
@@ -183,16 +183,31 @@ CHECK_VARIABLES = ("step_size", "num_steps", "trusted", "calibration_converged",
 def _refined_inputs(train: xr.Dataset, config: FlagshipConfig, key):
     """(loss_fn, params, data, refinement): each instance's n = `llc_samples` samples of its own
     data and its trained weights refined to a critical point of L_n on them (`analysis.refine`:
-    full-batch gradient descent), grid dims leading every leaf; `refinement` holds the gradient
-    norms before and after, `(grid...)`."""
+    full-batch L-BFGS), grid dims leading every leaf; `refinement` holds the gradient norms
+    before and after and the relative distance moved (`analysis.refine.relative_move`), `(grid...)`."""
     loss_fn, params, data = _grid_inputs(train, config.llc_samples, key)
     grid_shape = grid.grid_shape(train)
     flat = lambda tree: jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[len(grid_shape):]), tree)
     refined, before, after = refine_batched(loss_fn, flat(params), flat(data), steps=config.refine_steps,
                                             tol=config.refine_tol)
+    moved = relative_move(flat(params), refined)
     params = jax.tree_util.tree_map(lambda x: x.reshape(grid_shape + x.shape[1:]), refined)
     return loss_fn, params, data, {"before": np.asarray(before).reshape(grid_shape),
-                                   "after": np.asarray(after).reshape(grid_shape)}
+                                   "after": np.asarray(after).reshape(grid_shape),
+                                   "moved": np.asarray(moved).reshape(grid_shape)}
+
+
+def _at_refined_point(train: xr.Dataset, params: dict) -> xr.Dataset:
+    """`train` with `W` and `b` replaced by the refined point (`_refined_inputs`'s params, grid dims
+    leading): the activation side (k/m, D*, the degeneracy budget) and the SAEs then read the same
+    weights as the LLC and the Hessian. Everything else (the training loss, the configuration) is
+    the training run's."""
+    W = train["W"].transpose(*GRID_DIMS, "hidden", "feature")
+    b = train["b"].transpose(*GRID_DIMS, "feature")
+    at = train.copy()
+    at["W"] = W.copy(data=np.asarray(params["W"], W.dtype))
+    at["b"] = b.copy(data=np.asarray(params["b"], b.dtype))
+    return at
 
 
 def _calibrated_llc(inputs, train: xr.Dataset, config: FlagshipConfig, key, out_dir: Path
@@ -268,7 +283,8 @@ def _response(train: xr.Dataset, train_config: TrainConfig, susceptibilities: xr
 
 
 def _sae(train: xr.Dataset, config: FlagshipConfig, key) -> xr.Dataset:
-    """SAEs on the hidden activations of the first seeds: recovered overcompleteness, and the
+    """SAEs on the hidden activations of the first seeds (of `train`'s weights: the flagship passes
+    the refined point, `_at_refined_point`): recovered overcompleteness, and the
     recovery of W's represented columns with n_rep latents where that is well posed
     (`analysis.sae_recovery`; settings measured in docs/experiments/sae_recovery.md)."""
     sub = train.isel(seed=slice(0, config.sae_seeds))
@@ -332,12 +348,19 @@ def compute_model(n: int, m: int, config: FlagshipConfig, out_dir: Path, progres
                                                              out_dir)
     with _stage(f"{label}: Hessian and Gauss-Newton ranks", progress):
         basis = _weight_basis(inputs, train, config)
+    refined = _at_refined_point(train, inputs[1])  # both bases read this point
     with _stage(f"{label}: sparse autoencoders", progress):
-        sae = _sae(train, config, jax.random.fold_in(key, 3))
+        sae = _sae(refined, config, jax.random.fold_in(key, 3))
     with _stage(f"{label}: retraining at q'", progress):
         response = _response(train, train_config, susceptibilities, config)
-    ds = compare(train, llc, basis.drop_vars("hessian_eigenvalues"), sae)
+    ds = compare(refined, llc, basis.drop_vars("hessian_eigenvalues"), sae)
     ds = ds.merge(chain_excursions(llc, np.asarray(inputs[1]["W"]), np.asarray(inputs[1]["b"])))  # where chains ended
+    ds["W_refined"] = refined["W"].assign_attrs(long_name="W at the refined point, where both bases are read",
+                                                units="1")
+    ds["b_refined"] = refined["b"].assign_attrs(long_name="b at the refined point", units="1")
+    ds["n_represented_trained"] = n_represented(train["W"]).assign_attrs(
+        long_name="represented features k at the trained weights, before refinement (n_represented: at the refined "
+                  "point)", units="1")
     for name in CHECK_VARIABLES:
         ds[f"llc_{name}" if not name.startswith("llc_") else name] = llc[name]
     ds["hessian_eigenvalues"] = basis["hessian_eigenvalues"]
@@ -346,6 +369,8 @@ def compute_model(n: int, m: int, config: FlagshipConfig, out_dir: Path, progres
         "long_name": "||grad L_n|| at the trained weights (n = llc_samples), before refinement", "units": "1"})
     ds["grad_norm_refined"] = xr.Variable(GRID_DIMS, refinement["after"], {
         "long_name": "||grad L_n|| at the refined point, where the LLC and the Hessian are measured", "units": "1"})
+    ds["refinement_move"] = xr.Variable(GRID_DIMS, refinement["moved"], {
+        "long_name": "||w_refined - w_trained|| / ||w_trained||: how far refinement moved the weights", "units": "1"})
     ds["out_of_range_cause"] = out_of_range_cause(ds)
     ds = ds.merge(response, join="left")
     ds = ds.squeeze("importance_decay")

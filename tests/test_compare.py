@@ -192,6 +192,19 @@ def test_flagship_tiny_grid_is_reproducible_and_self_describing(tmp_path):
         assert a[name].attrs.get("long_name"), name
         assert "units" in a[name].attrs, name
     assert a.attrs["slt_superposition_kind"] == "compare"
+    # both bases read the refined point: k from its W, beside k at the trained weights (train_n5_m2.nc)
+    refined_norms = np.linalg.norm(a["W_refined"].sel(model="n5_m2").transpose(..., "hidden", "feature").values, axis=-2)
+    np.testing.assert_array_equal(a["n_represented"].sel(model="n5_m2").values, (refined_norms > 0.5).sum(-1))
+    trained = xr.open_dataset(tmp_path / "a" / "train_n5_m2.nc").squeeze("importance_decay")
+    trained_norms = np.linalg.norm(trained["W"].transpose(..., "hidden", "feature").values, axis=-2)
+    np.testing.assert_array_equal(a["n_represented_trained"].sel(model="n5_m2").values, (trained_norms > 0.5).sum(-1))
+    moved = int((a["n_represented_trained"] != a["n_represented"]).sum())
+    far = int((a["refinement_move"] > 0.1).sum())
+    assert f"refinement changed k on {moved} of 6 instances (`n_represented_trained`) and moved the weights by more " \
+           f"than 10% of their norm on {far} (median move" in (tmp_path / "a" / "report.md").read_text()
+    assert ((a["refinement_move"] > 0) & np.isfinite(a["refinement_move"])).all()
+    assert not np.array_equal(a["W_refined"].sel(model="n5_m2").values,
+                              trained["W"].transpose(*a["W_refined"].sel(model="n5_m2").dims).values)
     # where every instance's chains ended (analysis.chain_excursions), from the estimate's own final positions
     left, far = a["llc_chains_left"].values, a["llc_chain_distance_max"].values
     assert left.shape == far.shape == a["llc_mean"].shape

@@ -1,6 +1,7 @@
 """Refining trained weights to a critical point of L_n (analysis.refine)."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from analysis.refine import refine, refine_batched
@@ -49,3 +50,12 @@ def test_refinement_stops_once_the_gradient_is_below_its_tolerance():
     tight, _, after_tight = refine(loss_fn, one(params), one(data), tol=0.0)
     assert float(after_loose) <= 1e-3 < float(before)
     assert float(after_tight) < 1e-2 * float(after_loose)  # the loose run stopped early, the tight one went on
+
+
+def test_relative_move_is_the_distance_travelled_over_the_starting_norm_per_instance():
+    from analysis.refine import relative_move
+
+    before = {"W": jnp.array([[[3.0, 0.0]], [[1.0, 1.0]]]), "b": jnp.array([[4.0], [1.0]])}  # norms 5, sqrt(3)
+    after = {"W": jnp.array([[[3.0, 0.0]], [[1.0, 2.0]]]), "b": jnp.array([[4.0], [2.0]])}
+    np.testing.assert_allclose(relative_move(before, after), [0.0, np.sqrt(2.0 / 3.0)], rtol=1e-6)
+
