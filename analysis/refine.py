@@ -6,7 +6,13 @@ balances the step, and a TMS trained on fresh samples every step is near a minim
 population loss, not of L_n. At nbeta = n / log n a loss gap of 1 / nbeta moves the estimate by
 1, so the estimate reads low (even negative) where chains find lower loss than w*. Minimising
 L_n (full batch) from the trained weights removes that gap; the gradient norm before and
-after is recorded so that a point still far from critical can be flagged.
+after is recorded so that a point still far from critical can be flagged, and `relative_move`
+says how far the weights went. Usually a few percent; but L_n's downhill flow from the trained
+weights can be long (at dense data a shallow valley about ||w|| long, where training with a
+constant or a decaying learning rate stops early), and where a feature was half-grown it can
+complete another configuration than longer training would: the refined point is then the
+critical point the trained weights flow to on L_n, not where training stopped
+(experiments/refinement_distance.py; plain gradient descent ends at the same point).
 """
 
 from __future__ import annotations
