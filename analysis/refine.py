@@ -12,7 +12,8 @@ weights can be long (at dense data a shallow valley about ||w|| long, where trai
 constant or a decaying learning rate stops early), and where a feature was half-grown it can
 complete another configuration than longer training would: the refined point is then the
 critical point the trained weights flow to on L_n, not where training stopped
-(experiments/refinement_distance.py; plain gradient descent ends at the same point).
+(experiments/refinement_distance.py; plain gradient descent on L_n ends at the same point on
+most instances).
 """
 
 from __future__ import annotations
@@ -112,10 +113,7 @@ def refine_batched(loss_fn: Callable, params: PyTree, data: PyTree, *, steps: in
 def relative_move(before: PyTree, after: PyTree) -> jax.Array:
     """How far refinement moved each instance, relative to where it started:
     ||after - before|| / ||before|| over every parameter. Leaves `(instance, ...)`; returns
-    `(instance,)`. A trained TMS is usually close to its critical point (a few percent), but
-    where training had not finished a move (a feature still growing, a shallow dense-data
-    valley) L-BFGS can travel to a critical point of another configuration: the LLC then
-    describes that point, not the trained weights."""
+    `(instance,)` (the module docstring says how far refinement moves a trained TMS)."""
     sq = lambda tree: sum(jnp.sum(jnp.reshape(x, (x.shape[0], -1)) ** 2, axis=1) for x in jax.tree_util.tree_leaves(tree))
     diff = jax.tree_util.tree_map(lambda a, b: b - a, before, after)
     return jnp.sqrt(sq(diff) / sq(before))
