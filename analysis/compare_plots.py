@@ -18,6 +18,7 @@ import xarray as xr  # noqa: E402
 
 from analysis.compare import OUT_OF_RANGE_CAUSES, above_symmetry_bound, untrusted_reasons  # noqa: E402
 from analysis.excursion_table import NEEDS, excursion_sides  # noqa: E402
+from analysis.refine import FAR_MOVE  # noqa: E402
 from slt_superposition import figure_style as fs  # noqa: E402
 
 
@@ -411,9 +412,6 @@ def headline(ds: xr.Dataset) -> str:
     if "llc_trusted" in ds:
         text += f" {count('llc_trusted')} of the {total} LLC estimates passed every stored bias check."
     return text + " Per model, in numbers:"
-
-
-FAR_MOVE = 0.1  # a refinement that moved the weights by more than this fraction of their norm is reported
 
 
 def findings(ds: xr.Dataset, dev: xr.Dataset | None = None, kgon_llc: dict[int, float] | None = None) -> list[str]:

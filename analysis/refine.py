@@ -28,6 +28,7 @@ import optax
 PyTree = Any
 REFINE_STEPS = 300  # at most this many L-BFGS iterations (each with a zoom line search)
 REFINE_TOL = 1e-6  # stop once ||grad L_n|| is at most this
+FAR_MOVE = 0.1  # a refinement that moved the weights by more than this fraction of their norm is reported
 
 
 def _grad_norm(grad: PyTree) -> jax.Array:

@@ -53,3 +53,23 @@ def test_command_refuses_a_dataset_without_the_measure(tmp_path, capsys):
     # per feature probability (1, 0.1): the share of seeds with a chain left, the share above the bound
     assert "a left:    0.50   0.50\na above:   0.50   0.00" in printed
     assert "b left:    0.00   0.00" in printed
+
+
+def test_rows_split_by_how_far_refinement_moved_the_weights(tmp_path, capsys):
+    grid = _grid().assign(refinement_move=(("model", "feature_probability", "seed"),
+                                           np.array([[[1.2, 0.02], [0.3, 0.01]], [[0.0, 0.0], [0.0, 0.5]]])))
+    rows = {(r["model"], r["side"]): r for r in excursion_rows(grid, "refinement-move")}
+    moved, near = rows[("a", "moved")], rows[("a", "near")]
+    assert (moved["instances"], near["instances"]) == (2, 2)  # 1.2 and 0.3 moved more than 10%
+    assert moved["d_eff_fraction"] == np.median([0.5, 0.4]) and (moved["above_bound"], near["above_bound"]) == (0.0, 0.5)
+    assert rows[("b", "moved")]["instances"] == 1
+    grid.to_netcdf(tmp_path / "moved.nc")
+    main([str(tmp_path / "moved.nc"), "--split", "refinement-move"])
+    assert "| a | refinement moved > 10% of \\|w\\| | 2 of 4 |" in capsys.readouterr().out
+    _grid().to_netcdf(tmp_path / "old.nc")
+    try:
+        main([str(tmp_path / "old.nc"), "--split", "refinement-move"])
+    except SystemExit as stop:
+        assert "has no refinement_move" in str(stop)
+    else:
+        raise AssertionError("a dataset without refinement_move must be refused for that split")
