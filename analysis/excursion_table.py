@@ -42,16 +42,16 @@ def excursion_sides(one: xr.Dataset, split: str = "chains-left") -> dict[str, di
     instances), median 2 llc / d, share above the symmetry bound, share trusted, median largest
     chain distance (NaN where a side has no instance)."""
     _, rule, (first, second) = SPLITS[split]
-    left = rule(one).values.ravel()
+    in_first = rule(one).values.ravel()
     above = above_symmetry_bound(one).values.ravel()
     trusted = one["llc_trusted"].values.ravel().astype(bool)
     fraction = one["d_eff_fraction"].values.ravel()
     distance = one["llc_chain_distance_max"].values.ravel()
     sides = {}
-    for side, mask in ((first, left), (second, ~left)):
+    for side, mask in ((first, in_first), (second, ~in_first)):
         count = int(mask.sum())
         of = lambda values, reduce: float(reduce(values[mask])) if count else np.nan
-        sides[side] = {"instances": count, "of": left.size, "d_eff_fraction": of(fraction, np.nanmedian),
+        sides[side] = {"instances": count, "of": in_first.size, "d_eff_fraction": of(fraction, np.nanmedian),
                        "above_bound": of(above, np.mean), "trusted": of(trusted, np.mean),
                        "distance": of(distance, np.nanmedian)}
     return sides

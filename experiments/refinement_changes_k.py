@@ -21,16 +21,15 @@ import jax
 import numpy as np
 import xarray as xr
 
-from analysis.measures import represented_features
-from experiments.weights_vs_activations import QUICK, FlagshipConfig, _refined_inputs, model_key
+from analysis.measures import n_represented
+from experiments.weights_vs_activations import QUICK, FlagshipConfig, _at_refined_point, _refined_inputs, model_key
 
 
 def k_trained_and_refined(train: xr.Dataset, config: FlagshipConfig, key) -> tuple[np.ndarray, np.ndarray]:
     """(k at the trained weights, k at the refined point), each `(feature_probability, importance_decay, seed)`."""
     _, params, _, _ = _refined_inputs(train, config, key)
-    W = train["W"].transpose("feature_probability", "importance_decay", "seed", "hidden", "feature")
-    refined = W.copy(data=np.asarray(params["W"], np.float64))
-    return (represented_features(W).sum("feature").values, represented_features(refined).sum("feature").values)
+    refined = _at_refined_point(train, params)["W"]
+    return n_represented(train["W"].transpose(*refined.dims)).values, n_represented(refined).values
 
 
 def main(argv=None) -> None:
