@@ -11,13 +11,18 @@ time goes (benchmarks/chain_profile.py: ablated copies side by side, and the XLA
 time per part), the throughput of 64 instances x 8 chains in one call, the memory of full vs
 thinned traces, and peak RSS.
 devinterp runs with torch on 1 thread: on this tiny model more threads only contend
-(measured about 4x slower with 2 threads on 2 cores), so 1 thread is devinterp's best case.
+(measured about 4x slower with 2 threads on 2 cores), so 1 thread is devinterp's best case;
+best of 2 runs. Our one-instance call runs as the console script does, one JAX device per core,
+so its 8 chains run as groups on the cores (slt_superposition.chain_groups); the same call on
+one device is timed alternately with it, and devinterp with `cores=2` (its chains in 2 worker
+processes) once, each with its own ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import resource
 import time
 import warnings
@@ -29,6 +34,7 @@ import numpy as np
 from slt_superposition import SGLDConfig, estimate_llc, estimate_llc_batched
 from slt_superposition import llc as llc_module
 from slt_superposition.cpu_devices import split_cpu_into_cores
+from slt_superposition.sharding import instance_mesh
 import chain_profile  # benchmarks/chain_profile.py, next to this script
 import machine
 from toy_models.data import high_sparsity_limit
@@ -72,14 +78,33 @@ def cpu_timed(fn):
     return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def run_ours(params, x, config):
-    # the estimate alone (checks=False): the stored bias checks are extra short runs
+REPEATS = 7  # repeated calls of this package's estimate, alternating where two are compared; the best counts
+
+
+def run_ours(params, x, config, *, compare_one_device: bool = False):
+    """(estimate, first call seconds, best wall, best CPU seconds[, best wall and CPU on one device]).
+
+    The estimate alone (checks=False: the stored bias checks are extra short runs), repeated
+    `REPEATS` times. `compare_one_device`: alternating with the same call with the instance on one
+    device (`estimate_llc_batched` on a one-instance grid and a one-device mesh, so its chains are
+    not grouped over the devices, slt_superposition.chain_groups)."""
     call = lambda key: estimate_llc(loss_fn, params, x, config=config, key=jax.random.key(key), checks=False)
+    one = jax.tree_util.tree_map(lambda a: a[None], params)
+    alone = lambda key: estimate_llc_batched(loss_fn, one, x, config=config, key=jax.random.key(key), checks=False,
+                                             data_batched=False, mesh=instance_mesh(jax.devices()[:1]))
     _, first = timed(lambda: call(0))
-    repeats = [cpu_timed(lambda: call(1 + i)) for i in range(3)]
-    best = min(t for _, t, _ in repeats)
-    best_cpu = min(c for _, _, c in repeats)
-    return repeats[0][0], first, best, best_cpu
+    if compare_one_device:
+        alone(0)
+    repeats, alone_repeats = [], []
+    for i in range(REPEATS):
+        result, *seconds = cpu_timed(lambda: call(1 + i))
+        repeats.append(seconds)
+        if i == 0:  # the estimate printed: key 1's, as in earlier runs
+            out = result
+        if compare_one_device:
+            alone_repeats.append(cpu_timed(lambda: alone(1 + i))[1:])
+    best = lambda runs: (min(t for t, _ in runs), min(c for _, c in runs))
+    return (out, first, *best(repeats)) + (best(alone_repeats) if compare_one_device else ())
 
 
 def ablations(params, x, config) -> None:
@@ -111,34 +136,26 @@ def ablations(params, x, config) -> None:
               f"{partitionable}: {best * 1e3:.1f} ms")
 
 
-def run_devinterp(params, x, chains):
+def run_devinterp(params, x, chains, cores: int = 1):
+    """devinterp's estimate on `chains` chains, with torch on 1 thread in every process; `cores` > 1:
+    devinterp runs the chains in that many worker processes."""
+    os.environ["OMP_NUM_THREADS"] = "1"  # inherited by devinterp's workers
     import torch
     from devinterp.slt.sampler import estimate_learning_coeff_with_summary
+    from torch_tms import TorchTMS, evaluate  # benchmarks/torch_tms.py
 
     torch.set_num_threads(1)
-
-    class TorchTMS(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.W = torch.nn.Parameter(torch.tensor(np.asarray(params["W"])))
-            self.b = torch.nn.Parameter(torch.tensor(np.asarray(params["b"])))
-
-        def forward(self, inputs):
-            return torch.relu(inputs @ self.W.T @ self.W + self.b)
-
-    def evaluate(model, batch):
-        inputs = batch[0]
-        return ((inputs - model(inputs)) ** 2).sum(dim=-1).mean()
-
     torch.manual_seed(0)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.tensor(np.asarray(x))),
                                          batch_size=BATCH, shuffle=True)
     kwargs = dict(evaluate=evaluate, optimizer_kwargs=dict(lr=EPS, localization=GAMMA, nbeta=N / math.log(N)),
-                  num_chains=chains, num_draws=STEPS - BURNIN, num_burnin_steps=BURNIN, seed=0, verbose=False)
+                  num_chains=chains, num_draws=STEPS - BURNIN, num_burnin_steps=BURNIN, seed=0, verbose=False,
+                  cores=cores)
     # warm-up (torch imports its compiler stack lazily on the first optimizer), not timed
-    estimate_learning_coeff_with_summary(TorchTMS(), loader, **{**kwargs, "num_chains": 1, "num_draws": 5,
-                                                                 "num_burnin_steps": 0})
-    result, seconds, cpu = cpu_timed(lambda: estimate_learning_coeff_with_summary(TorchTMS(), loader, **kwargs))
+    warm_up = {**kwargs, "num_chains": 1, "num_draws": 5, "num_burnin_steps": 0, "cores": 1}
+    estimate_learning_coeff_with_summary(TorchTMS(params["W"], params["b"]), loader, **warm_up)
+    model = TorchTMS(params["W"], params["b"])
+    result, seconds, cpu = cpu_timed(lambda: estimate_learning_coeff_with_summary(model, loader, **kwargs))
     return result, seconds, cpu
 
 
@@ -159,12 +176,19 @@ def main() -> None:
     print(f"TMS 6x2, n={N}, batch {BATCH}, "
           f"{CHAINS} chains x {STEPS} steps, eps {EPS}, gamma {GAMMA}, nbeta {nbeta:.2f}")
 
-    ours, first, repeat, repeat_cpu = run_ours(params, x, config)
+    several = jax.device_count() > 1
+    ours, first, repeat, repeat_cpu, *alone = run_ours(params, x, config, compare_one_device=several)
     ours_rate = chain_steps / repeat
     print(f"slt_superposition: first call {first:.2f} s (compile ~{first - repeat:.2f} s), "
           f"repeated call {repeat * 1e3:.1f} ms (CPU {repeat_cpu * 1e3:.1f} ms) -> {ours_rate:,.0f} chain-steps/s; "
           f"LLC {float(ours.llc_mean):.3f} +- {float(ours.llc_std) / math.sqrt(CHAINS):.3f} (s.e.), "
           f"MALA {float(ours.mala_acceptance.mean()):.3f}")
+
+    if several:  # the same call with the instance's chains together on one device, alternating with it
+        one_device, one_cpu = alone
+        print(f"  the same call on one device (its chains not grouped, slt_superposition.chain_groups): "
+              f"{one_device * 1e3:.1f} ms (CPU {one_cpu * 1e3:.1f} ms) -> {chain_steps / one_device:,.0f} "
+              f"chain-steps/s; grouped over {jax.device_count()} devices {one_device / repeat:.2f}x faster")
 
     print("where the time goes (side by side):")
     ablations(params, x, config)
@@ -175,9 +199,11 @@ def main() -> None:
           f"repeated call {epoch_repeat * 1e3:.1f} ms -> {chain_steps / epoch_repeat:,.0f} chain-steps/s")
 
     dv_chains = 2 if args.quick else CHAINS
-    theirs, dv_seconds, dv_cpu = run_devinterp(params, x, dv_chains)
+    runs = [run_devinterp(params, x, dv_chains) for _ in range(1 if args.quick else 2)]
+    theirs, dv_seconds, dv_cpu = min(runs, key=lambda run: run[1])
     dv_rate = dv_chains * STEPS / dv_seconds
-    print(f"devinterp 1.3:     {dv_chains} chains in {dv_seconds:.1f} s (CPU {dv_cpu:.1f} s) -> {dv_rate:,.0f} "
+    print(f"devinterp 1.3:     {dv_chains} chains in {dv_seconds:.1f} s (CPU {dv_cpu:.1f} s; best of "
+          f"{', '.join(f'{run[1]:.1f}' for run in runs)} s) -> {dv_rate:,.0f} "
           f"chain-steps/s; "
           f"LLC {theirs['llc/mean']:.3f} +- {theirs['llc/std'] / math.sqrt(dv_chains):.3f} (s.e.)")
     print(f"speed ratio (slt_superposition / devinterp): {ours_rate / dv_rate:,.0f}x "
@@ -185,6 +211,11 @@ def main() -> None:
     dv_cpu_rate = dv_chains * STEPS / dv_cpu
     print(f"speed ratio by CPU time of this process: {chain_steps / repeat_cpu / dv_cpu_rate:,.0f}x "
           f"(sampling='epoch': {chain_steps / epoch_cpu / dv_cpu_rate:,.0f}x)")
+    if os.cpu_count() > 1 and not args.quick:
+        _, dv2_seconds, _ = run_devinterp(params, x, dv_chains, cores=2)
+        print(f"devinterp 1.3 with cores=2 (chains in 2 worker processes, 1 torch thread each): {dv2_seconds:.1f} s "
+              f"-> {dv_chains * STEPS / dv2_seconds:,.0f} chain-steps/s; speed ratio against it "
+              f"{ours_rate / (dv_chains * STEPS / dv2_seconds):,.0f}x")
     se = math.sqrt((float(ours.llc_std) / math.sqrt(CHAINS)) ** 2 + (theirs["llc/std"] / math.sqrt(dv_chains)) ** 2)
     print(f"estimate difference: {abs(float(ours.llc_mean) - theirs['llc/mean']) / se:.2f} combined standard errors")
 

@@ -161,7 +161,20 @@ def minibatch_excess(loss: jax.Array, init_loss: jax.Array, row_losses: jax.Arra
 def instance_program(loss_fn: Callable, shape: ChainShape, observers=None) -> Callable:
     """`run(params, data, key, settings) -> dict` for one instance: `init_loss` and, per chain
     (leading axis `chain`), `final_position` (the flat parameter vector after the chain's last step,
-    `ravel_pytree` order) and every observer's outputs (`observers.default_observers` unless given)."""
+    `ravel_pytree` order) and every observer's outputs (`observers.default_observers` unless given).
+    Chain c runs on `jax.random.split(key, shape.num_chains)[c]` (`chains_program`)."""
+    run_chains = chains_program(loss_fn, shape, observers)
+
+    def run(params, data, key, settings: ChainSettings):
+        return run_chains(params, data, jax.random.split(key, shape.num_chains), settings)
+
+    return run
+
+
+def chains_program(loss_fn: Callable, shape: ChainShape, observers=None) -> Callable:
+    """`run(params, data, chain_keys, settings) -> dict`: `instance_program` with the chains' keys
+    given, `chain_keys: (shape.num_chains,)`. A chain's numbers depend on its own key only, so an
+    instance's chains can run as groups of this program (`llc.sample_chains` on spare devices)."""
     observers = observers or default_observers(shape.n_parameters, shape.n_blocks, shape.metropolis)
     chunk = chunk_length(shape)
     pregenerate = chunk * shape.n_parameters <= NOISE_BUDGET
@@ -234,12 +247,11 @@ def instance_program(loss_fn: Callable, shape: ChainShape, observers=None) -> Ca
             out["diverged"] = out["diverged"] | ~jnp.isfinite(out["llc_per_chain"])
         return out
 
-    def run(params, data, key, settings: ChainSettings):
+    def run(params, data, chain_keys, settings: ChainSettings):
         init_loss = loss_fn(params, data)
         row_losses = anchor_row_losses(loss_fn, params, data) if shape.batch_size is not None else None
         # chains move a flat parameter vector: one noise draw and a few vector ops per step
         w_star, unravel = ravel_pytree(params)
-        chain_keys = jax.random.split(key, shape.num_chains)
         per_chain = jax.vmap(lambda ck: run_chain(ck, w_star, unravel, data, init_loss, row_losses,
                                                   settings))(chain_keys)
         return {"init_loss": init_loss, **per_chain}

@@ -81,7 +81,8 @@ import numpy as np
 import xarray as xr
 
 from slt_superposition import chain as chain_module
-from slt_superposition.chain import ChainShape, chunk_length, instance_program
+from slt_superposition.chain import ChainShape, chains_program, chunk_length, instance_program
+from slt_superposition.chain_groups import chain_groups, instance_data_bytes, join_instances, split_instances
 from slt_superposition.checks import attach as attach_checks
 from slt_superposition.checks import CHECK_STEPS, run_checks
 from slt_superposition.coupled import sample_coupled
@@ -371,11 +372,14 @@ def compiler_options() -> dict[str, str]:
 
 
 @functools.lru_cache(maxsize=32)
-def block_function(loss_fn: Callable, shape: ChainShape, data_batched: bool) -> Callable:
+def block_function(loss_fn: Callable, shape: ChainShape, data_batched: bool, keys_per_chain: bool = False
+                   ) -> Callable:
     """The batched program in `run_sharded`'s form (`instances.over_instances`). One function
     object per (loss_fn, shape), so `jax.jit`'s cache (inside `run_sharded`) compiles it once
-    per input shape."""
-    return over_instances(instance_program(loss_fn, shape), data_batched)
+    per input shape. `keys_per_chain`: the program takes every chain's key (`chain.chains_program`,
+    for an instance's chains run as groups) instead of the instance's."""
+    program = chains_program if keys_per_chain else instance_program
+    return over_instances(program(loss_fn, shape), data_batched)
 
 
 WORKING_SET_FACTOR = 8  # activations and gradients per data element of a step's batch, a rough upper estimate
@@ -410,28 +414,39 @@ def sample_chains(loss_fn: Callable, params: PyTree, data: PyTree, keys: jax.Arr
     keys: `(instance,)`; settings: `ChainSettings` of `(instance,)` arrays. Returns numpy arrays
     with a leading instance axis: `init_loss`, and per chain the observers' outputs.
     No input checks (callers validate). Instances run in blocks (`sharding.run_sharded`), so the
-    bits do not depend on the device count. `progress`: a label for a progress bar on stderr
+    bits do not depend on the device count; with blocks of one instance and fewer instances than
+    devices, each instance's chains run as groups on the spare devices (`chain_groups`: the same
+    chains, and on the models measured the same bits). `progress`: a label for a progress bar on stderr
     (`sampling_progress`; the program then reports each chunk; the numbers are the same).
     The program holds `trace_capacity(shape.n_blocks)` loss-trace blocks; `loss_trace` comes back
     with `shape.n_blocks`. `block_size`: instances per block; None means `chain_block`'s rule.
     """
     mesh = default_mesh() if mesh is None else mesh
     n_blocks = shape.n_blocks
+    n_inst = int(np.shape(keys)[0])
     shape = shape._replace(n_blocks=trace_capacity(n_blocks))
     if block_size is None:
-        block_size = chain_block(int(np.shape(keys)[0]), shape, data, data_batched)
+        block_size = chain_block(n_inst, shape, data, data_batched)
+    groups = 1 if block_size != 1 else chain_groups(
+        n_inst, shape.num_chains, mesh.devices.size,
+        instance_data_bytes=instance_data_bytes(data, n_inst, data_batched))
+    if groups > 1:
+        params, data, keys, settings = split_instances(params, data, keys, settings, groups=groups,
+                                                       num_chains=shape.num_chains, data_batched=data_batched)
+        shape = shape._replace(num_chains=shape.num_chains // groups)
     if progress:
         shape = shape._replace(progress=True)
-    block = block_function(loss_fn, shape, data_batched)
+    block = block_function(loss_fn, shape, data_batched, keys_per_chain=groups > 1)
     options = dict(mesh=mesh, block=block_size, compiler_options=compiler_options())
     def run():
         out = (run_sharded(block, (params, data, keys, settings), **options) if data_batched else
                run_sharded(block, (params, keys, settings), data, **options))
+        out = join_instances(out, groups) if groups > 1 else out
         return {**out, "loss_trace": out["loss_trace"][..., :n_blocks]}
 
     if not progress:
         return run()
-    blocks = padded_blocks(int(np.shape(keys)[0]), block_size, mesh)  # every block reports each of its chunks
+    blocks = padded_blocks(n_inst * groups, block_size, mesh)  # every block reports each of its chunks
     chunk = chunk_length(shape)
     chunks = -(-int(np.max(np.asarray(settings.num_steps))) // chunk)
     with sampling_bar(blocks * chunks, steps_per_iteration=chunk, desc=progress):

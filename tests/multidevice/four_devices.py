@@ -136,3 +136,32 @@ def test_estimate_llc_batched_on_4_devices_equals_1_device_bitwise(grids):
         assert not differ, "not bitwise equal across meshes: " + ", ".join(differ)
     assert results[0].llc_per_chain.shape == (5, 1, 4, 2)
     assert np.isfinite(results[0].llc_mean.values).all()
+
+
+def test_one_instance_chains_on_spare_devices_equal_1_device_bitwise(grids):
+    """One instance, 4 devices: its chains run as groups on the spare devices (8 chains as 4 x 2,
+    6 as 3 x 2; 2 chains stay together, `chain_groups.MIN_GROUP_CHAINS`), and every variable of the
+    estimate (checks included) equals the one-device run's bit for bit."""
+    import slt_superposition.llc as llc_module
+    from slt_superposition import SGLDConfig, estimate_llc_batched
+    from toy_models.train import GRID_DIMS, llc_inputs
+
+    one = grids["four"].isel(feature_probability=[2], seed=[0])
+    loss_fn, params, data = llc_inputs(one, n_samples=200, key=jax.random.key(1))
+    join = llc_module.join_instances
+    for num_chains, groups in ((8, {4}), (6, {3}), (2, set())):
+        sgld = SGLDConfig(step_size=1e-4, localization=10.0, num_chains=num_chains, num_steps=30, num_burnin=10,
+                          batch_size=50, trace_every=10)
+        seen = []
+        llc_module.join_instances = lambda out, g: seen.append(g) or join(out, g)
+        try:
+            results = [estimate_llc_batched(loss_fn, params, data, config=sgld, key=jax.random.key(2),
+                                            instance_dims={d: one[d].values for d in GRID_DIMS}, mesh=mesh)
+                       for mesh in (instance_mesh(), instance_mesh(jax.devices()[:1]))]
+        finally:
+            llc_module.join_instances = join
+        assert set(seen) == groups, (num_chains, seen)
+        differ = [v for v in results[0].data_vars
+                  if not np.array_equal(results[0][v].values, results[1][v].values, equal_nan=True)]
+        assert not differ, f"{num_chains} chains: not bitwise equal across meshes: " + ", ".join(differ)
+        assert results[0].llc_per_chain.shape[-1] == num_chains and np.isfinite(results[0].llc_mean.values).all()
