@@ -3,7 +3,8 @@
     python benchmarks/llc_call_profile.py
 
 The benchmark's model and settings (benchmarks/llc_throughput.py: TMS 6-gon, n = 1000, batch
-500, 8 chains x 1000 steps). Prints the wall time of 10 repeated calls, then a cProfile of 5
+500, 8 chains x 1000 steps), one JAX device per core as the throughput benchmark (so the
+chains run as groups on the cores, slt_superposition.chain_groups). Prints the wall time of 10 repeated calls, then a cProfile of 5
 calls: the time spent waiting for the program (numpy.asarray on its outputs) and the rest.
 """
 
@@ -15,6 +16,10 @@ import pstats
 import time
 
 import jax
+
+from slt_superposition.cpu_devices import split_cpu_into_cores
+
+split_cpu_into_cores()  # as benchmarks/llc_throughput.py and the console script: one device per core
 
 from llc_throughput import BATCH, BURNIN, CHAINS, EPS, GAMMA, N, N_FEATURES, STEPS, loss_fn, six_gon
 from slt_superposition import SGLDConfig, estimate_llc

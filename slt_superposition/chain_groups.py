@@ -23,6 +23,7 @@ Shapes: `n_inst` instances of `num_chains` chains become `n_inst * groups` insta
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -71,11 +72,18 @@ def split_instances(params: PyTree, data: PyTree, keys: jax.Array, settings: PyT
     shared and returned as given; keys: `(n_inst,)` instance keys. Returns the leaves with
     `(n_inst * groups, ...)` and the chain keys `(n_inst * groups, num_chains // groups)`: copy g of
     instance i holds chains `jax.random.split(keys[i], num_chains)[g C / G : (g + 1) C / G]`."""
-    repeat = lambda tree: jax.tree_util.tree_map(lambda leaf: jnp.repeat(jnp.asarray(leaf), groups, axis=0), tree)
+    params, batched, keys, settings = _split(params, data if data_batched else None, keys, settings,
+                                             groups=groups, num_chains=num_chains)
+    return params, batched if data_batched else data, keys, settings
+
+
+@functools.partial(jax.jit, static_argnames=("groups", "num_chains"))
+def _split(params, data, keys, settings, *, groups: int, num_chains: int):
+    """`split_instances` as one compiled call (one dispatch per call instead of one per leaf)."""
+    repeat = lambda tree: jax.tree_util.tree_map(lambda leaf: jnp.repeat(leaf, groups, axis=0), tree)
     chain_keys = jax.vmap(lambda k: jax.random.split(k, num_chains))(keys)
-    n_inst = chain_keys.shape[0]
-    chain_keys = chain_keys.reshape((n_inst * groups, num_chains // groups) + chain_keys.shape[2:])
-    return repeat(params), repeat(data) if data_batched else data, chain_keys, repeat(settings)
+    chain_keys = chain_keys.reshape((keys.shape[0] * groups, num_chains // groups) + chain_keys.shape[2:])
+    return repeat(params), repeat(data), chain_keys, repeat(settings)
 
 
 def join_instances(out: dict[str, np.ndarray], groups: int) -> dict[str, np.ndarray]:
