@@ -465,24 +465,25 @@ def trace_capacity(n_blocks: int) -> int:
 
 
 def chain_settings(config: SGLDConfig, nbeta, n_inst: int, sizes: tuple[int, ...] = ()) -> ChainSettings:
-    """`config`'s runtime settings as `(n_inst,)` arrays (scalars broadcast; per-instance arrays
-    of shape `sizes` or `(n_inst,)` flattened)."""
+    """`config`'s runtime settings as `(n_inst,)` host arrays (scalars broadcast; per-instance
+    arrays of shape `sizes` or `(n_inst,)` flattened). Host (numpy) arrays: the programs place them
+    with their other inputs, without a device computation per field."""
 
     def per_instance(value, name, dtype):
         array = np.asarray(value)
         if array.ndim == 0:
-            return jnp.full((n_inst,), array, dtype)
+            return np.full((n_inst,), array, dtype)
         require(array.shape in (tuple(sizes), (n_inst,)),
                 f"{name} has shape {array.shape}; per-instance settings need the instance shape {tuple(sizes)}")
-        return jnp.asarray(array.reshape(n_inst), dtype)
+        return np.asarray(array.reshape(n_inst), dtype)
 
     return ChainSettings(
-        step_size=per_instance(config.step_size, "step_size", jnp.float32),
-        localization=per_instance(config.localization, "localization", jnp.float32),
-        nbeta=per_instance(nbeta, "nbeta", jnp.float32),
-        num_steps=per_instance(config.num_steps, "num_steps", jnp.int32),
-        num_burnin=per_instance(config.num_burnin, "num_burnin", jnp.int32),
-        trace_every=jnp.full((n_inst,), config.trace_every, jnp.int32),
+        step_size=per_instance(config.step_size, "step_size", np.float32),
+        localization=per_instance(config.localization, "localization", np.float32),
+        nbeta=per_instance(nbeta, "nbeta", np.float32),
+        num_steps=per_instance(config.num_steps, "num_steps", np.int32),
+        num_burnin=per_instance(config.num_burnin, "num_burnin", np.int32),
+        trace_every=np.full((n_inst,), config.trace_every, np.int32),
     )
 
 

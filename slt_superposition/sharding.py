@@ -215,6 +215,21 @@ def _put(leaf, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_callback(leaf.shape, sharding, lambda index: leaf[index])
 
 
+def _put_tree(tree, sharding: NamedSharding):
+    """Every leaf of `tree` placed with `sharding`: in a single process in one `jax.device_put`
+    call, from host arrays (typed keys as their key data, wrapped again): a jax array on one
+    device is first read back to the host, which costs less than resharding it device to device
+    (a few milliseconds per call for a one-instance LLC, docs/benchmarks.md); leaf by leaf
+    (`_put`) across processes."""
+    if jax.process_count() > 1:
+        return jax.tree_util.tree_map(lambda leaf: _put(leaf, sharding), tree)
+    is_key = lambda leaf: isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+    host = jax.tree_util.tree_map(lambda leaf: np.asarray(jax.random.key_data(leaf) if is_key(leaf) else leaf), tree)
+    placed = jax.device_put(host, sharding)
+    return jax.tree_util.tree_map(lambda leaf, put: jax.random.wrap_key_data(put, impl=jax.random.key_impl(leaf))
+                                  if is_key(leaf) else put, tree, placed)
+
+
 def shard_instances(tree, mesh: Mesh, *, multiple: int = 1) -> tuple[Any, int]:
     """Place `tree` (leaves with a leading instance axis) on `mesh`, split along that axis.
 
@@ -224,14 +239,12 @@ def shard_instances(tree, mesh: Mesh, *, multiple: int = 1) -> tuple[Any, int]:
     depend on the device count use `run_sharded`.
     """
     padded, n = pad_instances(tree, multiple * mesh.devices.size)
-    sharding = instance_sharding(mesh)
-    return jax.tree_util.tree_map(lambda leaf: _put(leaf, sharding), padded), n
+    return _put_tree(padded, instance_sharding(mesh)), n
 
 
 def replicate(tree, mesh: Mesh):
     """Place `tree` on every device of `mesh` (shared data, importances, keys)."""
-    sharding = NamedSharding(mesh, PartitionSpec())
-    return jax.tree_util.tree_map(lambda leaf: _put(leaf, sharding), tree)
+    return _put_tree(tree, NamedSharding(mesh, PartitionSpec()))
 
 
 def unshard(tree, n_instances: int, *, blocked: bool = False):
@@ -356,7 +369,7 @@ def run_sharded(fn: Callable, instanced, *shared, mesh: Mesh | None = None, bloc
     mesh = working_mesh(mesh, -(-n_instances // block))
     padded, n = pad_instances(instanced, block * mesh.devices.size)
     # the blocks are joined on the host (unshard): the program stays the one computation over several devices
-    sharded = jax.tree_util.tree_map(lambda leaf: _put(leaf, instance_sharding(mesh)), _blocked(padded, block))
+    sharded = _put_tree(_blocked(padded, block), instance_sharding(mesh))
     options = tuple(sorted((compiler_options or {}).items()))
     out = _block_program(fn, mesh, len(shared), options)(sharded, *replicate(shared, mesh))
     return unshard(out, n, blocked=True)
