@@ -4,8 +4,10 @@
 
 The benchmark's model and settings (benchmarks/llc_throughput.py: TMS 6-gon, n = 1000, batch
 500, 8 chains x 1000 steps), one JAX device per core as the throughput benchmark (so the
-chains run as groups on the cores, slt_superposition.chain_groups). Prints the wall time of 10 repeated calls, then a cProfile of 5
-calls: the time spent waiting for the program (numpy.asarray on its outputs) and the rest.
+chains run as groups on the cores, slt_superposition.chain_groups). Prints the wall time of 10
+repeated calls; then, over 20 more, the wall time per call of each host step around the program
+(`HOST_STEPS`: checks, settings, placing inputs, the dataset, R-hat; `unshard` holds the wait for
+the program); then a cProfile of 5 calls: the time spent waiting for the program and the rest.
 """
 
 from __future__ import annotations
@@ -23,7 +25,44 @@ split_cpu_into_cores()  # as benchmarks/llc_throughput.py and the console script
 
 from llc_throughput import BATCH, BURNIN, CHAINS, EPS, GAMMA, N, N_FEATURES, STEPS, loss_fn, six_gon
 from slt_superposition import SGLDConfig, estimate_llc
+from slt_superposition import llc as llc_module
+from slt_superposition import sharding
 from toy_models.data import high_sparsity_limit
+
+# (module, function) pairs timed per call; estimate_llc calls each through its module's namespace
+HOST_STEPS = [(llc_module, name) for name in ("_check_inputs", "chain_settings", "split_instances", "join_instances",
+                                              "llc_dataset", "rhat_and_ess")] + \
+             [(sharding, name) for name in ("pad_instances", "_put_tree", "unshard")]
+
+
+def host_steps(call, repeats: int = 20) -> None:
+    """Wall time per call of every `HOST_STEPS` function over `repeats` calls (functions wrapped
+    with a timer, then restored)."""
+    spent = {name: 0.0 for _, name in HOST_STEPS}
+    originals = [(module, name, getattr(module, name)) for module, name in HOST_STEPS]
+
+    def timer(name, fn):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[name] += time.perf_counter() - start
+        return timed
+
+    for module, name, fn in originals:
+        setattr(module, name, timer(name, fn))
+    try:
+        start = time.perf_counter()
+        for k in range(repeats):
+            call(k)
+        total = (time.perf_counter() - start) / repeats
+    finally:
+        for module, name, fn in originals:
+            setattr(module, name, fn)
+    print(f"host steps, ms per call over {repeats} calls of {1e3 * total:.1f} ms (unshard waits for the program):")
+    for name, seconds in sorted(spent.items(), key=lambda item: -item[1]):
+        print(f"  {name:16s} {1e3 * seconds / repeats:7.2f}")
 
 
 def main() -> None:
@@ -38,6 +77,7 @@ def main() -> None:
         call(k)
         times.append(time.perf_counter() - start)
     print("repeated calls, ms:", " ".join(f"{1e3 * t:.1f}" for t in times))
+    host_steps(call)
     profile = cProfile.Profile()
     profile.enable()
     for k in range(5):
