@@ -639,7 +639,8 @@ def estimate_llc_batched(
             one flattened axis of their product size); None means one axis named 'instance'.
 
     mesh:   a `jax.sharding.Mesh` with axis "instance" (`slt_superposition.sharding.instance_mesh()`
-            spans every device) to split the instances over; None means one device.
+            spans every device) to split the instances over; None means `sharding.default_mesh()`
+            (every CPU device, else the default accelerator).
     verbose: after the inputs pass validation, say on stderr what is about to be sampled.
     checks: also run and store the bias checks and `trusted` per instance (see `estimate_llc`), on
             paired runs of at most `check_steps` steps.
@@ -647,8 +648,10 @@ def estimate_llc_batched(
     Instance i (in flattened C order) uses key `jax.random.split(key, N)[i]`, so its numbers
     equal `estimate_llc(..., key=jax.random.split(key, N)[i])` with that instance's settings, up
     to float reassociation. Sharding: the program runs through `sharding.run_sharded`, in blocks
-    of at most 16 instances whose size depends only on N, on every mesh including the 1-device
-    one that `mesh=None` means; so the result is the same bit for bit on 1 device or many.
+    of instances whose size never depends on the device count (`chain_block`), on every mesh;
+    so the result is the same bit for bit on 1 device or many. With
+    fewer instances than devices each instance's chains run as groups on the spare devices
+    (`chain_groups`): the same chains, the same bits on the models measured, not on every model.
     masks: a stack of masks (leaves `(mask, *one instance's leaf shape)` booleans): every mask's
             weight-refined LLC for every instance, in one program, with a `mask` dim after the
             instance dims (`slt_superposition.refined.estimate_refined_llc_batched`; no paired checks).
