@@ -107,6 +107,20 @@ def run_ours(params, x, config, *, compare_one_device: bool = False):
     return (out, first, *best(repeats)) + (best(alone_repeats) if compare_one_device else ())
 
 
+def with_checks(params, x, config, rounds: int = 3) -> tuple[float, float]:
+    """Best wall seconds of the same call with its stored bias checks (`checks=True`, the default),
+    on every device (the chains and the step-size check's pairs grouped over them) and on one
+    device, alternating for `rounds` rounds."""
+    one = jax.tree_util.tree_map(lambda a: a[None], params)
+    calls = [lambda key: estimate_llc(loss_fn, params, x, config=config, key=jax.random.key(key)),
+             lambda key: estimate_llc_batched(loss_fn, one, x, config=config, key=jax.random.key(key),
+                                              data_batched=False, mesh=instance_mesh(jax.devices()[:1]))]
+    for call in calls:
+        call(0)
+    seconds = [[timed(lambda: call(1 + i))[1] for call in calls] for i in range(rounds)]
+    return min(row[0] for row in seconds), min(row[1] for row in seconds)
+
+
 def ablations(params, x, config) -> None:
     """Side by side, in this process: where the chain program's CPU time goes (chain_profile:
     ablated copies of the program, and the XLA profiler's time per part), then the two
@@ -189,6 +203,9 @@ def main() -> None:
         print(f"  the same call on one device (its chains not grouped, slt_superposition.chain_groups): "
               f"{one_device * 1e3:.1f} ms (CPU {one_cpu * 1e3:.1f} ms) -> {chain_steps / one_device:,.0f} "
               f"chain-steps/s; grouped over {jax.device_count()} devices {one_device / repeat:.2f}x faster")
+        grouped_checks, alone_checks = with_checks(params, x, config)
+        print(f"  with the stored bias checks (checks=True, the default): {grouped_checks * 1e3:.1f} ms, on one device "
+              f"{alone_checks * 1e3:.1f} ms ({alone_checks / grouped_checks:.2f}x)")
 
     print("where the time goes (side by side):")
     ablations(params, x, config)

@@ -36,6 +36,7 @@ from jax.flatten_util import ravel_pytree
 from slt_superposition import chain as chain_module
 from slt_superposition import compensated
 from slt_superposition.chain import ChainShape
+from slt_superposition.chain_groups import chain_groups, instance_data_bytes, join_instances, split_instances
 from slt_superposition.instances import over_instances
 from slt_superposition.observers import ChainSettings
 from slt_superposition.random import standard_normal, uniform_indices
@@ -47,8 +48,10 @@ CHUNK = 64  # coarse steps whose indices and noise are drawn in one call
 DIFF_BLOCKS = 10  # batch-means blocks of the paired difference per chain
 
 
-def coupled_program(loss_fn: Callable, shape: ChainShape, substeps: int = 3) -> Callable:
-    """`run(params, data, key, settings)` for one instance; `settings.step_size` is the coarse eps,
+def coupled_program(loss_fn: Callable, shape: ChainShape, substeps: int = 3, keys_per_chain: bool = False
+                    ) -> Callable:
+    """`run(params, data, key, settings)` for one instance (`keys_per_chain`: `key` is the chains'
+    keys, `(shape.num_chains,)`, as `chain.chains_program`); `settings.step_size` is the coarse eps,
     `settings.num_steps` / `num_burnin` count coarse steps (the fine chain runs `substeps` x as many).
     Per chain: `excess_sum` (sum of the coarse chain's excess loss over post-burn-in steps), `diff_sums` and
     `diff_counts` (`DIFF_BLOCKS`,) (sums and counts of L_B(coarse) - L_B(fine) per block), `diverged`;
@@ -111,15 +114,16 @@ def coupled_program(loss_fn: Callable, shape: ChainShape, substeps: int = 3) -> 
         row_losses = (chain_module.anchor_row_losses(loss_fn, params, data) if shape.batch_size is not None
                       else None)
         w_star, unravel = ravel_pytree(params)
-        chain_keys = jax.random.split(key, shape.num_chains)
+        chain_keys = key if keys_per_chain else jax.random.split(key, shape.num_chains)
         return jax.vmap(lambda ck: run_chain(ck, w_star, unravel, data, init_loss, row_losses, settings))(chain_keys)
 
     return run
 
 
 @functools.lru_cache(maxsize=16)
-def _block_function(loss_fn: Callable, shape: ChainShape, substeps: int, data_batched: bool) -> Callable:
-    return over_instances(coupled_program(loss_fn, shape, substeps), data_batched)
+def _block_function(loss_fn: Callable, shape: ChainShape, substeps: int, data_batched: bool,
+                    keys_per_chain: bool = False) -> Callable:
+    return over_instances(coupled_program(loss_fn, shape, substeps, keys_per_chain), data_batched)
 
 
 def sample_coupled(loss_fn: Callable, params: PyTree, data: PyTree, keys: jax.Array, settings: ChainSettings,
@@ -127,14 +131,25 @@ def sample_coupled(loss_fn: Callable, params: PyTree, data: PyTree, keys: jax.Ar
                    compiler_options: dict | None = None, block_size: int | None = None) -> dict:
     """Every instance's coupled pairs (inputs as `llc.sample_chains`); numpy outputs with a
     leading instance axis. Runs through `sharding.run_sharded` in blocks of `block_size` instances
-    (None: `sharding.balanced_block`), so the bits do not depend on the device count."""
+    (None: `sharding.balanced_block`), so the bits do not depend on the device count; with blocks
+    of one instance and fewer instances than devices, each instance's chains run as groups on the
+    spare devices, as `llc.sample_chains` does (`chain_groups`)."""
     mesh = default_mesh() if mesh is None else mesh
-    block = _block_function(loss_fn, shape._replace(progress=False), int(substeps), data_batched)
+    n_inst = int(np.shape(keys)[0])
+    groups = 1 if block_size != 1 else chain_groups(
+        n_inst, shape.num_chains, mesh.devices.size,
+        instance_data_bytes=instance_data_bytes(data, n_inst, data_batched))
+    inputs = (params, data, keys, settings)
+    if groups > 1:
+        inputs = split_instances(*inputs, groups=groups, num_chains=shape.num_chains, data_batched=data_batched)
+        shape = shape._replace(num_chains=shape.num_chains // groups)
+    block = _block_function(loss_fn, shape._replace(progress=False), int(substeps), data_batched, groups > 1)
     options = dict(mesh=mesh, compiler_options=compiler_options, block=block_size)
     if data_batched:
-        raw = run_sharded(block, (params, data, keys, settings), **options)
+        raw = run_sharded(block, inputs, **options)
     else:
-        raw = run_sharded(block, (params, keys, settings), data, **options)
+        raw = run_sharded(block, (inputs[0], inputs[2], inputs[3]), data, **options)
+    raw = join_instances(raw, groups) if groups > 1 else raw
     # the last arithmetic in float64 on the host: compiled reductions of the block sums rounded
     # differently on different meshes
     nbeta = np.asarray(settings.nbeta, np.float64)[:, None]
