@@ -64,6 +64,23 @@ def instance_data_bytes(data: PyTree, n_inst: int, data_batched: bool) -> int:
     return _bytes(data) // max(1, n_inst) if data_batched else 0
 
 
+def in_groups(params: PyTree, data: PyTree, keys: jax.Array, settings: PyTree, shape, *, n_devices: int,
+              block_size: int, data_batched: bool) -> tuple[int, tuple, Any]:
+    """The one decision both chain programs' launchers make (`llc.sample_chains`,
+    `coupled.sample_coupled`): with blocks of one instance (`block_size` 1), `chain_groups` on
+    `n_devices`; returns (groups, (params, data, chain or instance keys, settings), shape with each
+    group's chain count). With 1 group the inputs and shape come back unchanged; run the program
+    with the chains' keys otherwise, and give its outputs to `join_instances`."""
+    n_inst = int(np.shape(keys)[0])
+    groups = 1 if block_size != 1 else chain_groups(
+        n_inst, shape.num_chains, n_devices, instance_data_bytes=instance_data_bytes(data, n_inst, data_batched))
+    if groups == 1:
+        return 1, (params, data, keys, settings), shape
+    inputs = split_instances(params, data, keys, settings, groups=groups, num_chains=shape.num_chains,
+                             data_batched=data_batched)
+    return groups, inputs, shape._replace(num_chains=shape.num_chains // groups)
+
+
 def split_instances(params: PyTree, data: PyTree, keys: jax.Array, settings: PyTree, *, groups: int,
                     num_chains: int, data_batched: bool) -> tuple[PyTree, PyTree, jax.Array, PyTree]:
     """(params, data, chain keys, settings) for `groups` copies of every instance.
@@ -89,7 +106,10 @@ def _split(params, data, keys, settings, *, groups: int, num_chains: int):
 def join_instances(out: dict[str, np.ndarray], groups: int) -> dict[str, np.ndarray]:
     """The program's outputs for `groups` copies of every instance back on the instances:
     `init_loss` `(n_inst * groups,)` -> `(n_inst,)` (every copy computed the same value), every
-    per-chain output `(n_inst * groups, num_chains // groups, ...)` -> `(n_inst, num_chains, ...)`."""
+    per-chain output `(n_inst * groups, num_chains // groups, ...)` -> `(n_inst, num_chains, ...)`.
+    `groups` 1: `out` as it is."""
+    if groups == 1:
+        return out
     joined = {}
     for name, value in out.items():
         value = np.asarray(value)

@@ -36,7 +36,7 @@ from jax.flatten_util import ravel_pytree
 from slt_superposition import chain as chain_module
 from slt_superposition import compensated
 from slt_superposition.chain import ChainShape
-from slt_superposition.chain_groups import chain_groups, instance_data_bytes, join_instances, split_instances
+from slt_superposition.chain_groups import in_groups, join_instances
 from slt_superposition.instances import over_instances
 from slt_superposition.observers import ChainSettings
 from slt_superposition.random import standard_normal, uniform_indices
@@ -135,21 +135,16 @@ def sample_coupled(loss_fn: Callable, params: PyTree, data: PyTree, keys: jax.Ar
     of one instance and fewer instances than devices, each instance's chains run as groups on the
     spare devices, as `llc.sample_chains` does (`chain_groups`)."""
     mesh = default_mesh() if mesh is None else mesh
-    n_inst = int(np.shape(keys)[0])
-    groups = 1 if block_size != 1 else chain_groups(
-        n_inst, shape.num_chains, mesh.devices.size,
-        instance_data_bytes=instance_data_bytes(data, n_inst, data_batched))
-    inputs = (params, data, keys, settings)
-    if groups > 1:
-        inputs = split_instances(*inputs, groups=groups, num_chains=shape.num_chains, data_batched=data_batched)
-        shape = shape._replace(num_chains=shape.num_chains // groups)
+    groups, (grouped_params, grouped_data, grouped_keys, grouped_settings), shape = in_groups(
+        params, data, keys, settings, shape, n_devices=mesh.devices.size, block_size=block_size,
+        data_batched=data_batched)
     block = _block_function(loss_fn, shape._replace(progress=False), int(substeps), data_batched, groups > 1)
     options = dict(mesh=mesh, compiler_options=compiler_options, block=block_size)
     if data_batched:
-        raw = run_sharded(block, inputs, **options)
+        raw = run_sharded(block, (grouped_params, grouped_data, grouped_keys, grouped_settings), **options)
     else:
-        raw = run_sharded(block, (inputs[0], inputs[2], inputs[3]), data, **options)
-    raw = join_instances(raw, groups) if groups > 1 else raw
+        raw = run_sharded(block, (grouped_params, grouped_keys, grouped_settings), data, **options)
+    raw = join_instances(raw, groups)
     # the last arithmetic in float64 on the host: compiled reductions of the block sums rounded
     # differently on different meshes
     nbeta = np.asarray(settings.nbeta, np.float64)[:, None]

@@ -82,7 +82,7 @@ import xarray as xr
 
 from slt_superposition import chain as chain_module
 from slt_superposition.chain import ChainShape, chains_program, chunk_length, instance_program
-from slt_superposition.chain_groups import chain_groups, instance_data_bytes, join_instances, split_instances
+from slt_superposition.chain_groups import in_groups, join_instances
 from slt_superposition.checks import attach as attach_checks
 from slt_superposition.checks import CHECK_STEPS, run_checks
 from slt_superposition.coupled import sample_coupled
@@ -427,13 +427,9 @@ def sample_chains(loss_fn: Callable, params: PyTree, data: PyTree, keys: jax.Arr
     shape = shape._replace(n_blocks=trace_capacity(n_blocks))
     if block_size is None:
         block_size = chain_block(n_inst, shape, data, data_batched)
-    groups = 1 if block_size != 1 else chain_groups(
-        n_inst, shape.num_chains, mesh.devices.size,
-        instance_data_bytes=instance_data_bytes(data, n_inst, data_batched))
-    if groups > 1:
-        params, data, keys, settings = split_instances(params, data, keys, settings, groups=groups,
-                                                       num_chains=shape.num_chains, data_batched=data_batched)
-        shape = shape._replace(num_chains=shape.num_chains // groups)
+    groups, (params, data, keys, settings), shape = in_groups(
+        params, data, keys, settings, shape, n_devices=mesh.devices.size, block_size=block_size,
+        data_batched=data_batched)
     if progress:
         shape = shape._replace(progress=True)
     block = block_function(loss_fn, shape, data_batched, keys_per_chain=groups > 1)
@@ -441,7 +437,7 @@ def sample_chains(loss_fn: Callable, params: PyTree, data: PyTree, keys: jax.Arr
     def run():
         out = (run_sharded(block, (params, data, keys, settings), **options) if data_batched else
                run_sharded(block, (params, keys, settings), data, **options))
-        out = join_instances(out, groups) if groups > 1 else out
+        out = join_instances(out, groups)
         return {**out, "loss_trace": out["loss_trace"][..., :n_blocks]}
 
     if not progress:
