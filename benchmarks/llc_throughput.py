@@ -81,17 +81,23 @@ def cpu_timed(fn):
 REPEATS = 7  # repeated calls of this package's estimate, alternating where two are compared; the best counts
 
 
+def on_one_device(params, x, config, *, checks: bool):
+    """`key -> estimate` of the instance on one device (`estimate_llc_batched` on a one-instance grid
+    and a one-device mesh, so its chains are not grouped over the devices, slt_superposition.chain_groups)."""
+    one = jax.tree_util.tree_map(lambda a: a[None], params)
+    mesh = instance_mesh(jax.devices()[:1])
+    return lambda key: estimate_llc_batched(loss_fn, one, x, config=config, key=jax.random.key(key), checks=checks,
+                                            data_batched=False, mesh=mesh)
+
+
 def run_ours(params, x, config, *, compare_one_device: bool = False):
     """(estimate, first call seconds, best wall, best CPU seconds[, best wall and CPU on one device]).
 
     The estimate alone (checks=False: the stored bias checks are extra short runs), repeated
-    `REPEATS` times. `compare_one_device`: alternating with the same call with the instance on one
-    device (`estimate_llc_batched` on a one-instance grid and a one-device mesh, so its chains are
-    not grouped over the devices, slt_superposition.chain_groups)."""
+    `REPEATS` times. `compare_one_device`: alternating with the same call on one device
+    (`on_one_device`)."""
     call = lambda key: estimate_llc(loss_fn, params, x, config=config, key=jax.random.key(key), checks=False)
-    one = jax.tree_util.tree_map(lambda a: a[None], params)
-    alone = lambda key: estimate_llc_batched(loss_fn, one, x, config=config, key=jax.random.key(key), checks=False,
-                                             data_batched=False, mesh=instance_mesh(jax.devices()[:1]))
+    alone = on_one_device(params, x, config, checks=False)
     _, first = timed(lambda: call(0))
     if compare_one_device:
         alone(0)
@@ -111,10 +117,8 @@ def with_checks(params, x, config, rounds: int = 3) -> tuple[float, float]:
     """Best wall seconds of the same call with its stored bias checks (`checks=True`, the default),
     on every device (the chains and the step-size check's pairs grouped over them) and on one
     device, alternating for `rounds` rounds."""
-    one = jax.tree_util.tree_map(lambda a: a[None], params)
     calls = [lambda key: estimate_llc(loss_fn, params, x, config=config, key=jax.random.key(key)),
-             lambda key: estimate_llc_batched(loss_fn, one, x, config=config, key=jax.random.key(key),
-                                              data_batched=False, mesh=instance_mesh(jax.devices()[:1]))]
+             on_one_device(params, x, config, checks=True)]
     for call in calls:
         call(0)
     seconds = [[timed(lambda: call(1 + i))[1] for call in calls] for i in range(rounds)]
