@@ -30,7 +30,7 @@ from slt_superposition import sharding
 from toy_models.data import high_sparsity_limit
 
 # (module, function) pairs timed per call; estimate_llc calls each through its module's namespace
-HOST_STEPS = [(llc_module, name) for name in ("_check_inputs", "chain_settings", "split_instances", "join_instances",
+HOST_STEPS = [(llc_module, name) for name in ("_check_inputs", "chain_settings", "in_groups", "join_instances",
                                               "llc_dataset", "rhat_and_ess")] + \
              [(sharding, name) for name in ("pad_instances", "_put_tree", "unshard")]
 

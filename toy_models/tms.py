@@ -15,7 +15,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from slt_superposition.errors import require
+from slt_superposition.small_dots import SMALL
+
 MODELS = ("tms", "tms_relu_hidden")
+LAYOUTS = ("auto", "rows", "features")
 
 
 def tms_init_params(key, n_features: int, n_hidden: int, *, std: float | None = None) -> dict[str, jax.Array]:
@@ -40,18 +44,45 @@ def tms_forward(params, x, *, relu_hidden: bool = False) -> jax.Array:
     return jax.nn.relu(h @ params["W"] + params["b"])
 
 
-def tms_loss(params, x, importance=1.0, *, relu_hidden: bool = False) -> jax.Array:
+def tms_loss(params, x, importance=1.0, *, relu_hidden: bool = False, layout: str = "auto") -> jax.Array:
     """Importance-weighted MSE: mean over the batch of sum_i I_i (x_i - x'_i)^2 (a scalar).
 
-    `importance` is a scalar or `(n_features,)`.
+    `x`: `(batch, n_features)`; `importance` a scalar, `(n_features,)` or shaped like `x`.
+    `layout` says how the arithmetic is arranged, not what is computed (the layouts agree to
+    float32 rounding): "rows" as `tms_forward`, each row's features innermost; "features" on the
+    transposed batch `(n_features, batch)`, the rows innermost, so every elementwise pass and the
+    sum over features vectorise across rows; "auto" (`loss_layout`) takes "features" where that
+    is the faster form. Training keeps "rows" (`toy_models.train`).
     """
+    require(layout in LAYOUTS, f"layout must be one of {LAYOUTS}, got {layout!r}")
+    W, b = params["W"], params["b"]
+    if layout == "auto":
+        layout = loss_layout(W, x)
+    if layout == "features":
+        xt = jnp.swapaxes(x, -1, -2)
+        h = W @ xt
+        h = jax.nn.relu(h) if relu_hidden else h
+        error = xt - jax.nn.relu(jnp.swapaxes(W, -1, -2) @ h + b[..., None])
+        weight = jnp.swapaxes(jnp.broadcast_to(importance, x.shape), -1, -2)
+        return jnp.mean(jnp.sum(weight * error**2, axis=-2))
     error = x - tms_forward(params, x, relu_hidden=relu_hidden)
     return jnp.mean(jnp.sum(importance * error**2, axis=-1))
 
 
+def loss_layout(W, x) -> str:
+    """`tms_loss`'s "auto": "features" on a CPU when `x` is one batch `(batch, n_features)` and the
+    model's products are small enough that the SGLD chains write them elementwise
+    (n_hidden x n_features at most `small_dots.SMALL`: TMS 6x2, 5x2, 8x2), else "rows". On those
+    models the feature layout ran the LLC benchmark's chains about 15% faster on a 2-core CPU; on
+    20x5 and wider, whose products stay library GEMMs, it was 1.5-2x slower
+    (docs/benchmarks.md, "The TMS loss with the rows innermost")."""
+    small = jnp.ndim(W) == 2 and jnp.shape(W)[0] * jnp.shape(W)[1] <= SMALL
+    return "features" if small and jnp.ndim(x) == 2 and jax.default_backend() == "cpu" else "rows"
+
+
 # One compiled program for "the loss of one model on one batch": training-grid evaluation
 # and `TMS.loss` both go through it, so a rebuilt model reproduces a stored loss bit for bit.
-tms_loss_jit = jax.jit(tms_loss, static_argnames=("relu_hidden",))
+tms_loss_jit = jax.jit(tms_loss, static_argnames=("relu_hidden", "layout"))
 
 
 class TMS(nnx.Module):

@@ -199,8 +199,11 @@ def _sampler(config: TrainConfig) -> Callable:
 
 
 def _loss(config: TrainConfig) -> Callable:
+    """The training step's loss: `tms_loss` in the "rows" layout, so every grid trains to the weights
+    earlier versions trained, bit for bit (the feature layout's gain is in the SGLD chains, whose
+    small products are written elementwise; training's are library GEMMs either way)."""
     relu_hidden = config.model == "tms_relu_hidden"
-    return lambda params, x, importance: tms_loss(params, x, importance, relu_hidden=relu_hidden)
+    return lambda params, x, importance: tms_loss(params, x, importance, relu_hidden=relu_hidden, layout="rows")
 
 
 def _optimizer(config: TrainConfig) -> optax.GradientTransformation:
