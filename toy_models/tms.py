@@ -73,9 +73,8 @@ def loss_layout(W, x) -> str:
     """`tms_loss`'s "auto": "features" on a CPU when `x` is one batch `(batch, n_features)` and the
     model's products are small enough that the SGLD chains write them elementwise
     (n_hidden x n_features at most `small_dots.SMALL`: TMS 6x2, 5x2, 8x2), else "rows". On those
-    models the feature layout ran the LLC benchmark's chains about 15% faster on a 2-core CPU; on
-    20x5 and wider, whose products stay library GEMMs, it was 1.5-2x slower
-    (docs/benchmarks.md, "The TMS loss with the rows innermost")."""
+    models the feature layout runs the SGLD chains faster on a CPU; from 10x3 on, whose products
+    stay library GEMMs, slower (docs/benchmarks.md, "The TMS loss with the rows innermost")."""
     small = jnp.ndim(W) == 2 and jnp.shape(W)[0] * jnp.shape(W)[1] <= SMALL
     return "features" if small and jnp.ndim(x) == 2 and jax.default_backend() == "cpu" else "rows"
 
