@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slt_superposition.memory import tree_bytes
 from slt_superposition.sharding import is_multiprocess
 
 PyTree = Any
@@ -40,10 +41,6 @@ GROUP_DATA_BYTES = 1 << 28
 # whose float results differed in the last bits from the same chain beside others even on the TMS
 # at a minibatch, where groups of 2 or more chains gave the same bits
 MIN_GROUP_CHAINS = 2
-
-
-def _bytes(tree: PyTree) -> int:
-    return sum(int(np.prod(np.shape(leaf))) * np.dtype(leaf.dtype).itemsize for leaf in jax.tree_util.tree_leaves(tree))
 
 
 def chain_groups(n_inst: int, num_chains: int, n_devices: int, *, instance_data_bytes: int = 0) -> int:
@@ -61,7 +58,7 @@ def chain_groups(n_inst: int, num_chains: int, n_devices: int, *, instance_data_
 
 def instance_data_bytes(data: PyTree, n_inst: int, data_batched: bool) -> int:
     """Bytes of one instance's data (0 when the data are shared by every instance)."""
-    return _bytes(data) // max(1, n_inst) if data_batched else 0
+    return tree_bytes(data) // max(1, n_inst) if data_batched else 0
 
 
 def in_groups(params: PyTree, data: PyTree, keys: jax.Array, settings: PyTree, shape, *, n_devices: int,

@@ -36,6 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from slt_superposition.memory import tree_bytes
+
 PyTree = Any
 MAX_DENSE_PARAMETERS = 2048
 POWER_ITERATIONS = 100
@@ -56,8 +58,7 @@ def hessian_columns(d: int, data: PyTree) -> int:
     accelerator all d."""
     if jax.default_backend() != "cpu":
         return d
-    data_bytes = sum(np.size(x) * np.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(data))
-    return int(max(1, min(d, HESSIAN_CACHE_BYTES // max(data_bytes, 1))))
+    return int(max(1, min(d, HESSIAN_CACHE_BYTES // max(tree_bytes(data), 1))))
 
 
 def dense_hessian(f: Callable, w: jax.Array, data: PyTree, columns: int | None = None) -> jax.Array:

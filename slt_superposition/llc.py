@@ -90,6 +90,7 @@ from slt_superposition.diagnostics import DIVERGENCE_FACTOR, rhat_and_ess
 from slt_superposition.errors import InputError, describe_failure, require
 from slt_superposition.instances import coordinate as _coord
 from slt_superposition.instances import flatten_instances, over_instances
+from slt_superposition.memory import tree_bytes
 from slt_superposition.observers import ChainSettings
 from slt_superposition.provenance import jsonable, provenance_attrs
 from slt_superposition.sampling_progress import sampling_bar
@@ -388,9 +389,7 @@ WORKING_SET_FACTOR = 8  # activations and gradients per data element of a step's
 def chain_working_set(shape: ChainShape, data: PyTree, data_batched: bool) -> int:
     """Estimated bytes one instance's chains touch per step: chains x batch rows (n at full batch)
     x bytes per data row x `WORKING_SET_FACTOR`. Sizes the blocks on an accelerator."""
-    skip = 2 if data_batched else 1  # (instance, n, ...) or (n, ...)
-    row = sum(int(np.prod(np.shape(leaf)[skip:])) * np.dtype(leaf.dtype).itemsize
-              for leaf in jax.tree_util.tree_leaves(data))
+    row = tree_bytes(data, skip_axes=2 if data_batched else 1)  # of (instance, n, ...) or (n, ...)
     rows = shape.batch_size or shape.n
     return shape.num_chains * rows * row * WORKING_SET_FACTOR
 

@@ -19,11 +19,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
 
 from slt_superposition.errors import InputError
 
 FLOAT = 4  # bytes of a float32
 BLOCK = 16  # instances per compiled block (sharding.BLOCK): per-sample work is held for one block
+
+
+def tree_bytes(tree: Any, skip_axes: int = 0) -> int:
+    """Bytes of the arrays of a pytree, each leaf counted over its axes after the first `skip_axes`
+    (0: whole leaves; 1 on data `(n, ...)`: one row; 2 on `(instance, n, ...)`: one instance's row)."""
+    return sum(int(np.prod(np.shape(leaf)[skip_axes:])) * np.dtype(leaf.dtype).itemsize
+               for leaf in jax.tree_util.tree_leaves(tree))
 
 
 def _meminfo_available() -> int | None:
