@@ -318,7 +318,7 @@ def _check_inputs(loss_fn, params, data, config, *, instance_axes: int, data_axe
     one_batch = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct((m,) + np.shape(x)[data_axes + 1:], np.asarray(x).dtype), data)
     try:
-        out = jax.eval_shape(loss_fn, one_params, one_batch)
+        out = _traced(loss_fn).eval_shape(one_params, one_batch)
     except InputError:
         raise
     except Exception as err:  # noqa: BLE001 - report the user's function failing, on one line
@@ -331,6 +331,13 @@ def _check_inputs(loss_fn, params, data, config, *, instance_axes: int, data_axe
                         rows=min(n, config.batch_size, chain_module.ROW_MEAN_ROWS))
     d = sum(int(np.prod(leaf.shape[instance_axes:])) for leaf in p_leaves)
     return n, d
+
+
+@functools.lru_cache(maxsize=32)
+def _traced(loss_fn: Callable) -> Callable:
+    """`jax.jit(loss_fn)`, one per loss function: its `eval_shape` (the input check's) traces once per
+    input shape, where `jax.eval_shape` traced `loss_fn` again on every call."""
+    return jax.jit(loss_fn)
 
 
 def _check_row_mean(loss_fn, params, data, *, instance_axes: int, data_axes: int, rows: int) -> None:
