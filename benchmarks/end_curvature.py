@@ -13,27 +13,14 @@ per instance), and the curvature at w* alone (`curvature.curvature_batched`, onc
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import numpy as np
 
 from slt_superposition import SGLDConfig, estimate_llc_batched
 from slt_superposition.curvature import curvature_at_positions, curvature_batched
+from timing import best_of  # benchmarks/timing.py, next to this script
 from tms_grid import trained_6x2_grid  # benchmarks/tms_grid.py, next to this script
-
-
-def best_of(fns: dict, rounds: int) -> dict[str, float]:
-    """Best wall time of each function over `rounds` interleaved rounds (after one untimed call each)."""
-    for fn in fns.values():
-        fn()
-    best = {name: float("inf") for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 def main() -> None:

@@ -17,7 +17,6 @@ agree to float32 rounding). Training keeps "rows" (`toy_models.train`) and is no
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +27,7 @@ from slt_superposition.cpu_devices import split_cpu_into_cores
 split_cpu_into_cores()  # as the console script: one device per core
 
 import machine
+from timing import best_of
 from slt_superposition import SGLDConfig, estimate_llc_batched
 from toy_models.tms import loss_layout, tms_loss
 
@@ -49,24 +49,13 @@ def chain_inputs(n_features: int, n_hidden: int, n_inst: int):
     return params, {"x": x, "importance": importance}
 
 
-def best_of(calls: dict, rounds: int) -> dict:
-    """Best wall time of each call over `rounds` alternating rounds (each called once before)."""
-    best = {name: float("inf") for name in calls}
-    for r in range(rounds):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call(r)
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
-
-
 def time_chains(n_features: int, n_hidden: int, n_inst: int, chains: int, rounds: int) -> str:
     params, data = chain_inputs(n_features, n_hidden, n_inst)
     config = SGLDConfig(step_size=1e-4, localization=1.0, num_chains=chains, num_steps=1000, batch_size=512)
-    calls = {layout: (lambda fn: lambda r: estimate_llc_batched(fn, params, data, config=config,
-                                                                key=jax.random.key(r), checks=False))(loss_with(layout))
+    calls = {layout: (lambda fn: lambda: estimate_llc_batched(fn, params, data, config=config,
+                                                              key=jax.random.key(0), checks=False))(loss_with(layout))
              for layout in LAYOUTS}
-    first = {layout: call(0) for layout, call in calls.items()}
+    first = {layout: call() for layout, call in calls.items()}
     gap = float(np.max(np.abs(first["rows"]["llc_per_chain"].values - first["features"]["llc_per_chain"].values)))
     best = best_of(calls, rounds)
     return (f"rows {1e3 * best['rows']:7.1f} ms, features {1e3 * best['features']:7.1f} ms, "
