@@ -481,6 +481,7 @@ def findings(ds: xr.Dataset, dev: xr.Dataset | None = None, kgon_llc: dict[int, 
                      if c["converged"] < 1 else "")
             text += f"; the stored bias checks pass (`llc_trusted`) on {c['trusted']:.0%}"
             text += _untrusted_counts(one) + "."
+        text += _minibatch_bias_finding(one)
         if "llc_chains_left" in one:
             left = one["llc_chains_left"] > 0
             text += (f" On {float(left.mean()):.0%} of instances at least one chain ended with other features live "
@@ -498,6 +499,20 @@ def findings(ds: xr.Dataset, dev: xr.Dataset | None = None, kgon_llc: dict[int, 
     if dev is not None:
         out.append(_development_finding(dev, kgon_llc or {}))
     return out
+
+
+def _minibatch_bias_finding(one: xr.Dataset) -> str:
+    """' The minibatch's bias predicted ...: median x% (largest y%); the paired checks measured z%.' where
+    the estimates ran on minibatches and stored the prediction (`llc_batch_bias_predicted`), else ''."""
+    if "llc_batch_bias_predicted" not in one:
+        return ""
+    predicted = one["llc_batch_bias_predicted"].values.ravel()
+    if not np.isfinite(predicted).any():
+        return ""
+    measured = one["llc_batch_check_rel_diff"].values.ravel()
+    return (f" The minibatch's bias against full batch that the rows' gradient spread at w* predicts on the quadratic "
+            f"approximation (`llc_batch_bias_predicted`) has median {np.nanmedian(predicted):+.1%} (largest "
+            f"{np.nanmax(predicted):+.1%}); the paired batch checks measured median {np.nanmedian(measured):+.1%}.")
 
 
 def _budget_finding(one: xr.Dataset) -> str:

@@ -177,7 +177,8 @@ def _grid_inputs(train: xr.Dataset, n_samples: int, key):
 
 CHECK_VARIABLES = ("step_size", "num_steps", "trusted", "calibration_converged", "step_check_rel_diff",
                    "step_check_se", "batch_check_rel_diff", "batch_check_se", "batch_check_steps", "llc_quadratic",
-                   "hessian_top_eigenvalue", "step_size_bound", "rhat", "hessian_top_eigenvalue_end", "step_bias_end")
+                   "hessian_top_eigenvalue", "step_size_bound", "rhat", "hessian_top_eigenvalue_end", "step_bias_end",
+                   "batch_bias_predicted")
 
 
 def _refined_inputs(train: xr.Dataset, config: FlagshipConfig, key):

@@ -72,6 +72,7 @@ import xarray as xr
 from slt_superposition.chain import ChainShape
 from slt_superposition.checks import MAX_CHECK_EXTENSION, resolving_steps, within
 from slt_superposition.curvature import curvature_batched, quadratic_llc, step_size_bound
+from slt_superposition.minibatch_noise import noise_spectrum_batched, predicted_batch_bias
 from slt_superposition.errors import check_batch_size, require
 from slt_superposition.diagnostics import batch_means_se, masked_rhat
 from slt_superposition.nan_rows import nan_max, nan_mean, nan_std
@@ -585,6 +586,10 @@ def calibrate_batched(
                               check_steps=batch_check_steps,
                               progress=progress)
 
+    predicted = _predicted_batch_biases(loss_fn, params, data, batch.batch_sizes, data_batched=data_batched,
+                                        dense=curvature["eigenvalues"] is not None, eps=final_eps,
+                                        localization=length.localization, nbeta=nbeta_value)
+
     shape = lambda a: np.reshape(a, sizes + np.shape(a)[1:])
     config = SGLDConfig(step_size=shape(final_eps), localization=shape(length.localization), nbeta=nbeta,
                         num_chains=num_chains, num_steps=shape(final_steps),
@@ -604,8 +609,20 @@ def calibrate_batched(
                     key=[int(v) for v in np.asarray(jax.random.key_data(key)).ravel()])
     ds = calibration_dataset(dims, step_sizes, sweep, short, length, long, batch, curvature, bound,
                              final_eps=final_eps, final_steps=final_steps, nbeta=nbeta_value,
-                             settings=settings)
+                             settings=settings, batch_bias_predicted=predicted)
     return config, ds
+
+
+def _predicted_batch_biases(loss_fn, params, data, tried: list[int], *, data_batched: bool, dense: bool, eps,
+                            localization, nbeta) -> np.ndarray:
+    """`(instance, batch tried)`: the minibatch's relative bias at each batch size the minibatch stage
+    tried, predicted from the rows' gradient spread at w* (`minibatch_noise`; the calibration's chains
+    draw i.i.d. minibatches); NaN throughout without a dense Hessian."""
+    n_inst = len(eps)
+    if not tried or not dense:
+        return np.full((n_inst, len(tried)), np.nan)
+    spectrum = noise_spectrum_batched(loss_fn, params, data, data_batched=data_batched)
+    return np.stack([predicted_batch_bias(spectrum, eps, localization, nbeta, b) for b in tried], axis=1)
 
 
 def _describe(dims, sizes, i) -> str:
@@ -615,7 +632,7 @@ def _describe(dims, sizes, i) -> str:
 
 def calibration_dataset(dims, step_sizes, sweep: SweepStage, short: ShortBiasStage, length: LengthStage,
                         long: LongCheckStage, batch: BatchCheckStage, curvature: dict, bound, *, final_eps,
-                        final_steps, nbeta, settings: dict) -> xr.Dataset:
+                        final_steps, nbeta, settings: dict, batch_bias_predicted=None) -> xr.Dataset:
     """The calibration dataset: every stage's numbers per instance, and a verdict per instance."""
     inst = tuple(dims)
     sizes = tuple(len(v) for v in dims.values())
@@ -680,6 +697,11 @@ def calibration_dataset(dims, step_sizes, sweep: SweepStage, short: ShortBiasSta
                                  "run left the check unresolved)", "steps"),
         "batch_check_passed": flag(B, batch.passed, "batch_check_se <= batch_tol and |batch_check_rel_diff| <= "
                                                     "batch_tol + 2 batch_check_se (checks.within)"),
+        "batch_bias_predicted": var(B, np.full(batch.passed.shape, np.nan) if batch_bias_predicted is None
+                                    else batch_bias_predicted,
+                                    "relative minibatch bias against full batch predicted on the quadratic "
+                                    "approximation from the rows' gradient spread at w* (minibatch_noise; "
+                                    "not a rule of the calibration)"),
         "hessian_top_eigenvalue": var(inst, curvature["top"], "largest eigenvalue of the Hessian of L_n at w*"),
         "step_size_bound": var(inst, bound, "largest step size whose quadratic-approximation discretisation bias is "
                                             "at most curvature_tol"),

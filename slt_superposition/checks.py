@@ -16,6 +16,9 @@ driven by common random numbers so that the difference is the setting's, not the
   times longer, and at most the estimate's own length); `batch_check_steps` records the length.
 - **curvature**: the top Hessian eigenvalue at w*, the quadratic-approximation LLC at the run's
   eps, localization and nbeta (`curvature.quadratic_llc`), and the curvature step-size bound.
+- **predicted minibatch bias**: what the rows' gradient spread at w* adds to the estimate at the
+  run's batch on the quadratic approximation, relative to full batch (`minibatch_noise`): no
+  chain, no noise; stored beside the measured batch check, not part of `trusted`.
 - **curvature where the chains ended**: the Hessian at each chain's final position and the
   discretisation bias the quadratic approximation predicts there at the run's eps
   (`curvature.curvature_at_positions`; the largest over chains). No chain is run: it sees the
@@ -54,6 +57,7 @@ import xarray as xr
 from slt_superposition.coupled import DIFF_BLOCKS
 from slt_superposition.curvature import curvature_at_positions, curvature_batched, quadratic_llc, step_size_bound
 from slt_superposition.diagnostics import batch_means_se
+from slt_superposition.minibatch_noise import noise_spectrum_batched, predicted_batch_bias
 from slt_superposition.nan_rows import nan_max, nan_mean
 
 PyTree = Any
@@ -157,6 +161,8 @@ def run_checks(sample: Callable, sample_pair: Callable, config, nbeta, *, n: int
     loss_fn, params, data = curvature_inputs
     curvature = curvature_batched(loss_fn, params, data, data_batched=data_batched, key=jax.random.fold_in(key, 7))
     gamma, eps = per_instance(config.localization), per_instance(config.step_size)
+    out["batch_bias_predicted"] = _predicted_batch_bias(config, curvature_inputs, data_batched, n=n, eps=eps,
+                                                        gamma=gamma, nbeta=nb, dense=curvature["eigenvalues"] is not None)
     if config.metropolis:  # the exact posterior's quadratic approximation; no Euler bias anywhere
         eps = np.zeros_like(eps)
     out["hessian_top_eigenvalue"] = curvature["top"]
@@ -168,6 +174,17 @@ def run_checks(sample: Callable, sample_pair: Callable, config, nbeta, *, n: int
     out["hessian_top_eigenvalue_end"] = nan_max(end["top"])  # NaN where every chain diverged
     out["step_bias_end"] = np.full(n_inst, np.nan) if config.metropolis else nan_max(end["bias"])
     return out
+
+
+def _predicted_batch_bias(config, curvature_inputs: tuple, data_batched: bool, *, n: int, eps, gamma, nbeta,
+                          dense: bool) -> np.ndarray:
+    """`(instance,)`: the minibatch's relative bias against full batch that the quadratic approximation
+    predicts from the rows' gradient spread at w* (`minibatch_noise.predicted_batch_bias`); NaN for
+    full batch, "epoch" sampling (its minibatches are not independent) or a Hessian too large to be dense."""
+    if config.batch_size is None or config.batch_size >= n or config.sampling != "replacement" or not dense:
+        return np.full(np.shape(eps), np.nan)
+    spectrum = noise_spectrum_batched(*curvature_inputs, data_batched=data_batched)
+    return predicted_batch_bias(spectrum, eps, gamma, nbeta, config.batch_size)
 
 
 def _step_size_check(pair: dict, draws: np.ndarray) -> dict[str, np.ndarray]:
@@ -207,6 +224,9 @@ def attach(ds: xr.Dataset, checks: dict[str, np.ndarray], *, step_tol: float = S
         "batch_check_rel_diff": "(llc_check - llc_full_batch_check) / |llc_full_batch_check|: minibatch bias check",
         "batch_check_se": "standard error of batch_check_rel_diff (batch means of the paired difference)",
         "batch_check_steps": "chain length of the batch check's paired runs (NaN: full batch)",
+        "batch_bias_predicted": "relative minibatch bias against full batch that the quadratic approximation predicts "
+                                "at the run's settings from the rows' gradient spread at w* (not part of trusted; "
+                                "NaN: full batch, epoch sampling or no dense Hessian)",
         "hessian_top_eigenvalue": "largest eigenvalue of the Hessian of L_n at w*",
         "step_size_bound": "largest step size whose quadratic-approximation bias is at most 2%",
         "llc_quadratic": "quadratic-approximation LLC at the run's step size, localization and nbeta (curved "

@@ -137,20 +137,26 @@ def quadratic_llc(eigenvalues, step_size, localization, nbeta) -> np.ndarray:
     Returns `(...)`; NaN where some curved direction is unstable at that step size (eps a >= 4).
     Negative eigenvalues (w* not a minimum) are left out, as flat ones.
     """
+    return summed_terms(quadratic_terms(eigenvalues, step_size, localization, nbeta))
+
+
+def quadratic_terms(eigenvalues, step_size, localization, nbeta) -> np.ndarray:
+    """Each direction's share of `quadratic_llc`, `(..., d)`: nbeta h / (2 a (1 - eps a / 4)) for
+    h > 0, 0 for flat or negative h, inf where the direction is unstable (eps a >= 4)."""
     h = np.clip(np.asarray(eigenvalues, np.float64), 0.0, None)
     eps, gamma, nbeta = (np.asarray(v, np.float64)[..., None] for v in (step_size, localization, nbeta))
     with np.errstate(invalid="ignore", over="ignore"):  # NaN spectra (a non-finite Hessian) stay NaN
-        return _quadratic_llc(h, eps, gamma, nbeta)
+        a = nbeta * h + gamma
+        curved = h > 0
+        stable = ~curved | (eps * a < 4)
+        safe_a = np.where(curved, a, 1.0)
+        factor = 1 - np.where(stable, eps * safe_a, 0) / 4
+        return np.where(curved, np.where(stable, nbeta * h / (2 * safe_a * factor), np.inf), 0.0)
 
 
-def _quadratic_llc(h, eps, gamma, nbeta) -> np.ndarray:
-    a = nbeta * h + gamma
-    curved = h > 0
-    stable = ~curved | (eps * a < 4)
-    safe_a = np.where(curved, a, 1.0)
-    factor = 1 - np.where(stable, eps * safe_a, 0) / 4
-    terms = np.where(curved, np.where(stable, nbeta * h / (2 * safe_a * factor), np.inf), 0.0)
-    total = terms.sum(axis=-1)
+def summed_terms(terms) -> np.ndarray:
+    """`(..., d)` per-direction shares -> `(...)` their sum, NaN where one is inf or NaN."""
+    total = np.asarray(terms).sum(axis=-1)
     return np.where(np.isfinite(total), total, np.nan)
 
 

@@ -312,7 +312,8 @@ def calibration_grid_figure(ds: xr.Dataset):
     first instance dim): (a) the step size, with the curvature bound where computed; (b) the
     chain length, open where the length rule did not converge; (c) the LLC at the chosen
     settings, with the quadratic-approximation prediction; (d) the minibatch check, the relative
-    difference from full batch, open where it failed. Other instance dims side by side."""
+    difference from full batch, open where it failed, with the predicted minibatch bias
+    (`batch_bias_predicted`, where stored). Other instance dims side by side."""
     from matplotlib.lines import Line2D
 
     dims = calibration_instance_dims(ds)
@@ -333,7 +334,8 @@ def calibration_grid_figure(ds: xr.Dataset):
     panels = [("chosen_step_size", "step_size_bound", "(a) step size", fs.label("step_size"), True),
               ("chosen_num_steps", None, "(b) chain length", "chain length (steps)", True),
               ("final_llc", "llc_quadratic", "(c) LLC at the chosen settings", fs.label("llc"), False),
-              ("batch_check_rel_diff", None, "(d) minibatch against full batch", "relative difference", False)]
+              ("batch_check_rel_diff", "batch_bias_predicted", "(d) minibatch against full batch", "relative difference",
+               False)]
     with fs.style():
         fig, axes = fs.subplots(2, 2, width=fs.PAGE * 0.8, panel_aspect=0.7, sharex=True)
         for ax, (name, reference, title, ylabel, log_y) in zip(axes.ravel(), panels):
@@ -357,7 +359,8 @@ def calibration_grid_figure(ds: xr.Dataset):
                 ax.plot(positions(j)[good], values[good, j], "o", color=colour, ms=3.5)
                 ax.plot(positions(j)[~good], values[~good, j], "o", color=colour, mfc="white", ms=3.5)
                 if reference and reference in ds:
-                    ax.plot(positions(j), grid(ds[reference])[:, j], "_", color=fs.PALETTE[1], ms=7, mew=1.2)
+                    ref = ds[reference].isel(batch_check=-1) if "batch_check" in ds[reference].dims else ds[reference]
+                    ax.plot(positions(j), grid(ref)[:, j], "_", color=fs.PALETTE[1], ms=7, mew=1.2)
             if log_y and np.all(values[np.isfinite(values)] > 0):
                 ax.set_yscale("log")
             if log_x:
@@ -370,7 +373,7 @@ def calibration_grid_figure(ds: xr.Dataset):
                    Line2D([], [], color=fs.PALETTE[1], marker="_", ls="none", ms=7, mew=1.2)]
         labels = ["one instance" + (f" ({', '.join(others)} side by side)" if others else ""),
                   "length rule not converged (b, c) / minibatch check failed (d)",
-                  "curvature bound on eps (a) / quadratic-approximation LLC (c)"]
+                  "curvature bound on eps (a) / quadratic-approximation LLC (c) / predicted minibatch bias (d)"]
         fs.legend_below(fig, handles, labels, ncol=2)
         fig.suptitle("Calibration of every instance")
     return fig

@@ -102,6 +102,26 @@ def test_minibatch_check_records_the_paired_runs(calibrated):
         assert not passed[:, 0].all()
 
 
+def test_minibatch_stage_stores_the_predicted_bias_of_every_batch_it_tried(grid, calibrated):
+    """`batch_bias_predicted (scale, batch_check)`: each instance's prediction from its own rows at its
+    chosen step size and localization (`minibatch_noise`), for every batch size tried; it grows with
+    eps / B, so it shrinks 4x from one tried batch to the next."""
+    from slt_superposition.llc import default_nbeta
+    from slt_superposition.minibatch_noise import noise_spectrum, predicted_batch_bias
+
+    params, data = grid
+    _, ds = calibrated
+    predicted = ds["batch_bias_predicted"].values
+    assert predicted.shape == ds["batch_check_rel_diff"].shape and (predicted > 0).all()
+    for i in range(3):
+        one = lambda tree: jax.tree_util.tree_map(lambda x: x[i], tree)
+        spectrum = noise_spectrum(regression_loss, one(params), one(data))
+        for j, b in enumerate(ds["batch_check"].values):
+            expected = predicted_batch_bias(spectrum, float(ds["chosen_step_size"][i]),
+                                            float(ds["chosen_localization"][i]), default_nbeta(400), int(b))
+            assert predicted[i, j] == pytest.approx(float(expected), rel=1e-4)
+
+
 def test_calibrate_is_the_one_instance_case(grid):
     params, data = grid
     one = lambda tree: jax.tree_util.tree_map(lambda x: x[0], tree)

@@ -23,13 +23,13 @@ from slt_superposition.theory import class_critical_point, critical_point_class
 def test_bias_study_table_on_stub_rows():
     # the table writer of `--bias-study`, on made-up estimates (no SGLD): one line per BIAS_STUDY row, in order
     rows = [dict(step_size=eps, batch_size=batch or N_SAMPLES, num_steps=steps, localization=gamma, llc_mean=8.5 + i,
-                 llc_se=0.1, llc_quadratic=8.6, n_diverged=0, seconds=1.0)
+                 llc_se=0.1, llc_quadratic=8.6, llc_quadratic_minibatch=8.6 + 0.5 * i, n_diverged=0, seconds=1.0)
             for i, (eps, batch, steps, gamma) in enumerate(BIAS_STUDY)]
     ds = bias_dataset(rows, {"stub": True})
     assert all("long_name" in ds[v].attrs and "units" in ds[v].attrs for v in ds.data_vars)
     lines = bias_table(ds).splitlines()
     assert len(lines) == 2 + len(BIAS_STUDY)
-    assert lines[2] == "| 3.16e-05 | 500 | 8000 | 1 | 8.50 +- 0.10 | 8.60 |"
+    assert lines[2] == "| 3.16e-05 | 500 | 8000 | 1 | 8.50 +- 0.10 | 8.60 | 8.60 |"
     assert lines[6].startswith(f"| 1e-05 | full ({N_SAMPLES}) | 10000 | 1 | 12.50 +- 0.10 |")
     # the report's finding: the range of the estimates and how many lie within 2 SE of the prediction
     from experiments.kgon_llc import bias_finding
@@ -37,6 +37,8 @@ def test_bias_study_table_on_stub_rows():
     text = bias_finding(ds)
     assert f"{len(BIAS_STUDY)} settings" in text and "from 8.50 (eps 3.16e-05, batch 500)" in text
     assert f"1 of {len(BIAS_STUDY)} lie within 2 SE" in text  # only 8.5 is within 0.2 of 8.6
+    # against the minibatch prediction 8.6 + 0.5 i (estimates 8.5 + i): only row 0 is within 0.2
+    assert f"1 of {len(BIAS_STUDY)} within 2 SE of the same prediction with their minibatch" in text
 
 
 def test_quadratic_llc_limits():

@@ -1,0 +1,183 @@
+"""Study: is the gap between minibatch and full-batch LLC estimates the minibatch's gradient noise?
+
+`slt_superposition.minibatch_noise` predicts, on the quadratic approximation of L_n at w*, how much
+i.i.d. minibatches of size B raise the estimate at step size eps: each Hessian direction's share
+grows by eps nbeta^2 c_i / (4 B), c_i the rows' gradient variance along it. This measures it.
+
+For each case (a refined point and its n rows) and step size, the LLC is estimated at each batch
+size and at full batch with the same key, so the chains share their SGLD noise and the paired
+difference (per chain, minibatch minus full batch; mean and standard error over chains) isolates
+what the minibatch adds. Beside it: the predicted difference, `quadratic_llc_minibatch` at B minus
+at full batch, and both quadratic predictions themselves.
+
+Cases:
+- `kgon6`: the refined 6-gon (Chen et al.'s class; experiments.kgon_llc, n = 1e5, full batch through
+  the closed form of L_n), eps 3.16e-5 and 1e-5, batches 100 and 500: a regular minimum up to
+  the rotation, where the quadratic approximation holds.
+- `n6_m2`, `n20_m5`: TMS instances trained as `reproduce tms-llc-vs-n` trains them (p = 0.398,
+  3000 steps) and refined on n rows: n6_m2 at n = 65,536 and eps 1e-4 (where batch 512 read 2 llc / d
+  of about 1.37 against 1.12 at full batch), n20_m5 at n = 16,384 and eps 3e-4 and 1e-4.
+
+    python -m experiments.minibatch_bias [--cases kgon6 n6_m2 n20_m5] [--chains 8]
+    python -m experiments.minibatch_bias --flagship DIR [--models n6_m2 n20_m5]
+
+`--flagship DIR` reads a finished `reproduce weights-vs-activations` run instead (its train_*.nc
+and calibration/*.nc): it refines each model's instances again as the run did (same keys, so the
+same points), predicts the minibatch bias of every instance at its calibrated step size and
+localization for each batch size the calibration's minibatch stage tried, and prints beside it
+what those paired checks measured: no chain is run.
+
+Prints one markdown row per (case, eps, batch). The results are in docs/calibration.md ("The
+minibatch's bias, predicted").
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from typing import Callable, NamedTuple
+
+import jax
+import numpy as np
+
+from slt_superposition.llc import SGLDConfig, default_nbeta, estimate_llc
+from slt_superposition.markdown import table
+from slt_superposition.minibatch_noise import noise_spectrum, quadratic_llc_minibatch
+
+SAMPLER_TIME = {"kgon6": 0.25, "n6_m2": 1.0, "n20_m5": 1.0}  # eps x steps per chain
+
+
+class Case(NamedTuple):
+    name: str
+    loss_fn: Callable  # on rows (minibatches)
+    full_loss: Callable  # the same L_n, full batch (kgon6: the closed form)
+    params: dict
+    data: object  # rows, leaves (n, ...)
+    full_data: object
+    n: int
+    step_sizes: tuple
+    batches: tuple
+    key: jax.Array
+
+
+def kgon_case() -> Case:
+    from experiments.kgon_llc import N_SAMPLES, case_loss, kgon_loss, refined_kgon
+
+    x, params, _, key = refined_kgon(6, 0)
+    full_loss, full_data = case_loss(x, None)
+    return Case("kgon6", kgon_loss, full_loss, params, x, full_data, N_SAMPLES, (3.16e-5, 1e-5), (100, 500), key)
+
+
+def tms_case(model: str) -> Case:
+    import experiments.tms_llc_vs_n as study
+
+    n, step_sizes = {"n6_m2": (65_536, (1e-4,)), "n20_m5": (16_384, (3e-4, 1e-4))}[model]
+    train = study._train(model, (0.398,), 3000)
+    loss_fn, params, data, grad_norm, key = study.refined_point(train, 0, n)
+    return Case(model, loss_fn, loss_fn, params, data, data, n, step_sizes, (512,), key)
+
+
+def estimate(case: Case, eps: float, batch: int | None, chains: int):
+    steps = int(round(SAMPLER_TIME[case.name] / eps))
+    config = SGLDConfig(step_size=eps, localization=1.0, num_chains=chains, num_steps=steps, num_burnin=steps // 2,
+                        batch_size=batch, trace_every=max(1, steps // 200))
+    loss_fn, data = (case.loss_fn, case.data) if batch else (case.full_loss, case.full_data)
+    est = estimate_llc(loss_fn, case.params, data, config=config, key=case.key, checks=False)
+    return est["llc_per_chain"].values.astype(np.float64), ~est["diverged"].values, steps
+
+
+def mean_se(values: np.ndarray) -> tuple[float, float]:
+    values = values[np.isfinite(values)]
+    return float(values.mean()), float(values.std(ddof=1) / math.sqrt(values.size))
+
+
+def measure(case: Case, chains: int) -> list[dict]:
+    spectrum = noise_spectrum(case.loss_fn, case.params, case.data)
+    d = spectrum.eigenvalues.size
+    nbeta = default_nbeta(case.n)
+    rows = []
+    for eps in case.step_sizes:
+        t0 = time.perf_counter()
+        full, full_ok, steps = estimate(case, eps, None, chains)
+        predicted_full = float(quadratic_llc_minibatch(spectrum, eps, 1.0, nbeta, None))
+        for batch in case.batches:
+            mini, mini_ok, _ = estimate(case, eps, batch, chains)
+            ok = full_ok & mini_ok
+            predicted = float(quadratic_llc_minibatch(spectrum, eps, 1.0, nbeta, batch))
+            m, m_se = mean_se(mini[ok])
+            f, f_se = mean_se(full[ok])
+            diff, diff_se = mean_se(mini[ok] - full[ok])
+            rows.append({"case": case.name, "n": case.n, "d": d, "eps": f"{eps:g}", "batch": batch, "steps": steps,
+                         "chains": int(ok.sum()), "minibatch": f"{m:.2f} +- {m_se:.2f}",
+                         "full batch": f"{f:.2f} +- {f_se:.2f}",
+                         "paired excess": f"{diff:+.2f} +- {diff_se:.2f} ({diff / f:+.1%})",
+                         "predicted excess": f"{predicted - predicted_full:+.2f} ({predicted / predicted_full - 1:+.1%})",
+                         "quadratic (full / batch)": f"{predicted_full:.2f} / {predicted:.2f}",
+                         "seconds": f"{time.perf_counter() - t0:.0f}"})
+            print(table(list(rows[-1]), [rows[-1].values()]).splitlines()[-1], flush=True)
+    return rows
+
+
+def flagship_comparison(run_dir: str, models: list[str]) -> None:
+    """Per model of a finished flagship run and per batch size its calibration tried: the predicted
+    minibatch bias (median, largest, share above 2%) against the paired checks' measured relative
+    difference (median, share failed), and on the instances that failed, the predictions."""
+    import jax.numpy as jnp
+    import xarray as xr
+
+    import experiments.weights_vs_activations as flagship
+    from slt_superposition.io import open_result
+    from slt_superposition.minibatch_noise import noise_spectrum_batched, predicted_batch_bias
+
+    config = flagship.SIZES["default"]
+    for label in models:
+        n_features, n_hidden = (int(part[1:]) for part in label.split("_"))
+        train = open_result(f"{run_dir}/train_{label}.nc", kind="train")
+        calibration = xr.open_dataset(f"{run_dir}/calibration/{label}.nc")
+        key = flagship.model_key(n_features, n_hidden, config)
+        t0 = time.perf_counter()
+        loss_fn, params, data, _ = flagship._refined_inputs(train, config, jax.random.fold_in(key, 2))
+        flat = lambda tree: jax.tree_util.tree_map(lambda x: jnp.reshape(x, (-1,) + x.shape[3:]), tree)
+        spectrum = noise_spectrum_batched(loss_fn, flat(params), flat(data), data_batched=True)
+        n = config.llc_samples
+        dims = [d for d in calibration["chosen_step_size"].dims]
+        eps = calibration["chosen_step_size"].transpose(*dims).values.ravel()
+        gamma = calibration["chosen_localization"].transpose(*dims).values.ravel()
+        print(f"{label}: {eps.size} instances, n = {n}, nbeta = n / log n ({time.perf_counter() - t0:.0f} s)")
+        for j, batch in enumerate(calibration["batch_check"].values):
+            predicted = predicted_batch_bias(spectrum, eps, gamma, default_nbeta(n), int(batch))
+            measured = calibration["batch_check_rel_diff"].isel(batch_check=j).transpose(*dims).values.ravel()
+            passed = calibration["batch_check_passed"].isel(batch_check=j).transpose(*dims).values.ravel().astype(bool)
+            se = calibration["batch_check_se"].isel(batch_check=j).transpose(*dims).values.ravel()
+            ran = np.isfinite(measured)
+            failed = ran & ~passed
+            print(f"  batch {int(batch)}: predicted median {np.median(predicted[ran]):+.2%}, largest "
+                  f"{predicted[ran].max():+.2%}, above 2% on {(predicted[ran] > 0.02).mean():.0%}; measured median "
+                  f"{np.median(measured[ran]):+.2%}, failed on {failed.sum()} of {ran.sum()}"
+                  + (" (measured +- SE / predicted: " + ", ".join(
+                      f"{m:+.1%} +- {e:.1%} / {v:+.2%}" for m, e, v in zip(measured[failed], se[failed],
+                                                                         predicted[failed])) + ")"
+                     if failed.any() else ""))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", default=["kgon6", "n6_m2", "n20_m5"], choices=list(SAMPLER_TIME))
+    parser.add_argument("--chains", type=int, default=8)
+    parser.add_argument("--flagship", metavar="DIR", help="a finished weights-vs-activations run to read instead")
+    parser.add_argument("--models", nargs="+", default=["n4_m2", "n5_m2", "n6_m2", "n8_m2", "n20_m5"])
+    args = parser.parse_args(argv)
+    if args.flagship:
+        flagship_comparison(args.flagship, args.models)
+        return
+    rows = []
+    for name in args.cases:
+        case = kgon_case() if name == "kgon6" else tms_case(name)
+        rows += measure(case, args.chains)
+    print()
+    print(table(list(rows[0]), [row.values() for row in rows]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""The minibatch-noise prediction (slt_superposition.minibatch_noise): its algebra against a direct
+Lyapunov solve, its gradient spread against a closed form, and the sampler against it."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+
+from slt_superposition import SGLDConfig, estimate_llc
+from slt_superposition.curvature import quadratic_llc
+from slt_superposition.errors import InputError
+from slt_superposition.llc import default_nbeta
+from slt_superposition.minibatch_noise import (NoiseSpectrum, minibatch_factors, noise_spectrum,
+                                               predicted_batch_bias, quadratic_llc_minibatch)
+
+CURVATURES = np.array([1.0, 2.0, 4.0])
+
+
+def row_quadratic(params, x):
+    """Mean over the rows of (w - x_j)^T A (w - x_j) / 2, A = diag(CURVATURES): each row's gradient
+    is A (w - x_j), so at w* = mean(x) the rows' gradient covariance is A Cov(x) A exactly."""
+    diff = params["w"] - x
+    return 0.5 * jnp.mean(jnp.sum(CURVATURES * diff ** 2, axis=-1))
+
+
+def test_the_direction_sum_is_the_stationary_covariance_of_the_linear_chain():
+    rng = np.random.default_rng(0)
+    d, nbeta, eps, gamma, batch = 5, 300.0, 2e-3, 1.0, 50
+    Q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    h = np.array([0.0, 0.05, 0.3, 1.0, 2.5])
+    H = Q @ np.diag(h) @ Q.T
+    G = rng.normal(size=(d, 3 * d))
+    C = G @ G.T / (3 * d)  # a full covariance: its off-diagonal part in the eigenbasis must not matter
+    M = np.eye(d) - eps / 2 * (nbeta * H + gamma * np.eye(d))
+    noise = eps * np.eye(d) + (eps * nbeta / 2) ** 2 * C / batch
+    Sigma = scipy.linalg.solve_discrete_lyapunov(M, noise)
+    direct = nbeta * np.trace(H @ Sigma) / 2
+    spectrum = NoiseSpectrum(h, np.einsum("di,de,ei->i", Q, C, Q))
+    assert quadratic_llc_minibatch(spectrum, eps, gamma, nbeta, batch) == pytest.approx(direct, rel=1e-9)
+    # full batch is curvature.quadratic_llc, and the bias is the ratio
+    assert quadratic_llc_minibatch(spectrum, eps, gamma, nbeta, None) == pytest.approx(
+        float(quadratic_llc(h, eps, gamma, nbeta)), rel=1e-12)
+    full_noise = scipy.linalg.solve_discrete_lyapunov(M, eps * np.eye(d))
+    assert predicted_batch_bias(spectrum, eps, gamma, nbeta, batch) == pytest.approx(
+        direct / (nbeta * np.trace(H @ full_noise) / 2) - 1, rel=1e-9)
+
+
+def test_minibatch_factors_grow_with_step_size_over_batch_and_refuse_an_empty_batch():
+    c = np.array([0.0, 1.0, 3.0])
+    np.testing.assert_allclose(minibatch_factors(c, 1e-3, 100.0, 10), 1 + 1e-3 * 1e4 * c / 40)
+    np.testing.assert_array_equal(minibatch_factors(c, 1e-3, 100.0, None), np.ones(3))
+    with pytest.raises(InputError, match="batch_size"):
+        minibatch_factors(c, 1e-3, 100.0, 0)
+
+
+def test_noise_spectrum_reads_the_rows_gradient_covariance():
+    x = jax.random.normal(jax.random.key(0), (3000, 3)) * jnp.array([1.0, 0.5, 2.0])
+    params = {"w": x.mean(axis=0)}
+    spectrum = noise_spectrum(row_quadratic, params, x)
+    np.testing.assert_allclose(spectrum.eigenvalues, CURVATURES, rtol=1e-5)
+    expected = CURVATURES ** 2 * np.var(np.asarray(x, np.float64), axis=0)
+    np.testing.assert_allclose(spectrum.gradient_variance, expected, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_sampler_at_batch_b_reads_the_minibatch_prediction_not_full_batch():
+    """On a loss that is exactly quadratic with exactly additive minibatch noise the prediction is
+    exact: 8 chains at batch 500 of n = 2000 read it within 3 standard errors, and far above full
+    batch's prediction (a 26% minibatch excess at this eps / B)."""
+    n, batch, eps = 2000, 500, 1e-3
+    x = jax.random.normal(jax.random.key(1), (n, 3))
+    params = {"w": x.mean(axis=0)}
+    spectrum = noise_spectrum(row_quadratic, params, x)
+    nbeta = default_nbeta(n)
+    mini = float(quadratic_llc_minibatch(spectrum, eps, 1.0, nbeta, batch))
+    full = float(quadratic_llc_minibatch(spectrum, eps, 1.0, nbeta, None))
+    assert mini / full - 1 > 0.2
+    config = SGLDConfig(step_size=eps, localization=1.0, num_chains=8, num_steps=6000, num_burnin=1000,
+                        batch_size=batch)
+    est = estimate_llc(row_quadratic, params, x, config=config, key=jax.random.key(2), checks=False)
+    mean, se = float(est["llc_mean"]), float(est["llc_se"])
+    assert abs(mean - mini) < 3 * se, (mean, se, mini, full)
+    assert mean - full > 6 * se, (mean, se, mini, full)
+
+
+def test_batched_spectra_are_each_instances_own():
+    """Three instances with their own rows (and two sharing one set of rows): the one-program spectra
+    equal `noise_spectrum` instance by instance (eigenvalues to float32 rounding, variances to 1e-4
+    relative: float32 sums against float64 ones), with a row count that is not a multiple of the chunk."""
+    from slt_superposition.minibatch_noise import noise_spectrum_batched
+
+    x = jax.random.normal(jax.random.key(3), (3, 1000, 3)) * jnp.array([[[1.0, 0.5, 2.0]], [[2.0, 1.0, 1.0]],
+                                                                          [[0.3, 0.3, 3.0]]])
+    params = {"w": x.mean(axis=1) + jnp.array([0.0, 0.1, 0.0])[:, None]}  # one instance off its minimum
+    batched = noise_spectrum_batched(row_quadratic, params, x, data_batched=True, chunk=300)
+    shared = noise_spectrum_batched(row_quadratic, params, x[0], data_batched=False, chunk=300)
+    for i in range(3):
+        one = noise_spectrum(row_quadratic, {"w": params["w"][i]}, x[i])
+        np.testing.assert_allclose(batched.eigenvalues[i], one.eigenvalues, rtol=1e-5)
+        np.testing.assert_allclose(batched.gradient_variance[i], one.gradient_variance, rtol=1e-4)
+        one_shared = noise_spectrum(row_quadratic, {"w": params["w"][i]}, x[0])
+        np.testing.assert_allclose(shared.gradient_variance[i], one_shared.gradient_variance, rtol=1e-4)
+
+
+def test_every_minibatch_estimate_stores_its_predicted_bias():
+    """`estimate_llc`'s checks store `batch_bias_predicted`: the prediction from the rows at w* for the
+    run's own eps, gamma, nbeta and batch; NaN at full batch and with epoch sampling."""
+    n = 1000
+    x = jax.random.normal(jax.random.key(4), (n, 3))
+    params = {"w": x.mean(axis=0)}
+    base = dict(step_size=5e-4, localization=2.0, num_chains=2, num_steps=300, num_burnin=100)
+    est = estimate_llc(row_quadratic, params, x, config=SGLDConfig(**base, batch_size=100), key=jax.random.key(5))
+    expected = predicted_batch_bias(noise_spectrum(row_quadratic, params, x), 5e-4, 2.0, default_nbeta(n), 100)
+    assert float(est["batch_bias_predicted"]) == pytest.approx(float(expected), rel=1e-4)
+    assert float(est["batch_bias_predicted"]) > 0.05  # large enough here that a wrong batch or eps would show
+    full = estimate_llc(row_quadratic, params, x, config=SGLDConfig(**base), key=jax.random.key(5))
+    epoch = estimate_llc(row_quadratic, params, x, config=SGLDConfig(**base, batch_size=100, sampling="epoch"),
+                         key=jax.random.key(5))
+    assert np.isnan(float(full["batch_bias_predicted"])) and np.isnan(float(epoch["batch_bias_predicted"]))
+    assert "not part of trusted" in est["batch_bias_predicted"].attrs["long_name"]
