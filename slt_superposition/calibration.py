@@ -72,7 +72,7 @@ import xarray as xr
 from slt_superposition.chain import ChainShape
 from slt_superposition.checks import MAX_CHECK_EXTENSION, resolving_steps, within
 from slt_superposition.curvature import curvature_batched, quadratic_llc, step_size_bound
-from slt_superposition.minibatch_noise import noise_spectrum_batched, predicted_batch_bias
+from slt_superposition.minibatch_noise import NoiseSpectrum, curvature_with_noise, predicted_batch_bias
 from slt_superposition.errors import check_batch_size, require
 from slt_superposition.diagnostics import batch_means_se, masked_rhat
 from slt_superposition.nan_rows import nan_max, nan_mean, nan_std
@@ -549,7 +549,10 @@ def calibrate_batched(
     sampler = _sampler(loss_fn, params, data, data_batched=data_batched, n=n, d=d, nbeta=nbeta_value,
                        num_chains=num_chains, burnin_fraction=burnin_fraction, mesh=mesh, metropolis=metropolis)
 
-    curvature = curvature_batched(loss_fn, params, data, data_batched=data_batched, key=curv_key)
+    # minibatch chains also get the rows' gradient spread along the Hessian's eigenvectors (the same Hessian)
+    minibatch = batch_size is not None and batch_size < n
+    curvature = (curvature_with_noise if minibatch else curvature_batched)(loss_fn, params, data,
+                                                                           data_batched=data_batched, key=curv_key)
     bound = step_size_bound(curvature["eigenvalues"], localizations[0], nbeta_value, tol=curvature_tol,
                             top=curvature["top"])
     # Metropolis-adjusted chains are exact at every step size: the bias bound does not limit them
@@ -586,9 +589,8 @@ def calibrate_batched(
                               check_steps=batch_check_steps,
                               progress=progress)
 
-    predicted = _predicted_batch_biases(loss_fn, params, data, batch.batch_sizes, data_batched=data_batched,
-                                        dense=curvature["eigenvalues"] is not None, eps=final_eps,
-                                        localization=length.localization, nbeta=nbeta_value)
+    predicted = _predicted_batch_biases(curvature, batch.batch_sizes, eps=final_eps, localization=length.localization,
+                                        nbeta=nbeta_value)
 
     shape = lambda a: np.reshape(a, sizes + np.shape(a)[1:])
     config = SGLDConfig(step_size=shape(final_eps), localization=shape(length.localization), nbeta=nbeta,
@@ -613,15 +615,13 @@ def calibrate_batched(
     return config, ds
 
 
-def _predicted_batch_biases(loss_fn, params, data, tried: list[int], *, data_batched: bool, dense: bool, eps,
-                            localization, nbeta) -> np.ndarray:
+def _predicted_batch_biases(curvature: dict, tried: list[int], *, eps, localization, nbeta) -> np.ndarray:
     """`(instance, batch tried)`: the minibatch's relative bias at each batch size the minibatch stage
     tried, predicted from the rows' gradient spread at w* (`minibatch_noise`; the calibration's chains
-    draw i.i.d. minibatches); NaN throughout without a dense Hessian."""
-    n_inst = len(eps)
-    if not tried or not dense:
-        return np.full((n_inst, len(tried)), np.nan)
-    spectrum = noise_spectrum_batched(loss_fn, params, data, data_batched=data_batched)
+    draw i.i.d. minibatches); NaN throughout without it (full batch, or no dense Hessian)."""
+    if not tried or curvature.get("gradient_variance") is None:
+        return np.full((len(eps), len(tried)), np.nan)
+    spectrum = NoiseSpectrum(curvature["eigenvalues"], curvature["gradient_variance"])
     return np.stack([predicted_batch_bias(spectrum, eps, localization, nbeta, b) for b in tried], axis=1)
 
 

@@ -57,7 +57,7 @@ import xarray as xr
 from slt_superposition.coupled import DIFF_BLOCKS
 from slt_superposition.curvature import curvature_at_positions, curvature_batched, quadratic_llc, step_size_bound
 from slt_superposition.diagnostics import batch_means_se
-from slt_superposition.minibatch_noise import noise_spectrum_batched, predicted_batch_bias
+from slt_superposition.minibatch_noise import NoiseSpectrum, curvature_with_noise, predicted_batch_bias
 from slt_superposition.nan_rows import nan_max, nan_mean
 
 PyTree = Any
@@ -159,10 +159,14 @@ def run_checks(sample: Callable, sample_pair: Callable, config, nbeta, *, n: int
         nan = np.full(n_inst, np.nan)
         out.update(llc_full_batch_check=nan, batch_check_rel_diff=nan, batch_check_se=nan, batch_check_steps=nan)
     loss_fn, params, data = curvature_inputs
-    curvature = curvature_batched(loss_fn, params, data, data_batched=data_batched, key=jax.random.fold_in(key, 7))
+    iid_minibatch = config.batch_size is not None and config.batch_size < n and config.sampling == "replacement"
+    curvature = (curvature_with_noise if iid_minibatch else curvature_batched)(
+        loss_fn, params, data, data_batched=data_batched, key=jax.random.fold_in(key, 7))
     gamma, eps = per_instance(config.localization), per_instance(config.step_size)
-    out["batch_bias_predicted"] = _predicted_batch_bias(config, curvature_inputs, data_batched, n=n, eps=eps,
-                                                        gamma=gamma, nbeta=nb, dense=curvature["eigenvalues"] is not None)
+    out["batch_bias_predicted"] = (
+        predicted_batch_bias(NoiseSpectrum(curvature["eigenvalues"], curvature["gradient_variance"]), eps, gamma, nb,
+                             config.batch_size)
+        if curvature.get("gradient_variance") is not None else np.full(n_inst, np.nan))
     if config.metropolis:  # the exact posterior's quadratic approximation; no Euler bias anywhere
         eps = np.zeros_like(eps)
     out["hessian_top_eigenvalue"] = curvature["top"]
@@ -174,17 +178,6 @@ def run_checks(sample: Callable, sample_pair: Callable, config, nbeta, *, n: int
     out["hessian_top_eigenvalue_end"] = nan_max(end["top"])  # NaN where every chain diverged
     out["step_bias_end"] = np.full(n_inst, np.nan) if config.metropolis else nan_max(end["bias"])
     return out
-
-
-def _predicted_batch_bias(config, curvature_inputs: tuple, data_batched: bool, *, n: int, eps, gamma, nbeta,
-                          dense: bool) -> np.ndarray:
-    """`(instance,)`: the minibatch's relative bias against full batch that the quadratic approximation
-    predicts from the rows' gradient spread at w* (`minibatch_noise.predicted_batch_bias`); NaN for
-    full batch, "epoch" sampling (its minibatches are not independent) or a Hessian too large to be dense."""
-    if config.batch_size is None or config.batch_size >= n or config.sampling != "replacement" or not dense:
-        return np.full(np.shape(eps), np.nan)
-    spectrum = noise_spectrum_batched(*curvature_inputs, data_batched=data_batched)
-    return predicted_batch_bias(spectrum, eps, gamma, nbeta, config.batch_size)
 
 
 def _step_size_check(pair: dict, draws: np.ndarray) -> dict[str, np.ndarray]:

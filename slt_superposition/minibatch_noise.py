@@ -36,7 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from slt_superposition.curvature import dense_hessian, hessian_matrix, quadratic_terms, summed_terms
+from slt_superposition.curvature import (MAX_DENSE_PARAMETERS, curvature_batched, dense_hessian, hessian_matrix,
+                                        quadratic_terms, summed_terms)
 from slt_superposition.errors import require
 
 PyTree = Any
@@ -75,11 +76,13 @@ def row_gradients_projected(loss_fn: Callable, params: PyTree, data: PyTree, bas
 
 
 def _one_instance(loss_fn: Callable, params: PyTree, data: PyTree, chunk: int) -> tuple[jax.Array, jax.Array]:
-    """Traced, one instance: H's eigenvalues `(d,)` and the rows' gradient variance along its
-    eigenvectors `(d,)`, the rows taken `chunk` at a time (a running sum: memory `chunk x d`)."""
+    """Traced, one instance: H's eigenvalues `(d,)` (`jnp.linalg.eigvalsh`, as
+    `curvature.hessian_eigenvalues`) and the rows' gradient variance along its eigenvectors `(d,)`,
+    the rows taken `chunk` at a time (a running sum: memory `chunk x d`)."""
     w, unravel = ravel_pytree(params)
     flat = lambda v, rows: loss_fn(unravel(v), rows)
-    h, V = jnp.linalg.eigh(dense_hessian(flat, w, data))
+    H = dense_hessian(flat, w, data)
+    V = jnp.linalg.eigh(H)[1]
     n = jax.tree_util.tree_leaves(data)[0].shape[0]
     chunk = min(chunk, n)
     n_chunks = -(-n // chunk)
@@ -95,7 +98,7 @@ def _one_instance(loss_fn: Callable, params: PyTree, data: PyTree, chunk: int) -
     zeros = jnp.zeros_like(w)
     (total, squares), _ = jax.lax.scan(add, (zeros, zeros), jnp.arange(n_chunks))
     mean = total / n
-    return h, jnp.maximum(squares / n - mean ** 2, 0.0)
+    return jnp.linalg.eigvalsh(H), jnp.maximum(squares / n - mean ** 2, 0.0)
 
 
 @functools.lru_cache(maxsize=16)
@@ -114,6 +117,19 @@ def noise_spectrum_batched(loss_fn: Callable, params: PyTree, data: PyTree, *, d
     in one compiled program: a `NoiseSpectrum` of `(instance, d)` arrays."""
     h, c = _batched(loss_fn, data_batched, chunk)(params, data)
     return NoiseSpectrum(np.asarray(h, np.float64), np.asarray(c, np.float64))
+
+
+def curvature_with_noise(loss_fn: Callable, params: PyTree, data: PyTree, *, data_batched: bool, key) -> dict:
+    """`curvature.curvature_batched`'s dict plus `gradient_variance (instance, d)` (None beyond
+    `MAX_DENSE_PARAMETERS`), from one Hessian per instance: for the checks and the calibration of
+    minibatch chains, which need both."""
+    d = sum(int(np.prod(np.shape(x)[1:])) for x in jax.tree_util.tree_leaves(params))
+    if d > MAX_DENSE_PARAMETERS:
+        return {**curvature_batched(loss_fn, params, data, data_batched=data_batched, key=key),
+                "gradient_variance": None}
+    spectrum = noise_spectrum_batched(loss_fn, params, data, data_batched=data_batched)
+    return {"eigenvalues": spectrum.eigenvalues, "top": spectrum.eigenvalues[:, -1],
+            "gradient_variance": spectrum.gradient_variance}
 
 
 def noise_spectrum(loss_fn: Callable, params: PyTree, data: PyTree) -> NoiseSpectrum:

@@ -119,3 +119,19 @@ def test_every_minibatch_estimate_stores_its_predicted_bias():
                          key=jax.random.key(5))
     assert np.isnan(float(full["batch_bias_predicted"])) and np.isnan(float(epoch["batch_bias_predicted"]))
     assert "not part of trusted" in est["batch_bias_predicted"].attrs["long_name"]
+
+
+def test_curvature_with_noise_is_curvature_batched_plus_the_gradient_variance():
+    """The checks and the calibration of minibatch chains take both from one Hessian per instance: the
+    eigenvalues and top eigenvalue of `curvature_batched`, and `noise_spectrum_batched`'s variances."""
+    from slt_superposition.curvature import curvature_batched
+    from slt_superposition.minibatch_noise import curvature_with_noise, noise_spectrum_batched
+
+    x = jax.random.normal(jax.random.key(6), (2, 500, 3)) * jnp.array([1.0, 0.5, 2.0])
+    params = {"w": x.mean(axis=1)}
+    both = curvature_with_noise(row_quadratic, params, x, data_batched=True, key=jax.random.key(7))
+    plain = curvature_batched(row_quadratic, params, x, data_batched=True, key=jax.random.key(7))
+    np.testing.assert_allclose(both["eigenvalues"], plain["eigenvalues"], rtol=1e-6)
+    np.testing.assert_allclose(both["top"], plain["top"], rtol=1e-6)
+    np.testing.assert_array_equal(both["gradient_variance"],
+                                  noise_spectrum_batched(row_quadratic, params, x, data_batched=True).gradient_variance)
