@@ -144,8 +144,6 @@ def run_case(k: int, positive_dead: int = 0, *, seed: int = SEED, progress: bool
     loss_fn, data = case_loss(x, calibration.get("batch_size", 500))
     cls = critical_point_class(np.asarray(params["W"]), np.asarray(params["b"]))
     eig = hessian_spectrum(kgon_loss, params, x, method="exact").values
-    noise = noise_spectrum(kgon_loss, params, x)
-    noise = noise._replace(eigenvalues=np.where(noise.eigenvalues > EIGEN_FLOOR, noise.eigenvalues, 0.0))
     t0 = time.perf_counter()
     config, sweep = calibrate(loss_fn, params, data, key=k_cal, progress=progress, **calibration)
     t_cal = time.perf_counter() - t0

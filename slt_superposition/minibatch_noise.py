@@ -36,8 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from slt_superposition.curvature import (MAX_DENSE_PARAMETERS, curvature_batched, dense_hessian, hessian_matrix,
-                                        quadratic_terms, summed_terms)
+from slt_superposition.curvature import (MAX_DENSE_PARAMETERS, curvature_batched, dense_hessian, quadratic_terms,
+                                        summed_terms)
 from slt_superposition.errors import require
 
 PyTree = Any
@@ -54,25 +54,6 @@ class NoiseSpectrum(NamedTuple):
 
     eigenvalues: np.ndarray
     gradient_variance: np.ndarray
-
-
-def row_gradients_projected(loss_fn: Callable, params: PyTree, data: PyTree, basis: np.ndarray,
-                            chunk: int = ROW_CHUNK) -> tuple[np.ndarray, np.ndarray]:
-    """Sum over the rows of P_j and of P_j^2, `(k,)` each, with P_j = basis^T grad l_j(w*) the
-    row gradient (flattened in `ravel_pytree` order) in the columns of `basis: (d, k)`.
-    data: a pytree whose leaves have the n rows leading; row j's loss is `loss_fn(params, row j)`."""
-    w, unravel = ravel_pytree(params)
-    one_row = lambda row: jax.grad(lambda v: loss_fn(unravel(v), jax.tree_util.tree_map(lambda a: a[None], row)))(w)
-    project = jax.jit(lambda rows, B: jax.vmap(one_row)(rows) @ B)
-    B = jnp.asarray(basis, w.dtype)
-    n = jax.tree_util.tree_leaves(data)[0].shape[0]
-    total, squares = np.zeros(basis.shape[1]), np.zeros(basis.shape[1])
-    for start in range(0, n, chunk):
-        rows = jax.tree_util.tree_map(lambda a: a[start:start + chunk], data)
-        P = np.asarray(project(rows, B), np.float64)
-        total += P.sum(axis=0)
-        squares += (P ** 2).sum(axis=0)
-    return total, squares
 
 
 def _one_instance(loss_fn: Callable, params: PyTree, data: PyTree, chunk: int) -> tuple[jax.Array, jax.Array]:
@@ -132,15 +113,13 @@ def curvature_with_noise(loss_fn: Callable, params: PyTree, data: PyTree, *, dat
             "gradient_variance": spectrum.gradient_variance}
 
 
-def noise_spectrum(loss_fn: Callable, params: PyTree, data: PyTree) -> NoiseSpectrum:
-    """H's eigenvalues at `params` and the rows' gradient variance along each eigenvector (one
-    instance; data leaves `(n, ...)`). A dense Hessian: for models of up to a few thousand parameters."""
-    H = np.asarray(hessian_matrix(loss_fn, params, data), np.float64)
-    h, V = np.linalg.eigh(H)
-    n = jax.tree_util.tree_leaves(data)[0].shape[0]
-    total, squares = row_gradients_projected(loss_fn, params, data, V)
-    mean = total / n
-    return NoiseSpectrum(h, np.clip(squares / n - mean ** 2, 0.0, None))
+def noise_spectrum(loss_fn: Callable, params: PyTree, data: PyTree, chunk: int = ROW_CHUNK) -> NoiseSpectrum:
+    """H's eigenvalues at `params` and the rows' gradient variance along each eigenvector, `(d,)` each
+    (one instance; data leaves `(n, ...)`): `noise_spectrum_batched` of a one-instance stack. A dense
+    Hessian: for models of up to a few thousand parameters."""
+    stacked = jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], params)
+    h, c = noise_spectrum_batched(loss_fn, stacked, data, data_batched=False, chunk=chunk)
+    return NoiseSpectrum(h[0], c[0])
 
 
 def minibatch_factors(gradient_variance, step_size, nbeta, batch_size) -> np.ndarray:

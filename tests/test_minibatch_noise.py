@@ -85,9 +85,9 @@ def test_sampler_at_batch_b_reads_the_minibatch_prediction_not_full_batch():
 
 
 def test_batched_spectra_are_each_instances_own():
-    """Three instances with their own rows (and two sharing one set of rows): the one-program spectra
-    equal `noise_spectrum` instance by instance (eigenvalues to float32 rounding, variances to 1e-4
-    relative: float32 sums against float64 ones), with a row count that is not a multiple of the chunk."""
+    """Three instances with their own rows, and the same three sharing one set of rows, with a row count
+    that is not a multiple of the chunk: each instance's spectrum is `noise_spectrum` of that instance
+    alone (to float32 rounding and 1e-4 relative: other chunks, other summation order)."""
     from slt_superposition.minibatch_noise import noise_spectrum_batched
 
     x = jax.random.normal(jax.random.key(3), (3, 1000, 3)) * jnp.array([[[1.0, 0.5, 2.0]], [[2.0, 1.0, 1.0]],
@@ -96,7 +96,7 @@ def test_batched_spectra_are_each_instances_own():
     batched = noise_spectrum_batched(row_quadratic, params, x, data_batched=True, chunk=300)
     shared = noise_spectrum_batched(row_quadratic, params, x[0], data_batched=False, chunk=300)
     for i in range(3):
-        one = noise_spectrum(row_quadratic, {"w": params["w"][i]}, x[i])
+        one = noise_spectrum(row_quadratic, {"w": params["w"][i]}, x[i], chunk=128)
         np.testing.assert_allclose(batched.eigenvalues[i], one.eigenvalues, rtol=1e-5)
         np.testing.assert_allclose(batched.gradient_variance[i], one.gradient_variance, rtol=1e-4)
         one_shared = noise_spectrum(row_quadratic, {"w": params["w"][i]}, x[0])
