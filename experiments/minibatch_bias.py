@@ -17,6 +17,8 @@ Cases:
 - `n6_m2`, `n20_m5`: TMS instances trained as `reproduce tms-llc-vs-n` trains them (p = 0.398,
   3000 steps) and refined on n rows: n6_m2 at n = 65,536 and eps 1e-4 (where batch 512 read 2 llc / d
   of about 1.37 against 1.12 at full batch), n20_m5 at n = 16,384 and eps 3e-4 and 1e-4.
+- `n6_m2_dense`, `n6_m2_sparse`: n6_m2 at p = 1 and p = 0.05, n = 16,384 (the flagship's n), at
+  step sizes around the ones the flagship's calibration chose there (`TMS_CASES`).
 
     python -m experiments.minibatch_bias [--cases kgon6 n6_m2 n20_m5] [--chains 8]
     python -m experiments.minibatch_bias --flagship DIR [--models n6_m2 n20_m5]
@@ -45,7 +47,12 @@ from slt_superposition.llc import SGLDConfig, default_nbeta, estimate_llc
 from slt_superposition.markdown import table
 from slt_superposition.minibatch_noise import noise_spectrum, quadratic_llc_minibatch
 
-SAMPLER_TIME = {"kgon6": 0.25, "n6_m2": 1.0, "n20_m5": 1.0}  # eps x steps per chain
+# the trained TMS cases: (model, feature probability, n, step sizes, batch sizes)
+TMS_CASES = {"n6_m2": ("n6_m2", 0.398, 65_536, (1e-4,), (512,)),
+             "n20_m5": ("n20_m5", 0.398, 16_384, (3e-4, 1e-4), (512,)),
+             "n6_m2_dense": ("n6_m2", 1.0, 16_384, (1e-4, 3.16e-5), (512,)),
+             "n6_m2_sparse": ("n6_m2", 0.05, 16_384, (1e-3, 1.78e-4), (512,))}
+SAMPLER_TIME = {"kgon6": 0.25, **{name: 1.0 for name in TMS_CASES}}  # eps x steps per chain
 
 
 class Case(NamedTuple):
@@ -69,13 +76,13 @@ def kgon_case() -> Case:
     return Case("kgon6", kgon_loss, full_loss, params, x, full_data, N_SAMPLES, (3.16e-5, 1e-5), (100, 500), key)
 
 
-def tms_case(model: str) -> Case:
+def tms_case(name: str) -> Case:
     import experiments.tms_llc_vs_n as study
 
-    n, step_sizes = {"n6_m2": (65_536, (1e-4,)), "n20_m5": (16_384, (3e-4, 1e-4))}[model]
-    train = study._train(model, (0.398,), 3000)
+    model, p, n, step_sizes, batches = TMS_CASES[name]
+    train = study._train(model, (p,), 3000)
     loss_fn, params, data, grad_norm, key = study.refined_point(train, 0, n)
-    return Case(model, loss_fn, loss_fn, params, data, data, n, step_sizes, (512,), key)
+    return Case(name, loss_fn, loss_fn, params, data, data, n, step_sizes, batches, key)
 
 
 def estimate(case: Case, eps: float, batch: int | None, chains: int):

@@ -188,6 +188,9 @@ def test_llc_summary_counts_diverged_instances():
     assert "1 instance(s) without an estimate" in line and "diverged chains: 5 of 16" in line
     assert "nan" not in line
     assert "no estimate for any of the 2 instances (all chains diverged);" in summary(result.isel(instance=[1, 1]))
+    assert "minibatch bias" not in line  # full-batch results (or older datasets) store no prediction
+    result["batch_bias_predicted"] = ("instance", [0.004, np.nan, 0.012, 0.006])
+    assert "minibatch bias predicted (batch_bias_predicted) median +0.6%, largest +1.2%" in summary(result)
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])

@@ -208,6 +208,10 @@ def summary(result) -> str:
         line += f"; {int((~ok).sum())} instance(s) without an estimate (all chains diverged)"
     if "trusted" in result:
         line += f"; trusted (bias checks passed): {int(result['trusted'].sum())} of {mean.size}"
+    if "batch_bias_predicted" in result and np.isfinite(result["batch_bias_predicted"].values).any():
+        predicted = result["batch_bias_predicted"].values
+        line += (f"; minibatch bias predicted (batch_bias_predicted) median {np.nanmedian(predicted):+.1%}, "
+                 f"largest {np.nanmax(predicted):+.1%}")
     return line + f"; diverged chains: {chains[0]} of {chains[1]}"
 
 
