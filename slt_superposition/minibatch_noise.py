@@ -4,8 +4,9 @@ rows' gradients at w*.
 With i.i.d. minibatch indices (`SGLDConfig.sampling="replacement"`, the default) a step's
 gradient is grad L_B(w) = grad L_n(w) + e_B. Near w* the error e_B is the spread of the rows'
 own gradients there: mean 0 and covariance C / B, with C the covariance over the n rows of
-grad l_j(w*) (l_j the loss of row j; `loss_fn` must be the mean of its rows' losses, as every
-loss the sampler takes). On L_n's quadratic approximation, Hessian H = V diag(h) V^T, the chain
+grad l_j(w*) (l_j the loss of row j; `loss_fn` must be the mean of its rows' losses and take a
+batch of one row, which the minibatch chains require too: `llc` refuses any other loss before a
+chain runs). On L_n's quadratic approximation, Hessian H = V diag(h) V^T, the chain
 
     u' = (I - eps K / 2) u - (eps nbeta / 2) e_B + sqrt(eps) xi,   K = nbeta H + gamma I,
 
