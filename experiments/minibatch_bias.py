@@ -81,7 +81,7 @@ def tms_case(name: str) -> Case:
 
     model, p, n, step_sizes, batches = TMS_CASES[name]
     train = study._train(model, (p,), 3000)
-    loss_fn, params, data, grad_norm, key = study.refined_point(train, 0, n)
+    loss_fn, params, data, _, key = study.refined_point(train, 0, n)
     return Case(name, loss_fn, loss_fn, params, data, data, n, step_sizes, batches, key)
 
 
@@ -134,6 +134,7 @@ def flagship_comparison(run_dir: str, models: list[str]) -> None:
     import xarray as xr
 
     import experiments.weights_vs_activations as flagship
+    from slt_superposition.grid import GRID_DIMS
     from slt_superposition.io import open_result
     from slt_superposition.minibatch_noise import noise_spectrum_batched, predicted_batch_bias
 
@@ -145,10 +146,11 @@ def flagship_comparison(run_dir: str, models: list[str]) -> None:
         key = flagship.model_key(n_features, n_hidden, config)
         t0 = time.perf_counter()
         loss_fn, params, data, _ = flagship._refined_inputs(train, config, jax.random.fold_in(key, 2))
-        flat = lambda tree: jax.tree_util.tree_map(lambda x: jnp.reshape(x, (-1,) + x.shape[3:]), tree)
+        leading = len(GRID_DIMS)  # params and data lead with the grid dims; one instance axis instead
+        flat = lambda tree: jax.tree_util.tree_map(lambda x: jnp.reshape(x, (-1,) + x.shape[leading:]), tree)
         spectrum = noise_spectrum_batched(loss_fn, flat(params), flat(data), data_batched=True)
         n = config.llc_samples
-        dims = [d for d in calibration["chosen_step_size"].dims]
+        dims = GRID_DIMS
         eps = calibration["chosen_step_size"].transpose(*dims).values.ravel()
         gamma = calibration["chosen_localization"].transpose(*dims).values.ravel()
         print(f"{label}: {eps.size} instances, n = {n}, nbeta = n / log n ({time.perf_counter() - t0:.0f} s)")
