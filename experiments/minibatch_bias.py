@@ -170,13 +170,129 @@ def flagship_comparison(run_dir: str, models: list[str]) -> None:
                      if failed.any() else ""))
 
 
+def _flagship_instance(run_dir: str, label: str, p_index: int, seed: int):
+    """One instance of a finished flagship run: (loss_fn, every instance's refined params and data with one
+    instance axis, the instance's flat index, its calibration dataset slice, model key, config)."""
+    import jax.numpy as jnp
+    import xarray as xr
+
+    import experiments.weights_vs_activations as flagship
+    from slt_superposition.grid import GRID_DIMS
+    from slt_superposition.io import open_result
+
+    config = flagship.SIZES["default"]
+    n_features, n_hidden = (int(part[1:]) for part in label.split("_"))
+    train = open_result(f"{run_dir}/train_{label}.nc", kind="train")
+    calibration = xr.open_dataset(f"{run_dir}/calibration/{label}.nc")
+    key = flagship.model_key(n_features, n_hidden, config)
+    loss_fn, params, data, _ = flagship._refined_inputs(train, config, jax.random.fold_in(key, 2))
+    leading = len(GRID_DIMS)
+    flat = lambda tree: jax.tree_util.tree_map(lambda x: jnp.reshape(x, (-1,) + x.shape[leading:]), tree)
+    where = {"feature_probability": p_index, "importance_decay": 0, "seed": seed}
+    index = int(np.ravel_multi_index([where[d] for d in GRID_DIMS], [calibration.sizes[d] for d in GRID_DIMS]))
+    return loss_fn, flat(params), flat(data), index, calibration.isel(where), key, config
+
+
+def gradient_variance_at(loss_fn, params, data, position, vectors) -> np.ndarray:
+    """The rows' gradient variance `(d,)` at the flat `position` `(d,)` along the columns of `vectors`
+    `(d, d)` (w*'s Hessian eigenvectors): `noise_spectrum`'s c_i, read where a chain is."""
+    from jax.flatten_util import ravel_pytree
+
+    _, unravel = ravel_pytree(params)
+    row_loss = lambda w, row: loss_fn(unravel(w), jax.tree_util.tree_map(lambda a: a[None], row))
+    grads = jax.vmap(jax.grad(row_loss), in_axes=(None, 0))(position, data)
+    return (np.asarray(grads, np.float64) @ vectors).var(axis=0)
+
+
+def instance_study(run_dir: str, label: str, p_index: int, seed: int, chains: int, lengths: list[int]) -> None:
+    """A flagship instance's minibatch check, taken apart: the calibration's own paired runs again
+    (same keys, so the same numbers), chain by chain, with the pooled batch-means SE and the SE the
+    checks use now (`diagnostics.difference_se`); then `chains` paired chains on another key at
+    each of `lengths`, against the bias predicted from w* and from where the full-batch chains ended."""
+    import jax.numpy as jnp
+    from jax.flatten_util import ravel_pytree
+
+    from slt_superposition.calibration import BATCH_MEANS, _sampler
+    from slt_superposition.diagnostics import batch_means_se, difference_se
+    from slt_superposition.minibatch_noise import NoiseSpectrum, predicted_batch_bias
+
+    loss_fn, params, data, index, cal, key, config = _flagship_instance(run_dir, label, p_index, seed)
+    n, n_inst = config.llc_samples, int(jax.tree_util.tree_leaves(params)[0].shape[0])
+    nbeta = default_nbeta(n)
+    eps, gamma = float(cal["chosen_step_size"]), float(cal["chosen_localization"])
+    one = lambda tree: jax.tree_util.tree_map(lambda x: x[index], tree)
+    w_star, unravel = ravel_pytree(one(params))
+    print(f"{label} at p = {float(cal['feature_probability']):.4g}, seed {seed}: eps {eps:g}, localization {gamma:g}, "
+          f"n = {n}, d = {w_star.size}")
+    # the calibration's batch stage: its key, its chains, its check length (calibrate_batched's key split)
+    cal_key, other_key = jax.random.split(jax.random.fold_in(key, 1))  # as the flagship's _calibrated_llc
+    batch_key = jax.random.split(cal_key, 4)[3]  # as calibrate_batched
+    sampler = _sampler(loss_fn, params, data, data_batched=True, n=n, d=w_star.size, nbeta=nbeta,
+                       num_chains=config.calibration_chains, burnin_fraction=0.5, mesh=None)
+    steps = np.zeros(n_inst, np.int64)
+    steps[index] = int(cal["batch_check_steps"].isel(batch_check=0))
+    full = sampler.run(batch_key, eps, steps, gamma, None)
+    for j, batch in enumerate(cal["batch_check"].values):
+        steps[index] = int(cal["batch_check_steps"].isel(batch_check=j))
+        run = sampler.run(batch_key, eps, steps, gamma, int(batch))
+        ref = full if steps[index] == int(cal["batch_check_steps"].isel(batch_check=0)) else \
+            sampler.run(batch_key, eps, steps, gamma, None)
+        paired = run.per_chain[index] - ref.per_chain[index]
+        trace = (run.trace.astype(np.float64) - ref.trace)[index][None]
+        healthy = np.isfinite(paired)[None]
+        pooled, now = (nbeta * f(trace, run.post[index][None], healthy, BATCH_MEANS)[0] / abs(ref.llc[index])
+                       for f in (batch_means_se, difference_se))
+        print(f"  calibration's check at batch {int(batch)}, {steps[index]} steps: full batch {ref.llc[index]:.3f}, "
+              f"minibatch {run.llc[index]:.3f}, {np.nanmean(paired) / abs(ref.llc[index]):+.1%} "
+              f"(stored {float(cal['batch_check_rel_diff'].isel(batch_check=j)):+.1%}); per chain "
+              f"{', '.join(f'{v:+.2f}' for v in paired)}; SE pooled batch means {pooled:.1%} "
+              f"(stored {float(cal['batch_check_se'].isel(batch_check=j)):.1%}), "
+              f"with the chains' spread {now:.1%}")
+    # more chains, another key, longer
+    p1, d1 = one(params), one(data)
+    spectrum = noise_spectrum(loss_fn, p1, d1)
+    V = np.linalg.eigh(np.asarray(jax.hessian(lambda v: loss_fn(unravel(v), d1))(w_star), np.float64))[1]
+    for length in lengths:
+        sample = lambda batch: estimate_llc(
+            loss_fn, p1, d1, key=jax.random.fold_in(other_key, 99), checks=False,
+            config=SGLDConfig(step_size=eps, localization=gamma, num_chains=chains, num_steps=length,
+                              num_burnin=length // 2, batch_size=batch, trace_every=max(1, length // 50)))
+        full_run = sample(None)
+        reference = full_run["llc_per_chain"].values.astype(np.float64)
+        ends = full_run["final_position"].values
+        distance = np.linalg.norm(ends - np.asarray(w_star), axis=-1) / float(jnp.linalg.norm(w_star))
+        c_end = np.mean([gradient_variance_at(loss_fn, p1, d1, jnp.asarray(e, jnp.float32), V) for e in ends], axis=0)
+        at_ends = NoiseSpectrum(spectrum.eigenvalues, c_end)
+        print(f"  {chains} chains x {length} steps: full batch {reference.mean():.3f} +- "
+              f"{reference.std(ddof=1) / math.sqrt(chains):.3f}; the chains ended {np.median(distance):.2f} x |w*| "
+              f"from w* (median; {distance.min():.2f} to {distance.max():.2f})")
+        for batch in cal["batch_check"].values:
+            diff = sample(int(batch))["llc_per_chain"].values.astype(np.float64) - reference
+            m, se = mean_se(diff)
+            print(f"    batch {int(batch)}: paired excess {m / reference.mean():+.1%} +- {se / reference.mean():.1%} "
+                  f"(per chain {np.min(diff):+.2f} to {np.max(diff):+.2f}); predicted at w* "
+                  f"{float(predicted_batch_bias(spectrum, eps, gamma, nbeta, int(batch))):+.2%}, with the rows' "
+                  f"gradient variance where the chains ended {float(predicted_batch_bias(at_ends, eps, gamma, nbeta, int(batch))):+.2%}",
+                  flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=["kgon6", "n6_m2", "n20_m5"], choices=list(SAMPLER_TIME))
     parser.add_argument("--chains", type=int, default=8)
     parser.add_argument("--flagship", metavar="DIR", help="a finished weights-vs-activations run to read instead")
     parser.add_argument("--models", nargs="+", default=["n4_m2", "n5_m2", "n6_m2", "n8_m2", "n20_m5"])
+    parser.add_argument("--instance", nargs=3, metavar=("MODEL", "P_INDEX", "SEED"),
+                        help="with --flagship: one instance's minibatch check taken apart (e.g. n5_m2 18 3)")
+    parser.add_argument("--lengths", nargs="+", type=int, default=[300, 4000],
+                        help="with --instance: chain lengths of the paired runs on another key")
     args = parser.parse_args(argv)
+    if args.instance:
+        if not args.flagship:
+            parser.error("--instance needs --flagship DIR")
+        label, p_index, seed = args.instance
+        instance_study(args.flagship, label, int(p_index), int(seed), args.chains, args.lengths)
+        return
     if args.flagship:
         flagship_comparison(args.flagship, args.models)
         return

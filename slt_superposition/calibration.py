@@ -74,7 +74,7 @@ from slt_superposition.checks import MAX_CHECK_EXTENSION, resolving_steps, withi
 from slt_superposition.curvature import curvature_batched, quadratic_llc, step_size_bound
 from slt_superposition.minibatch_noise import NoiseSpectrum, curvature_with_noise, predicted_batch_bias
 from slt_superposition.errors import check_batch_size, require
-from slt_superposition.diagnostics import batch_means_se, masked_rhat
+from slt_superposition.diagnostics import batch_means_se, difference_se, masked_rhat
 from slt_superposition.nan_rows import nan_max, nan_mean, nan_std
 from slt_superposition.instances import flatten_instances
 from slt_superposition.llc import (SGLDConfig, _check_inputs, default_nbeta,
@@ -424,8 +424,8 @@ def _paired_runs(sampler: Sampler, key, eps, steps, localization, b, nbeta, full
     healthy = np.isfinite(paired)
     with np.errstate(invalid="ignore", divide="ignore"):  # instances given no steps: NaN, not read
         diff = nan_mean(paired)
-        # batch means of the paired per-block difference (as the stored batch check)
-        diff_se = nbeta * batch_means_se(res.trace.astype(np.float64) - full.trace, res.post, healthy, BATCH_MEANS)
+        # the paired per-block difference's standard error (as the stored batch check)
+        diff_se = nbeta * difference_se(res.trace.astype(np.float64) - full.trace, res.post, healthy, BATCH_MEANS)
         return res.llc, full.llc, diff / np.abs(full.llc), diff_se / np.abs(full.llc)
 
 

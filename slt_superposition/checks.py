@@ -31,7 +31,9 @@ value of the exact posterior (eps -> 0) and `step_bias_end` is NaN (not applicab
 curvature at w* and at the chains' ends is still recorded.
 
 The standard error of each paired difference comes from batch means of the per-step difference
-(`DIFF_BLOCKS` post-burn-in blocks per chain, pooled over chains). A check with fewer than
+(`DIFF_BLOCKS` post-burn-in blocks per chain, pooled over chains), at least the spread of the
+chains' own mean differences (`diagnostics.difference_se`: a pair whose chains parted keeps its
+offset, which pooled batches count as independent noise). A check with fewer than
 `MIN_CHECK_DRAWS` post-burn-in steps is not resolved (its chains have barely left w*).
 
 `trusted` is true when no chain diverged, R-hat <= `max_rhat`, both checks passed (each
@@ -56,7 +58,7 @@ import xarray as xr
 
 from slt_superposition.coupled import DIFF_BLOCKS
 from slt_superposition.curvature import curvature_at_positions, curvature_batched, quadratic_llc, step_size_bound
-from slt_superposition.diagnostics import batch_means_se
+from slt_superposition.diagnostics import difference_se
 from slt_superposition.minibatch_noise import NoiseSpectrum, curvature_with_noise, predicted_batch_bias
 from slt_superposition.nan_rows import nan_max, nan_mean
 
@@ -118,7 +120,7 @@ def _paired_batch_check(sample: Callable, config, steps: np.ndarray, burnin_frac
     starts = np.arange(diff.shape[-1])[None, :] * every
     post = np.broadcast_to((starts >= burnin.reshape(-1, 1)) & (starts < steps.reshape(-1, 1)),
                            diff.shape[::2])  # (instance, block)
-    se = nbeta * batch_means_se(diff, post, ok, DIFF_BLOCKS) / np.abs(full_mean)
+    se = nbeta * difference_se(diff, post, ok, DIFF_BLOCKS) / np.abs(full_mean)
     return full_mean, rel, np.where((steps - burnin) < MIN_CHECK_DRAWS, np.nan, se)
 
 
@@ -188,8 +190,8 @@ def _step_size_check(pair: dict, draws: np.ndarray) -> dict[str, np.ndarray]:
     step_rel, coarse, fine = relative_difference(np.asarray(pair["llc_coarse"], np.float64),
                                                  np.asarray(pair["llc_fine"], np.float64), pair_ok)
     blocks = np.asarray(pair["diff_blocks"], np.float64)  # already one value per batch
-    step_se = np.where(too_short, np.nan, batch_means_se(blocks, np.ones(blocks.shape[::2], bool), pair_ok,
-                                                         DIFF_BLOCKS) / np.abs(fine))
+    step_se = np.where(too_short, np.nan, difference_se(blocks, np.ones(blocks.shape[::2], bool), pair_ok,
+                                                        DIFF_BLOCKS) / np.abs(fine))
     return {"llc_check": coarse, "llc_step_check": fine, "step_check_rel_diff": step_rel, "step_check_se": step_se}
 
 

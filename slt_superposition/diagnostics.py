@@ -149,3 +149,32 @@ def batch_means_se(trace: np.ndarray, post: np.ndarray, chains: np.ndarray, grou
         if values.size > 2:
             out[i] = values.std(ddof=1) / np.sqrt(values.size)
     return out
+
+
+def chain_means_se(trace: np.ndarray, post: np.ndarray, chains: np.ndarray) -> np.ndarray:
+    """Standard error over chains of each healthy chain's post-burn-in mean of `trace (instance,
+    chain, block)` (`post (instance, block)`, `chains (instance, chain)`): `(instance,)`, NaN with
+    fewer than 2 chains."""
+    trace = np.asarray(trace, np.float64)
+    use = np.asarray(chains, bool)[:, :, None] & np.asarray(post, bool)[:, None, :] & np.isfinite(trace)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(use, trace, 0.0).sum(axis=2) / use.sum(axis=2)  # (instance, chain), NaN if no block
+        ok = np.isfinite(means)
+        count = ok.sum(axis=1)
+        grand = np.where(ok, means, 0.0).sum(axis=1) / count
+        var = (np.where(ok, means - grand[:, None], 0.0) ** 2).sum(axis=1) / (count - 1)
+        return np.where(count >= 2, np.sqrt(var / count), np.nan)
+
+
+def difference_se(trace: np.ndarray, post: np.ndarray, chains: np.ndarray, groups: int) -> np.ndarray:
+    """Standard error of the post-burn-in mean of a paired difference (`trace (instance, chain,
+    block)`, one chain minus its twin on common random numbers): the batch-means one
+    (`batch_means_se`), at least the spread of the chains' own means (`chain_means_se`).
+
+    Pooling batches over chains treats every batch as independent. A pair whose two chains part
+    (e.g. the minibatch chain takes a different side of a ReLU kink than its full-batch twin)
+    keeps its difference for the rest of the run: one chain's batches then share an offset, the
+    pooled batch means count them as independent, and only the spread over chains shows it.
+    NaN where `batch_means_se` is (too few batches)."""
+    pooled = batch_means_se(trace, post, chains, groups)
+    return np.where(np.isnan(pooled), np.nan, np.fmax(pooled, chain_means_se(trace, post, chains)))
