@@ -20,7 +20,7 @@ Cases:
 - `n6_m2_dense`, `n6_m2_sparse`: n6_m2 at p = 1 and p = 0.05, n = 16,384 (the flagship's n), at
   step sizes around the ones the flagship's calibration chose there (`TMS_CASES`).
 
-    python -m experiments.minibatch_bias [--cases kgon6 n6_m2 n20_m5] [--chains 8]
+    python -m experiments.minibatch_bias [--cases kgon6 n6_m2 n20_m5] [--chains 8] [--sampling epoch]
     python -m experiments.minibatch_bias --flagship DIR [--models n6_m2 n20_m5]
 
 `--flagship DIR` reads a finished `reproduce weights-vs-activations` run instead (its train_*.nc
@@ -28,6 +28,11 @@ and calibration/*.nc): it refines each model's instances again as the run did (s
 same points), predicts the minibatch bias of every instance at its calibrated step size and
 localization for each batch size the calibration's minibatch stage tried, and prints beside it
 what those paired checks measured: no chain is run.
+
+`--sampling epoch`: the minibatch chains draw their batches without replacement, a fresh permutation
+every epoch (`SGLDConfig.sampling`), against the prediction for that sampling
+(`minibatch_noise.epoch_terms`); their SGLD noise is then drawn in other chunks than full batch's, so
+the excess is a difference of independent estimates, not a paired one.
 
 Prints one markdown row per (case, eps, batch). The results are in docs/calibration.md ("The
 minibatch's bias, predicted").
@@ -85,10 +90,10 @@ def tms_case(name: str) -> Case:
     return Case(name, loss_fn, loss_fn, params, data, data, n, step_sizes, batches, key)
 
 
-def estimate(case: Case, eps: float, batch: int | None, chains: int):
+def estimate(case: Case, eps: float, batch: int | None, chains: int, sampling: str = "replacement"):
     steps = int(round(SAMPLER_TIME[case.name] / eps))
     config = SGLDConfig(step_size=eps, localization=1.0, num_chains=chains, num_steps=steps, num_burnin=steps // 2,
-                        batch_size=batch, trace_every=max(1, steps // 200))
+                        batch_size=batch, trace_every=max(1, steps // 200), sampling=sampling)
     loss_fn, data = (case.loss_fn, case.data) if batch else (case.full_loss, case.full_data)
     est = estimate_llc(loss_fn, case.params, data, config=config, key=case.key, checks=False)
     return est["llc_per_chain"].values.astype(np.float64), ~est["diverged"].values, steps
@@ -99,7 +104,7 @@ def mean_se(values: np.ndarray) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1) / math.sqrt(values.size))
 
 
-def measure(case: Case, chains: int) -> list[dict]:
+def measure(case: Case, chains: int, sampling: str = "replacement") -> list[dict]:
     spectrum = noise_spectrum(case.loss_fn, case.params, case.data)
     d = spectrum.eigenvalues.size
     nbeta = default_nbeta(case.n)
@@ -109,16 +114,17 @@ def measure(case: Case, chains: int) -> list[dict]:
         full, full_ok, steps = estimate(case, eps, None, chains)
         predicted_full = float(quadratic_llc_minibatch(spectrum, eps, 1.0, nbeta, None))
         for batch in case.batches:
-            mini, mini_ok, _ = estimate(case, eps, batch, chains)
+            mini, mini_ok, _ = estimate(case, eps, batch, chains, sampling)
             ok = full_ok & mini_ok
-            predicted = float(quadratic_llc_minibatch(spectrum, eps, 1.0, nbeta, batch))
+            predicted = float(quadratic_llc_minibatch(spectrum, eps, 1.0, nbeta, batch, sampling=sampling, n=case.n))
             m, m_se = mean_se(mini[ok])
             f, f_se = mean_se(full[ok])
             diff, diff_se = mean_se(mini[ok] - full[ok])
             rows.append({"case": case.name, "n": case.n, "d": d, "eps": f"{eps:g}", "batch": batch, "steps": steps,
                          "chains": int(ok.sum()), "minibatch": f"{m:.2f} +- {m_se:.2f}",
                          "full batch": f"{f:.2f} +- {f_se:.2f}",
-                         "paired excess": f"{diff:+.2f} +- {diff_se:.2f} ({diff / f:+.1%})",
+                         "paired excess" if sampling == "replacement" else "excess (not paired)":
+                             f"{diff:+.2f} +- {diff_se:.2f} ({diff / f:+.1%})",
                          "predicted excess": f"{predicted - predicted_full:+.2f} ({predicted / predicted_full - 1:+.1%})",
                          "quadratic (full / batch)": f"{predicted_full:.2f} / {predicted:.2f}",
                          "seconds": f"{time.perf_counter() - t0:.0f}"})
@@ -280,6 +286,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=["kgon6", "n6_m2", "n20_m5"], choices=list(SAMPLER_TIME))
     parser.add_argument("--chains", type=int, default=8)
+    parser.add_argument("--sampling", choices=["replacement", "epoch"], default="replacement",
+                        help="the minibatch chains' sampling (full batch is the same either way); with epoch the "
+                             "chains draw other noise than their full-batch twins, so the excess is not paired")
     parser.add_argument("--flagship", metavar="DIR", help="a finished weights-vs-activations run to read instead")
     parser.add_argument("--models", nargs="+", default=["n4_m2", "n5_m2", "n6_m2", "n8_m2", "n20_m5"])
     parser.add_argument("--instance", nargs=3, metavar=("MODEL", "P_INDEX", "SEED"),
@@ -299,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for name in args.cases:
         case = kgon_case() if name == "kgon6" else tms_case(name)
-        rows += measure(case, args.chains)
+        rows += measure(case, args.chains, args.sampling)
     print()
     print(table(list(rows[0]), [row.values() for row in rows]))
 

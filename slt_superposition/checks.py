@@ -17,8 +17,9 @@ driven by common random numbers so that the difference is the setting's, not the
 - **curvature**: the top Hessian eigenvalue at w*, the quadratic-approximation LLC at the run's
   eps, localization and nbeta (`curvature.quadratic_llc`), and the curvature step-size bound.
 - **predicted minibatch bias**: what the rows' gradient spread at w* adds to the estimate at the
-  run's batch on the quadratic approximation, relative to full batch (`minibatch_noise`): no
-  chain, no noise; stored beside the measured batch check, not part of `trusted`.
+  run's batch and sampling on the quadratic approximation, relative to full batch
+  (`minibatch_noise`): no chain, no noise; stored beside the measured batch check, not part of
+  `trusted`.
 - **curvature where the chains ended**: the Hessian at each chain's final position and the
   discretisation bias the quadratic approximation predicts there at the run's eps
   (`curvature.curvature_at_positions`; the largest over chains). No chain is run: it sees the
@@ -161,13 +162,13 @@ def run_checks(sample: Callable, sample_pair: Callable, config, nbeta, *, n: int
         nan = np.full(n_inst, np.nan)
         out.update(llc_full_batch_check=nan, batch_check_rel_diff=nan, batch_check_se=nan, batch_check_steps=nan)
     loss_fn, params, data = curvature_inputs
-    iid_minibatch = config.batch_size is not None and config.batch_size < n and config.sampling == "replacement"
-    curvature = (curvature_with_noise if iid_minibatch else curvature_batched)(
+    minibatch = config.batch_size is not None and config.batch_size < n
+    curvature = (curvature_with_noise if minibatch else curvature_batched)(
         loss_fn, params, data, data_batched=data_batched, key=jax.random.fold_in(key, 7))
     gamma, eps = per_instance(config.localization), per_instance(config.step_size)
     out["batch_bias_predicted"] = (
         predicted_batch_bias(NoiseSpectrum(curvature["eigenvalues"], curvature["gradient_variance"]), eps, gamma, nb,
-                             config.batch_size)
+                             config.batch_size, sampling=config.sampling, n=n)
         if curvature.get("gradient_variance") is not None else np.full(n_inst, np.nan))
     if config.metropolis:  # the exact posterior's quadratic approximation; no Euler bias anywhere
         eps = np.zeros_like(eps)
@@ -214,14 +215,16 @@ def attach(ds: xr.Dataset, checks: dict[str, np.ndarray], *, step_tol: float = S
         "llc_check": "LLC of the short coupled check run at the estimate's step size",
         "llc_step_check": "LLC of the coupled run at step size / 3 for 3x the steps (equal sampler time)",
         "step_check_rel_diff": "(llc_check - llc_step_check) / |llc_step_check|: discretisation bias check",
-        "step_check_se": "standard error of step_check_rel_diff (batch means of the coupled difference)",
+        "step_check_se": "standard error of step_check_rel_diff (batch means of the coupled difference, at least "
+                         "the spread of the pairs' means)",
         "llc_full_batch_check": "LLC of the paired full-batch run at the estimate's step size (NaN: full batch)",
         "batch_check_rel_diff": "(llc_check - llc_full_batch_check) / |llc_full_batch_check|: minibatch bias check",
-        "batch_check_se": "standard error of batch_check_rel_diff (batch means of the paired difference)",
+        "batch_check_se": "standard error of batch_check_rel_diff (batch means of the paired difference, at least "
+                          "the spread of the pairs' means)",
         "batch_check_steps": "chain length of the batch check's paired runs (NaN: full batch)",
         "batch_bias_predicted": "relative minibatch bias against full batch that the quadratic approximation predicts "
                                 "at the run's settings from the rows' gradient spread at w* (not part of trusted; "
-                                "NaN: full batch, epoch sampling or no dense Hessian)",
+                                "NaN: full batch or no dense Hessian)",
         "hessian_top_eigenvalue": "largest eigenvalue of the Hessian of L_n at w*",
         "step_size_bound": "largest step size whose quadratic-approximation bias is at most 2%",
         "llc_quadratic": "quadratic-approximation LLC at the run's step size, localization and nbeta (curved "

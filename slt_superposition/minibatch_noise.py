@@ -22,9 +22,25 @@ prediction (`curvature.quadratic_llc`); the second, the minibatch's, grows linea
 So the minibatch bias relative to full batch is a weighted mean of eps nbeta^2 c_i / (4 B): a
 number from one Hessian and one pass of per-row gradients, no chain.
 
+With "epoch" sampling (`SGLDConfig.sampling="epoch"`: each epoch a fresh permutation cut into
+K = n // B batches, the n - K B left-over rows unused that epoch) the batches of one epoch are
+drawn without replacement: along direction i each has variance (c_i / B)(n - B) / (n - 1) and two
+of the same epoch have covariance -c_i / (n - 1), so their sum nearly cancels over an epoch. Two
+things follow (`epoch_terms`, averaged over the K positions in an epoch, q = 0 .. K - 1, with
+rho = 1 - eps a_i / 2 and S_q = (1 - rho^q) / (1 - rho)):
+
+- the chain's spread: the noise the chain has accumulated, sum_j rho^j e_(t-1-j), counts the
+  batches of the current epoch and of every earlier one with their covariances; slow directions
+  (rho near 1) see an epoch's noise cancel, fast ones see each batch as it is;
+- the evaluation: the batch B_t at which L_B(w_t) is read holds the rows the current epoch has
+  not used yet, and the chain has just moved against the noise of the rows it has used, so
+  E[e_t . u_t] = (eps nbeta / 2) c_i / (n - 1) S_q > 0 per direction: the estimate reads the
+  loss on rows the recent steps did not fit, higher than L_n's. This term does not vanish as
+  h_i -> 0 and, for slow directions, is about eps nbeta^2 c_i / (4 B) in absolute terms, so
+  epoch sampling can bias the estimate *more* than i.i.d. batches of the same size.
+
 What it leaves out: the rows' Hessians also differ (noise that grows with |u|, second order near
-w*), everything beyond the quadratic approximation (flat and singular directions), and
-"epoch" sampling, whose successive minibatches are not independent.
+w*), and everything beyond the quadratic approximation (flat and singular directions).
 """
 
 from __future__ import annotations
@@ -134,19 +150,64 @@ def minibatch_factors(gradient_variance, step_size, nbeta, batch_size) -> np.nda
     return 1 + eps * nbeta ** 2 * c / (4 * B)
 
 
-def quadratic_llc_minibatch(spectrum: NoiseSpectrum, step_size, localization, nbeta, batch_size) -> np.ndarray:
-    """E[lambda_hat] of SGLD with i.i.d. minibatches of `batch_size` (None: full batch) on the quadratic
-    approximation: `curvature.quadratic_llc`'s terms times `minibatch_factors`. Settings broadcast
+EPOCH_CHUNK = 256  # positions in an epoch summed together (memory: ... x d x this)
+
+
+def epoch_terms(spectrum: NoiseSpectrum, step_size, localization, nbeta, batch_size: int, n: int) -> np.ndarray:
+    """Each direction's share of E[lambda_hat] with "epoch" sampling of `batch_size` of `n` rows,
+    `(..., d)` (the module docstring): nbeta h_i E[u_i^2] / 2 + nbeta E[e_i u_i], averaged over the
+    K = n // B positions of an epoch; inf where the direction is unstable (eps a >= 4)."""
+    require(isinstance(batch_size, (int, np.integer)) and 1 <= batch_size < n,
+            f"epoch sampling needs a whole batch_size below n = {n}, not {batch_size}")
+    h = np.clip(np.asarray(spectrum.eigenvalues, np.float64), 0.0, None)
+    c = np.asarray(spectrum.gradient_variance, np.float64)
+    eps, gamma, nbeta = (np.asarray(v, np.float64)[..., None] for v in (step_size, localization, nbeta))
+    K, left_over = n // batch_size, n % batch_size
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        x = eps * (nbeta * h + gamma) / 2  # 1 - rho
+        stable = x < 2
+        # x = 0 (no localization on a flat direction) as its limit: S_q = q
+        xs = np.where(stable, np.maximum(x, np.finfo(np.float64).tiny), 1.0)
+        rho = 1 - xs
+
+        def one_minus_power(q):  # 1 - rho^q, without cancellation for small x (q broadcast last)
+            small = xs[..., None] < 0.5
+            return np.where(small, -np.expm1(q * np.log1p(-np.where(small, xs[..., None], 0.0))),
+                            1 - rho[..., None] ** q)
+
+        sum1 = np.zeros(np.broadcast(xs, c).shape)  # sum_q S_q
+        sum2 = np.zeros_like(sum1)  # sum_q S_q^2
+        for start in range(0, K, EPOCH_CHUNK):
+            S = one_minus_power(np.arange(start, min(K, start + EPOCH_CHUNK), dtype=np.float64)) / xs[..., None]
+            sum1, sum2 = sum1 + S.sum(axis=-1), sum2 + (S ** 2).sum(axis=-1)
+        s = one_minus_power(np.float64(K))[..., 0] / (K * xs)  # S_K / K
+        # variance of the accumulated noise per unit c / (n - 1), written so that the large parts cancel exactly
+        noise = c / (n - 1) * ((left_over / batch_size) / (xs * (2 - xs)) + sum1 * (1 + s) / (2 - xs) - sum2 / K)
+        spread = eps / (xs * (2 - xs)) + (eps * nbeta / 2) ** 2 * noise  # E[u_i^2]
+        unseen = nbeta * (eps * nbeta / 2) * c / (n - 1) * sum1 / K  # nbeta E[e_i u_i]
+        return np.where(stable, np.where(h > 0, nbeta * h * spread / 2, 0.0) + unseen, np.inf)
+
+
+def quadratic_llc_minibatch(spectrum: NoiseSpectrum, step_size, localization, nbeta, batch_size, *,
+                            sampling: str = "replacement", n: int | None = None) -> np.ndarray:
+    """E[lambda_hat] of SGLD with minibatches of `batch_size` (None: full batch) on the quadratic
+    approximation: with i.i.d. batches (`sampling="replacement"`) `curvature.quadratic_llc`'s terms
+    times `minibatch_factors`; with `sampling="epoch"` (needs `n`) `epoch_terms`. Settings broadcast
     over the spectrum's leading axes; NaN where a direction is unstable."""
+    require(sampling in ("replacement", "epoch"), f"unknown sampling {sampling!r}")
+    if sampling == "epoch" and batch_size is not None:
+        require(n is not None, "epoch sampling's prediction needs n, the number of rows")
+        return summed_terms(epoch_terms(spectrum, step_size, localization, nbeta, batch_size, int(n)))
     terms = quadratic_terms(spectrum.eigenvalues, step_size, localization, nbeta)
     return summed_terms(terms * minibatch_factors(spectrum.gradient_variance, step_size, nbeta, batch_size))
 
 
-def predicted_batch_bias(spectrum: NoiseSpectrum, step_size, localization, nbeta, batch_size) -> np.ndarray:
+def predicted_batch_bias(spectrum: NoiseSpectrum, step_size, localization, nbeta, batch_size, *,
+                         sampling: str = "replacement", n: int | None = None) -> np.ndarray:
     """The minibatch's relative bias against full batch at the same step size,
     `quadratic_llc_minibatch(B) / quadratic_llc_minibatch(None) - 1`; 0 without curved directions."""
     full = quadratic_llc_minibatch(spectrum, step_size, localization, nbeta, None)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mini = quadratic_llc_minibatch(spectrum, step_size, localization, nbeta, batch_size)
+        mini = quadratic_llc_minibatch(spectrum, step_size, localization, nbeta, batch_size, sampling=sampling, n=n)
         return np.where(full > 0, mini / full - 1, 0.0)
 

@@ -46,6 +46,54 @@ def test_the_direction_sum_is_the_stationary_covariance_of_the_linear_chain():
         direct / (nbeta * np.trace(H @ full_noise) / 2) - 1, rel=1e-9)
 
 
+def _epoch_share_by_lag_sums(h, c, eps, gamma, nbeta, batch, n, lags=4000):
+    """One direction's share of E[lambda_hat] with epoch sampling, from the noise's covariances summed
+    lag by lag (no closed form): batches of one epoch have variance (c / B)(n - B) / (n - 1) and
+    covariance -c / (n - 1); batches of different epochs are independent."""
+    a = nbeta * max(h, 0.0) + gamma
+    rho, K = 1 - eps * a / 2, n // batch
+    var, cov = c / batch * (n - batch) / (n - 1), -c / (n - 1)
+    j = np.arange(lags)
+    shares = []
+    for q in range(K):  # the step's position in its epoch; lag j's batch is in the same epoch as lag k's ...
+        epoch = np.where(j < q, 0, 1 + (j - q) // K)  # ... when both have the same epoch index
+        w = rho ** j
+        same = epoch[:, None] == epoch[None, :]
+        noise = (np.outer(w, w) * np.where(np.eye(lags, dtype=bool), var, np.where(same, cov, 0.0))).sum()
+        spread = eps / (1 - rho ** 2) + (eps * nbeta / 2) ** 2 * noise
+        unseen = -(eps * nbeta / 2) * cov * w[j < q].sum()  # E[e_t u_t]: the epoch's earlier batches
+        shares.append(nbeta * max(h, 0.0) * spread / 2 + nbeta * unseen)
+    return np.mean(shares)
+
+
+@pytest.mark.parametrize("h, c, eps, batch, n", [(1.0, 0.9, 1e-3, 500, 2000),  # 4 batches an epoch
+                                                 (2.0, 3.7, 5e-4, 128, 3000),  # 23, and 56 rows left over
+                                                 (0.0, 0.5, 1e-2, 300, 1000),  # flat: only the unseen rows' term
+                                                 (1.0, 0.4, 1e-3, 600, 1000),  # one batch an epoch
+                                                 (4.0, 1.0, 1.8e-2, 50, 400)])  # rho = -0.45: a direction that overshoots
+def test_epoch_shares_are_the_lag_sums_of_the_noise_covariance(h, c, eps, batch, n):
+    from slt_superposition.minibatch_noise import epoch_terms
+
+    nbeta = 0.1 * n
+    got = epoch_terms(NoiseSpectrum(np.array([h]), np.array([c])), eps, 1.0, nbeta, batch, n)[0]
+    assert got == pytest.approx(_epoch_share_by_lag_sums(h, c, eps, 1.0, nbeta, batch, n), rel=1e-9)
+
+
+def test_epoch_sampling_tends_to_iid_batches_as_epochs_grow_and_to_full_batch_as_the_step_shrinks():
+    """Many batches an epoch: the covariance between batches of an epoch (-c / (n - 1)) fades, and the
+    prediction is the i.i.d. one; eps -> 0: full batch's, whatever the sampling."""
+    spectrum = NoiseSpectrum(np.array([0.0, 0.5, 1.0, 3.0]), np.array([0.2, 0.4, 1.0, 2.0]))
+    n, batch, nbeta = 10 ** 7, 1, 50.0
+    iid = quadratic_llc_minibatch(spectrum, 1e-2, 1.0, nbeta, batch)
+    epoch = quadratic_llc_minibatch(spectrum, 1e-2, 1.0, nbeta, batch, sampling="epoch", n=n)
+    assert epoch == pytest.approx(iid, rel=1e-4)
+    full = float(quadratic_llc(spectrum.eigenvalues, 1e-9, 1.0, nbeta))
+    tiny = quadratic_llc_minibatch(spectrum, 1e-9, 1.0, nbeta, 64, sampling="epoch", n=1000)
+    assert tiny == pytest.approx(full, rel=1e-6)
+    with pytest.raises(InputError, match="needs n"):
+        quadratic_llc_minibatch(spectrum, 1e-3, 1.0, nbeta, 64, sampling="epoch")
+
+
 def test_minibatch_factors_grow_with_step_size_over_batch_and_refuse_an_empty_batch():
     c = np.array([0.0, 1.0, 3.0])
     np.testing.assert_allclose(minibatch_factors(c, 1e-3, 100.0, 10), 1 + 1e-3 * 1e4 * c / 40)
@@ -84,6 +132,27 @@ def test_sampler_at_batch_b_reads_the_minibatch_prediction_not_full_batch():
     assert mean - full > 6 * se, (mean, se, mini, full)
 
 
+@pytest.mark.slow
+def test_epoch_sampling_reads_its_own_prediction_above_iid_batches():
+    """Without replacement the batch a step reads holds the rows its epoch has not fitted yet, so on
+    the same exactly quadratic loss epoch sampling (batch 100 of n = 2000) reads its own prediction
+    within 3 standard errors, and more than 6 standard errors above the i.i.d. batches' (9% above)."""
+    n, batch, eps = 2000, 100, 1e-3
+    x = jax.random.normal(jax.random.key(1), (n, 3))
+    params = {"w": x.mean(axis=0)}
+    spectrum = noise_spectrum(row_quadratic, params, x)
+    nbeta = default_nbeta(n)
+    epoch = float(quadratic_llc_minibatch(spectrum, eps, 1.0, nbeta, batch, sampling="epoch", n=n))
+    iid = float(quadratic_llc_minibatch(spectrum, eps, 1.0, nbeta, batch))
+    assert epoch / iid - 1 > 0.05
+    config = SGLDConfig(step_size=eps, localization=1.0, num_chains=8, num_steps=6000, num_burnin=1000,
+                        batch_size=batch, sampling="epoch")
+    est = estimate_llc(row_quadratic, params, x, config=config, key=jax.random.key(2), checks=False)
+    mean, se = float(est["llc_mean"]), float(est["llc_se"])
+    assert abs(mean - epoch) < 3 * se, (mean, se, epoch, iid)
+    assert mean - iid > 6 * se, (mean, se, epoch, iid)
+
+
 def test_batched_spectra_are_each_instances_own():
     """Three instances with their own rows, and the same three sharing one set of rows, with a row count
     that is not a multiple of the chunk: each instance's spectrum is `noise_spectrum` of that instance
@@ -105,7 +174,7 @@ def test_batched_spectra_are_each_instances_own():
 
 def test_every_minibatch_estimate_stores_its_predicted_bias():
     """`estimate_llc`'s checks store `batch_bias_predicted`: the prediction from the rows at w* for the
-    run's own eps, gamma, nbeta and batch; NaN at full batch and with epoch sampling."""
+    run's own eps, gamma, nbeta, batch and sampling; NaN at full batch."""
     n = 1000
     x = jax.random.normal(jax.random.key(4), (n, 3))
     params = {"w": x.mean(axis=0)}
@@ -117,7 +186,11 @@ def test_every_minibatch_estimate_stores_its_predicted_bias():
     full = estimate_llc(row_quadratic, params, x, config=SGLDConfig(**base), key=jax.random.key(5))
     epoch = estimate_llc(row_quadratic, params, x, config=SGLDConfig(**base, batch_size=100, sampling="epoch"),
                          key=jax.random.key(5))
-    assert np.isnan(float(full["batch_bias_predicted"])) and np.isnan(float(epoch["batch_bias_predicted"]))
+    assert np.isnan(float(full["batch_bias_predicted"]))
+    expected_epoch = predicted_batch_bias(noise_spectrum(row_quadratic, params, x), 5e-4, 2.0, default_nbeta(n), 100,
+                                          sampling="epoch", n=n)
+    assert float(epoch["batch_bias_predicted"]) == pytest.approx(float(expected_epoch), rel=1e-4)
+    assert abs(float(expected_epoch) - float(expected)) > 0.01  # the sampling's own prediction, not the i.i.d. one
     assert "not part of trusted" in est["batch_bias_predicted"].attrs["long_name"]
 
 
