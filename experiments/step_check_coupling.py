@@ -26,7 +26,7 @@ from experiments.registry import header, row_variables
 from slt_superposition.checks import relative_difference
 from slt_superposition.coupled import DIFF_BLOCKS, sample_coupled
 from slt_superposition.curvature import hessian_eigenvalues, quadratic_llc
-from slt_superposition.diagnostics import batch_means_se
+from slt_superposition.diagnostics import difference_se
 from slt_superposition.io import save_dataset, write_text
 from slt_superposition.markdown import table
 from slt_superposition.llc import SGLDConfig, chain_settings, chain_shape, default_nbeta, sample_chains
@@ -52,7 +52,7 @@ def study(n: int = 10_000, chains: int = 4, steps: int = 500, batch: int = 500, 
         rel, _, fine = relative_difference(np.asarray(pair["llc_coarse"], np.float64), np.asarray(pair["llc_fine"], np.float64),
                                  ok)
         blocks = np.asarray(pair["diff_blocks"], np.float64)
-        se = batch_means_se(blocks, np.ones(blocks.shape[::2], bool), ok, DIFF_BLOCKS) / np.abs(fine)
+        se = difference_se(blocks, np.ones(blocks.shape[::2], bool), ok, DIFF_BLOCKS) / np.abs(fine)  # as the stored check
         # the check before coupling: the eps / 3 chain from another key, one difference per chain
         finer = dataclasses.replace(config, step_size=eps / 3, num_steps=3 * steps, num_burnin=3 * (steps // 2),
                                     trace_every=3 * config.trace_every)
@@ -70,7 +70,7 @@ def study(n: int = 10_000, chains: int = 4, steps: int = 500, batch: int = 500, 
 
 VARIABLES = {
     "coupled": ("coupled check: relative difference of the LLC at eps and eps / 3", "1"),
-    "coupled_se": ("its standard error (batch means of the paired difference)", "1"),
+    "coupled_se": ("its standard error (batch means of the paired difference, at least the pairs' spread)", "1"),
     "independent": ("the same difference from independent chains (different keys)", "1"),
     "independent_se": ("its standard error", "1"),
     "quadratic": ("quadratic prediction of the difference (Hessian of L_n)", "1"),
