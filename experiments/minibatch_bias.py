@@ -22,12 +22,20 @@ Cases:
 
     python -m experiments.minibatch_bias [--cases kgon6 n6_m2 n20_m5] [--chains 8] [--sampling epoch]
     python -m experiments.minibatch_bias --flagship DIR [--models n6_m2 n20_m5]
+    python -m experiments.minibatch_bias --flagship DIR --instance n5_m2 18 3 [--chains 16] [--lengths 300 4000]
 
 `--flagship DIR` reads a finished `reproduce weights-vs-activations` run instead (its train_*.nc
 and calibration/*.nc): it refines each model's instances again as the run did (same keys, so the
 same points), predicts the minibatch bias of every instance at its calibrated step size and
 localization for each batch size the calibration's minibatch stage tried, and prints beside it
 what those paired checks measured: no chain is run.
+
+`--instance MODEL P_INDEX SEED` (with `--flagship`) takes one instance's minibatch check apart: the
+calibration's own paired runs again with its keys (so the stored numbers), pair by pair, with the
+pooled batch-means standard error and the checks' (`diagnostics.difference_se`); then `--chains` pairs
+on another key at each of `--lengths`, beside the bias predicted at w* and with the rows' gradient
+variance where the full-batch chains ended, and how far those ended from w*. Both `--flagship` modes
+read a run of the default size (`SIZES["default"]`, whose keys they repeat).
 
 `--sampling epoch`: the minibatch chains draw their batches without replacement, a fresh permutation
 every epoch (`SGLDConfig.sampling`), against the prediction for that sampling
