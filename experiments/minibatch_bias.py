@@ -81,6 +81,15 @@ class Case(NamedTuple):
     key: jax.Array
 
 
+class FlagshipModel(NamedTuple):
+    loss_fn: Callable
+    params: dict  # leaves (instance, ...)
+    data: object  # leaves (instance, n, ...)
+    calibration: object  # its calibration dataset
+    key: jax.Array  # the model's key (`weights_vs_activations.model_key`)
+    config: object  # the run's FlagshipConfig
+
+
 def kgon_case() -> Case:
     from experiments.kgon_llc import N_SAMPLES, case_loss, kgon_loss, refined_kgon
 
@@ -140,29 +149,38 @@ def measure(case: Case, chains: int, sampling: str = "replacement") -> list[dict
     return rows
 
 
-def flagship_comparison(run_dir: str, models: list[str]) -> None:
-    """Per model of a finished flagship run and per batch size its calibration tried: the predicted
-    minibatch bias (median, largest, share above 2%) against the paired checks' measured relative
-    difference (median, share failed), and on the instances that failed, the predictions."""
+def flagship_model(run_dir: str, label: str) -> FlagshipModel:
+    """One model of a finished flagship run of the default size, refined again as the run refined it
+    (its keys, so the same points), with one instance axis (the grid dims flattened, `GRID_DIMS` order)."""
     import jax.numpy as jnp
     import xarray as xr
 
     import experiments.weights_vs_activations as flagship
     from slt_superposition.grid import GRID_DIMS
     from slt_superposition.io import open_result
-    from slt_superposition.minibatch_noise import noise_spectrum_batched, predicted_batch_bias
 
     config = flagship.SIZES["default"]
+    n_features, n_hidden = (int(part[1:]) for part in label.split("_"))
+    train = open_result(f"{run_dir}/train_{label}.nc", kind="train")
+    calibration = xr.open_dataset(f"{run_dir}/calibration/{label}.nc")
+    key = flagship.model_key(n_features, n_hidden, config)
+    loss_fn, params, data, _ = flagship._refined_inputs(train, config, jax.random.fold_in(key, 2))
+    leading = len(GRID_DIMS)  # params and data lead with the grid dims; one instance axis instead
+    flat = lambda tree: jax.tree_util.tree_map(lambda x: jnp.reshape(x, (-1,) + x.shape[leading:]), tree)
+    return FlagshipModel(loss_fn, flat(params), flat(data), calibration, key, config)
+
+
+def flagship_comparison(run_dir: str, models: list[str]) -> None:
+    """Per model of a finished flagship run and per batch size its calibration tried: the predicted
+    minibatch bias (median, largest, share above 2%) against the paired checks' measured relative
+    difference (median, share failed), and on the instances that failed, the predictions."""
+    from slt_superposition.grid import GRID_DIMS
+    from slt_superposition.minibatch_noise import noise_spectrum_batched, predicted_batch_bias
+
     for label in models:
-        n_features, n_hidden = (int(part[1:]) for part in label.split("_"))
-        train = open_result(f"{run_dir}/train_{label}.nc", kind="train")
-        calibration = xr.open_dataset(f"{run_dir}/calibration/{label}.nc")
-        key = flagship.model_key(n_features, n_hidden, config)
         t0 = time.perf_counter()
-        loss_fn, params, data, _ = flagship._refined_inputs(train, config, jax.random.fold_in(key, 2))
-        leading = len(GRID_DIMS)  # params and data lead with the grid dims; one instance axis instead
-        flat = lambda tree: jax.tree_util.tree_map(lambda x: jnp.reshape(x, (-1,) + x.shape[leading:]), tree)
-        spectrum = noise_spectrum_batched(loss_fn, flat(params), flat(data), data_batched=True)
+        loss_fn, params, data, calibration, _, config = flagship_model(run_dir, label)
+        spectrum = noise_spectrum_batched(loss_fn, params, data, data_batched=True)
         n = config.llc_samples
         dims = GRID_DIMS
         eps = calibration["chosen_step_size"].transpose(*dims).values.ravel()
@@ -184,40 +202,6 @@ def flagship_comparison(run_dir: str, models: list[str]) -> None:
                      if failed.any() else ""))
 
 
-def _flagship_instance(run_dir: str, label: str, p_index: int, seed: int):
-    """One instance of a finished flagship run: (loss_fn, every instance's refined params and data with one
-    instance axis, the instance's flat index, its calibration dataset slice, model key, config)."""
-    import jax.numpy as jnp
-    import xarray as xr
-
-    import experiments.weights_vs_activations as flagship
-    from slt_superposition.grid import GRID_DIMS
-    from slt_superposition.io import open_result
-
-    config = flagship.SIZES["default"]
-    n_features, n_hidden = (int(part[1:]) for part in label.split("_"))
-    train = open_result(f"{run_dir}/train_{label}.nc", kind="train")
-    calibration = xr.open_dataset(f"{run_dir}/calibration/{label}.nc")
-    key = flagship.model_key(n_features, n_hidden, config)
-    loss_fn, params, data, _ = flagship._refined_inputs(train, config, jax.random.fold_in(key, 2))
-    leading = len(GRID_DIMS)
-    flat = lambda tree: jax.tree_util.tree_map(lambda x: jnp.reshape(x, (-1,) + x.shape[leading:]), tree)
-    where = {"feature_probability": p_index, "importance_decay": 0, "seed": seed}
-    index = int(np.ravel_multi_index([where[d] for d in GRID_DIMS], [calibration.sizes[d] for d in GRID_DIMS]))
-    return loss_fn, flat(params), flat(data), index, calibration.isel(where), key, config
-
-
-def gradient_variance_at(loss_fn, params, data, position, vectors) -> np.ndarray:
-    """The rows' gradient variance `(d,)` at the flat `position` `(d,)` along the columns of `vectors`
-    `(d, d)` (w*'s Hessian eigenvectors): `noise_spectrum`'s c_i, read where a chain is."""
-    from jax.flatten_util import ravel_pytree
-
-    _, unravel = ravel_pytree(params)
-    row_loss = lambda w, row: loss_fn(unravel(w), jax.tree_util.tree_map(lambda a: a[None], row))
-    grads = jax.vmap(jax.grad(row_loss), in_axes=(None, 0))(position, data)
-    return (np.asarray(grads, np.float64) @ vectors).var(axis=0)
-
-
 def instance_study(run_dir: str, label: str, p_index: int, seed: int, chains: int, lengths: list[int]) -> None:
     """A flagship instance's minibatch check, taken apart: the calibration's own paired runs again
     (same keys, so the same numbers), chain by chain, with the pooled batch-means SE and the SE the
@@ -227,45 +211,53 @@ def instance_study(run_dir: str, label: str, p_index: int, seed: int, chains: in
     from jax.flatten_util import ravel_pytree
 
     from slt_superposition.calibration import BATCH_MEANS, _sampler
+    from slt_superposition.curvature import dense_hessian
     from slt_superposition.diagnostics import batch_means_se, difference_se
-    from slt_superposition.minibatch_noise import NoiseSpectrum, predicted_batch_bias
+    from slt_superposition.grid import GRID_DIMS
+    from slt_superposition.minibatch_noise import NoiseSpectrum, gradient_variance_along, predicted_batch_bias
 
-    loss_fn, params, data, index, cal, key, config = _flagship_instance(run_dir, label, p_index, seed)
+    loss_fn, params, data, calibration, key, config = flagship_model(run_dir, label)
+    where = {"feature_probability": p_index, "importance_decay": 0, "seed": seed}
+    index = int(np.ravel_multi_index([where[d] for d in GRID_DIMS], [calibration.sizes[d] for d in GRID_DIMS]))
+    cal = calibration.isel(where)
     n, n_inst = config.llc_samples, int(jax.tree_util.tree_leaves(params)[0].shape[0])
     nbeta = default_nbeta(n)
     eps, gamma = float(cal["chosen_step_size"]), float(cal["chosen_localization"])
-    one = lambda tree: jax.tree_util.tree_map(lambda x: x[index], tree)
-    w_star, unravel = ravel_pytree(one(params))
+    p1, d1 = (jax.tree_util.tree_map(lambda x: x[index], tree) for tree in (params, data))
+    w_star, unravel = ravel_pytree(p1)
     print(f"{label} at p = {float(cal['feature_probability']):.4g}, seed {seed}: eps {eps:g}, localization {gamma:g}, "
           f"n = {n}, d = {w_star.size}")
-    # the calibration's batch stage: its key, its chains, its check length (calibrate_batched's key split)
+    # the calibration's batch stage: its key, its chains, its check lengths (calibrate_batched's key split)
     cal_key, other_key = jax.random.split(jax.random.fold_in(key, 1))  # as the flagship's _calibrated_llc
     batch_key = jax.random.split(cal_key, 4)[3]  # as calibrate_batched
     sampler = _sampler(loss_fn, params, data, data_batched=True, n=n, d=w_star.size, nbeta=nbeta,
                        num_chains=config.calibration_chains, burnin_fraction=0.5, mesh=None)
-    steps = np.zeros(n_inst, np.int64)
-    steps[index] = int(cal["batch_check_steps"].isel(batch_check=0))
-    full = sampler.run(batch_key, eps, steps, gamma, None)
+    runs = {}  # (chain length, batch) -> the calibration's run of that length, only this instance active
+
+    def run(length: int, batch):
+        if (length, batch) not in runs:
+            runs[length, batch] = sampler.run(batch_key, eps, np.where(np.arange(n_inst) == index, length, 0), gamma,
+                                              batch)
+        return runs[length, batch]
+
     for j, batch in enumerate(cal["batch_check"].values):
-        steps[index] = int(cal["batch_check_steps"].isel(batch_check=j))
-        run = sampler.run(batch_key, eps, steps, gamma, int(batch))
-        ref = full if steps[index] == int(cal["batch_check_steps"].isel(batch_check=0)) else \
-            sampler.run(batch_key, eps, steps, gamma, None)
-        paired = run.per_chain[index] - ref.per_chain[index]
-        trace = (run.trace.astype(np.float64) - ref.trace)[index][None]
+        length = int(cal["batch_check_steps"].isel(batch_check=j))
+        mini, ref = run(length, int(batch)), run(length, None)
+        paired = mini.per_chain[index] - ref.per_chain[index]
+        trace = (mini.trace.astype(np.float64) - ref.trace)[index][None]
         healthy = np.isfinite(paired)[None]
-        pooled, now = (nbeta * f(trace, run.post[index][None], healthy, BATCH_MEANS)[0] / abs(ref.llc[index])
+        pooled, now = (nbeta * f(trace, mini.post[index][None], healthy, BATCH_MEANS)[0] / abs(ref.llc[index])
                        for f in (batch_means_se, difference_se))
-        print(f"  calibration's check at batch {int(batch)}, {steps[index]} steps: full batch {ref.llc[index]:.3f}, "
-              f"minibatch {run.llc[index]:.3f}, {np.nanmean(paired) / abs(ref.llc[index]):+.1%} "
+        print(f"  calibration's check at batch {int(batch)}, {length} steps: full batch {ref.llc[index]:.3f}, "
+              f"minibatch {mini.llc[index]:.3f}, {np.nanmean(paired) / abs(ref.llc[index]):+.1%} "
               f"(stored {float(cal['batch_check_rel_diff'].isel(batch_check=j)):+.1%}); per chain "
               f"{', '.join(f'{v:+.2f}' for v in paired)}; SE pooled batch means {pooled:.1%} "
               f"(stored {float(cal['batch_check_se'].isel(batch_check=j)):.1%}), "
               f"with the chains' spread {now:.1%}")
-    # more chains, another key, longer
-    p1, d1 = one(params), one(data)
-    spectrum = noise_spectrum(loss_fn, p1, d1)
-    V = np.linalg.eigh(np.asarray(jax.hessian(lambda v: loss_fn(unravel(v), d1))(w_star), np.float64))[1]
+    # more chains, another key, longer; the Hessian at w* once: its eigenvalues, and the directions along
+    # which the rows' gradient variance is read at w* and where the chains ended
+    h, V = np.linalg.eigh(np.asarray(dense_hessian(lambda v, rows: loss_fn(unravel(v), rows), w_star, d1), np.float64))
+    spectrum = NoiseSpectrum(h, gradient_variance_along(loss_fn, p1, d1, V))
     for length in lengths:
         sample = lambda batch: estimate_llc(
             loss_fn, p1, d1, key=jax.random.fold_in(other_key, 99), checks=False,
@@ -275,8 +267,9 @@ def instance_study(run_dir: str, label: str, p_index: int, seed: int, chains: in
         reference = full_run["llc_per_chain"].values.astype(np.float64)
         ends = full_run["final_position"].values
         distance = np.linalg.norm(ends - np.asarray(w_star), axis=-1) / float(jnp.linalg.norm(w_star))
-        c_end = np.mean([gradient_variance_at(loss_fn, p1, d1, jnp.asarray(e, jnp.float32), V) for e in ends], axis=0)
-        at_ends = NoiseSpectrum(spectrum.eigenvalues, c_end)
+        c_end = np.mean([gradient_variance_along(loss_fn, unravel(jnp.asarray(e, jnp.float32)), d1, V) for e in ends],
+                        axis=0)
+        at_ends = NoiseSpectrum(h, c_end)
         print(f"  {chains} chains x {length} steps: full batch {reference.mean():.3f} +- "
               f"{reference.std(ddof=1) / math.sqrt(chains):.3f}; the chains ended {np.median(distance):.2f} x |w*| "
               f"from w* (median; {distance.min():.2f} to {distance.max():.2f})")

@@ -81,6 +81,12 @@ def _one_instance(loss_fn: Callable, params: PyTree, data: PyTree, chunk: int) -
     flat = lambda v, rows: loss_fn(unravel(v), rows)
     H = dense_hessian(flat, w, data)
     V = jnp.linalg.eigh(H)[1]
+    return jnp.linalg.eigvalsh(H), _variance_along(flat, w, data, V, chunk)
+
+
+def _variance_along(flat: Callable, w: jax.Array, data: PyTree, V: jax.Array, chunk: int) -> jax.Array:
+    """Traced: the variance over the rows of `data` of each row's gradient of `flat(w, rows)` at the
+    flat `w` `(d,)` along the columns of `V` `(d, k)`, `(k,)`; rows taken `chunk` at a time."""
     n = jax.tree_util.tree_leaves(data)[0].shape[0]
     chunk = min(chunk, n)
     n_chunks = -(-n // chunk)
@@ -93,10 +99,27 @@ def _one_instance(loss_fn: Callable, params: PyTree, data: PyTree, chunk: int) -
         P = jnp.where(valid, jax.vmap(one_row)(rows), 0.0)
         return (sums[0] + P.sum(axis=0), sums[1] + (P ** 2).sum(axis=0)), None
 
-    zeros = jnp.zeros_like(w)
+    zeros = jnp.zeros(V.shape[1], w.dtype)
     (total, squares), _ = jax.lax.scan(add, (zeros, zeros), jnp.arange(n_chunks))
     mean = total / n
-    return jnp.linalg.eigvalsh(H), jnp.maximum(squares / n - mean ** 2, 0.0)
+    return jnp.maximum(squares / n - mean ** 2, 0.0)
+
+
+@functools.lru_cache(maxsize=16)
+def _along(loss_fn: Callable, chunk: int) -> Callable:
+    def variance(params, data, vectors):
+        w, unravel = ravel_pytree(params)
+        return _variance_along(lambda v, rows: loss_fn(unravel(v), rows), w, data, vectors, chunk)
+
+    return jax.jit(variance)
+
+
+def gradient_variance_along(loss_fn: Callable, params: PyTree, data: PyTree, vectors, chunk: int = ROW_CHUNK
+                            ) -> np.ndarray:
+    """The rows' gradient variance at `params` (one instance; data leaves `(n, ...)`) along the columns
+    of `vectors` `(d, k)`, `(k,)`: `noise_spectrum`'s c_i read at any point (e.g. where a chain ended)
+    along directions fixed elsewhere (e.g. the Hessian's eigenvectors at w*)."""
+    return np.asarray(_along(loss_fn, chunk)(params, data, jnp.asarray(vectors, jnp.float32)), np.float64)
 
 
 @functools.lru_cache(maxsize=16)

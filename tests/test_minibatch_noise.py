@@ -109,6 +109,13 @@ def test_noise_spectrum_reads_the_rows_gradient_covariance():
     np.testing.assert_allclose(spectrum.eigenvalues, CURVATURES, rtol=1e-5)
     expected = CURVATURES ** 2 * np.var(np.asarray(x, np.float64), axis=0)
     np.testing.assert_allclose(spectrum.gradient_variance, expected, rtol=1e-4)
+    # read along given directions (here the Hessian's own eigenvectors, the axes) and elsewhere than w*:
+    # each row's gradient A (w - x_j) varies with x_j only, so its variance is the same at any w
+    from slt_superposition.minibatch_noise import gradient_variance_along
+
+    np.testing.assert_allclose(gradient_variance_along(row_quadratic, params, x, np.eye(3)), expected, rtol=1e-4)
+    np.testing.assert_allclose(gradient_variance_along(row_quadratic, {"w": params["w"] + 1.0}, x, np.eye(3)[:, :2],
+                                                       chunk=700), expected[:2], rtol=1e-4)
 
 
 @pytest.mark.slow
