@@ -4,8 +4,10 @@ Splits the CPU into one JAX device per core (`cpu_devices`) before anything star
 backend, unless ``SLT_SPLIT_CPU=0``, the user chose a device count, or this is one process of
 a multi-process run; wherever the process will have several CPU devices (its own split or the
 user's count) computations are dispatched inline, which keeps threads that launch programs over
-several devices from waiting on each other for good (`cpu_devices` module doc). Then hands over
-to `slt_superposition.cli.main`. `cli.main` itself does not touch the devices, so calling it
+several devices from waiting on each other for good (`cpu_devices` module doc). Compiled
+programs are kept on disk between runs (`compile_cache`: JAX's persistent cache, unless the user
+chose their own folder or ``SLT_COMPILATION_CACHE=0``). Then hands over to
+`slt_superposition.cli.main`. `cli.main` itself does not touch the devices, so calling it
 from a program that already computed (a notebook, the tests) changes nothing.
 """
 
@@ -31,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         split = os.environ.get("SLT_SPLIT_CPU", "1") != "0" and split_cpu_into_cores() is not None
         if not split:  # the user's own JAX_NUM_CPU_DEVICES or XLA_FLAGS count (the split sets the mode itself)
             dispatch_inline_with_several_devices()
+    from slt_superposition.compile_cache import enable_for_console_script
+
+    enable_for_console_script()
     from slt_superposition.cli import main as cli_main
 
     return cli_main(argv)
