@@ -8,8 +8,11 @@ executable, so no number changes (the test suite has run this way since its star
 
 `enable_for_console_script()` turns it on for the `slt-superposition` command: at
 `$SLT_COMPILATION_CACHE_DIR`, else `$XDG_CACHE_HOME/slt-superposition/jax`, else
-`~/.cache/slt-superposition/jax`, every program cached (`MIN_COMPILE_SECONDS`), the folder kept
-under `MAX_BYTES` (the least recently used programs are removed first). It leaves JAX alone when
+`~/.cache/slt-superposition/jax`, every program cached (`MIN_COMPILE_SECONDS`). The folder is kept
+under `MAX_BYTES` when the script starts (`prune`: the least recently used files go first), not
+by JAX's own size cap, whose bookkeeping (a file lock and a scan of the folder on every write)
+cost about 0.1 s per compiled program here (`benchmarks/compile_time.py --cache-overhead`). It
+leaves JAX alone when
 the user chose a cache folder already (`JAX_COMPILATION_CACHE_DIR`, or `jax_compilation_cache_dir`
 set in-process, as the tests do), or with `SLT_COMPILATION_CACHE=0`. A folder that cannot be
 written leaves the cache off with one line on stderr; the run goes on. Python callers get JAX's
@@ -22,7 +25,7 @@ import os
 import sys
 from pathlib import Path
 
-MAX_BYTES = 2 * 1024**3  # the folder's cap; a quick flagship's programs take about 5 MB
+MAX_BYTES = 2 * 1024**3  # the folder's cap; a quick flagship's programs take about 9 MB
 MIN_COMPILE_SECONDS = 0.0  # every program: the small ones add up (hundreds per run)
 
 
@@ -54,7 +57,31 @@ def enable_for_console_script(environ=os.environ) -> Path | None:
               f"({err.strerror or err}); set SLT_COMPILATION_CACHE_DIR, or SLT_COMPILATION_CACHE=0 to silence this",
               file=sys.stderr)
         return None
+    prune(folder, MAX_BYTES)
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
-    jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
     return folder
+
+
+def prune(folder: Path, max_bytes: int) -> int:
+    """Remove the least recently used files of `folder` (by access or modification time, whichever
+    is later) until its files take at most `max_bytes`; returns how many were removed. A file that
+    another run removes or reads meanwhile is skipped (JAX reads a missing program as a miss)."""
+    entries = []
+    for path in folder.iterdir():
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        if path.is_file():
+            entries.append((max(stat.st_atime, stat.st_mtime), stat.st_size, path))
+    total, removed = sum(size for _, size, _ in entries), 0
+    for _, size, path in sorted(entries, key=lambda e: e[0]):
+        if total <= max_bytes:
+            break
+        try:
+            path.unlink()
+        except OSError:
+            continue
+        total, removed = total - size, removed + 1
+    return removed

@@ -61,3 +61,15 @@ def test_a_second_run_loads_every_program_and_writes_the_same_bits(tmp_path):
     xr.testing.assert_identical(a.drop_attrs(), b.drop_attrs())
     for name in a.data_vars:
         assert a[name].values.tobytes() == b[name].values.tobytes(), name
+
+
+def test_prune_removes_the_least_recently_used_files_first(tmp_path):
+    from slt_superposition.compile_cache import prune
+
+    for i in range(5):
+        path = tmp_path / f"entry{i}"
+        path.write_bytes(b"x" * 100)
+        os.utime(path, (1000 + i, 1000 + i))  # entry0 the least recently used
+    assert prune(tmp_path, 500) == 0
+    assert prune(tmp_path, 250) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry3", "entry4"]
