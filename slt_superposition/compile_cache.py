@@ -11,12 +11,12 @@ executable, so no number changes (the test suite has run this way since its star
 `~/.cache/slt-superposition/jax`, every program cached (`MIN_COMPILE_SECONDS`). The folder is kept
 under `MAX_BYTES` when the script starts (`prune`: the least recently used files go first), not
 by JAX's own size cap, whose bookkeeping (a file lock and a scan of the folder on every write)
-cost about 0.1 s per compiled program here (`benchmarks/compile_time.py --cache-overhead`). It
-leaves JAX alone when
-the user chose a cache folder already (`JAX_COMPILATION_CACHE_DIR`, or `jax_compilation_cache_dir`
-set in-process, as the tests do), or with `SLT_COMPILATION_CACHE=0`. A folder that cannot be
-written leaves the cache off with one line on stderr; the run goes on. Python callers get JAX's
-own default (no cache) unless they set it, as JAX documents.
+cost about 0.12 s per compiled program here (`benchmarks/compile_time.py --cache-overhead`).
+
+It leaves JAX alone when the user chose a cache folder already (`JAX_COMPILATION_CACHE_DIR`, or
+`jax_compilation_cache_dir` set in-process, as the tests do), or with `SLT_COMPILATION_CACHE=0`.
+A folder that cannot be written leaves the cache off with one line on stderr; the run goes on.
+Python callers get JAX's own default (no cache) unless they set it, as JAX documents.
 """
 
 from __future__ import annotations
