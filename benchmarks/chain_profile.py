@@ -44,9 +44,9 @@ def patched(module, **attrs):
             setattr(module, name, value)
 
 
-def one_instance_program(loss_fn, params, data, config, *, observers=None, compiler_options=None):
-    """The compiled one-instance chain program and its inputs: `(compiled, args)`; call
-    `compiled(*args)`. Traced now, so `patched` chain attributes apply."""
+def one_instance_lowered(loss_fn, params, data, config, *, observers=None):
+    """The lowered (not yet compiled) one-instance chain program and its inputs: `(lowered, args)`.
+    Traced now, so `patched` chain attributes apply."""
     n = jax.tree_util.tree_leaves(data)[0].shape[0]
     d = sum(x.size for x in jax.tree_util.tree_leaves(params))
     nbeta = llc_module.resolve_nbeta(config, n)
@@ -54,8 +54,15 @@ def one_instance_program(loss_fn, params, data, config, *, observers=None, compi
     shape = llc_module.chain_shape(config, n, d)
     program = jax.vmap(chain.instance_program(loss_fn, shape, observers), in_axes=(0, None, 0, 0))
     args = (jax.tree_util.tree_map(lambda a: a[None], params), data, jax.random.key(1)[None], settings)
+    return jax.jit(program).lower(*args), args
+
+
+def one_instance_program(loss_fn, params, data, config, *, observers=None, compiler_options=None):
+    """The compiled one-instance chain program and its inputs: `(compiled, args)`; call
+    `compiled(*args)`. Traced now, so `patched` chain attributes apply."""
+    lowered, args = one_instance_lowered(loss_fn, params, data, config, observers=observers)
     options = llc_module.CPU_COMPILER_OPTIONS if compiler_options is None else compiler_options
-    return jax.jit(program).lower(*args).compile(compiler_options=options or None), args
+    return lowered.compile(compiler_options=options or None), args
 
 
 def variants(loss_fn, params, data, config) -> dict:

@@ -48,7 +48,7 @@ def ablations(rounds: int) -> None:
     import jax
     import jax.numpy as jnp
 
-    from chain_profile import patched  # benchmarks/, next to this script
+    from chain_profile import one_instance_lowered, patched  # benchmarks/, next to this script
     import llc_throughput as lt
     import machine
     from slt_superposition import SGLDConfig, chain, llc as llc_module
@@ -58,16 +58,7 @@ def ablations(rounds: int) -> None:
     data = lt.perturbed_grid(params, 1)[1][0]
     config = SGLDConfig(step_size=lt.EPS, localization=lt.GAMMA, num_chains=lt.CHAINS, num_steps=lt.STEPS,
                         num_burnin=lt.BURNIN, batch_size=lt.BATCH)
-    n, d = lt.N, lt.N_HIDDEN * lt.N_FEATURES + lt.N_FEATURES
-
-    def lowered(observers=None):
-        settings = llc_module.chain_settings(config, llc_module.resolve_nbeta(config, n), 1)
-        shape = llc_module.chain_shape(config, n, d)
-        program = jax.vmap(chain.instance_program(lt.loss_fn, shape, observers), in_axes=(0, None, 0, 0))
-        args = (jax.tree_util.tree_map(lambda a: a[None], params), data, jax.random.key(1)[None], settings)
-        return jax.jit(program).lower(*args), args
-
-    table = lambda shape, chunk, key, c: jnp.asarray((np.arange(chunk * lt.BATCH) * 7 % n).reshape(chunk, lt.BATCH),
+    table = lambda shape, chunk, key, c: jnp.asarray((np.arange(chunk * lt.BATCH) * 7 % lt.N).reshape(chunk, lt.BATCH),
                                                      jnp.int32)
     constant = lambda key, shape, dtype: jnp.full(shape, 0.01, dtype)
     llc_only = (llc_observer(),)
@@ -85,7 +76,7 @@ def ablations(rounds: int) -> None:
     def lower(name):  # lowered anew every round: a Lowered object keeps what it compiled
         attrs, observers, _ = variants[name]
         with patched(chain, **attrs):
-            return lowered(observers)
+            return one_instance_lowered(lt.loss_fn, params, data, config, observers=observers)
 
     print(machine.describe())
     print(f"chain program of benchmarks/llc_throughput.py (TMS {lt.N_FEATURES}x{lt.N_HIDDEN}, {lt.CHAINS} chains, "

@@ -22,6 +22,7 @@ Python callers get JAX's own default (no cache) unless they set it, as JAX docum
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -70,11 +71,11 @@ def prune(folder: Path, max_bytes: int) -> int:
     entries = []
     for path in folder.iterdir():
         try:
-            stat = path.stat()
+            info = path.stat()
         except OSError:
             continue
-        if path.is_file():
-            entries.append((max(stat.st_atime, stat.st_mtime), stat.st_size, path))
+        if stat.S_ISREG(info.st_mode):
+            entries.append((max(info.st_atime, info.st_mtime), info.st_size, path))
     total, removed = sum(size for _, size, _ in entries), 0
     for _, size, path in sorted(entries, key=lambda e: e[0]):
         if total <= max_bytes:
