@@ -21,7 +21,7 @@ Cases:
   step sizes around the ones the flagship's calibration chose there (`TMS_CASES`).
 
     python -m experiments.minibatch_bias [--cases kgon6 n6_m2 n20_m5] [--chains 8] [--sampling epoch]
-    python -m experiments.minibatch_bias --flagship DIR [--models n6_m2 n20_m5]
+    python -m experiments.minibatch_bias --flagship DIR [--models n6_m2 n20_m5]   # default: the run's models
     python -m experiments.minibatch_bias --flagship DIR --instance n5_m2 18 3 [--chains 16] [--lengths 300 4000]
 
 `--flagship DIR` reads a finished `reproduce weights-vs-activations` run instead (its train_*.nc
@@ -35,7 +35,8 @@ calibration's own paired runs again with its keys (so the stored numbers), pair 
 pooled batch-means standard error and the checks' (`diagnostics.difference_se`); then `--chains` pairs
 on another key at each of `--lengths`, beside the bias predicted at w* and with the rows' gradient
 variance where the full-batch chains ended, and how far those ended from w*. Both `--flagship` modes
-read a run of the default size (`SIZES["default"]`, whose keys they repeat).
+read the run's own settings from its `weights_vs_activations.nc` (any size, any `--set` fields;
+`weights_vs_activations.config_of_run`) and repeat its keys.
 
 `--sampling epoch`: the minibatch chains draw their batches without replacement, a fresh permutation
 every epoch (`SGLDConfig.sampling`), against the prediction for that sampling
@@ -56,6 +57,7 @@ from typing import Callable, NamedTuple
 import jax
 import numpy as np
 
+from slt_superposition.errors import require
 from slt_superposition.llc import SGLDConfig, default_nbeta, estimate_llc
 from slt_superposition.markdown import table
 from slt_superposition.minibatch_noise import noise_spectrum, quadratic_llc_minibatch
@@ -150,8 +152,9 @@ def measure(case: Case, chains: int, sampling: str = "replacement") -> list[dict
 
 
 def flagship_model(run_dir: str, label: str) -> FlagshipModel:
-    """One model of a finished flagship run of the default size, refined again as the run refined it
-    (its keys, so the same points), with one instance axis (the grid dims flattened, `GRID_DIMS` order)."""
+    """One model of a finished flagship run, refined again as the run refined it (its settings, read
+    from the run, and its keys: so the same points), with one instance axis (the grid dims flattened,
+    `GRID_DIMS` order)."""
     import jax.numpy as jnp
     import xarray as xr
 
@@ -159,7 +162,9 @@ def flagship_model(run_dir: str, label: str) -> FlagshipModel:
     from slt_superposition.grid import GRID_DIMS
     from slt_superposition.io import open_result
 
-    config = flagship.SIZES["default"]
+    config = flagship.config_of_run(run_dir)
+    labels = [f"n{n}_m{m}" for n, m in config.models]
+    require(label in labels, f"{run_dir} has no model {label!r} (its models: {', '.join(labels)})")
     n_features, n_hidden = (int(part[1:]) for part in label.split("_"))
     train = open_result(f"{run_dir}/train_{label}.nc", kind="train")
     calibration = xr.open_dataset(f"{run_dir}/calibration/{label}.nc")
@@ -291,7 +296,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="the minibatch chains' sampling (full batch is the same either way); with epoch the "
                              "chains draw other noise than their full-batch twins, so the excess is not paired")
     parser.add_argument("--flagship", metavar="DIR", help="a finished weights-vs-activations run to read instead")
-    parser.add_argument("--models", nargs="+", default=["n4_m2", "n5_m2", "n6_m2", "n8_m2", "n20_m5"])
+    parser.add_argument("--models", nargs="+", help="with --flagship: the models to read (default: every model of "
+                                                    "the run)")
     parser.add_argument("--instance", nargs=3, metavar=("MODEL", "P_INDEX", "SEED"),
                         help="with --flagship: one instance's minibatch check taken apart (e.g. n5_m2 18 3)")
     parser.add_argument("--lengths", nargs="+", type=int, default=[300, 4000],
@@ -304,7 +310,10 @@ def main(argv: list[str] | None = None) -> None:
         instance_study(args.flagship, label, int(p_index), int(seed), args.chains, args.lengths)
         return
     if args.flagship:
-        flagship_comparison(args.flagship, args.models)
+        from experiments.weights_vs_activations import config_of_run
+
+        models = args.models or [f"n{n}_m{m}" for n, m in config_of_run(args.flagship).models]
+        flagship_comparison(args.flagship, models)
         return
     rows = []
     for name in args.cases:
@@ -315,4 +324,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from slt_superposition.errors import InputError
+
+    try:
+        main()
+    except InputError as err:  # a folder without a finished run, a model it lacks: one line
+        raise SystemExit(f"error: {err}") from None

@@ -158,8 +158,29 @@ def test_development_part_told_to_stop_ends_before_its_next_stage(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_config_of_run_reads_the_run_and_refuses_what_it_cannot(tmp_path):
+    import dataclasses
+
+    from experiments.weights_vs_activations import QUICK, config_of_run
+    from slt_superposition.io import save_dataset
+    from slt_superposition.provenance import provenance_attrs
+
+    with pytest.raises(InputError, match="holds no finished weights-vs-activations run"):
+        config_of_run(tmp_path)
+    changed = dataclasses.replace(QUICK, seeds=3, models=((4, 2),))  # as `--quick --set seeds=3 ...` stores it
+    stored = dataclasses.asdict(changed) | {"feature_probabilities": changed.feature_probabilities}
+    run = tmp_path / "run"
+    save_dataset(xr.Dataset(attrs=provenance_attrs("compare", stored)), run / "weights_vs_activations.nc")
+    assert config_of_run(run) == changed
+    old = tmp_path / "old"
+    save_dataset(xr.Dataset(attrs=provenance_attrs("compare", stored | {"retired_field": 1})),
+                 old / "weights_vs_activations.nc")
+    with pytest.raises(InputError, match="settings this version does not have \\(retired_field\\)"):
+        config_of_run(old)
+
+
 @pytest.mark.slow
-def test_flagship_tiny_grid_is_reproducible_and_self_describing(tmp_path):
+def test_flagship_tiny_grid_is_reproducible_and_self_describing(tmp_path, capsys):
     import json
     import re
 
@@ -238,6 +259,22 @@ def test_flagship_tiny_grid_is_reproducible_and_self_describing(tmp_path):
     assert ((dev["mala_acceptance"] >= 0) & (dev["mala_acceptance"] <= 1)).all()
     assert "Metropolis-adjusted" in str(xr.open_dataset(tmp_path / "a" / "calibration" / "development.nc")["verdict"].values)
     assert "with Metropolis-adjusted chains" in report
+    # a study that rebuilds the run's models (experiments.minibatch_bias --flagship) reads the run's own
+    # settings, not the default size's, and gets the run's refined points bit for bit
+    import jax
+
+    from experiments.minibatch_bias import flagship_comparison, flagship_model
+    from experiments.weights_vs_activations import config_of_run
+
+    assert config_of_run(tmp_path / "a") == config
+    model = flagship_model(str(tmp_path / "a"), "n5_m2")
+    refined = a["W_refined"].sel(model="n5_m2").transpose("feature_probability", "seed", "hidden", "feature").values
+    np.testing.assert_array_equal(np.asarray(model.params["W"]), refined.reshape((-1,) + refined.shape[2:]))
+    assert jax.tree_util.tree_leaves(model.data)[0].shape[1] == config.llc_samples
+    flagship_comparison(str(tmp_path / "a"), ["n5_m2"])
+    assert f"n5_m2: 6 instances, n = {config.llc_samples}" in capsys.readouterr().out
+    with pytest.raises(InputError, match="has no model 'n6_m2'"):
+        flagship_model(str(tmp_path / "a"), "n6_m2")
     # the final weights also estimated at a critical point of L_n, and the report says so
     assert (dev["grad_norm_final_refined"] < dev["grad_norm_final"]).all()
     assert np.isfinite(dev["llc_final_refined"]).all() and dev["llc_final_refined"].attrs["long_name"]
