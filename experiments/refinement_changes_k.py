@@ -8,8 +8,8 @@ refinement of a finished flagship run (the same keys, so the same refined points
 model, the instances whose k differs: the size of that mismatch in runs made before then. (Runs made
 since read both bases at the refined point and store `n_represented_trained` beside `n_represented`.)
 
-    python -m experiments.refinement_changes_k results/quick --size quick
-    python -m experiments.refinement_changes_k results/wva --size default
+    python -m experiments.refinement_changes_k results/quick    # the run's own settings (config_of_run)
+    python -m experiments.refinement_changes_k results/wva --size default   # a run without its settings file
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ import numpy as np
 import xarray as xr
 
 from analysis.measures import n_represented
-from experiments.weights_vs_activations import QUICK, FlagshipConfig, _at_refined_point, _refined_inputs, model_key
+from experiments.weights_vs_activations import (QUICK, FlagshipConfig, _at_refined_point, _refined_inputs,
+                                                config_of_run, model_key)
+from slt_superposition.errors import InputError
 
 
 def k_trained_and_refined(train: xr.Dataset, config: FlagshipConfig, key) -> tuple[np.ndarray, np.ndarray]:
@@ -35,10 +37,17 @@ def k_trained_and_refined(train: xr.Dataset, config: FlagshipConfig, key) -> tup
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a finished flagship folder (with train_<model>.nc)")
-    parser.add_argument("--size", choices=("quick", "default"), default="default",
-                        help="the size the run was made with (its llc_samples and refinement settings)")
+    parser.add_argument("--size", choices=("quick", "default"),
+                        help="the size the run was made with (its llc_samples and refinement settings); default: "
+                             "read from the run's weights_vs_activations.nc, --set fields included")
     args = parser.parse_args(argv)
-    config = QUICK if args.size == "quick" else FlagshipConfig()
+    if args.size is None:
+        try:
+            config = config_of_run(args.run)
+        except InputError as err:
+            raise SystemExit(f"error: {err} (or name the run's size with --size)") from None
+    else:
+        config = QUICK if args.size == "quick" else FlagshipConfig()
     paths = sorted(args.run.glob("train_n*_m*.nc"))
     if not paths:
         raise SystemExit(f"no train_n*_m*.nc in {args.run}")

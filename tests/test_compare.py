@@ -275,6 +275,10 @@ def test_flagship_tiny_grid_is_reproducible_and_self_describing(tmp_path, capsys
     assert f"n5_m2: 6 instances, n = {config.llc_samples}" in capsys.readouterr().out
     with pytest.raises(InputError, match="has no model 'n6_m2'"):
         flagship_model(str(tmp_path / "a"), "n6_m2")
+    from experiments.refinement_changes_k import main as refinement_changes_k
+
+    refinement_changes_k([str(tmp_path / "a")])  # the run's settings, so the count the run stored
+    assert f"n5_m2: k changed by refinement on {moved} of 6 instances" in capsys.readouterr().out
     # the final weights also estimated at a critical point of L_n, and the report says so
     assert (dev["grad_norm_final_refined"] < dev["grad_norm_final"]).all()
     assert np.isfinite(dev["llc_final_refined"]).all() and dev["llc_final_refined"].attrs["long_name"]
