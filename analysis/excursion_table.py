@@ -16,6 +16,7 @@ ones read far from where training stopped?
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -93,7 +94,8 @@ def format_rows(rows: list[dict]) -> list[str]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("dataset", help="a flagship weights_vs_activations.nc (or a joined sweep's chunks)")
+    parser.add_argument("dataset", help="a flagship weights_vs_activations.nc (or a joined sweep's chunks), or the "
+                                        "run's folder")
     parser.add_argument("--by-probability", action="store_true",
                         help="also print, per model and feature probability, the share of seeds on which a chain "
                              "left and the share above the symmetry bound")
@@ -101,7 +103,13 @@ def main(argv=None) -> None:
                         help="split each model's instances by whether a chain left w*'s live set (default) or by "
                              f"whether refinement moved the trained weights by more than {FAR_MOVE:.0%} of their norm")
     args = parser.parse_args(argv)
-    ds = xr.load_dataset(args.dataset)
+    path = Path(args.dataset)
+    if path.is_dir():
+        path = path / "weights_vs_activations.nc"
+    if not path.is_file():
+        raise SystemExit(f"no {path.name if path.suffix == '.nc' else 'dataset'} at {path}")
+    args.dataset = str(path)
+    ds = xr.load_dataset(path)
     missing = [name for name in NEEDS + (SPLITS[args.split][0],) if name not in ds]
     if missing:
         raise SystemExit(f"{args.dataset} has no {', '.join(dict.fromkeys(missing))} (flagship runs since "

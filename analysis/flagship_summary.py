@@ -8,7 +8,7 @@ not in the chunks), then the stored checks' power (`analysis.check_power`). Each
 estimate's attribution is recomputed from the stored variables by the current
 `analysis.compare.out_of_range_cause`.
 
-    python -m analysis.flagship_summary results/default/sweep
+    python -m analysis.flagship_summary results/default/sweep    # or results/default
 """
 
 from __future__ import annotations
@@ -34,8 +34,11 @@ def finished_models(sweep_dir: Path) -> xr.Dataset:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweep_dir", type=Path, help="the flagship run's sweep folder (<out>/sweep)")
+    parser.add_argument("sweep_dir", type=Path, help="the flagship run's sweep folder (<out>/sweep; the run's "
+                                                     "folder <out> also does)")
     args = parser.parse_args(argv)
+    if not any(args.sweep_dir.glob("chunk-*.nc")) and (args.sweep_dir / "sweep").is_dir():
+        args.sweep_dir = args.sweep_dir / "sweep"  # the run's folder was given
     ds = finished_models(args.sweep_dir)
     if "out_of_range_cause" in ds:  # chunks written before a change of the rule keep their own labels otherwise
         ds["out_of_range_cause"] = out_of_range_cause(ds.drop_vars("out_of_range_cause"))

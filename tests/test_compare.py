@@ -312,6 +312,10 @@ def test_flagship_tiny_grid_is_reproducible_and_self_describing(tmp_path, capsys
     model_finding = next(line for line in report.splitlines() if line.startswith("- **n=5, m=2**"))
     assert model_finding in summary.splitlines()
     assert "Stored checks of 100 steps" in summary and "| n5_m2 | batch |" in summary
+    again = io.StringIO()
+    with contextlib.redirect_stdout(again):
+        summarize([str(tmp_path / "a")])  # the run's folder finds its sweep folder
+    assert again.getvalue() == summary
 
 
 def test_degeneracy_budget_adds_up():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import xarray as xr
 
 from analysis.excursion_table import excursion_rows, format_rows, main
@@ -66,6 +67,13 @@ def test_rows_split_by_how_far_refinement_moved_the_weights(tmp_path, capsys):
     grid.to_netcdf(tmp_path / "moved.nc")
     main([str(tmp_path / "moved.nc"), "--split", "refinement-move"])
     assert "| a | refinement moved > 10% of \\|w\\| | 2 of 4 |" in capsys.readouterr().out
+    run = tmp_path / "run"  # a run's folder reads its weights_vs_activations.nc
+    run.mkdir()
+    (tmp_path / "moved.nc").rename(run / "weights_vs_activations.nc")
+    main([str(run), "--split", "refinement-move"])
+    assert "| a | refinement moved > 10% of \\|w\\| | 2 of 4 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no dataset at"):
+        main([str(tmp_path / "absent")])
     _grid().to_netcdf(tmp_path / "old.nc")
     try:
         main([str(tmp_path / "old.nc"), "--split", "refinement-move"])
