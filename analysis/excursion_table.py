@@ -101,7 +101,7 @@ def main(argv=None) -> None:
                              "left and the share above the symmetry bound")
     parser.add_argument("--split", choices=tuple(SPLITS), default="chains-left",
                         help="split each model's instances by whether a chain left w*'s live set (default) or by "
-                             f"whether refinement moved the trained weights by more than {FAR_MOVE:.0%} of their norm")
+                             f"whether refinement moved the trained weights by more than {FAR_MOVE:.0%}% of their norm")
     args = parser.parse_args(argv)
     path = Path(args.dataset)
     if path.is_dir():

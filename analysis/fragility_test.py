@@ -251,7 +251,19 @@ def fragility_section(ds: xr.Dataset, figure: str | None = None) -> list[str]:
     return lines
 
 
-if __name__ == "__main__":  # python -m analysis.fragility_test DIR/weights_vs_activations.nc: the section
-    import sys
+def main(argv=None) -> None:
+    """python -m analysis.fragility_test DIR (or DIR/weights_vs_activations.nc): the report's section."""
+    import argparse
+    from pathlib import Path
 
-    print("\n".join(fragility_section(xr.open_dataset(sys.argv[1]).load())))
+    parser = argparse.ArgumentParser(description="The flagship report's fragility section, from a finished run.")
+    parser.add_argument("dataset", type=Path, help="a flagship weights_vs_activations.nc, or the run's folder")
+    path = parser.parse_args(argv).dataset
+    path = path / "weights_vs_activations.nc" if path.is_dir() else path
+    if not path.is_file():
+        raise SystemExit(f"no dataset at {path}")
+    print("\n".join(fragility_section(xr.load_dataset(path))))
+
+
+if __name__ == "__main__":
+    main()

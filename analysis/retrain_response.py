@@ -132,9 +132,22 @@ def control_check(train: xr.Dataset, seeds: Sequence[int] = (0,)) -> bool:
     return bool(np.array_equal(again.values, train["W"].sel(seed=list(config.seeds)).values))
 
 
-if __name__ == "__main__":  # python -m analysis.retrain_response DIR/train_*.nc: the control check of a run
-    import sys
+def main(argv=None) -> None:
+    """python -m analysis.retrain_response DIR/train_*.nc: the control check of a run's training grids."""
+    import argparse
+    from pathlib import Path
 
-    for path in sys.argv[1:]:
+    parser = argparse.ArgumentParser(description="The retraining control: seed 0 retrained without a perturbation "
+                                                 "equals the trained W bit for bit.")
+    parser.add_argument("train", nargs="+", type=Path, help="a flagship run's train_<model>.nc files")
+    paths = parser.parse_args(argv).train
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise SystemExit(f"no dataset at {', '.join(missing)}")
+    for path in paths:
         print(f"{path}: seed 0 retrained unperturbed equals the trained W bit for bit: "
-              f"{control_check(xr.open_dataset(path).load())}")
+              f"{control_check(xr.load_dataset(path))}")
+
+
+if __name__ == "__main__":
+    main()

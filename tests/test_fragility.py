@@ -124,3 +124,18 @@ def test_agreement_and_conjecture_numbers():
     # no difference: the test must not find one
     flat = _synthetic(region_scale=1.0)
     assert pooled_conjecture(flat, response_measures(flat))["p_greater"] > 0.05
+
+
+def test_section_and_control_commands_give_one_line_errors_and_help(capsys):
+    from analysis.excursion_table import main as excursion_table
+    from analysis.fragility_test import main as fragility_test
+    from analysis.retrain_response import main as retrain_response
+
+    for command in (fragility_test, retrain_response):
+        with pytest.raises(SystemExit, match="no dataset at /nonexistent"):
+            command(["/nonexistent"])
+    for command in (fragility_test, retrain_response, excursion_table):  # argparse formats every help string
+        with pytest.raises(SystemExit) as done:
+            command(["--help"])
+        assert done.value.code == 0
+    assert "more than 10% of their norm" in capsys.readouterr().out
