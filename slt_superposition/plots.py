@@ -8,6 +8,8 @@ Each `*_figure(ds)` returns a `matplotlib.figure.Figure` (tests inspect it); eac
 
 from __future__ import annotations
 
+import json
+
 import warnings
 from pathlib import Path
 
@@ -307,6 +309,14 @@ def calibration_instance_dims(ds: xr.Dataset) -> list[str]:
     return [d for d in ds["chosen_step_size"].dims if d not in CALIBRATION_DIMS]
 
 
+def _metropolis(ds: xr.Dataset) -> bool:
+    """Whether a calibration dataset calibrated Metropolis-adjusted chains (its stored settings)."""
+    try:
+        return bool(json.loads(ds.attrs.get("config", "{}")).get("metropolis", False))
+    except (TypeError, ValueError):
+        return False
+
+
 def calibration_grid_figure(ds: xr.Dataset):
     """What calibration chose for every instance of a grid, against feature probability (or the
     first instance dim): (a) the step size, with the curvature bound where computed; (b) the
@@ -342,6 +352,11 @@ def calibration_grid_figure(ds: xr.Dataset):
             if name == "final_llc":
                 values = grid(final) if final is not None else None
                 ok = grid(ds["converged"].astype(bool)) if "converged" in ds else None
+            elif name == "batch_check_rel_diff" and name in ds and ds.sizes["batch_check"] == 0:
+                ax.text(0.5, 0.5, "full batch:\nno minibatch check", ha="center", va="center", transform=ax.transAxes)
+                ax.set(title=title, yticks=[])
+                ax.set_xlabel(fs.label(x_dim))
+                continue
             elif name == "batch_check_rel_diff" and name in ds:
                 values = grid(ds[name].isel(batch_check=-1))
                 ok = grid(ds["batch_check_passed"].isel(batch_check=-1).astype(bool))
@@ -373,7 +388,9 @@ def calibration_grid_figure(ds: xr.Dataset):
                    Line2D([], [], color=fs.PALETTE[1], marker="_", ls="none", ms=7, mew=1.2)]
         labels = ["one instance" + (f" ({', '.join(others)} side by side)" if others else ""),
                   "length rule not converged (b, c) / minibatch check failed (d)",
-                  "curvature bound on eps (a) / quadratic-approximation LLC (c) / predicted minibatch bias (d)"]
+                  "curvature bound on eps (a" + ("; SGLD's, not applied to Metropolis-adjusted chains"
+                                                 if _metropolis(ds) else "")
+                  + ") / quadratic-approximation LLC (c) / predicted minibatch bias (d)"]
         fs.legend_below(fig, handles, labels, ncol=2)
         fig.suptitle("Calibration of every instance")
     return fig

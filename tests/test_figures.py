@@ -237,6 +237,16 @@ def test_calibration_grid_figure_per_instance_decisions(tmp_path):
     open_b = [line for line in panels[1].lines if line.get_markerfacecolor() == "white"]
     assert sum(len(line.get_xdata()) for line in open_b) == 4
     assert any(t.startswith("length rule not converged") for t in legend_texts(fig))
+    # a full-batch calibration ran no minibatch check (batch_check of size 0): panel (d) says so, and
+    # Metropolis-adjusted chains' legend says the curvature bound is not applied to them
+    import json
+
+    full_batch = ds.isel(batch_check=slice(0, 0)).assign_attrs(config=json.dumps({"metropolis": True}))
+    fig = llc_plots.calibration_grid_figure(full_batch)
+    (d,) = [ax for ax in visible_axes(fig) if ax.get_title() == "(d) minibatch against full batch"]
+    assert [t.get_text() for t in d.texts] == ["full batch:\nno minibatch check"] and not d.lines
+    assert any("not applied to Metropolis-adjusted chains" in t for t in legend_texts(fig))
+    assert not any("not applied" in t for t in legend_texts(llc_plots.calibration_grid_figure(ds)))
 
 
 def test_untrusted_estimates_drawn_open_not_hidden(llc_grid):
