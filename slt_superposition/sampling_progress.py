@@ -8,6 +8,11 @@ step counter, so it cannot be optimised away and changes no number. On the host 
 advances the bar that `sampling_bar` opened; without an open bar it does nothing.
 
 The bar is `progress.make_bar`'s: redrawn in place on a terminal, a line per redraw in a log.
+
+One sampling bar at a time per process: the host call runs on an XLA thread and knows only its
+chunk index, so every program built with progress advances the innermost open bar. Programs
+sampled from several threads at once (the flagship's models) must run without it, as they do
+(`estimate_llc_batched(..., verbose=False)`); their stages report through host-side bars instead.
 """
 
 from __future__ import annotations
