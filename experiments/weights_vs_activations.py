@@ -50,7 +50,7 @@ from slt_superposition.errors import InputError, require
 from experiments.registry import changed_fields, command_line, replace_fields
 from slt_superposition.io import save_dataset
 from slt_superposition.llc import SGLDConfig, estimate_llc_batched
-from slt_superposition.provenance import provenance_attrs
+from slt_superposition.provenance import provenance_attrs, read_config
 from slt_superposition.sharding import is_multiprocess
 from slt_superposition.sweep import check_sweep_folder, run_sweep
 from toy_models.tms import tms_forward
@@ -380,6 +380,10 @@ def compute_model(n: int, m: int, config: FlagshipConfig, out_dir: Path, progres
 
 
 SIZES = {"quick": QUICK, "default": FlagshipConfig(), "full": FULL}
+# models computed at once, each in its own thread, with the development part in a third: most of a
+# model's time (compiling, small chain programs) keeps one core busy, and no model's numbers depend
+# on what runs beside it (docs/benchmarks.md, "The quick flagship's wall time")
+WORKERS = 2
 
 
 def config_of_run(out_dir) -> FlagshipConfig:
@@ -387,10 +391,6 @@ def config_of_run(out_dir) -> FlagshipConfig:
     (whatever size and `--set` fields made it), so a study that rebuilds the run's models gets its
     n, keys and grid. `InputError` if the folder holds no finished run, or one whose settings this
     version cannot read."""
-    import xarray as xr
-
-    from slt_superposition.provenance import read_config
-
     path = Path(out_dir) / "weights_vs_activations.nc"
     require(path.is_file(), f"{out_dir} holds no finished {NAME} run (no {path.name})")
     with xr.open_dataset(path) as ds:
@@ -400,10 +400,6 @@ def config_of_run(out_dir) -> FlagshipConfig:
     require(not unknown, f"{path} was written with settings this version does not have ({', '.join(unknown)}); "
                          f"read it with the commit that made it ({commit})")
     return replace_fields(FlagshipConfig(), {k: v for k, v in stored.items() if k in names})
-# models computed at once, each in its own thread, with the development part in a third: most of a
-# model's time (compiling, small chain programs) keeps one core busy, and no model's numbers depend
-# on what runs beside it (docs/benchmarks.md, "The quick flagship's wall time")
-WORKERS = 2
 
 
 def run(out_dir: Path, *, size: str = "default", progress: bool = True,
