@@ -150,7 +150,10 @@ def open_result(path: str | os.PathLike, kind: str | None = None) -> xr.Dataset:
         raise InputError(f"{path} is not a readable netCDF file ({type(err).__name__})") from None
     found = ds.attrs.get("slt_superposition_kind")
     if found is None:
-        raise InputError(f"{path} is not a slt-superposition result dataset (no 'slt_superposition_kind' attr)")
+        chunk = (path.name.startswith("chunk-") and (path.parent / "manifest.json").exists())
+        hint = (f"; it is one finished chunk of a resumable sweep, whose run writes its datasets next to "
+                f"{path.parent.name}/ when every chunk is done" if chunk else "")
+        raise InputError(f"{path} is not a slt-superposition result dataset (no 'slt_superposition_kind' attr){hint}")
     version = int(ds.attrs.get("schema_version", -1))
     if version != SCHEMA_VERSION:
         raise InputError(

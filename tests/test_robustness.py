@@ -51,6 +51,14 @@ def test_not_our_dataset_is_named(tmp_path, capsys):
     xr.Dataset({"x": ("a", [1.0])}).to_netcdf(path, engine="h5netcdf")
     assert main(["plot", str(path), "--out", str(tmp_path / "fig")]) == 2
     assert "not a slt-superposition result dataset" in capsys.readouterr().err
+    sweep = tmp_path / "sweep"  # a resumable sweep's chunk is named as one
+    sweep.mkdir()
+    (sweep / "manifest.json").write_text("{}")
+    xr.Dataset({"x": ("a", [1.0])}).to_netcdf(sweep / "chunk-0000.nc", engine="h5netcdf")
+    assert main(["plot", str(sweep / "chunk-0000.nc"), "--out", str(tmp_path / "fig")]) == 2
+    err = capsys.readouterr().err
+    assert "not a slt-superposition result dataset" in err and "one finished chunk of a resumable sweep" in err
+    assert err.count("\n") == 1
 
 
 def test_nan_weights_are_named_by_llc(tmp_path, capsys):
