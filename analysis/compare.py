@@ -24,6 +24,8 @@ draws (common random numbers), so the difference isolates the change of the data
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -330,6 +332,19 @@ def compare(train: xr.Dataset, llc: xr.Dataset, basis: xr.Dataset | None = None,
     if sae is not None:
         ds = ds.merge(sae, compat="override", join="left", combine_attrs="drop_conflicts")
     return ds
+
+
+FLAGSHIP_DATASET = "weights_vs_activations.nc"  # the joined dataset a finished flagship run writes in its folder
+
+
+def flagship_dataset_path(path: str | os.PathLike) -> Path:
+    """`path` itself if it is a file, else the flagship dataset in the run's folder `path`;
+    `SystemExit` with one line ("no dataset at ...") when neither exists (command-line readers)."""
+    path = Path(path)
+    path = path / FLAGSHIP_DATASET if path.is_dir() else path
+    if not path.is_file():
+        raise SystemExit(f"no dataset at {path}")
+    return path
 
 
 def join_models(parts: list[xr.Dataset]) -> xr.Dataset:

@@ -16,12 +16,11 @@ ones read far from where training stopped?
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
-from analysis.compare import above_symmetry_bound
+from analysis.compare import above_symmetry_bound, flagship_dataset_path
 from analysis.refine import FAR_MOVE
 
 
@@ -103,11 +102,7 @@ def main(argv=None) -> None:
                         help="split each model's instances by whether a chain left w*'s live set (default) or by "
                              f"whether refinement moved the trained weights by more than {FAR_MOVE:.0%}% of their norm")
     args = parser.parse_args(argv)
-    path = Path(args.dataset)
-    if path.is_dir():
-        path = path / "weights_vs_activations.nc"
-    if not path.is_file():
-        raise SystemExit(f"no {path.name if path.suffix == '.nc' else 'dataset'} at {path}")
+    path = flagship_dataset_path(args.dataset)
     args.dataset = str(path)
     ds = xr.load_dataset(path)
     missing = [name for name in NEEDS + (SPLITS[args.split][0],) if name not in ds]

@@ -32,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from analysis.compare import flagship_dataset_path
 from analysis.measures import REPRESENTED_THRESHOLD
 
 MOVED = 1e-3  # |Delta| below this: retraining did not move the column's measure
@@ -254,14 +255,10 @@ def fragility_section(ds: xr.Dataset, figure: str | None = None) -> list[str]:
 def main(argv=None) -> None:
     """python -m analysis.fragility_test DIR (or DIR/weights_vs_activations.nc): the report's section."""
     import argparse
-    from pathlib import Path
 
     parser = argparse.ArgumentParser(description="The flagship report's fragility section, from a finished run.")
-    parser.add_argument("dataset", type=Path, help="a flagship weights_vs_activations.nc, or the run's folder")
-    path = parser.parse_args(argv).dataset
-    path = path / "weights_vs_activations.nc" if path.is_dir() else path
-    if not path.is_file():
-        raise SystemExit(f"no dataset at {path}")
+    parser.add_argument("dataset", help="a flagship weights_vs_activations.nc, or the run's folder")
+    path = flagship_dataset_path(parser.parse_args(argv).dataset)
     print("\n".join(fragility_section(xr.load_dataset(path))))
 
 

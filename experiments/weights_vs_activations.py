@@ -35,7 +35,7 @@ import numpy as np
 import xarray as xr
 
 from analysis.chain_excursions import chain_excursions
-from analysis.compare import compare, join_models, out_of_range_cause
+from analysis.compare import FLAGSHIP_DATASET, compare, join_models, out_of_range_cause
 from analysis.development import development, full_batch_inputs
 from analysis.measures import feature_norms, n_represented, represented_features
 from analysis.refine import refine_batched, relative_move
@@ -391,7 +391,7 @@ def config_of_run(out_dir) -> FlagshipConfig:
     (whatever size and `--set` fields made it), so a study that rebuilds the run's models gets its
     n, keys and grid. `InputError` if the folder holds no finished run, or one whose settings this
     version cannot read."""
-    path = Path(out_dir) / "weights_vs_activations.nc"
+    path = Path(out_dir) / FLAGSHIP_DATASET
     require(path.is_file(), f"{out_dir} holds no finished {NAME} run (no {path.name})")
     with xr.open_dataset(path) as ds:
         stored, commit = read_config(ds.attrs), ds.attrs.get("git_commit", "unknown")
@@ -438,7 +438,7 @@ def run(out_dir: Path, *, size: str = "default", progress: bool = True,
                       file=sys.stderr, flush=True)
             raise
         ds.attrs.update(provenance_attrs("compare", config_dict))
-        save_dataset(ds, out_dir / "weights_vs_activations.nc")
+        save_dataset(ds, out_dir / FLAGSHIP_DATASET)
         dev = dev_future.result() if dev_future is not None else development_part()
 
     from analysis.compare_plots import plot_comparison, plot_development

@@ -8,7 +8,6 @@ Each `*_figure(ds)` returns a `matplotlib.figure.Figure` (tests inspect it); eac
 
 from __future__ import annotations
 
-import json
 
 import warnings
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 import xarray as xr
 
 from slt_superposition import figure_style as fs
+from slt_superposition.provenance import read_config
 
 MAX_ROWS, MAX_COLS = 4, 4  # trace panels: at most 16 (later instances are listed as left out)
 THIN_CHAINS = 3  # chains drawn individually in each trace panel
@@ -311,10 +311,7 @@ def calibration_instance_dims(ds: xr.Dataset) -> list[str]:
 
 def _metropolis(ds: xr.Dataset) -> bool:
     """Whether a calibration dataset calibrated Metropolis-adjusted chains (its stored settings)."""
-    try:
-        return bool(json.loads(ds.attrs.get("config", "{}")).get("metropolis", False))
-    except (TypeError, ValueError):
-        return False
+    return "config" in ds.attrs and bool(read_config(ds.attrs).get("metropolis", False))
 
 
 def calibration_grid_figure(ds: xr.Dataset):
