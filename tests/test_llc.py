@@ -389,6 +389,15 @@ def test_cli_llc_on_a_trained_grid(tmp_path, capsys):
     assert main(["plot", str(out), "--out", str(tmp_path / "figures")]) == 0
     assert (tmp_path / "figures" / "llc_traces.png").stat().st_size > 0
     assert (tmp_path / "figures" / "llc_estimates.png").stat().st_size > 0
+    # --no-progress: no bars and no announcement on stderr, the same numbers
+    capsys.readouterr()
+    assert main(["llc", str(grid_path), "--out", str(tmp_path / "quiet.nc"), "--chains", "2", "--steps", "30",
+                 "--burnin", "10", "--batch-size", "50", "--n-samples", "100", "--step-size", "1e-4",
+                 "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert not [line for line in err.splitlines() if line.startswith(("sampling", "bias checks"))], err
+    assert "llc_mean over" in err
+    xr.testing.assert_identical(open_result(tmp_path / "quiet.nc", kind="llc").drop_attrs(), ds.drop_attrs())
     # bad input: a clear one-line error and exit status 2, before any sampling
     capsys.readouterr()
     status = main(["llc", str(grid_path), "--out", str(tmp_path / "x.nc"), "--batch-size", "500",

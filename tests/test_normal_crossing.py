@@ -137,10 +137,13 @@ def test_reproduce_writes_dataset_figure_and_report(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_calibrated_estimate_within_five_percent_of_the_quadrature():
     # the experiment's protocol on a singular case (f = w2^2, lambda 1/4; w1 flat): calibrate with its
-    # defaults and localization 1, estimate with 64 chains; within 5% of the exact finite-n value
+    # defaults and localization 1, estimate; within 5% of the exact finite-n value. 16 chains instead of
+    # the experiment's 64: a standard error near 0.8% (0.0024 of 0.285), so 5% is still 6 standard
+    # errors, at a quarter of the chains' time
     from experiments.normal_crossing import run_case
 
-    row = run_case((0, 2))
+    row = run_case((0, 2), estimate_chains=16)
+    assert row["rel_error_se"] < TOLERANCE / 4, row  # the check keeps its power
     print({key: row[key] for key in ("llc_quadrature", "llc_mean", "llc_se", "step_size", "num_steps", "verdict")})
     assert row["n_diverged"] == 0
     assert abs(row["rel_error"]) <= TOLERANCE, row

@@ -186,6 +186,16 @@ def test_train_with_diverging_weights_fails_loudly(tmp_path, capsys):
     _one_error_line(capsys, ["llc", str(out), *LLC_TINY, "--out", str(tmp_path / "l.nc")], "non-finite")
 
 
+def test_train_whose_loss_overflows_with_finite_weights_fails_loudly(tmp_path, capsys):
+    # lr 1e9: W grows to ~1e9, still finite, but the loss overflows float32; that is a diverged run too
+    out = tmp_path / "big.nc"
+    argv = ["train", "-n", "5", "-m", "2", "-p", "0.1", "--steps", "10", "--lr", "1e9", "--no-progress",
+            "--out", str(out)]
+    _one_error_line(capsys, argv, "training diverged: 1 of 1 instances have non-finite weights or final loss")
+    ds = xr.open_dataset(out)
+    assert np.isfinite(ds["W"]).all() and not np.isfinite(ds["loss"]).any()  # the case the weights alone miss
+
+
 def test_llc_summary_counts_diverged_instances():
     from slt_superposition.commands.llc import summary
 

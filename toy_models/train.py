@@ -395,17 +395,20 @@ def train_grid(config: TrainConfig, *, progress: bool = True, mesh=None) -> xr.D
     curve = (curve_sum / curve_count).astype(np.float32).T  # (instance, point)
     curve_steps = window_start[1:]  # last step of each window, 1-based
     ds = _to_dataset(config, jax.tree.map(np.asarray, params), np.asarray(final_loss), curve, curve_steps, snapshots)
-    bad = nonfinite_instances(ds)
+    bad = nonfinite_instances(ds, loss=True)
     if bad:
         warnings.warn(diverged_message(bad, config.n_instances), RuntimeWarning, stacklevel=2)
     return ds
 
 
-def nonfinite_instances(ds: xr.Dataset) -> list[str]:
+def nonfinite_instances(ds: xr.Dataset, *, loss: bool = False) -> list[str]:
     """Labels ("feature_probability=0.1, importance_decay=1, seed=3") of the instances of a
-    'train' dataset whose final W or b hold a NaN or an infinity (training diverged)."""
+    'train' dataset whose final W or b hold a NaN or an infinity (training diverged); with
+    `loss`, also those whose final loss is not finite (weights so large that the loss overflows)."""
     ds = _grid_dataset(ds)
     finite = np.isfinite(ds["W"]).all(("hidden", "feature")) & np.isfinite(ds["b"]).all("feature")
+    if loss and "loss" in ds:
+        finite = finite & np.isfinite(ds["loss"])
     labels = []
     for index in zip(*np.nonzero(~finite.transpose(*GRID_DIMS).values)):
         labels.append(", ".join(f"{dim}={ds[dim].values[i]:g}" for dim, i in zip(GRID_DIMS, index)))
@@ -415,7 +418,8 @@ def nonfinite_instances(ds: xr.Dataset) -> list[str]:
 def diverged_message(labels: list[str], n_instances: int) -> str:
     """One line naming the diverged instances (the first three) and what to change."""
     shown = "; ".join(labels[:3]) + (f"; and {len(labels) - 3} more" if len(labels) > 3 else "")
-    return (f"training diverged: {len(labels)} of {n_instances} instances have non-finite weights ({shown}); "
+    return (f"training diverged: {len(labels)} of {n_instances} instances have non-finite weights or final loss "
+            f"({shown}); "
             "lower the learning rate")
 
 

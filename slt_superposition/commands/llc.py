@@ -80,6 +80,9 @@ def llc(
         help="With --calibrate: the chain-length rule does not settle before a sampler time eps x steps of this / "
              "gamma (the flat directions held only by the localization relax on a time scale 1 / gamma); 0 turns the "
              "floor off."),
+    progress: bool = typer.Option(
+        True, "--progress/--no-progress",
+        help="Progress bars on stderr, with a line saying what is about to be sampled."),
     coordinator: Optional[str] = dist.COORDINATOR,
     num_processes: Optional[int] = dist.NUM_PROCESSES,
     process_id: Optional[int] = dist.PROCESS_ID,
@@ -137,7 +140,7 @@ def llc(
         print(f"calibrating every instance ({n_inst}) ...", file=sys.stderr)
         found, sweep = calibrate_batched(loss_fn, params, data, key=calibration_key, localization=localization,
                                          nbeta=config.nbeta, batch_size=config.batch_size, num_chains=chains,
-                                         instance_dims=grid_coords(ds), progress=True,
+                                         instance_dims=grid_coords(ds), progress=progress,
                                          min_steps=min(10_000, max_steps), max_steps=max_steps,
                                          min_relaxation=min_relaxation, metropolis=metropolis,
                                          target_acceptance=(TARGET_ACCEPTANCE if target_acceptance is None
@@ -153,7 +156,7 @@ def llc(
     mesh = instance_mesh() if all_devices else None
     # validates before it announces the sampling, so a bad input prints only its error line
     result = estimate_llc_batched(loss_fn, params, data, config=config, key=chain_key, instance_dims=dims,
-                                  mesh=mesh, verbose=True, calibration=sweep if calibrate else None)
+                                  mesh=mesh, verbose=progress, calibration=sweep if calibrate else None)
     result.attrs["source"] = str(path)
     result.attrs["data_seed"] = seed
     print(save_dataset(result, out, inputs=[path]))

@@ -107,7 +107,7 @@ def train(
             warnings.simplefilter("ignore", RuntimeWarning)
             ds = train_grid(config, progress=progress, mesh=instance_mesh() if all_devices else None)
         path = save_dataset(ds, out)
-    diverged = nonfinite_instances(ds)
+    diverged = nonfinite_instances(ds, loss=True)
     loss = ds["loss"].values.ravel()
     finite = np.isfinite(loss) & np.isfinite(ds["W"]).all(("hidden", "feature")).values.ravel()
     summary = (f"final loss min {loss[finite].min():.6g}, max {loss[finite].max():.6g}" if finite.any()
