@@ -47,6 +47,7 @@ from analysis.refine import refine
 from analysis.weight_basis import hessian_spectrum, quadratic_llc_prediction
 from experiments import kgon_llc, tms_llc_vs_n
 from experiments.registry import header, run_cases
+from slt_superposition import figure_style as fs
 from slt_superposition.calibration import calibrate
 from slt_superposition.io import save_dataset
 from slt_superposition.llc import default_nbeta, estimate_llc
@@ -237,7 +238,7 @@ def to_dataset(rows: list[dict], settings: dict) -> xr.Dataset:
 def run(out_dir: Path, *, size: str = "default", progress: bool = True, only: Sequence[str] | None = None) -> xr.Dataset:
     """Every class of `CASES` and trained instance of `TRAINED` (`only`: the cases of these names,
     `kgon_llc.case_label` or `trained_label`) at every gamma of `GAMMAS`, each case a chunk of a
-    resumable sweep; writes llc_localization.nc and report.md."""
+    resumable sweep; writes llc_localization.nc, llc_localization.png and report.md."""
     quick = size == "quick"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -262,11 +263,52 @@ def run(out_dir: Path, *, size: str = "default", progress: bool = True, only: Se
 
     ds = run_cases("llc-localization", out_dir, settings, cases, names, compute, only=only, progress=progress)
     save_dataset(ds, out_dir / "llc_localization.nc")
+    fs.save(figure(ds), out_dir / "llc_localization.png")
     (out_dir / "report.md").write_text(
         header("The LLC against the localization gamma (Chen et al. classes and trained TMS)", "llc-localization",
                out_dir, size, finding(ds), only)
-        + table(ds))
+        + table(ds) + "\nFigure: llc_localization.png.\n")
     return ds
+
+
+def figure(ds: xr.Dataset):
+    """The estimate (+- 2 SE) against gamma, one colour per point (class or trained instance), its
+    quadratic prediction dotted; grey dashed lines at each class's lambda and each trained
+    instance's symmetry bound; open markers (drawn a little to the right): the estimate with the
+    dead features' parameters held fixed, where there is one."""
+    references: dict[float, list[str]] = {}
+    with fs.style():
+        fig, axes = fs.subplots(1, 1, width=fs.COLUMN, panel_aspect=0.8)
+        ax = axes[0, 0]
+        for colour, label in zip(fs.PALETTE, dict.fromkeys(ds["label"].values.tolist())):
+            one = ds.isel(case=np.flatnonzero(ds["label"].values == label)).sortby("localization")
+            gamma = one["localization"].values
+            ax.errorbar(gamma, one["llc_mean"], yerr=2 * one["llc_se"], fmt="o-", ms=3, lw=1, color=colour,
+                        label=label)
+            ax.plot(gamma, one["llc_quadratic"], ":", color=colour, lw=1)
+            theory = float(one["llc_theory"][0])
+            value, name = (theory, "lambda") if np.isfinite(theory) else (float(one["symmetry_bound"][0]), "bound")
+            entry = f"{label} {name}" if name == "lambda" else f"{label.split()[0]} {name}"  # one per model
+            if entry not in references.setdefault(value, []):
+                references[value].append(entry)
+            frozen = np.isfinite(one["llc_dead_frozen"].values)
+            if frozen.any():
+                ax.errorbar(gamma[frozen] * 1.15, one["llc_dead_frozen"].values[frozen],
+                            yerr=2 * one["llc_dead_frozen_se"].values[frozen], fmt="o", ms=4, mfc="none",
+                            color=colour, lw=0.8, label=f"{label}, dead features held fixed")
+        for value, names in references.items():
+            ax.axhline(value, ls="--", color=fs.REFERENCE, lw=0.7)
+            ax.annotate("\n".join(names).replace("lambda", "$\\lambda$") + f"\n= {value:g}", (1, value),
+                        xycoords=("axes fraction", "data"), xytext=(3, 0), textcoords="offset points", ha="left",
+                        va="center", fontsize=6, color=fs.REFERENCE, annotation_clip=False)
+        ax.set_xscale("log")
+        highest = np.nanmax(np.r_[list(references), (ds["llc_mean"] + 2 * ds["llc_se"]).values])
+        ax.set_ylim(0, 1.08 * highest)
+        ax.set_xlabel("localization $\\gamma$")
+        ax.set_ylabel("LLC $\\pm$ 2 SE")
+        ax.set_title("dotted: quadratic prediction at each $\\gamma$; dashed: $\\lambda$ or symmetry bound", fontsize=7)
+        ax.legend(fontsize=6, loc="lower left")
+    return fig
 
 
 def finding(ds: xr.Dataset) -> str:

@@ -48,6 +48,8 @@ def test_run_only_one_class_then_the_rest(tmp_path, monkeypatch):
     assert calls == [names[1], names[0], *trained]
     assert list(dict.fromkeys(whole["label"].values.tolist())) == names + trained  # in the order of the cases
     assert "trained, symmetry bound 1" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "llc_localization.png").stat().st_size > 0  # the figure of every case, named in the report
+    assert "Figure: llc_localization.png." in (tmp_path / "report.md").read_text()
 
 
 def test_frozen_features_hold_the_masked_columns_and_leave_the_loss_and_the_free_gradient_alone():

@@ -103,3 +103,19 @@ def test_some_nan_weights_warn_and_mark_their_panels(tmp_path, capsys, tiny_grid
     fig = columns_figure(open_result(data))
     marked = [ax for ax in fig.axes if any("W not finite" in t.get_text() for t in ax.texts)]
     assert len(marked) == 1 and marked[0] is fig.axes[0]
+
+
+def test_an_experiments_dataset_points_at_its_own_figures(tmp_path, capsys):
+    # `plot` draws the package's datasets; an experiment's dataset (here a stub of one) gets its figures
+    # from `reproduce`: the one line says so and names the figures beside it
+    import xarray as xr
+
+    from slt_superposition.provenance import provenance_attrs
+
+    path = save_dataset(xr.Dataset({"x": ("case", [1.0])}, attrs=provenance_attrs("llc_localization", {})),
+                        tmp_path / "llc_localization.nc")
+    err = _one_error_line(capsys, ["plot", str(path)], "no plots for 'llc_localization' datasets")
+    assert "drawn by `slt-superposition reproduce`" in err and ".png" not in err
+    (tmp_path / "llc_localization.png").write_bytes(b"png")
+    err = _one_error_line(capsys, ["plot", str(path)], f": llc_localization.png in {tmp_path}")
+    assert not (tmp_path / "figures").exists()  # nothing written

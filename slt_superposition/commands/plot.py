@@ -34,7 +34,10 @@ def plot(
     ds = open_result(path)
     kind = ds.attrs["slt_superposition_kind"]
     if kind not in PLOTTERS:
-        raise InputError(f"no plots for '{kind}' datasets (known: {', '.join(PLOTTERS)})")
+        drawn = sorted(p.name for p in path.parent.glob("*.png"))
+        where = f": {', '.join(drawn)} in {path.parent}" if drawn else ""
+        raise InputError(f"no plots for '{kind}' datasets (plot draws: {', '.join(PLOTTERS)}); an experiment's "
+                         f"figures are drawn by `slt-superposition reproduce`, next to its dataset{where}")
     created = _writable_folder(out)
     module_name, function_name = PLOTTERS[kind].split(":")
     plotter = getattr(importlib.import_module(module_name), function_name)

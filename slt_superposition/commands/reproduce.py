@@ -13,7 +13,10 @@ from slt_superposition.errors import InputError
 
 def reproduce(
     name: Optional[str] = typer.Argument(None, help="Experiment name (see --list), e.g. tms-pentagon."),
-    quick: bool = typer.Option(False, "--quick", help="Small settings that finish in a couple of minutes on a laptop CPU."),
+    quick: bool = typer.Option(
+        False, "--quick",
+        help="Small settings: minutes on a laptop CPU rather than hours (docs/benchmarks.md lists each "
+             "experiment's, from `python -m benchmarks.quick_times`)."),
     full: bool = typer.Option(False, "--full", help="The full grid where an experiment has one (sized for a GPU)."),
     out: Optional[Path] = typer.Option(
         None, "--out", help="Folder for the dataset, figures and report.md (default: results/NAME, or results/quick/NAME with --quick)."
