@@ -120,7 +120,8 @@ def check_size(name: str, size: str) -> None:
     sizes = get_experiment(name).sizes
     if size not in sizes:
         flag = {"quick": "--quick", "full": "--full"}.get(size, "the default size")
-        raise InputError(f"experiment '{name}' has no {flag} (its sizes: {', '.join(sizes)})")
+        hint = f"; run it without {flag}" if "default" in sizes and size != "default" else ""
+        raise InputError(f"experiment '{name}' has no {flag} (its sizes: {', '.join(sizes)}{hint})")
 
 
 RESERVED = ("out_dir", "size", "progress", "only")  # set by `reproduce` itself

@@ -125,7 +125,8 @@ def test_bad_case_size_and_option_are_one_line_errors(tmp_path, monkeypatch, cap
     for argv, message in (
             (["dln-validation", "--quick", "--only", "no-such-case"], "dln-validation has no case no-such-case"),
             (["tms-pentagon", "--only", "x"], "experiment 'tms-pentagon' has no named cases"),
-            (["tms-pentagon", "--full"], "experiment 'tms-pentagon' has no --full"),
+            (["tms-pentagon", "--full"], "experiment 'tms-pentagon' has no --full (its sizes: quick, default; run it "
+                                        "without --full)"),
             (["tms-pentagon", "--quick", "--full"], "--quick and --full exclude each other"),
             (["tms-pentagon", "--set", "steps=3"], "experiment 'tms-pentagon' has no option steps"),
             (["weights-vs-activations", "--set", "config=1"],  # a settings object: Python API only
