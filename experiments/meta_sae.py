@@ -148,7 +148,7 @@ def run(out_dir: Path, *, size: str = "default", progress: bool = True) -> xr.Da
         },
         coords={"sae": ["idealized", "trained", "best subset of W"], "width": widths, "feature": np.arange(N),
                 "wide_latent": np.arange(2 * N)},
-        attrs=provenance_attrs("meta-sae", {"size": size, "samples": samples, "steps": steps,
+        attrs=provenance_attrs("meta_sae", {"size": size, "samples": samples, "steps": steps,
                                             "restarts": restarts}),
     )
     save_dataset(ds, out_dir / "meta_sae.nc")

@@ -129,7 +129,7 @@ def run(out_dir: Path, *, size: str = "default", progress: bool = True,
             bar.update()
     ds = combine(parts)
     command = command_line(NAME, out_dir, size)
-    ds.attrs.update(provenance_attrs(NAME, dataclasses.asdict(settings)))
+    ds.attrs.update(provenance_attrs("per_feature_basis", dataclasses.asdict(settings)))
     ds.attrs["command"] = command
     save_dataset(ds, out_dir / "per_feature.nc")
     figure = save(plot_per_feature(ds), out_dir / "per_feature.png")

@@ -90,7 +90,7 @@ def run(out_dir: Path, *, size: str = "default", progress: bool = True) -> xr.Da
             "W": (("hidden", "feature"), W, {"long_name": "TMS columns", "units": "1"}),
         },
         coords={"kind": list(KINDS), "k_eval": k_values},
-        attrs=provenance_attrs("sae-progressive-codes", {"size": size, "train_steps": train_steps,
+        attrs=provenance_attrs("sae_progressive_codes", {"size": size, "train_steps": train_steps,
                                                          "sae_steps": sae_steps, "samples": samples,
                                                          "restarts": restarts, "n_represented": n_rep}),
     )
