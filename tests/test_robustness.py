@@ -194,6 +194,12 @@ def test_train_whose_loss_overflows_with_finite_weights_fails_loudly(tmp_path, c
     _one_error_line(capsys, argv, "training diverged: 1 of 1 instances have non-finite weights or final loss")
     ds = xr.open_dataset(out)
     assert np.isfinite(ds["W"]).all() and not np.isfinite(ds["loss"]).any()  # the case the weights alone miss
+    # llc and sae refuse it by name (the chains would diverge and blame the step size)
+    _one_error_line(capsys, ["llc", str(out), *LLC_TINY, "--out", str(tmp_path / "l.nc")],
+                    f"{out}: training diverged: 1 of 1 instances have non-finite weights or final loss")
+    _one_error_line(capsys, ["sae", str(out), "--steps", "5", "--out", str(tmp_path / "s.nc")],
+                    "lower the learning rate and train again")
+    assert not (tmp_path / "l.nc").exists() and not (tmp_path / "s.nc").exists()
 
 
 def test_llc_summary_counts_diverged_instances():

@@ -415,6 +415,15 @@ def nonfinite_instances(ds: xr.Dataset, *, loss: bool = False) -> list[str]:
     return labels
 
 
+def require_trained(ds: xr.Dataset, path) -> None:
+    """`InputError` naming the instances of the 'train' dataset at `path` whose training diverged
+    (non-finite weights or final loss): nothing measured on them would mean anything."""
+    bad = nonfinite_instances(ds, loss=True)
+    if bad:
+        n_instances = int(np.prod([ds.sizes[d] for d in GRID_DIMS if d in ds.dims]))
+        raise InputError(f"{path}: " + diverged_message(bad, n_instances) + " and train again")
+
+
 def diverged_message(labels: list[str], n_instances: int) -> str:
     """One line naming the diverged instances (the first three) and what to change."""
     shown = "; ".join(labels[:3]) + (f"; and {len(labels) - 3} more" if len(labels) > 3 else "")

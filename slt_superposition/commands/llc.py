@@ -102,7 +102,7 @@ def llc(
     from slt_superposition.llc import SGLDConfig, estimate_llc_batched, validate_config
     from slt_superposition.sharding import instance_mesh
     from slt_superposition.grid import complete, grid_coords, grid_shape
-    from toy_models.train import llc_inputs
+    from toy_models.train import llc_inputs, require_trained
 
     side_file = out.with_suffix(".calibration.nc")
     check_writable(out, inputs=[path])
@@ -120,6 +120,7 @@ def llc(
     if target_acceptance is not None and not (0 < target_acceptance <= 1):
         raise InputError(f"--target-acceptance must be in (0, 1], got {target_acceptance}")
     ds = complete(open_result(path, kind="train"))
+    require_trained(ds, path)
     _check_memory(ds, n_samples=n_samples, chains=chains, steps=steps, trace_every=trace_every,
                   batch_size=batch_size or n_samples)
     data_key, chain_key, calibration_key = jax.random.split(jax.random.key(seed), 3)

@@ -56,6 +56,7 @@ def sae(
     from analysis.sae_summary import sae_dataset
     from slt_superposition.errors import check_seed
     from slt_superposition.io import check_writable, open_result, output_lock, save_dataset
+    from toy_models.train import require_trained
 
     require(kind in KINDS, f"unknown SAE kind '{kind}' (known: {', '.join(KINDS)})")
     for name, value in (("--steps", steps), ("--samples", samples), ("--batch-size", batch_size),
@@ -65,6 +66,7 @@ def sae(
     check_seed(seed, "--seed")
     check_writable(out, inputs=[path])
     train = open_result(path, "train")
+    require_trained(train, path)
     n, m = train.sizes["feature"], train.sizes["hidden"]
     sizes = _sizes(dict_sizes) if dict_sizes else list(range(m, n + 2))
     require(len(sizes) == len(set(sizes)) and min(sizes) >= 1, f"--dict-sizes must be distinct and positive, got {sizes}")
