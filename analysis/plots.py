@@ -15,7 +15,7 @@ import xarray as xr
 
 from analysis.measures import REPRESENTED_THRESHOLD, STICKY_VALUES, dimensions_per_feature, feature_dimensionality
 from slt_superposition import figure_style as fs
-from slt_superposition.grid import GRID_DIMS
+from slt_superposition.grid import GRID_DIMS, grid_shape
 from toy_models.train import nonfinite_instances
 
 MAX_ROWS, MAX_COLS = 6, 6  # small multiples beyond 36 panels are unreadable; the rest are counted in the title
@@ -251,7 +251,7 @@ def plot_training(ds: xr.Dataset, out_dir) -> list[Path]:
     from slt_superposition.errors import InputError
 
     bad = nonfinite_instances(ds)
-    n_instances = int(np.prod([ds.sizes[d] for d in GRID_DIMS if d in ds.dims]))
+    n_instances = int(np.prod(grid_shape(ds)))
     if bad and len(bad) == n_instances:
         raise InputError(f"nothing to draw: the weights of all {n_instances} instance(s) are not finite (NaN or inf; "
                          "training diverged): retrain with a lower learning rate")

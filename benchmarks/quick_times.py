@@ -1,7 +1,8 @@
 """How long each experiment's `reproduce NAME --quick` takes on this machine, as a user's first run:
-one console-script process per experiment, one after another, each with its compiled-program cache
-off (`SLT_COMPILATION_CACHE=0`), so every figure includes its compilations. Prints a markdown table
-(experiment, wall minutes, exit status) and the machine line.
+one `python -m slt_superposition` process (the console script's entry) per experiment, one after
+another, each with its compiled-program cache off (`SLT_COMPILATION_CACHE=0`), so every figure
+includes its compilations. Prints a markdown table (experiment, wall minutes, exit status) and the
+machine line.
 
     python -m benchmarks.quick_times OUT [NAME ...]
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -29,10 +29,9 @@ def quick_names() -> list[str]:
 
 def time_one(name: str, out: Path) -> tuple[float, int]:
     """Wall seconds and exit status of `slt-superposition reproduce NAME --quick --out OUT`."""
-    script = shutil.which("slt-superposition") or str(Path(sys.executable).parent / "slt-superposition")
     env = dict(os.environ, SLT_COMPILATION_CACHE="0")
-    start = time.perf_counter()
-    proc = subprocess.run([script, "reproduce", name, "--quick", "--no-progress", "--out", str(out)], env=env,
+    start = time.perf_counter()  # the console script's entry, run by this interpreter (not another install's)
+    proc = subprocess.run([sys.executable, "-m", "slt_superposition", "reproduce", name, "--quick", "--no-progress", "--out", str(out)], env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - start
     if proc.returncode:

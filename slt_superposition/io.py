@@ -150,9 +150,10 @@ def open_result(path: str | os.PathLike, kind: str | None = None) -> xr.Dataset:
         raise InputError(f"{path} is not a readable netCDF file ({type(err).__name__})") from None
     found = ds.attrs.get("slt_superposition_kind")
     if found is None:
-        chunk = (path.name.startswith("chunk-") and (path.parent / "manifest.json").exists())
+        from slt_superposition.sweep import is_chunk_file  # sweep imports this module
+
         hint = (f"; it is one finished chunk of a resumable sweep, whose run writes its datasets next to "
-                f"{path.parent.name}/ when every chunk is done" if chunk else "")
+                f"{path.parent.name}/ when every chunk is done" if is_chunk_file(path) else "")
         raise InputError(f"{path} is not a slt-superposition result dataset (no 'slt_superposition_kind' attr){hint}")
     version = int(ds.attrs.get("schema_version", -1))
     if version != SCHEMA_VERSION:

@@ -8,7 +8,6 @@ Each `*_figure(ds)` returns a `matplotlib.figure.Figure` (tests inspect it); eac
 
 from __future__ import annotations
 
-
 import warnings
 from pathlib import Path
 

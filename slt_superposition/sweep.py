@@ -72,6 +72,12 @@ def chunk_path(run_dir: Path, index: int) -> Path:
     return Path(run_dir) / f"chunk-{index:04d}.nc"
 
 
+def is_chunk_file(path: Path) -> bool:
+    """Whether `path` is one finished chunk of a resumable sweep (a chunk file beside its manifest)."""
+    path = Path(path)
+    return bool(_CHUNK.fullmatch(path.name)) and (path.parent / MANIFEST).exists()
+
+
 def _write_json_atomic(obj: Any, path: Path) -> None:
     write_text(path, json.dumps(obj, indent=1, sort_keys=True))
 

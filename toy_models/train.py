@@ -33,7 +33,7 @@ import optax
 import xarray as xr
 
 from slt_superposition.errors import InputError, check_batch_size, check_seed, require
-from slt_superposition.grid import GRID_DIMS, complete, flatten, unflatten
+from slt_superposition.grid import GRID_DIMS, complete, flatten, grid_shape, unflatten
 from slt_superposition.provenance import provenance_attrs, read_config
 from toy_models.data import GENERATORS, get_generator
 from toy_models.tms import MODELS, TMS, tms_init_params, tms_loss, tms_loss_jit
@@ -420,8 +420,7 @@ def require_trained(ds: xr.Dataset, path) -> None:
     (non-finite weights or final loss): nothing measured on them would mean anything."""
     bad = nonfinite_instances(ds, loss=True)
     if bad:
-        n_instances = int(np.prod([ds.sizes[d] for d in GRID_DIMS if d in ds.dims]))
-        raise InputError(f"{path}: " + diverged_message(bad, n_instances) + " and train again")
+        raise InputError(f"{path}: " + diverged_message(bad, int(np.prod(grid_shape(ds)))) + " and train again")
 
 
 def diverged_message(labels: list[str], n_instances: int) -> str:
