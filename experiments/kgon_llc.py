@@ -34,6 +34,7 @@ import xarray as xr
 
 from analysis.weight_basis import hessian_spectrum, quadratic_llc_prediction
 from experiments.registry import header, row_variables, run_cases
+from slt_superposition import figure_style as fs
 from slt_superposition.calibration import calibrate
 from slt_superposition.io import save_dataset
 from slt_superposition.llc import SGLDConfig, default_nbeta, estimate_llc
@@ -248,7 +249,7 @@ def case_label(k: int, positive_dead: int) -> str:
 def run(out_dir: Path, *, size: str = "default", progress: bool = True, only: Sequence[str] | None = None) -> xr.Dataset:
     """Calibrate and estimate the LLC of each class in `CASES` (quick: `QUICK` calibration; `only`:
     the classes of these names, `case_label`), each a chunk of a resumable sweep; write kgon_llc.nc,
-    kgon_llc.md and report.md under `out_dir`."""
+    kgon_llc.md, kgon_llc.png (`figure`) and report.md under `out_dir`."""
     quick = size == "quick"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -273,11 +274,37 @@ def run(out_dir: Path, *, size: str = "default", progress: bool = True, only: Se
     summary = (f"{within} of {ds.sizes['case']} classes within {TOLERANCE:.0%} of their lambda.\n\n"
                + "".join(f"- {c}: {v}\n" for c, v in zip(ds["case"].values, ds["verdict"].values)))
     (out_dir / "kgon_llc.md").write_text(table)
+    fs.save(figure(ds), out_dir / "kgon_llc.png")
     (out_dir / "report.md").write_text(
         header("LLC of the Chen et al. critical-point classes (c = 6, r = 2)", "kgon-llc", out_dir, size, finding(ds),
                only)
-        + f"{table}\n{summary}")
+        + f"{table}\n{summary}\nFigure: kgon_llc.png.\n")
     return ds
+
+
+def figure(ds: xr.Dataset):
+    """One column per class: the calibrated estimate (+- 2 SE), the class's lambda (a dash), the
+    quadratic prediction at the calibrated step size (a cross) and, where the class has dead
+    features of negative bias, the estimate with them held fixed (an open circle, a little right)."""
+    with fs.style():
+        fig, axes = fs.subplots(1, 1, width=fs.COLUMN, panel_aspect=0.7)
+        ax = axes[0, 0]
+        x = np.arange(ds.sizes["case"])
+        ax.errorbar(x, ds["llc_mean"], yerr=2 * ds["llc_se"], fmt="o", color=fs.PALETTE[0], label="estimate $\\pm$ 2 SE")
+        ax.scatter(x, ds["llc_theory"], marker="_", s=300, color=fs.REFERENCE, zorder=3, label="$\\lambda$ of the class")
+        ax.scatter(x, ds["llc_quadratic"], marker="x", color=fs.PALETTE[1], zorder=3,
+                   label="quadratic prediction at the calibrated $\\epsilon$")
+        frozen = np.isfinite(ds["llc_dead_frozen"].values)
+        if frozen.any():
+            ax.errorbar(x[frozen] + 0.15, ds["llc_dead_frozen"].values[frozen],
+                        yerr=2 * ds["llc_dead_frozen_se"].values[frozen], fmt="o", mfc="none", color=fs.PALETTE[0],
+                        label="dead features held fixed")
+        ax.set_xticks(x, [str(c) for c in ds["case"].values])
+        ax.set_xlim(-0.5, x[-1] + 0.5)
+        ax.set_xlabel("critical-point class")
+        ax.set_ylabel("LLC")
+        fig.legend(fontsize=6, loc="outside lower center", ncol=2)
+    return fig
 
 
 def finding(ds: xr.Dataset) -> str:
@@ -334,7 +361,7 @@ def bias_table(ds: xr.Dataset) -> str:
 
 def bias_study(out_dir: Path, *, size: str = "default", progress: bool = True) -> xr.Dataset:
     """Estimate the LLC of the refined 6-gon at each `BIAS_STUDY` setting; write bias_study.nc,
-    bias_study.md and report.md (`reproduce kgon-bias-study`; one size).
+    bias_study.md, bias_study.png (`bias_figure`) and report.md (`reproduce kgon-bias-study`; one size).
 
     Every row uses the same key (as each step size of `run_case`), so rows with equal eps and steps
     share their chains' SGLD noise. Next to each estimate: `quadratic_llc` at the row's eps and gamma, and
@@ -368,10 +395,39 @@ def bias_study(out_dir: Path, *, size: str = "default", progress: bool = True) -
     save_dataset(ds, out_dir / "bias_study.nc")
     table = bias_table(ds)
     (out_dir / "bias_study.md").write_text(table)
+    fs.save(bias_figure(ds), out_dir / "bias_study.png")
     (out_dir / "report.md").write_text(
         header("Bias study at the refined 6-gon (n = 1e5, 4 chains, burn-in half)", "kgon-bias-study", out_dir, size,
-               bias_finding(ds)) + table)
+               bias_finding(ds)) + table + "\nFigure: bias_study.png.\n")
     return ds
+
+
+def bias_setting_label(ds: xr.Dataset, row: int) -> str:
+    """'eps 3.16e-05, batch 500, 8000 steps, gamma 1': one setting of the bias study."""
+    v = {name: ds[name].values[row] for name in ("step_size", "batch_size", "num_steps", "localization")}
+    batch = "full batch" if v["batch_size"] == N_SAMPLES else f"batch {int(v['batch_size'])}"
+    return f"$\\epsilon$ {v['step_size']:.3g}, {batch}, {int(v['num_steps'])} steps, $\\gamma$ {v['localization']:g}"
+
+
+def bias_figure(ds: xr.Dataset):
+    """One line per setting, first at the top: the estimate (+- 2 SE), the full-batch quadratic
+    prediction (a cross) and the prediction with the setting's minibatch noise (a plus); the
+    6-gon's lambda dashed."""
+    with fs.style():
+        fig, axes = fs.subplots(1, 1, width=4.8, height=1.2 + 0.22 * ds.sizes["row"])
+        ax = axes[0, 0]
+        y = -np.arange(ds.sizes["row"])
+        ax.errorbar(ds["llc_mean"], y, xerr=2 * ds["llc_se"], fmt="o", color=fs.PALETTE[0], label="estimate $\\pm$ 2 SE")
+        ax.scatter(ds["llc_quadratic"], y, marker="x", color=fs.PALETTE[1], zorder=3,
+                   label="quadratic prediction, full batch")
+        ax.scatter(ds["llc_quadratic_minibatch"], y, marker="+", s=40, color=fs.PALETTE[2], zorder=3,
+                   label="with the minibatch noise")
+        theory = critical_point_class(*class_critical_point(6, 0)).llc
+        ax.axvline(theory, ls="--", lw=0.7, color=fs.REFERENCE, label=f"$\\lambda$ = {theory:g}")
+        ax.set_yticks(y, [bias_setting_label(ds, i) for i in range(ds.sizes["row"])], fontsize=6)
+        ax.set_xlabel("LLC of the refined 6-gon")
+        fig.legend(fontsize=6, loc="outside lower center", ncol=2)
+    return fig
 
 
 def bias_finding(ds: xr.Dataset) -> str:

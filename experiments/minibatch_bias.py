@@ -163,7 +163,7 @@ def flagship_model(run_dir: str, label: str) -> FlagshipModel:
     from slt_superposition.io import open_result
 
     config = flagship.config_of_run(run_dir)
-    labels = [flagship._model_label(n, m) for n, m in config.models]
+    labels = [flagship.model_label(n, m) for n, m in config.models]
     require(label in labels, f"{run_dir} has no model {label!r} (its models: {', '.join(labels)})")
     n_features, n_hidden = (int(part[1:]) for part in label.split("_"))
     train = open_result(f"{run_dir}/train_{label}.nc", kind="train")
@@ -310,9 +310,9 @@ def main(argv: list[str] | None = None) -> None:
         instance_study(args.flagship, label, int(p_index), int(seed), args.chains, args.lengths)
         return
     if args.flagship:
-        from experiments.weights_vs_activations import _model_label, config_of_run
+        from experiments.weights_vs_activations import config_of_run, model_label
 
-        models = args.models or [_model_label(n, m) for n, m in config_of_run(args.flagship).models]
+        models = args.models or [model_label(n, m) for n, m in config_of_run(args.flagship).models]
         flagship_comparison(args.flagship, models)
         return
     rows = []

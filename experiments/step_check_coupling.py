@@ -8,7 +8,7 @@ the same difference from the Hessian of L_n (`curvature.quadratic_llc` at eps an
     slt-superposition reproduce step-check-coupling --out results/step_check_coupling
     # 4 chains, 500-step checks, n = 10^4
 
-Writes step_check_coupling.nc and report.md, one row per step size; the table in
+Writes step_check_coupling.nc, step_check_coupling.png and report.md, one row per step size; the table in
 docs/calibration.md comes from this command.
 """
 
@@ -23,6 +23,7 @@ import xarray as xr
 
 from experiments.kgon_llc import kgon_loss, refined_kgon
 from experiments.registry import header, row_variables
+from slt_superposition import figure_style as fs
 from slt_superposition.checks import relative_difference
 from slt_superposition.coupled import DIFF_BLOCKS, sample_coupled
 from slt_superposition.curvature import hessian_eigenvalues, quadratic_llc
@@ -79,7 +80,7 @@ VARIABLES = {
 
 def run(out_dir: Path, *, size: str = "default", progress: bool = True) -> xr.Dataset:
     """Both checks at every step size of `STEP_SIZES` (4 chains, 500-step checks, n = 10^4; one
-    size); writes step_check_coupling.nc and report.md under `out_dir`."""
+    size); writes step_check_coupling.nc, step_check_coupling.png (`figure`) and report.md under `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = dict(n=10_000, chains=4, steps=500, batch=500, seed=0)
@@ -91,11 +92,33 @@ def run(out_dir: Path, *, size: str = "default", progress: bool = True) -> xr.Da
     text = table(["step size", "coupled check", "its SE", "independent check", "its SE", "quadratic prediction"],
                  [[f"{r['step_size']:.3g}", f"{r['coupled']:+.4f}", f"{r['coupled_se']:.4f}",
                    f"{r['independent']:+.4f}", f"{r['independent_se']:.4f}", f"{r['quadratic']:+.4f}"] for r in rows])
+    fs.save(figure(ds), out_dir / "step_check_coupling.png")
     write_text(out_dir / "report.md", header("The step-size check with and without coupling (refined 6-gon)",
-                                             "step-check-coupling", out_dir, size, finding(ds)) + text + "\n")
+                                             "step-check-coupling", out_dir, size, finding(ds))
+               + text + "\n\nFigure: step_check_coupling.png.\n")
     if progress:
         print(text)
     return ds
+
+
+def figure(ds: xr.Dataset):
+    """The check's relative difference (+- 2 SE) against the step size, coupled and independent
+    (drawn a little apart), with the quadratic prediction of the same difference."""
+    with fs.style():
+        fig, axes = fs.subplots(1, 1, width=fs.COLUMN, panel_aspect=0.7)
+        ax = axes[0, 0]
+        eps = ds["step_size"].values
+        ax.errorbar(eps / 1.06, ds["coupled"], yerr=2 * ds["coupled_se"], fmt="o", color=fs.PALETTE[0],
+                    label="coupled (one Brownian path)")
+        ax.errorbar(eps * 1.06, ds["independent"], yerr=2 * ds["independent_se"], fmt="s", mfc="none",
+                    color=fs.PALETTE[1], label="independent chains")
+        ax.plot(eps, ds["quadratic"], "x:", color=fs.REFERENCE, label="quadratic prediction")
+        ax.axhline(0, lw=0.5, color="0.6")
+        ax.set_xscale("log")
+        ax.set_xlabel("step size $\\epsilon$")
+        ax.set_ylabel("relative difference, $\\epsilon$ against $\\epsilon$ / 3")
+        ax.legend(fontsize=6, loc="upper left")
+    return fig
 
 
 def finding(ds: xr.Dataset) -> str:

@@ -32,7 +32,7 @@ import numpy as np
 import xarray as xr
 
 from experiments.weights_vs_activations import (QUICK, SIZES, _calibrated_llc, _refined_inputs, model_key,
-                                                 model_train_config)
+                                                 model_label, model_train_config)
 from slt_superposition.checks import BATCH_TOL, STEP_TOL, within
 from toy_models.train import train_grid
 
@@ -67,7 +67,7 @@ def measure(n: int, m: int, cap: int, chains: int = QUICK.calibration_chains, co
         llc, summary, _ = _calibrated_llc(inputs, train, config, jax.random.fold_in(key, 1), Path(tmp))
         seconds = time.perf_counter() - start
         if details:
-            print_length_stage(xr.open_dataset(Path(tmp) / "calibration" / f"n{n}_m{m}.nc").load())
+            print_length_stage(xr.open_dataset(Path(tmp) / "calibration" / f"{model_label(n, m)}.nc").load())
     step_ok = within(llc["step_check_rel_diff"].values, llc["step_check_se"].values, STEP_TOL)
     batch_ok = within(llc["batch_check_rel_diff"].values, llc["batch_check_se"].values, BATCH_TOL)
     return dict(trusted=float(llc["trusted"].mean()), converged=summary["converged"],

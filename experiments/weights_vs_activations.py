@@ -163,7 +163,8 @@ FULL = FlagshipConfig(n_feature_probabilities=40, seeds=16, train_steps=10_000, 
                       sae_seeds=4, sae_steps=5000, sae_restarts=2, development_seeds=8)
 
 
-def _model_label(n: int, m: int) -> str:
+def model_label(n: int, m: int) -> str:
+    """The model's name in datasets, figures and reports: "n6_m2" for 6 features in 2 dimensions."""
     return f"n{n}_m{m}"
 
 
@@ -222,7 +223,7 @@ def _calibrated_llc(inputs, train: xr.Dataset, config: FlagshipConfig, key, out_
     cal_key, llc_key = jax.random.split(key)
     loss_fn, params, data, _ = inputs
     dims = grid.grid_coords(train)
-    label = _model_label(train.sizes["feature"], train.sizes["hidden"])
+    label = model_label(train.sizes["feature"], train.sizes["hidden"])
     sgld, sweep = _calibrate(loss_fn, params, data, cal_key, config, instance_dims=dims)
     save_dataset(sweep, out_dir / "calibration" / f"{label}.nc")
     options = dict(instance_dims=dims, features=config.susceptibility_features, factor=config.susceptibility_factor,
@@ -336,7 +337,7 @@ def model_train_config(n: int, m: int, config: FlagshipConfig) -> TrainConfig:
 
 def compute_model(n: int, m: int, config: FlagshipConfig, out_dir: Path, progress: bool = True) -> xr.Dataset:
     """Train, measure and join one model's grid; also saves its `train_<label>.nc`."""
-    label = _model_label(n, m)
+    label = model_label(n, m)
     key = model_key(n, m, config)
     train_config = model_train_config(n, m, config)
     with _stage(f"{label}: train {train_config.n_instances} instances", progress):
@@ -527,7 +528,7 @@ def write_report(ds: xr.Dataset, dev: xr.Dataset, out_dir: Path, figures: list[P
         "",
         recovery_line(ds),
         "",
-        f"Grid: models {', '.join(_model_label(n, m) for n, m in config.models)}; "
+        f"Grid: models {', '.join(model_label(n, m) for n, m in config.models)}; "
         f"{config.n_feature_probabilities} feature probabilities from 1 to {config.min_feature_probability} "
         f"(log-spaced) x {config.seeds} seeds; {config.train_steps} AdamW steps; LLC from "
         f"{config.llc_chains} chains per instance on n = {config.llc_samples} samples (nbeta = n / log n); "

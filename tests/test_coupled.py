@@ -49,3 +49,20 @@ def test_the_coupled_difference_is_the_discretisation_bias_with_a_small_error(co
     blocks = out["diff_blocks"]
     assert np.isfinite(blocks).all()
     np.testing.assert_allclose(blocks.mean(axis=1), diff, rtol=0.02, atol=1e-3)
+
+
+def test_the_coupling_study_draws_both_checks_and_names_its_figure(tmp_path, monkeypatch):
+    # run() on stub rows (no SGLD): the dataset, the figure (one point per step size for each check) and the report
+    import experiments.step_check_coupling as study
+
+    rows = [dict(step_size=eps, coupled=0.01 * i, coupled_se=0.001, independent=0.02 * i, independent_se=0.01,
+                 quadratic=0.01 * i) for i, eps in enumerate(study.STEP_SIZES)]
+    monkeypatch.setattr(study, "study", lambda **_: rows)
+    ds = study.run(tmp_path, progress=False)
+    assert ds["coupled"].values.tolist() == [r["coupled"] for r in rows]
+    assert (tmp_path / "step_check_coupling.png").stat().st_size > 0
+    assert "Figure: step_check_coupling.png." in (tmp_path / "report.md").read_text()
+    ax = study.figure(ds).axes[0]
+    assert ax.get_xscale() == "log"
+    assert set(ax.get_legend_handles_labels()[1]) == {"coupled (one Brownian path)", "independent chains",
+                                                      "quadratic prediction"}

@@ -84,3 +84,50 @@ def test_class_llc_through_calibrate_within_five_percent(k, positive, curved):
         assert row["llc_mean"] >= row["llc_dead_frozen"] - 2 * row["llc_se"], row
     else:
         assert abs(row["llc_mean"] - row["llc_theory"]) <= TOLERANCE * row["llc_theory"], row
+
+
+def test_figure_marks_every_class_and_the_frozen_estimate_only_where_there_is_one():
+    from experiments.kgon_llc import VARIABLES, figure
+
+    rows = [dict({name: 1.0 for name in VARIABLES}, case=case, verdict="v", llc_theory=theory, llc_mean=theory + 0.1,
+                 llc_dead_frozen=frozen, llc_dead_frozen_se=0.1)
+            for case, theory, frozen in [("6-gon", 8.5, np.nan), ("5-gon", 7.0, 7.1), ("5-gon+1", 8.5, np.nan)]]
+    fig = figure(to_dataset(rows, {"stub": True}))
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["6-gon", "5-gon", "5-gon+1"]
+    labels = ax.get_legend_handles_labels()[1]
+    assert "dead features held fixed" in labels and len(labels) == 4
+    # the class lambdas are drawn at their values
+    lambdas = next(c for c in ax.collections if c.get_label() == "$\\lambda$ of the class")
+    assert lambdas.get_offsets()[:, 1].tolist() == [8.5, 7.0, 8.5]
+    rows = [dict(r, llc_dead_frozen=np.nan) for r in rows]
+    assert "dead features held fixed" not in figure(to_dataset(rows, {})).axes[0].get_legend_handles_labels()[1]
+
+
+def test_run_on_stub_classes_writes_the_figure_and_names_it(tmp_path, monkeypatch):
+    import experiments.kgon_llc as kgon
+    from experiments.kgon_llc import VARIABLES
+
+    def run_case(k, positive, **_):
+        label = kgon.case_label(k, positive)
+        return dict({name: 1.0 for name in VARIABLES}, case=label, verdict="v", llc_dead_frozen=np.nan)
+
+    monkeypatch.setattr(kgon, "run_case", run_case)
+    ds = kgon.run(tmp_path, size="quick", progress=False)
+    assert ds.sizes["case"] == len(CASES)
+    assert (tmp_path / "kgon_llc.png").stat().st_size > 0
+    assert "Figure: kgon_llc.png." in (tmp_path / "report.md").read_text()
+
+
+def test_bias_figure_has_one_line_per_setting():
+    from experiments.kgon_llc import bias_figure
+
+    rows = [dict(step_size=eps, batch_size=batch or N_SAMPLES, num_steps=steps, localization=gamma, llc_mean=8.5 + i,
+                 llc_se=0.1, llc_quadratic=8.6, llc_quadratic_minibatch=8.7, n_diverged=0, seconds=1.0)
+            for i, (eps, batch, steps, gamma) in enumerate(BIAS_STUDY)]
+    ax = bias_figure(bias_dataset(rows, {})).axes[0]
+    ticks = [t.get_text() for t in ax.get_yticklabels()]
+    assert len(ticks) == len(BIAS_STUDY)
+    assert ticks[0] == "$\\epsilon$ 3.16e-05, batch 500, 8000 steps, $\\gamma$ 1"
+    assert ticks[4] == "$\\epsilon$ 1e-05, full batch, 10000 steps, $\\gamma$ 1"
+    assert "$\\lambda$ = 8.5" in ax.get_legend_handles_labels()[1]

@@ -401,16 +401,24 @@ def train_grid(config: TrainConfig, *, progress: bool = True, mesh=None) -> xr.D
     return ds
 
 
+def finite_instances(ds: xr.Dataset, *, loss: bool = False) -> xr.DataArray:
+    """(feature_probability, importance_decay, seed) bool: the instances of a 'train' dataset whose
+    final W and b are finite; with `loss`, whose final loss is finite too."""
+    ds = _grid_dataset(ds)
+    finite = np.isfinite(ds["W"]).all(("hidden", "feature")) & np.isfinite(ds["b"]).all("feature")
+    if loss and "loss" in ds:
+        finite = finite & np.isfinite(ds["loss"])
+    return finite.transpose(*GRID_DIMS)
+
+
 def nonfinite_instances(ds: xr.Dataset, *, loss: bool = False) -> list[str]:
     """Labels ("feature_probability=0.1, importance_decay=1, seed=3") of the instances of a
     'train' dataset whose final W or b hold a NaN or an infinity (training diverged); with
     `loss`, also those whose final loss is not finite (weights so large that the loss overflows)."""
     ds = _grid_dataset(ds)
-    finite = np.isfinite(ds["W"]).all(("hidden", "feature")) & np.isfinite(ds["b"]).all("feature")
-    if loss and "loss" in ds:
-        finite = finite & np.isfinite(ds["loss"])
+    finite = finite_instances(ds, loss=loss)
     labels = []
-    for index in zip(*np.nonzero(~finite.transpose(*GRID_DIMS).values)):
+    for index in zip(*np.nonzero(~finite.values)):
         labels.append(", ".join(f"{dim}={ds[dim].values[i]:g}" for dim, i in zip(GRID_DIMS, index)))
     return labels
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
 import typer
 
 from slt_superposition.commands import distributed_options as dist
@@ -96,9 +95,10 @@ def train(
 
     import warnings
 
+    from slt_superposition.grid import GRID_DIMS
     from slt_superposition.io import check_writable, output_lock, save_dataset
     from slt_superposition.sharding import instance_mesh
-    from toy_models.train import diverged_message, nonfinite_instances, train_grid
+    from toy_models.train import diverged_message, finite_instances, nonfinite_instances, train_grid
 
     check_writable(out)
     config.check_memory()
@@ -108,8 +108,8 @@ def train(
             ds = train_grid(config, progress=progress, mesh=instance_mesh() if all_devices else None)
         path = save_dataset(ds, out)
     diverged = nonfinite_instances(ds, loss=True)
-    loss = ds["loss"].values.ravel()
-    finite = np.isfinite(loss) & np.isfinite(ds["W"]).all(("hidden", "feature")).values.ravel()
+    finite = finite_instances(ds, loss=True).values.ravel()
+    loss = ds["loss"].transpose(*GRID_DIMS).values.ravel()
     summary = (f"final loss min {loss[finite].min():.6g}, max {loss[finite].max():.6g}" if finite.any()
                else "no instance has finite weights and loss")
     if finite.any() and not finite.all():
