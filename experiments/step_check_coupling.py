@@ -117,7 +117,7 @@ def figure(ds: xr.Dataset):
         ax.set_xscale("log")
         ax.set_xlabel("step size $\\epsilon$")
         ax.set_ylabel("relative difference, $\\epsilon$ against $\\epsilon$ / 3")
-        ax.legend(fontsize=6, loc="upper left")
+        ax.legend(fontsize=6, loc="upper right")
     return fig
 
 
