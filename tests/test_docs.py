@@ -58,3 +58,22 @@ def test_readme_python_snippet_imports_and_calls_what_exists():
             continue
         for keyword in call.keywords:
             assert keyword.arg in parameters, f"{call.func.id} takes no keyword {keyword.arg}"
+
+
+def test_readme_names_every_experiment_and_its_quick_rule():
+    """Every experiment `reproduce --list` shows is named in the README (those with a page in its
+    table, next to the page), and the experiments the README says have no --quick are exactly those."""
+    from experiments.registry import EXPERIMENTS
+
+    text = (ROOT / "README.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "reproduce " in line]
+    for name in EXPERIMENTS:
+        assert f"`{name}`" in text or f"reproduce {name}`" in text, f"README does not name experiment {name}"
+        page = ROOT / "docs" / "experiments" / (name.replace("-", "_") + ".md")
+        if page.exists():
+            assert any(f"reproduce {name}`" in row and page.name in row for row in rows), \
+                f"README's table has no row for {name} with its page"
+    no_quick = [name for name, e in EXPERIMENTS.items()
+                if "quick" not in e.sizes and (ROOT / "docs" / "experiments" / (name.replace("-", "_") + ".md")).exists()]
+    assert no_quick == ["tms-critical-points"]
+    assert "all but tms-critical-points (exact) take `--quick`" in text
