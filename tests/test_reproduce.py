@@ -24,6 +24,11 @@ def test_list_names_every_experiment(capsys):
     for name in NAMES:
         assert name in out
     assert set(EXPERIMENTS) == set(NAMES)
+    # each line says which sizes and whether --only: the flagship has both sizes, the critical points neither
+    lines = {line.split()[0]: line for line in out.splitlines() if line.split() and line.split()[0] in EXPERIMENTS}
+    assert "--quick --full " in lines["weights-vs-activations"] and "--only" not in lines["weights-vs-activations"]
+    assert "--quick --only " in lines["kgon-llc"]
+    assert "--quick" not in lines["tms-critical-points"] and "--only" not in lines["tms-critical-points"]
 
 
 def test_unknown_name_is_a_clean_error(capsys, tmp_path):

@@ -30,7 +30,7 @@ def reproduce(
                             "field of its FlagshipConfig, e.g. --set calibration_max_steps=19200. A wrong NAME "
                             "lists the experiment's options."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars and per-case lines on stderr/stdout."),
-    list_: bool = typer.Option(False, "--list", help="List the experiments and exit."),
+    list_: bool = typer.Option(False, "--list", help="List the experiments, with the sizes and --only each takes, and exit."),
     coordinator: Optional[str] = dist.COORDINATOR,
     num_processes: Optional[int] = dist.NUM_PROCESSES,
     process_id: Optional[int] = dist.PROCESS_ID,
@@ -44,9 +44,12 @@ def reproduce(
     from experiments.registry import EXPERIMENTS, check_request, parse_options, reproduce as run_experiment
 
     if list_:
-        width = max(map(len, EXPERIMENTS))
+        flags = {name: " ".join([f"--{size}" for size in ("quick", "full") if size in e.sizes]
+                                + (["--only"] if e.cases else [])) for name, e in EXPERIMENTS.items()}
+        width, flag_width = max(map(len, EXPERIMENTS)), max(map(len, flags.values()))
         for experiment in EXPERIMENTS.values():
-            print(f"{experiment.name:<{width}}  {experiment.summary}")
+            print(f"{experiment.name:<{width}}  {flags[experiment.name]:<{flag_width}}  {experiment.summary}")
+        print("(the options each experiment takes besides --out: --quick and --full sizes, --only CASE)")
         return
     if name is None:
         raise InputError("give an experiment name or --list (known: " + ", ".join(EXPERIMENTS) + ")")
