@@ -403,7 +403,8 @@ def bias_study(out_dir: Path, *, size: str = "default", progress: bool = True) -
 
 
 def bias_setting_label(ds: xr.Dataset, row: int) -> str:
-    """'eps 3.16e-05, batch 500, 8000 steps, gamma 1': one setting of the bias study."""
+    """One setting of the bias study as a figure's tick label: eps 3.16e-05, batch 500, 8000 steps,
+    gamma 1 (eps and gamma as TeX symbols)."""
     v = {name: ds[name].values[row] for name in ("step_size", "batch_size", "num_steps", "localization")}
     batch = "full batch" if v["batch_size"] == N_SAMPLES else f"batch {int(v['batch_size'])}"
     return f"$\\epsilon$ {v['step_size']:.3g}, {batch}, {int(v['num_steps'])} steps, $\\gamma$ {v['localization']:g}"

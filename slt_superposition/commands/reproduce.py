@@ -49,7 +49,7 @@ def reproduce(
         width, flag_width = max(map(len, EXPERIMENTS)), max(map(len, flags.values()))
         for experiment in EXPERIMENTS.values():
             print(f"{experiment.name:<{width}}  {flags[experiment.name]:<{flag_width}}  {experiment.summary}")
-        print("(the options each experiment takes besides --out: --quick and --full sizes, --only CASE)")
+        print("(second column: which of --quick, --full and --only CASE the experiment takes)")
         return
     if name is None:
         raise InputError("give an experiment name or --list (known: " + ", ".join(EXPERIMENTS) + ")")
