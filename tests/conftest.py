@@ -29,13 +29,6 @@ def pytest_unconfigure(config):
         shutil.rmtree(config.jax_cache_dir, ignore_errors=True)
 
 
-def pytest_collection_modifyitems(config, items):
-    """Tests marked `heavy` first, the rest in their order. pytest-xdist hands tests out in the
-    collection's order, so a minute-long test collected last ran alone at the end while the other
-    worker had finished; started first, the short ones fill in around them."""
-    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
-
-
 @pytest.fixture(scope="session")
 def tiny_config():
     from toy_models.train import TrainConfig

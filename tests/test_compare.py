@@ -179,7 +179,6 @@ def test_config_of_run_reads_the_run_and_refuses_what_it_cannot(tmp_path):
         config_of_run(old)
 
 
-@pytest.mark.heavy  # a minute or more: scheduled first (tests/conftest.py)
 @pytest.mark.slow
 def test_flagship_tiny_grid_is_reproducible_and_self_describing(tmp_path, capsys):
     import json

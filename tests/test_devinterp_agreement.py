@@ -47,7 +47,6 @@ def torch_loss(model, batch):
     return ((x - model(x)) ** 2).sum(dim=-1).mean()
 
 
-@pytest.mark.heavy  # a minute or more: scheduled first (tests/conftest.py)
 @pytest.mark.slow
 @pytest.mark.reference
 def test_llc_agrees_with_devinterp():

@@ -61,7 +61,6 @@ def test_launcher_argv_and_environment():
     assert env["JAX_PLATFORMS"] == "cpu"
 
 
-@pytest.mark.heavy  # a minute or more: scheduled first (tests/conftest.py)
 def test_two_processes_train_and_llc_bit_identical_to_one(tmp_path):
     one, two = tmp_path / "one.nc", tmp_path / "two.nc"
     _run([*CLI, *TRAIN, "--out", str(one)])

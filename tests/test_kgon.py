@@ -64,7 +64,6 @@ def test_result_table_on_stub_rows():
     assert len(lines) == 4 and "| +1.0% |" in lines[2] and "| -20.0% |" in lines[3]
 
 
-@pytest.mark.heavy  # a minute or more: scheduled first (tests/conftest.py)
 @pytest.mark.slow
 @pytest.mark.xdist_group("kgon")  # one worker runs the three: they share their compiled chain programs
 @pytest.mark.parametrize("k,positive,curved", [(6, 0, 17), (5, 0, 14), (5, 1, 17)])

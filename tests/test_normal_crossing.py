@@ -134,7 +134,6 @@ def test_reproduce_writes_dataset_figure_and_report(tmp_path, monkeypatch):
     assert list(ds["case"].values) == [nc.case_name(p) for p in nc.QUICK_CASES]
 
 
-@pytest.mark.heavy  # a minute or more: scheduled first (tests/conftest.py)
 @pytest.mark.slow
 def test_calibrated_estimate_within_five_percent_of_the_quadrature():
     # the experiment's protocol on a singular case (f = w2^2, lambda 1/4; w1 flat): calibrate with its

@@ -20,7 +20,6 @@ from slt_superposition.errors import InputError
 FOUR_DEVICES = Path(__file__).parent / "multidevice" / "four_devices.py"
 
 
-@pytest.mark.heavy  # a minute or more: scheduled first (tests/conftest.py)
 def test_sharded_equals_single_device_bitwise(tmp_path):
     """tests/multidevice/four_devices.py, one test per claim, in a process that sees 4 CPU
     devices: every one of its tests ran and passed (none skipped)."""
