@@ -35,7 +35,7 @@ def decoder_figure(ds: xr.Dataset):
     matching (a recovered dictionary is a bright diagonal)."""
     rows, n_instances = _facets(ds)
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
-    m, n = ds.sizes["hidden"], ds.sizes["feature"]
+    m = ds.sizes["hidden"]
     W_all = ds["W"].transpose(..., "hidden", "feature")
     with fs.style():
         fig, axes = fs.subplots(n_rows, n_cols, width=min(fs.PAGE, 1.35 * n_cols + 0.4), panel_aspect=1.0,

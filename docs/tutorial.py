@@ -32,7 +32,6 @@
 import os
 
 import jax
-import numpy as np
 
 SMALL = os.environ.get("SLT_TUTORIAL_SMALL") == "1"  # the test suite's setting: plumbing, not science
 TRAIN_STEPS = 300 if SMALL else 5000

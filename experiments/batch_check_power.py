@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
-from pathlib import Path
 
 import jax
 import numpy as np

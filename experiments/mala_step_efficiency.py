@@ -44,7 +44,7 @@ from experiments.dln_wide_drift import BLOCK, chain_blocks
 from slt_superposition.calibration import TARGET_ACCEPTANCE
 from slt_superposition.llc import default_nbeta
 from slt_superposition.theory import dln_learning_coefficient
-from toy_models.dln import dln_compressed_data, dln_data, dln_loss, dln_true_params
+from toy_models.dln import dln_compressed_data, dln_data, dln_true_params
 
 RULE_ACCEPTANCE = TARGET_ACCEPTANCE  # calibrate's default acceptance target
 STEP_SIZES = (3.16e-8, 1e-7, 3.16e-7, 1e-6, 3.16e-6)

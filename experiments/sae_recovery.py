@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import time
 import zlib
 from pathlib import Path
 
@@ -154,7 +153,6 @@ def run(out_dir: Path, *, size: str = "default", progress: bool = True, train_di
     for name in names:
         parts = []
         for label, train in grid.items():
-            start = time.time()
             key = jax.random.fold_in(jax.random.key(3), zlib.crc32(label.encode()))
             ds = study_model(train, SETTINGS[name], key, all_sizes=all_sizes).squeeze("importance_decay", drop=True)
             got, posed = recovery_share(ds.get("sae_recovered", xr.zeros_like(ds["well_posed"])), ds["well_posed"])

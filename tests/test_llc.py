@@ -10,7 +10,6 @@ import pytest
 import xarray as xr
 
 from slt_superposition import InputError, SGLDConfig, estimate_llc, estimate_llc_batched, open_result, save_dataset
-from slt_superposition import llc as llc_module
 from slt_superposition.llc import default_nbeta, resolve_nbeta
 from slt_superposition.random import random_permutations
 

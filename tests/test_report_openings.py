@@ -5,7 +5,6 @@ no SGLD; tms-critical-points runs for real: it is exact and takes seconds)."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import xarray as xr
 
 

@@ -76,10 +76,8 @@ def test_nan_weights_are_named_by_llc(tmp_path, capsys):
 # reported garbage as a result.
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 from slt_superposition.errors import InputError as _InputError
 

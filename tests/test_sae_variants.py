@@ -11,7 +11,6 @@ from analysis.sae import (
     batch_topk_threshold,
     mmcs,
     prefix_mse,
-    sae_decode,
     sae_init_params,
     sae_loss,
     train_sae,
