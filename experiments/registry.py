@@ -63,7 +63,8 @@ EXPERIMENTS = {
         Experiment("tms-phase-diagram", "Elhage et al.: n=2, m=1 phase diagram against the analytic losses"),
         Experiment("tms-sticky-dimensions", "Elhage et al.: n=200, m=20 sparsity sweep, D_i sticks at 1, 3/4, 2/3, 1/2, 2/5, ..."),
         Experiment("tms-critical-points", "Chen et al. 2023: the k-gon critical-point classes of the 6-feature, "
-                                          "2-neuron TMS, derived (Hessian rank, symmetry bound, theory lambda)",
+                                          "2-neuron TMS, derived (Hessian rank, theory lambda, the n at which the "
+                                          "leading free energy prefers each)",
                    sizes=("default",)),
         Experiment("dln-validation", "Furman & Lau / Aoyagi: LLC of deep linear networks against exact learning "
                                      "coefficients", cases=True),

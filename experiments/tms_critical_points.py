@@ -6,6 +6,8 @@ class's critical point and `critical_point_class` reads off the exact population
 eigenvalue counts of the exact population Hessian, minimum or saddle, and the theoretical
 lambda (half the curved directions, where the flat ones are exactly the rotation orbit and
 the negative-bias dead features). Nothing is sampled: the numbers are exact up to float64.
+The figure sets each class's loss against its lambda, and the two leading terms of its local
+free energy, n L + lambda log n, against the lowest-loss class's over n (`figure`, `crossing`).
 
     slt-superposition reproduce tms-critical-points --out results/tms_critical_points
 """
@@ -18,6 +20,7 @@ import numpy as np
 import xarray as xr
 
 from experiments.registry import header, row_variables
+from slt_superposition import figure_style as fs
 from slt_superposition.io import save_dataset
 from slt_superposition.provenance import provenance_attrs
 from slt_superposition.theory import EIGEN_TOL, TMSClass, derived_classes
@@ -60,7 +63,8 @@ def markdown_table(classes: list[TMSClass]) -> str:
 
 
 def run(out_dir: Path, *, size: str = "default", progress: bool = True) -> xr.Dataset:
-    """Derive every class; write tms_critical_points.nc and report.md under `out_dir` (one size:
+    """Derive every class; write tms_critical_points.nc, tms_critical_points.png (`figure`) and
+    report.md under `out_dir` (one size:
     the derivation is exact and takes seconds; nothing to show progress for)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -73,11 +77,86 @@ def run(out_dir: Path, *, size: str = "default", progress: bool = True) -> xr.Da
     save_dataset(ds, out_dir / "tms_critical_points.nc")
     table = markdown_table(classes)
     notes = "".join(f"- {c.label}: {c.reason}\n" for c in classes if c.reason)
+    fs.save(figure(ds), out_dir / "tms_critical_points.png")
     (out_dir / "report.md").write_text(
         header("Critical-point classes of the Chen et al. TMS (c = 6, m = 2)", "tms-critical-points", out_dir, size,
                finding(ds))
-        + f"{table}\n{notes}")
+        + f"{table}\n{notes}\nFigure: tms_critical_points.png.\n")
     return ds
+
+
+N_RANGE = (10.0, 1e4)  # sample counts of the free-energy panel
+
+
+def leading_free_energy(loss, llc, n):
+    """n L + lambda log n, the two leading terms of a class's local free energy at n samples
+    (Watanabe; the log log n and constant terms left out): `loss`, `llc` broadcast against `n`."""
+    return n * loss + llc * np.log(n)
+
+
+def crossing(loss_a, llc_a, loss_b, llc_b) -> float:
+    """The n > e at which classes a and b have the same leading free energy (a's loss above b's,
+    its lambda below): n (L_a - L_b) = (lambda_b - lambda_a) log n; NaN where there is none."""
+    dl, dlam = loss_a - loss_b, llc_b - llc_a
+    if not (dl > 0 and dlam > 0):
+        return float("nan")
+    lo, hi = np.e, 1e12  # n / log n rises from e on: bisect on it
+    for _ in range(200):
+        mid = np.sqrt(lo * hi)
+        lo, hi = (mid, hi) if mid / np.log(mid) < dlam / dl else (lo, mid)
+    return float(np.sqrt(lo * hi))
+
+
+def figure(ds: xr.Dataset):
+    """Left: each class's population loss against its lambda (minima filled, saddles open; the
+    classes without a theory at their loss on the top edge). Right: the leading free energy
+    n L + lambda log n of each class with a theory, less the lowest-loss class's, against n: where
+    a curve is below 0, that class has the lower free energy (the posterior's preference at n,
+    to leading order)."""
+    loss, lam, labels = ds["population_loss"].values, ds["llc"].values, [str(c) for c in ds["class"].values]
+    minimum = ds["minimum"].values.astype(bool)
+    has = np.isfinite(lam)
+    with fs.style():
+        fig, axes = fs.subplots(1, 2, width=fs.PAGE, panel_aspect=0.65)
+        left, right = axes[0, 0], axes[0, 1]
+        top = np.nanmax(lam) + 1.5 if has.any() else 1.0
+        for j, i in enumerate(np.argsort(loss)):
+            y = lam[i] if has[i] else top
+            left.plot(loss[i], y, "o" if has[i] else "^", color=fs.PALETTE[0] if has[i] else "0.5",
+                      mfc=None if minimum[i] else "none")
+            # the classes without a theory share the top edge: their names alternate above and below
+            below = not has[i] and j % 2 == 1
+            left.annotate(labels[i], (loss[i], y), xytext=(0, -9 if below else 4), textcoords="offset points",
+                          ha="center", fontsize=6)
+        if not has.all():
+            left.axhline(top - 0.5, lw=0.5, ls=":", color="0.6")
+            left.annotate("no theory (not C$^2$)", (0, top), xycoords=("axes fraction", "data"), xytext=(3, 0),
+                          textcoords="offset points", ha="left", va="center", fontsize=6, color="0.4")
+        left.set_xlabel("population loss L")
+        left.set_ylabel("$\\lambda$ = curved directions / 2")
+        left.set_title("filled: minimum; open: saddle", fontsize=7)
+        n = np.geomspace(*N_RANGE, 400)
+        best = int(np.nanargmin(np.where(has, loss, np.nan)))
+        lowest = 0.0
+        for colour, i in zip(fs.PALETTE, np.flatnonzero(has)):
+            if i == best:
+                continue
+            difference = leading_free_energy(loss[i], lam[i], n) - leading_free_energy(loss[best], lam[best], n)
+            lowest = min(lowest, float(difference.min()))
+            right.plot(n, difference, color=colour, label=f"{labels[i]} $-$ {labels[best]}")
+            n_cross = crossing(loss[i], lam[i], loss[best], lam[best])
+            if np.isfinite(n_cross):
+                right.axvline(n_cross, lw=0.6, ls=":", color=colour)
+                right.annotate(f"n = {n_cross:.0f}", (n_cross, 0), xytext=(3, 3), textcoords="offset points",
+                               fontsize=6, color=colour)
+        right.axhline(0, lw=0.6, color=fs.REFERENCE)
+        right.set_xscale("log")
+        right.set_ylim(1.3 * lowest - 1, max(4 * abs(lowest), 5.0))  # the crossing in view; the lines leave at the top
+        right.set_xlabel("sample count n")
+        right.set_ylabel("difference of n L + $\\lambda$ log n")
+        right.set_title("below 0: that class preferred (dotted: the crossing)", fontsize=7)
+        right.legend(fontsize=6, loc="upper left")
+    return fig
 
 
 def finding(ds: xr.Dataset) -> str:

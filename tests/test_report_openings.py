@@ -41,6 +41,8 @@ def test_tms_critical_points_report_opens_with_command_and_finding(tmp_path):
     assert f"{minima} are minima and {ds.sizes['class'] - minima} saddles" in finding
     lam = ds["llc"].values
     assert f"runs from {np.nanmin(lam):g}" in finding and f"to {np.nanmax(lam):g}" in finding
+    assert (tmp_path / "tms_critical_points.png").stat().st_size > 0  # its figure, named in the report
+    assert "Figure: tms_critical_points.png." in (tmp_path / "report.md").read_text()
 
 
 def _llc_vs_n_stub() -> xr.Dataset:
