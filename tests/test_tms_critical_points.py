@@ -32,9 +32,20 @@ def test_figure_compares_each_class_with_a_theory_against_the_lowest_loss_one():
     fig = figure(_classes())
     left, right = fig.axes
     names = {t.get_text() for t in left.texts}
-    assert {"4-gon", "5-gon", "5-gon+1", "6-gon"} <= names and "no theory (not C$^2$)" in names
+    assert {"4-gon", "5-gon", "5-gon+1", "6-gon"} <= names and "no theory" in names
     labels = right.get_legend_handles_labels()[1]
     assert labels == ["5-gon $-$ 6-gon", "5-gon+1 $-$ 6-gon"]  # the 4-gon has no lambda: not drawn
     assert [t.get_text() for t in right.texts] == [f"n = {crossing(0.06874, 7.0, 0.04819, 8.5):.0f}"]
     # with a lambda for every class, nothing is marked as without a theory
-    assert "no theory (not C$^2$)" not in {t.get_text() for t in figure(_classes(9.0)).axes[0].texts}
+    assert "no theory" not in {t.get_text() for t in figure(_classes(9.0)).axes[0].texts}
+
+
+def test_the_finding_names_the_crossing():
+    from experiments.tms_critical_points import crossings_sentence
+
+    text = crossings_sentence(_classes())
+    assert f"the 5-gon's is below the 6-gon's up to n = {crossing(0.06874, 7.0, 0.04819, 8.5):.0f}" in text
+    assert "5-gon+1" not in text  # the same lambda as the 6-gon, a higher loss: no crossing
+    assert crossings_sentence(_classes().assign(llc=("class", [np.nan] * 4))) == ""
+    # and with no lambda anywhere the figure still draws its left panel
+    assert len(figure(_classes().assign(llc=("class", [np.nan] * 4))).axes[0].lines) >= 4
