@@ -29,6 +29,18 @@ def pytest_unconfigure(config):
         shutil.rmtree(config.jax_cache_dir, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """After each test, close the pyplot figures it drew and did not save (`figure_style.save`
+    closes those it writes): pyplot keeps every figure open, and a worker's tests drew more than
+    matplotlib's 20 (its RuntimeWarning). A closed figure can still be inspected."""
+    yield
+    import sys
+
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")
+
+
 @pytest.fixture(scope="session")
 def tiny_config():
     from toy_models.train import TrainConfig
