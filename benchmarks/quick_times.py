@@ -31,8 +31,8 @@ def time_one(name: str, out: Path) -> tuple[float, int]:
     """Wall seconds and exit status of `slt-superposition reproduce NAME --quick --out OUT`."""
     env = dict(os.environ, SLT_COMPILATION_CACHE="0")
     start = time.perf_counter()  # the console script's entry, run by this interpreter (not another install's)
-    proc = subprocess.run([sys.executable, "-m", "slt_superposition", "reproduce", name, "--quick", "--no-progress", "--out", str(out)], env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run([sys.executable, "-m", "slt_superposition", "reproduce", name, "--quick", "--no-progress",
+                           "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - start
     if proc.returncode:
         print(f"{name}: exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
+from scipy.special import lambertw
 
 from experiments.registry import header, row_variables
 from slt_superposition import figure_style as fs
@@ -96,15 +97,19 @@ def leading_free_energy(loss, llc, n):
 
 def crossing(loss_a, llc_a, loss_b, llc_b) -> float:
     """The n > e at which classes a and b have the same leading free energy (a's loss above b's,
-    its lambda below): n (L_a - L_b) = (lambda_b - lambda_a) log n; NaN where there is none."""
+    its lambda below): n (L_a - L_b) = (lambda_b - lambda_a) log n, that is n / log n = c, whose
+    root above e is n = -c W_-1(-1 / c) (Lambert W); NaN where there is none (c <= e included)."""
     dl, dlam = loss_a - loss_b, llc_b - llc_a
-    if not (dl > 0 and dlam > 0):
+    if not (dl > 0 and dlam > 0 and dlam / dl > np.e):
         return float("nan")
-    lo, hi = np.e, 1e12  # n / log n rises from e on: bisect on it
-    for _ in range(200):
-        mid = np.sqrt(lo * hi)
-        lo, hi = (mid, hi) if mid / np.log(mid) < dlam / dl else (lo, mid)
-    return float(np.sqrt(lo * hi))
+    c = dlam / dl
+    return float(-c * lambertw(-1.0 / c, -1).real)
+
+
+def lowest_loss_with_theory(ds: xr.Dataset) -> int | None:
+    """Index of the class with a lambda and the lowest population loss (None: no class has a lambda)."""
+    loss, lam = ds["population_loss"].values, ds["llc"].values
+    return int(np.nanargmin(np.where(np.isfinite(lam), loss, np.nan))) if np.isfinite(lam).any() else None
 
 
 def figure(ds: xr.Dataset):
@@ -136,7 +141,7 @@ def figure(ds: xr.Dataset):
         left.set_ylabel("$\\lambda$ = curved directions / 2")
         left.set_title("filled: minimum; open: saddle", fontsize=7)
         n = np.geomspace(*N_RANGE, 400)
-        best = int(np.nanargmin(np.where(has, loss, np.nan))) if has.any() else -1
+        best = lowest_loss_with_theory(ds)
         lowest = 0.0
         for colour, i in zip(fs.PALETTE, np.flatnonzero(has)):  # none without a lambda anywhere
             if i == best:
@@ -182,12 +187,12 @@ def crossings_sentence(ds: xr.Dataset) -> str:
     """' The leading free energy n L + lambda log n of the 5-gon is below the 6-gon's up to n = 445 ...'
     for each class with a theory that crosses the lowest-loss one ('' where none does)."""
     loss, lam, labels = ds["population_loss"].values, ds["llc"].values, ds["class"].values
-    has = np.isfinite(lam)
-    if not has.any():
+    best = lowest_loss_with_theory(ds)
+    if best is None:
         return ""
-    best = int(np.nanargmin(np.where(has, loss, np.nan)))
-    parts = [f"the {labels[i]}'s is below the {labels[best]}'s up to n = {crossing(loss[i], lam[i], loss[best], lam[best]):.0f}"
-             for i in np.flatnonzero(has) if np.isfinite(crossing(loss[i], lam[i], loss[best], lam[best]))]
+    crossings = {i: crossing(loss[i], lam[i], loss[best], lam[best]) for i in np.flatnonzero(np.isfinite(lam))}
+    parts = [f"the {labels[i]}'s is below the {labels[best]}'s up to n = {n:.0f}"
+             for i, n in crossings.items() if np.isfinite(n)]
     return (" Of the leading free energy n L + lambda log n (the figure), " + "; ".join(parts) + ", above it the "
             f"{labels[best]}'s is lower.") if parts else ""
 
