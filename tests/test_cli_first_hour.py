@@ -32,12 +32,12 @@ def test_help_fits_80_columns_without_cutting_option_names(command, capsys, monk
 
 
 def test_interrupt_without_sweep_says_nothing_saved(capsys, monkeypatch, tmp_path):
-    import slt_superposition.commands.plot as plot_command
+    import slt_superposition.io as io  # `plot` imports open_result from it when it runs
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(plot_command, "open_result", interrupted)
+    monkeypatch.setattr(io, "open_result", interrupted)
     assert main(["plot", str(tmp_path / "x.nc"), "--out", str(tmp_path / "fig")]) == 130
     err = capsys.readouterr().err.strip()
     assert err.startswith("interrupted: nothing was saved") and "starts over" in err

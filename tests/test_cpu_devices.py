@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from slt_superposition.cpu_devices import MAX_DEVICES, chosen_by_user, core_count, split_cpu_into_cores
-from slt_superposition.entry import joins_multiprocess_run
+from slt_superposition.entry import joins_multiprocess_run, only_asks_for_help
 
 
 def _clean_env(**extra) -> dict[str, str]:
@@ -49,6 +49,21 @@ def test_importing_the_package_does_not_start_jax():
                           env=_clean_env(), cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "False"
+
+
+def test_help_does_not_import_jax():
+    # help computes nothing: neither the package, nor the command line, nor its help imports JAX
+    # (seconds of the two-core machine's time before a usage line)
+    assert only_asks_for_help([]) and only_asks_for_help(["llc", "--help"])
+    assert not only_asks_for_help(["--version"]) and not only_asks_for_help(["llc", "in.nc"])
+    code = ("import sys\n"
+            "from slt_superposition.entry import main\n"
+            "codes = [main(['--help']), main(['llc', '--help']), main(['reproduce', '--help'])]\n"
+            "print(codes, sorted(m for m in ('jax', 'xarray', 'blackjax', 'matplotlib') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=_clean_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Estimate the local learning coefficient" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == "[0, 0, 0] []"
 
 
 def test_split_is_a_no_op_once_jax_has_computed():

@@ -11,7 +11,6 @@ from typing import Optional
 import typer
 
 from slt_superposition.errors import InputError
-from slt_superposition.io import open_result
 
 # dataset kind -> "module:function"; each function is (ds: xr.Dataset, out_dir: Path) -> list[Path]
 PLOTTERS = {
@@ -30,6 +29,8 @@ def plot(
         None, "--out", help="Folder for the figures (created if missing; default: 'figures' next to the dataset)."),
 ) -> None:
     """Draw the figures for a result dataset (training grid, LLC traces, calibration sweep, comparison)."""
+    from slt_superposition.io import open_result
+
     out = path.parent / "figures" if out is None else out
     ds = open_result(path)
     kind = ds.attrs["slt_superposition_kind"]
