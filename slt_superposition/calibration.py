@@ -223,6 +223,17 @@ class ShortBiasStage(NamedTuple):
     check_time: np.ndarray  # (instance,)
 
 
+def comparisons_left(index: np.ndarray, active: np.ndarray, sampler_time: np.ndarray, step_sizes: np.ndarray,
+                     max_steps: int) -> int:
+    """The most comparisons a bias check's walk down the step-size grid can make (its progress bar's
+    total): an active instance at grid index `index` (instance,) can move to each smaller step size
+    whose chain of `sampler_time` (instance,) fits in `max_steps` (steps grow as the step size falls,
+    so these are the ones just below it, and its walk stops at the first that does not fit)."""
+    steps = np.maximum(2, np.round(sampler_time[None, :] / step_sizes[:, None]))  # (step size, instance)
+    fits = (steps <= max_steps) & (np.arange(len(step_sizes))[:, None] < index[None, :])
+    return int((fits.sum(axis=0) * active).max(initial=0))
+
+
 def short_bias_stage(sampler: Sampler, key, step_sizes, n_ok, *, sweep_steps, bias_check_steps, max_steps,
                      localization, batch_size, bias_tol, progress) -> ShortBiasStage:
     eps_grid = np.asarray(step_sizes)
@@ -241,7 +252,8 @@ def short_bias_stage(sampler: Sampler, key, step_sizes, n_ok, *, sweep_steps, bi
     active &= steps_at(np.maximum(index - 1, 0)) <= max_steps
     hi_result = None
     rows = np.arange(n_inst)
-    with progress_bar(None, "calibrate: bias check", progress) as bar:
+    bound = comparisons_left(index, active, check_time, eps_grid, max_steps)
+    with progress_bar(bound, "calibrate: bias check", progress) as bar:
         while active.any():
             lo_index = np.maximum(index - 1, 0)
             if hi_result is None:
@@ -264,6 +276,7 @@ def short_bias_stage(sampler: Sampler, key, step_sizes, n_ok, *, sweep_steps, bi
             # the smaller step size's estimate is the next comparison's larger one
             hi_result = lo_result
             active = moving & (index > 0) & (steps_at(np.maximum(index - 1, 0)) <= max_steps)
+        bar.total = bar.n  # every instance settled before the bound: end the bar full
     return ShortBiasStage(index, llc, se, bias, llc0, consistent, check_steps, check_time)
 
 
@@ -378,7 +391,8 @@ def long_check_stage(sampler: Sampler, key, step_sizes, start_index, final_steps
     index, current, current_se, j = start_index.copy(), start_llc.copy(), start_se.copy(), np.zeros(n_inst, np.int64)
     steps_at = lambda i: np.maximum(2, np.round(long_time / eps_grid[i]).astype(np.int64))
     active = (index > 0) & (steps_at(np.maximum(index - 1, 0)) <= long_check_max_steps)
-    with progress_bar(None, "calibrate: long-chain bias check", progress) as bar:
+    bound = comparisons_left(index, active, long_time, eps_grid, long_check_max_steps)
+    with progress_bar(bound, "calibrate: long-chain bias check", progress) as bar:
         while active.any():
             lo_index = np.maximum(index - 1, 0)
             lower = sampler.run(key, eps_grid[lo_index], np.where(active, steps_at(lo_index), 0), localization,
@@ -399,6 +413,7 @@ def long_check_stage(sampler: Sampler, key, step_sizes, start_index, final_steps
             steps_k[rows[move], j[move]] = steps_at(lo_index)[move]
             llc_k[rows[move], j[move]] = lower.llc[move]
             active = move & (index > 0) & (steps_at(np.maximum(index - 1, 0)) <= long_check_max_steps)
+        bar.total = bar.n
     return LongCheckStage(index, eps_k, steps_k, llc_k, bias_k)
 
 

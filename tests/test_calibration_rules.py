@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from slt_superposition.calibration import Runs, Sampler, short_bias_stage
+from slt_superposition.calibration import Runs, Sampler, comparisons_left, short_bias_stage
 
 STEP_SIZES = np.array([1e-6, 1e-5, 1e-4, 1e-3])
 LAMBDA0 = np.array([4.0, 4.0, 4.0, 4.0])
@@ -51,3 +51,18 @@ def test_short_bias_check_keeps_the_largest_consistent_step_size():
     # the cases the stub was built for: kept at the top by the tolerance (0), walked down (1, 3),
     # kept at the top only by the noise allowance (2)
     assert stage.index.tolist() == [3, 1, 3, 0]
+
+
+def test_bias_check_bar_counts_up_to_its_bound_and_ends_full(capsys):
+    # the bar's total is the most comparisons the walk could make (instance 3 can walk from the top,
+    # index 3, to 0: 3), and the bar ends full at the comparisons it made
+    index, active = np.array([3, 3, 1, 2]), np.array([True, True, True, False])
+    assert comparisons_left(index, active, np.ones(4), STEP_SIZES, 10**9) == 3
+    # a chain of sampler time 1 at eps 1e-5 takes 1e5 steps: with a cap of 2e4 only eps 1e-4 fits below 1e-3
+    assert comparisons_left(index, active, np.ones(4), STEP_SIZES, 20_000) == 1
+    assert comparisons_left(index, ~active, np.ones(4), STEP_SIZES, 10**9) == 2
+    short_bias_stage(_stub_sampler(), None, STEP_SIZES, np.full(4, len(STEP_SIZES)), sweep_steps=100,
+                     bias_check_steps=100, max_steps=10**9, localization=1.0, batch_size=None, bias_tol=BIAS_TOL,
+                     progress=True)
+    last = [line for line in capsys.readouterr().err.splitlines() if "calibrate: bias check" in line][-1]
+    assert "100%" in last and " 3/3 " in last  # instance 3 walked the whole grid: 3 comparisons
