@@ -415,12 +415,9 @@ def nonfinite_instances(ds: xr.Dataset, *, loss: bool = False) -> list[str]:
     """Labels ("feature_probability=0.1, importance_decay=1, seed=3") of the instances of a
     'train' dataset whose final W or b hold a NaN or an infinity (training diverged); with
     `loss`, also those whose final loss is not finite (weights so large that the loss overflows)."""
-    ds = _grid_dataset(ds)
-    finite = finite_instances(ds, loss=loss)
-    labels = []
-    for index in zip(*np.nonzero(~finite.values)):
-        labels.append(", ".join(f"{dim}={ds[dim].values[i]:g}" for dim, i in zip(GRID_DIMS, index)))
-    return labels
+    finite = finite_instances(ds, loss=loss)  # carries the grid's coordinates
+    return [", ".join(f"{dim}={finite[dim].values[i]:g}" for dim, i in zip(GRID_DIMS, index))
+            for index in zip(*np.nonzero(~finite.values))]
 
 
 def require_trained(ds: xr.Dataset, path) -> None:
