@@ -178,6 +178,8 @@ def test_train_with_diverging_weights_fails_loudly(tmp_path, capsys):
     argv = ["train", "-n", "5", "-m", "2", "-p", "0.05", "--seeds", "2", "--steps", "50", "--batch-size", "32",
             "--loss-curve-points", "5", "--lr", "1e30", "--no-progress", "--out", str(out)]
     captured = _one_error_line(capsys, argv, "training diverged: 2 of 2 instances have non-finite weights")
+    assert "(feature_probability=0.05, importance_decay=1, seed=0; feature_probability=0.05, importance_decay=1, " \
+           "seed=1)" in captured.err  # each diverged instance named by its grid coordinates
     assert "final loss min" not in captured.out  # no finite-looking loss for NaN weights
     assert "no instance has finite weights" in captured.out
     assert out.exists()  # kept for inspection, and llc refuses it by name
