@@ -18,6 +18,7 @@ import numpy as np
 
 from analysis.tms_susceptibility import feature_loss, feature_norm, importance_delta, paired_data, tms_data_loss
 from slt_superposition import markdown
+from slt_superposition.diagnostics import mean_and_se
 from slt_superposition.llc import SGLDConfig
 from slt_superposition.susceptibility import estimate_susceptibilities, finite_difference
 from slt_superposition.theory import kgon_params
@@ -44,7 +45,7 @@ def per_chain_own_mean(ds) -> tuple[np.ndarray, np.ndarray]:
     c = ds["delta_loss_mean_per_chain"].values[:, 0] - ds["delta_loss_at_init"].values[0]
     cov = ds["moment_per_chain"].values[:, :, 0] - a * c[:, None]
     chi = -float(ds["nbeta"]) * cov
-    return chi.mean(axis=0), chi.std(axis=0, ddof=1) / np.sqrt(len(chi))
+    return mean_and_se(chi, axis=0)
 
 
 def main() -> None:

@@ -41,6 +41,7 @@ from analysis.development import full_batch_inputs
 from analysis.refine import refine_batched
 from experiments.development_final_vs_n import development_config
 from slt_superposition import grid
+from slt_superposition.diagnostics import mean_and_se
 from slt_superposition.llc import SGLDConfig, default_nbeta, estimate_llc_batched
 from slt_superposition.theory import critical_point_class
 from toy_models.train import llc_inputs, train_grid
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
                 start = time.perf_counter()
                 est = estimate_llc_batched(loss_fn, params, data, config=sgld, key=jax.random.key(7), checks=False)
                 per_chain = est["llc_per_chain"].values.reshape(len(classes), -1)
-                mean, se = per_chain.mean(-1), per_chain.std(-1, ddof=1) / math.sqrt(per_chain.shape[-1])
+                mean, se = mean_and_se(per_chain)
                 acceptance = est["mala_acceptance"].values.reshape(len(classes), -1).mean(-1)
                 ess = est["ess"].values.ravel() / (CHAINS * (steps - steps // 2)) * 1000  # per 1000 kept chain-steps
                 cells = []

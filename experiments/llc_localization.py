@@ -49,6 +49,7 @@ from experiments import kgon_llc, tms_llc_vs_n
 from experiments.registry import header, run_cases
 from slt_superposition import figure_style as fs
 from slt_superposition.calibration import calibrate
+from slt_superposition.diagnostics import mean_and_se
 from slt_superposition.io import save_dataset
 from slt_superposition.llc import default_nbeta, estimate_llc
 from slt_superposition.provenance import provenance_attrs
@@ -85,7 +86,7 @@ def run_class(k: int, positive: int, *, n: int, calibration: dict, progress: boo
             est = estimate_susceptibilities(kgon_llc.kgon_loss, params, x, config=cfg, key=k_est,
                                             observables={"outside": outside}, delta_loss_fns={"none": _no_change})
             per_chain = est["observable_mean_per_chain"].sel(observable="outside").values[~est["diverged"].values]
-            share, share_se = float(per_chain.mean()), float(per_chain.std(ddof=1) / np.sqrt(per_chain.size))
+            share, share_se = map(float, mean_and_se(per_chain))
         else:
             est = estimate_llc(kgon_llc.kgon_loss, params, x, config=cfg, key=k_est, checks=False)
         mean, se = kgon_llc.llc_and_se(est)

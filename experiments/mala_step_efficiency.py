@@ -42,6 +42,7 @@ from jax.flatten_util import ravel_pytree
 from experiments.dln_validation import LOCALIZATION, N_SAMPLES, SEED, parse_widths
 from experiments.dln_wide_drift import BLOCK, chain_blocks
 from slt_superposition.calibration import TARGET_ACCEPTANCE
+from slt_superposition.diagnostics import mean_and_se
 from slt_superposition.llc import default_nbeta
 from slt_superposition.theory import dln_learning_coefficient
 from toy_models.dln import dln_compressed_data, dln_data, dln_true_params
@@ -64,7 +65,7 @@ def measure(params, data, step_size: float, *, steps: int, chains: int, localiza
     per_chain = nbeta * np.asarray(sums, np.float64)[half:].sum(axis=0) / kept
     return {"step_size": step_size, "steps": n_blocks * BLOCK, "per_chain": per_chain,
             "mean": float(per_chain.mean()), "std": float(per_chain.std(ddof=1)),
-            "se": float(per_chain.std(ddof=1) / np.sqrt(chains)),
+            "se": float(mean_and_se(per_chain)[1]),
             "acceptance": float(np.asarray(accepted, np.float64)[half:].sum() / (kept * chains))}
 
 

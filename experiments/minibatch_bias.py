@@ -50,7 +50,6 @@ minibatch's bias, predicted").
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from typing import Callable, NamedTuple
 
@@ -58,6 +57,7 @@ import jax
 import numpy as np
 
 from slt_superposition.errors import require
+from slt_superposition.diagnostics import mean_and_se
 from slt_superposition.llc import SGLDConfig, default_nbeta, estimate_llc
 from slt_superposition.markdown import table
 from slt_superposition.minibatch_noise import noise_spectrum, quadratic_llc_minibatch
@@ -119,8 +119,7 @@ def estimate(case: Case, eps: float, batch: int | None, chains: int, sampling: s
 
 
 def mean_se(values: np.ndarray) -> tuple[float, float]:
-    values = values[np.isfinite(values)]
-    return float(values.mean()), float(values.std(ddof=1) / math.sqrt(values.size))
+    return tuple(map(float, mean_and_se(values[np.isfinite(values)])))
 
 
 def measure(case: Case, chains: int, sampling: str = "replacement") -> list[dict]:
@@ -276,7 +275,7 @@ def instance_study(run_dir: str, label: str, p_index: int, seed: int, chains: in
                         axis=0)
         at_ends = NoiseSpectrum(h, c_end)
         print(f"  {chains} chains x {length} steps: full batch {reference.mean():.3f} +- "
-              f"{reference.std(ddof=1) / math.sqrt(chains):.3f}; the chains ended {np.median(distance):.2f} x |w*| "
+              f"{mean_and_se(reference)[1]:.3f}; the chains ended {np.median(distance):.2f} x |w*| "
               f"from w* (median; {distance.min():.2f} to {distance.max():.2f})")
         for batch in cal["batch_check"].values:
             diff = sample(int(batch))["llc_per_chain"].values.astype(np.float64) - reference

@@ -35,6 +35,7 @@ from analysis.weight_basis import hessian_spectrum, quadratic_llc_prediction  # 
 from experiments.registry import header, run_cases  # noqa: E402
 from slt_superposition import figure_style as fs  # noqa: E402
 from slt_superposition.calibration import calibrate  # noqa: E402
+from slt_superposition.diagnostics import mean_and_se  # noqa: E402
 from slt_superposition.io import open_result, save_dataset  # noqa: E402
 from slt_superposition.llc import default_nbeta, estimate_llc  # noqa: E402
 from slt_superposition.provenance import provenance_attrs  # noqa: E402
@@ -95,7 +96,7 @@ def measure_point(model: str, train: xr.Dataset, i: int, n: int, calibration: di
     est = estimate_llc(loss_fn, params, data, config=config, key=k_est, checks=False)
     healthy = ~est["diverged"].values
     per_chain = est["llc_per_chain"].values[healthy]
-    se = float(per_chain.std(ddof=1) / math.sqrt(per_chain.size)) if per_chain.size > 1 else math.nan
+    se = float(mean_and_se(per_chain)[1])
     W = xr.DataArray(np.asarray(params["W"]), dims=("hidden", "feature"))
     b = xr.DataArray(np.asarray(params["b"]), dims=("feature",))
     d = W.size + b.size

@@ -51,7 +51,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from experiments.tms_sampler_time import CHAINS, inputs
-from slt_superposition.diagnostics import mala_log_acceptance
+from slt_superposition.diagnostics import mala_log_acceptance, mean_and_se
 from slt_superposition.llc import default_nbeta
 
 LOCALIZATION = 1.0
@@ -177,7 +177,7 @@ def second_half_estimates(samples: np.ndarray, checkpoints: list[int]) -> list[t
     out = []
     for k in checkpoints:
         per_chain = samples[:, k // 2: k].mean(axis=1)
-        out.append((float(per_chain.mean()), float(per_chain.std(ddof=1) / math.sqrt(len(per_chain)))))
+        out.append(tuple(map(float, mean_and_se(per_chain))))
     return out
 
 

@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from experiments.weights_vs_activations import QUICK, _refined_inputs, model_key, model_train_config
+from slt_superposition.diagnostics import mean_and_se
 from slt_superposition.llc import SGLDConfig, estimate_llc_batched
 from toy_models.train import train_grid
 
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
             start = time.perf_counter()
             est = estimate_llc_batched(loss_fn, params, data, config=config, key=jax.random.key(7), checks=False)
             per_chain = est["llc_per_chain"].values
-            se = per_chain.std(axis=-1, ddof=1) / math.sqrt(per_chain.shape[-1])
+            se = mean_and_se(per_chain)[1]
             values = ", ".join(f"{label} {v:.2f} +- {s:.2f}" for label, v, s in
                                zip(labels, est["llc_mean"].values, se))
             print(f"eps {eps:.3g}, {steps} steps (sampler time {eps * steps:.3g}): {values}; "

@@ -130,6 +130,17 @@ def masked_rhat(trace: np.ndarray, draws: np.ndarray, chains: np.ndarray) -> np.
     return np.where((m >= 2) & (n >= 2), rhat, np.nan)
 
 
+def mean_and_se(values, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, standard error of the mean) of `values` along `axis`, e.g. over chains: std (ddof 1)
+    / sqrt(count); the SE is NaN where fewer than 2 values (no spread to read). Scalars for 1-D input."""
+    values = np.asarray(values)
+    count = values.shape[axis]
+    mean = values.mean(axis=axis)
+    if count < 2:
+        return mean, np.full_like(mean, np.nan, dtype=np.float64)[()]
+    return mean, values.std(axis=axis, ddof=1) / np.sqrt(count)
+
+
 def batch_means_se(trace: np.ndarray, post: np.ndarray, chains: np.ndarray, groups: int) -> np.ndarray:
     """Standard error of the post-burn-in mean of a trace (the loss, or a paired difference) from
     batch means: each healthy chain's post-burn-in blocks `trace (instance, chain, block)`

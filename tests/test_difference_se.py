@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from slt_superposition.diagnostics import batch_means_se, chain_means_se, difference_se
+from slt_superposition.diagnostics import batch_means_se, chain_means_se, difference_se, mean_and_se
 
 BLOCKS = 40
 GROUPS = 8
@@ -58,3 +58,14 @@ def test_masks_and_missing_values():
     one = np.array([[True, False, False]])
     assert np.isnan(chain_means_se(trace, post, one)[0])
     np.testing.assert_allclose(difference_se(trace, post, one, GROUPS), batch_means_se(trace, post, one, GROUPS))
+
+
+def test_mean_and_se_over_chains():
+    values = np.array([[1.0, 2.0, 3.0, 6.0], [2.0, 2.0, 2.0, 2.0]])
+    mean, se = mean_and_se(values)  # over the last axis (chains)
+    np.testing.assert_allclose(mean, [3.0, 2.0])
+    np.testing.assert_allclose(se, [np.sqrt(((1 - 3) ** 2 + 1 + 0 + 9) / 3) / 2, 0.0])
+    mean0, se0 = mean_and_se(values, axis=0)
+    np.testing.assert_allclose(se0[0], np.std([1.0, 2.0], ddof=1) / np.sqrt(2))
+    one_mean, one_se = mean_and_se(np.array([4.0]))  # one value: a mean but no spread to read
+    assert one_mean == 4.0 and np.isnan(one_se) and np.ndim(one_se) == 0
