@@ -13,8 +13,11 @@
   As in devinterp, U and grad U at the two ends use the two steps' (different) minibatches.
   Unlike devinterp 1.3 (whose trace keeps a spurious 0 for the first draw), the
   per-chain mean here averages exactly the post-burn-in transitions.
-- R-hat and effective sample size of the post-burn-in loss trace across chains, from
-  `blackjax.diagnostics` (not re-implemented here).
+- R-hat and effective sample size of the post-burn-in loss trace across chains: blackjax's
+  `potential_scale_reduction` (Gelman-Rubin) and `effective_sample_size` (Geyer's initial monotone
+  sequence on FFT autocovariances, as Stan), written in numpy over any leading axes, so that a new
+  trace shape (every chain length, every set of healthy chains) compiles nothing; the same numbers to
+  float32 rounding (tests/test_chain_statistics.py compares them with blackjax's).
 - Divergence: a chain is flagged if any loss along it is non-finite, or if any sample
   nbeta (L_B(w_t) - L_B(w*)) exceeds `DIVERGENCE_FACTOR * d` (d = number of parameters).
   A healthy chain has samples whose *mean* is lambda <= d / 2, with fluctuations of order
@@ -32,19 +35,68 @@ from slt_superposition.sgld import tree_sq_norm
 DIVERGENCE_FACTOR = 100.0
 
 
-def potential_scale_reduction(trace, **axes):
-    """blackjax's R-hat, imported on first use: importing blackjax computes (it starts JAX's
-    backend), which must wait until the console script has split the CPU (`cpu_devices`)."""
-    from blackjax.diagnostics import potential_scale_reduction as rhat
+def potential_scale_reduction(trace) -> np.ndarray:
+    """Gelman-Rubin R-hat of `trace (..., chain, draw)` (float64), `(...)`: sqrt((B / W + N - 1) / N)
+    with N draws, W the mean within-chain variance, B N times the variance of the chain means (both
+    ddof 1); blackjax's `potential_scale_reduction`. Needs 2 chains."""
+    x = np.asarray(trace, np.float64)
+    n = x.shape[-1]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        between = n * x.mean(axis=-1).var(axis=-1, ddof=1)
+        within = x.var(axis=-1, ddof=1).mean(axis=-1)
+        return np.sqrt((between / within + n - 1) / n)
 
-    return rhat(trace, **axes)
 
+def effective_sample_size(trace) -> np.ndarray:
+    """Total effective sample size of `trace (..., chain, draw)` over its chains, `(...)`: M N / tau
+    with tau = -1 + 2 sum_t rho_t, the autocorrelations rho_t (FFT autocovariances averaged over
+    chains, the between-chain variance added to the variance) summed in pairs up to the first
+    non-positive pair and made monotone (Geyer's initial monotone sequence, as Stan), tau at least
+    1 / log10(M N); 0 where the trace never moves, NaN where it holds a NaN. blackjax's
+    `effective_sample_size`, step by step. Needs 2 draws."""
+    from scipy.fft import next_fast_len
 
-def effective_sample_size(trace, **axes):
-    """blackjax's effective sample size, imported on first use (as `potential_scale_reduction`)."""
-    from blackjax.diagnostics import effective_sample_size as ess
-
-    return ess(trace, **axes)
+    x = np.asarray(trace, np.float64)
+    chains, n = x.shape[-2:]
+    moves = (x != x[..., :1]).any(axis=(-2, -1))
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # NaN or inf draws: answered below
+        chain_mean = x.mean(axis=-1, keepdims=True)
+        spectrum = np.fft.rfft(x - chain_mean, n=next_fast_len(2 * n), axis=-1)
+        autocov = np.fft.irfft(spectrum * np.conjugate(spectrum), n=next_fast_len(2 * n), axis=-1)[..., :n] / n
+        autocov = autocov.mean(axis=-2)  # (..., lag)
+        var0 = autocov[..., 0] * n / (n - 1.0)
+        degenerate = np.isfinite(var0) & (~moves | (var0 <= 0.0))
+        weighted = var0 * (n - 1.0) / n
+        if chains > 1:
+            weighted = weighted + chain_mean[..., 0].var(axis=-1, ddof=1)
+        weighted = np.where(degenerate, 1.0, weighted)
+        even_n = n - n % 2
+        rho = np.concatenate([np.ones_like(var0)[..., None],
+                              1.0 - (var0[..., None] - autocov[..., 1:even_n]) / weighted[..., None]], axis=-1)
+        even, odd = rho[..., 0::2], rho[..., 1::2]  # (..., pair)
+        # initial positive sequence: the pairs before the first non-positive one, and the even
+        # term of that one where it is positive
+        positive = np.logical_and.accumulate((even + odd) > 0.0, axis=-1)
+        pairs = even.shape[-1]
+        last = np.maximum(positive.sum(axis=-1) - 1, 0)  # the last positive pair (0 where none)
+        after = np.minimum(last + 1, pairs - 1)[..., None]  # clamped, as jax's gather
+        odd = np.where(positive, odd, 0.0)
+        keep_even = positive.copy()
+        inside = (last + 1 < pairs)[..., None]
+        np.put_along_axis(keep_even, after, np.where(inside, np.take_along_axis(even, after, -1) > 0,
+                                                     np.take_along_axis(keep_even, after, -1)), axis=-1)
+        even = np.where(keep_even, even, 0.0)
+        # initial monotone sequence: each pair's sum at most every earlier one's
+        sums = even + odd
+        running_min = np.minimum.accumulate(sums, axis=-1)
+        lowered = sums > np.concatenate([sums[..., :1], running_min[..., :-1]], axis=-1)
+        even = np.where(lowered, running_min / 2.0, even)
+        odd = np.where(lowered, running_min / 2.0, odd)
+        total = chains * n
+        tau = -1.0 + 2.0 * (even + odd).sum(axis=-1) - np.take_along_axis(even, after, -1)[..., 0]
+        ess = total / np.maximum(tau, 1.0 / np.log10(total))
+    ess = np.where(degenerate, 0.0, ess)
+    return np.where(np.isnan(x).any(axis=(-2, -1)), np.nan, ess)
 
 
 def mala_log_acceptance(prev_position, prev_drift, prev_potential, position, drift, potential, step_size):
@@ -65,21 +117,13 @@ def mala_acceptance_probability(log_ratio):
     return jnp.exp(jnp.minimum(log_ratio, 0.0))
 
 
-@jax.jit
-def _rhat_ess_all(trace):
-    """(instance, chain, draw) -> (rhat (instance,), ess (instance,)), one compiled call."""
-    one = lambda t: (potential_scale_reduction(t, chain_axis=0, sample_axis=1),
-                     effective_sample_size(t, chain_axis=0, sample_axis=1))
-    return jax.vmap(one)(trace)
-
-
 def rhat_and_ess(trace: np.ndarray, healthy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """R-hat and total effective sample size of `trace: (..., chain, draw)` over healthy chains.
 
     `healthy: (..., chain)` marks the chains to use (divergent ones are left out). Returns two
     arrays of shape `(...)`: R-hat is NaN with fewer than 2 healthy chains, both are NaN with
-    no healthy chain or fewer than 4 draws. blackjax computes both; instances whose chains
-    are all healthy go through one jitted, vmapped call.
+    no healthy chain or fewer than 4 draws. Instances whose chains are all healthy go through one
+    vectorised call.
     """
     trace = np.asarray(trace, dtype=np.float32)
     healthy = np.asarray(healthy, bool)
@@ -91,18 +135,14 @@ def rhat_and_ess(trace: np.ndarray, healthy: np.ndarray) -> tuple[np.ndarray, np
     if flat.shape[-1] >= 4:
         all_ok = ok.all(axis=1)
         if all_ok.any():
-            rows = flat[all_ok]
-            # pad to a power of two: one compilation serves many instance counts
-            padded = np.concatenate([rows, np.repeat(rows[:1], (1 << (len(rows) - 1).bit_length()) - len(rows), 0)])
-            r, e = jax.device_get(_rhat_ess_all(padded))
-            rhat[all_ok], ess[all_ok] = r[: len(rows)], e[: len(rows)]
+            ess[all_ok] = effective_sample_size(flat[all_ok])
+            if flat.shape[1] >= 2:
+                rhat[all_ok] = potential_scale_reduction(flat[all_ok])
         for i in np.flatnonzero(~all_ok & ok.any(axis=1)):
             subset = flat[i][ok[i]]
-            ess[i] = float(effective_sample_size(subset, chain_axis=0, sample_axis=1))
+            ess[i] = effective_sample_size(subset)
             if subset.shape[0] >= 2:
-                rhat[i] = float(potential_scale_reduction(subset, chain_axis=0, sample_axis=1))
-    if trace.shape[-2] < 2:
-        rhat[:] = np.nan
+                rhat[i] = potential_scale_reduction(subset)
     return rhat.reshape(batch_shape), ess.reshape(batch_shape)
 
 
