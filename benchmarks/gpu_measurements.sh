@@ -29,7 +29,7 @@ WORK=${WORK:-/tmp/gpu_measurements}
 mkdir -p "$OUT" "$WORK"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; git rev-parse HEAD; date -u; } \
   > "$OUT/device.txt" 2>&1
-"$PY" -c "import slt_superposition, experiments.weights_vs_activations, experiments.tms_llc_vs_n, blackjax, h5netcdf" \
+"$PY" -c "import slt_superposition, experiments.weights_vs_activations, experiments.tms_llc_vs_n, h5netcdf" \
   || { echo "imports failed"; exit 3; }
 cat "$OUT/device.txt"
 if [ "${GPU_SCALE:-1}" != 0 ]; then  # skipped with GPU_SCALE=0

@@ -5,8 +5,8 @@ Public API (see docs/architecture.md):
     estimate_susceptibilities, calibrate, calibrate_batched, SGLDConfig, open_result, save_dataset
 
 The names (and their modules, as attributes of the package) are imported on first use (PEP 562),
-so `import slt_superposition` and the command line's `--help` do not load JAX, xarray and
-blackjax; importing the package still makes float32 matrix products true float32 (`precision`).
+so `import slt_superposition` and the command line's `--help` do not load JAX and xarray;
+importing the package still makes float32 matrix products true float32 (`precision`).
 """
 
 from slt_superposition import precision  # noqa: F401  (float32 matmuls unless the user chose otherwise)

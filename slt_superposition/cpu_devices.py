@@ -8,7 +8,7 @@ splitting the CPU into one device per core (``jax_num_cpu_devices``) lets them u
 core without changing a number: `sharding.default_mesh()` spans those devices.
 
 It must happen before JAX starts its backend, that is before the first computation and
-before importing blackjax (which computes at import). The console script does it first
+before importing any library that computes at import. The console script does it first
 (`slt_superposition.entry`; ``SLT_SPLIT_CPU=0`` keeps one device); a script of one's own can
 call `split_cpu_into_cores()` right after ``import jax``. Left alone when the user chose
 (``JAX_NUM_CPU_DEVICES``, or ``--xla_force_host_platform_device_count`` in ``XLA_FLAGS``) and in

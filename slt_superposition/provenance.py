@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
-PACKAGES = ("slt-superposition", "jax", "jaxlib", "flax", "optax", "blackjax", "numpy", "xarray")
+PACKAGES = ("slt-superposition", "jax", "jaxlib", "flax", "optax", "numpy", "scipy", "xarray")
 
 
 def package_versions() -> dict[str, str]:

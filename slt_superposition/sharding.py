@@ -115,8 +115,9 @@ def maybe_initialize_distributed(coordinator: str | None = None, num_processes: 
 
 
 def _forget_import_time_backend() -> None:
-    """Drop the backend that importing blackjax started (it builds a constant array at import
-    time) so that ``jax.distributed.initialize`` may run; nothing of ours has computed yet.
+    """Drop a backend that an import started (a library that builds a constant array at import time,
+    as blackjax, which this package used to import, does) so that ``jax.distributed.initialize`` may
+    run; nothing of ours has computed yet.
     Uses the public ``jax.extend.backend.clear_backends``."""
     from jax._src import xla_bridge
 
