@@ -140,10 +140,26 @@ def row_mean_gap(loss_fn: Callable, params: PyTree, rows: PyTree) -> tuple[float
     `ROW_MEAN_RTOL`, else None. The paired excess (`PAIRED_EXCESS`) reads L_B(w*) as the mean of
     per-row losses, exact only when `loss_fn` is the mean of its rows' losses (plus any term of the
     params alone, such as a penalty); a sum, or a normalisation over the batch, breaks it.
-    `params`: one instance; `rows`: a few data rows `(k, ...)`."""
-    whole, mean = (float(v) for v in _whole_and_mean_compiled(loss_fn, params, rows))
-    scale = max(abs(whole), abs(mean), np.finfo(np.float32).tiny)
-    return None if abs(whole - mean) <= ROW_MEAN_RTOL * scale else (whole, mean)
+    `params`: one instance; `rows`: a few data rows `(k, ...)`.
+
+    Checked at `params` and at a point moved off it (`moved_off`): where every row's loss is 0 at
+    `params` (a realizable model at its teacher), a sum and a mean agree there and nowhere else."""
+    for point in (params, moved_off(params)):
+        whole, mean = (float(v) for v in _whole_and_mean_compiled(loss_fn, point, rows))
+        if not (np.isfinite(whole) and np.isfinite(mean)):  # e.g. a loss defined only near w*
+            continue
+        scale = max(abs(whole), abs(mean), np.finfo(np.float32).tiny)
+        if abs(whole - mean) > ROW_MEAN_RTOL * scale:
+            return whole, mean
+    return None
+
+
+def moved_off(params: PyTree) -> PyTree:
+    """`params` with each entry moved by 10% of its size plus 0.1, in alternating directions (no
+    randomness): a nearby point where the rows' losses are not those at `params`."""
+    w, unravel = ravel_pytree(params)
+    signs = jnp.where(jnp.arange(w.size) % 2 == 0, 1.0, -1.0).astype(w.dtype)
+    return unravel(w + signs * (0.1 * jnp.abs(w) + 0.1))
 
 
 def minibatch_excess(loss: jax.Array, init_loss: jax.Array, row_losses: jax.Array | None,

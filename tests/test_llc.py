@@ -212,6 +212,10 @@ def test_minibatch_chains_refuse_a_loss_that_is_not_a_mean_over_rows():
     with pytest.raises(InputError, match="mean of its rows' losses") as err:
         estimate_llc(summed, params, data, config=config, key=jax.random.key(0), checks=False)
     assert "\n" not in str(err.value)
+    # realizable data (every row's loss 0 at w*, where a sum and a mean agree): refused all the same
+    x = data[0]
+    with pytest.raises(InputError, match="mean of its rows' losses"):
+        estimate_llc(summed, params, (x, x @ params["w"]), config=config, key=jax.random.key(0), checks=False)
     for loss in (penalised, regression_loss):
         assert np.isfinite(float(estimate_llc(loss, params, data, config=config, key=jax.random.key(0),
                                               checks=False)["llc_mean"]))
