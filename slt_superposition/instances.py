@@ -66,22 +66,32 @@ def coordinate(dims: Mapping[str, np.ndarray], name: str, i: int):
     return value.item() if hasattr(value, "item") else value
 
 
+# dims and per-instance variables of the llc, calibration, refined and susceptibility datasets:
+# an instance dim of the same name would collide with them
+RESERVED_DIMS = ("chain", "step", "parameter", "eigenvalue", "batch_check", "long_check", "localization", "num_steps",
+                 "step_size", "nbeta", "mask", "perturbation", "observable")
+
+
 def instance_dims(params: PyTree, dims: Sequence[str] | Mapping[str, Sequence] | str | None) -> dict[str, np.ndarray]:
     """The instance dims of `params`: names (sizes read from the leading axes of params, coordinates
-    0..size-1), a mapping name -> coordinate values, or None for one axis named 'instance'."""
+    0..size-1), a mapping name -> coordinate values, or None for one axis named 'instance'. Names must
+    be distinct and not among `RESERVED_DIMS`."""
     leaves = jax.tree_util.tree_leaves(params)
     require(len(leaves) > 0, "params has no arrays")
     shape = np.shape(leaves[0])
     if dims is None:
         require(len(shape) >= 1, "batched params need a leading instance axis")
         return {"instance": np.arange(shape[0])}
+    names = [str(name) for name in (dims if isinstance(dims, Mapping) else [dims] if isinstance(dims, str) else dims)]
+    require(len(names) > 0, "instance_dims is empty")
+    require(len(set(names)) == len(names), f"instance_dims repeats a name: {names}")
+    clash = [name for name in names if name in RESERVED_DIMS]
+    require(not clash, f"instance_dims {clash} would collide with the result's own dims and variables "
+                       f"({', '.join(RESERVED_DIMS)}); name the instance axes otherwise")
     if isinstance(dims, Mapping):
-        require(len(dims) > 0, "instance_dims is empty")
         return {str(name): np.asarray(coords) for name, coords in dims.items()}
-    names = [dims] if isinstance(dims, str) else list(dims)
-    require(len(names) > 0 and len(shape) >= len(names),
-            f"params leaves have fewer leading axes than instance_dims {names}")
-    return {str(name): np.arange(size) for name, size in zip(names, shape[: len(names)])}
+    require(len(shape) >= len(names), f"params leaves have fewer leading axes than instance_dims {names}")
+    return {name: np.arange(size) for name, size in zip(names, shape[: len(names)])}
 
 
 def flatten(tree: PyTree, sizes: tuple[int, ...], what: str) -> PyTree:
@@ -111,7 +121,22 @@ def flatten_instances(params: PyTree, data: PyTree, dims: Sequence[str] | Mappin
     params = flatten(params, sizes, "params")
     if data_batched:
         data = flatten(data, sizes, "data")
+    else:
+        _refuse_per_instance_data(data, sizes)
     return Instances(named, params, data)
+
+
+def _refuse_per_instance_data(data: PyTree, sizes: tuple[int, ...]) -> None:
+    """`InputError` when data given as shared (`data_batched=False`) lead, every array, with the
+    instance axes followed by more rows than there are instances: per-instance data, which read as
+    shared would make each instance's "samples" the instances."""
+    shapes = [np.shape(x) for x in jax.tree_util.tree_leaves(data)]
+    k = len(sizes)
+    per_instance = bool(shapes) and int(np.prod(sizes)) > 1 and all(
+        len(s) > k and s[:k] == sizes and s[k] > int(np.prod(sizes)) for s in shapes)
+    require(not per_instance, f"data_batched=False, but every data array leads with the instance axes {sizes} "
+                              f"and then {shapes[0][k] if shapes else 0} rows: per-instance data need "
+                              f"data_batched=True")
 
 
 def over_instances(program: Callable, data_batched: bool) -> Callable:

@@ -152,3 +152,21 @@ def test_calibration_argument_joins_trusted(problem):
                      calibration=xr.Dataset(attrs={"converged": 1}))
     with pytest.raises(InputError, match="calibrate"):
         estimate_llc(regression_loss, params, data, config=fine, key=jax.random.key(0), calibration={"converged": 1})
+
+
+def test_instance_dims_and_data_layout_are_checked(problem):
+    params, (x, y) = problem
+    grid = {"w": jnp.stack([params["w"]] * 2)}
+    config = SGLDConfig(step_size=1e-3, localization=1.0, num_chains=2, num_steps=20, batch_size=None)
+    run = lambda data, **kw: estimate_llc_batched(regression_loss, grid, data, config=config, key=jax.random.key(0),
+                                                  checks=False, **kw)
+    for name in ("chain", "step"):  # the result's own dims: the dataset would be malformed
+        with pytest.raises(InputError, match="collide with the result's own dims"):
+            run((x, y), instance_dims=[name], data_batched=False)
+    with pytest.raises(InputError, match="repeats a name"):
+        run((x, y), instance_dims=["a", "a"], data_batched=False)
+    per_instance = (jnp.stack([x] * 2), jnp.stack([y] * 2))  # (instance, row, ...)
+    with pytest.raises(InputError, match="per-instance data need data_batched=True"):
+        run(per_instance, data_batched=False)  # would read the 2 instances as 2 samples
+    ds = run(per_instance, data_batched=True)
+    np.testing.assert_array_equal(ds.llc_per_chain.values, run((x, y), data_batched=False).llc_per_chain.values)
