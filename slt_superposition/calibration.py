@@ -510,7 +510,7 @@ def calibrate_batched(
     sweep_steps: int = 2000,
     target_acceptance: float = TARGET_ACCEPTANCE,
     max_acceptance_drop: float = 0.12,
-    min_steps: int = 10_000,
+    min_steps: int | None = None,
     max_steps: int = 320_000,
     burnin_fraction: float = 0.5,
     rel_tol: float = 0.05,
@@ -538,7 +538,15 @@ def calibrate_batched(
     None): they have no discretisation bias, so the curvature bound does not limit the step size
     (it is still recorded), the sweep's acceptance rule, now on the realised acceptance rate, is
     what does, and the bias stages (1b, 3) run nothing; the chain-length stage is unchanged.
+    `min_steps` None: 10,000 or `max_steps` if smaller. `bias_check_steps` None: from the sweep (see
+    stage 1b); `long_check_max_steps` None: 4 `max_steps`.
     """
+    min_steps = min(10_000, max_steps) if min_steps is None else min_steps
+    _check_settings(sweep_steps=sweep_steps, min_steps=min_steps, max_steps=max_steps, batch_check_steps=batch_check_steps,
+                    bias_check_steps=bias_check_steps, long_check_max_steps=long_check_max_steps,
+                    target_acceptance=target_acceptance, max_acceptance_drop=max_acceptance_drop, rel_tol=rel_tol,
+                    bias_tol=bias_tol, curvature_tol=curvature_tol, batch_tol=batch_tol, noise_sd=noise_sd,
+                    max_rhat=max_rhat)
     step_sizes = sorted(float(e) for e in step_sizes)
     require(len(step_sizes) >= 2 and all(e > 0 and math.isfinite(e) for e in step_sizes),
             "step_sizes needs at least two positive finite values")
@@ -628,6 +636,30 @@ def calibrate_batched(
                              final_eps=final_eps, final_steps=final_steps, nbeta=nbeta_value,
                              settings=settings, batch_bias_predicted=predicted)
     return config, ds
+
+
+def _check_settings(**settings) -> None:
+    """`InputError` (one line) for a calibration setting out of its range, before anything runs."""
+    import numbers
+
+    whole = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)
+    real = lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+    for name, least in (("sweep_steps", 2), ("min_steps", 1), ("max_steps", 1), ("batch_check_steps", 1)):
+        require(whole(settings[name]) and settings[name] >= least,
+                f"{name} must be a whole number >= {least}, got {settings[name]!r}")
+    for name in ("bias_check_steps", "long_check_max_steps"):  # None: chosen by the calibration
+        value = settings[name]
+        require(value is None or (whole(value) and value >= 1), f"{name} must be None or a whole number >= 1, "
+                                                                 f"got {value!r}")
+    value = settings["target_acceptance"]
+    require(real(value) and 0 < value <= 1, f"target_acceptance must be in (0, 1], got {value!r}")
+    for name in ("rel_tol", "bias_tol", "curvature_tol", "batch_tol"):
+        require(real(settings[name]) and settings[name] > 0, f"{name} must be positive and finite, got {settings[name]!r}")
+    for name in ("noise_sd", "max_acceptance_drop"):
+        require(real(settings[name]) and settings[name] >= 0, f"{name} must be >= 0 and finite, got {settings[name]!r}")
+    value = settings["max_rhat"]  # inf: no limit
+    require(isinstance(value, numbers.Real) and not isinstance(value, bool) and value >= 1,
+            f"max_rhat must be >= 1 (R-hat is 1 for chains that agree; inf for no limit), got {value!r}")
 
 
 def _predicted_batch_biases(curvature: dict, tried: list[int], *, eps, localization, nbeta) -> np.ndarray:

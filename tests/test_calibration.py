@@ -188,3 +188,25 @@ def test_bad_input(problem):
     # one batch-size rule everywhere: larger than n is refused, never clipped
     with pytest.raises(InputError, match="batch_size 5000 is larger than the number of samples n=1000"):
         calibrate(dln_loss, params, data, key=jax.random.key(0), batch_size=5000)
+    # every setting in its range, one line each, before anything runs
+    for setting, message in ((dict(target_acceptance=2.0), "target_acceptance must be in \\(0, 1\\]"),
+                             (dict(rel_tol=0.0), "rel_tol must be positive"), (dict(bias_tol=-1.0), "bias_tol"),
+                             (dict(noise_sd=-1.0), "noise_sd must be >= 0"), (dict(max_rhat=0.5), "max_rhat must be >= 1"),
+                             (dict(max_acceptance_drop=-1.0), "max_acceptance_drop"),
+                             (dict(sweep_steps=0), "sweep_steps must be a whole number >= 2"),
+                             (dict(bias_check_steps=0), "bias_check_steps must be None or"),
+                             (dict(long_check_max_steps=-5), "long_check_max_steps"),
+                             (dict(max_steps=1e4), "max_steps must be a whole number")):
+        with pytest.raises(InputError, match=message) as err:
+            calibrate(dln_loss, params, data, key=jax.random.key(0), **setting)
+        assert "\n" not in str(err.value)
+
+
+def test_a_small_max_steps_lowers_the_default_min_steps(problem):
+    # max_steps below the default min_steps (10,000) is a cap, as the command line's --max-steps: the
+    # length stage then starts at max_steps (it named a min_steps the user never set)
+    params, data = problem
+    _, ds = calibrate(dln_loss, params, data, key=jax.random.key(0), step_sizes=STEP_SIZES, sweep_steps=200,
+                      max_steps=600, batch_size=None)
+    settings = json.loads(ds.attrs["config"])
+    assert settings["min_steps"] == settings["max_steps"] == 600
