@@ -304,6 +304,11 @@ def _check_inputs(loss_fn, params, data, config, *, instance_axes: int, data_axe
         require(leaf.ndim >= instance_axes, "params leaves lack the leading instance axes")
     for leaf in d_leaves:
         require(leaf.ndim >= data_axes + 1, "every data array needs a leading sample axis")
+    if jax.config.jax_enable_x64:  # without it JAX reads float64 as float32, as the chains compute
+        wide = sorted({str(leaf.dtype) for leaf in p_leaves + d_leaves if leaf.dtype.itemsize > 4
+                       and np.issubdtype(leaf.dtype, np.floating)})
+        require(not wide, f"the chains compute in float32, but with jax_enable_x64 on the inputs hold {', '.join(wide)} "
+                          f"arrays: pass float32 ones (x.astype(np.float32))")
     _check_finite(params, p_leaves, "params", instance_axes=instance_axes, describe_instance=describe_instance)
     _check_finite(data, d_leaves, "data", instance_axes=data_axes, describe_instance=describe_instance)
     sizes = {leaf.shape[data_axes] for leaf in d_leaves}

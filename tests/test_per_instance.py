@@ -170,3 +170,12 @@ def test_instance_dims_and_data_layout_are_checked(problem):
         run(per_instance, data_batched=False)  # would read the 2 instances as 2 samples
     ds = run(per_instance, data_batched=True)
     np.testing.assert_array_equal(ds.llc_per_chain.values, run((x, y), data_batched=False).llc_per_chain.values)
+
+
+def test_float64_inputs_under_x64_are_refused_on_one_line(problem):
+    params, (x, y) = problem
+    config = SGLDConfig(step_size=1e-3, localization=1.0, num_chains=2, num_steps=20, batch_size=None)
+    with jax.enable_x64(True):  # the chains' sums are float32: a float64 carry failed deep in the scan
+        with pytest.raises(InputError, match="compute in float32, but with jax_enable_x64 on the inputs hold float64"):
+            estimate_llc(regression_loss, {"w": np.asarray(params["w"], np.float64)}, (x, y), config=config,
+                         key=jax.random.key(0), checks=False)
