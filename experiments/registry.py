@@ -21,6 +21,7 @@ import ast
 import dataclasses
 import importlib
 import inspect
+import re
 import shlex
 import typing
 from dataclasses import dataclass
@@ -217,6 +218,10 @@ def reproduce(name: str, out_dir: str | Path, *, size: str = "default", progress
     run = check_request(name, size, only, options)
     options = dict(options or {})
     out_dir = Path(out_dir)
+    other = experiment_in(out_dir)
+    if other is not None and other != name:
+        raise InputError(f"{out_dir} holds the results of {other} (its report.md); {name} would replace them: "
+                         f"choose another --out")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -224,6 +229,17 @@ def reproduce(name: str, out_dir: str | Path, *, size: str = "default", progress
     if only:
         options["only"] = list(only)
     return run(out_dir, size=size, progress=progress, **options)
+
+
+def experiment_in(out_dir: Path) -> str | None:
+    """The experiment whose report.md is in `out_dir` (from the `reproduce` command its opening
+    names), or None where there is none."""
+    try:
+        text = (Path(out_dir) / "report.md").read_text(errors="replace")
+    except OSError:
+        return None
+    found = re.search(r"slt-superposition reproduce ([\w-]+)", text)
+    return found.group(1) if found else None
 
 
 def command_line(name: str, out_dir: str | Path, size: str = "default", only: Sequence[str] | None = None,

@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Iterator
 
 import xarray as xr
 
-from slt_superposition.errors import InputError
+from slt_superposition.errors import InputError, describe_failure
 from slt_superposition.provenance import SCHEMA_VERSION
 
 ENGINE = "h5netcdf"
@@ -71,14 +71,19 @@ def check_not_input(path: str | os.PathLike, inputs: Iterable[str | os.PathLike]
                              "choose another output name")
 
 
-def check_writable(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = ()) -> Path:
-    """Fail early (before any compute) if `path` cannot be written, or is one of `inputs`.
+def check_writable(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = (),
+                   kind: str | None = None) -> Path:
+    """Fail early (before any compute) if `path` cannot be written, or is one of `inputs`, or (with
+    the `kind` of dataset to be written) holds something else than a result of that kind
+    (`check_replaceable`).
 
     Only the writing process checks the folder (`is_writer`); every process checks `inputs`."""
     path = Path(path)
     check_not_input(path, inputs)
     if not is_writer():
         return path
+    if kind is not None:
+        check_replaceable(path, kind)
     parent = path.parent if str(path.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -96,18 +101,42 @@ def check_writable(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLik
     return path
 
 
+def check_replaceable(path: Path, kind: str) -> None:
+    """`InputError` where `path` exists and is not a result dataset of `kind`: a rerun replaces its
+    own earlier result, never another kind of result (a train grid over an llc estimate) or a file
+    this package did not write."""
+    if not path.is_file():
+        return
+    try:
+        with xr.open_dataset(path, engine=ENGINE) as existing:
+            found = existing.attrs.get("slt_superposition_kind")
+    except Exception:  # noqa: BLE001 - not netCDF, or damaged: not ours to replace either way
+        found = None
+    if found != kind:
+        what = f"a '{found}' result" if found else "a file that is not a slt-superposition result"
+        raise InputError(f"{path} holds {what}; refusing to replace it with a '{kind}' one (choose another "
+                         f"output path, or remove it first)")
+
+
 def save_dataset(ds: xr.Dataset, path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = ()) -> Path:
     """Write `ds` to `path` atomically (temp file + rename), readable under the umask.
 
-    Refuses (`InputError`) a `path` that is one of `inputs`. In a multi-process run only
-    process 0 writes (`is_writer`); the others return the path without touching it.
+    Refuses (`InputError`) a `path` that is one of `inputs`, and an existing file at `path` that is
+    not a result of `ds`'s kind (its `slt_superposition_kind` attr; `check_replaceable`). `open_result`
+    reads back the datasets that carry that attr (every result of this package). In a multi-process
+    run only process 0 writes (`is_writer`); the others return the path without touching it.
     Returns the path.
     """
+    if not isinstance(ds, xr.Dataset):
+        raise InputError(f"save_dataset writes an xarray Dataset, got a {type(ds).__name__}")
     path = Path(path)
     if not is_writer():
         return path
-    path = check_writable(path, inputs=inputs)
-    return write_atomic(path, lambda tmp: ds.to_netcdf(tmp, engine=ENGINE))
+    path = check_writable(path, inputs=inputs, kind=ds.attrs.get("slt_superposition_kind"))
+    try:
+        return write_atomic(path, lambda tmp: ds.to_netcdf(tmp, engine=ENGINE))
+    except (TypeError, ValueError) as err:  # e.g. an attr netCDF cannot hold (None, a dict)
+        raise InputError(f"cannot write {path}: {describe_failure(err)}") from None
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -147,7 +176,7 @@ def open_result(path: str | os.PathLike, kind: str | None = None) -> xr.Dataset:
         with xr.open_dataset(path, engine=ENGINE) as ds:
             ds = ds.load()
     except Exception as err:  # h5py/netCDF raise many types for a corrupt file
-        raise InputError(f"{path} is not a readable netCDF file ({type(err).__name__})") from None
+        raise InputError(f"{path} is not a readable netCDF-4 (HDF5) file ({type(err).__name__})") from None
     found = ds.attrs.get("slt_superposition_kind")
     if found is None:
         from slt_superposition.sweep import is_chunk_file  # sweep imports this module

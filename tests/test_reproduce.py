@@ -148,6 +148,27 @@ def test_bad_case_size_and_option_are_one_line_errors(tmp_path, monkeypatch, cap
         assert not out.exists(), argv  # nothing left behind by a refused run
 
 
+def test_a_folder_of_another_experiment_is_refused_and_default_sizes_have_their_own_folders(
+        tmp_path, monkeypatch, capsys):
+    out = tmp_path / "pent"
+    out.mkdir()
+    (out / "report.md").write_text("# TMS pentagon\n\n    slt-superposition reproduce tms-pentagon --quick --out pent\n")
+    assert main(["reproduce", "dln-validation", "--quick", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {out} holds the results of tms-pentagon (its report.md)") and err.count("\n") == 1
+    assert sorted(p.name for p in out.iterdir()) == ["report.md"]  # nothing written, nothing replaced
+    # without --out: the default, quick and full sizes each their own folder under results/
+    from experiments import registry
+
+    folders = []
+    monkeypatch.setattr(registry, "reproduce", lambda name, out_dir, **kw: folders.append(str(out_dir)))
+    monkeypatch.chdir(tmp_path)
+    for flag in ([], ["--quick"], ["--full"]):
+        assert main(["reproduce", "weights-vs-activations", *flag]) == 0
+    assert folders == ["results/weights-vs-activations", "results/quick/weights-vs-activations",
+                       "results/full/weights-vs-activations"]
+
+
 def test_set_replaces_fields_of_the_flagship_size_and_the_report_names_them(tmp_path, monkeypatch):
     import experiments.weights_vs_activations as wva
     from experiments.registry import changed_fields, command_line, reproduce

@@ -32,10 +32,10 @@ def _train_like(path, *, schema=None, nan=False):
 def test_truncated_netcdf_is_named(tmp_path, capsys):
     path = _train_like(tmp_path / "t.nc")
     path.write_bytes(path.read_bytes()[:300])
-    with pytest.raises(Exception, match="not a readable netCDF file"):
+    with pytest.raises(Exception, match=r"not a readable netCDF-4 \(HDF5\) file"):
         open_result(path)
     assert main(["plot", str(path), "--out", str(tmp_path / "fig")]) == 2
-    assert "not a readable netCDF file" in capsys.readouterr().err
+    assert "not a readable netCDF-4 (HDF5) file" in capsys.readouterr().err
 
 
 def test_older_schema_version_is_named(tmp_path, capsys):
@@ -276,3 +276,25 @@ def test_second_run_into_the_same_out_is_refused(tmp_path, capsys):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_an_output_replaces_only_its_own_kind(tmp_path, capsys):
+    # a rerun replaces its own earlier result; another kind of result, or a file this package did not
+    # write, is refused before anything runs (a train grid replaced an llc estimate, exit 0)
+    argv = ["train", "-n", "5", "-m", "2", "-p", "0.1", "--steps", "10", "--no-progress"]
+    first = tmp_path / "t.nc"
+    assert main([*argv, "--out", str(first)]) == 0
+    assert main([*argv, "--out", str(first)]) == 0  # the same kind again: replaced
+    other = tmp_path / "l.nc"
+    save_dataset(xr.Dataset(attrs={"slt_superposition_kind": "llc"}), other)
+    before = other.read_bytes()
+    _one_error_line(capsys, [*argv, "--out", str(other)], f"{other} holds a 'llc' result; refusing to replace it")
+    foreign = tmp_path / "notes.nc"
+    foreign.write_text("my notes")
+    _one_error_line(capsys, [*argv, "--out", str(foreign)], "holds a file that is not a slt-superposition result")
+    assert other.read_bytes() == before and foreign.read_text() == "my notes"
+    with pytest.raises(_InputError, match="save_dataset writes an xarray Dataset, got a dict"):
+        save_dataset({"a": 1}, tmp_path / "d.nc")
+    with pytest.raises(_InputError, match="cannot write .*d.nc: TypeError"):
+        save_dataset(xr.Dataset(attrs={"slt_superposition_kind": "train", "x": {"a": 1}}), tmp_path / "d.nc")
+    assert not list(tmp_path.glob("d.nc*"))  # nothing half-written left behind

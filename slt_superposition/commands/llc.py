@@ -105,9 +105,9 @@ def llc(
     from toy_models.train import llc_inputs, require_trained
 
     side_file = out.with_suffix(".calibration.nc")
-    check_writable(out, inputs=[path])
+    check_writable(out, inputs=[path], kind="llc")
     if calibrate:
-        check_writable(side_file, inputs=[path])
+        check_writable(side_file, inputs=[path], kind="calibration")
     _check_options(chains=chains, steps=steps, burnin=burnin, trace_every=trace_every, seed=seed,
                    batch_size=batch_size, n_samples=n_samples, max_steps=max_steps)
     if metropolis and batch_size:

@@ -19,7 +19,9 @@ def reproduce(
              "experiment's, from `python -m benchmarks.quick_times`)."),
     full: bool = typer.Option(False, "--full", help="The full grid where an experiment has one (sized for a GPU)."),
     out: Optional[Path] = typer.Option(
-        None, "--out", help="Folder for the dataset, figures and report.md (default: results/NAME, or results/quick/NAME with --quick)."
+        None, "--out", help="Folder for the dataset, figures and report.md (default: results/NAME, results/quick/NAME with "
+                            "--quick, results/full/NAME with --full); a folder holding another experiment's report "
+                            "is refused."
     ),
     only: Optional[List[str]] = typer.Option(
         None, "--only", help="Run only this named case (repeatable) of an experiment with cases; rerunning into the "
@@ -58,8 +60,8 @@ def reproduce(
     size = "quick" if quick else "full" if full else "default"
     options = parse_options(set_ or [])
     check_request(name, size, only, options)  # unknown names, sizes and options fail before anything is created
-    if out is None:
-        out = Path("results") / ("quick" if quick else "full") / name
+    if out is None:  # results/NAME, results/quick/NAME, results/full/NAME: each size its own folder
+        out = Path("results") / name if size == "default" else Path("results") / size / name
     dist.initialize(coordinator, num_processes, process_id)
     import contextlib
     import shutil

@@ -64,7 +64,7 @@ def sae(
         require(value >= 1, f"{name} must be a positive whole number, got {value}")
     require(lr > 0, f"--lr must be positive, got {lr}")
     check_seed(seed, "--seed")
-    check_writable(out, inputs=[path])
+    check_writable(out, inputs=[path], kind="sae")
     train = open_result(path, "train")
     require_trained(train, path)
     n, m = train.sizes["feature"], train.sizes["hidden"]

@@ -100,7 +100,7 @@ def train(
     from slt_superposition.sharding import instance_mesh
     from toy_models.train import diverged_message, finite_instances, nonfinite_instances, train_grid
 
-    check_writable(out)
+    check_writable(out, kind="train")
     config.check_memory()
     with output_lock(out):
         with warnings.catch_warnings():  # a diverged grid is reported below as the error it is
