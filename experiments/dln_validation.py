@@ -165,10 +165,11 @@ def summary(ds: xr.Dataset) -> dict:
 
 def _summary_line(s: dict) -> str:
     """The panel's numbers against issue 10's targets (median <= 5%, max <= 10%)."""
+    settled = (f"max {100 * s['max_abs_rel_error_settled']:.1f}% over the settled ones"
+               if np.isfinite(s["max_abs_rel_error_settled"]) else "none settled")
     return (f"median |relative error| {100 * s['median_abs_rel_error']:.1f}% (target <= 5%), max "
             f"{100 * s['max_abs_rel_error']:.1f}% ({s['worst']}; target <= 10%); {s['n_unsettled']} not settled by the "
-            f"calibration's length rule (converged: no), max {100 * s['max_abs_rel_error_settled']:.1f}% over the "
-            f"settled ones")
+            f"calibration's length rule (converged: no), {settled}")
 
 
 def markdown_table(ds: xr.Dataset) -> str:

@@ -36,3 +36,19 @@ def test_dln_subset_with_metropolis_adjusted_chains():
     assert all(row["n_diverged"] == 0 and 0.5 < row["mala_acceptance"] < 1 for row in rows)
     assert np.median(errors) <= 0.10, rows
     assert errors.max() <= 0.20, rows
+
+
+def test_summary_line_says_none_settled_instead_of_nan():
+    import numpy as np
+    import xarray as xr
+
+    from experiments.dln_validation import _summary_line, summary
+
+    ds = xr.Dataset({"kind": ("case", ["singular", "singular"]), "rel_error": ("case", [0.02, -0.08]),
+                     "converged": ("case", [0, 0]), "widths": ("case", ["3-5", "4-4"])})
+    line = _summary_line(summary(ds))
+    assert "nan" not in line and line.endswith("2 not settled by the calibration's length rule (converged: no), "
+                                               "none settled")
+    ds["converged"] = ("case", [1, 0])
+    assert _summary_line(summary(ds)).endswith("max 2.0% over the settled ones")
+    assert np.isclose(summary(ds)["max_abs_rel_error"], 0.08)
