@@ -138,6 +138,15 @@ def test_one_rule_for_seeds_and_batch_sizes(tmp_path, capsys):
     with pytest.raises(_InputError, match="larger than the number of samples"):
         check_batch_size(11, 10)  # never clipped to n
     assert check_batch_size(10, 10) == 10
+    # sae draws its batches from --samples activations: the same rule
+    _one_error_line(capsys, ["sae", str(_train_like(tmp_path / "t.nc")), "--samples", "100", "--batch-size", "256",
+                             "--out", str(tmp_path / "s.nc")], "--batch-size 256 is larger than the number of samples n=100")
+    # the other small rules of train and launch
+    _one_error_line(capsys, ["train", "-n", "3", "-m", "2", "-p", "0.1", "--seeds", "2", "--seed", "3", "--out",
+                             str(tmp_path / "o.nc")], "--seeds 2 and --seed give the seeds twice")
+    _one_error_line(capsys, ["train", "-n", "3", "-m", "2", "-p", "0.1", "-r", "inf", "--out", str(tmp_path / "o.nc")],
+                    "importance decay must be positive and finite, got inf")
+    _one_error_line(capsys, ["launch", "--port", "-1", "--", "train", "-n", "3"], "--port must be a TCP port in 0..65535")
 
 
 def test_train_dataset_without_W_is_named(tmp_path, capsys):

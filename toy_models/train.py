@@ -101,7 +101,7 @@ class TrainConfig:
         for p in fps:
             require(0.0 < p <= 1.0, f"feature probability must be in (0, 1], got {p}")
         for r in decays:
-            require(math.isfinite(r) and r > 0.0, f"importance decay must be positive, got {r}")
+            require(math.isfinite(r) and r > 0.0, f"importance decay must be positive and finite, got {r}")
         for name, values in (("feature probabilities", fps), ("importance decays", decays), ("seeds", seeds)):
             require(len(set(values)) == len(values), f"{name} must not repeat: {list(values)}")
         require(self.steps < MAX_STEPS, f"steps must be below {MAX_STEPS} (the step counter is 32-bit), got {self.steps}")

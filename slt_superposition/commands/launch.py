@@ -143,6 +143,8 @@ def launch(
 
     Example: slt-superposition launch --processes 2 -- train -n 5 -m 2 -p 0.05 --seeds 8 --out grid.nc
     """
+    if not 0 <= port <= 65535:
+        raise InputError(f"--port must be a TCP port in 0..65535 (0: any free one), got {port}")
     status = run_processes(list(command), processes, port=port or None)
     if status:
         raise typer.Exit(status)

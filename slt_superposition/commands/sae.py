@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import List, Optional
 
@@ -54,7 +55,7 @@ def sae(
 
     from analysis.sae import KINDS
     from analysis.sae_summary import sae_dataset
-    from slt_superposition.errors import check_seed
+    from slt_superposition.errors import check_batch_size, check_seed
     from slt_superposition.io import check_writable, open_result, output_lock, save_dataset
     from toy_models.train import require_trained
 
@@ -62,6 +63,7 @@ def sae(
     for name, value in (("--steps", steps), ("--samples", samples), ("--batch-size", batch_size),
                         ("--restarts", restarts)):
         require(value >= 1, f"{name} must be a positive whole number, got {value}")
+    check_batch_size(batch_size, samples, "--batch-size")  # one rule everywhere: at most the samples drawn
     require(lr > 0, f"--lr must be positive, got {lr}")
     check_seed(seed, "--seed")
     check_writable(out, inputs=[path], kind="sae")
@@ -86,7 +88,7 @@ def sae(
                f"recovered (matched cosine and MMCS >= 0.95 at n_rep latents) on {int(recovered.sum())} of the "
                f"{posed} instances where recovery is well posed")
     typer.echo(f"dataset: {saved}")
-    typer.echo(f"figures: slt-superposition plot {saved}")
+    typer.echo(f"figures: slt-superposition plot {shlex.quote(str(saved))}")
 
 
 def register(app: typer.Typer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import List, Optional
 
@@ -81,6 +82,9 @@ def train(
     """
     from toy_models.train import TrainConfig
 
+    if seed_list and seeds != 1:
+        raise InputError(f"--seeds {seeds} and --seed give the seeds twice: --seeds K trains seeds 0..K-1, --seed "
+                         f"lists them")
     config = TrainConfig(
         n_features=n_features, n_hidden=n_hidden,
         feature_probabilities=_floats(feature_probability, "--feature-probability"),
@@ -119,7 +123,7 @@ def train(
     typer.echo(f"dataset: {path}")
     if diverged:
         raise InputError(diverged_message(diverged, config.n_instances) + f" (dataset kept for inspection: {path})")
-    typer.echo(f"figures: slt-superposition plot {path}   (into {path.parent / 'figures'})")
+    typer.echo(f"figures: slt-superposition plot {shlex.quote(str(path))}   (into {path.parent / 'figures'})")
 
 
 def register(app: typer.Typer) -> None:
