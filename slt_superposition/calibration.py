@@ -653,9 +653,9 @@ def _check_settings(**settings) -> None:
                                                                  f"got {value!r}")
     value = settings["target_acceptance"]
     require(real(value) and 0 < value <= 1, f"target_acceptance must be in (0, 1], got {value!r}")
-    for name in ("rel_tol", "bias_tol", "curvature_tol", "batch_tol"):
+    for name in ("bias_tol", "curvature_tol", "batch_tol"):
         require(real(settings[name]) and settings[name] > 0, f"{name} must be positive and finite, got {settings[name]!r}")
-    for name in ("noise_sd", "max_acceptance_drop"):
+    for name in ("rel_tol", "noise_sd", "max_acceptance_drop"):  # rel_tol 0: no length settles
         require(real(settings[name]) and settings[name] >= 0, f"{name} must be >= 0 and finite, got {settings[name]!r}")
     value = settings["max_rhat"]  # inf: no limit
     require(isinstance(value, numbers.Real) and not isinstance(value, bool) and value >= 1,

@@ -134,9 +134,9 @@ def _refuse_per_instance_data(data: PyTree, sizes: tuple[int, ...]) -> None:
     k = len(sizes)
     per_instance = bool(shapes) and int(np.prod(sizes)) > 1 and all(
         len(s) > k and s[:k] == sizes and s[k] > int(np.prod(sizes)) for s in shapes)
-    require(not per_instance, f"data_batched=False, but every data array leads with the instance axes {sizes} "
-                              f"and then {shapes[0][k] if shapes else 0} rows: per-instance data need "
-                              f"data_batched=True")
+    if per_instance:
+        raise InputError(f"data_batched=False, but every data array leads with the instance axes {sizes} and then "
+                         f"{shapes[0][k]} rows: per-instance data need data_batched=True")
 
 
 def over_instances(program: Callable, data_batched: bool) -> Callable:

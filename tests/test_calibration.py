@@ -190,7 +190,7 @@ def test_bad_input(problem):
         calibrate(dln_loss, params, data, key=jax.random.key(0), batch_size=5000)
     # every setting in its range, one line each, before anything runs
     for setting, message in ((dict(target_acceptance=2.0), "target_acceptance must be in \\(0, 1\\]"),
-                             (dict(rel_tol=0.0), "rel_tol must be positive"), (dict(bias_tol=-1.0), "bias_tol"),
+                             (dict(rel_tol=-0.1), "rel_tol must be >= 0"), (dict(bias_tol=-1.0), "bias_tol"),
                              (dict(noise_sd=-1.0), "noise_sd must be >= 0"), (dict(max_rhat=0.5), "max_rhat must be >= 1"),
                              (dict(max_acceptance_drop=-1.0), "max_acceptance_drop"),
                              (dict(sweep_steps=0), "sweep_steps must be a whole number >= 2"),
