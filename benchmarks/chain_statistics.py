@@ -21,7 +21,7 @@ import time
 import jax
 import numpy as np
 
-from benchmarks.machine import describe
+import machine  # benchmarks/machine.py
 from slt_superposition.diagnostics import rhat_and_ess
 
 
@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=12, help="instances per call (default %(default)s)")
     parser.add_argument("--chains", type=int, default=2, help="chains per instance (default %(default)s)")
     args = parser.parse_args()
-    print(describe())
+    print(machine.describe())
     rng = np.random.default_rng(0)
     totals = {"numpy (this package)": 0.0, "blackjax, compiled per shape": 0.0}
     worst = 0.0
