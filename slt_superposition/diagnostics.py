@@ -14,10 +14,11 @@
   Unlike devinterp 1.3 (whose trace keeps a spurious 0 for the first draw), the
   per-chain mean here averages exactly the post-burn-in transitions.
 - R-hat and effective sample size of the post-burn-in loss trace across chains: blackjax's
-  `potential_scale_reduction` (Gelman-Rubin) and `effective_sample_size` (Geyer's initial monotone
-  sequence on FFT autocovariances, as Stan), written in numpy over any leading axes, so that a new
-  trace shape (every chain length, every set of healthy chains) compiles nothing; the same numbers to
-  float32 rounding (tests/test_chain_statistics.py compares them with blackjax's).
+  `potential_scale_reduction` (Gelman-Rubin: `masked_rhat`, which the calibration also uses) and
+  `effective_sample_size` (Geyer's initial monotone sequence on FFT autocovariances, as Stan),
+  written in numpy over any leading axes, so that a new trace shape (every chain length, every set
+  of healthy chains) compiles nothing; the same numbers to float32 rounding
+  (tests/test_chain_statistics.py compares them with blackjax's).
 - Divergence: a chain is flagged if any loss along it is non-finite, or if any sample
   nbeta (L_B(w_t) - L_B(w*)) exceeds `DIVERGENCE_FACTOR * d` (d = number of parameters).
   A healthy chain has samples whose *mean* is lambda <= d / 2, with fluctuations of order
@@ -33,18 +34,6 @@ import numpy as np
 from slt_superposition.sgld import tree_sq_norm
 
 DIVERGENCE_FACTOR = 100.0
-
-
-def potential_scale_reduction(trace) -> np.ndarray:
-    """Gelman-Rubin R-hat of `trace (..., chain, draw)` (float64), `(...)`: sqrt((B / W + N - 1) / N)
-    with N draws, W the mean within-chain variance, B N times the variance of the chain means (both
-    ddof 1); blackjax's `potential_scale_reduction`. Needs 2 chains."""
-    x = np.asarray(trace, np.float64)
-    n = x.shape[-1]
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        between = n * x.mean(axis=-1).var(axis=-1, ddof=1)
-        within = x.var(axis=-1, ddof=1).mean(axis=-1)
-        return np.sqrt((between / within + n - 1) / n)
 
 
 def effective_sample_size(trace) -> np.ndarray:
@@ -122,8 +111,8 @@ def rhat_and_ess(trace: np.ndarray, healthy: np.ndarray) -> tuple[np.ndarray, np
 
     `healthy: (..., chain)` marks the chains to use (divergent ones are left out). Returns two
     arrays of shape `(...)`: R-hat is NaN with fewer than 2 healthy chains, both are NaN with
-    no healthy chain or fewer than 4 draws. Instances whose chains are all healthy go through one
-    vectorised call.
+    no healthy chain or fewer than 4 draws. R-hat is `masked_rhat` over the healthy chains; the
+    ESS of instances whose chains are all healthy is one vectorised call.
     """
     trace = np.asarray(trace, dtype=np.float32)
     healthy = np.asarray(healthy, bool)
@@ -134,15 +123,11 @@ def rhat_and_ess(trace: np.ndarray, healthy: np.ndarray) -> tuple[np.ndarray, np
     ess = np.full(flat.shape[0], np.nan)
     if flat.shape[-1] >= 4:
         all_ok = ok.all(axis=1)
+        rhat = masked_rhat(flat, np.ones((len(flat), flat.shape[-1]), bool), ok)
         if all_ok.any():
             ess[all_ok] = effective_sample_size(flat[all_ok])
-            if flat.shape[1] >= 2:
-                rhat[all_ok] = potential_scale_reduction(flat[all_ok])
         for i in np.flatnonzero(~all_ok & ok.any(axis=1)):
-            subset = flat[i][ok[i]]
-            ess[i] = effective_sample_size(subset)
-            if subset.shape[0] >= 2:
-                rhat[i] = potential_scale_reduction(subset)
+            ess[i] = effective_sample_size(flat[i][ok[i]])
     return rhat.reshape(batch_shape), ess.reshape(batch_shape)
 
 

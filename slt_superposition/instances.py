@@ -131,9 +131,9 @@ def _refuse_per_instance_data(data: PyTree, sizes: tuple[int, ...]) -> None:
     instance axes followed by more rows than there are instances: per-instance data, which read as
     shared would make each instance's "samples" the instances."""
     shapes = [np.shape(x) for x in jax.tree_util.tree_leaves(data)]
-    k = len(sizes)
-    per_instance = bool(shapes) and int(np.prod(sizes)) > 1 and all(
-        len(s) > k and s[:k] == sizes and s[k] > int(np.prod(sizes)) for s in shapes)
+    k, n_inst = len(sizes), int(np.prod(sizes))
+    per_instance = bool(shapes) and n_inst > 1 and all(len(s) > k and s[:k] == sizes and s[k] > n_inst
+                                                       for s in shapes)
     if per_instance:
         raise InputError(f"data_batched=False, but every data array leads with the instance axes {sizes} and then "
                          f"{shapes[0][k]} rows: per-instance data need data_batched=True")

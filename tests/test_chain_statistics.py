@@ -1,4 +1,4 @@
-"""R-hat and the effective sample size, written in numpy (`diagnostics`), give blackjax's numbers:
+"""R-hat (`masked_rhat`) and the effective sample size, written in numpy (`diagnostics`), give blackjax's numbers:
 on independent, strongly autocorrelated, anticorrelated, odd-length, two-chain, one-chain, frozen,
 offset and NaN traces, and through `rhat_and_ess` with some chains left out."""
 
@@ -9,11 +9,18 @@ import numpy as np
 import pytest
 from blackjax import diagnostics
 
-from slt_superposition.diagnostics import effective_sample_size, potential_scale_reduction, rhat_and_ess
+from slt_superposition.diagnostics import effective_sample_size, masked_rhat, rhat_and_ess
 
 # blackjax's functions compiled (one program per trace shape: faster than their op-by-op calls)
 blackjax_ess = jax.jit(diagnostics.effective_sample_size, static_argnames=("chain_axis", "sample_axis"))
 blackjax_rhat = jax.jit(diagnostics.potential_scale_reduction, static_argnames=("chain_axis", "sample_axis"))
+
+
+def potential_scale_reduction(trace: np.ndarray) -> np.ndarray:
+    """`masked_rhat` over every draw and chain of `trace (..., chain, draw)`, `(...)`."""
+    flat = trace.reshape((-1,) + trace.shape[-2:])
+    rhat = masked_rhat(flat, np.ones((len(flat), flat.shape[-1]), bool), np.ones(flat.shape[:2], bool))
+    return rhat.reshape(trace.shape[:-2])[()]
 
 
 def _ar1(rng, chains: int, draws: int, rho: float, offsets=None) -> np.ndarray:
