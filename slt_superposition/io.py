@@ -72,14 +72,20 @@ def check_not_input(path: str | os.PathLike, inputs: Iterable[str | os.PathLike]
 
 
 def check_writable(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = (),
-                   kind: str | None = None) -> Path:
+                   kind: str | None = None, netcdf: bool = False) -> Path:
     """Fail early (before any compute) if `path` cannot be written, or is one of `inputs`, or (with
     the `kind` of dataset to be written) holds something else than a result of that kind
-    (`check_replaceable`).
+    (`check_replaceable`), or (with `netcdf`: a command's `--out`) does not end in `.nc`: a
+    name such as `--out results` is more often meant as a folder than as a dataset's name.
 
     Only the writing process checks the folder (`is_writer`); every process checks `inputs`."""
     path = Path(path)
     check_not_input(path, inputs)
+    if netcdf and path.is_dir():
+        raise InputError(f"output path {path} is a folder, expected a file name: e.g. --out {path / 'result.nc'}")
+    if netcdf and path.suffix != ".nc":
+        raise InputError(f"output {path} is not a .nc file name (a result dataset is one netCDF file): e.g. "
+                         f"--out {path.with_suffix('.nc') if path.suffix else path / 'result.nc'}")
     if not is_writer():
         return path
     if kind is not None:

@@ -144,6 +144,9 @@ def test_one_rule_for_seeds_and_batch_sizes(tmp_path, capsys):
     # the other small rules of train and launch
     _one_error_line(capsys, ["train", "-n", "3", "-m", "2", "-p", "0.1", "--seeds", "2", "--seed", "3", "--out",
                              str(tmp_path / "o.nc")], "--seeds 2 and --seed give the seeds twice")
+    # --seeds 1 given alongside --seed is a conflict too (the default is not an explicit 1)
+    _one_error_line(capsys, ["train", "-n", "3", "-m", "2", "-p", "0.1", "--seeds", "1", "--seed", "3", "--out",
+                             str(tmp_path / "o.nc")], "--seeds 1 and --seed give the seeds twice")
     _one_error_line(capsys, ["train", "-n", "3", "-m", "2", "-p", "0.1", "-r", "inf", "--out", str(tmp_path / "o.nc")],
                     "importance decay must be positive and finite, got inf")
     _one_error_line(capsys, ["launch", "--port", "-1", "--", "train", "-n", "3"], "--port must be a TCP port in 0..65535")
@@ -307,3 +310,16 @@ def test_an_output_replaces_only_its_own_kind(tmp_path, capsys):
     with pytest.raises(_InputError, match="cannot write .*d.nc: TypeError"):
         save_dataset(xr.Dataset(attrs={"slt_superposition_kind": "train", "x": {"a": 1}}), tmp_path / "d.nc")
     assert not list(tmp_path.glob("d.nc*"))  # nothing half-written left behind
+
+
+def test_outputs_of_train_llc_and_sae_are_nc_names(tmp_path, capsys):
+    """`--out results` is more often meant as a folder than as a dataset: train, llc and sae ask for a
+    .nc name on one line, before anything runs, and write nothing."""
+    trained = _train_like(tmp_path / "t.nc")
+    _one_error_line(capsys, ["train", "-n", "3", "-m", "2", "-p", "0.1", "--out", str(tmp_path / "results")],
+                    f"output {tmp_path / 'results'} is not a .nc file name")
+    _one_error_line(capsys, ["llc", str(trained), "--out", str(tmp_path / "llc.h5")],
+                    f"--out {tmp_path / 'llc.nc'}")
+    _one_error_line(capsys, ["sae", str(trained), "--out", str(tmp_path / "sae")],
+                    f"--out {tmp_path / 'sae' / 'result.nc'}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.nc"]

@@ -105,7 +105,7 @@ def llc(
     from toy_models.train import llc_inputs, require_trained
 
     side_file = out.with_suffix(".calibration.nc")
-    check_writable(out, inputs=[path], kind="llc")
+    check_writable(out, inputs=[path], kind="llc", netcdf=True)
     if calibrate:
         check_writable(side_file, inputs=[path], kind="calibration")
     _check_options(chains=chains, steps=steps, burnin=burnin, trace_every=trace_every, seed=seed,

@@ -66,7 +66,7 @@ def sae(
     check_batch_size(batch_size, samples, "--batch-size")  # one rule everywhere: at most the samples drawn
     require(lr > 0, f"--lr must be positive, got {lr}")
     check_seed(seed, "--seed")
-    check_writable(out, inputs=[path], kind="sae")
+    check_writable(out, inputs=[path], kind="sae", netcdf=True)
     train = open_result(path, "train")
     require_trained(train, path)
     n, m = train.sizes["feature"], train.sizes["hidden"]

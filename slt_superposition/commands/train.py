@@ -43,7 +43,9 @@ def train(
     importance_decay: List[str] = typer.Option(
         ["1.0"], "--importance-decay", "-r",
         help="Importance I_i = r**i; repeat or comma list to sweep. 1.0 = all features equally important."),
-    seeds: int = typer.Option(1, "--seeds", "-k", help="Train seeds 0..K-1 for every grid point."),
+    seeds: Optional[int] = typer.Option(
+        None, "--seeds", "-k", help="Train seeds 0..K-1 for every grid point (default 1: seed 0 only).",
+        show_default=False),
     seed_list: Optional[List[str]] = typer.Option(
         None, "--seed", help="Explicit seeds instead of --seeds (repeat or comma list)."),
     steps: int = typer.Option(10_000, "--steps", "-t", help="Training steps."),
@@ -82,14 +84,14 @@ def train(
     """
     from toy_models.train import TrainConfig
 
-    if seed_list and seeds != 1:
+    if seed_list and seeds is not None:
         raise InputError(f"--seeds {seeds} and --seed give the seeds twice: --seeds K trains seeds 0..K-1, --seed "
                          f"lists them")
     config = TrainConfig(
         n_features=n_features, n_hidden=n_hidden,
         feature_probabilities=_floats(feature_probability, "--feature-probability"),
         importance_decays=_floats(importance_decay, "--importance-decay"),
-        seeds=_ints(seed_list, "--seed") if seed_list else seeds,
+        seeds=_ints(seed_list, "--seed") if seed_list else (1 if seeds is None else seeds),
         steps=steps, batch_size=batch_size, learning_rate=lr, weight_decay=weight_decay,
         schedule=schedule, optimizer=optimizer, init_scale=init_scale, model=model, data=data,
         snapshot_steps=_ints(snapshot_steps or [], "--snapshot-steps"),
@@ -104,7 +106,7 @@ def train(
     from slt_superposition.sharding import instance_mesh
     from toy_models.train import diverged_message, finite_instances, nonfinite_instances, train_grid
 
-    check_writable(out, kind="train")
+    check_writable(out, kind="train", netcdf=True)
     config.check_memory()
     with output_lock(out):
         with warnings.catch_warnings():  # a diverged grid is reported below as the error it is
