@@ -26,6 +26,7 @@ run those sums far slower. The program's parts carry `jax.named_scope` names (`S
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -132,7 +133,10 @@ def _whole_and_mean(loss_fn: Callable, params: PyTree, rows: PyTree) -> tuple[ja
     return loss_fn(params, rows), jnp.mean(each)
 
 
-_whole_and_mean_compiled = jax.jit(_whole_and_mean, static_argnums=0)  # traced once per loss_fn and shapes
+@functools.partial(jax.jit, static_argnums=0)  # traced once per loss_fn and shapes
+def _whole_and_mean_here_and_moved(loss_fn: Callable, params: PyTree, rows: PyTree) -> jax.Array:
+    """`_whole_and_mean` at `params` and at `moved_off(params)`, `(2, 2)`: one program, one fetch."""
+    return jnp.stack([jnp.stack(_whole_and_mean(loss_fn, point, rows)) for point in (params, moved_off(params))])
 
 
 def row_mean_gap(loss_fn: Callable, params: PyTree, rows: PyTree) -> tuple[float, float] | None:
@@ -144,13 +148,12 @@ def row_mean_gap(loss_fn: Callable, params: PyTree, rows: PyTree) -> tuple[float
 
     Checked at `params` and at a point moved off it (`moved_off`): where every row's loss is 0 at
     `params` (a realizable model at its teacher), a sum and a mean agree there and nowhere else."""
-    for point in (params, moved_off(params)):
-        whole, mean = (float(v) for v in _whole_and_mean_compiled(loss_fn, point, rows))
+    for whole, mean in np.asarray(_whole_and_mean_here_and_moved(loss_fn, params, rows), np.float64):
         if not (np.isfinite(whole) and np.isfinite(mean)):  # e.g. a loss defined only near w*
             continue
         scale = max(abs(whole), abs(mean), np.finfo(np.float32).tiny)
         if abs(whole - mean) > ROW_MEAN_RTOL * scale:
-            return whole, mean
+            return float(whole), float(mean)
     return None
 
 
