@@ -10,7 +10,9 @@ spread, about 1 / sqrt(gamma) along each direction that the localization alone h
 
 Distances are relative to |w*| = |(W*, b*)| and minimised over the orthogonal maps R of the hidden
 space (W -> R W leaves the TMS loss unchanged); a feature is live when its column norm is above
-`LIVE_FRACTION` of the median column norm of W*.
+`LIVE_FRACTION` of the largest column norm of W* (until 2026-12-07 of the median one, which is about
+0 where most features are dead, as on the dense feature probabilities: every column then counted as
+live, and a chain whose dead columns only jittered counted as one that left w*'s live set).
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ def rotation_aligned_distance(W: np.ndarray, b: np.ndarray, W0: np.ndarray, b0: 
 
 def live_features(W: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """`(..., feature)` bool: column norm of W `(..., hidden, feature)` above `LIVE_FRACTION` of the
-    median column norm of `reference` (broadcast against W)."""
-    threshold = LIVE_FRACTION * np.median(np.linalg.norm(np.asarray(reference), axis=-2), axis=-1)
+    largest column norm of `reference` (broadcast against W): the scale of a live feature, whatever
+    share of the features is dead."""
+    threshold = LIVE_FRACTION * np.max(np.linalg.norm(np.asarray(reference), axis=-2), axis=-1)
     return np.linalg.norm(np.asarray(W), axis=-2) > threshold[..., None]
 
 
@@ -59,7 +62,11 @@ def chain_excursions(llc: xr.Dataset, W_star: np.ndarray, b_star: np.ndarray) ->
     W_star, b_star = np.asarray(W_star, np.float64), np.asarray(b_star, np.float64)
     inst = llc["llc_mean"].dims
     W, b = chain_ends(llc, *W_star.shape[-2:])
-    healthy = ~llc["diverged"].transpose(*inst, "chain").values
+    finite = np.isfinite(W).all((-2, -1)) & np.isfinite(b).all(-1)
+    healthy = ~llc["diverged"].transpose(*inst, "chain").values & finite
+    # a divergent chain's end (NaN) is read as w* and then left out: the SVD takes finite input only
+    W = np.where(healthy[..., None, None], W, W_star[..., None, :, :])
+    b = np.where(healthy[..., None], b, b_star[..., None, :])
     distance = rotation_aligned_distance(W, b, W_star[..., None, :, :], b_star[..., None, :])
     changed = (live_features(W, W_star[..., None, :, :]) != live_features(W_star, W_star)[..., None, :]).any(-1)
     with np.errstate(invalid="ignore"):

@@ -127,14 +127,31 @@ def orbit_dimension(W: xr.DataArray, model: str = "tms", tol: float = 1e-6) -> x
                         attrs=_attrs("dimension of the rotation orbit m(m-1)/2 - (m-r)(m-r-1)/2, r = rank W"))
 
 
-def dead_flat_parameters(W: xr.DataArray, b: xr.DataArray) -> xr.DataArray:
-    """(m + 1) per dead feature in a flat region: a column with |W_i|^2 <= -b_i (a zero column
-    with non-positive bias, or a short one whose own output stays off: x_i |W_i|^2 + b_i <= 0
-    for x_i in [0, 1]). (..., hidden, feature), (..., feature) -> (...)."""
+ONE_FEATURE_AT_A_TIME = ("high_sparsity_limit",)  # data kinds (`toy_models.data.GENERATORS`) without co-active features
+
+
+def dead_flat_parameters(W: xr.DataArray, b: xr.DataArray, data: str | None = None) -> xr.DataArray:
+    """Parameters of dead features in a flat region, (..., hidden, feature), (..., feature) -> (...).
+
+    `data`: the training data's kind (a train dataset's `data` attr). With one feature active at a
+    time (`ONE_FEATURE_AT_A_TIME`: x = mu e_i), m + 1 per column with |W_i|^2 <= -b_i (a zero
+    column with non-positive bias, or a short one whose own output stays off: x_i |W_i|^2 + b_i <= 0
+    for x_i in [0, 1]): its weights reach no other output and its bias no output at all. With
+    features active together (every other kind, and None), a dead column's weights enter the
+    other features' outputs whenever feature i is active beside them (x_i W_j . W_i), so they are
+    curved, however weakly; only the bias is flat: 1 per column whose output stays off for every x
+    in [0, 1]^n, sum_j max(0, W_i . W_j) + b_i <= 0."""
     m = W.sizes["hidden"]
-    flat = ((W**2).sum("hidden") <= -b)
-    return ((m + 1) * flat.sum("feature")).assign_attrs(
-        _attrs("parameters of dead features in a flat region ((m + 1) per column with |W_i|^2 <= -b_i)"))
+    if data in ONE_FEATURE_AT_A_TIME:
+        flat = (W**2).sum("hidden") <= -b
+        return ((m + 1) * flat.sum("feature")).assign_attrs(
+            _attrs("parameters of dead features in a flat region ((m + 1) per column with |W_i|^2 <= -b_i; one "
+                   "feature active at a time)"))
+    gram = xr.dot(W, W.rename(feature="other"), dim="hidden")
+    flat = gram.clip(min=0).sum("other") + b <= 0
+    return flat.sum("feature").assign_attrs(
+        _attrs("parameters of dead features in a flat region (the bias of each column with sum_j max(0, W_i . W_j) "
+               "+ b_i <= 0; features active together make its weights curved)"))
 
 
 def degeneracy_budget(train: xr.Dataset, weights: xr.Dataset) -> xr.Dataset:
@@ -146,7 +163,7 @@ def degeneracy_budget(train: xr.Dataset, weights: xr.Dataset) -> xr.Dataset:
     the symmetry bound d - orbit - dead_flat); its standard error is 2 SE(llc).
     `out_of_range`: 2 llc above that bound, or below 0, by more than 2 SE."""
     orbit = orbit_dimension(train["W"], train.attrs.get("model", "tms"))
-    dead = dead_flat_parameters(train["W"], train["b"])
+    dead = dead_flat_parameters(train["W"], train["b"], train.attrs.get("data"))
     two_llc = 2 * weights["llc_mean"]
     excess = weights["n_parameters"] - orbit - dead - two_llc
     se = 2 * weights["llc_standard_error"]
@@ -195,14 +212,16 @@ def out_of_range_cause(ds: xr.Dataset) -> xr.DataArray:
     range. Needs the flagship's check variables (`llc_step_check_rel_diff`, `llc_step_check_se`,
     `llc_batch_check_*`), `grad_norm_refined`, `hessian_eigenvalues` and the budget
     (`excess_degeneracy`, `excess_degeneracy_se`); returns an object array with the instance dims."""
+    inst = ds["llc_mean"].dims
+    ds = ds.transpose(*inst, ...)  # every variable's instance dims in llc_mean's order before reading .values
     step_ok = within(ds["llc_step_check_rel_diff"].values, ds["llc_step_check_se"].values, STEP_TOL) & ~_end_biased(ds)
     batch_ok = within(ds["llc_batch_check_rel_diff"].values, ds["llc_batch_check_se"].values, BATCH_TOL)
     eig = ds["hessian_eigenvalues"]
-    eig_dim = [d for d in eig.dims if d not in ds["llc_mean"].dims]
+    eig_dim = [d for d in eig.dims if d not in inst]
     top = eig.max(eig_dim)
-    saddle = (eig.min(eig_dim) < -NEGATIVE_CURVATURE_RTOL * top).values
+    saddle = (eig.min(eig_dim) < -NEGATIVE_CURVATURE_RTOL * top).transpose(*inst).values
     minimum = ~saddle & ~(ds["grad_norm_refined"].values > MINIMUM_GRAD_TOL)
-    above = above_symmetry_bound(ds).values
+    above = above_symmetry_bound(ds).transpose(*inst).values
     settled = (ds["llc_calibration_converged"].values.astype(bool) if "llc_calibration_converged" in ds
                else np.ones(above.shape, bool))
     cause = np.select([~step_ok, ~batch_ok, ~minimum, above & ~settled, above], list(OUT_OF_RANGE_CAUSES[:5]),

@@ -387,18 +387,20 @@ def llc_bound_check(llc, d1, d, *, llc_std=None) -> xr.Dataset:
 
     Returns a Dataset with `lower_bound`, `upper_bound`, `violates_bound` (bool),
     `bound_excess` (lambda minus the violated bound: negative below, positive above, 0
-    inside) and, if `llc_std` is given, `bound_excess_in_std` = bound_excess / llc_std.
+    inside, NaN where the LLC or d1 is NaN: unknown, never read as inside) and, if `llc_std` is given, `bound_excess_in_std` = bound_excess / llc_std.
     """
     as_da = lambda x: x if isinstance(x, xr.DataArray) else xr.DataArray(np.asarray(x, dtype=float))
     llc, d1, d = as_da(llc), as_da(d1), as_da(d)
     lower = d1 / 2
     upper = d1 / 2 + (d - d1) / 4
     excess = xr.where(llc < lower, llc - lower, xr.where(llc > upper, llc - upper, 0.0))
+    excess = excess.where(llc.notnull() & lower.notnull() & upper.notnull())  # unknown, not inside
     ds = xr.Dataset(
         {
             "lower_bound": lower.assign_attrs(long_name="lower bound d1/2 on the LLC", units="1"),
             "upper_bound": upper.assign_attrs(long_name="upper bound d1/2 + (d - d1)/4 on the LLC", units="1"),
-            "violates_bound": (excess != 0).assign_attrs(long_name="LLC outside the Hessian-rank bounds", units="1"),
+            "violates_bound": ((excess != 0) & excess.notnull()).assign_attrs(
+                long_name="LLC outside the Hessian-rank bounds (False where the LLC or a bound is NaN)", units="1"),
             "bound_excess": excess.assign_attrs(
                 long_name="LLC minus the violated bound (0 inside the bounds)", units="1"
             ),

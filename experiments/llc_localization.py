@@ -98,7 +98,8 @@ def run_class(k: int, positive: int, *, n: int, calibration: dict, progress: boo
         quad = quadratic_llc_prediction(eig, nbeta=default_nbeta(n), step_size=float(cfg.step_size),
                                         localization=gamma, floor=kgon_llc.EIGEN_FLOOR)
         rows.append(dict(case=f"{cls.label} gamma={gamma:g}", label=cls.label, localization=gamma,
-                         llc_theory=np.nan if cls.llc is None else cls.llc, symmetry_bound=_symmetry_bound(params),
+                         llc_theory=np.nan if cls.llc is None else cls.llc,
+                         symmetry_bound=_symmetry_bound(params, "high_sparsity_limit"),  # x = mu e_i
                          llc_mean=mean, llc_se=se,
                          llc_dead_frozen=frozen, llc_dead_frozen_se=frozen_se, llc_quadratic=quad,
                          share_outside_flat=share, share_outside_flat_se=share_se,
@@ -117,11 +118,13 @@ def trained_label(model: str, p: float) -> str:
     return f"{model} p={p:g}"
 
 
-def _symmetry_bound(params) -> float:
-    """(d - orbit - dead_flat) / 2 at `params` (one TMS instance, W `(hidden, feature)`)."""
+def _symmetry_bound(params, data: str) -> float:
+    """(d - orbit - dead_flat) / 2 at `params` (one TMS instance, W `(hidden, feature)`) trained on
+    `data` (`toy_models.data.GENERATORS`: whether features are active together decides which of a
+    dead column's parameters are flat, `dead_flat_parameters`)."""
     W = xr.DataArray(np.asarray(params["W"]), dims=("hidden", "feature"))
     b = xr.DataArray(np.asarray(params["b"]), dims=("feature",))
-    return float(W.size + b.size - orbit_dimension(W) - dead_flat_parameters(W, b)) / 2
+    return float(W.size + b.size - orbit_dimension(W) - dead_flat_parameters(W, b, data)) / 2
 
 
 def dead_columns(params) -> np.ndarray:
@@ -160,7 +163,7 @@ def run_trained(model: str, p: float, *, n: int, train_steps: int, calibration: 
     config, _ = calibrate(loss_fn, params, data, key=k_cal, **calibration)
     eig = hessian_spectrum(loss_fn, params, data, method="exact").values
     dead = dead_columns(params)
-    label, bound = trained_label(model, p), _symmetry_bound(params)
+    label, bound = trained_label(model, p), _symmetry_bound(params, tms_llc_vs_n.MODELS[model][2])
     rows = []
     for gamma in GAMMAS:
         cfg = dataclasses.replace(config, localization=gamma)

@@ -100,7 +100,7 @@ def measure_point(model: str, train: xr.Dataset, i: int, n: int, calibration: di
     W = xr.DataArray(np.asarray(params["W"]), dims=("hidden", "feature"))
     b = xr.DataArray(np.asarray(params["b"]), dims=("feature",))
     d = W.size + b.size
-    orbit, dead = int(orbit_dimension(W)), int(dead_flat_parameters(W, b))
+    orbit, dead = int(orbit_dimension(W)), int(dead_flat_parameters(W, b, MODELS[model][2]))
     nbeta = default_nbeta(n)
     eig = hessian_spectrum(loss_fn, params, data, method="exact").values
     quad = quadratic_llc_prediction(eig, nbeta=nbeta, step_size=float(config.step_size),

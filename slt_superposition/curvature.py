@@ -142,7 +142,8 @@ def quadratic_llc(eigenvalues, step_size, localization, nbeta) -> np.ndarray:
 
 def quadratic_terms(eigenvalues, step_size, localization, nbeta) -> np.ndarray:
     """Each direction's share of `quadratic_llc`, `(..., d)`: nbeta h / (2 a (1 - eps a / 4)) for
-    h > 0, 0 for flat or negative h, inf where the direction is unstable (eps a >= 4)."""
+    h > 0, 0 for flat or negative h, inf where the direction is unstable (eps a >= 4), NaN where h is
+    NaN (a non-finite Hessian: `quadratic_llc` and `step_size_bound` are then NaN, not a flat reading)."""
     h = np.clip(np.asarray(eigenvalues, np.float64), 0.0, None)
     eps, gamma, nbeta = (np.asarray(v, np.float64)[..., None] for v in (step_size, localization, nbeta))
     with np.errstate(invalid="ignore", over="ignore"):  # NaN spectra (a non-finite Hessian) stay NaN
@@ -151,7 +152,8 @@ def quadratic_terms(eigenvalues, step_size, localization, nbeta) -> np.ndarray:
         stable = ~curved | (eps * a < 4)
         safe_a = np.where(curved, a, 1.0)
         factor = 1 - np.where(stable, eps * safe_a, 0) / 4
-        return np.where(curved, np.where(stable, nbeta * h / (2 * safe_a * factor), np.inf), 0.0)
+        terms = np.where(curved, np.where(stable, nbeta * h / (2 * safe_a * factor), np.inf), 0.0)
+        return np.where(np.isnan(h), np.nan, terms)  # an unknown eigenvalue is not a flat one
 
 
 def summed_terms(terms) -> np.ndarray:
@@ -187,7 +189,7 @@ def _step_size_bound(eigenvalues, localization, nbeta, tol, top) -> np.ndarray:
         ok = np.nan_to_num(rel, nan=np.inf) <= tol
         ok = np.where(base > 0, ok, mid * a_top / 4 <= tol / (1 + tol))
         lo, hi = np.where(ok, mid, lo), np.where(ok, hi, mid)
-    return lo
+    return np.where(np.isnan(h).any(axis=-1), np.nan, lo)  # no bound from an unknown spectrum
 
 
 def predicted_step_bias(eigenvalues, step_size, localization, nbeta, *, top=None) -> np.ndarray:

@@ -61,3 +61,17 @@ def test_a_bias_at_the_chains_ends_is_a_step_size_cause():
     # the fourth passed every other check: its chains ended where the step size is biased by 30%
     assert out_of_range_cause(ds).values.tolist() == ["step size", "batch", "not a minimum", "step size",
                                                       "lower loss found", ""]
+
+
+def test_variables_stored_in_another_dims_order_are_read_per_instance():
+    """A 2 x 2 grid whose gradient norm is stored (s, p) while llc_mean is (p, s): each cause stays with its
+    instance (reading .values without aligning swapped the off-diagonal instances)."""
+    flat = stub()
+    grid = lambda v: v[:4].reshape(2, 2)
+    ds = xr.Dataset({name: (("p", "s"), grid(flat[name].values)) for name in flat.data_vars if name != "hessian_eigenvalues"})
+    ds["hessian_eigenvalues"] = (("p", "s", "eigen"), flat["hessian_eigenvalues"].values[:4].reshape(2, 2, -1))
+    expected = [["step size", "batch"], ["not a minimum", "finite n"]]
+    assert out_of_range_cause(ds).values.tolist() == expected
+    ds["grad_norm_refined"] = ds["grad_norm_refined"].transpose("s", "p")
+    ds["hessian_eigenvalues"] = ds["hessian_eigenvalues"].transpose("eigen", "s", "p")
+    assert out_of_range_cause(ds).values.tolist() == expected

@@ -326,6 +326,7 @@ def test_degeneracy_budget_adds_up():
     pentagon[:, :5] = _polygon(5, 1.17)
     train = _train_like([pentagon, _polygon(6, 1.32)], [0.1, 0.01])
     train["b"] = (GRID + ("feature",), np.array([[-0.28] * 5 + [-0.5], [-0.62] * 6])[:, None, None])
+    train.attrs["data"] = "high_sparsity_limit"  # the k-gon classes' data: one feature active at a time
     llc = _llc_like([7.0, 6.0], std=0.2)
     ds = compare(train, llc)
     d = 18
@@ -342,6 +343,27 @@ def test_degeneracy_budget_adds_up():
     weights = ds[["llc_mean", "llc_standard_error", "n_parameters"]]
     over = degeneracy_budget(train, weights.assign(llc_mean=weights["llc_mean"] + 2.0))
     np.testing.assert_array_equal(over["budget_out_of_range"].values.ravel(), [True, False])
+    # features active together (sparse_uniform, the default; or no data attr): the dead column's weights
+    # are curved through the co-active features, its bias alone is flat: the bound is m = 2 looser
+    for data in ("sparse_uniform", None):
+        train.attrs.pop("data")
+        if data:
+            train.attrs["data"] = data
+        co_active = degeneracy_budget(train, weights.assign(llc_mean=weights["llc_mean"] + 2.0))
+        np.testing.assert_array_equal(co_active["dead_flat_parameters"].values.ravel(), [1, 0])
+        np.testing.assert_array_equal(co_active["symmetry_bound"].values.ravel(), [16, 17])  # against 14, 17
+        train.attrs["data"] = "x"
+
+
+def test_dead_flat_bias_needs_every_co_active_input_to_stay_off():
+    """A short dead column whose output one co-active feature would switch on is not flat in its bias."""
+    from analysis.compare import dead_flat_parameters
+
+    W = xr.DataArray(np.array([[1.0, 0.0, 0.3], [0.0, 1.0, 0.0]]), dims=("hidden", "feature"))
+    b = xr.DataArray(np.array([0.0, 0.0, -0.2]), dims="feature")  # column 2: |W_2|^2 = 0.09 <= 0.2
+    assert int(dead_flat_parameters(W, b, "high_sparsity_limit")) == 3  # alone it stays off: m + 1 flat
+    assert int(dead_flat_parameters(W, b, "sparse_uniform")) == 0  # with feature 0 beside it: 0.3 + 0.09 - 0.2 > 0
+    assert int(dead_flat_parameters(W, b.copy(data=[0.0, 0.0, -0.5]), "sparse_uniform")) == 1  # 0.39 - 0.5 <= 0
 
 
 def test_orbit_dimension_follows_the_rank():
@@ -363,6 +385,7 @@ def test_findings_show_the_budget():
     pentagon[:, :5] = _polygon(5, 1.17)
     train = _train_like([pentagon, _polygon(6, 1.32)], [0.1, 0.01])
     train["b"] = (GRID + ("feature",), np.array([[-0.28] * 5 + [-0.5], [-0.62] * 6])[:, None, None])
+    train.attrs["data"] = "high_sparsity_limit"  # the classes' data: the dead column's 3 parameters are flat
     ds = compare(train, _llc_like([7.0, 6.0], std=0.2)).assign(n_features=6, n_hidden=2)  # as the flagship stacks
     text = findings(ds)[0]
     assert "d = 18 = orbit 1 + dead-flat 1.5 + 2 llc 13.00 + excess 2.50" in text

@@ -30,6 +30,11 @@ def test_predicted_step_bias():
     assert predicted_step_bias(np.zeros(3), eps, gamma, nbeta) == 0.0
     assert np.isnan(predicted_step_bias(np.array([np.nan, 1.0]), eps, gamma, nbeta))
     assert np.isnan(predicted_step_bias(None, eps, gamma, nbeta, top=np.nan))
+    # so are the quadratic LLC and the step-size bound: an unknown eigenvalue is not a flat one (it read 0)
+    assert np.isnan(quadratic_llc(np.array([np.nan, 1.0]), eps, gamma, nbeta))
+    assert np.isnan(quadratic_llc(np.array([np.nan, np.nan]), eps, gamma, nbeta))
+    bounds = step_size_bound(np.array([[np.nan, np.nan], [np.nan, 1.0], [0.5, 1.0]]), gamma, nbeta)
+    assert np.isnan(bounds[:2]).all() and np.isfinite(bounds[2]) and bounds[2] > 0
 
 
 def test_final_positions_are_posterior_draws():

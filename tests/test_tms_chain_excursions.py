@@ -34,11 +34,31 @@ def test_rotation_costs_nothing_and_a_relabelled_copy_is_far_until_relabelling_i
     np.testing.assert_allclose(rotation_aligned_distance(moved, b_moved, W0, b0), brute, rtol=1e-5)
 
 
-def test_live_features_use_half_the_reference_median_norm():
-    W0 = np.array([[1.0, 0.0, 0.9, 0.02], [0.0, 1.0, 0.3, 0.0]])  # norms 1, 1, 0.95, 0.02: median 0.97
+def test_live_features_use_half_the_reference_largest_norm():
+    W0 = np.array([[1.0, 0.0, 0.9, 0.02], [0.0, 1.0, 0.3, 0.0]])  # norms 1, 1, 0.95, 0.02
     np.testing.assert_array_equal(live_features(W0, W0), [True, True, True, False])
     swapped = W0[:, [3, 1, 2, 0]]  # feature 0 dead, feature 3 live
     np.testing.assert_array_equal(live_features(swapped, W0), [False, True, True, True])
+    # most features dead (a dense feature probability): the median column norm is about 0, and half of
+    # it made every column live; two live features stay two, and jitter of the dead ones changes nothing
+    rng = np.random.default_rng(0)
+    dense = np.zeros((2, 6))
+    dense[:, :2] = np.eye(2)
+    dense[:, 2:] = 1e-3 * rng.normal(size=(2, 4))
+    expected = [True, True, False, False, False, False]
+    np.testing.assert_array_equal(live_features(dense, dense), expected)
+    np.testing.assert_array_equal(live_features(dense + 0.02 * rng.normal(size=(2, 6)), dense), expected)
+
+
+def test_divergent_chains_non_finite_ends_are_left_out():
+    W0, b0 = np.array([[1.0, 0.0, 0.7], [0.0, 1.0, 0.7]]), np.array([0.1, 0.1, -0.2])
+    flat = np.concatenate([W0.ravel(), b0])
+    ends = np.stack([flat + 0.01, np.full(flat.shape, np.nan)])[None]  # (instance, chain, d)
+    llc = xr.Dataset({"llc_mean": ("instance", [1.0]), "final_position": (("instance", "chain", "parameter"), ends),
+                      "diverged": (("instance", "chain"), np.array([[False, True]]))})
+    out = chain_excursions(llc, W0[None], b0[None])
+    assert out["llc_chains_left"].values.tolist() == [0]
+    assert 0 < out["llc_chain_distance_max"].values[0] < 0.05
 
 
 def test_chain_excursions_reads_final_positions_in_ravel_order():

@@ -159,6 +159,10 @@ def test_llc_bound_check_flags_and_broadcasts():
     np.testing.assert_allclose(check.bound_excess_in_std.values, [-1.0, 0.0, 0.0, 2.0])
     # the quadratic of rank r has lambda = r/2 exactly: on the lower bound, not a violation
     assert not bool(llc_bound_check(8.5, 17, 60).violates_bound)
+    # a NaN estimate or rank is unknown: NaN excess, never 0 ("inside")
+    unknown = llc_bound_check(xr.DataArray([np.nan, 10.0]), xr.DataArray([14.0, np.nan]), 18, llc_std=1.0)
+    assert np.isnan(unknown.bound_excess.values).all() and np.isnan(unknown.bound_excess_in_std.values).all()
+    assert unknown.violates_bound.values.tolist() == [False, False]
 
 
 def test_default_tolerance_and_errors():
