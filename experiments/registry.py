@@ -218,10 +218,13 @@ def reproduce(name: str, out_dir: str | Path, *, size: str = "default", progress
     run = check_request(name, size, only, options)
     options = dict(options or {})
     out_dir = Path(out_dir)
-    other = experiment_in(out_dir)
+    other, other_size = experiment_in(out_dir)
     if other is not None and other != name:
         raise InputError(f"{out_dir} holds the results of {other} (its report.md); {name} would replace them: "
                          f"choose another --out")
+    if other == name and other_size != size:  # a rerun replaces its own size's results, never another size's
+        raise InputError(f"{out_dir} holds a {other_size}-size run of {name} (its report.md); a {size}-size run "
+                         f"would replace it: choose another --out")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -231,15 +234,17 @@ def reproduce(name: str, out_dir: str | Path, *, size: str = "default", progress
     return run(out_dir, size=size, progress=progress, **options)
 
 
-def experiment_in(out_dir: Path) -> str | None:
-    """The experiment whose report.md is in `out_dir` (from the `reproduce` command its opening
-    names), or None where there is none."""
+def experiment_in(out_dir: Path) -> tuple[str | None, str | None]:
+    """(experiment, size) of the report.md in `out_dir`, from the `reproduce` command its opening
+    names (size "quick", "full" or "default"), or (None, None) where there is none."""
     try:
         text = (Path(out_dir) / "report.md").read_text(errors="replace")
     except OSError:
-        return None
-    found = re.search(r"slt-superposition reproduce ([\w-]+)", text)
-    return found.group(1) if found else None
+        return None, None
+    found = re.search(r"slt-superposition reproduce ([\w-]+)( --quick| --full)?", text)
+    if not found:
+        return None, None
+    return found.group(1), (found.group(2) or " --default").strip(" -")
 
 
 def command_line(name: str, out_dir: str | Path, size: str = "default", only: Sequence[str] | None = None,

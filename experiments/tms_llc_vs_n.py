@@ -36,7 +36,7 @@ from experiments.registry import header, run_cases  # noqa: E402
 from slt_superposition import figure_style as fs  # noqa: E402
 from slt_superposition.calibration import calibrate  # noqa: E402
 from slt_superposition.diagnostics import mean_and_se  # noqa: E402
-from slt_superposition.io import open_result, save_dataset  # noqa: E402
+from slt_superposition.io import open_result, same_file, save_dataset  # noqa: E402
 from slt_superposition.llc import default_nbeta, estimate_llc  # noqa: E402
 from slt_superposition.provenance import provenance_attrs  # noqa: E402
 from slt_superposition.theory import critical_point_class, population_hessian, population_loss_is_smooth  # noqa: E402
@@ -71,7 +71,8 @@ def _trained(model: str, sparsities, steps: int, train_from: str | None, out_dir
         train = open_result(Path(train_from) / name, kind="train")
     else:
         train = _train(model, sparsities, steps)
-    if not (out_dir / name).exists():
+    source = Path(train_from) / name if train_from is not None else None
+    if source is None or not same_file(out_dir / name, source):  # always the grid measured, never a stale one
         save_dataset(train, out_dir / name)
     return train
 

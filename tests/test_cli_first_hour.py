@@ -84,6 +84,7 @@ def test_llc_calibrate_max_steps_caps_the_chain_length(tmp_path, tiny_grid, caps
     out = tmp_path / "llc.nc"
     assert main(["llc", str(path), "--calibrate", "--max-steps", "400", "--min-relaxation", "0", "--localization",
                  "1", "--chains", "2", "--n-samples", "256", "--batch-size", "64", "--target-acceptance", "0.8",
+                 "--steps", "100", "--trace-every", "200",  # the calibration's to choose: not refused
                  "--out", str(out)]) == 0
     calibration = open_result(tmp_path / "llc.calibration.nc", kind="calibration")
     assert json.loads(calibration.attrs["config"])["max_steps"] == 400

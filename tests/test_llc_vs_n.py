@@ -102,3 +102,13 @@ def test_run_extends_an_earlier_runs_instances(tmp_path, monkeypatch):
     assert "--only n6_m2" in command and "log2_n=(18, 19)" in command and "train_from=" in command
     with pytest.raises(InputError, match="no such file"):
         lvn.run(tmp_path / "third", size="full", progress=False, only=["n20_m5"], train_from=str(first))
+    # a new run into the first folder (its sweep removed, as the refusal of a changed sweep says) saves
+    # the grid it measures: the train file never stays behind from the earlier run
+    import shutil
+
+    import xarray as xr
+
+    shutil.rmtree(first / "cases")
+    lvn.run(first, size="quick", progress=False, only=["n6_m2"], sparsities=(0.05,))
+    with xr.open_dataset(first / "train_n6_m2.nc") as saved:
+        assert saved["feature_probability"].values.tolist() == [0.05]

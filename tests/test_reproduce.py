@@ -157,6 +157,14 @@ def test_a_folder_of_another_experiment_is_refused_and_default_sizes_have_their_
     err = capsys.readouterr().err
     assert err.startswith(f"error: {out} holds the results of tms-pentagon (its report.md)") and err.count("\n") == 1
     assert sorted(p.name for p in out.iterdir()) == ["report.md"]  # nothing written, nothing replaced
+    # the same experiment at another size: its finished run is not replaced either
+    for argv, found in ((["tms-pentagon"], "quick"), (["tms-pentagon", "--quick"], "default")):
+        if found == "default":
+            (out / "report.md").write_text("# TMS pentagon\n\n    slt-superposition reproduce tms-pentagon --out pent\n")
+        assert main(["reproduce", *argv, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {out} holds a {found}-size run of tms-pentagon") and err.count("\n") == 1, err
+    assert sorted(p.name for p in out.iterdir()) == ["report.md"]
     # without --out: the default, quick and full sizes each their own folder under results/
     from experiments import registry
 

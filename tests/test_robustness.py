@@ -117,6 +117,7 @@ def test_output_never_replaces_input(tmp_path, capsys):
     (["--batch-size", "65"], "--batch-size 65 is larger than the number of samples n=64"),
     (["--n-samples", "100000000000"], "needs about"),
     (["--steps", "1000000000000"], "needs about"),
+    (["--burnin", "40"], "--burnin must be in [0, --steps) and --steps at least 2, got --burnin 40 --steps 40"),
 ])
 def test_llc_bad_settings_are_one_line(tmp_path, capsys, extra, fragment):
     path = _train_like(tmp_path / "t.nc")

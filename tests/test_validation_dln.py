@@ -52,3 +52,20 @@ def test_summary_line_says_none_settled_instead_of_nan():
     ds["converged"] = ("case", [1, 0])
     assert _summary_line(summary(ds)).endswith("max 2.0% over the settled ones")
     assert np.isclose(summary(ds)["max_abs_rel_error"], 0.08)
+
+
+def test_the_report_command_carries_the_set_fields(tmp_path, monkeypatch):
+    """`--set max_acceptance_drop=0.3` (and `metropolis=True`) reach the report's command line, as the
+    dataset's config records them."""
+    import experiments.dln_validation as dv
+
+    given = []
+    monkeypatch.setattr(dv, "run_cases", lambda *args, **kwargs: None)
+    monkeypatch.setattr(dv, "write_outputs", lambda ds, out_dir, size, only, options: given.append(options))
+    dv.run(tmp_path, size="quick", progress=False, max_acceptance_drop=0.3)
+    dv.run(tmp_path, size="quick", progress=False, metropolis=True)
+    dv.run(tmp_path, size="quick", progress=False)
+    assert given == [{"max_acceptance_drop": 0.3}, {"metropolis": True}, {}]
+    from experiments.registry import command_line
+
+    assert "--set max_acceptance_drop=0.3" in command_line("dln-validation", tmp_path, "quick", None, **given[0])

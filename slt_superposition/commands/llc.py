@@ -109,7 +109,7 @@ def llc(
     if calibrate:
         check_writable(side_file, inputs=[path], kind="calibration")
     _check_options(chains=chains, steps=steps, burnin=burnin, trace_every=trace_every, seed=seed,
-                   batch_size=batch_size, n_samples=n_samples, max_steps=max_steps)
+                   batch_size=batch_size, n_samples=n_samples, max_steps=max_steps, calibrate=calibrate)
     if metropolis and batch_size:
         raise InputError(f"--metropolis needs full batch (--batch-size 0): the accept/reject step needs the exact "
                          f"loss, and --batch-size {batch_size} gives a noisy one")
@@ -127,7 +127,10 @@ def llc(
     loss_fn, params, data = llc_inputs(ds, n_samples=n_samples, key=data_key)
     config = SGLDConfig(
         step_size=step_size, localization=localization, nbeta=_nbeta(nbeta), num_chains=chains,
-        num_steps=steps, num_burnin=burnin, batch_size=batch_size or None, trace_every=trace_every,
+        # with --calibrate the calibration chooses every instance's chain length and burn-in (and the trace
+        # blocks): a placeholder chain here, so --steps/--burnin/--trace-every cannot refuse a calibrated run
+        num_steps=2 if calibrate else steps, num_burnin=1 if calibrate else burnin,
+        batch_size=batch_size or None, trace_every=1 if calibrate else trace_every,
         sampling=sampling, metropolis=metropolis,
     )
     validate_config(config, n_samples)  # before any calibration or sampling work
@@ -165,8 +168,9 @@ def llc(
 
 
 def _check_options(*, chains: int, steps: int, burnin: int, trace_every: int, seed: int, batch_size: int | None,
-                   n_samples: int, max_steps: int = 320_000) -> None:
-    """The CLI's rules, checked before any file is read or any compute starts."""
+                   n_samples: int, max_steps: int = 320_000, calibrate: bool = False) -> None:
+    """The CLI's rules, checked before any file is read or any compute starts (with `calibrate`,
+    --steps and --burnin are the calibration's to choose, and not checked)."""
     from slt_superposition.errors import check_batch_size, check_seed
 
     check_seed(seed, "--seed")
@@ -178,7 +182,11 @@ def _check_options(*, chains: int, steps: int, burnin: int, trace_every: int, se
         raise InputError(f"--n-samples must be a positive integer, got {n_samples}")
     if batch_size:
         check_batch_size(batch_size, n_samples, "--batch-size")
-    if steps >= 1 and 0 <= burnin < steps and trace_every > steps - burnin:
+    if calibrate:
+        return
+    if steps < 2 or not 0 <= burnin < steps:
+        raise InputError(f"--burnin must be in [0, --steps) and --steps at least 2, got --burnin {burnin} --steps {steps}")
+    if trace_every > steps - burnin:
         raise InputError(f"--trace-every {trace_every} is longer than the {steps - burnin} steps after burn-in: "
                          "no trace block would be left to estimate from")
 
