@@ -30,8 +30,9 @@ import xarray as xr
 from analysis.measures import STICKY_VALUES, dimensions_per_feature, feature_dimensionality, represented_features
 from experiments.registry import header
 from slt_superposition import markdown
+from slt_superposition.errors import InputError, require
 from slt_superposition.io import save_dataset, write_text
-from slt_superposition.sweep import run_sweep
+from slt_superposition.sweep import MANIFEST, run_sweep
 from toy_models.train import TrainConfig, select_best_seed, train_grid
 
 NAME = "tms-sticky-dimensions"
@@ -189,7 +190,16 @@ def study(out_dir: Path, *, size: str = "default", progress: bool = True) -> lis
 
 
 def _finished_chunks(out_dir: Path) -> xr.Dataset:
-    """The sweep chunks finished in `out_dir/sweep`, best seed per probability (empty if none)."""
+    """The sweep chunks finished in `out_dir/sweep`, best seed per probability (empty if none).
+    `InputError` where `out_dir/sweep` holds no sweep of this experiment (no manifest, or another's)."""
+    import json
+
+    manifest = Path(out_dir) / "sweep" / MANIFEST
+    try:
+        name = json.loads(manifest.read_text()).get("name")
+    except (OSError, ValueError):
+        raise InputError(f"{out_dir} holds no {NAME} sweep (no readable {manifest.relative_to(out_dir)})") from None
+    require(name == NAME, f"{out_dir}/sweep holds a sweep of {name}, not of {NAME}")
     paths = sorted((Path(out_dir) / "sweep").glob("chunk-*.nc"))
     if not paths:
         return xr.Dataset()

@@ -249,3 +249,22 @@ def test_every_command_the_docs_give_exists():
     assert names and names <= set(EXPERIMENTS), sorted(names - set(EXPERIMENTS))
     for module in set(re.findall(r"^    python -m (experiments\.[a-z_]+)", text, flags=re.MULTILINE)):
         assert callable(getattr(importlib.import_module(module), "main", None)), module
+
+
+def test_sticky_chunk_table_needs_that_experiments_sweep(tmp_path, capsys):
+    """`--set chunks_only=True` reads a folder's finished chunks: where the folder holds no sweep, or
+    another experiment's, it says so on one line and creates nothing (it made the folder and claimed a
+    dataset, or raised a traceback on another sweep's chunks)."""
+    missing = tmp_path / "nothere"
+    assert main(["reproduce", "tms-sticky-dimensions", "--quick", "--set", "chunks_only=True",
+                 "--out", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {missing} holds no tms-sticky-dimensions sweep") and err.count("\n") == 1, err
+    assert not missing.exists()
+    other = tmp_path / "other"
+    (other / "sweep").mkdir(parents=True)
+    (other / "sweep" / "manifest.json").write_text('{"name": "tms-phase-diagram", "config": {}, "chunks": []}')
+    assert main(["reproduce", "tms-sticky-dimensions", "--quick", "--set", "chunks_only=True",
+                 "--out", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "sweep holds a sweep of tms-phase-diagram, not of tms-sticky-dimensions" in err and err.count("\n") == 1
