@@ -71,8 +71,29 @@ def _say_interrupted(argv: list[str] | None) -> None:
     print(interrupted_message(sys.argv[1:] if argv is None else list(argv)), file=sys.stderr)
 
 
+PEER_LOST_SIGNS = ("Connection closed by peer", "Gloo", "heartbeat", "coordination service", "Connection reset")
+
+
+def lost_peer_message(err: BaseException) -> str | None:
+    """One line for a collective of a multi-process run that failed because another process died
+    (`jax.errors.JaxRuntimeError` with one of `PEER_LOST_SIGNS` while `jax.process_count() > 1`),
+    else None: the ninety-line traceback says nothing the line does not, and `launch` names the
+    process that ended."""
+    if "jax" not in sys.modules or type(err).__name__ != "JaxRuntimeError":
+        return None
+    import jax
+
+    text = str(err)
+    if jax.process_count() < 2 or not any(sign in text for sign in PEER_LOST_SIGNS):
+        return None
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return (f"error: another process of this {jax.process_count()}-process run is gone ({first[:200]}); "
+            f"rerun the same command: a resumable sweep goes on from its saved chunks")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 ok, 2 bad input or usage, 130 interrupted)."""
+    """Run the CLI; returns the exit status (0 ok, 1 another process of a multi-process run lost,
+    2 bad input or usage, 130 interrupted)."""
     try:
         app(args=argv)  # standalone mode: typer prints usage errors and raises SystemExit
     except SystemExit as exit_:
@@ -86,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say_interrupted(argv)
         return 130
+    except Exception as err:  # noqa: BLE001 - only a lost peer becomes one line; anything else is raised
+        said = lost_peer_message(err)
+        if said is None:
+            raise
+        print(said, file=sys.stderr)
+        return 1
     return 0
 
 

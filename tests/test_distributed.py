@@ -163,3 +163,33 @@ def test_launch_as_a_cli_subcommand(capsys):
         app(args=["launch", "--processes", "0", "--", "train", "-n", "5", "--out", "x.nc"], standalone_mode=False)
     with pytest.raises(InputError, match="launch runs train, llc, reproduce"):
         app(args=["launch", "--", "plot", "--out", "figures"], standalone_mode=False)
+
+
+def test_a_lost_peer_is_one_line_and_other_errors_still_raise(monkeypatch, capsys):
+    """A collective that fails because another process died (what process 0 of `launch` met when its
+    peer was killed: a ninety-line JaxRuntimeError traceback) is one line and exit status 1, only in a
+    multi-process run; any other error still raises."""
+    import jax
+
+    from slt_superposition import cli
+
+    lost = jax.errors.JaxRuntimeError("UNKNOWN: Gloo AllGather failed: [../gloo/transport/tcp/pair.cc:534] "
+                                      "Connection closed by peer [127.0.0.1]:1234\nmore lines")
+
+    def fail(args=None):
+        raise lost
+
+    monkeypatch.setattr(cli, "app", fail)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    assert cli.main([]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: another process of this 2-process run is gone (UNKNOWN: Gloo AllGather failed")
+    assert err.count("\n") == 1
+    monkeypatch.setattr(jax, "process_count", lambda: 1)  # one process: not a lost peer, the error stands
+    with pytest.raises(jax.errors.JaxRuntimeError):
+        cli.main([])
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    other = ValueError("Connection closed by peer")  # not a JAX runtime error
+    monkeypatch.setattr(cli, "app", lambda args=None: (_ for _ in ()).throw(other))
+    with pytest.raises(ValueError):
+        cli.main([])
