@@ -54,12 +54,13 @@ def _overlaps_sq(W):
 
 
 def feature_dimensionality_array(W):
-    """D_i = ||W_i||^2 / sum_j (W_i_hat . W_j)^2: (..., feature); 0 for a zero column."""
+    """D_i = ||W_i||^2 / sum_j (W_i_hat . W_j)^2: (..., feature); 0 for a zero column, NaN for a
+    column holding NaN (unknown, not a zero column)."""
     xp = _xp(W)
     norms = feature_norms_array(W)
     denom = xp.sum(_overlaps_sq(W), axis=-1)  # includes j = i, which equals ||W_i||^2
     live = norms > ZERO_NORM
-    return xp.where(live, norms**2 / xp.where(live, denom, 1.0), 0.0)
+    return xp.where(xp.isnan(norms), xp.nan, xp.where(live, norms**2 / xp.where(live, denom, 1.0), 0.0))
 
 
 def interference_array(W):

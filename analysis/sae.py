@@ -55,6 +55,7 @@ the pure functions `sae_init_params`, `sae_encode`, `sae_decode`, `sae_loss` are
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import jax
@@ -230,7 +231,8 @@ def mmcs(true_directions, decoder, *, feature_mask=None):
     """Mean max cosine similarity: mean over true features g of max_j cos(g, d_j).
 
     `true_directions: (..., hidden, feature)` (columns; for a TMS, W), `decoder: (...,
-    hidden, latent)` (columns); NaN decoder columns (padding) are ignored. `feature_mask (...,
+    hidden, latent)` (columns); NaN decoder columns (padding) are ignored, and a decoder with no
+    column but NaN ones gives NaN. `feature_mask (...,
     feature)` restricts the mean to some features (e.g. the represented ones: a zero column has
     no direction). DataArrays (dims `hidden`, `feature`, `latent`) broadcast over their other
     dims and give a DataArray; 2-D arrays give a float.
@@ -243,6 +245,7 @@ def mmcs(true_directions, decoder, *, feature_mask=None):
         t = t / np.maximum(np.sqrt((t**2).sum("hidden")), 1e-30)
         dec = dec / np.sqrt((dec**2).sum("hidden", skipna=False))
         best = xr.dot(t, dec, dim="hidden").fillna(-np.inf).max("latent")
+        best = best.where(best > -np.inf)  # no decoder column at all (every one NaN): unknown, not -inf
         if feature_mask is not None:
             best = best.where(feature_mask)
         return best.mean("feature").assign_attrs(long_name="mean max cosine similarity (MMCS)", units="1")
@@ -251,9 +254,12 @@ def mmcs(true_directions, decoder, *, feature_mask=None):
     dec = dec / np.linalg.norm(dec, axis=-2, keepdims=True)
     cos = np.einsum("...hf,...hl->...fl", t, dec)
     best = np.where(np.isnan(cos), -np.inf, cos).max(axis=-1)
+    best = np.where(best > -np.inf, best, np.nan)  # no decoder column at all (every one NaN): unknown
     if feature_mask is not None:
         best = np.where(feature_mask, best, np.nan)
-    out = np.nanmean(best, axis=-1)
+    with warnings.catch_warnings():  # every feature NaN (masked out, or no decoder): NaN, said by the value
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out = np.nanmean(best, axis=-1)
     return float(out) if out.ndim == 0 else out
 
 

@@ -94,8 +94,9 @@ def hidden_activations(train: xr.Dataset, *, n_samples: int, key) -> xr.DataArra
 
 
 def k_for(n_features: int, n_hidden: int, feature_probability: float) -> int:
-    """TopK's k for a TMS: the expected number of active features n p, rounded, in 1..m (with n the
-    represented features n_rep: the expected number of active represented features)."""
+    """TopK's k for a TMS: the expected number of active features n p, rounded (Python's `round`:
+    halves to the even neighbour, 2.5 -> 2, 3.5 -> 4), in 1..m (with n the represented features n_rep:
+    the expected number of active represented features)."""
     return int(min(max(1, round(n_features * float(feature_probability))), n_hidden))
 
 

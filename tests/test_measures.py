@@ -55,6 +55,11 @@ def test_antipodal_pair_and_zero_column():
     assert not np.isnan(D).any()
     np.testing.assert_allclose(M.interference(W), [1, 1, 0])
     np.testing.assert_array_equal(M.represented_features(W), [True, True, False])
+    # a column holding NaN is unknown, not a zero column; the NaN stays with its feature
+    broken = W_of([[1.0], [np.nan], [0.0]])
+    D = M.feature_dimensionality(broken).values
+    assert np.isnan(D[1]) and D[2] == 0.0
+    assert np.isnan(np.asarray(M.feature_dimensionality_array(jnp.asarray(broken.values)))[1])
 
 
 def test_extra_dims_are_carried_and_named():

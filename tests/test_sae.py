@@ -38,6 +38,10 @@ def test_mmcs_trivial_cases():
     t = xr.DataArray(np.stack([true, true]), dims=("instance", "hidden", "feature"))
     d = xr.DataArray(decoder, dims=("hidden", "latent"))
     np.testing.assert_allclose(mmcs(t, d).values, [1.0, 1.0])
+    # a decoder with no column but NaN ones (a failed SAE) has no MMCS: NaN, not -inf
+    empty = np.full((4, 3), np.nan)
+    assert np.isnan(mmcs(true, empty))
+    assert np.isnan(mmcs(t, xr.DataArray(empty, dims=("hidden", "latent"))).values).all()
 
 
 def test_fvu_trivial_cases():
