@@ -42,7 +42,8 @@ from jax.flatten_util import ravel_pytree
 
 from analysis.measures import feature_dimensionality, feature_norms, interference, represented_features
 from slt_superposition.checks import MAX_RHAT
-from slt_superposition.curvature import quadratic_llc, step_size_bound
+from slt_superposition.curvature import MAX_DENSE_PARAMETERS, quadratic_llc, step_size_bound
+from slt_superposition.errors import require
 from slt_superposition.llc import SGLDConfig, default_nbeta, estimate_llc_batched
 from slt_superposition.refined import RANK_RTOL, block_spectra, estimate_refined_llc_batched, feature_masks
 from toy_models.data import sparse_uniform
@@ -106,6 +107,9 @@ def per_feature_dataset(train: xr.Dataset, settings: PerFeatureSettings = PerFea
     # each block's own step size and chain length, from its restricted Hessian (computed once per instance)
     spectra, top = block_spectra(loss_fn, params, data, flat, data_batched=True)  # (instance, mask, d)
     eps = np.minimum(step_size_bound(spectra, s.localization, nbeta), s.max_step_size)
+    require(np.isfinite(eps).all(), f"per-feature step sizes come from each block's dense Hessian, which a model of "
+                                    f"more than {MAX_DENSE_PARAMETERS} parameters (or a non-finite Hessian) does not "
+                                    f"give")
     steps, burn = _steps(eps, s)
     shape = sizes + (n_features + 1,)
     block_config = SGLDConfig(step_size=eps.reshape(shape), localization=s.localization, nbeta=nbeta,

@@ -387,7 +387,8 @@ def llc_bound_check(llc, d1, d, *, llc_std=None) -> xr.Dataset:
 
     Returns a Dataset with `lower_bound`, `upper_bound`, `violates_bound` (bool),
     `bound_excess` (lambda minus the violated bound: negative below, positive above, 0
-    inside, NaN where the LLC or d1 is NaN: unknown, never read as inside) and, if `llc_std` is given, `bound_excess_in_std` = bound_excess / llc_std.
+    inside, NaN where the LLC or d1 is NaN: unknown, never read as inside) and, if `llc_std`
+    is given, `bound_excess_in_std` = bound_excess / llc_std.
     """
     as_da = lambda x: x if isinstance(x, xr.DataArray) else xr.DataArray(np.asarray(x, dtype=float))
     llc, d1, d = as_da(llc), as_da(d1), as_da(d)

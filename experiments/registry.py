@@ -244,7 +244,7 @@ def experiment_in(out_dir: Path) -> tuple[str | None, str | None]:
     found = re.search(r"slt-superposition reproduce ([\w-]+)( --quick| --full)?", text)
     if not found:
         return None, None
-    return found.group(1), (found.group(2) or " --default").strip(" -")
+    return found.group(1), {" --quick": "quick", " --full": "full"}.get(found.group(2), "default")
 
 
 def command_line(name: str, out_dir: str | Path, size: str = "default", only: Sequence[str] | None = None,

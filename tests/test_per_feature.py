@@ -55,3 +55,14 @@ def test_models_stack_with_padding_and_the_figure_has_a_panel_each(per_feature):
     assert axes[0].get_ylabel().startswith("2 llc_i / (m + 1)")
     labels = [t.get_text() for t in axes[0].get_legend().get_texts()]
     assert "not represented" in labels
+
+
+def test_a_model_without_block_spectra_is_refused_on_one_line(tiny_grid, monkeypatch):
+    """Beyond the dense-Hessian size the blocks have no spectrum (NaN), so no step size: one line, not
+    chains at a step size of 0 (what the NaN spectrum read as before) or NaN."""
+    import slt_superposition.refined as refined
+    from slt_superposition.errors import InputError
+
+    monkeypatch.setattr(refined, "MAX_DENSE_PARAMETERS", 4)
+    with pytest.raises(InputError, match="dense Hessian"):
+        per_feature_dataset(tiny_grid, TINY, key=jax.random.key(0))
