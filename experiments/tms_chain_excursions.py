@@ -15,7 +15,8 @@ position (W, b), the distance from w* relative to |w*|:
   another critical point of the same class that the data's exchangeable features make (nearly)
   equal in loss;
 
-and whether the set of live features changed (a column norm above half of w*'s median column norm);
+and whether the set of live features changed (a column norm above half of w*'s largest column norm;
+until 2026-12-07 half of its median, which is about 0 where most features are dead);
 the first distance and the live set are `analysis.chain_excursions`', which the flagship stores.
 Printed per (p, n): the estimate +- SE over chains, the medians of both distances, the share of chains
 whose live set changed, and the mean estimate of the chains that changed it against those that did not.
