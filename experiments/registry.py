@@ -35,6 +35,7 @@ from slt_superposition import markdown
 from slt_superposition.errors import InputError
 
 SIZES = ("quick", "default", "full")
+SIZE_FLAGS = {"quick": "--quick", "full": "--full"}  # reproduce's option for each size but the default
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ def check_size(name: str, size: str) -> None:
         raise InputError(f"size must be one of {', '.join(SIZES)}, got '{size}'")
     sizes = get_experiment(name).sizes
     if size not in sizes:
-        flag = {"quick": "--quick", "full": "--full"}.get(size, "the default size")
+        flag = SIZE_FLAGS.get(size, "the default size")
         hint = f"; run it without {flag}" if "default" in sizes and size != "default" else ""
         raise InputError(f"experiment '{name}' has no {flag} (its sizes: {', '.join(sizes)}{hint})")
 
@@ -241,17 +242,18 @@ def experiment_in(out_dir: Path) -> tuple[str | None, str | None]:
         text = (Path(out_dir) / "report.md").read_text(errors="replace")
     except OSError:
         return None, None
-    found = re.search(r"slt-superposition reproduce ([\w-]+)( --quick| --full)?", text)
+    flags = "|".join(SIZE_FLAGS.values())
+    found = re.search(rf"slt-superposition reproduce ([\w-]+)(?: ({flags}))?", text)
     if not found:
         return None, None
-    return found.group(1), {" --quick": "quick", " --full": "full"}.get(found.group(2), "default")
+    return found.group(1), {flag: size for size, flag in SIZE_FLAGS.items()}.get(found.group(2), "default")
 
 
 def command_line(name: str, out_dir: str | Path, size: str = "default", only: Sequence[str] | None = None,
                  **options) -> str:
     """The CLI command that reproduces `name` at `size` into `out_dir` (for report.md); `only` and
     `options` as given to `reproduce`."""
-    flag = {"quick": " --quick", "full": " --full"}.get(size, "")
+    flag = f" {SIZE_FLAGS[size]}" if size in SIZE_FLAGS else ""
     cases = "".join(f" --only {shlex.quote(case)}" for case in only or ())
     sets = "".join(f" --set {shlex.quote(f'{key}={value!r}')}" for key, value in options.items())
     return f"slt-superposition reproduce {name}{flag}{cases}{sets} --out {shlex.quote(str(out_dir))}"
