@@ -102,14 +102,20 @@ def rank_above_gradient_floor(eigenvalues: xr.DataArray, grad_norm, *, rtol: flo
     point on finite data; see "Statistical floor" in the module doc) flat directions pick up
     curvature of order |grad L|, so an eigenvalue is counted only where
     |lambda| > max(rtol * max |lambda|, |grad L|). `eigenvalues`: DataArray with an `eigen`
-    dim; `grad_norm`: DataArray (or scalar) over its other dims. Returns a DataArray.
+    dim; `grad_norm`: DataArray (or scalar) over its other dims. Returns an integer DataArray, or
+    a float one with NaN where the rank is unknown: a non-finite gradient norm (the floor is
+    unknown) or no finite eigenvalue (a non-finite Hessian), never a rank of 0 for either.
     """
     require("eigen" in eigenvalues.dims, "rank_above_gradient_floor needs a DataArray with an 'eigen' dim")
     d = eigenvalues.attrs.get("n_parameters") or eigenvalues.sizes["eigen"]
     rtol = default_rtol(int(d)) if rtol is None else float(rtol)
     magnitude = np.abs(eigenvalues.fillna(0.0))
     tol = np.maximum(rtol * magnitude.max("eigen"), grad_norm)
-    return (magnitude > tol).sum("eigen").astype(np.int64).assign_attrs(
+    rank = (magnitude > tol).sum("eigen").astype(np.int64)
+    known = np.isfinite(grad_norm) & eigenvalues.notnull().any("eigen")
+    if not bool(np.all(known)):
+        rank = rank.where(known)
+    return rank.assign_attrs(
         long_name="rank of the loss Hessian above max(rounding tolerance, gradient norm)", units="1", rtol=rtol)
 
 

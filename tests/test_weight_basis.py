@@ -12,6 +12,7 @@ from analysis.weight_basis import (
     hessian_spectrum,
     llc_bound_check,
     numerical_rank,
+    rank_above_gradient_floor,
     weight_basis_measures,
 )
 from slt_superposition.errors import InputError
@@ -173,6 +174,15 @@ def test_default_tolerance_and_errors():
         hessian_spectrum(loss, params, data, method="power")
     with pytest.raises(InputError):
         hessian_spectrum(loss, params, data, method="lanczos", num_eigs=11)
+
+
+def test_rank_above_the_gradient_floor_is_unknown_where_the_floor_or_the_spectrum_is():
+    # a NaN gradient norm (or a spectrum with no finite eigenvalue) read as rank 0 before
+    eig = xr.DataArray([[4.0, 0.5, 1e-3], [4.0, 0.5, 1e-3], [np.nan, np.nan, np.nan]], dims=("instance", "eigen"))
+    rank = rank_above_gradient_floor(eig, xr.DataArray([1e-2, np.nan, 1e-2], dims="instance"))
+    assert rank.values[0] == 2 and np.isnan(rank.values[1:]).all()
+    finite = rank_above_gradient_floor(eig[:2], xr.DataArray([1e-2, 1.0], dims="instance"))
+    assert finite.dtype == np.int64 and finite.values.tolist() == [2, 1]
 
 
 def test_quadratic_llc_prediction_matches_the_euler_chain():
