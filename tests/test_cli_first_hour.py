@@ -67,8 +67,15 @@ def test_plot_writes_next_to_the_dataset_by_default(tmp_path, tiny_grid, capsys,
     path = save_dataset(tiny_grid, tmp_path / "run" / "tms.nc")
     monkeypatch.chdir(tmp_path)  # the working directory (a checkout) stays clean
     assert main(["plot", str(path)]) == 0
-    assert sorted(p.name for p in (tmp_path / "run" / "figures").iterdir()) == ["W_columns.png", "loss_curves.png"]
+    first = tmp_path / "run" / "figures" / "tms"
+    assert sorted(p.name for p in first.iterdir()) == ["W_columns.png", "loss_curves.png"]
     assert not (tmp_path / "figures").exists()
+    # a second dataset of the same kind in the same folder draws beside the first, replacing nothing
+    drawn = {p.name: p.read_bytes() for p in first.iterdir()}
+    other = save_dataset(tiny_grid.isel(seed=[0]), tmp_path / "run" / "tms_seed0.nc")
+    assert main(["plot", str(other)]) == 0
+    assert {p.name: p.read_bytes() for p in first.iterdir()} == drawn
+    assert sorted(p.name for p in (tmp_path / "run" / "figures" / "tms_seed0").iterdir()) == sorted(drawn)
 
 
 def test_llc_calibrate_max_steps_caps_the_chain_length(tmp_path, tiny_grid, capsys):

@@ -26,12 +26,13 @@ PLOTTERS = {
 def plot(
     path: Path = typer.Argument(..., help="A result dataset (.nc) written by slt-superposition."),
     out: Optional[Path] = typer.Option(
-        None, "--out", help="Folder for the figures (created if missing; default: 'figures' next to the dataset)."),
+        None, "--out", help="Folder for the figures (created if missing; default: figures/NAME next to the dataset "
+                            "NAME.nc, so that two datasets' figures of the same kind do not replace each other)."),
 ) -> None:
     """Draw the figures for a result dataset (training grid, LLC traces, calibration sweep, comparison)."""
     from slt_superposition.io import open_result
 
-    out = path.parent / "figures" if out is None else out
+    out = default_figure_folder(path) if out is None else out
     ds = open_result(path)
     kind = ds.attrs["slt_superposition_kind"]
     if kind not in PLOTTERS:
@@ -62,6 +63,13 @@ def plot(
             warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     for figure_path in paths:
         print(figure_path)
+
+
+def default_figure_folder(path: Path) -> Path:
+    """Where `plot PATH` draws without --out: `figures/<dataset name>` beside the dataset (one
+    folder per dataset: the figure names are per kind, so a shared folder would let the second
+    dataset of a kind replace the first's figures)."""
+    return path.parent / "figures" / path.stem
 
 
 def _writable_folder(out: Path) -> bool:

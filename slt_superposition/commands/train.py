@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from slt_superposition.commands import distributed_options as dist
+from slt_superposition.commands.plot import default_figure_folder
 from slt_superposition.errors import InputError
 
 
@@ -125,7 +126,7 @@ def train(
     typer.echo(f"dataset: {path}")
     if diverged:
         raise InputError(diverged_message(diverged, config.n_instances) + f" (dataset kept for inspection: {path})")
-    typer.echo(f"figures: slt-superposition plot {shlex.quote(str(path))}   (into {path.parent / 'figures'})")
+    typer.echo(f"figures: slt-superposition plot {shlex.quote(str(path))}   (into {default_figure_folder(path)})")
 
 
 def register(app: typer.Typer) -> None:
