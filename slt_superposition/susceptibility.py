@@ -153,8 +153,11 @@ def _attach(ds: xr.Dataset, moments: dict, obs_names: list[str], delta_names: li
     with np.errstate(invalid="ignore", divide="ignore"):
         phi_star = moments["observable_at_init"][..., 0, :]
         delta_star = moments["delta_at_init"][..., 0, :]
-        phi_mean = phi_star + np.nansum(np.where(ok[..., None], a, 0.0), axis=-2) / np.maximum(count, 1)[..., None]
-        delta_mean = delta_star + np.nansum(np.where(ok[..., None], c, 0.0), axis=-2) / np.maximum(count, 1)[..., None]
+        # a kept chain's NaN mean (an observable undefined where it went) makes the mean NaN, as it makes
+        # chi NaN; no kept chain: NaN
+        kept = np.where(count > 0, count, np.nan)[..., None]
+        phi_mean = phi_star + np.sum(np.where(ok[..., None], a, 0.0), axis=-2) / kept
+        delta_mean = delta_star + np.sum(np.where(ok[..., None], c, 0.0), axis=-2) / kept
     pert, obs = "perturbation", "observable"
     out = ds.copy()
     out = out.assign_coords({pert: np.asarray(delta_names, dtype=object).astype(str),

@@ -189,3 +189,22 @@ def test_response_matrix_of_a_grid(tiny_grid):
     own, cross = own_and_cross(ds, "loss")
     assert own.shape == (2, 1, 2, 5) and np.all(cross.values >= 0)
     assert "| p |" in response_section(ds)
+
+
+def test_a_kept_chains_nan_observable_makes_its_mean_nan_not_a_mean_over_fewer_chains():
+    # sqrt(w + 0.06) is NaN wherever a chain went below w = -0.06: the posterior mean of such an
+    # observable is unknown, as its chi is (a NaN was left out of the sum but counted before)
+    def loss(p, d):
+        return 0.5 * jnp.mean(d) * p["w"][0] ** 2
+
+    observables = {"sqrt": lambda p, d: jnp.sqrt(p["w"][0] + 0.06), "w": lambda p, d: p["w"][0]}
+    config = SGLDConfig(step_size=2e-5, localization=1.0, nbeta=1000.0, num_chains=8, num_steps=500, num_burnin=100)
+    ds = estimate_susceptibilities(loss, {"w": jnp.zeros(1)}, jnp.ones((50,)), delta_loss_fns={"lin": observables["w"]},
+                                   observables=observables, config=config, key=jax.random.key(0))
+    assert not ds["diverged"].values.any()
+    per_chain = ds["observable_mean_per_chain"].sel(observable="sqrt").values
+    assert np.isnan(per_chain).any() and np.isfinite(per_chain).any()
+    assert np.isnan(float(ds["observable_mean"].sel(observable="sqrt")))
+    assert np.isnan(float(ds["susceptibility"].sel(observable="sqrt", perturbation="lin")))
+    w_chains = ds["observable_mean_per_chain"].sel(observable="w").values
+    assert float(ds["observable_mean"].sel(observable="w")) == pytest.approx(w_chains.mean(), rel=1e-6)
