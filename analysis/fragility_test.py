@@ -120,7 +120,7 @@ def agreement_rows(ds: xr.Dataset, measures: xr.Dataset) -> list[tuple]:
         row.append(f"{int(retrained.sum())}")
         for kind, _ in KINDS:
             chi = part[f"susceptibility_{kind}"]
-            delta = part[f"retrain_delta_{kind}"].reindex_like(chi)
+            delta = part[f"retrain_delta_{kind}"].reindex_like(chi).transpose(*chi.dims)
             p, d = chi.values.ravel(), delta.values.ravel()
             ok = np.isfinite(p) & np.isfinite(d)
             moved = ok & (np.abs(d) > MOVED)
@@ -129,16 +129,25 @@ def agreement_rows(ds: xr.Dataset, measures: xr.Dataset) -> list[tuple]:
         m = measures.sel(model=model)
         row.append(f"{np.nanmedian(m['retrain_rank_correlation'].values):+.2f}"
                    if np.isfinite(m["retrain_rank_correlation"].values).any() else "-")
-        k_pred = m["predicted_delta_k"].reindex_like(part["retrain_delta_k"]).values
-        k_true = part["retrain_delta_k"].values
+        k_true = part["retrain_delta_k"]
+        k_pred = m["predicted_delta_k"].reindex_like(k_true).transpose(*k_true.dims).values
+        k_true = k_true.values
         ok = np.isfinite(k_pred) & np.isfinite(k_true)
         row.append(f"{np.mean(k_pred[ok] == k_true[ok]):.2f} ({int(ok.sum())}; {int((k_true[ok] != 0).sum())} changed)"
                    if ok.any() else "-")
         with np.errstate(invalid="ignore", divide="ignore"):
-            ratio = m["retrain_rms_norm"].values / m["susceptibility_rms_norm"].values
+            ratio = (m["retrain_rms_norm"] / m["susceptibility_rms_norm"]).values
         row.append(f"{np.nanmedian(ratio):.2f}" if np.isfinite(ratio).any() else "-")
         rows.append(tuple(row))
     return rows
+
+
+def _group_and_value(ds: xr.Dataset, measures: xr.Dataset, model, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """(in the region, susceptibility RMS) of one model's instances, both `(feature_probability,
+    ...)` in the same dim order whatever order each variable was stored in."""
+    value = measures[f"susceptibility_rms_{kind}"].sel(model=model).transpose("feature_probability", ...)
+    group = ds[GROUP].sel(model=model).transpose(*value.dims)
+    return group.values.astype(bool), value.values
 
 
 def conjecture_rows(ds: xr.Dataset, measures: xr.Dataset, kind: str = "norm") -> list[tuple]:
@@ -148,8 +157,7 @@ def conjecture_rows(ds: xr.Dataset, measures: xr.Dataset, kind: str = "norm") ->
     in how many the region's median is the larger."""
     rows = []
     for model in ds["model"].values:
-        group = ds[GROUP].sel(model=model).values.astype(bool)
-        value = measures[f"susceptibility_rms_{kind}"].sel(model=model).values
+        group, value = _group_and_value(ds, measures, model, kind)
         ok = np.isfinite(value)
         inside, outside = value[ok & group], value[ok & ~group]
         wins = both = 0
@@ -171,8 +179,7 @@ def pooled_conjecture(ds: xr.Dataset, measures: xr.Dataset, kind: str = "norm") 
     counts, medians inside and outside the region, and the one-sided Mann-Whitney p-value."""
     inside, outside = [], []
     for model in ds["model"].values:
-        group = ds[GROUP].sel(model=model).values.astype(bool)
-        value = measures[f"susceptibility_rms_{kind}"].sel(model=model).values
+        group, value = _group_and_value(ds, measures, model, kind)
         ok = np.isfinite(value)
         scale = np.median(value[ok]) if ok.any() else np.nan
         inside += list(value[ok & group] / scale)

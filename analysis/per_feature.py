@@ -41,13 +41,14 @@ import xarray as xr
 from jax.flatten_util import ravel_pytree
 
 from analysis.measures import feature_dimensionality, feature_norms, interference, represented_features
+from analysis.tms_susceptibility import require_sparse_uniform
 from slt_superposition.checks import MAX_RHAT
 from slt_superposition.curvature import MAX_DENSE_PARAMETERS, quadratic_llc, step_size_bound
 from slt_superposition.errors import require
 from slt_superposition.llc import SGLDConfig, default_nbeta, estimate_llc_batched
 from slt_superposition.refined import RANK_RTOL, block_spectra, estimate_refined_llc_batched, feature_masks
 from toy_models.data import sparse_uniform
-from toy_models.train import GRID_DIMS, instance_inputs_for, llc_inputs
+from toy_models.train import GRID_DIMS, config_from_dataset, instance_inputs_for, llc_inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +92,8 @@ def _flat_masks(masks: dict) -> np.ndarray:
 def per_feature_dataset(train: xr.Dataset, settings: PerFeatureSettings = PerFeatureSettings(), *, key) -> xr.Dataset:
     """The per-feature dataset of a trained grid `train` (`toy_models.train.train_grid`)."""
     s = settings
+    # the data-refined chains condition `sparse_uniform` on each feature (`conditional_feature_data`)
+    require_sparse_uniform(config_from_dataset(train), "the per-feature dataset's data-refined LLC")
     data_key, weight_key, data_refined_key, llc_key = jax.random.split(key, 4)
     loss_fn, params, data = llc_inputs(train, n_samples=s.n_samples, key=data_key)
     grid = {d: train[d].values for d in GRID_DIMS}

@@ -27,6 +27,7 @@ import numpy as np
 import xarray as xr
 
 from analysis.measures import REPRESENTED_THRESHOLD, feature_dimensionality_array, feature_norms_array
+from analysis.tms_susceptibility import check_features, require_sparse_uniform
 from toy_models.train import GRID_DIMS, TrainConfig, instance_inputs, trainer_functions
 
 
@@ -50,7 +51,8 @@ def retrain_perturbed(config: TrainConfig, features: Sequence[int], factor: floa
 
     Returns W `(grid..., perturbed_feature, hidden, feature)`, b `(grid..., perturbed_feature,
     feature)` and with `control` also `W_control (grid..., hidden, feature)`, `b_control`."""
-    features = tuple(int(j) for j in features)
+    require_sparse_uniform(config, "retraining at a perturbed feature probability")
+    features = check_features(features, config.n_features)
     n_pert = 1 + len(features)
     init, chunk = trainer_functions(config)
     inputs = instance_inputs(config)

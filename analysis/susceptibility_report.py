@@ -25,10 +25,12 @@ import numpy as np
 import xarray as xr
 
 from analysis.measures import feature_dimensionality_array, feature_norms_array
-from analysis.tms_susceptibility import feature_loss, feature_norm, paired_data, probability_delta, tms_data_loss
+from analysis.tms_susceptibility import (check_features, feature_loss, feature_norm, paired_data, probability_delta,
+                                         require_sparse_uniform, tms_data_loss)
 from slt_superposition import markdown
+from slt_superposition.errors import InputError
 from slt_superposition.susceptibility import estimate_susceptibilities
-from toy_models.train import GRID_DIMS, instance_inputs_for, params_from_dataset
+from toy_models.train import GRID_DIMS, config_from_dataset, instance_inputs_for, params_from_dataset
 
 
 def response_matrix(train: xr.Dataset, *, config, key, n_samples: int = 512, factor: float = 1.5) -> xr.Dataset:
@@ -37,6 +39,7 @@ def response_matrix(train: xr.Dataset, *, config, key, n_samples: int = 512, fac
     Returns the `estimate_susceptibilities` dataset with the grid dims leading (perturbation
     `p{j}_up`, observable `loss_{i}` / `norm_{i}`). Observables and loss differences are
     evaluated on all `n_samples` samples at every step: keep it small."""
+    require_sparse_uniform(config_from_dataset(train), "the response matrix", plain_model=True)
     n_features = train.sizes["feature"]
     inputs = instance_inputs_for(train)
     data_key, chain_key = jax.random.split(key)
@@ -126,8 +129,9 @@ def flagship_susceptibility_chains(loss_fn, params, data, *, config, key, instan
     key these are the LLC's own chains, so `estimate_llc_batched(..., sampled=this)` gives the
     LLC and its checks without sampling them again."""
     if not 0.0 < float(factor) <= 1.0:
-        raise ValueError(f"factor must be in (0, 1] (a lowered probability), got {factor}")
+        raise InputError(f"factor must be in (0, 1] (a lowered probability), got {factor}")
     n_features = int(np.shape(data["x"])[-1])
+    features = check_features(features, n_features)
     observables = {**{f"norm_{i}": (lambda p, d, i=i: feature_norms_array(p["W"])[i]) for i in range(n_features)},
                    **{f"dim_{i}": (lambda p, d, i=i: feature_dimensionality_array(p["W"])[i])
                       for i in range(n_features)}}

@@ -23,7 +23,36 @@ import jax
 import jax.numpy as jnp
 
 from analysis.measures import feature_dimensionality_array, feature_norms_array
+from slt_superposition.errors import InputError
 from toy_models.tms import tms_forward, tms_loss
+
+
+def check_features(features, n_features: int) -> tuple[int, ...]:
+    """`features` as a tuple of ints, each a feature index in [0, n_features); `InputError` (one
+    line) otherwise: jax clamps an out-of-range read and drops an out-of-range write, so a bad
+    index would read another feature's response, or a response of 0, and a negative one the last
+    features'."""
+    picked = tuple(int(j) for j in features)
+    bad = [j for j in picked if not 0 <= j < n_features]
+    if bad:
+        raise InputError(f"feature index {bad[0]} is out of range: the model has {n_features} features (0 .. "
+                         f"{n_features - 1})")
+    return picked
+
+
+def require_sparse_uniform(config, what: str, *, plain_model: bool = False) -> None:
+    """`InputError` (one line) unless the training grid `config` (`toy_models.train.TrainConfig`)
+    drew `sparse_uniform` data, and with `plain_model` also trained the plain TMS at uniform
+    importance: the paired perturbations here raise one entry of `sparse_uniform`'s feature
+    probabilities, which the other generators do not read the same way (`high_sparsity_limit`
+    ignores them), and `tms_data_loss` is the plain, uniform-importance loss. `what` names the
+    measurement in the message."""
+    if config.data != "sparse_uniform":
+        raise InputError(f"{what} perturbs the feature probabilities of 'sparse_uniform' data; this grid was trained "
+                         f"on '{config.data}' data")
+    if plain_model and (config.model != "tms" or any(float(r) != 1.0 for r in config.importance_decays)):
+        raise InputError(f"{what} samples the plain TMS loss at uniform importance; this grid was trained with model "
+                         f"'{config.model}' and importance decays {list(config.importance_decays)}")
 
 
 def _read(u, p):

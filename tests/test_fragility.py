@@ -139,3 +139,62 @@ def test_section_and_control_commands_give_one_line_errors_and_help(capsys):
             command(["--help"])
         assert done.value.code == 0
     assert "more than 10% of their norm" in capsys.readouterr().out
+
+
+def _with_config(train: xr.Dataset, **changes) -> xr.Dataset:
+    """`train` with its stored TrainConfig changed (the grid's weights left as they are)."""
+    import json
+
+    config = json.loads(train.attrs["config"])
+    config.update(changes)
+    return train.assign_attrs(config=json.dumps(config, sort_keys=True))
+
+
+def test_measurements_that_perturb_sparse_uniform_refuse_other_grids_and_bad_features(tiny_config, tiny_grid):
+    """Retraining, the response matrix and the per-feature dataset perturb or condition
+    `sparse_uniform`'s probabilities with the plain loss: another generator, model or importance is
+    one line (they ran on the wrong distribution before: `high_sparsity_limit` retrained exactly the
+    control), as is a feature index out of range (jax clamped or dropped it: a response of 0)."""
+    from analysis.per_feature import per_feature_dataset
+    from analysis.retrain_response import retrain_perturbed
+    from analysis.susceptibility_report import flagship_susceptibility_chains, response_matrix
+    from slt_superposition.errors import InputError
+
+    with pytest.raises(InputError, match="trained on 'high_sparsity_limit' data"):
+        retrain_perturbed(dataclasses.replace(tiny_config, data="high_sparsity_limit"), (0,), 0.5)
+    with pytest.raises(InputError, match="trained on 'correlated_pairs' data"):
+        retrain_perturbed(dataclasses.replace(tiny_config, data="correlated_pairs", n_features=4), (0,), 0.5)
+    with pytest.raises(InputError, match="feature index 7 is out of range: the model has 5 features"):
+        retrain_perturbed(tiny_config, (0, 7), 0.5)
+    config = SGLDConfig(step_size=1e-4, localization=1.0, num_chains=2, num_steps=20, num_burnin=5)
+    with pytest.raises(InputError, match="importance decays \\[0.5\\]"):
+        response_matrix(_with_config(tiny_grid, importance_decays=[0.5]), config=config, key=jax.random.key(0))
+    with pytest.raises(InputError, match="model 'tms_relu_hidden'"):
+        response_matrix(_with_config(tiny_grid, model="tms_relu_hidden"), config=config, key=jax.random.key(0))
+    with pytest.raises(InputError, match="data-refined LLC .* 'high_sparsity_limit' data"):
+        per_feature_dataset(_with_config(tiny_grid, data="high_sparsity_limit"), key=jax.random.key(0))
+    loss_fn, params, data = llc_inputs(tiny_grid, n_samples=64, key=jax.random.key(1))
+    dims = {d: tiny_grid[d].values for d in GRID_DIMS}
+    options = dict(config=config, key=jax.random.key(2), instance_dims=dims, eval_samples=32)
+    with pytest.raises(InputError, match="feature index -1 is out of range"):
+        flagship_susceptibility_chains(loss_fn, params, data, features=(-1,), factor=0.5, **options)
+    with pytest.raises(InputError, match="factor must be in \\(0, 1\\]"):
+        flagship_susceptibility_chains(loss_fn, params, data, features=(0,), factor=1.5, **options)
+
+
+def test_conjecture_rows_read_the_region_and_the_susceptibility_in_the_same_order():
+    # the region mask stored (model, seed, feature_probability) against the susceptibility's
+    # (model, feature_probability, seed): the instance in the region (p = 0.1, seed 1) has the large
+    # value; read by position the mask picked another instance
+    from analysis.fragility_test import GROUP, conjecture_rows, pooled_conjecture
+
+    coords = {"model": ["m"], "feature_probability": [0.1, 0.3], "seed": [0, 1]}
+    value = xr.DataArray([[[1.0, 9.0], [1.0, 1.0]]], dims=("model", "feature_probability", "seed"), coords=coords)
+    group = xr.DataArray([[[False, True], [False, False]]], dims=value.dims, coords=coords)
+    measures = xr.Dataset({"susceptibility_rms_norm": value})
+    stored = xr.Dataset({GROUP: group})
+    swapped = xr.Dataset({GROUP: group.transpose("model", "seed", "feature_probability")})
+    rows = conjecture_rows(stored, measures)
+    assert rows == conjecture_rows(swapped, measures)
+    assert rows[0][1:6] == ("1", "3", "9", "1", "9.00") and rows[0][-1] == "1 of 1"
+    assert pooled_conjecture(stored, measures) == pooled_conjecture(swapped, measures)
