@@ -599,6 +599,14 @@ def train_sae(
     instance_dims = tuple(dims_given) if dims_given is not None else (("instance",) if acts.ndim == 3 else ())
     require(len(instance_dims) == acts.ndim - 2,
             f"instance_dims {instance_dims} do not match activations of shape {acts.shape}")
+    if isinstance(eval_activations, xr.DataArray):  # by name, as the activations' instance dims
+        require(set(instance_dims) <= set(eval_activations.dims),
+                f"eval_activations dims {eval_activations.dims} lack the instance dims {instance_dims}")
+        eval_activations = eval_activations.transpose(*instance_dims, ...)
+    if isinstance(k, xr.DataArray):
+        require(set(k.dims) <= set(instance_dims), f"k dims {k.dims} are not among the instance dims {instance_dims}")
+        k = k.transpose(*[d for d in instance_dims if d in k.dims]).expand_dims(
+            [d for d in instance_dims if d not in k.dims]).transpose(*instance_dims)
     eval_acts = acts if eval_activations is None else np.asarray(
         getattr(eval_activations, "values", eval_activations), np.float32)
     require(eval_acts.shape[:-2] == acts.shape[:-2] and eval_acts.shape[-1] == acts.shape[-1],
@@ -665,7 +673,8 @@ def train_sae(
     )
     # keep, per (instance, dict size), the restart with the lowest FVU on the training activations
     train_fvu = np.asarray(train_fvu).reshape(n_inst, len(sizes), restarts)
-    best = np.argmin(train_fvu, axis=-1)  # (instance, dict_size)
+    # a NaN restart is never the best (np.argmin picks the first NaN); all NaN: the first, NaN as it is
+    best = np.argmin(np.where(np.isnan(train_fvu), np.inf, train_fvu), axis=-1)  # (instance, dict_size)
 
     def pick(x):
         x = np.asarray(x).reshape((n_inst, len(sizes), restarts) + np.shape(x)[2:])
@@ -689,7 +698,7 @@ def train_sae(
                       "rare_fraction": float(rare_fraction)}
                      if resample_at else {}),
                   key=np.asarray(jax.random.key_data(key)).tolist())
-    return xr.Dataset(
+    ds = xr.Dataset(
         {
             "decoder": ((*grid, "hidden", "latent"), decoder,
                         {"long_name": "SAE decoder direction (unit column; NaN beyond dict_size)", "units": "1"}),
@@ -719,3 +728,22 @@ def train_sae(
                 "step": log_every * np.arange(1, steps // log_every + 1)},
         attrs=provenance_attrs("sae", config),
     )
+    return _unknown_where_constant(ds, acts, instance_dims)
+
+
+def _unknown_where_constant(ds: xr.Dataset, acts: np.ndarray, instance_dims: tuple) -> xr.Dataset:
+    """`ds` with every variable NaN for the instances whose training activations `acts (*instance,
+    sample, hidden)` do not vary (e.g. no feature fired in a sparse instance's few samples): the
+    loss is normalised by their variance, 0, so such an SAE is NaN throughout, and its NaN codes
+    would read as "every latent dead, l0 0". Said in a RuntimeWarning."""
+    constant = ~(acts.astype(np.float64).var(axis=-2).sum(axis=-1) > 0)  # (*instance,)
+    if not constant.any():
+        return ds
+    warnings.warn(f"{int(constant.sum())} of {constant.size} instances have activations that do not vary on the SAE "
+                  f"samples (no feature active?): their SAE variables are NaN", RuntimeWarning, stacklevel=3)
+    known = xr.DataArray(~constant, dims=instance_dims)
+    out = ds.copy()
+    for name, var in ds.data_vars.items():
+        if set(instance_dims) <= set(var.dims):
+            out[name] = var.where(known).transpose(*var.dims).assign_attrs(var.attrs)
+    return out

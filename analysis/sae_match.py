@@ -41,15 +41,21 @@ def assignment(true_directions, decoder, feature_mask=None) -> tuple[np.ndarray,
     latents take no part)."""
     cos = cosine_matrix(true_directions, decoder)
     features = np.flatnonzero(np.ones(cos.shape[0], bool) if feature_mask is None else np.asarray(feature_mask))
-    latents = np.flatnonzero(~np.isnan(cos).any(axis=0))
-    rows, cols = linear_sum_assignment(cos[np.ix_(features, latents)], maximize=True)
+    latents = np.flatnonzero(~np.isnan(np.asarray(decoder, np.float64)).any(axis=0))  # padding: NaN decoder columns
+    block = cos[np.ix_(features, latents)]
+    if np.isnan(block).any():  # a selected feature without a direction (NaN column): no matching
+        return features[:0], latents[:0]
+    rows, cols = linear_sum_assignment(block, maximize=True)
     return features[rows], latents[cols]
 
 
 def _matched_2d(true_directions, decoder, feature_mask=None) -> float:
     cos = cosine_matrix(true_directions, decoder)
-    n_features = cos.shape[0] if feature_mask is None else int(np.sum(feature_mask))
-    if n_features == 0:
+    features = np.ones(cos.shape[0], bool) if feature_mask is None else np.asarray(feature_mask, bool)
+    n_features = int(features.sum())
+    latents = ~np.isnan(np.asarray(decoder, np.float64)).any(axis=0)
+    # unknown, not 0: no feature selected, a selected feature's direction NaN, or no latent at all
+    if n_features == 0 or not latents.any() or np.isnan(np.asarray(true_directions, np.float64)[:, features]).any():
         return float("nan")
     rows, cols = assignment(true_directions, decoder, feature_mask)
     return float(cos[rows, cols].sum() / n_features)  # unmatched features add 0
@@ -61,18 +67,23 @@ def matched_cosine(true_directions, decoder, *, feature_mask=None):
 
     `true_directions: (..., hidden, feature)`, `decoder: (..., hidden, latent)`, `feature_mask:
     (..., feature)`. DataArrays (dims `hidden`, `feature`, `latent`) broadcast over their other
-    dims and give a DataArray; 2-D arrays give a float. NaN where no feature is selected.
+    dims and give a DataArray; numpy arrays broadcast as numpy does (leading dims aligned from the
+    right, as in `analysis.sae.mmcs`), 2-D arrays give a float. NaN where no feature is selected,
+    a selected feature's direction is NaN, or the decoder has no latent (every column NaN).
     """
     if not (isinstance(true_directions, xr.DataArray) or isinstance(decoder, xr.DataArray)):
         t, d = np.asarray(true_directions), np.asarray(decoder)
         if t.ndim == 2 and d.ndim == 2:
             return _matched_2d(t, d, feature_mask)
-        t = xr.DataArray(t, dims=(*[f"dim_{i}" for i in range(t.ndim - 2)], "hidden", "feature"))
-        d = xr.DataArray(d, dims=(*[f"dim_{i}" for i in range(d.ndim - 2)], "hidden", "latent"))
-        if feature_mask is not None:
-            fm = np.asarray(feature_mask)
-            feature_mask = xr.DataArray(fm, dims=(*[f"dim_{i}" for i in range(fm.ndim - 1)], "feature"))
-        return matched_cosine(t, d, feature_mask=feature_mask).values
+        # the leading dims broadcast as numpy's (and mmcs's einsum) do: aligned from the right
+        fm = None if feature_mask is None else np.asarray(feature_mask)
+        lead = np.broadcast_shapes(t.shape[:-2], d.shape[:-2], () if fm is None else fm.shape[:-1])
+        names = tuple(f"dim_{i}" for i in range(len(lead)))
+        t = xr.DataArray(np.broadcast_to(t, lead + t.shape[-2:]), dims=names + ("hidden", "feature"))
+        d = xr.DataArray(np.broadcast_to(d, lead + d.shape[-2:]), dims=names + ("hidden", "latent"))
+        if fm is not None:
+            feature_mask = xr.DataArray(np.broadcast_to(fm, lead + fm.shape[-1:]), dims=names + ("feature",))
+        return matched_cosine(t, d, feature_mask=feature_mask).transpose(*names).values
     t = true_directions if isinstance(true_directions, xr.DataArray) else xr.DataArray(
         np.asarray(true_directions), dims=("hidden", "feature"))
     d = decoder if isinstance(decoder, xr.DataArray) else xr.DataArray(np.asarray(decoder), dims=("hidden", "latent"))

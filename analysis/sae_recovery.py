@@ -65,16 +65,21 @@ def recovery_scores(sae: xr.Dataset, W: xr.DataArray) -> xr.Dataset:
         "sae_dead_at_n_rep": at(sae["dead_fraction"]).assign_attrs(
             long_name="dead-latent fraction of the SAE with n_rep latents", units="1"),
     })
+    # NaN (unknown) where no SAE with n_rep latents was trained, or its scores are unknown: not False
+    known = out["sae_matched_cosine"].notnull() & out["sae_mmcs_at_n_rep"].notnull()
     out["sae_recovered"] = ((out["sae_matched_cosine"] >= RECOVERY_THRESHOLD)
-                            & (out["sae_mmcs_at_n_rep"] >= RECOVERY_THRESHOLD)).assign_attrs(
-        long_name=f"SAE with n_rep latents recovers W (matched cosine and MMCS >= {RECOVERY_THRESHOLD})", units="1")
+                            & (out["sae_mmcs_at_n_rep"] >= RECOVERY_THRESHOLD)).where(known).assign_attrs(
+        long_name=f"SAE with n_rep latents recovers W (matched cosine and MMCS >= {RECOVERY_THRESHOLD}; NaN where "
+                  f"no SAE had n_rep latents)", units="1")
     return out
 
 
 def recovery_share(recovered: xr.DataArray, posed: xr.DataArray) -> tuple[int, int]:
-    """(recovered, well posed) instance counts."""
-    posed = np.asarray(posed, bool)
-    return int(np.sum(np.asarray(recovered, bool) & posed)), int(np.sum(posed))
+    """(recovered, well posed) instance counts; an instance whose `recovered` is unknown (NaN: no
+    SAE with n_rep latents) counts in neither."""
+    recovered = np.asarray(recovered, np.float64)
+    posed = np.asarray(posed, bool) & ~np.isnan(recovered)
+    return int(np.sum((recovered == 1) & posed)), int(np.sum(posed))
 
 
 def hidden_activations(train: xr.Dataset, *, n_samples: int, key) -> xr.DataArray:

@@ -153,3 +153,46 @@ def test_resampling_moves_a_duplicate_latent_to_the_uncovered_feature():
     same, _, _ = _resample((new, opt_state, jnp.zeros(5, jnp.int32)), h, mask, jax.random.key(0), k=1, k_inst=1.0,
                            kind="topk", n_samples=600, duplicate_cosine=0.95)
     np.testing.assert_array_equal(np.asarray(same["W_dec"]), moved)
+
+
+def test_constant_activations_give_a_nan_sae_not_dead_latents(pentagon_activations):
+    # an instance whose activations never vary (no feature fired) normalises its loss by 0: its SAE
+    # is NaN, which read as "every latent dead, l0 0" before
+    acts = pentagon_activations[:, :2000].copy()
+    acts[1] = 0.0
+    with pytest.warns(RuntimeWarning, match="1 of 2 instances have activations that do not vary"):
+        ds = train_sae(acts, dict_sizes=[2, 3], k=1, steps=20, batch_size=32, restarts=1, key=jax.random.key(0))
+    for name in ("fvu", "dead_fraction", "l0", "latent_frequency", "decoder", "restart_train_fvu"):
+        assert np.isnan(ds[name].isel(instance=1)).all(), name
+        assert np.isfinite(ds[name].isel(instance=0)).any(), name
+    assert np.isfinite(ds["fvu"].isel(instance=0)).all()
+
+
+def test_instance_arrays_are_read_by_dim_name(pentagon_activations):
+    # a k or eval_activations DataArray stored in another dim order than the activations is read by
+    # name: it trained one instance with another's k before (or raised a broadcast traceback)
+    acts = xr.DataArray(pentagon_activations[:, :2000].reshape(1, 2, 2000, 2), dims=("a", "b", "sample", "hidden"))
+    k = xr.DataArray([[0.5, 1.5]], dims=("a", "b"))
+    args = dict(dict_sizes=[2], steps=20, batch_size=32, restarts=1, kind="batch-topk", key=jax.random.key(0))
+    one = train_sae(acts, k=k, eval_activations=acts, **args)
+    other = train_sae(acts, k=k.transpose("b", "a"), eval_activations=acts.transpose("b", "a", "sample", "hidden"),
+                      **args)
+    xr.testing.assert_identical(one, other)
+    assert one["l0"].sel(b=1).item() > one["l0"].sel(b=0).item()
+
+
+def test_a_nan_restart_is_never_kept(pentagon_activations, monkeypatch):
+    import analysis.sae as sae_module
+
+    program = sae_module._train_program_jit
+
+    def one_restart_nan(*args, **kwargs):  # restart 0 of every (instance, size) ends NaN (train and eval FVU)
+        out = list(program(*args, **kwargs))
+        out[1], out[2] = (jnp.asarray(a).at[:, 0].set(jnp.nan) for a in out[1:3])
+        return tuple(out)
+
+    monkeypatch.setattr(sae_module, "_train_program_jit", one_restart_nan)
+    ds = train_sae(pentagon_activations[:, :2000], dict_sizes=[5], k=1, steps=20, batch_size=32, restarts=2,
+                   key=jax.random.key(0))
+    assert np.isnan(ds["restart_train_fvu"].isel(restart=0)).all()
+    assert np.isfinite(ds["fvu"]).all()

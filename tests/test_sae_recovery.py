@@ -109,3 +109,36 @@ def test_recovery_report_counts_the_target_per_model_and_overall(tmp_path):
     assert "a 22 of 26 (85%; lowest model 67%): target not met" in text
     assert "b 24 of 26 (92%; lowest model 92%): target met" in text
     assert "| b | n20_m5 | 11 / 12 |" in text
+
+
+def test_recovery_is_unknown_where_no_sae_had_n_rep_latents():
+    # the pentagon needs 5 latents; with dictionaries of 3 and 4 its recovery is not measured (it read
+    # False before, and the CLI counted it as a failure)
+    from analysis.sae_recovery import recovery_share
+
+    W = _W(PENTAGON, [0.05, 0.1])
+    scores = recovery_scores(_sae_from([PENTAGON, PENTAGON], [3, 4]), W)
+    assert np.isnan(scores["sae_recovered"].values).all()
+    assert recovery_share(scores["sae_recovered"], well_posed(W)) == (0, 0)
+    known = recovery_scores(_sae_from([PENTAGON, PENTAGON[:, [0, 0, 1, 2, 3]]], [3, 5]), W)
+    assert recovery_share(known["sae_recovered"], well_posed(W)) == (1, 2)
+
+
+def test_matched_cosine_is_unknown_not_zero_and_broadcasts_as_mmcs():
+    from analysis.sae import mmcs
+    from analysis.sae_match import matched_cosine, recovered
+
+    nan_decoder = np.full_like(PENTAGON, np.nan)
+    assert np.isnan(mmcs(PENTAGON, nan_decoder)) and np.isnan(matched_cosine(PENTAGON, nan_decoder))
+    # a NaN true column masked out leaves the other features' matching alone (it removed every latent)
+    W = PENTAGON.copy()
+    W[:, 2] = np.nan
+    mask = np.array([1, 1, 0, 1, 1], bool)
+    assert matched_cosine(W, PENTAGON, feature_mask=mask) == pytest.approx(1.0)
+    assert np.isnan(matched_cosine(W, PENTAGON))  # selected and without a direction: unknown
+    # leading dims broadcast from the right in both scores (matched_cosine aligned them from the left)
+    t = np.stack([PENTAGON, PENTAGON[:, [1, 2, 3, 4, 0]] * [[1], [-1]]])  # (2, hidden, feature)
+    d = np.stack([t, t])  # (2, 2, hidden, latent): d[i, j] = t[j]
+    np.testing.assert_allclose(matched_cosine(t, d), mmcs(t, d))
+    np.testing.assert_allclose(matched_cosine(t, d), [[1.0, 1.0], [1.0, 1.0]])
+    assert recovered(t[None], d).all()

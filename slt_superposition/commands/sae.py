@@ -54,6 +54,7 @@ def sae(
     import jax
 
     from analysis.sae import KINDS
+    from analysis.sae_recovery import recovery_share
     from analysis.sae_summary import sae_dataset
     from slt_superposition.errors import check_batch_size, check_seed
     from slt_superposition.io import check_writable, open_result, output_lock, save_dataset
@@ -82,11 +83,12 @@ def sae(
                          train_b_pre=train_b_pre, log_every=log_every,
                          key=jax.random.key(seed), progress=progress, source=str(path))
         saved = save_dataset(ds, out, inputs=[path])
-    recovered = ds["sae_recovered"].where(ds["well_posed"])
-    posed = int(ds["well_posed"].sum())
+    recovered, posed = recovery_share(ds["sae_recovered"], ds["well_posed"])
+    unsized = int((ds["well_posed"] & ds["sae_recovered"].isnull()).sum())
     typer.echo(f"trained {kind} SAEs of sizes {sizes} on {ds['W'].isel(hidden=0, feature=0).size} instances; "
-               f"recovered (matched cosine and MMCS >= 0.95 at n_rep latents) on {int(recovered.sum())} of the "
-               f"{posed} instances where recovery is well posed")
+               f"recovered (matched cosine and MMCS >= 0.95 at n_rep latents) on {recovered} of the "
+               f"{posed} instances where recovery is well posed and an SAE had n_rep latents"
+               + (f" ({unsized} more well posed, with no SAE of their n_rep in --dict-sizes)" if unsized else ""))
     typer.echo(f"dataset: {saved}")
     typer.echo(f"figures: slt-superposition plot {shlex.quote(str(saved))}")
 
