@@ -21,6 +21,7 @@ import xarray as xr
 
 from analysis.sae import sae_encode, train_sae
 from analysis.sae_match import cosine_matrix
+from slt_superposition.errors import require
 
 
 def idealized_contributions(W: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -107,10 +108,15 @@ def best_subsets(W: np.ndarray, cost: np.ndarray, widths) -> tuple[np.ndarray, n
     width, the subset S of w columns of `W: (hidden, n)` that minimises the variance lost,
     sum_{i not in S} cost_i (1 - max_{j in S} max(cos(W_i, W_j), 0)^2) (each dropped feature falls
     on its best kept neighbour), by enumeration. Returns (kept `(width, n)` bool, lost variance
-    `(width,)`); divide by the total variance for an FVU."""
+    `(width,)`); divide by the total variance for an FVU. A zero column has no direction: kept,
+    it explains no other column, and dropped, it loses its whole cost (0 when the cost is the
+    variance the column carries). Non-finite `W` or `cost`: `InputError`."""
     from itertools import combinations
 
-    unit = W / np.linalg.norm(W, axis=0, keepdims=True)
+    W = np.asarray(W, np.float64)
+    require(np.isfinite(W).all() and np.isfinite(cost).all(), "best_subsets needs finite W and cost")
+    norm = np.linalg.norm(W, axis=0, keepdims=True)
+    unit = np.divide(W, norm, out=np.zeros_like(W), where=norm > 0)
     cos = np.maximum(unit.T @ unit, 0.0)
     n = W.shape[1]
     kept, lost = [], []

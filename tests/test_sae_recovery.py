@@ -87,6 +87,18 @@ def test_best_subsets_drop_the_cheapest_direction_first():
     assert lost[1] == pytest.approx(0.05 * 0.75)  # dropped onto a neighbour at 60 degrees
 
 
+def test_best_subsets_with_a_zero_column_drop_it_first():
+    # a zero column (a feature the model does not carry, cost 0) has no direction: it is dropped at no
+    # cost instead of making every subset's loss NaN (a TypeError before); non-finite W is one line
+    from slt_superposition.errors import InputError
+
+    W = np.concatenate([PENTAGON[:, :4], np.zeros((2, 1))], axis=1)
+    kept, lost = best_subsets(W, np.array([1.0, 1.0, 1.0, 1.0, 0.0]), [4, 5])
+    np.testing.assert_array_equal(kept[0], [True, True, True, True, False])
+    np.testing.assert_allclose(lost, 0.0, atol=1e-12)
+    with pytest.raises(InputError, match="finite W"):
+        best_subsets(np.full((2, 3), np.nan), np.ones(3), [2])
+
 def test_resample_steps_scale_with_the_run():
     from analysis.sae_recovery import resample_steps
 
