@@ -615,22 +615,27 @@ def train_sae(
     sizes = [int(s) for s in dict_sizes]
     require(len(sizes) > 0 and len(set(sizes)) == len(sizes) and min(sizes) >= 1,
             f"dict_sizes must be distinct positive integers, got {list(dict_sizes)}")
+    require(kind in KINDS, f"unknown SAE kind '{kind}' (known: {', '.join(KINDS)})")
+    try:
+        k_array = np.asarray(getattr(k, "values", k), np.float64)
+    except (TypeError, ValueError):
+        k_array = np.array(np.nan)
+    require(np.isfinite(k_array).all(), f"k must be a finite number, got {k!r}")
     if kind == "batch-topk":
-        k_values = np.broadcast_to(np.asarray(getattr(k, "values", k), np.float64), acts.shape[:-2])
+        k_values = np.broadcast_to(k_array, acts.shape[:-2])
         require(np.all((k_values > 0) & (k_values <= min(sizes))),
                 f"k must be in (0, {min(sizes)}] (the smallest dictionary), got {k}")
         k_values = k_values.copy()
         k = 1
     else:
-        require(float(k) == int(k) and 1 <= k <= min(sizes),
+        require(k_array.ndim == 0 and float(k_array) == int(k_array) and 1 <= k_array <= min(sizes),
                 f"k must be a whole number in 1..{min(sizes)} (the smallest dictionary), got {k}")
-        k = int(k)
+        k = int(k_array)
         k_values = np.full(acts.shape[:-2], float(k))
     require(steps >= log_every and steps % log_every == 0,
             f"steps ({steps}) must be a positive multiple of log_every ({log_every})")
     require(batch_size >= 1, f"batch_size must be positive, got {batch_size}")
     require(restarts >= 1, f"restarts must be positive, got {restarts}")
-    require(kind in KINDS, f"unknown SAE kind '{kind}' (known: {', '.join(KINDS)})")
     require(schedule in SCHEDULES, f"unknown learning-rate schedule '{schedule}' (known: {', '.join(SCHEDULES)})")
     resample_at = tuple(int(step) for step in resample_at)
     require(all(0 < step < steps and step % log_every == 0 for step in resample_at)

@@ -68,6 +68,13 @@ def test_input_errors_before_compilation():
         train_sae(h, dict_sizes=[3, 3], k=1, steps=10, key=jax.random.PRNGKey(0))
     with pytest.raises(InputError):
         train_sae(h, dict_sizes=[3], k=1, steps=15, key=jax.random.PRNGKey(0))
+    # one line each, the kind before its k (a traceback, or a k error for an unknown kind, before)
+    for k, match in ((np.nan, "k must be a finite number"), (np.inf, "k must be a finite number"),
+                     ("two", "k must be a finite number"), (1.5, "whole number")):
+        with pytest.raises(InputError, match=match):
+            train_sae(h, dict_sizes=[3], k=k, steps=10, key=jax.random.PRNGKey(0))
+    with pytest.raises(InputError, match="unknown SAE kind 'bogus'"):
+        train_sae(h, dict_sizes=[3], k=0.5, steps=10, kind="bogus", key=jax.random.PRNGKey(0))
 
 
 @pytest.fixture(scope="module")
