@@ -35,13 +35,20 @@ def cosine_matrix(true_directions, decoder) -> np.ndarray:
     return t.T @ d
 
 
+def _latent_columns(decoder) -> np.ndarray:
+    """`(latent,)` bool: the decoder columns that are latents, neither NaN (padding) nor zero (no
+    direction: it matches no feature, and its feature, if any, is left unmatched)."""
+    d = np.asarray(decoder, np.float64)
+    return np.isfinite(d).all(axis=0) & (np.linalg.norm(np.nan_to_num(d), axis=0) > 0)
+
+
 def assignment(true_directions, decoder, feature_mask=None) -> tuple[np.ndarray, np.ndarray]:
     """The matching itself: `(feature_index, latent_index)` arrays of the one-to-one assignment that
     maximises the summed cosine (2-D inputs as in `cosine_matrix`; masked-out features and NaN
     latents take no part)."""
     cos = cosine_matrix(true_directions, decoder)
     features = np.flatnonzero(np.ones(cos.shape[0], bool) if feature_mask is None else np.asarray(feature_mask))
-    latents = np.flatnonzero(~np.isnan(np.asarray(decoder, np.float64)).any(axis=0))  # padding: NaN decoder columns
+    latents = np.flatnonzero(_latent_columns(decoder))
     block = cos[np.ix_(features, latents)]
     if np.isnan(block).any():  # a selected feature without a direction (NaN column): no matching
         return features[:0], latents[:0]
@@ -53,7 +60,7 @@ def _matched_2d(true_directions, decoder, feature_mask=None) -> float:
     cos = cosine_matrix(true_directions, decoder)
     features = np.ones(cos.shape[0], bool) if feature_mask is None else np.asarray(feature_mask, bool)
     n_features = int(features.sum())
-    latents = ~np.isnan(np.asarray(decoder, np.float64)).any(axis=0)
+    latents = _latent_columns(decoder)
     # unknown, not 0: no feature selected, a selected feature's direction NaN, or no latent at all
     if n_features == 0 or not latents.any() or np.isnan(np.asarray(true_directions, np.float64)[:, features]).any():
         return float("nan")

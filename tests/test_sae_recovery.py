@@ -148,6 +148,10 @@ def test_matched_cosine_is_unknown_not_zero_and_broadcasts_as_mmcs():
     mask = np.array([1, 1, 0, 1, 1], bool)
     assert matched_cosine(W, PENTAGON, feature_mask=mask) == pytest.approx(1.0)
     assert np.isnan(matched_cosine(W, PENTAGON))  # selected and without a direction: unknown
+    # a zero decoder column is no latent: its feature is left unmatched and scores 0
+    zero = PENTAGON.copy()
+    zero[:, 2] = 0.0
+    assert matched_cosine(PENTAGON, zero) == pytest.approx(0.8)
     # leading dims broadcast from the right in both scores (matched_cosine aligned them from the left)
     t = np.stack([PENTAGON, PENTAGON[:, [1, 2, 3, 4, 0]] * [[1], [-1]]])  # (2, hidden, feature)
     d = np.stack([t, t])  # (2, 2, hidden, latent): d[i, j] = t[j]
