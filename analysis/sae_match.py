@@ -44,27 +44,33 @@ def _latent_columns(decoder) -> np.ndarray:
 
 def assignment(true_directions, decoder, feature_mask=None) -> tuple[np.ndarray, np.ndarray]:
     """The matching itself: `(feature_index, latent_index)` arrays of the one-to-one assignment that
-    maximises the summed cosine (2-D inputs as in `cosine_matrix`; masked-out features and NaN
-    latents take no part)."""
-    cos = cosine_matrix(true_directions, decoder)
+    maximises the summed cosine (2-D inputs as in `cosine_matrix`; masked-out features and columns
+    that are no latents take no part; empty where no matching is defined, see `_assignment`)."""
+    pairs = _assignment(cosine_matrix(true_directions, decoder), decoder, feature_mask)
+    empty = np.zeros(0, np.int64)
+    return (empty, empty) if pairs is None else pairs
+
+
+def _assignment(cos: np.ndarray, decoder, feature_mask) -> tuple[np.ndarray, np.ndarray] | None:
+    """`assignment` from the cosines `cos (feature, latent)` already computed; None where it is
+    undefined: the decoder has no latent (`_latent_columns`), or a selected feature has no
+    direction (a NaN column)."""
     features = np.flatnonzero(np.ones(cos.shape[0], bool) if feature_mask is None else np.asarray(feature_mask))
     latents = np.flatnonzero(_latent_columns(decoder))
     block = cos[np.ix_(features, latents)]
-    if np.isnan(block).any():  # a selected feature without a direction (NaN column): no matching
-        return features[:0], latents[:0]
+    if latents.size == 0 or np.isnan(block).any():
+        return None
     rows, cols = linear_sum_assignment(block, maximize=True)
     return features[rows], latents[cols]
 
 
 def _matched_2d(true_directions, decoder, feature_mask=None) -> float:
     cos = cosine_matrix(true_directions, decoder)
-    features = np.ones(cos.shape[0], bool) if feature_mask is None else np.asarray(feature_mask, bool)
-    n_features = int(features.sum())
-    latents = _latent_columns(decoder)
-    # unknown, not 0: no feature selected, a selected feature's direction NaN, or no latent at all
-    if n_features == 0 or not latents.any() or np.isnan(np.asarray(true_directions, np.float64)[:, features]).any():
+    n_features = cos.shape[0] if feature_mask is None else int(np.sum(feature_mask))
+    pairs = _assignment(cos, decoder, feature_mask)
+    if n_features == 0 or pairs is None:  # unknown, not 0
         return float("nan")
-    rows, cols = assignment(true_directions, decoder, feature_mask)
+    rows, cols = pairs
     return float(cos[rows, cols].sum() / n_features)  # unmatched features add 0
 
 
