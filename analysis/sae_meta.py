@@ -77,6 +77,8 @@ def meta_reconstruct(directions: np.ndarray, meta_decoder: np.ndarray) -> np.nda
     the projection onto the meta latent of largest positive overlap (0 if none). `(hidden, n)`."""
     d = directions / np.linalg.norm(directions, axis=0, keepdims=True)
     meta = meta_decoder[:, ~np.isnan(meta_decoder).any(axis=0)]
+    if meta.shape[1] == 0:  # no meta latent (an all-NaN meta decoder, e.g. a NaN meta-SAE): none overlaps
+        return np.zeros_like(d)
     overlap = meta.T @ d  # (width, n)
     best = np.argmax(overlap, axis=0)
     scale = np.maximum(overlap[best, np.arange(d.shape[1])], 0.0)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from analysis.measures import REPRESENTED_THRESHOLD
 from analysis.plots import _facets, _title, draw_columns
 from analysis.sae_match import cosine_matrix
 from slt_superposition import figure_style as fs
@@ -52,7 +53,7 @@ def decoder_figure(ds: xr.Dataset):
             else:
                 from analysis.sae_match import assignment
 
-                represented = np.linalg.norm(W, axis=0) >= 0.5
+                represented = np.linalg.norm(W, axis=0) > REPRESENTED_THRESHOLD  # `measures.represented_features`' rule
                 features, latents = assignment(W, decoder, represented)
                 order = list(latents[np.argsort(features)]) + [j for j in range(decoder.shape[1]) if j not in latents]
                 cos = cosine_matrix(W[:, represented], decoder[:, order])

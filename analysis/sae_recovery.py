@@ -125,7 +125,8 @@ def grid_saes(train: xr.Dataset, *, n_samples: int, key, dict_sizes, kind: str =
     (at least 0.01, at most the smallest dictionary), all in one program; for the other kinds
     `k_for` with n the number of features (`k_rule="features"`: round(n p), the same for every
     instance of a feature probability) or each instance's represented features
-    (`k_rule="represented"`: round(n_rep p)), one program per distinct k, at most m.
+    (`k_rule="represented"`: round(n_rep p)), one program per distinct k, at most m and at most the
+    smallest dictionary (a dictionary of fewer latents than k cannot have k codes active).
     `resample`: resample dead, rare and duplicate latents at 20, 40 and 60% of the steps
     (`analysis.sae.train_sae`'s `resample_at`, `rare_fraction` RARE_FRACTION).
     """
@@ -149,7 +150,8 @@ def grid_saes(train: xr.Dataset, *, n_samples: int, key, dict_sizes, kind: str =
     grid_dims = acts.dims[:-2]
     p = train["feature_probability"]
     count = n_represented(train["W"]) if k_rule == "represented" else xr.full_like(p, n, dtype=int)
-    ks = xr.apply_ufunc(np.vectorize(lambda c, q: k_for(int(c), m, float(q))), count, p)
+    largest = min(m, min(int(size) for size in dict_sizes))
+    ks = xr.apply_ufunc(np.vectorize(lambda c, q: k_for(int(c), largest, float(q))), count, p)
     k_grid = ks.broadcast_like(acts.isel(sample=0, hidden=0, drop=True)).transpose(*grid_dims)
     flat = acts.values.reshape((-1,) + acts.shape[-2:])
     k_flat = k_grid.values.reshape(-1)

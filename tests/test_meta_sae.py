@@ -29,6 +29,8 @@ def test_meta_reconstruct_and_costs():
     np.testing.assert_allclose(drop_cost(HEXAGON, P), P / 3)
     x = np.eye(6)
     assert activation_fvu(x @ HEXAGON.T, x, HEXAGON, np.zeros(2)) == pytest.approx(0.0, abs=1e-12)
+    # no meta latent at all (an all-NaN meta decoder): every direction reconstructs to 0, as documented
+    np.testing.assert_array_equal(meta_reconstruct(HEXAGON, np.full((2, 3), np.nan)), np.zeros((2, 6)))
 
 
 @pytest.mark.slow

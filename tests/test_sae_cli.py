@@ -74,3 +74,28 @@ def test_sae_command_never_replaces_its_input(trained, capsys):
     assert main(["sae", str(trained), "--out", str(trained)]) == 2
     assert trained.read_bytes() == before
     assert main(["sae", str(trained.parent / "missing.nc"), "--out", str(trained.parent / "y.nc")]) == 2
+
+
+def test_default_k_is_at_most_the_smallest_dictionary(trained, capsys):
+    """At p = 0.5 the default k is round(5 x 0.5) = 2; with one-latent dictionaries it is 1 (a
+    dictionary of one latent cannot have two codes active), not an error about a k the user never set."""
+    out = trained.parent / "sae_one_latent.nc"
+    assert main(["sae", str(trained), "--out", str(out), "--dict-sizes", "1", "--steps", "20",
+                 "--samples", "256", "--no-progress"]) == 0
+    np.testing.assert_array_equal(xr.open_dataset(out)["k"].values, [1, 1])
+
+
+def test_decoder_figure_counts_represented_features_as_the_measures_do():
+    """A column of norm exactly 0.5 is not represented (`measures.represented_features`: > 0.5), so
+    the m > 2 panel has a row for each of the other two features only."""
+    from analysis.measures import n_represented
+    from analysis.sae_plots import decoder_figure
+
+    W = np.diag([1.0, 0.5, 1.0])  # (hidden, feature)
+    ds = xr.Dataset({"W": (("hidden", "feature"), W),
+                     "decoder": (("dict_size", "hidden", "latent"), np.eye(3)[None]),
+                     "n_represented": ((), 2), "sae_matched_cosine": ((), 1.0)},
+                    coords={"dict_size": [2]})
+    assert int(n_represented(ds["W"])) == 2
+    image = decoder_figure(ds).axes[0].images[0]
+    assert image.get_array().shape == (2, 3)
