@@ -209,7 +209,8 @@ def _finished_chunks(out_dir: Path) -> xr.Dataset:
 
 def chunk_table(out_dir: Path) -> str:
     """Per feature probability (best seed), from the sweep chunks finished so far in `out_dir/sweep`
-    (a run still going, or stopped): 1/D*, represented features, share near a sticky value, the
+    (a run stopped; or, called from Python, a run still going: `reproduce ... --set chunks_only=True`
+    refuses a folder whose lock another run holds): 1/D*, represented features, share near a sticky value, the
     uniform-spread share over their range, median |D_i - D*|. Returns (and prints) a markdown table."""
     ds = _finished_chunks(out_dir)
     if not ds.data_vars:

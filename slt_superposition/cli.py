@@ -66,9 +66,13 @@ _register_commands()
 
 
 def _say_interrupted(argv: list[str] | None) -> None:
+    """The interrupted line, except for `launch`: its process 0 writes to the same terminal and says it."""
     from slt_superposition.interrupted import interrupted_message
 
-    print(interrupted_message(sys.argv[1:] if argv is None else list(argv)), file=sys.stderr)
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["launch"]:
+        return
+    print(interrupted_message(args), file=sys.stderr)
 
 
 PEER_LOST_SIGNS = ("Connection closed by peer", "Gloo", "heartbeat", "coordination service", "Connection reset")

@@ -43,6 +43,16 @@ def test_interrupt_without_sweep_says_nothing_saved(capsys, monkeypatch, tmp_pat
     assert err.startswith("interrupted: nothing was saved") and "starts over" in err
 
 
+def test_interrupted_launch_leaves_the_line_to_its_process_0(capsys, monkeypatch):
+    """Interrupted, `launch` exits 130 without a line of its own: its process 0 shares the terminal and
+    prints the interrupted line itself (the line came twice before)."""
+    from slt_superposition.commands import launch
+
+    monkeypatch.setattr(launch, "run_processes", lambda *args, **kwargs: 130)  # what it returns on Ctrl-C
+    assert main(["launch", "--processes", "2", "--", "train", "-n", "5", "-m", "2"]) == 130
+    assert capsys.readouterr().err == ""
+
+
 def test_interrupt_mid_sweep_counts_the_saved_chunks(tmp_path):
     from slt_superposition.interrupted import interrupted_message
     from slt_superposition.sweep import run_sweep
