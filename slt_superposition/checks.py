@@ -122,7 +122,8 @@ def _paired_batch_check(sample: Callable, config, steps: np.ndarray, burnin_frac
     post = np.broadcast_to((starts >= burnin.reshape(-1, 1)) & (starts < steps.reshape(-1, 1)),
                            diff.shape[::2])  # (instance, block)
     se = nbeta * difference_se(diff, post, ok, DIFF_BLOCKS) / np.abs(full_mean)
-    return full_mean, rel, np.where((steps - burnin) < MIN_CHECK_DRAWS, np.nan, se)
+    se = np.where((steps - burnin) < MIN_CHECK_DRAWS, np.nan, se)
+    return full_mean, rel, np.where(ok.any(axis=-1), se, np.inf)  # no healthy pair: ran, showed nothing
 
 
 def run_checks(sample: Callable, sample_pair: Callable, config, nbeta, *, n: int, curvature_inputs: tuple,
@@ -193,17 +194,21 @@ def _step_size_check(pair: dict, draws: np.ndarray) -> dict[str, np.ndarray]:
     blocks = np.asarray(pair["diff_blocks"], np.float64)  # already one value per batch
     step_se = np.where(too_short, np.nan, difference_se(blocks, np.ones(blocks.shape[::2], bool), pair_ok,
                                                         DIFF_BLOCKS) / np.abs(fine))
+    step_se = np.where(pair_ok.any(axis=-1), step_se, np.inf)  # every pair diverged: ran, showed nothing
     return {"llc_check": coarse, "llc_step_check": fine, "step_check_rel_diff": step_rel, "step_check_se": step_se}
 
 
 def within(rel: np.ndarray, se: np.ndarray, tol: float, noise_sd: float = 2.0) -> np.ndarray:
     """The check passed: it resolved the tolerance (se <= tol, so a bias of a few tol would
-    show) and |rel| <= tol + `noise_sd` se. A check not run (NaN rel) passes; an unresolved one
-    fails: a short check run that cannot see a bias has not shown there is none. (The
+    show) and |rel| <= tol + `noise_sd` se. A check not run (NaN rel and NaN se) passes; an
+    unresolved one fails: a short check run that cannot see a bias has not shown there is none.
+    A check that ran with every pair divergent stores NaN rel and an infinite se: it fails. (The
     calibration's chain-length rule is this rule on the change between two lengths.)"""
     rel, se = np.asarray(rel), np.asarray(se)
     resolved = np.isfinite(se) & (se <= tol)
-    return np.where(np.isnan(rel), True, resolved & (np.abs(rel) <= tol + noise_sd * np.nan_to_num(se)))
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN rel or an infinite se: not resolved anyway
+        passed = resolved & (np.abs(rel) <= tol + noise_sd * np.where(resolved, se, 0.0))
+    return np.where(np.isnan(rel) & np.isnan(se), True, passed)
 
 
 def attach(ds: xr.Dataset, checks: dict[str, np.ndarray], *, step_tol: float = STEP_TOL,
@@ -216,11 +221,11 @@ def attach(ds: xr.Dataset, checks: dict[str, np.ndarray], *, step_tol: float = S
         "llc_step_check": "LLC of the coupled run at step size / 3 for 3x the steps (equal sampler time)",
         "step_check_rel_diff": "(llc_check - llc_step_check) / |llc_step_check|: discretisation bias check",
         "step_check_se": "standard error of step_check_rel_diff (batch means of the coupled difference, at least "
-                         "the spread of the pairs' means)",
+                         "the spread of the pairs' means; inf: every pair diverged)",
         "llc_full_batch_check": "LLC of the paired full-batch run at the estimate's step size (NaN: full batch)",
         "batch_check_rel_diff": "(llc_check - llc_full_batch_check) / |llc_full_batch_check|: minibatch bias check",
         "batch_check_se": "standard error of batch_check_rel_diff (batch means of the paired difference, at least "
-                          "the spread of the pairs' means)",
+                          "the spread of the pairs' means; inf: every pair diverged)",
         "batch_check_steps": "chain length of the batch check's paired runs (NaN: full batch)",
         "batch_bias_predicted": "relative minibatch bias against full batch that the quadratic approximation predicts "
                                 "at the run's settings from the rows' gradient spread at w* (not part of trusted; "
