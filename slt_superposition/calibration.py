@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
@@ -532,16 +533,18 @@ def calibrate_batched(
     params, data, instance_dims, data_batched: as for `estimate_llc_batched`. `batch_size` None
     means full batch; a batch larger than n is an error (never clipped). Returns (config, calibration dataset): an `SGLDConfig`
     whose `step_size`, `localization`, `num_steps` and `num_burnin` are arrays with the instance
-    shape (for `estimate_llc_batched`), `num_chains` chains and the batch size that passed the
-    minibatch check; the dataset has the instance dims in front of every variable.
+    shape (for `estimate_llc_batched`), `num_chains` chains, the batch size that passed the
+    minibatch check and the nbeta every stage ran at (a number where `nbeta` named a convention,
+    which the estimate would otherwise resolve again from the chosen batch); the dataset has the instance dims in front of every variable.
     `metropolis`: calibrate Metropolis-adjusted chains (`SGLDConfig.metropolis`; needs `batch_size`
     None): they have no discretisation bias, so the curvature bound does not limit the step size
     (it is still recorded), the sweep's acceptance rule, now on the realised acceptance rate, is
     what does, and the bias stages (1b, 3) run nothing; the chain-length stage is unchanged.
-    `min_steps` None: 10,000 or `max_steps` if smaller. `bias_check_steps` None: from the sweep (see
+    `min_steps` None: `default_min_steps(max_steps)` (10,000, or max_steps / 4 if smaller: the
+    length rule needs three lengths, min_steps, 2x and 4x; fewer is a RuntimeWarning and settles nothing). `bias_check_steps` None: from the sweep (see
     stage 1b); `long_check_max_steps` None: 4 `max_steps`.
     """
-    min_steps = min(10_000, max_steps) if min_steps is None else min_steps
+    min_steps = default_min_steps(max_steps) if min_steps is None else min_steps
     _check_settings(sweep_steps=sweep_steps, min_steps=min_steps, max_steps=max_steps, batch_check_steps=batch_check_steps,
                     bias_check_steps=bias_check_steps, long_check_max_steps=long_check_max_steps,
                     target_acceptance=target_acceptance, max_acceptance_drop=max_acceptance_drop, rel_tol=rel_tol,
@@ -552,6 +555,11 @@ def calibrate_batched(
             "step_sizes needs at least two positive finite values")
     require(0 < burnin_fraction < 1, f"burnin_fraction must be in (0, 1), got {burnin_fraction}")
     require(1 <= min_steps <= max_steps, f"need 1 <= min_steps <= max_steps, got {min_steps}, {max_steps}")
+    if max_steps < 4 * min_steps:
+        warnings.warn(f"max_steps {max_steps} is below 4 x min_steps {min_steps}: the chain-length rule compares "
+                      f"the estimate over the last doubling and the last two, which needs the lengths min_steps, 2x "
+                      f"and 4x, so no instance can settle (nothing calibrated with it is trusted)", RuntimeWarning,
+                      stacklevel=2)
     require(0 <= min_relaxation < math.inf, f"min_relaxation must be >= 0 and finite, got {min_relaxation}")
     localizations = sorted({float(g) for g in np.atleast_1d(localization)})
     require(localizations[0] > 0 and math.isfinite(localizations[-1]),
@@ -616,7 +624,9 @@ def calibrate_batched(
                                         nbeta=nbeta_value)
 
     shape = lambda a: np.reshape(a, sizes + np.shape(a)[1:])
-    config = SGLDConfig(step_size=shape(final_eps), localization=shape(length.localization), nbeta=nbeta,
+    # the nbeta every stage ran at: a convention ("batch") would be resolved again from the chosen batch
+    config = SGLDConfig(step_size=shape(final_eps), localization=shape(length.localization),
+                        nbeta=nbeta_value if isinstance(nbeta, str) else nbeta,
                         num_chains=num_chains, num_steps=shape(final_steps),
                         num_burnin=shape((burnin_fraction * final_steps).astype(np.int64)),
                         batch_size=batch.chosen, trace_every=max(1, int(final_steps.max()) // 200),
@@ -636,6 +646,12 @@ def calibrate_batched(
                              final_eps=final_eps, final_steps=final_steps, nbeta=nbeta_value,
                              settings=settings, batch_bias_predicted=predicted)
     return config, ds
+
+
+def default_min_steps(max_steps: int) -> int:
+    """The chain-length stage's first length: 10,000, or `max_steps` // 4 where that is smaller
+    (at least 1), so that the rule has its three lengths (min_steps, 2x, 4x) below the cap."""
+    return max(1, min(10_000, int(max_steps) // 4))
 
 
 def _check_settings(**settings) -> None:
@@ -691,7 +707,9 @@ def calibration_dataset(dims, step_sizes, sweep: SweepStage, short: ShortBiasSta
     idx = np.arange(n_eps)[None, :]
     chosen = idx == long.final_index[:, None]
     at_length = idx == short.index[:, None]
-    llc_quad = quadratic_llc(curvature["eigenvalues"], final_eps, length.localization, nbeta) \
+    # Metropolis-adjusted chains sample the exact posterior: its quadratic value is the eps -> 0 one (as the stored checks')
+    quad_eps = np.zeros_like(final_eps) if settings["metropolis"] else final_eps
+    llc_quad = quadratic_llc(curvature["eigenvalues"], quad_eps, length.localization, nbeta) \
         if curvature["eigenvalues"] is not None else np.full(len(final_eps), np.nan)
     change = np.abs(np.diff(length.llc, axis=1, prepend=np.nan))
     sampler_time = eps_grid[short.index][:, None] * length.lengths[None, :] * np.where(np.isfinite(length.llc), 1,
@@ -753,7 +771,8 @@ def calibration_dataset(dims, step_sizes, sweep: SweepStage, short: ShortBiasSta
         "step_size_bound": var(inst, bound, "largest step size whose quadratic-approximation discretisation bias is "
                                             "at most curvature_tol"),
         "llc_quadratic": var(inst, llc_quad, "quadratic-approximation LLC at the chosen step size, localization and "
-                                             "nbeta (curved directions only)"),
+                                             "nbeta (curved directions only; Metropolis-adjusted chains: at step "
+                                             "size 0, the exact posterior's)"),
         "acceptance_plateau": var(inst, sweep.plateau, "acceptance at the two smallest step sizes (max)"),
         "acceptance_threshold": var(inst, sweep.threshold, "min(target, plateau - max_acceptance_drop)"),
         "chosen_step_size": var(inst, final_eps, "the step size chosen"),
@@ -805,9 +824,9 @@ def calibration_dataset(dims, step_sizes, sweep: SweepStage, short: ShortBiasSta
             f"{settings['noise_sd']:g} SE, with R-hat "
             f"<= {settings['max_rhat']} and no divergence, and not before a sampler time eps x steps of "
             f"{settings['min_relaxation']:g} / gamma; trying the localizations {settings['localization']} in "
-            f"turn; then, at that sampler time, step down while the next smaller step size (at most "
-            f"{settings['long_check_max_steps']} steps) differs by more than {settings['bias_tol']:.0%} (no noise "
-            f"allowance)"),
+            f"turn; then, at that sampler time, step down while the bias of the linear fit through it and the "
+            f"next smaller step size (at most {settings['long_check_max_steps']} steps) exceeds both "
+            f"{settings['bias_tol']:.0%} of lambda0 and {settings['noise_sd']:g} SE of the fit"),
         batch_rule=(
             f"paired short runs (at most {settings['batch_check_steps']} steps, same keys; up to "
             f"{MAX_CHECK_EXTENSION}x longer where that left the check unresolved) with the minibatch and "
@@ -848,7 +867,10 @@ def _verdicts(ds: xr.Dataset, settings: dict, batch: BatchCheckStage) -> list[st
         floor = settings["min_relaxation"] / gamma
         short_of_floor = (f" (sampler time {eps * steps:.3g}, short of the {floor:.3g} the rule needs)"
                           if eps * steps < floor else "")
+        too_few = settings["max_steps"] < 4 * settings["min_steps"]
         text += ("the estimate stopped rising with chain length" if bool(one["converged"]) else
+                 f"NOT converged: the chain-length rule needs the lengths min_steps, 2x and 4x, and max_steps="
+                 f"{settings['max_steps']} is below 4 x min_steps={settings['min_steps']}" if too_few else
                  f"NOT converged by max_steps={settings['max_steps']}{short_of_floor}; the estimate may still "
                  f"be moving")
         out.append(text)

@@ -203,10 +203,44 @@ def test_bad_input(problem):
 
 
 def test_a_small_max_steps_lowers_the_default_min_steps(problem):
-    # max_steps below the default min_steps (10,000) is a cap, as the command line's --max-steps: the
-    # length stage then starts at max_steps (it named a min_steps the user never set)
+    # max_steps below 4 x the default min_steps (10,000) is a cap, as the command line's --max-steps: the
+    # length stage then starts at a quarter of it, so the rule has its three lengths (it named a min_steps
+    # the user never set, then started at max_steps, where nothing could settle)
     params, data = problem
     _, ds = calibrate(dln_loss, params, data, key=jax.random.key(0), step_sizes=STEP_SIZES, sweep_steps=200,
                       max_steps=600, batch_size=None)
     settings = json.loads(ds.attrs["config"])
-    assert settings["min_steps"] == settings["max_steps"] == 600
+    assert (settings["min_steps"], settings["max_steps"]) == (150, 600)
+    assert ds["num_steps"].values.tolist() == [150, 300, 600]
+
+
+def test_fewer_than_three_lengths_warn_and_say_why_nothing_settled(problem):
+    # the length rule compares the last doubling and the last two: min_steps 500 and max_steps 1000
+    # give two lengths, so nothing can settle; said before running and in the verdict
+    params, data = problem
+    with pytest.warns(RuntimeWarning, match="4 x min_steps"):
+        _, ds = calibrate(dln_loss, params, data, key=jax.random.key(2), batch_size=None, num_chains=2,
+                          step_sizes=STEP_SIZES, sweep_steps=200, min_steps=500, max_steps=1000,
+                          rel_tol=10.0, max_rhat=np.inf, min_relaxation=0.0)  # any change would count as settled
+    assert ds.attrs["converged"] == 0 and "needs the lengths min_steps, 2x and 4x" in ds.attrs["verdict"]
+
+
+def test_a_named_nbeta_convention_comes_back_as_the_number_every_stage_ran_at(problem):
+    # nbeta="batch" is m / log m of the batch the calibration starts with; the returned config carried the
+    # name, so an estimate resolved it again from the batch the minibatch stage chose (or from n at full batch)
+    params, data = problem
+    config, ds = calibrate(dln_loss, params, data, key=jax.random.key(2), batch_size=100, nbeta="batch", num_chains=2,
+                           step_sizes=STEP_SIZES, sweep_steps=200, min_steps=500, max_steps=2000)
+    assert config.nbeta == pytest.approx(100 / np.log(100)) == ds.attrs["nbeta"]
+
+
+def test_metropolis_calibration_stores_the_exact_posteriors_quadratic_llc(problem):
+    # Metropolis-adjusted chains have no discretisation bias: llc_quadratic at step size 0, as the stored checks'
+    from slt_superposition.curvature import quadratic_llc
+
+    params, data = problem
+    config, ds = calibrate(dln_loss, params, data, key=jax.random.key(2), batch_size=None, num_chains=2,
+                           step_sizes=STEP_SIZES, sweep_steps=200, min_steps=500, max_steps=2000, metropolis=True)
+    exact = quadratic_llc(ds["hessian_eigenvalues"].values, 0.0, config.localization, ds.attrs["nbeta"])
+    at_eps = quadratic_llc(ds["hessian_eigenvalues"].values, config.step_size, config.localization, ds.attrs["nbeta"])
+    assert ds.attrs["llc_quadratic"] == pytest.approx(float(exact), rel=1e-6) and float(exact) != float(at_eps)

@@ -66,8 +66,8 @@ def llc(
         "*.calibration.nc."),
     max_steps: int = typer.Option(
         320_000, "--max-steps",
-        help="With --calibrate: the longest chain the length stage may choose (it starts at 10,000 or this, "
-        "whichever is smaller; the long-chain bias check may run up to 4x this). Lower it for a quick look: "
+        help="With --calibrate: the longest chain the length stage may choose (it starts at 10,000 or a quarter "
+        "of this, whichever is smaller; the long-chain bias check may run up to 4x this). Lower it for a quick look: "
         "the calibration then says where the estimate had not stopped moving."),
     target_acceptance: Optional[float] = typer.Option(
         None, "--target-acceptance",
@@ -145,7 +145,7 @@ def llc(
         found, sweep = calibrate_batched(loss_fn, params, data, key=calibration_key, localization=localization,
                                          nbeta=config.nbeta, batch_size=config.batch_size, num_chains=chains,
                                          instance_dims=grid_coords(ds), progress=progress,
-                                         min_steps=min(10_000, max_steps), max_steps=max_steps,
+                                         max_steps=max_steps,  # min_steps: calibration.default_min_steps
                                          min_relaxation=min_relaxation, metropolis=metropolis,
                                          target_acceptance=(TARGET_ACCEPTANCE if target_acceptance is None
                                                             else target_acceptance))
