@@ -91,18 +91,27 @@ def hessian_eigenvalues(loss_fn: Callable, params: PyTree, data: PyTree) -> jax.
 
 def top_hessian_eigenvalue(loss_fn: Callable, params: PyTree, data: PyTree, key,
                            iterations: int = POWER_ITERATIONS) -> jax.Array:
-    """The largest-magnitude Hessian eigenvalue by power iteration (Hessian-vector products)."""
+    """The largest Hessian eigenvalue by power iteration (Hessian-vector products).
+
+    Power iteration finds the eigenvalue of largest magnitude; where that one is negative (a saddle
+    whose most negative curvature outweighs the most positive), a second power iteration on the
+    shifted Hessian H - lambda I (eigenvalues >= 0, the largest lambda_max - lambda) gives the top."""
     flat, w = _flat_loss(loss_fn, params)
     grad = jax.grad(flat)
     hvp = lambda v: jax.jvp(lambda x: grad(x, data), (w,), (v,))[1]
     v0 = jax.random.normal(key, w.shape, w.dtype)
+    v0 = v0 / jnp.linalg.norm(v0)
 
-    def body(_, v):
-        u = hvp(v)
-        return u / (jnp.linalg.norm(u) + 1e-30)
+    def largest_magnitude(shift):
+        def body(_, v):
+            u = hvp(v) - shift * v
+            return u / (jnp.linalg.norm(u) + 1e-30)
 
-    v = jax.lax.fori_loop(0, iterations, body, v0 / jnp.linalg.norm(v0))
-    return jnp.vdot(v, hvp(v))
+        v = jax.lax.fori_loop(0, iterations, body, v0)
+        return jnp.vdot(v, hvp(v))
+
+    first = largest_magnitude(jnp.zeros((), w.dtype))
+    return jax.lax.cond(first < 0, largest_magnitude, lambda shift: first, first)
 
 
 def curvature_batched(loss_fn: Callable, params: PyTree, data: PyTree, *, data_batched: bool, key) -> dict:

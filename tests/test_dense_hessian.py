@@ -33,3 +33,18 @@ def test_columns_shrink_as_the_data_grows():
     assert curvature.hessian_columns(120, np.zeros((16_384, 20), np.float32)) == 1  # 1.3 MB
     assert curvature.hessian_columns(120, np.zeros((2048, 20), np.float32)) == 12  # 164 kB
     assert curvature.hessian_columns(18, (np.zeros((6, 3)), np.zeros((6, 3)))) == 18  # tiny: all at once
+
+
+@pytest.mark.parametrize("spectrum, top", [((2.0, -5.0) + (0.1,) * 62, 2.0),  # the most negative outweighs the top
+                                           ((2.0, -1.0) + (0.1,) * 62, 2.0),
+                                           ((-1.0, -3.0) + (-0.5,) * 62, -0.5)])  # every direction negative
+def test_power_iteration_gives_the_largest_eigenvalue_not_the_largest_magnitude(spectrum, top):
+    """Beyond `MAX_DENSE_PARAMETERS` the top eigenvalue (and with it the step-size bound) comes from
+    power iteration, which finds the largest magnitude: a saddle's -5 was stored as the top, and the
+    bound from it was 2000x too large."""
+    import jax.numpy as jnp
+
+    h = jnp.asarray(spectrum)  # a diagonal quadratic, d = 64
+    loss = lambda p, batch: 0.5 * jnp.sum(h * p["w"] ** 2) + 0.0 * jnp.mean(batch)
+    found = curvature.top_hessian_eigenvalue(loss, {"w": jnp.zeros(64)}, jnp.zeros(4), jax.random.key(0))
+    assert float(found) == pytest.approx(top, rel=1e-4)
