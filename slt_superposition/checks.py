@@ -102,35 +102,25 @@ def _like(values: np.ndarray, setting) -> Any:
     return values.reshape(np.shape(setting)) if np.size(setting) == values.size else values
 
 
-def _block_length(steps: np.ndarray, burnin: np.ndarray, read: np.ndarray) -> int:
-    """Steps per loss-trace block of a paired check whose instances run `steps` `(instance,)`, one
-    length for all (the program's): 50 blocks over the longest, fewer steps per block where the
-    shortest instance that is read (`read`) would otherwise get fewer than `DIFF_BLOCKS` post-burn-in
-    blocks (its standard error would be NaN because of its neighbours' length)."""
-    every = max(1, int(steps.max()) // 50)
-    post = (steps - burnin)[read & (steps - burnin >= MIN_CHECK_DRAWS)]
-    if post.size:  # + 1: the block that straddles the end of the burn-in is not read
-        every = min(every, max(1, int(post.min()) // (DIFF_BLOCKS + 1)))
-    return every
-
-
 def _paired_batch_check(sample: Callable, config, steps: np.ndarray, burnin_fraction: np.ndarray, nbeta: np.ndarray,
-                        key, read: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                        key) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The batch check's paired runs (same keys) of `steps` `(instance,)` with the minibatch and with
     full batch, burn-in `burnin_fraction` of them: (full-batch LLC, relative difference, its
-    standard error), `(instance,)`. `read`: the instances whose values are used (default all)."""
+    standard error), `(instance,)`. Each instance's trace holds 50 blocks of its own length (as its
+    own call would: with one block length for all, a short check beside a long one had too few
+    blocks for batch means, and its standard error depended on its neighbours)."""
     steps = np.asarray(steps, np.int64)
     burnin = (steps * burnin_fraction).astype(np.int64)
-    every = _block_length(steps, burnin, np.ones(steps.shape, bool) if read is None else np.asarray(read, bool))
+    every = np.maximum(1, steps // 50)
     short = dataclasses.replace(config, num_steps=_like(steps, config.num_steps),
-                                num_burnin=_like(burnin, config.num_burnin), trace_every=every)
+                                num_burnin=_like(burnin, config.num_burnin), trace_every=_like(every, config.num_steps))
     base = sample(short, key)
     full = sample(dataclasses.replace(short, batch_size=None), key)
     ok = ~(np.asarray(base["diverged"], bool) | np.asarray(full["diverged"], bool))
     rel, _, full_mean = relative_difference(np.asarray(base["llc_per_chain"], np.float64),
                                             np.asarray(full["llc_per_chain"], np.float64), ok)
     diff = np.asarray(base["loss_trace"], np.float64) - np.asarray(full["loss_trace"], np.float64)
-    starts = np.arange(diff.shape[-1])[None, :] * every
+    starts = np.arange(diff.shape[-1])[None, :] * every.reshape(-1, 1)
     post = np.broadcast_to((starts >= burnin.reshape(-1, 1)) & (starts < steps.reshape(-1, 1)),
                            diff.shape[::2])  # (instance, block)
     se = nbeta * difference_se(diff, post, ok, DIFF_BLOCKS) / np.abs(full_mean)
@@ -167,7 +157,7 @@ def run_checks(sample: Callable, sample_pair: Callable, config, nbeta, *, n: int
         longer = resolving_steps(steps, rel, se, batch_tol, cap)
         redo = longer > steps
         if redo.any():  # the others run one step (a config needs >= 1) and are not read
-            again = _paired_batch_check(sample, config, np.where(redo, longer, 1), fraction, nb, key, read=redo)
+            again = _paired_batch_check(sample, config, np.where(redo, longer, 1), fraction, nb, key)
             full_mean, rel, se = (np.where(redo, b, a) for a, b in zip((full_mean, rel, se), again))
         out.update(llc_full_batch_check=full_mean, batch_check_rel_diff=rel,
                    batch_check_se=se, batch_check_steps=longer.astype(np.float64))

@@ -474,7 +474,9 @@ def trace_capacity(n_blocks: int) -> int:
 def chain_settings(config: SGLDConfig, nbeta, n_inst: int, sizes: tuple[int, ...] = ()) -> ChainSettings:
     """`config`'s runtime settings as `(n_inst,)` host arrays (scalars broadcast; per-instance
     arrays of shape `sizes` or `(n_inst,)` flattened). Host (numpy) arrays: the programs place them
-    with their other inputs, without a device computation per field."""
+    with their other inputs, without a device computation per field. `trace_every` may be an array
+    too inside the package (the stored batch check: each instance's blocks as its own call would have
+    them); the public API takes one value."""
 
     def per_instance(value, name, dtype):
         array = np.asarray(value)
@@ -490,13 +492,13 @@ def chain_settings(config: SGLDConfig, nbeta, n_inst: int, sizes: tuple[int, ...
         nbeta=per_instance(nbeta, "nbeta", np.float32),
         num_steps=per_instance(config.num_steps, "num_steps", np.int32),
         num_burnin=per_instance(config.num_burnin, "num_burnin", np.int32),
-        trace_every=np.full((n_inst,), config.trace_every, np.int32),
+        trace_every=per_instance(config.trace_every, "trace_every", np.int32),
     )
 
 
 def chain_shape(config: SGLDConfig, n: int, d: int) -> ChainShape:
     """The compiled program's shape for `config` with n samples and d parameters."""
-    n_blocks = -(-int(np.max(config.num_steps)) // config.trace_every)
+    n_blocks = int(np.max(-(-np.asarray(config.num_steps) // np.asarray(config.trace_every))))
     return ChainShape(config.num_chains, n_blocks, config.batch_size, config.sampling, n, d,
                       metropolis=bool(config.metropolis))
 
@@ -696,9 +698,11 @@ def estimate_llc_batched(
         if verbose:
             print("bias checks (short paired runs at step size / 3 and with full batch) ...", file=sys.stderr)
         check_key = jax.random.fold_in(key, 1)
-        found = run_checks(lambda cfg, k: sample(cfg, jax.random.split(k, n_inst),
-                                                 progress="bias checks" if verbose else None),
-                           lambda cfg, k: sample.pair(cfg, jax.random.split(k, n_inst)), config, nbeta, n=n,
+        # instance i's check chains run on what estimate_llc(key=split(key, N)[i]) gives them: fold_in(.., 1)
+        # (run_checks passes its one key to every run, the pairs' common random numbers; it is check_key)
+        chain_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(jax.random.split(key, n_inst))
+        found = run_checks(lambda cfg, k: sample(cfg, chain_keys, progress="bias checks" if verbose else None),
+                           lambda cfg, k: sample.pair(cfg, chain_keys), config, nbeta, n=n,
                            curvature_inputs=(loss_fn, params, data), data_batched=data_batched, key=check_key,
                            check_steps=check_steps, final_positions=_healthy_positions(ds, n_inst))
         ds = attach_checks(ds, found)

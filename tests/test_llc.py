@@ -147,6 +147,9 @@ def test_batched_equals_looped_single_calls():
         np.testing.assert_allclose(batched.llc_per_chain[i], single.llc_per_chain, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(batched.loss_trace[i], single.loss_trace, rtol=1e-5)
         np.testing.assert_allclose(batched.init_loss[i], single.init_loss, rtol=1e-6)
+        # the stored checks too: their chains run on the keys the single call gives them
+        for name in ("llc_check", "llc_step_check", "llc_full_batch_check", "batch_check_rel_diff"):
+            np.testing.assert_allclose(batched[name][i], single[name], rtol=1e-4, err_msg=name)
 
 
 def test_batched_shared_data_and_grid_dims():

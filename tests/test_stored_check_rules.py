@@ -55,29 +55,25 @@ def test_batch_check_with_every_pair_divergent_fails():
     assert within(rel, se, 0.02).tolist() == [True, False]
 
 
-def test_a_short_batch_check_keeps_its_standard_error_beside_a_long_one():
-    """The paired runs share one trace block length (one program); an instance whose check ran 600
-    steps beside one of 4000 (an extended check) got 4 post-burn-in blocks at 50 blocks over the
-    longest, too few for batch means: a NaN standard error, so an unresolved and failed check,
-    because of its neighbour. Every instance read gets at least `DIFF_BLOCKS` blocks now."""
-    from slt_superposition.coupled import DIFF_BLOCKS
-
+def test_a_short_batch_check_reads_its_trace_as_its_own_call_would():
+    """The paired runs shared one trace block length (steps of the longest / 50): an instance whose
+    check ran 600 steps beside one of 4000 (an extended check) got 4 post-burn-in blocks, too few for
+    batch means, so a NaN standard error (unresolved, failed) because of its neighbour; and beside
+    another length, another standard error than its own call gives. Each instance's trace now holds
+    50 blocks of its own length."""
     chains = 2
+    seen = []
 
     def sample(config, key):  # a noisy paired difference, one value per trace block
-        every, steps = config.trace_every, np.asarray(config.num_steps)
-        blocks = -(-int(steps.max()) // every)
+        every, steps = np.asarray(config.trace_every), np.asarray(config.num_steps)
+        seen.append(np.broadcast_to(every, steps.shape).tolist())
+        blocks = int(np.max(-(-steps // every)))
         rng = np.random.default_rng(0 if config.batch_size is None else 1)
         return {"llc_per_chain": 1.0 + 0.001 * rng.standard_normal((2, chains)), "diverged": np.zeros((2, chains), bool),
                 "loss_trace": 0.5 + 0.001 * rng.standard_normal((2, chains, blocks))}
 
     config = SGLDConfig(step_size=1e-3, localization=1.0, num_chains=chains, num_steps=4000, num_burnin=2000,
                         batch_size=100)
-    steps = np.array([600, 4000])
-    _, _, se = _paired_batch_check(sample, config, steps, np.array([0.5, 0.5]), np.array([100.0, 100.0]), key=None)
-    assert np.isfinite(se).all()
-    from slt_superposition.checks import _block_length
-    every = _block_length(steps, steps // 2, np.ones(2, bool))
-    assert (600 - 300) // every - 1 >= DIFF_BLOCKS
-    # an instance given one step and not read does not shrink the blocks
-    assert _block_length(np.array([1, 4000]), np.array([0, 2000]), np.array([False, True])) == 4000 // 50
+    _, _, se = _paired_batch_check(sample, config, np.array([600, 4000]), np.array([0.5, 0.5]),
+                                   np.array([100.0, 100.0]), key=None)
+    assert seen[0] == [12, 80] and np.isfinite(se).all()
