@@ -10,7 +10,8 @@ sized for a GPU; `reproduce --full`) where the experiment lists it in `Experimen
 `options` come only from the `reproduce` command: `only` (`--only CASE`: just these named cases of a
 multi-case experiment) and the experiment's own keyword options (`--set NAME=VALUE`). An experiment
 whose settings are one dataclass takes it as `config` and its fields as `**fields` (`config_type`,
-`replace_fields`), so `--set FIELD=VALUE` reaches every field. Every report opens with `header`
+`replace_fields`), so `--set FIELD=VALUE` reaches every field; a parameter that takes a
+settings object (a dataclass) is set from Python only (`python_only`). Every report opens with `header`
 (title, the command that made it, one paragraph of what it found). Modules are imported only
 when run, so a broken one does not stop the others.
 """
@@ -128,7 +129,6 @@ def check_size(name: str, size: str) -> None:
 
 
 RESERVED = ("out_dir", "size", "progress", "only")  # set by `reproduce` itself
-PYTHON_ONLY = ("config", "settings")  # whole settings objects: overrides from Python, not `--set`
 
 
 def parse_options(pairs: Sequence[str]) -> dict[str, object]:
@@ -186,6 +186,29 @@ def changed_fields(config, base) -> dict:
             if getattr(config, f.name) != getattr(base, f.name)}
 
 
+def _holds_dataclass(hint) -> bool:
+    return dataclasses.is_dataclass(hint) or any(_holds_dataclass(arg) for arg in typing.get_args(hint))
+
+
+def python_only(run: Callable) -> list[str]:
+    """The parameters of `run` annotated as a settings object (a dataclass, alone or in a union:
+    per-feature-basis's `settings: Settings | None`, weights-vs-activations' `config`): overrides
+    from Python, as no `--set` literal makes one. A parameter of the same name holding names or
+    numbers (sae-recovery's `settings: str | list[str] | None`) is an option like any other."""
+    hints = typing.get_type_hints(run)
+    return [name for name in inspect.signature(run).parameters if _holds_dataclass(hints.get(name))]
+
+
+def option_names(run: Callable) -> list[str]:
+    """The `--set` names `run` takes: its keyword parameters but those `reproduce` sets itself and
+    the settings objects (`python_only`), then the fields of its `config` dataclass (`config_type`)."""
+    parameters = inspect.signature(run).parameters
+    skip = set(RESERVED) | set(python_only(run))
+    names = [p for p, spec in parameters.items() if p not in skip and spec.kind is not spec.VAR_KEYWORD]
+    settings = config_type(run)
+    return names + ([f.name for f in dataclasses.fields(settings)] if settings is not None else [])
+
+
 def check_request(name: str, size: str = "default", only: Sequence[str] | None = None,
                   options: dict | None = None):
     """`InputError` for an unknown experiment, size or option, or `only` on an experiment without
@@ -195,18 +218,17 @@ def check_request(name: str, size: str = "default", only: Sequence[str] | None =
         raise InputError(f"experiment '{name}' has no named cases; --only applies to "
                          + ", ".join(e.name for e in EXPERIMENTS.values() if e.cases))
     run = load_runner(name)
-    parameters = inspect.signature(run).parameters
-    known = [p for p, spec in parameters.items()
-             if p not in RESERVED + PYTHON_ONLY and spec.kind is not spec.VAR_KEYWORD]
-    settings = config_type(run)
-    if settings is not None:
-        fields = [f.name for f in dataclasses.fields(settings)]
-        known += fields
-        replace_fields(settings(), {k: v for k, v in (options or {}).items() if k in fields})  # kinds and ranges, now
+    known = option_names(run)
     unknown = sorted(set(options or {}) - set(known))
     if unknown:
+        objects = [p for p in python_only(run) if p in unknown]
+        hint = "".join(f"; {p} takes a settings object, from Python only" for p in objects)
         raise InputError(f"experiment '{name}' has no option {', '.join(unknown)} (its options: "
-                         f"{', '.join(known) or 'none'})")
+                         f"{', '.join(known) or 'none'}{hint})")
+    settings = config_type(run)
+    if settings is not None:
+        fields = {f.name for f in dataclasses.fields(settings)}
+        replace_fields(settings(), {k: v for k, v in (options or {}).items() if k in fields})  # kinds and ranges, now
     return run
 
 

@@ -135,6 +135,9 @@ def test_bad_case_size_and_option_are_one_line_errors(tmp_path, monkeypatch, cap
             (["tms-pentagon", "--set", "steps=3"], "experiment 'tms-pentagon' has no option steps"),
             (["weights-vs-activations", "--set", "config=1"],  # a settings object: Python API only
              "experiment 'weights-vs-activations' has no option config (its options: models, "),
+            (["per-feature-basis", "--set", "settings=1"],  # its Settings object: Python API only
+             "experiment 'per-feature-basis' has no option settings (its options: none; settings takes a settings "
+             "object, from Python only)"),
             (["weights-vs-activations", "--set", "seeds='x'"], "--set seeds: expected int (like 8), got 'x'"),
             (["weights-vs-activations", "--set", "llc_chains=1"], "llc_chains must be at least 2, got 1"),
             (["weights-vs-activations", "--set", "models=((6, 0),)"], "models must be (n_features, n_hidden) pairs"),
@@ -146,6 +149,20 @@ def test_bad_case_size_and_option_are_one_line_errors(tmp_path, monkeypatch, cap
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
         assert not out.exists(), argv  # nothing left behind by a refused run
+
+
+def test_a_settings_object_is_python_only_but_an_option_named_settings_is_not():
+    """Refused are the parameters that take a dataclass (per-feature-basis's `settings: Settings`,
+    weights-vs-activations' `config`), not every parameter so named: sae-recovery's `settings` is a
+    list of setting names, given as `--set settings=NAME,NAME` (docs/experiments/sae_recovery.md)."""
+    from experiments.registry import check_request, parse_options
+
+    options = parse_options(["settings=resample,topk", "models=n20_m5", "train_dir=/tmp/sae13/train"])
+    assert check_request("sae-recovery", "full", None, options) is load_runner("sae-recovery")
+    assert check_request("sae-recovery", "default", None, parse_options(["settings=['resample']"]))
+    for name, option in (("per-feature-basis", "settings"), ("weights-vs-activations", "config")):
+        with pytest.raises(InputError, match=f"has no option {option} .*{option} takes a settings object, from Python"):
+            check_request(name, "default", None, {option: 1})
 
 
 def test_a_folder_of_another_experiment_is_refused_and_default_sizes_have_their_own_folders(
