@@ -32,7 +32,10 @@ so step sizes are compared on common random numbers.
    narrow deep linear network reads 25% low at 0.0013 / gamma where the estimate has stopped
    moving over two doublings, and reaches lambda near 0.6 / gamma: docs/experiments/dln_validation.md).
    `localization` may be a sequence: instances whose estimate never settles move to the next
-   (stronger) localization and start over.
+   (stronger) localization and start the length stage over, at their step size where it is
+   within that localization's curvature bound (a stronger localization lowers it), else at the
+   largest grid step size that is (stages 1 and 1b are not rerun; stage 3 then checks the bias
+   at the localization kept).
 3. **Discretisation bias at the chosen sampler time.** Along long chains the walkers drift
    into regions of higher curvature; the stage-2 estimate is compared with the next smaller
    step size at the same sampler time (at most `long_check_max_steps`), walking down while
@@ -295,6 +298,7 @@ class LengthStage(NamedTuple):
     tried_llc: np.ndarray  # (instance, localization)
     tried_converged: np.ndarray
     tried_steps: np.ndarray
+    index: np.ndarray  # (instance,) the step size (index into the grid) at the localization kept
 
 
 def _stable(before: np.ndarray, before_se: np.ndarray, now: Runs, rel_tol: float, max_rhat: float,
@@ -313,11 +317,16 @@ def _stable(before: np.ndarray, before_se: np.ndarray, now: Runs, rel_tol: float
     return settled & rhat_ok & (now.n_diverged == 0)
 
 
-def length_stage(sampler: Sampler, key, eps, localizations, *, min_steps, max_steps, rel_tol, max_rhat, noise_sd,
-                 min_relaxation, batch_size, progress) -> LengthStage:
+def length_stage(sampler: Sampler, key, eps_grid, index, localizations, *, bounds, min_steps, max_steps, rel_tol,
+                 max_rhat, noise_sd, min_relaxation, batch_size, progress) -> LengthStage:
     """Stage 2 (see the module docstring): an instance settles at a length only where its chain has
-    also run for at least `min_relaxation` / gamma of sampler time eps x steps."""
+    also run for at least `min_relaxation` / gamma of sampler time eps x steps. Each instance starts
+    at step size `eps_grid[index]`; one that moves to a stronger localization keeps its step size
+    only where it is within that localization's curvature bound (`bounds (instance, localization)`),
+    else takes the largest grid step size that is (the smallest, if none is)."""
     n_inst = sampler.n_instances
+    index = np.asarray(index).copy()
+    eps = np.asarray(eps_grid)[index]
     lengths = [int(min_steps)]
     while lengths[-1] * 2 <= max_steps:
         lengths.append(lengths[-1] * 2)
@@ -362,10 +371,15 @@ def length_stage(sampler: Sampler, key, eps, localizations, *, min_steps, max_st
             llc[keep], se[keep], rhat[keep] = llc_g[keep], se_g[keep], rhat_g[keep]
             escalate = here & ~converged & (g < G - 1)
             gamma_index = np.where(escalate, g + 1, gamma_index)
+            if escalate.any():  # a stronger localization lowers the curvature bound: stay within it
+                within = np.asarray(eps_grid)[None, :] <= bounds[:, min(g + 1, G - 1), None]
+                allowed = np.where(within.any(axis=1), len(eps_grid) - 1 - np.argmax(within[:, ::-1], axis=1), 0)
+                index = np.where(escalate, np.minimum(index, allowed), index)
+                eps = np.asarray(eps_grid)[index]
             pending = escalate
     gammas = np.asarray(localizations, np.float64)[gamma_index]
     return LengthStage(lengths, llc, se, rhat, final_steps, converged, gammas, tried_llc, tried_converged,
-                       tried_steps)
+                       tried_steps, index)
 
 
 class LongCheckStage(NamedTuple):
@@ -584,10 +598,11 @@ def calibrate_batched(
     minibatch = batch_size is not None and batch_size < n
     curvature = (curvature_with_noise if minibatch else curvature_batched)(loss_fn, params, data,
                                                                            data_batched=data_batched, key=curv_key)
-    bound = step_size_bound(curvature["eigenvalues"], localizations[0], nbeta_value, tol=curvature_tol,
-                            top=curvature["top"])
+    bounds = np.stack([step_size_bound(curvature["eigenvalues"], gamma, nbeta_value, tol=curvature_tol,
+                                       top=curvature["top"]) for gamma in localizations], axis=1)  # (instance, gamma)
     # Metropolis-adjusted chains are exact at every step size: the bias bound does not limit them
-    limit = np.full_like(bound, np.inf) if metropolis else bound
+    limits = np.full_like(bounds, np.inf) if metropolis else bounds
+    limit = limits[:, 0]
     sweep = sweep_stage(sampler, sweep_key, step_sizes, steps=sweep_steps, localization=localizations[0],
                         batch_size=batch_size, bound=limit, target_acceptance=target_acceptance,
                         max_acceptance_drop=max_acceptance_drop, progress=progress)
@@ -602,13 +617,13 @@ def calibrate_batched(
                              localization=localizations[0], batch_size=batch_size, bias_tol=bias_tol,
                              progress=progress)
     eps_grid = np.asarray(step_sizes)
-    length = length_stage(sampler, length_key, eps_grid[short.index], localizations, min_steps=min_steps,
+    length = length_stage(sampler, length_key, eps_grid, short.index, localizations, bounds=limits, min_steps=min_steps,
                           max_steps=max_steps, rel_tol=rel_tol, max_rhat=max_rhat, noise_sd=noise_sd,
                           min_relaxation=min_relaxation, batch_size=batch_size,
                           progress=progress)
     last_of = lambda rows: np.array([row[np.isfinite(row)][-1] if np.isfinite(row).any() else np.nan for row in rows])
     last, last_se = last_of(length.llc), last_of(length.llc_se)
-    long = long_check_stage(sampler, length_key, step_sizes, short.index, length.final_steps, last, last_se,
+    long = long_check_stage(sampler, length_key, step_sizes, length.index, length.final_steps, last, last_se,
                             length.localization, long_check_max_steps=0 if metropolis else long_check_max_steps,
                             bias_tol=bias_tol,
                             noise_sd=noise_sd,
@@ -642,6 +657,8 @@ def calibrate_batched(
                     long_check_max_steps=long_check_max_steps, curvature_tol=curvature_tol, batch_tol=batch_tol,
                     batch_check_steps=batch_check_steps,
                     key=[int(v) for v in np.asarray(jax.random.key_data(key)).ravel()])
+    kept = np.searchsorted(np.asarray(localizations), length.localization)  # the bound where the chains ran
+    bound = bounds[np.arange(len(kept)), kept]
     ds = calibration_dataset(dims, step_sizes, sweep, short, length, long, batch, curvature, bound,
                              final_eps=final_eps, final_steps=final_steps, nbeta=nbeta_value,
                              settings=settings, batch_bias_predicted=predicted)
@@ -706,13 +723,13 @@ def calibration_dataset(dims, step_sizes, sweep: SweepStage, short: ShortBiasSta
                                                   "batch_check"))
     idx = np.arange(n_eps)[None, :]
     chosen = idx == long.final_index[:, None]
-    at_length = idx == short.index[:, None]
+    at_length = idx == length.index[:, None]
     # Metropolis-adjusted chains sample the exact posterior: its quadratic value is the eps -> 0 one (as the stored checks')
     quad_eps = np.zeros_like(final_eps) if settings["metropolis"] else final_eps
     llc_quad = quadratic_llc(curvature["eigenvalues"], quad_eps, length.localization, nbeta) \
         if curvature["eigenvalues"] is not None else np.full(len(final_eps), np.nan)
     change = np.abs(np.diff(length.llc, axis=1, prepend=np.nan))
-    sampler_time = eps_grid[short.index][:, None] * length.lengths[None, :] * np.where(np.isfinite(length.llc), 1,
+    sampler_time = eps_grid[length.index][:, None] * length.lengths[None, :] * np.where(np.isfinite(length.llc), 1,
                                                                                         np.nan)
     var = lambda d, v, long_name, units="1": xr.Variable(d, shape(v), {"long_name": long_name,
                                                                           **({"units": units} if units else {})})
@@ -725,9 +742,11 @@ def calibration_dataset(dims, step_sizes, sweep: SweepStage, short: ShortBiasSta
         "n_diverged": var(S, sweep.n_diverged, "divergent chains", "chains"),
         "rhat_sweep": var(S, sweep.rhat, "R-hat of the sweep loss traces"),
         "healthy": flag(S, sweep.healthy, "no divergence and acceptance >= acceptance_threshold" +
-                        ("" if settings["metropolis"] else ", and step size <= step_size_bound")),
+                        ("" if settings["metropolis"] else ", and step size within the curvature bound at the "
+                                                            "first localization")),
         "chosen": flag(S, chosen, "the chosen step size (after the long-chain bias check)"),
-        "length_stage": flag(S, at_length, "the step size of the chain-length stage (after the short bias check)"),
+        "length_stage": flag(S, at_length, "the step size of the chain-length stage (after the short bias check; "
+                                           "within the curvature bound of the localization kept)"),
         "llc_bias_check": var(S, short.llc, "LLC estimate of the bias check (equal sampler time eps x steps as "
                                             "the next larger step size it was compared with)"),
         "llc_se_bias_check": var(S, short.llc_se, "standard error of llc_bias_check over chains"),
@@ -769,14 +788,15 @@ def calibration_dataset(dims, step_sizes, sweep: SweepStage, short: ShortBiasSta
                                     "not a rule of the calibration)"),
         "hessian_top_eigenvalue": var(inst, curvature["top"], "largest eigenvalue of the Hessian of L_n at w*"),
         "step_size_bound": var(inst, bound, "largest step size whose quadratic-approximation discretisation bias is "
-                                            "at most curvature_tol"),
+                                            "at most curvature_tol, at the localization kept"),
         "llc_quadratic": var(inst, llc_quad, "quadratic-approximation LLC at the chosen step size, localization and "
                                              "nbeta (curved directions only; Metropolis-adjusted chains: at step "
                                              "size 0, the exact posterior's)"),
         "acceptance_plateau": var(inst, sweep.plateau, "acceptance at the two smallest step sizes (max)"),
         "acceptance_threshold": var(inst, sweep.threshold, "min(target, plateau - max_acceptance_drop)"),
         "chosen_step_size": var(inst, final_eps, "the step size chosen"),
-        "length_step_size": var(inst, eps_grid[short.index], "the step size of the chain-length stage"),
+        "length_step_size": var(inst, eps_grid[length.index], "the step size of the chain-length stage (at the "
+                                                              "localization kept)"),
         "chosen_localization": var(inst, length.localization, "the localization chosen"),
         "chosen_num_steps": var(inst, final_steps, "the chain length chosen (burn-in included)", "steps"),
         "converged": flag(inst, length.converged, "the chain-length rule settled"),

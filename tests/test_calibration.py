@@ -244,3 +244,20 @@ def test_metropolis_calibration_stores_the_exact_posteriors_quadratic_llc(proble
     exact = quadratic_llc(ds["hessian_eigenvalues"].values, 0.0, config.localization, ds.attrs["nbeta"])
     at_eps = quadratic_llc(ds["hessian_eigenvalues"].values, config.step_size, config.localization, ds.attrs["nbeta"])
     assert ds.attrs["llc_quadratic"] == pytest.approx(float(exact), rel=1e-6) and float(exact) != float(at_eps)
+
+
+def test_a_stronger_localization_keeps_the_step_size_within_its_own_curvature_bound():
+    # gamma 300 lowers the curvature bound below the step size chosen at gamma 1e-3; an instance that
+    # escalated kept that step size (predicted bias 10%) and the dataset quoted the gamma 1e-3 bound
+    from linear_regression import regression_loss, regression_problem
+    from slt_superposition.curvature import step_size_bound
+
+    params, data = regression_problem(400)
+    config, ds = calibrate(regression_loss, params, data, key=jax.random.key(0), batch_size=None, num_chains=2,
+                           step_sizes=(1e-5, 3.16e-5, 1e-4, 3.16e-4, 1e-3), sweep_steps=200, min_steps=500,
+                           max_steps=2000, localization=(1e-3, 300.0), rel_tol=0.0, noise_sd=0.0)  # nothing settles
+    assert config.localization == 300.0 and float(ds["localization"].values[-1]) == 300.0
+    bound = float(step_size_bound(ds["hessian_eigenvalues"].values, 300.0, ds.attrs["nbeta"]))
+    assert ds.attrs["step_size_bound"] == pytest.approx(bound, rel=1e-6)
+    assert config.step_size <= bound < 1e-3
+    assert float(step_size_bound(ds["hessian_eigenvalues"].values, 1e-3, ds.attrs["nbeta"])) >= 1e-3  # gamma0 allowed it
