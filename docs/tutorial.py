@@ -36,7 +36,7 @@ import jax
 SMALL = os.environ.get("SLT_TUTORIAL_SMALL") == "1"  # the test suite's setting: plumbing, not science
 TRAIN_STEPS = 300 if SMALL else 5000
 N_SAMPLES = 512 if SMALL else 4096
-CALIBRATION = (dict(step_sizes=(1e-5, 1e-4), sweep_steps=100, min_steps=200, max_steps=400) if SMALL
+CALIBRATION = (dict(step_sizes=(1e-5, 1e-4), sweep_steps=100, min_steps=100, max_steps=400) if SMALL
                else dict(min_steps=4000, max_steps=32_000))
 
 # %% [markdown]

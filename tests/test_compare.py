@@ -191,7 +191,7 @@ def test_flagship_tiny_grid_is_reproducible_and_self_describing(tmp_path, capsys
     config = FlagshipConfig(
         models=((5, 2),), n_feature_probabilities=3, min_feature_probability=0.05, seeds=2, train_steps=600,
         llc_samples=512, llc_chains=2, llc_batch_size=128, check_steps=100, calibration_chains=2,
-        calibration_step_sizes=(1e-5, 1e-4, 1e-3), calibration_sweep_steps=100, calibration_min_steps=200,
+        calibration_step_sizes=(1e-5, 1e-4, 1e-3), calibration_sweep_steps=100, calibration_min_steps=50,
         calibration_max_steps=200, calibration_long_check_steps=400, hessian_samples=256, sae_samples=512,
         sae_steps=50, sae_restarts=1, development_steps=200, development_seeds=1, development_snapshots=2,
         development_samples=700, development_max_steps=200, development_long_check_steps=400,

@@ -136,7 +136,7 @@ def test_calibration_figure_shows_each_decision(tiny_grid):
     loss_fn, params, data = llc_inputs(tiny_grid, n_samples=256, key=jax.random.key(0))
     first = jax.tree_util.tree_map(lambda x: x[0], (params, data))
     _, sweep = calibrate(loss_fn, *first, key=jax.random.key(2), batch_size=64, num_chains=2,
-                         step_sizes=(1e-6, 1e-5, 1e-4), sweep_steps=100, min_steps=200, max_steps=400)
+                         step_sizes=(1e-6, 1e-5, 1e-4), sweep_steps=100, min_steps=100, max_steps=400)
     fig = llc_plots.calibration_figure(sweep)
     panels = visible_axes(fig)
     assert len(panels) == 3
