@@ -60,7 +60,8 @@ from toy_models.train import llc_inputs
 GAMMAS = (1.0, 10.0, 100.0, 1000.0)
 CASES = [(6, 0), (5, 0)]  # (k, positive dead): the 6-gon (no dead feature), the 5-gon (one, negative bias)
 SETTINGS = dict(n=100_000, calibration=kgon_llc.CALIBRATION)
-QUICK = dict(n=2**14, calibration=dict(kgon_llc.QUICK, min_steps=5000, max_steps=20_000))  # three lengths: the rule needs them
+# the length rule compares three chain lengths (min_steps, 2x, 4x): 5000 to 20,000
+QUICK = dict(n=2**14, calibration=dict(kgon_llc.QUICK, min_steps=5000, max_steps=20_000))
 # trained TMS (model of tms_llc_vs_n.MODELS, feature probability): dense, and sparse with dead features
 TRAINED = [("n6_m2", 1.0), ("n6_m2", 0.05), ("n20_m5", 0.05)]
 TRAINED_SETTINGS = dict(n=2**14, train_steps=3000, calibration=tms_llc_vs_n.SETTINGS["calibration"])

@@ -549,14 +549,16 @@ def calibrate_batched(
     whose `step_size`, `localization`, `num_steps` and `num_burnin` are arrays with the instance
     shape (for `estimate_llc_batched`), `num_chains` chains, the batch size that passed the
     minibatch check and the nbeta every stage ran at (a number where `nbeta` named a convention,
-    which the estimate would otherwise resolve again from the chosen batch); the dataset has the instance dims in front of every variable.
+    which the estimate would otherwise resolve again from the chosen batch); the dataset has the
+    instance dims in front of every variable.
     `metropolis`: calibrate Metropolis-adjusted chains (`SGLDConfig.metropolis`; needs `batch_size`
     None): they have no discretisation bias, so the curvature bound does not limit the step size
     (it is still recorded), the sweep's acceptance rule, now on the realised acceptance rate, is
     what does, and the bias stages (1b, 3) run nothing; the chain-length stage is unchanged.
     `min_steps` None: `default_min_steps(max_steps)` (10,000, or max_steps / 4 if smaller: the
-    length rule needs three lengths, min_steps, 2x and 4x; fewer is a RuntimeWarning and settles nothing). `bias_check_steps` None: from the sweep (see
-    stage 1b); `long_check_max_steps` None: 4 `max_steps`.
+    length rule needs three lengths, min_steps, 2x and 4x; fewer is a RuntimeWarning and settles
+    nothing). `bias_check_steps` None: from the sweep (see stage 1b); `long_check_max_steps` None:
+    4 `max_steps`.
     """
     min_steps = default_min_steps(max_steps) if min_steps is None else min_steps
     _check_settings(sweep_steps=sweep_steps, min_steps=min_steps, max_steps=max_steps, batch_check_steps=batch_check_steps,
@@ -617,7 +619,8 @@ def calibrate_batched(
                              localization=localizations[0], batch_size=batch_size, bias_tol=bias_tol,
                              progress=progress)
     eps_grid = np.asarray(step_sizes)
-    length = length_stage(sampler, length_key, eps_grid, short.index, localizations, bounds=limits, min_steps=min_steps,
+    length = length_stage(sampler, length_key, eps_grid, short.index, localizations, bounds=limits,
+                          min_steps=min_steps,
                           max_steps=max_steps, rel_tol=rel_tol, max_rhat=max_rhat, noise_sd=noise_sd,
                           min_relaxation=min_relaxation, batch_size=batch_size,
                           progress=progress)
@@ -724,7 +727,7 @@ def calibration_dataset(dims, step_sizes, sweep: SweepStage, short: ShortBiasSta
     idx = np.arange(n_eps)[None, :]
     chosen = idx == long.final_index[:, None]
     at_length = idx == length.index[:, None]
-    # Metropolis-adjusted chains sample the exact posterior: its quadratic value is the eps -> 0 one (as the stored checks')
+    # Metropolis-adjusted chains sample the exact posterior: its quadratic value is at eps 0 (as the stored checks')
     quad_eps = np.zeros_like(final_eps) if settings["metropolis"] else final_eps
     llc_quad = quadratic_llc(curvature["eigenvalues"], quad_eps, length.localization, nbeta) \
         if curvature["eigenvalues"] is not None else np.full(len(final_eps), np.nan)

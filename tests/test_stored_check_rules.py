@@ -48,7 +48,8 @@ def test_batch_check_with_every_pair_divergent_fails():
         llc = 1.0 + 0.001 * rng.standard_normal((2, chains))
         return {"llc_per_chain": np.where(diverged, np.nan, llc), "diverged": diverged, "loss_trace": trace}
 
-    config = SGLDConfig(step_size=1e-3, localization=1.0, num_chains=chains, num_steps=steps, num_burnin=steps // 2, batch_size=100)
+    config = SGLDConfig(step_size=1e-3, localization=1.0, num_chains=chains, num_steps=steps, num_burnin=steps // 2,
+                        batch_size=100)
     _, rel, se = _paired_batch_check(sample, config, np.array([steps, steps]), np.array([0.5, 0.5]),
                                      np.array([100.0, 100.0]), key=None)
     assert np.isnan(rel[1]) and np.isinf(se[1]) and np.isfinite(se[0])
