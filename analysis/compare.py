@@ -134,20 +134,27 @@ def dead_flat_parameters(W: xr.DataArray, b: xr.DataArray, data: str | None = No
     """Parameters of dead features in a flat region, (..., hidden, feature), (..., feature) -> (...).
 
     `data`: the training data's kind (a train dataset's `data` attr). With one feature active at a
-    time (`ONE_FEATURE_AT_A_TIME`: x = mu e_i), m + 1 per column with |W_i|^2 <= -b_i (a zero
-    column with non-positive bias, or a short one whose own output stays off: x_i |W_i|^2 + b_i <= 0
-    for x_i in [0, 1]): its weights reach no other output and its bias no output at all. With
-    features active together (every other kind, and None), a dead column's weights enter the
-    other features' outputs whenever feature i is active beside them (x_i W_j . W_i), so they are
-    curved, however weakly; only the bias is flat: 1 per column whose output stays off for every x
-    in [0, 1]^n, sum_j max(0, W_i . W_j) + b_i <= 0."""
+    time (`ONE_FEATURE_AT_A_TIME`: inputs x = u e_k, u in [0, 1]), a column's bias is flat when its
+    output stays off on every input, max(0, max_k W_i . W_k) + b_i <= 0; its m weights too when
+    they reach no other output: on input e_i every other output j is off (max(0, W_j . W_i) + b_j
+    <= 0) or has W_j = 0. A live output with a positive bias (on, on input e_i) makes the weights of
+    every dead column curved (its value moves with W_j . W_i). With features active together
+    (every other kind, and None), a dead column's weights enter the other features' outputs
+    whenever feature i is active beside them (x_i W_j . W_i), so they are curved, however weakly;
+    only the bias is flat: 1 per column whose output stays off for every x in [0, 1]^n,
+    sum_j max(0, W_i . W_j) + b_i <= 0."""
     m = W.sizes["hidden"]
+    gram = xr.dot(W, W.rename(feature="other"), dim="hidden")  # (..., feature, other)
     if data in ONE_FEATURE_AT_A_TIME:
-        flat = (W**2).sum("hidden") <= -b
-        return ((m + 1) * flat.sum("feature")).assign_attrs(
-            _attrs("parameters of dead features in a flat region ((m + 1) per column with |W_i|^2 <= -b_i; one "
-                   "feature active at a time)"))
-    gram = xr.dot(W, W.rename(feature="other"), dim="hidden")
+        off = gram.clip(min=0).max("other") + b <= 0  # output i off on every input u e_k
+        others = (gram.clip(min=0) + b.rename(feature="other") <= 0) | ((W**2).sum("hidden") == 0).rename(
+            feature="other")  # output j off on input e_i, or W_j = 0
+        itself = xr.DataArray(np.eye(W.sizes["feature"], dtype=bool), dims=("feature", "other"))
+        quiet = off & (others | itself).all("other")
+        return (off.sum("feature") + m * quiet.sum("feature")).assign_attrs(
+            _attrs("parameters of dead features in a flat region (one feature active at a time: the bias of each "
+                   "column whose output stays off on every input, and its m weights where every other output is "
+                   "off on its input or has zero weights)"))
     flat = gram.clip(min=0).sum("other") + b <= 0
     return flat.sum("feature").assign_attrs(
         _attrs("parameters of dead features in a flat region (the bias of each column with sum_j max(0, W_i . W_j) "

@@ -129,8 +129,8 @@ def _symmetry_bound(params, data: str) -> float:
 
 
 def dead_columns(params) -> np.ndarray:
-    """`(feature,)` mask of the dead features in a flat region (`dead_flat_parameters`' rule:
-    |W_i|^2 <= -b_i, a zero column with non-positive bias)."""
+    """`(feature,)` mask of the dead features: |W_i|^2 <= -b_i, a column whose output stays off on
+    its own input (a zero column with non-positive bias; the k-gon classes' dead columns)."""
     W, b = np.asarray(params["W"]), np.asarray(params["b"])
     return (W ** 2).sum(axis=0) <= -b
 

@@ -361,9 +361,30 @@ def test_dead_flat_bias_needs_every_co_active_input_to_stay_off():
 
     W = xr.DataArray(np.array([[1.0, 0.0, 0.3], [0.0, 1.0, 0.0]]), dims=("hidden", "feature"))
     b = xr.DataArray(np.array([0.0, 0.0, -0.2]), dims="feature")  # column 2: |W_2|^2 = 0.09 <= 0.2
-    assert int(dead_flat_parameters(W, b, "high_sparsity_limit")) == 3  # alone it stays off: m + 1 flat
+    # one feature at a time: input e_0 alone switches it on (0.3 - 0.2 > 0), so not even its bias is flat
+    assert int(dead_flat_parameters(W, b, "high_sparsity_limit")) == 0
     assert int(dead_flat_parameters(W, b, "sparse_uniform")) == 0  # with feature 0 beside it: 0.3 + 0.09 - 0.2 > 0
     assert int(dead_flat_parameters(W, b.copy(data=[0.0, 0.0, -0.5]), "sparse_uniform")) == 1  # 0.39 - 0.5 <= 0
+    # b_2 = -0.5: off on every input, but output 0 is on on input e_2 (0.3 + 0 > 0): its bias alone is flat
+    assert int(dead_flat_parameters(W, b.copy(data=[0.0, 0.0, -0.5]), "high_sparsity_limit")) == 1
+
+
+@pytest.mark.parametrize("live_bias, flat", [(-0.1, 9), (0.1, 3)])
+def test_dead_columns_weights_are_curved_where_a_live_output_is_on(live_bias, flat):
+    """One feature at a time (the k-gon classes' data): three zero columns beside a triangle. With the
+    live biases negative every dead parameter is flat, m + 1 per column; with them positive the live
+    outputs are on on every input, and move with W_j . W_i: only the dead biases are flat. The count
+    equals the population Hessian's zero eigenvalues (it was 9 in both cases)."""
+    from analysis.compare import dead_flat_parameters
+    from slt_superposition.theory import population_hessian
+
+    W = np.zeros((2, 6))
+    W[:, :3] = _polygon(3, 1.0)
+    b = np.array([live_bias] * 3 + [-0.5] * 3)
+    zero = int((np.abs(np.linalg.eigvalsh(population_hessian(W, b))) < 1e-8).sum())
+    counted = int(dead_flat_parameters(xr.DataArray(W, dims=("hidden", "feature")), xr.DataArray(b, dims="feature"),
+                                       "high_sparsity_limit"))
+    assert counted == flat == zero
 
 
 def test_orbit_dimension_follows_the_rank():
