@@ -70,7 +70,8 @@ def refine(loss_fn: Callable, params: PyTree, data: PyTree, *, steps: int = REFI
         _, _, i, norm = carry
         return (i < steps) & (norm > tol)
 
-    start = (params, opt.init(params), jnp.zeros((), jnp.int32), jnp.asarray(jnp.inf, jnp.float32))
+    norm_dtype = jnp.result_type(*jax.tree_util.tree_leaves(params))  # the gradient norm's (float64 params too)
+    start = (params, opt.init(params), jnp.zeros((), jnp.int32), jnp.asarray(jnp.inf, norm_dtype))
     refined, _, _, _ = jax.lax.while_loop(unfinished, body, start)
     better = objective(refined) <= objective(params)
     out = jax.tree_util.tree_map(lambda new, old: jnp.where(better, new, old), refined, params)

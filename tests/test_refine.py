@@ -59,3 +59,12 @@ def test_relative_move_is_the_distance_travelled_over_the_starting_norm_per_inst
     after = {"W": jnp.array([[[3.0, 0.0]], [[1.0, 2.0]]]), "b": jnp.array([[4.0], [2.0]])}
     np.testing.assert_allclose(relative_move(before, after), [0.0, np.sqrt(2.0 / 3.0)], rtol=1e-6)
 
+
+
+def test_refinement_of_float64_parameters():
+    """With 64-bit types on, the gradient norm is float64: the loop's carry started as float32 and
+    `refine` raised a TypeError."""
+    loss = lambda p, d: jnp.mean((p["w"][0] * p["w"][1] * d - 1.0) ** 2)
+    with jax.enable_x64(True):
+        out, before, after = refine(loss, {"w": jnp.array([0.5, 0.7])}, jnp.linspace(0.5, 1.5, 10))
+        assert out["w"].dtype == jnp.float64 and float(after) < 1e-6 < float(before)
