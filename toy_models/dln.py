@@ -87,7 +87,8 @@ def dln_true_params(key, widths, rank: int, kind: str = "singular") -> list[jax.
     """A true parameter w* (weights only) whose end-to-end matrix has rank `rank`.
 
     kind "singular": every layer W_l = A_l B_l with inner dimension r (each of rank r).
-    kind "less_singular": the middle layer (index L // 2) has rank r, the others are generic
+    kind "less_singular": the layer at list index L // 2 (the middle one for odd L; W_2 for L = 2)
+    has rank r, the others are generic
     Gaussian (full rank). Factors are N(0, 1/fan) so that entries are O(1/sqrt(fan_in)).
     Returns `[W_1 (H_1, H_0), ..., W_L (H_L, H_{L-1})]` float32.
     """
