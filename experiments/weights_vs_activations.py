@@ -87,7 +87,10 @@ class FlagshipConfig:
     calibration_max_steps: int = 4000
     calibration_long_check_steps: int = 7200  # calibrate's long-chain bias check (stage 3) at most this long
     check_steps: int = 300  # short paired runs of the minibatch check (calibration) and the stored bias checks
-    hessian_samples: int = 2048
+    # None: the Hessian and Gauss-Newton ranks on every LLC sample, L_n itself (refined to a critical point
+    # of it); an int: on the first that many, cheaper, but the Hessian of another loss, at a point that is
+    # not critical for it (its gradient sets the rank's floor): ranks and "not a minimum" then misread
+    hessian_samples: int | None = None
     refine_steps: int = 300  # at most this many L-BFGS iterations on L_n before the LLC and the Hessian (analysis.refine)
     refine_tol: float = 1e-6  # ... stopping once ||grad L_n|| is at most this
     sae_seeds: int = 1  # SAEs are trained on the first `sae_seeds` seeds of every feature probability
@@ -153,13 +156,13 @@ class FlagshipConfig:
 QUICK = FlagshipConfig(models=((5, 2), (6, 2), (20, 5)), n_feature_probabilities=6, seeds=2, train_steps=3000,
                        llc_samples=4096, llc_chains=2, calibration_chains=2,
                        calibration_step_sizes=HALF_DECADES, calibration_sweep_steps=300, calibration_min_steps=600,
-                       calibration_max_steps=2400, calibration_long_check_steps=2400, hessian_samples=512,
+                       calibration_max_steps=2400, calibration_long_check_steps=2400,
                        sae_samples=2048, sae_steps=800, sae_restarts=1, sae_resample=False, development_steps=3000, development_seeds=4,
                        development_snapshots=12, development_max_steps=2400, development_long_check_steps=2400)
 FULL = FlagshipConfig(n_feature_probabilities=40, seeds=16, train_steps=10_000, llc_samples=65_536, llc_chains=8,
                       calibration_chains=8, calibration_step_sizes=HALF_DECADES,
                       calibration_sweep_steps=1000, calibration_min_steps=2000, calibration_max_steps=8000,
-                      calibration_long_check_steps=32_000, hessian_samples=4096,
+                      calibration_long_check_steps=32_000,
                       sae_seeds=4, sae_steps=5000, sae_restarts=2, development_seeds=8)
 
 
@@ -254,14 +257,15 @@ def _calibrate(loss_fn, params, data, key, config: FlagshipConfig, *, instance_d
 
 
 def _weight_basis(inputs, train: xr.Dataset, config: FlagshipConfig) -> xr.Dataset:
-    """Hessian and Gauss-Newton ranks at the refined point (the LLC's w*), on the first
-    `hessian_samples` of the LLC's samples."""
+    """Hessian and Gauss-Newton ranks at the refined point (the LLC's w*), on the LLC's samples
+    (the first `hessian_samples` of them where that is set)."""
     loss_fn, params, data, _ = inputs
-    data = jax.tree_util.tree_map(lambda x: x[..., : config.hessian_samples, :], data)
+    if config.hessian_samples is not None:
+        data = jax.tree_util.tree_map(lambda x: x[..., : config.hessian_samples, :], data)
     basis = weight_basis_measures(loss_fn, tms_forward, params, data, inputs=data["x"],
                                   instance_dims=GRID_DIMS, data_batched=True)
     basis = basis.assign_coords(grid.grid_coords(train))
-    # trained weights are only approximately critical: curvature below |grad L| counts as flat
+    # refined weights are critical only to refine_tol: curvature below |grad L| counts as flat
     basis["hessian_rank_rounding"] = basis["hessian_rank"].assign_attrs(
         long_name="rank of the loss Hessian above the float32 rounding tolerance only")
     basis["hessian_rank"] = rank_above_gradient_floor(basis["hessian_eigenvalues"], basis["grad_norm"],

@@ -420,3 +420,23 @@ def test_findings_show_the_budget():
     assert "On 50% of instances at least one chain ended with other features live than at w*" in text
     assert ("Median 2 llc / d 0.78 on those, 0.67 where every chain stayed; above the symmetry bound 0% and 0% "
             "(`python -m analysis.excursion_table`).") in text
+
+
+def test_the_weight_basis_reads_the_hessian_of_the_llcs_own_loss(tiny_grid):
+    """The flagship refines every instance to a critical point of L_n (the LLC's loss); the Hessian
+    ranks were read on the first 512 of its 4096 samples (quick), another loss, at a point not
+    critical for it: the rank's gradient floor was that loss's gradient, and its saddles were read as
+    "not a minimum". By default the ranks now read L_n: the gradient there is refinement's."""
+    import dataclasses
+
+    import jax
+
+    from experiments.weights_vs_activations import QUICK, _refined_inputs, _weight_basis
+
+    config = dataclasses.replace(QUICK, llc_samples=1024)
+    assert config.hessian_samples is None
+    inputs = _refined_inputs(tiny_grid, config, jax.random.key(0))
+    on_l_n = _weight_basis(inputs, tiny_grid, config)
+    np.testing.assert_allclose(on_l_n["grad_norm"].values, inputs[3]["after"], rtol=1e-3, atol=1e-6)
+    on_part = _weight_basis(inputs, tiny_grid, dataclasses.replace(config, hessian_samples=128))
+    assert (on_part["grad_norm"].values > 10 * on_l_n["grad_norm"].values).all()
