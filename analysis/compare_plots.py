@@ -409,7 +409,8 @@ def headline(ds: xr.Dataset) -> str:
             f"activations (k > m) and {count('undercomplete_weights_overcomplete_activations')} have both overcomplete "
             "activations and undercomplete weights" + (f" ({meaning})." if meaning else "."))
     if "llc_trusted" in ds:
-        text += f" {count('llc_trusted')} of the {total} LLC estimates passed every stored bias check."
+        text += (f" {count('llc_trusted')} of the {total} LLC estimates are trusted (every stored bias check "
+                 f"passed and the calibration's chain-length rule settled).")
     return text + " Per model, in numbers:"
 
 
@@ -478,7 +479,8 @@ def findings(ds: xr.Dataset, dev: xr.Dataset | None = None, kgon_llc: dict[int, 
                      f"stopped moving with chain length on {c['converged']:.0%} of instances")
             text += (" (elsewhere it may still be moving: short chains read low at singular points)"
                      if c["converged"] < 1 else "")
-            text += f"; the stored bias checks pass (`llc_trusted`) on {c['trusted']:.0%}"
+            text += (f"; trusted (`llc_trusted`: every stored bias check passed and the length rule settled) on "
+                     f"{c['trusted']:.0%}")
             text += _untrusted_counts(one) + "."
         text += _minibatch_bias_finding(one)
         if "llc_chains_left" in one:

@@ -63,4 +63,5 @@ def test_flagship_headline_counts_from_the_data():
     text = headline(ds)
     assert text.startswith("Over 4 trained instances (n = 5, m = 2), 3 have overcomplete activations (k > m) and 2 "
                            "have both overcomplete activations and undercomplete weights (excess > 2 SE).")
-    assert "3 of the 4 LLC estimates passed every stored bias check" in text
+    assert ("3 of the 4 LLC estimates are trusted (every stored bias check passed and the calibration's chain-length "
+            "rule settled)") in text
