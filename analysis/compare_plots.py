@@ -25,6 +25,13 @@ def _models(ds: xr.Dataset) -> list[str]:
     return [str(m) for m in ds["model"].values] if "model" in ds.dims else [None]
 
 
+def _geometry_changes(one: xr.DataArray | xr.Dataset) -> xr.DataArray:
+    """`geometry_changes` as floats, NaN at the largest feature probability: it compares each
+    instance with the next larger p, and the largest has none (`compare.fragility` stores False)."""
+    p = one["feature_probability"]
+    return one["geometry_changes"].astype(float).where(p < p.max())
+
+
 def _one(ds: xr.Dataset, model) -> xr.Dataset:
     """One model's comparison, with a single importance decay squeezed away (`compare` keeps it)."""
     one = ds if model is None else ds.sel(model=model)
@@ -144,17 +151,18 @@ def plot_scatter(ds: xr.Dataset, out_dir: Path) -> Path:
 
 def fragility_figure(ds: xr.Dataset):
     """Per model and feature probability: the fraction of seeds whose geometry (k) changes at
-    the next feature probability, and |d (2 llc / d) / d log p| (normalised by d, so models
-    of different sizes share one scale), mean over seeds; the values are printed in the cells."""
+    the next larger feature probability (blank at the largest, which has none), and
+    |d (2 llc / d) / d log p| (normalised by d, so models of different sizes share one scale),
+    mean over seeds; the values are printed in the cells."""
     models = _models(ds)
-    change = np.stack([_one(ds, m)["geometry_changes"].astype(float).mean("seed").values for m in models])
+    change = np.stack([_geometry_changes(_one(ds, m)).mean("seed").values for m in models])
     slope = np.stack([(2.0 / _n_parameters(_one(ds, m)) * np.abs(_one(ds, m)["dllc_dlogp"])).mean("seed").values
                       for m in models])
     p = ds["feature_probability"].values
     with fs.style():
         fig, axes = fs.subplots(1, 2, width=fs.PAGE, height=0.35 * len(models) + 1.6)
         for ax, values, title, cmap, label in [
-            (axes[0, 0], change, "geometry changes at the next p", "Reds", "fraction of seeds"),
+            (axes[0, 0], change, "geometry changes at the next larger p", "Reds", "fraction of seeds"),
             (axes[0, 1], slope, "|d (2 llc / d) / d log p|", "magma_r", "mean over seeds"),
         ]:
             finite = values[np.isfinite(values)]
@@ -375,13 +383,16 @@ def plot_development(dev: xr.Dataset, out_dir: Path, kgon_llc: dict[int, float] 
 
 
 def summary_table(ds: xr.Dataset, n_rows: int = 5) -> str:
-    """A markdown table: per model, a few feature probabilities, means over seeds."""
+    """A markdown table: per model, a few feature probabilities, means over seeds ("geometry
+    changes" towards the next larger p: "-" at the largest, which has none)."""
+    cell = lambda v: "-" if not np.isfinite(v) else f"{v:.2f}"
     header = ("| model | p | k/m | 1/D* | SAE k/m | llc (+- se) | 2 llc / d | Hessian rank | GN rank | "
-              "under & over | geometry changes |")
+              "under & over | geometry changes at the next larger p |")
     lines = [header, "|---" * (header.count("|") - 1) + "|"]
     for model in _models(ds):
         one = _one(ds, model)
         ps = one["feature_probability"].values
+        geometry = _geometry_changes(one)  # over the whole p axis: the largest p has no larger neighbour
         for idx in np.linspace(0, len(ps) - 1, min(n_rows, len(ps))).astype(int):
             row = one.isel(feature_probability=idx)
             mean = lambda name: float(row[name].mean("seed")) if name in row else float("nan")
@@ -391,7 +402,8 @@ def summary_table(ds: xr.Dataset, n_rows: int = 5) -> str:
                 f"| {model} | {ps[idx]:.3g} | {mean('overcompleteness'):.2f} | {mean('features_per_dimension'):.2f} | "
                 f"{sae:.2f} | {mean('llc_mean'):.2f} +- {se:.2f} | {mean('d_eff_fraction'):.2f} | "
                 f"{mean('hessian_rank'):.1f} | {mean('gn_rank'):.1f} | "
-                f"{mean('undercomplete_weights_overcomplete_activations'):.2f} | {mean('geometry_changes'):.2f} |"
+                f"{mean('undercomplete_weights_overcomplete_activations'):.2f} | "
+                f"{cell(float(geometry.isel(feature_probability=idx).mean('seed')))} |"
             )
     return "\n".join(lines)
 
@@ -429,14 +441,17 @@ def findings(ds: xr.Dataset, dev: xr.Dataset | None = None, kgon_llc: dict[int, 
         x, y = one["overcompleteness"].values.ravel(), one["d_eff_fraction"].values.ravel()
         ok = np.isfinite(x) & np.isfinite(y)
         corr = _spearman(x[ok], y[ok])
-        change = one["geometry_changes"].values
+        changes = _geometry_changes(one).values  # NaN at the largest p: no larger neighbour
+        paired = np.isfinite(changes)
+        change, unchanged = paired & (changes == 1), paired & (changes == 0)
         slope = np.abs(one["dllc_dlogp"].values)
         at_change = float(np.nanmean(slope[change])) if change.any() else float("nan")
-        elsewhere = float(np.nanmean(slope[~change])) if (~change).any() else float("nan")
+        elsewhere = float(np.nanmean(slope[unchanged])) if unchanged.any() else float("nan")
         text = (f"- **n={n}, m={m}**: {over:.0%} of instances have overcomplete activations (k > m) and "
                 f"{both:.0%} have both overcomplete activations and undercomplete weights; the Spearman "
                 f"correlation of 2 llc / d with k/m is {corr:+.2f}. The geometry changes between "
-                f"neighbouring sparsities in {float(change.mean()):.0%} of cases, where |d llc / d log p| "
+                f"neighbouring sparsities in {change.sum() / max(paired.sum(), 1):.0%} of the {int(paired.sum())} "
+                f"pairs, where |d llc / d log p| "
                 f"averages {at_change:.2f} against {elsewhere:.2f} elsewhere.")
         if "n_represented_trained" in one:
             moved = one["n_represented_trained"] != one["n_represented"]

@@ -259,3 +259,18 @@ def test_untrusted_estimates_drawn_open_not_hidden(llc_grid):
     assert faces.count("white") >= 1 and len(faces) >= 2
     drawn = sum(len(line.get_xdata()) for line in ax.lines if line.get_marker() == "o")
     assert drawn == 4  # every instance is drawn, trusted or not
+
+
+def test_geometry_changes_have_no_value_at_the_largest_feature_probability():
+    """`geometry_changes` compares each instance with the next larger p; the largest has none (False in
+    the dataset). The figure leaves its cell blank and the shares count the pairs only (0.00 was drawn
+    there, and the report's share divided by every instance)."""
+    from analysis.compare_plots import fragility_figure
+
+    ds = _compare_dataset()
+    ds["geometry_changes"].values[:] = [[[False, False], [True, True], [True, False]]] * 2  # p = 1, 0.1, 0.01
+    change, _ = visible_axes(fragility_figure(ds))
+    cells = np.ma.filled(change.images[0].get_array().astype(float), np.nan)
+    np.testing.assert_array_equal(cells, [[np.nan, 1.0, 0.5]] * 2)
+    assert change.get_title() == "geometry changes at the next larger p"
+    assert len(change.texts) == 4  # the two blank cells print nothing
