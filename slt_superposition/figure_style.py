@@ -124,10 +124,12 @@ def probability_colours(values) -> tuple[list, object]:
     values = np.asarray(values, dtype=float)
     lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
     norm = mpl.colors.LogNorm(lo, hi if hi > lo else lo * 10)
-    cmap = mpl.colormaps[SEQUENTIAL].resampled(256)
+    # 5% to 85% of the colour map: stop short of viridis's pale yellow end, which vanishes on white
+    # paper; the colorbar is the same part, so a point reads its p off the bar
+    full = mpl.colormaps[SEQUENTIAL]
+    cmap = mpl.colors.ListedColormap(full(np.linspace(0.05, 0.85, 256)))
     mappable = mpl.cm.ScalarMappable(norm=norm, cmap=cmap)
-    # stop short of viridis's pale yellow end, which vanishes on white paper
-    colours = [cmap(0.05 + 0.8 * float(norm(v))) for v in values]
+    colours = [cmap(float(norm(v))) for v in values]
     return colours, mappable
 
 

@@ -274,3 +274,11 @@ def test_geometry_changes_have_no_value_at_the_largest_feature_probability():
     np.testing.assert_array_equal(cells, [[np.nan, 1.0, 0.5]] * 2)
     assert change.get_title() == "geometry changes at the next larger p"
     assert len(change.texts) == 4  # the two blank cells print nothing
+
+
+def test_probability_colours_read_off_their_colorbar():
+    """A point's colour is where its p sits on the colorbar (the points used 5-85% of the colour map,
+    the bar all of it: p = 1 read as about 0.5 against a 0.01-1 bar)."""
+    p = np.array([1.0, 0.398, 0.158, 0.01])
+    colours, mappable = fs.probability_colours(p)
+    np.testing.assert_allclose([mappable.to_rgba(v) for v in p], colours, atol=1e-12)
