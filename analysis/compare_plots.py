@@ -136,7 +136,8 @@ def scatter_figure(ds: xr.Dataset):
         ax.axhline(1.0, color=fs.REFERENCE, lw=0.7, ls=":")
         handles += [Line2D([], [], color=fs.REFERENCE, lw=0.7, ls="--"), Line2D([], [], color=fs.REFERENCE, lw=0.7,
                                                                               ls=":")]
-        labels += ["k / m = 1 (right: overcomplete activations)", "2 llc / d = 1 (below: undercomplete weights)"]
+        labels += ["k / m = 1 (right: overcomplete activations)",
+                   "2 llc / d = 1 (all directions used; undercomplete: 2 SE below the symmetry bound)"]
         ax.set_xlabel("k / m (represented features per neuron)")
         ax.set_ylabel("2 llc / d (effective fraction of the weights)")
         fs.legend_below(fig, handles, labels, ncol=2)
