@@ -479,12 +479,13 @@ def run_development(config: FlagshipConfig, out_dir: Path, progress: bool = True
 
     check_stop()
     with _stage("development: calibrate on a trained 6-feature TMS", progress):
-        dev_sgld = _development_sgld(dev_config, config, out_dir)
+        dev_sgld, settled = _development_sgld(dev_config, config, out_dir)
     check_stop()
     with _stage(f"development: train {config.development_seeds} seeds by SGD, every snapshot's LLC", progress):
         dev = development(dev_config, sgld=dev_sgld, n_samples=config.development_samples,
                           key=jax.random.key(config.seed + 1), check_steps=config.check_steps,
                           progress=progress)
+    dev = require_development_settled(dev, settled)
     dev.attrs.update(provenance_attrs("development", {"train": dataclasses.asdict(dev_config),
                                                       "sgld": dev_sgld.to_dict(),
                                                       "n_samples": config.development_samples}))
@@ -492,12 +493,27 @@ def run_development(config: FlagshipConfig, out_dir: Path, progress: bool = True
     return dev
 
 
-def _development_sgld(dev_config: TrainConfig, config: FlagshipConfig, out_dir: Path) -> SGLDConfig:
+def require_development_settled(dev: xr.Dataset, settled: bool) -> xr.Dataset:
+    """`dev` with `llc_trusted` and `llc_final_refined_trusted` requiring the development calibration's
+    chain-length rule to have settled (`settled`), as the flagship's `llc_trusted` requires its own:
+    every snapshot runs the chain length that calibration chose."""
+    out = dev.copy()
+    for name in ("llc_trusted", "llc_final_refined_trusted"):
+        if name in out:
+            out[name] = (out[name] & settled).assign_attrs(
+                long_name=out[name].attrs.get("long_name", name) + ", and the development calibration's "
+                                                                   "chain-length rule settled")
+    out.attrs["calibration_converged"] = int(bool(settled))
+    return out
+
+
+def _development_sgld(dev_config: TrainConfig, config: FlagshipConfig, out_dir: Path) -> tuple[SGLDConfig, bool]:
     """Calibrate once on a fully trained 6-feature TMS; used for every snapshot. In the Chen et al.
     setting at full batch, through the closed form of L_n (`development.full_batch_inputs`: exact
     L_n at about the cost of a minibatch, no minibatch check), with chains of at most
     `development_max_steps`, Metropolis-adjusted where `development_metropolis` (the exact potential
-    is what the accept/reject step needs). The sweep is saved as `calibration/development.nc`."""
+    is what the accept/reject step needs). The sweep is saved as `calibration/development.nc`.
+    Returns (the config with scalar settings, whether its chain-length rule settled)."""
     probe = train_grid(dataclasses.replace(dev_config, seeds=(0,), snapshot_steps=()), progress=False)
     loss_fn, params, data = llc_inputs(probe, n_samples=config.development_samples,
                                        key=jax.random.key(config.seed + 2))
@@ -511,7 +527,7 @@ def _development_sgld(dev_config: TrainConfig, config: FlagshipConfig, out_dir: 
     save_dataset(sweep, out_dir / "calibration" / "development.nc")
     scalar = {name: np.asarray(getattr(sgld, name)).reshape(-1)[0].item()
               for name in ("step_size", "localization", "num_steps", "num_burnin")}
-    return dataclasses.replace(sgld, **scalar)
+    return dataclasses.replace(sgld, **scalar), bool(np.all(sweep["converged"].values))
 
 
 def write_report(ds: xr.Dataset, dev: xr.Dataset, out_dir: Path, figures: list[Path], config: FlagshipConfig,

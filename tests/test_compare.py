@@ -440,3 +440,18 @@ def test_the_weight_basis_reads_the_hessian_of_the_llcs_own_loss(tiny_grid):
     np.testing.assert_allclose(on_l_n["grad_norm"].values, inputs[3]["after"], rtol=1e-3, atol=1e-6)
     on_part = _weight_basis(inputs, tiny_grid, dataclasses.replace(config, hessian_samples=128))
     assert (on_part["grad_norm"].values > 10 * on_l_n["grad_norm"].values).all()
+
+
+def test_development_trust_requires_its_calibration_to_have_settled():
+    """Every snapshot runs the chain length of one development calibration; where its length rule did
+    not settle, no snapshot is trusted, as the flagship's estimates are not (3 of 4 refined final points
+    read trusted beside an unsettled development calibration)."""
+    from experiments.weights_vs_activations import require_development_settled
+
+    dev = xr.Dataset({"llc_trusted": (("seed", "snapshot"), np.array([[True, False], [True, True]])),
+                      "llc_final_refined_trusted": (("seed",), np.array([True, False]))})
+    unsettled = require_development_settled(dev, False)
+    assert not unsettled["llc_trusted"].any() and not unsettled["llc_final_refined_trusted"].any()
+    assert unsettled.attrs["calibration_converged"] == 0
+    settled = require_development_settled(dev, True)
+    assert settled["llc_trusted"].equals(dev["llc_trusted"]) and settled.attrs["calibration_converged"] == 1
