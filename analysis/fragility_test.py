@@ -81,7 +81,10 @@ def response_measures(ds: xr.Dataset) -> xr.Dataset:
     out["retrain_rank_correlation"] = (dims, rank, {
         "long_name": "Spearman correlation of chi(p_j, ||W_i||) with the retrained Delta ||W_i|| over (j, i)",
         "units": "1"})
-    norm = ds["feature_norm_trained"].transpose(*dims, "feature").values[..., None, :]
+    # the linearisation at the point chi is read at: the refined point's norms (the trained ones in runs
+    # made before they were stored)
+    at = "feature_norm_refined" if "feature_norm_refined" in ds else "feature_norm_trained"
+    norm = ds[at].transpose(*dims, "feature").values[..., None, :]
     with np.errstate(invalid="ignore"):
         predicted = ((norm + pred > REPRESENTED_THRESHOLD).sum(-1) - (norm > REPRESENTED_THRESHOLD).sum(-1)).astype(float)
     predicted[~np.isfinite(pred).any(-1)] = np.nan

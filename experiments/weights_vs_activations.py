@@ -274,10 +274,11 @@ def _weight_basis(inputs, train: xr.Dataset, config: FlagshipConfig) -> xr.Datas
 
 
 def _response(train: xr.Dataset, train_config: TrainConfig, susceptibilities: xr.Dataset,
-              config: FlagshipConfig) -> xr.Dataset:
+              config: FlagshipConfig, refined: xr.Dataset) -> xr.Dataset:
     """Fragility two ways (`analysis.fragility_test`): the susceptibilities of ||W_i|| and D_i to
-    each perturbation (read from the LLC's own chains, `_calibrated_llc`), and the weights
-    retrained at q' from the same initialisation on the first `retrain_seeds` seeds."""
+    each perturbation (read from the LLC's own chains, `_calibrated_llc`, at the refined point
+    `refined`), and the weights retrained at q' from the same initialisation on the first
+    `retrain_seeds` seeds."""
     seeds = tuple(int(s) for s in train["seed"].values[: config.retrain_seeds])
     retrained = retrain_perturbed(dataclasses.replace(train_config, seeds=seeds), config.retrain_features,
                                   config.susceptibility_factor)
@@ -285,6 +286,8 @@ def _response(train: xr.Dataset, train_config: TrainConfig, susceptibilities: xr
     sus = susceptibilities.copy()
     sus["feature_norm_trained"] = feature_norms(train["W"]).assign_attrs(
         long_name="||W_i|| of the trained weights", units="1")
+    sus["feature_norm_refined"] = feature_norms(refined["W"]).assign_attrs(
+        long_name="||W_i|| at the refined point, where the susceptibilities are read", units="1")
     return xr.merge([sus, response], join="outer", combine_attrs="override")
 
 
@@ -358,7 +361,7 @@ def compute_model(n: int, m: int, config: FlagshipConfig, out_dir: Path, progres
     with _stage(f"{label}: sparse autoencoders", progress):
         sae = _sae(refined, config, jax.random.fold_in(key, 3))
     with _stage(f"{label}: retraining at q'", progress):
-        response = _response(train, train_config, susceptibilities, config)
+        response = _response(train, train_config, susceptibilities, config, refined)
     ds = compare(refined, llc, basis.drop_vars("hessian_eigenvalues"), sae)
     ds = ds.merge(chain_excursions(llc, np.asarray(inputs[1]["W"]), np.asarray(inputs[1]["b"])))  # where chains ended
     ds["W_refined"] = refined["W"].assign_attrs(long_name="W at the refined point, where both bases are read",

@@ -198,3 +198,17 @@ def test_conjecture_rows_read_the_region_and_the_susceptibility_in_the_same_orde
     assert rows == conjecture_rows(swapped, measures)
     assert rows[0][1:6] == ("1", "3", "9", "1", "9.00") and rows[0][-1] == "1 of 1"
     assert pooled_conjecture(stored, measures) == pooled_conjecture(swapped, measures)
+
+
+def test_predicted_delta_k_linearises_at_the_refined_point():
+    """chi is read on the chains at the refined point: Delta k as predicted adds it to the refined
+    norms (the trained ones were used, which refinement had moved: 0.67 where the refined gave 0.83)."""
+    from analysis.fragility_test import response_measures
+
+    ds = _synthetic(region_scale=1.0)
+    ds["susceptibility_norm"][:] = 0.2
+    ds["feature_norm_refined"] = ds["feature_norm_trained"] * 0 + 0.4  # below 0.5, crossing with chi: +3
+    predicted = response_measures(ds)["predicted_delta_k"]
+    np.testing.assert_array_equal(predicted.values, 3.0)  # 0.9 + 0.2 (trained) crosses nothing
+    old = response_measures(ds.drop_vars("feature_norm_refined"))["predicted_delta_k"]
+    np.testing.assert_array_equal(old.values, 0.0)  # runs stored before: the trained norms, as then
