@@ -387,8 +387,8 @@ def summary_table(ds: xr.Dataset, n_rows: int = 5) -> str:
     """A markdown table: per model, a few feature probabilities, means over seeds ("geometry
     changes" towards the next larger p: "-" at the largest, which has none)."""
     cell = lambda v: "-" if not np.isfinite(v) else f"{v:.2f}"
-    header = ("| model | p | k/m | 1/D* | SAE k/m | llc (+- se) | 2 llc / d | Hessian rank | GN rank | "
-              "under & over | geometry changes at the next larger p |")
+    header = ("| model | p | k/m | 1/D* | SAE k/m (seeds with an SAE) | llc (+- se) | 2 llc / d | Hessian rank | "
+              "GN rank | under & over | geometry changes at the next larger p |")
     lines = [header, "|---" * (header.count("|") - 1) + "|"]
     for model in _models(ds):
         one = _one(ds, model)
